@@ -1,0 +1,62 @@
+//! One error type for every handler. Client mistakes (4xx) carry their message and are not
+//! logged; internal failures are logged once, here, and answered with a generic body.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{plan::PlanErrors, store::StoreError, submit::SubmitError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid plan")]
+    InvalidPlan(PlanErrors),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Internal(StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::KeyConflict { .. } => ApiError::Conflict(error.to_string()),
+            other => ApiError::Internal(other),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::Plan(errors) => ApiError::InvalidPlan(errors),
+            SubmitError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::InvalidPlan(errors) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "error": "invalid plan", "problems": errors.messages() }),
+            ),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({ "error": m })),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
+            ApiError::Internal(error) => {
+                tracing::error!(%error, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "internal error; see the dispatcher's log" }))
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,85 @@
+//! The runs resource: submit (idempotent by key), state, outputs; and the op list.
+
+use std::path::PathBuf;
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::JsonRejection},
+    http::StatusCode,
+};
+use opflow_protocol::RunId;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiState, error::ApiError};
+use crate::store::{
+    ops::RegisteredOpRow,
+    runs::{RunSummary, StepOutput},
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The plan, as YAML text.
+    pub plan: String,
+    /// A name for the plan in messages; defaults to `request`.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Idempotency key: the same key returns the same run.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SubmitResponse {
+    /// True when the key named an existing run.
+    pub existing: bool,
+    #[serde(flatten)]
+    pub run: RunSummary,
+}
+
+/// `POST /v1/runs`: 201 with a new run, 200 with the run an earlier request made.
+pub async fn submit(
+    State(state): State<ApiState>,
+    body: Result<Json<SubmitRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let file = PathBuf::from(request.file.as_deref().unwrap_or("request"));
+    let submission = crate::submit::submit(&state.store, &request.plan, &file, request.key.as_deref()).await?;
+    let run = summary(&state, submission.run_id).await?;
+    let status = if submission.existing { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(SubmitResponse { existing: submission.existing, run })))
+}
+
+/// `GET /v1/runs/{id}`.
+pub async fn status(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<RunSummary>, ApiError> {
+    Ok(Json(summary(&state, parse_run_id(&id)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OutputsQuery {
+    pub asset: Option<String>,
+}
+
+/// `GET /v1/runs/{id}/outputs[?asset=name]`.
+pub async fn outputs(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<OutputsQuery>,
+) -> Result<Json<Vec<StepOutput>>, ApiError> {
+    let run = parse_run_id(&id)?;
+    summary(&state, run).await?;
+    Ok(Json(state.store.step_outputs(run, query.asset.as_deref()).await?))
+}
+
+/// `GET /v1/ops`.
+pub async fn list_ops(State(state): State<ApiState>) -> Result<Json<Vec<RegisteredOpRow>>, ApiError> {
+    Ok(Json(state.store.list_ops().await?))
+}
+
+async fn summary(state: &ApiState, run: RunId) -> Result<RunSummary, ApiError> {
+    state.store.run_summary(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))
+}
+
+fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
+    id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a run id (a UUID)")))
+}

@@ -1,0 +1,155 @@
+//! The events consumer: reads what workers report, applies it to the run store in batches
+//! (one transaction each), and acks a batch only after its transaction committed. A crash
+//! in between redelivers the batch, which applies idempotently.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::{
+    Connection,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
+    types::FieldTable,
+};
+use opflow_protocol::{Event, queue};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, run_plan::PlanCache};
+
+/// How long to wait for more events to join a batch once one has arrived.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("consuming {queue}: {source}")]
+    Consume {
+        queue: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker cancelled the dispatcher's consumer of {0}; was the queue deleted?")]
+    Cancelled(&'static str),
+}
+
+pub struct EventConsumer {
+    pub store: Store,
+    pub plans: Arc<PlanCache>,
+    pub batch_size: u32,
+}
+
+impl EventConsumer {
+    /// Consumes until cancelled; unacked deliveries go back to the queue when it returns.
+    pub async fn run(self, connection: &Connection, wake: Arc<Notify>, cancel: CancellationToken) -> Result<(), EventsError> {
+        let failed = |source| EventsError::Consume { queue: queue::DISPATCHER_EVENTS_QUEUE, source };
+        let channel = connection.create_channel().await.map_err(failed)?;
+        // Enough unacked deliveries for the next batch to gather while this one commits.
+        let prefetch = u16::try_from(self.batch_size.saturating_mul(2)).unwrap_or(u16::MAX);
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(failed)?;
+        let mut consumer = channel
+            .basic_consume(
+                queue::DISPATCHER_EVENTS_QUEUE.into(),
+                "opflow-dispatcher".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ok(()),
+                next = consumer.next() => match next {
+                    Some(delivery) => delivery.map_err(failed)?,
+                    None => return Err(EventsError::Cancelled(queue::DISPATCHER_EVENTS_QUEUE)),
+                },
+            };
+            let mut deliveries = vec![first];
+            while deliveries.len() < self.batch_size as usize {
+                match tokio::time::timeout(BATCH_WINDOW, consumer.next()).await {
+                    Ok(Some(delivery)) => deliveries.push(delivery.map_err(failed)?),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if !self.apply(deliveries, &wake, &cancel).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies one batch and settles its deliveries. Returns false when cancelled before the
+    /// batch could be applied (its deliveries stay unacked and are redelivered).
+    async fn apply(&self, deliveries: Vec<Delivery>, wake: &Notify, cancel: &CancellationToken) -> bool {
+        let mut events = Vec::with_capacity(deliveries.len());
+        let mut decoded = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match Event::decode(&delivery.data) {
+                Ok(event) => {
+                    events.push(event);
+                    decoded.push(delivery);
+                }
+                Err(error) => {
+                    tracing::error!(%error, routing_key = %delivery.routing_key, "malformed event; dead-lettering it");
+                    reject(&delivery).await;
+                }
+            }
+        }
+        if events.is_empty() {
+            return true;
+        }
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let outcome = loop {
+            match self.store.apply_events(&events, &self.plans).await {
+                Ok(outcome) => break outcome,
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(%error, retry_in = ?delay, events = events.len(), "applying events failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = cancel.cancelled() => return false,
+                    }
+                }
+            }
+        };
+        for &position in &outcome.unknown_run {
+            let event = &events[position];
+            tracing::error!(run_id = %event.run_id, step_id = %event.step_id, kind = event.kind.name(),
+                "event for a run this dispatcher does not know; dead-lettering it");
+            reject(&decoded[position]).await;
+        }
+        let unknown: std::collections::HashSet<usize> = outcome.unknown_run.iter().copied().collect();
+        for (position, delivery) in decoded.iter().enumerate() {
+            if unknown.contains(&position) {
+                continue;
+            }
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // The batch is committed; if the ack is lost the events come back and are
+                // recognised as duplicates.
+                tracing::warn!(%error, "acking an applied event failed; it will be redelivered and ignored");
+            }
+        }
+        if outcome.duplicates > 0 {
+            tracing::debug!(duplicates = outcome.duplicates, "ignored events that were already applied");
+        }
+        if outcome.newly_queued > 0 {
+            wake.notify_one();
+        }
+        for (run, status) in &outcome.finished {
+            tracing::info!(run_id = %run, status = status.as_str(), "run finished");
+            self.plans.forget(*run);
+        }
+        true
+    }
+}
+
+async fn reject(delivery: &Delivery) {
+    if let Err(error) = delivery.acker.reject(BasicRejectOptions { requeue: false }).await {
+        tracing::warn!(%error, "rejecting a bad event failed");
+    }
+}

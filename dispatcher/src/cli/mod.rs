@@ -1,0 +1,132 @@
+//! The `opflow` command line: one module per command group, each a thin layer over the
+//! library (compile, store, register, serve) that adds context to errors and formats output.
+//!
+//! Exit codes, for every command: 0 success; 1 the run failed (`run --wait`, `up --run`);
+//! 2 invalid input (a bad plan, file or argument; nothing was changed); 3 opflow could not
+//! do its work (a service unreachable, an internal error).
+
+mod ops;
+mod plan;
+mod render;
+mod run;
+mod up;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use opflow_process::LogFormat;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+pub const EXIT_RUN_FAILED: u8 = 1;
+pub const EXIT_INVALID_INPUT: u8 = 2;
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+/// A mistake in what the user gave us: a plan, a file, an argument. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "opflow",
+    version,
+    about = "Queue-driven workers for asset plans: a dispatcher, RabbitMQ, PostgreSQL and remote ops",
+    long_about = "opflow compiles asset plans (YAML DAGs of data assets with partitions and parameter \
+                  sweeps) into steps, publishes them to one RabbitMQ queue per op version, and tracks \
+                  runs in PostgreSQL while remote op workers execute them.\n\n\
+                  Quick start on one machine:\n  \
+                  opflow up --run examples/defi-risk.yaml\n\n\
+                  Settings come from built-in defaults, then --config FILE, then OPFLOW_* variables \
+                  (OPFLOW_AMQP_URL, OPFLOW_DATABASE_URL, OPFLOW_API_ADDR, ...).\n\n\
+                  Exit codes: 0 success; 1 the run failed; 2 invalid input (nothing was changed); \
+                  3 opflow could not do its work (a service is unreachable)."
+)]
+pub struct Cli {
+    /// Config file (TOML or YAML) with settings such as amqp_url and database_url
+    #[arg(long, global = true, env = "OPFLOW_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log line format on stderr: human or json
+    #[arg(long, global = true, env = "OPFLOW_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the dispatcher and workers for the ops on this machine; Ctrl-C drains and stops
+    Up(up::UpArgs),
+    /// Run the dispatcher service alone (publisher, events consumer, retries, HTTP API)
+    Dispatcher,
+    /// Register and list op versions
+    #[command(subcommand)]
+    Ops(ops::OpsCommand),
+    /// Check plans without running them
+    #[command(subcommand)]
+    Plan(plan::PlanCommand),
+    /// Submit a plan as a run, optionally waiting for it to finish
+    Run(run::RunArgs),
+    /// Show a run's state
+    Status(run::StatusArgs),
+    /// Show the outputs (or errors) of a run's steps
+    Outputs(run::OutputsArgs),
+}
+
+impl Cli {
+    fn log_format(&self) -> LogFormat {
+        if self.log_format == "json" { LogFormat::Json } else { LogFormat::Human }
+    }
+}
+
+/// Parses the command line, runs the command, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    match runtime.block_on(run_command(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.chain().any(|cause| cause.is::<InvalidInput>()) {
+                ExitCode::from(EXIT_INVALID_INPUT)
+            } else {
+                ExitCode::from(EXIT_UNAVAILABLE)
+            }
+        }
+    }
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
+    let long_running = matches!(cli.command, Command::Up(_) | Command::Dispatcher);
+    let _telemetry = opflow_process::init("opflow", cli.log_format(), if long_running { "info" } else { "warn" });
+    let settings = Settings::load(cli.config.as_deref()).map_err(|e| InvalidInput(e.to_string()))?;
+    let cancel = CancellationToken::new();
+    match cli.command {
+        Command::Up(args) => up::up(args, settings, cli.log_format).await,
+        Command::Dispatcher => {
+            tokio::spawn(opflow_process::cancel_on_signal(cancel.clone()));
+            crate::service::run(settings, cancel).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ops(command) => ops::run(command, &settings, &cancel).await,
+        Command::Plan(command) => plan::run(command, &settings, &cancel).await,
+        Command::Run(args) => run::run(args, &settings, &cancel).await,
+        Command::Status(args) => run::status(args, &settings, &cancel).await,
+        Command::Outputs(args) => run::outputs(args, &settings, &cancel).await,
+    }
+}
+
+/// Connects to the run store for a one-shot command.
+pub(crate) async fn store(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<crate::store::Store> {
+    use anyhow::Context;
+    crate::store::Store::connect(&settings.database_url, cancel).await.context("connecting to the run store")
+}

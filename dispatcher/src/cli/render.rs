@@ -1,0 +1,135 @@
+//! Human-readable output for the CLI: tables, run summaries, step outputs, and progress
+//! while waiting. `--json` output bypasses all of this.
+
+use std::{io::IsTerminal, path::Path, time::Duration};
+
+use serde_json::Value;
+
+use super::InvalidInput;
+use crate::store::runs::{RunProgress, RunSummary};
+
+/// Reads a plan file; a missing or unreadable file is invalid input.
+pub fn read_plan(file: &Path) -> Result<String, InvalidInput> {
+    std::fs::read_to_string(file).map_err(|e| InvalidInput(format!("cannot read plan file {}: {e}", file.display())))
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+pub fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}")).collect();
+        println!("  {}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// A run's state, for people.
+pub fn summary(s: &RunSummary) {
+    let took = match (s.finished_at, s.created_at) {
+        (Some(end), start) => format!(" in {:.2}s", (end - start).num_milliseconds() as f64 / 1000.0),
+        _ => String::new(),
+    };
+    println!("run {}: {}{took}", s.run_id, s.status.as_str());
+    let key = s.key.as_deref().map(|k| format!(", key {k}")).unwrap_or_default();
+    println!("  plan   {} ({}){key}", s.plan, s.plan_file);
+    let c = &s.steps;
+    println!(
+        "  steps  {} total: {} succeeded, {} failed, {} skipped, {} running, {} queued, {} waiting, {} retrying",
+        c.total, c.succeeded, c.failed, c.skipped, c.running, c.queued, c.waiting, c.retrying
+    );
+    for f in &s.failures {
+        println!("  failed step {} ({}), attempt {}: {}", f.step_id, f.asset, f.attempt, f.error);
+    }
+}
+
+/// One step's output on one line: top-level scalars as `key=value`, the rest compact.
+pub fn output_line(output: &Value) -> String {
+    match output {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", scalar(v)))
+            .collect::<Vec<_>>()
+            .join("  "),
+        other => scalar(other),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => {
+                if f.abs() >= 1000.0 { format!("{f:.0}") } else { format!("{f:.4}") }
+            }
+            _ => n.to_string(),
+        },
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.len() > 4 => format!("[{} values]", items.len()),
+        other => other.to_string(),
+    }
+}
+
+/// Shows progress while a run is in flight: a bar on a terminal, a line every ten seconds
+/// otherwise.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last_line: std::time::Instant,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self { bar, last_line: std::time::Instant::now() }
+    }
+
+    pub fn update(&mut self, p: &RunProgress, quiet: bool) {
+        let done = (p.steps_succeeded + p.steps_failed + p.steps_skipped) as u64;
+        let msg = if p.steps_failed > 0 { format!("({} failed)", p.steps_failed) } else { String::new() };
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.steps_total as u64);
+                bar.set_position(done);
+                bar.set_message(msg);
+            }
+            None if !quiet && self.last_line.elapsed() >= Duration::from_secs(10) => {
+                eprintln!("  {done}/{} steps done {msg}", p.steps_total);
+                self.last_line = std::time::Instant::now();
+            }
+            None => {}
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn outputs_read_as_key_value_pairs() {
+        let line = output_line(&json!({"var_95": 152342.123, "ratio": 0.123456, "n": 9, "q": [1, 2, 3, 4, 5]}));
+        assert_eq!(line, "n=9  q=[5 values]  ratio=0.1235  var_95=152342");
+    }
+}

@@ -1,0 +1,139 @@
+//! `opflow up`: the whole platform on one machine. Registers the op binaries, runs the
+//! dispatcher in this process and the workers as supervised child processes, and on
+//! Ctrl-C (or when `--run` is done) drains the workers first, then the dispatcher, so
+//! every event a worker sends on its way out is still applied.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::Args;
+use opflow_amqp::OpQueueSettings;
+use tokio_util::sync::CancellationToken;
+
+use super::{InvalidInput, render, run};
+use crate::{
+    config::Settings,
+    register, service,
+    submit::{self, SubmitError},
+    supervise::{self, WorkerEnv, WorkerGroup},
+};
+
+/// The example ops `opflow up` runs when given none.
+const EXAMPLE_OPS: &[&str] = &["noop", "price-paths", "var-report"];
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Op binaries to register and run [default: the example ops next to this opflow binary]
+    #[arg(value_name = "OP_BINARY")]
+    pub ops: Vec<PathBuf>,
+    /// Worker processes per op
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// Once everything is up, submit this plan, wait for it, print its results, then stop
+    /// (exit code as `opflow run --wait`)
+    #[arg(long, value_name = "PLAN")]
+    pub run: Option<PathBuf>,
+    /// Idempotency key for --run
+    #[arg(long, requires = "run")]
+    pub key: Option<String>,
+}
+
+pub async fn up(args: UpArgs, settings: Settings, log_format: String) -> anyhow::Result<ExitCode> {
+    let binaries = if args.ops.is_empty() { example_ops()? } else { args.ops.clone() };
+    let plan_source = args.run.as_deref().map(render::read_plan).transpose()?;
+    let signal = CancellationToken::new();
+    tokio::spawn(opflow_process::cancel_on_signal(signal.clone()));
+
+    let (store, connection) = service::connect(&settings, &signal).await?;
+    let channel = connection.create_channel().await.context("opening a channel")?;
+    let mut groups = Vec::with_capacity(binaries.len());
+    for binary in binaries {
+        let (description, _) = register::register(&store, &channel, &binary, OpQueueSettings::default())
+            .await
+            .with_context(|| format!("registering {}", binary.display()))?;
+        tracing::info!(op = %description.op, binary = %binary.display(), workers = args.workers, "op registered");
+        groups.push(WorkerGroup { op: description.op, binary, replicas: args.workers });
+    }
+    if let Err(error) = channel.close(200, "ops registered".into()).await {
+        tracing::debug!(%error, "closing the registration channel failed");
+    }
+
+    let dispatcher_stop = CancellationToken::new();
+    let mut dispatcher =
+        tokio::spawn(service::run_connected(settings.clone(), store.clone(), connection, dispatcher_stop.clone()));
+    let workers_stop = CancellationToken::new();
+    let env = WorkerEnv {
+        amqp_url: settings.amqp_url.clone(),
+        log_format: if log_format == "json" { "json" } else { "human" },
+        drain_timeout: settings.drain_timeout(),
+    };
+    let workers = tokio::spawn(supervise::supervise(groups, env, workers_stop.clone()));
+    eprintln!(
+        "opflow is up: API http://{}, {} worker(s) per op; submit with `opflow run <plan> --wait`; Ctrl-C stops",
+        settings.api_addr, args.workers
+    );
+
+    let outcome: anyhow::Result<ExitCode> = tokio::select! {
+        result = async {
+            match (&args.run, &plan_source) {
+                (Some(file), Some(source)) => run_plan(&store, file, source, args.key.as_deref()).await,
+                _ => {
+                    signal.cancelled().await;
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        } => result,
+        () = signal.cancelled() => Ok(ExitCode::SUCCESS),
+        joined = &mut dispatcher => {
+            let result = joined.context("the dispatcher panicked").and_then(|r| r);
+            workers_stop.cancel();
+            workers.await.context("the worker supervisor panicked")?;
+            result?;
+            return Err(anyhow::anyhow!("the dispatcher stopped unexpectedly"));
+        }
+    };
+
+    eprintln!("stopping: draining workers, then the dispatcher");
+    workers_stop.cancel();
+    workers.await.context("the worker supervisor panicked")?;
+    dispatcher_stop.cancel();
+    dispatcher.await.context("the dispatcher panicked")??;
+    outcome
+}
+
+async fn run_plan(
+    store: &crate::store::Store,
+    file: &std::path::Path,
+    source: &str,
+    key: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let submission = match submit::submit(store, source, file, key).await {
+        Ok(submission) => submission,
+        Err(SubmitError::Plan(errors)) => return Err(InvalidInput(errors.to_string()).into()),
+        Err(other) => return Err(other.into()),
+    };
+    eprintln!("submitted run {} ({})", submission.run_id, file.display());
+    let summary = run::wait_for(store, submission.run_id, false).await?;
+    render::summary(&summary);
+    if summary.status == crate::store::runs::RunStatus::Succeeded {
+        run::print_leaf_outputs(store, submission.run_id).await?;
+    }
+    Ok(run::exit_code(summary.status))
+}
+
+/// The example op binaries, from the directory this `opflow` binary is in.
+fn example_ops() -> anyhow::Result<Vec<PathBuf>> {
+    let exe = std::env::current_exe().context("finding the opflow binary's directory")?;
+    let dir = exe.parent().context("the opflow binary has no parent directory")?;
+    let binaries: Vec<PathBuf> = EXAMPLE_OPS.iter().map(|name| dir.join(name)).collect();
+    let missing: Vec<String> = binaries.iter().filter(|b| !b.exists()).map(|b| b.display().to_string()).collect();
+    if !missing.is_empty() {
+        return Err(InvalidInput(format!(
+            "example op binaries not found: {}; build them with `cargo build --workspace --bins`, or name op \
+             binaries on the command line",
+            missing.join(", ")
+        ))
+        .into());
+    }
+    Ok(binaries)
+}

@@ -1,0 +1,159 @@
+//! The dispatcher's settings, in one place: every default in `Default`, layered
+//! built-in default < config file (TOML or YAML) < `OPFLOW_*` environment.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use opflow_amqp::QueueKind;
+use serde::Deserialize;
+
+/// Settings of the `opflow` binary. A config file uses these names as keys; the
+/// environment uses them upper-cased with an `OPFLOW_` prefix (`OPFLOW_AMQP_URL`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// RabbitMQ URL.
+    pub amqp_url: String,
+    /// PostgreSQL URL. The database is created on first use if the server allows it.
+    pub database_url: String,
+    /// Address of the HTTP API.
+    pub api_addr: SocketAddr,
+    /// Queue type of the dispatcher's events queue: `quorum` or `classic`.
+    pub events_queue_type: String,
+    /// Most steps published per outbox transaction (one confirm window).
+    pub publish_batch: u32,
+    /// Most events applied per database transaction.
+    pub event_batch: u32,
+    /// How often due retries are looked for, in milliseconds.
+    pub retry_poll_ms: u64,
+    /// Largest total size of the upstream outputs handed to one step, in bytes.
+    pub max_inputs_bytes: usize,
+    /// How long `opflow up` and `opflow dispatcher` wait for in-flight work on shutdown, in seconds.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            database_url: "postgres://postgres@127.0.0.1:5432/opflow".into(),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 7600)),
+            events_queue_type: "quorum".into(),
+            publish_batch: 500,
+            event_batch: 500,
+            retry_poll_ms: 250,
+            max_inputs_bytes: 8 * 1024 * 1024,
+            drain_timeout_secs: 60,
+        }
+    }
+}
+
+/// The keys read from the environment. Other `OPFLOW_*` variables (a worker's
+/// `OPFLOW_HEARTBEAT`, `OPFLOW_CONFIG` itself) are not settings of this binary.
+const KEYS: &[&str] = &[
+    "amqp_url",
+    "database_url",
+    "api_addr",
+    "events_queue_type",
+    "publish_batch",
+    "event_batch",
+    "retry_poll_ms",
+    "max_inputs_bytes",
+    "drain_timeout_secs",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("settings: `events_queue_type`: {0}")]
+    QueueType(String),
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly.
+    pub fn load_from(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix("OPFLOW_")?.to_ascii_lowercase();
+                KEYS.contains(&key.as_str()).then_some((format!("OPFLOW_{}", key.to_ascii_uppercase()), v))
+            })
+            .collect();
+        builder = builder.add_source(config::Environment::with_prefix("OPFLOW").source(Some(env)).try_parsing(true));
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.events_queue_kind()?;
+        Ok(settings)
+    }
+
+    pub fn events_queue_kind(&self) -> Result<QueueKind, SettingsError> {
+        self.events_queue_type.parse().map_err(SettingsError::QueueType)
+    }
+
+    pub fn retry_poll(&self) -> Duration {
+        Duration::from_millis(self.retry_poll_ms.max(10))
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.database_url, "postgres://postgres@127.0.0.1:5432/opflow");
+        assert_eq!(s.api_addr.to_string(), "127.0.0.1:7600");
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let mut file = tempfile_with(".toml", "api_addr = \"127.0.0.1:9000\"\npublish_batch = 7\n");
+        file.flush().unwrap();
+        let s = Settings::load_from(
+            Some(file.path()),
+            env(&[("OPFLOW_PUBLISH_BATCH", "9"), ("OPFLOW_HEARTBEAT", "1s"), ("HOME", "/root")]),
+        )
+        .unwrap();
+        assert_eq!(s.api_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(s.publish_batch, 9);
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_errors() {
+        let file = tempfile_with(".toml", "amqp_ulr = \"x\"\n");
+        let err = Settings::load_from(Some(file.path()), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("amqp_ulr"), "{err}");
+    }
+
+    #[test]
+    fn bad_queue_type_is_named() {
+        let err = Settings::load_from(None, env(&[("OPFLOW_EVENTS_QUEUE_TYPE", "stream")])).unwrap_err();
+        assert!(err.to_string().contains("stream"), "{err}");
+    }
+
+    fn tempfile_with(ext: &str, text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+}

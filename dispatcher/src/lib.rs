@@ -1,0 +1,32 @@
+//! The opflow dispatcher and the `opflow` command line.
+//!
+//! The dispatcher compiles asset plans into steps, stores runs in PostgreSQL, publishes
+//! ready steps to RabbitMQ through a transactional outbox, applies the events workers
+//! report, retries and unlocks steps, and serves an HTTP API. It knows ops only through
+//! the wire protocol (`opflow-protocol`) and their `--describe` output.
+//!
+//! - [`plan`]: the plan compiler (parse, validate, expand).
+//! - [`store`]: the run store (registry, runs, steps, outbox, events).
+//! - [`broker`]: the outbox publisher and the events consumer.
+//! - [`scheduler`]: time-driven scheduling (due retries).
+//! - [`retry`]: retry backoff.
+//! - [`submit`]: plan submission shared by the CLI and the API.
+//! - [`register`]: registering an op version from its binary.
+//! - [`api`]: the HTTP API.
+//! - [`service`]: the dispatcher service wiring and drain.
+//! - [`supervise`]: worker processes for `opflow up`.
+//! - [`config`]: layered settings.
+//! - [`cli`]: the `opflow` commands.
+
+pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod plan;
+pub mod register;
+pub mod retry;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+pub mod submit;
+pub mod supervise;

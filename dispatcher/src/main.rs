@@ -1,0 +1,5 @@
+//! The `opflow` binary; see `opflow --help`.
+
+fn main() -> std::process::ExitCode {
+    opflow_dispatcher::cli::main()
+}

@@ -1,0 +1,143 @@
+//! The plan compiler: a YAML asset plan in, a validated, resolved, expandable plan out.
+//!
+//! - [`parse`]: YAML → raw structs with line numbers (shape errors come from here).
+//! - [`validate`]: names, dependencies, cycles, op resolution, partitions, sweeps,
+//!   settings; every problem is collected into one [`PlanErrors`] report.
+//! - [`expand`]: steps and dependency counts, computed from an asset's definition and a
+//!   step's index, never materialized up front.
+//!
+//! A plan looks like this (see `examples/defi-risk.yaml`):
+//!
+//! ```yaml
+//! name: defi-risk
+//! assets:
+//!   - name: paths
+//!     op: price-paths@^1.0          # exact `1.0.0`, or a semver requirement
+//!     partitions: [aave, compound]  # or {daily: {start: 2026-01-01, end: 2026-01-31}}
+//!     sweep:                        # one step per point of the cartesian product
+//!       vol: [0.4, 0.6]
+//!       seed: {from: 1, to: 4}
+//!     config: {horizon_days: 30}    # JSON for the op; a sweep point overrides its keys
+//!     retry: {max: 2, backoff: 1s}
+//!     timeout: 5m
+//!   - name: var
+//!     op: var-report@^1.0
+//!     deps: [paths]                 # same partitions: partition to partition; else fan-in
+//!     partitions: [aave, compound]
+//! ```
+//!
+//! Dependency rule: two assets with the same partitions depend partition to partition;
+//! otherwise a step depends on every step of its upstream asset.
+
+mod error;
+mod expand;
+mod parse;
+mod validate;
+
+use std::{path::Path, time::Duration};
+
+use chrono::NaiveDate;
+use serde_json::{Map, Value};
+
+pub use error::{PlanError, PlanErrorKind, PlanErrors};
+pub use parse::MAX_PLAN_BYTES;
+
+/// The most steps one plan may expand to.
+pub const MAX_STEPS: u64 = 1_000_000;
+
+/// An op version known to the registry, as the compiler resolves against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredOp {
+    pub name: String,
+    pub version: semver::Version,
+}
+
+/// A valid plan with every op resolved to one registered version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledPlan {
+    pub name: String,
+    pub description: Option<String>,
+    /// In topological order: every asset comes after the assets it needs; ties keep file order.
+    pub assets: Vec<CompiledAsset>,
+    pub step_count: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledAsset {
+    pub name: String,
+    pub op_name: String,
+    /// The registered version the requirement resolved to.
+    pub op_version: semver::Version,
+    /// The op version or requirement as written in the plan.
+    pub op_requirement: String,
+    /// The plan's `config`, as JSON; `Null` when absent.
+    pub config: Value,
+    pub partitions: Partitions,
+    /// The partition keys, expanded; empty when unpartitioned.
+    pub partition_keys: Vec<String>,
+    pub sweep: Vec<SweepParam>,
+    pub deps: Vec<AssetDep>,
+    pub retry: RetryPolicy,
+    pub timeout: Option<Duration>,
+    /// Step ids are global indices `0..step_count`; an asset's steps are contiguous.
+    pub first_step: u32,
+    /// Line of the asset's `name:` in the plan file.
+    pub line: usize,
+}
+
+/// How an asset is partitioned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partitions {
+    None,
+    Static(Vec<String>),
+    /// Every day from `start` to `end`, inclusive.
+    Daily { start: NaiveDate, end: NaiveDate },
+}
+
+/// One sweep parameter and its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepParam {
+    pub name: String,
+    pub values: Vec<Value>,
+}
+
+/// An edge to an upstream asset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssetDep {
+    /// Index into `CompiledPlan::assets`.
+    pub upstream: usize,
+    /// Same partitions on both sides: partition `p` waits only for upstream partition `p`.
+    pub partition_mapped: bool,
+}
+
+/// How a step's retryable failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (so `max_retries + 1` attempts in all).
+    pub max_retries: u32,
+    /// The delay before the first retry; it doubles for each later one.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_retries: 2, backoff: Duration::from_secs(1) }
+    }
+}
+
+/// One step of an asset: its partition and sweep point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepSpec<'a> {
+    pub partition: Option<&'a str>,
+    pub point: Map<String, Value>,
+}
+
+/// Compiles a plan: parse, validate against the `registered` op versions, resolve. `file`
+/// names the plan in messages.
+pub fn compile(source: &str, file: &Path, registered: &[RegisteredOp]) -> Result<CompiledPlan, PlanErrors> {
+    let raw = parse::parse(source, file).map_err(|e| PlanErrors(vec![e]))?;
+    validate::validate(raw, file, registered)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,131 @@
+//! YAML → raw plan: the file's shape, with line numbers, before any meaning is checked.
+//! Shape errors (unknown keys, missing keys, wrong types, duplicate keys, bad syntax) come
+//! from the YAML deserializer, which reports where they are.
+
+use std::{fmt, marker::PhantomData, path::Path};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{MapAccess, Visitor},
+};
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::error::{PlanError, PlanErrorKind};
+
+/// The largest plan file accepted, before any parsing.
+pub const MAX_PLAN_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlan {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub assets: Vec<RawAsset>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAsset {
+    pub name: Spanned<String>,
+    pub op: Spanned<String>,
+    #[serde(default)]
+    pub deps: Vec<Spanned<String>>,
+    /// A list of keys, or `{daily: {start, end}}`; interpreted in `validate`.
+    #[serde(default)]
+    pub partitions: Option<Spanned<Value>>,
+    /// Parameter → list of values or `{from, to, step}`, in file order.
+    #[serde(default)]
+    pub sweep: Option<Spanned<Ordered<Spanned<Value>>>>,
+    #[serde(default)]
+    pub config: Option<Value>,
+    #[serde(default)]
+    pub retry: Option<Spanned<RawRetry>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    #[serde(default)]
+    pub max: Option<u32>,
+    #[serde(default)]
+    pub backoff: Option<String>,
+}
+
+/// A YAML mapping kept in file order (serde_json's map sorts its keys).
+#[derive(Debug)]
+pub struct Ordered<V>(pub Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OrderedVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for OrderedVisitor<V> {
+            type Value = Ordered<V>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping of parameter names to values")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((key, value)) = map.next_entry::<String, V>()? {
+                    entries.push((key, value));
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        deserializer.deserialize_map(OrderedVisitor(PhantomData))
+    }
+}
+
+/// Parses the plan text. A YAML or shape error is the only error reported: nothing else
+/// can be checked without the plan's shape.
+pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanError> {
+    if source.len() > MAX_PLAN_BYTES {
+        return Err(PlanError {
+            file: file.to_path_buf(),
+            line: None,
+            asset: None,
+            kind: PlanErrorKind::Shape(format!(
+                "the plan file is {} bytes, over the limit of {MAX_PLAN_BYTES}; use partitions and sweeps instead of listing steps",
+                source.len()
+            )),
+        });
+    }
+    // YAML 1.2 booleans only: a partition or sweep value `no`, `y` or `off` is a string,
+    // not YAML 1.1's `false` (the "Norway problem").
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    serde_saphyr::from_str_with_options::<RawPlan>(source, options).map_err(|error| {
+        let line = error.location().map(|l| l.line() as usize).filter(|&l| l > 0);
+        let message = plain_message(&error);
+        let kind = if is_syntax_error(&message) { PlanErrorKind::Syntax(message) } else { PlanErrorKind::Shape(message) };
+        PlanError { file: file.to_path_buf(), line, asset: None, kind }
+    })
+}
+
+/// The deserializer's message without its snippet or its own `line N column M:` prefix
+/// (the location is reported by `PlanError`).
+fn plain_message(error: &serde_saphyr::Error) -> String {
+    let text = error.without_snippet().to_string();
+    let text = text.lines().next().unwrap_or_default().trim();
+    let text = text.strip_prefix("error: ").unwrap_or(text);
+    match text.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((position, message)) if position.contains("column") => {
+            let column = position.rsplit(' ').next().unwrap_or_default();
+            format!("column {column}: {message}")
+        }
+        _ => text.to_owned(),
+    }
+}
+
+fn is_syntax_error(message: &str) -> bool {
+    // serde's data-model errors (unknown field, missing field, invalid type, duplicate key)
+    // are shape errors; the rest come from the YAML scanner or parser.
+    !["unknown field", "missing field", "invalid type", "duplicate", "invalid value", "expected"]
+        .iter()
+        .any(|m| message.contains(m))
+}

@@ -1,0 +1,472 @@
+//! Meaning: names, dependencies, cycles, op resolution, partitions, sweeps and settings.
+//! Every problem is collected (the user fixes the plan in one pass); only a plan without
+//! problems is ordered and numbered into steps.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    path::Path,
+    time::Duration,
+};
+
+use chrono::NaiveDate;
+use semver::{Version, VersionReq};
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::{
+    AssetDep, CompiledAsset, CompiledPlan, MAX_STEPS, Partitions, RegisteredOp, RetryPolicy, SweepParam,
+    error::{PlanError, PlanErrorKind, PlanErrors},
+    parse::{Ordered, RawAsset, RawPlan},
+};
+
+/// The longest daily partition range: a century.
+pub const MAX_DAYS: i64 = 36_600;
+/// The most retries an asset may ask for.
+pub const MAX_RETRIES: u32 = 100;
+const MAX_NAME_LEN: usize = 64;
+
+/// Collects problems for one file.
+struct Problems<'a> {
+    file: &'a Path,
+    errors: Vec<PlanError>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, line: Option<usize>, asset: Option<&str>, kind: PlanErrorKind) {
+        self.errors.push(PlanError {
+            file: self.file.to_path_buf(),
+            line,
+            asset: asset.map(str::to_owned),
+            kind,
+        });
+    }
+}
+
+fn line<T>(spanned: &Spanned<T>) -> Option<usize> {
+    Some(spanned.referenced.line() as usize).filter(|&l| l > 0)
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// What validation learns about one asset before ordering.
+struct Checked {
+    op_name: String,
+    op_version: Version,
+    partitions: Partitions,
+    partition_keys: Vec<String>,
+    sweep: Vec<SweepParam>,
+    retry: RetryPolicy,
+    timeout: Option<Duration>,
+}
+
+pub(super) fn validate(raw: RawPlan, file: &Path, registered: &[RegisteredOp]) -> Result<CompiledPlan, PlanErrors> {
+    let mut problems = Problems { file, errors: Vec::new() };
+    if !valid_name(&raw.name.value) {
+        problems.add(line(&raw.name), None, PlanErrorKind::BadName { what: "plan", name: raw.name.value.clone() });
+    }
+    if raw.assets.is_empty() {
+        problems.add(None, None, PlanErrorKind::NoAssets);
+    }
+
+    // Names first: dependencies refer to them.
+    let mut index_of: HashMap<&str, usize> = HashMap::new();
+    for (index, asset) in raw.assets.iter().enumerate() {
+        let name = asset.name.value.as_str();
+        if !valid_name(name) {
+            problems.add(line(&asset.name), Some(name), PlanErrorKind::BadName { what: "asset", name: name.to_owned() });
+        }
+        match index_of.get(name) {
+            Some(&first) => problems.add(
+                line(&asset.name),
+                Some(name),
+                PlanErrorKind::DuplicateAsset {
+                    name: name.to_owned(),
+                    first_line: line(&raw.assets[first].name).unwrap_or(0),
+                },
+            ),
+            None => {
+                index_of.insert(name, index);
+            }
+        }
+    }
+
+    let mut checked = Vec::with_capacity(raw.assets.len());
+    let mut dep_indices: Vec<Vec<usize>> = Vec::with_capacity(raw.assets.len());
+    for asset in &raw.assets {
+        dep_indices.push(check_deps(asset, &index_of, &mut problems));
+        checked.push(check_asset(asset, registered, &mut problems));
+    }
+
+    if !problems.errors.is_empty() {
+        return Err(PlanErrors(problems.errors));
+    }
+    let order = match topological_order(&raw.assets, &dep_indices) {
+        Ok(order) => order,
+        Err(cycle) => {
+            let first = &raw.assets[cycle[0]];
+            let names: Vec<&str> = cycle.iter().map(|&i| raw.assets[i].name.value.as_str()).collect();
+            let cycle = format!("{} -> {} (`a -> b`: a needs b)", names.join(" -> "), names[0]);
+            problems.add(line(&first.name), None, PlanErrorKind::Cycle { cycle });
+            return Err(PlanErrors(problems.errors));
+        }
+    };
+    let checked: Vec<Checked> = checked.into_iter().map(|c| c.expect("no problems means every asset checked")).collect();
+
+    // Steps: count with u64 so that no plan can overflow before the limit is checked.
+    let total: u64 = checked
+        .iter()
+        .map(|c| {
+            let partitions = (c.partition_keys.len() as u64).max(1);
+            let sweep: u64 = c.sweep.iter().map(|p| p.values.len() as u64).product();
+            partitions.saturating_mul(sweep)
+        })
+        .fold(0u64, u64::saturating_add);
+    if total > MAX_STEPS {
+        problems.add(None, None, PlanErrorKind::TooManySteps { steps: total, limit: MAX_STEPS });
+        return Err(PlanErrors(problems.errors));
+    }
+
+    let mut position = vec![0usize; raw.assets.len()];
+    for (pos, &index) in order.iter().enumerate() {
+        position[index] = pos;
+    }
+    let mut slots: Vec<Option<(RawAsset, Checked)>> = raw.assets.into_iter().zip(checked).map(Some).collect();
+    let mut assets: Vec<CompiledAsset> = Vec::with_capacity(order.len());
+    let mut first_step = 0u32;
+    for &index in &order {
+        let (asset, c) = slots[index].take().expect("each asset is placed once");
+        let deps = dep_indices[index]
+            .iter()
+            .map(|&up| {
+                let upstream: &CompiledAsset = &assets[position[up]];
+                let mapped = c.partitions != Partitions::None && upstream.partitions == c.partitions;
+                AssetDep { upstream: position[up], partition_mapped: mapped }
+            })
+            .collect();
+        let compiled = CompiledAsset {
+            line: line(&asset.name).unwrap_or(0),
+            name: asset.name.value,
+            op_name: c.op_name,
+            op_version: c.op_version,
+            op_requirement: asset.op.value.split_once('@').map(|(_, r)| r.to_owned()).unwrap_or_default(),
+            config: asset.config.unwrap_or(Value::Null),
+            partitions: c.partitions,
+            partition_keys: c.partition_keys,
+            sweep: c.sweep,
+            deps,
+            retry: c.retry,
+            timeout: c.timeout,
+            first_step,
+        };
+        first_step += compiled.step_count();
+        assets.push(compiled);
+    }
+    Ok(CompiledPlan { name: raw.name.value, description: raw.description, assets, step_count: first_step })
+}
+
+fn check_deps(asset: &RawAsset, index_of: &HashMap<&str, usize>, problems: &mut Problems) -> Vec<usize> {
+    let name = asset.name.value.as_str();
+    let mut deps = Vec::with_capacity(asset.deps.len());
+    for dep in &asset.deps {
+        match index_of.get(dep.value.as_str()) {
+            None => problems.add(line(dep), Some(name), PlanErrorKind::UnknownDep { missing: dep.value.clone() }),
+            Some(&index) if deps.contains(&index) => {
+                problems.add(line(dep), Some(name), PlanErrorKind::DuplicateDep { dep: dep.value.clone() })
+            }
+            Some(&index) => deps.push(index),
+        }
+    }
+    deps
+}
+
+/// Checks everything about one asset that does not involve other assets.
+fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Problems) -> Option<Checked> {
+    let name = asset.name.value.as_str();
+    let before = problems.errors.len();
+    let op = resolve_op(&asset.op, registered).map_err(|kind| problems.add(line(&asset.op), Some(name), kind)).ok();
+    let partitions = match &asset.partitions {
+        None => Some((Partitions::None, Vec::new())),
+        Some(spanned) => check_partitions(&spanned.value)
+            .map_err(|reason| problems.add(line(spanned), Some(name), PlanErrorKind::BadPartitions(reason)))
+            .ok(),
+    };
+    let sweep = match &asset.sweep {
+        None => Some(Vec::new()),
+        Some(spanned) => check_sweep(&spanned.value, line(spanned), name, problems),
+    };
+    let retry = asset.retry.as_ref().map_or(Some(RetryPolicy::default()), |spanned| {
+        let defaults = RetryPolicy::default();
+        let max = spanned.value.max.unwrap_or(defaults.max_retries);
+        let mut ok = true;
+        if max > MAX_RETRIES {
+            problems.add(
+                line(spanned),
+                Some(name),
+                PlanErrorKind::BadSetting { field: "retry.max", reason: format!("{max} is over the limit of {MAX_RETRIES}") },
+            );
+            ok = false;
+        }
+        let backoff = match &spanned.value.backoff {
+            None => Some(defaults.backoff),
+            Some(text) => humantime::parse_duration(text)
+                .map_err(|e| {
+                    problems.add(
+                        line(spanned),
+                        Some(name),
+                        PlanErrorKind::BadSetting {
+                            field: "retry.backoff",
+                            reason: format!("`{text}` is not a duration like 500ms or 2s: {e}"),
+                        },
+                    )
+                })
+                .ok(),
+        };
+        match (ok, backoff) {
+            (true, Some(backoff)) => Some(RetryPolicy { max_retries: max, backoff }),
+            _ => None,
+        }
+    });
+    let timeout = match &asset.timeout {
+        None => Some(None),
+        Some(spanned) => match humantime::parse_duration(&spanned.value) {
+            Ok(d) if !d.is_zero() => Some(Some(d)),
+            Ok(_) => {
+                problems.add(
+                    line(spanned),
+                    Some(name),
+                    PlanErrorKind::BadSetting { field: "timeout", reason: "must be longer than zero".into() },
+                );
+                None
+            }
+            Err(e) => {
+                problems.add(
+                    line(spanned),
+                    Some(name),
+                    PlanErrorKind::BadSetting {
+                        field: "timeout",
+                        reason: format!("`{}` is not a duration like 30s or 5m: {e}", spanned.value),
+                    },
+                );
+                None
+            }
+        },
+    };
+    if problems.errors.len() > before {
+        return None;
+    }
+    let (op_name, op_version) = op?;
+    let (partitions, partition_keys) = partitions?;
+    Some(Checked { op_name, op_version, partitions, partition_keys, sweep: sweep?, retry: retry?, timeout: timeout? })
+}
+
+/// `name@1.2.3` means exactly 1.2.3; `name@<requirement>` the highest registered match.
+fn resolve_op(op: &Spanned<String>, registered: &[RegisteredOp]) -> Result<(String, Version), PlanErrorKind> {
+    let text = op.value.as_str();
+    let bad = |reason: &str| PlanErrorKind::BadOpRef { text: text.to_owned(), reason: reason.to_owned() };
+    let (name, requirement) = text.split_once('@').ok_or_else(|| bad("it has no `@`"))?;
+    if opflow_protocol::OpName::new(name).is_err() {
+        return Err(bad("the op name may only hold lowercase letters, digits and `-`, starting with a letter"));
+    }
+    let requirement = requirement.trim();
+    let matches: Box<dyn Fn(&Version) -> bool> = match Version::parse(requirement) {
+        // A bare version is exact: semver would read `1.0.0` as the requirement `^1.0.0`.
+        Ok(exact) => Box::new(move |v| *v == exact),
+        Err(_) => {
+            let req = VersionReq::parse(requirement)
+                .map_err(|e| bad(&format!("`{requirement}` is neither a version nor a version requirement ({e})")))?;
+            Box::new(move |v| req.matches(v))
+        }
+    };
+    let versions: Vec<&Version> = registered.iter().filter(|r| r.name == name).map(|r| &r.version).collect();
+    if versions.is_empty() {
+        return Err(PlanErrorKind::UnknownOp { op: name.to_owned() });
+    }
+    match versions.iter().filter(|v| matches(v)).max() {
+        Some(version) => Ok((name.to_owned(), (*version).clone())),
+        None => {
+            let mut listed: Vec<String> = versions.iter().map(|v| v.to_string()).collect();
+            listed.sort();
+            Err(PlanErrorKind::NoMatchingVersion {
+                op: name.to_owned(),
+                requirement: requirement.to_owned(),
+                registered: listed.join(", "),
+            })
+        }
+    }
+}
+
+fn check_partitions(value: &Value) -> Result<(Partitions, Vec<String>), String> {
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err("the list is empty; list at least one partition key or remove `partitions`".into());
+            }
+            let mut keys = Vec::with_capacity(items.len());
+            let mut seen = std::collections::HashSet::new();
+            for item in items {
+                let key = match item {
+                    Value::String(s) if !s.is_empty() => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    other => return Err(format!("`{other}` is not a partition key; use non-empty strings or numbers")),
+                };
+                if !seen.insert(key.clone()) {
+                    return Err(format!("key `{key}` is listed twice; list each partition once"));
+                }
+                keys.push(key);
+            }
+            Ok((Partitions::Static(keys.clone()), keys))
+        }
+        Value::Object(map) => {
+            let daily = match (map.len(), map.get("daily")) {
+                (1, Some(Value::Object(daily))) => daily,
+                _ => return Err("expected a list of keys or `{daily: {start: YYYY-MM-DD, end: YYYY-MM-DD}}`".into()),
+            };
+            if let Some(unknown) = daily.keys().find(|k| *k != "start" && *k != "end") {
+                return Err(format!("daily: unknown key `{unknown}`; use `start` and `end`"));
+            }
+            let date = |key: &str| -> Result<NaiveDate, String> {
+                let text = daily.get(key).and_then(Value::as_str).ok_or_else(|| format!("daily: `{key}` is missing"))?;
+                NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                    .map_err(|e| format!("daily: {key} `{text}` is not a date like 2026-01-31: {e}"))
+            };
+            let (start, end) = (date("start")?, date("end")?);
+            if start > end {
+                return Err(format!("daily: start {start} is after end {end}"));
+            }
+            let days = (end - start).num_days() + 1;
+            if days > MAX_DAYS {
+                return Err(format!("daily: {days} days, over the limit of {MAX_DAYS}"));
+            }
+            let keys = start.iter_days().take(days as usize).map(|d| d.format("%Y-%m-%d").to_string()).collect();
+            Ok((Partitions::Daily { start, end }, keys))
+        }
+        _ => Err("expected a list of keys or `{daily: {start: YYYY-MM-DD, end: YYYY-MM-DD}}`".into()),
+    }
+}
+
+fn check_sweep(
+    sweep: &Ordered<Spanned<Value>>,
+    sweep_line: Option<usize>,
+    asset: &str,
+    problems: &mut Problems,
+) -> Option<Vec<SweepParam>> {
+    if sweep.0.is_empty() {
+        problems.add(
+            sweep_line,
+            Some(asset),
+            PlanErrorKind::BadSweep("the sweep has no parameters; add one or remove `sweep`".into()),
+        );
+        return None;
+    }
+    let mut params = Vec::with_capacity(sweep.0.len());
+    let mut product: u64 = 1;
+    let mut ok = true;
+    for (name, spanned) in &sweep.0 {
+        match sweep_values(name, &spanned.value) {
+            Ok(values) => {
+                product = product.saturating_mul(values.len() as u64);
+                params.push(SweepParam { name: name.clone(), values });
+            }
+            Err(reason) => {
+                problems.add(line(spanned).or(sweep_line), Some(asset), PlanErrorKind::BadSweep(reason));
+                ok = false;
+            }
+        }
+    }
+    if ok && product > MAX_STEPS {
+        problems.add(
+            sweep_line,
+            Some(asset),
+            PlanErrorKind::BadSweep(format!("{product} points, over the step limit of {MAX_STEPS}")),
+        );
+        ok = false;
+    }
+    ok.then_some(params)
+}
+
+fn sweep_values(name: &str, value: &Value) -> Result<Vec<Value>, String> {
+    match value {
+        Value::Array(items) if items.is_empty() => {
+            Err(format!("`{name}` has no values; give at least one or remove the parameter"))
+        }
+        Value::Array(items) => {
+            if let Some(bad) = items.iter().find(|v| !matches!(v, Value::Number(_) | Value::String(_) | Value::Bool(_))) {
+                return Err(format!("`{name}`: `{bad}` is not a scalar; sweep values are numbers, strings or booleans"));
+            }
+            Ok(items.clone())
+        }
+        Value::Object(range) => {
+            if let Some(unknown) = range.keys().find(|k| !["from", "to", "step"].contains(&k.as_str())) {
+                return Err(format!("`{name}`: unknown key `{unknown}`; a range is {{from, to, step}}"));
+            }
+            let int = |key: &str, default: Option<i64>| -> Result<i64, String> {
+                match range.get(key) {
+                    None => default.ok_or_else(|| format!("`{name}`: the range needs `{key}`")),
+                    Some(v) => v.as_i64().ok_or_else(|| format!("`{name}`: `{key}` must be an integer, got `{v}`")),
+                }
+            };
+            let (from, to, step) = (int("from", None)?, int("to", None)?, int("step", Some(1))?);
+            if step <= 0 {
+                return Err(format!("`{name}`: step must be greater than 0, got {step}"));
+            }
+            if from > to {
+                return Err(format!("`{name}`: the range is empty (from {from} > to {to})"));
+            }
+            let count = ((to as i128 - from as i128) / step as i128 + 1) as u128;
+            if count > u128::from(MAX_STEPS) {
+                return Err(format!("`{name}`: {count} values, over the step limit of {MAX_STEPS}"));
+            }
+            Ok((0..count as i64).map(|k| Value::from(from + k * step)).collect())
+        }
+        other => Err(format!("`{name}`: expected a list of values or {{from, to, step}}, got `{other}`")),
+    }
+}
+
+/// Kahn's algorithm, ties broken by file order. On a cycle, returns one cycle's assets in
+/// "needs" order.
+fn topological_order(assets: &[RawAsset], deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    let n = assets.len();
+    let mut waiting_on: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (index, ups) in deps.iter().enumerate() {
+        for &up in ups {
+            dependents[up].push(index);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| waiting_on[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(Reverse(index)) = ready.pop() {
+        order.push(index);
+        for &down in &dependents[index] {
+            waiting_on[down] -= 1;
+            if waiting_on[down] == 0 {
+                ready.push(Reverse(down));
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Every unplaced asset lies on or behind a cycle; walk "needs" edges among them from
+    // the first in file order until an asset repeats.
+    let start = (0..n).find(|&i| waiting_on[i] > 0).expect("an unplaced asset exists");
+    let mut path = vec![start];
+    let mut seen_at = HashMap::from([(start, 0usize)]);
+    let mut current = start;
+    loop {
+        let next = *deps[current].iter().find(|&&up| waiting_on[up] > 0).expect("an unplaced asset needs an unplaced asset");
+        if let Some(&at) = seen_at.get(&next) {
+            return Err(path[at..].to_vec());
+        }
+        seen_at.insert(next, path.len());
+        path.push(next);
+        current = next;
+    }
+}

@@ -1,0 +1,516 @@
+//! Applying worker events to the run store, a batch per transaction.
+//!
+//! Idempotence comes from two guards on every transition: the event's `attempt` must be
+//! the step's current attempt, and the step must be in a state the transition starts
+//! from (`queued` → `running`; `queued`/`running` → `succeeded`/`failed`/`retrying`). A
+//! duplicate, a late event from an attempt that was already retried, or an event after
+//! the step finished therefore matches no row and changes nothing. Because of the same
+//! guards the kinds can be applied in bulk, one statement each, whatever their order in
+//! the batch. Every event is also appended to `events` once (keyed by its id).
+//!
+//! A success unlocks downstream steps by decrementing their `pending_upstream`; the step
+//! whose count reaches zero is queued and written to the outbox in the same statement. A
+//! final failure skips every step downstream of it. A run ends when all its steps are
+//! succeeded, failed or skipped.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use opflow_protocol::{Event, EventKind, RunId};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{
+    Store, StoreError,
+    run_plan::{PlanCache, StepRange},
+    runs::RunStatus,
+};
+use crate::retry::retry_delay;
+
+/// What applying a batch did.
+#[derive(Debug, Default)]
+pub struct ApplyOutcome {
+    /// Positions (in the batch) of events naming a run this store does not know.
+    pub unknown_run: Vec<usize>,
+    /// Events already applied before (same event id).
+    pub duplicates: usize,
+    /// Steps queued (written to the outbox) by this batch.
+    pub newly_queued: u64,
+    /// Runs that ended with this batch.
+    pub finished: Vec<(RunId, RunStatus)>,
+}
+
+/// Per-run changes to the counters on `runs`.
+#[derive(Debug, Default, Clone, Copy)]
+struct RunDelta {
+    succeeded: i32,
+    failed: i32,
+    skipped: i32,
+    started: bool,
+}
+
+impl Store {
+    /// Applies `events` in one transaction; see the module docs.
+    pub async fn apply_events(&self, events: &[Event], plans: &PlanCache) -> Result<ApplyOutcome, StoreError> {
+        let mut outcome = ApplyOutcome::default();
+        if events.is_empty() {
+            return Ok(outcome);
+        }
+        let mut tx = self.pool.begin().await?;
+
+        let run_ids: Vec<Uuid> = events
+            .iter()
+            .map(|e| e.run_id.as_uuid())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let known: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ANY($1)")
+            .bind(&run_ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+        let mut candidates = Vec::with_capacity(events.len());
+        for (position, event) in events.iter().enumerate() {
+            if known.contains(&event.run_id.as_uuid()) {
+                candidates.push(event);
+            } else {
+                outcome.unknown_run.push(position);
+            }
+        }
+
+        let fresh_ids = insert_events(&mut tx, &candidates).await?;
+        let fresh: Vec<&Event> = candidates.into_iter().filter(|e| fresh_ids.contains(&e.id.as_uuid())).collect();
+        outcome.duplicates = events.len() - outcome.unknown_run.len() - fresh.len();
+
+        let mut deltas: HashMap<Uuid, RunDelta> = HashMap::new();
+        apply_started(&mut tx, &fresh, &mut deltas).await?;
+        apply_progress(&mut tx, &fresh).await?;
+        let succeeded = apply_succeeded(&mut tx, &fresh, &mut deltas).await?;
+        let failed = apply_failed(&mut tx, &fresh, plans, self, &mut deltas).await?;
+
+        // Unlock what the successes unblocked, one decrement per (success, waiting step).
+        let mut unlocks: BTreeMap<(Uuid, StepRange), i32> = BTreeMap::new();
+        for (run, step) in &succeeded {
+            let plan = plans.get(self, RunId::from_uuid(*run)).await?;
+            for range in plan.downstream_ranges(*step) {
+                *unlocks.entry((*run, range)).or_default() += 1;
+            }
+        }
+        outcome.newly_queued = unlock(&mut tx, &unlocks).await?;
+
+        // Skip everything downstream of a final failure.
+        let mut skips: Vec<(Uuid, StepRange, String)> = Vec::new();
+        for (run, step) in &failed {
+            let plan = plans.get(self, RunId::from_uuid(*run)).await?;
+            let reason = format!("skipped: upstream step {} failed", plan.label(*step));
+            skips.extend(plan.skip_ranges(*step).into_iter().map(|range| (*run, range, reason.clone())));
+        }
+        for run in skip(&mut tx, &skips).await? {
+            deltas.entry(run).or_default().skipped += 1;
+        }
+
+        outcome.finished = update_runs(&mut tx, &deltas).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    events: &[&Event],
+) -> Result<HashSet<Uuid>, StoreError> {
+    if events.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut runs = Vec::with_capacity(events.len());
+    let mut steps = Vec::with_capacity(events.len());
+    let mut attempts = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    let mut workers = Vec::with_capacity(events.len());
+    let mut ats = Vec::with_capacity(events.len());
+    for e in events {
+        ids.push(e.id.as_uuid());
+        runs.push(e.run_id.as_uuid());
+        steps.push(e.step_id.0 as i32);
+        attempts.push(e.attempt as i32);
+        kinds.push(e.kind.name().to_owned());
+        bodies.push(serde_json::to_value(&e.kind).unwrap_or(Value::Null));
+        workers.push(e.worker.clone());
+        ats.push(e.at);
+    }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO events (id, run_id, step_id, attempt, kind, body, worker, at)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::text[], $6::jsonb[],
+                              $7::text[], $8::timestamptz[])
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&runs)
+    .bind(&steps)
+    .bind(&attempts)
+    .bind(&kinds)
+    .bind(&bodies)
+    .bind(&workers)
+    .bind(&ats)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(inserted.into_iter().collect())
+}
+
+/// Columns shared by the per-kind bulk statements.
+#[derive(Default)]
+struct StepColumns {
+    runs: Vec<Uuid>,
+    steps: Vec<i32>,
+    attempts: Vec<i32>,
+    ats: Vec<DateTime<Utc>>,
+    workers: Vec<String>,
+}
+
+impl StepColumns {
+    fn push(&mut self, e: &Event) {
+        self.runs.push(e.run_id.as_uuid());
+        self.steps.push(e.step_id.0 as i32);
+        self.attempts.push(e.attempt as i32);
+        self.ats.push(e.at);
+        self.workers.push(e.worker.clone());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
+async fn apply_started(
+    tx: &mut sqlx::PgConnection,
+    events: &[&Event],
+    deltas: &mut HashMap<Uuid, RunDelta>,
+) -> Result<(), StoreError> {
+    let mut cols = StepColumns::default();
+    for e in events.iter().filter(|e| matches!(e.kind, EventKind::Started { .. })) {
+        cols.push(e);
+    }
+    if cols.is_empty() {
+        return Ok(());
+    }
+    let started: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE steps s SET status = 'running', started_at = u.at, worker = u.worker
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[])
+              AS u(run_id, step_id, attempt, at, worker)
+         WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt AND s.status = 'queued'
+         RETURNING s.run_id",
+    )
+    .bind(&cols.runs)
+    .bind(&cols.steps)
+    .bind(&cols.attempts)
+    .bind(&cols.ats)
+    .bind(&cols.workers)
+    .fetch_all(&mut *tx)
+    .await?;
+    for run in started {
+        deltas.entry(run).or_default().started = true;
+    }
+    Ok(())
+}
+
+/// Progress and heartbeats: the latest of each step's events in the batch wins.
+async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result<(), StoreError> {
+    let mut latest: HashMap<(Uuid, u32, u32), (&Event, Option<f64>, Option<&str>)> = HashMap::new();
+    for e in events {
+        let (fraction, message) = match &e.kind {
+            EventKind::Progress { fraction, message } => (Some(*fraction), message.as_deref()),
+            EventKind::Heartbeat => (None, None),
+            _ => continue,
+        };
+        let key = (e.run_id.as_uuid(), e.step_id.0, e.attempt);
+        let entry = latest.entry(key).or_insert((e, fraction, message));
+        if e.at >= entry.0.at {
+            *entry = (e, fraction.or(entry.1), message.or(entry.2));
+        }
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let mut cols = StepColumns::default();
+    let mut fractions: Vec<Option<f32>> = Vec::with_capacity(latest.len());
+    let mut messages: Vec<Option<String>> = Vec::with_capacity(latest.len());
+    for (e, fraction, message) in latest.values() {
+        cols.push(e);
+        fractions.push(fraction.map(|f| f as f32));
+        messages.push(message.map(str::to_owned));
+    }
+    sqlx::query(
+        "UPDATE steps s SET progress = coalesce(u.fraction, s.progress),
+                            progress_message = coalesce(u.message, s.progress_message),
+                            heartbeat_at = greatest(s.heartbeat_at, u.at)
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::real[], $6::text[])
+              AS u(run_id, step_id, attempt, at, fraction, message)
+         WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
+           AND s.status IN ('queued', 'running')",
+    )
+    .bind(&cols.runs)
+    .bind(&cols.steps)
+    .bind(&cols.attempts)
+    .bind(&cols.ats)
+    .bind(&fractions)
+    .bind(&messages)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks steps succeeded; returns the (run, step) pairs that changed.
+async fn apply_succeeded(
+    tx: &mut sqlx::PgConnection,
+    events: &[&Event],
+    deltas: &mut HashMap<Uuid, RunDelta>,
+) -> Result<Vec<(Uuid, u32)>, StoreError> {
+    let mut cols = StepColumns::default();
+    let mut outputs = Vec::new();
+    for e in events {
+        if let EventKind::Succeeded { output } = &e.kind {
+            cols.push(e);
+            outputs.push(output.clone());
+        }
+    }
+    if cols.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "UPDATE steps s SET status = 'succeeded', output = u.output, finished_at = u.at, progress = 1,
+                            worker = u.worker, error = NULL,
+                            started_at = coalesce(s.started_at, u.at)
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::jsonb[])
+              AS u(run_id, step_id, attempt, at, worker, output)
+         WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
+           AND s.status IN ('queued', 'running')
+         RETURNING s.run_id, s.id",
+    )
+    .bind(&cols.runs)
+    .bind(&cols.steps)
+    .bind(&cols.attempts)
+    .bind(&cols.ats)
+    .bind(&cols.workers)
+    .bind(&outputs)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (run, _) in &rows {
+        let delta = deltas.entry(*run).or_default();
+        delta.succeeded += 1;
+        delta.started = true;
+    }
+    Ok(rows.into_iter().map(|(run, step)| (run, step as u32)).collect())
+}
+
+/// Schedules retries or fails steps for good; returns the (run, step) pairs that failed
+/// for good. A retryable failure of attempt `n` is retried while `n <= max_retries`.
+async fn apply_failed(
+    tx: &mut sqlx::PgConnection,
+    events: &[&Event],
+    plans: &PlanCache,
+    store: &Store,
+    deltas: &mut HashMap<Uuid, RunDelta>,
+) -> Result<Vec<(Uuid, u32)>, StoreError> {
+    let mut retry = StepColumns::default();
+    let mut retry_at = Vec::new();
+    let mut retry_errors = Vec::new();
+    let mut fail = StepColumns::default();
+    let mut fail_errors = Vec::new();
+    for e in events {
+        let EventKind::Failed { error, retryable } = &e.kind else { continue };
+        let plan = plans.get(store, e.run_id).await?;
+        let policy = plan.retry_policy(e.step_id.0);
+        if *retryable && e.attempt <= policy.max_retries {
+            let delay = retry_delay(policy.backoff, e.attempt);
+            retry.push(e);
+            retry_at.push(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
+            retry_errors.push(format!("attempt {} failed: {error}", e.attempt));
+        } else {
+            fail.push(e);
+            let why = if *retryable {
+                format!("failed after {} attempts; last error: {error}", e.attempt)
+            } else {
+                format!("failed (not retryable) on attempt {}: {error}", e.attempt)
+            };
+            fail_errors.push(why);
+        }
+    }
+    if !retry.is_empty() {
+        let rows: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE steps s SET status = 'retrying', attempt = s.attempt + 1, next_attempt_at = u.next_at,
+                                error = u.error, progress = NULL, progress_message = NULL
+             FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[])
+                  AS u(run_id, step_id, attempt, next_at, error)
+             WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
+               AND s.status IN ('queued', 'running')
+             RETURNING s.run_id",
+        )
+        .bind(&retry.runs)
+        .bind(&retry.steps)
+        .bind(&retry.attempts)
+        .bind(&retry_at)
+        .bind(&retry_errors)
+        .fetch_all(&mut *tx)
+        .await?;
+        for run in rows {
+            deltas.entry(run).or_default().started = true;
+        }
+    }
+    if fail.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "UPDATE steps s SET status = 'failed', error = u.error, finished_at = u.at, worker = u.worker
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[])
+              AS u(run_id, step_id, attempt, at, worker, error)
+         WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
+           AND s.status IN ('queued', 'running')
+         RETURNING s.run_id, s.id",
+    )
+    .bind(&fail.runs)
+    .bind(&fail.steps)
+    .bind(&fail.attempts)
+    .bind(&fail.ats)
+    .bind(&fail.workers)
+    .bind(&fail_errors)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (run, _) in &rows {
+        let delta = deltas.entry(*run).or_default();
+        delta.failed += 1;
+        delta.started = true;
+    }
+    Ok(rows.into_iter().map(|(run, step)| (run, step as u32)).collect())
+}
+
+/// Decrements `pending_upstream` over each range by its count, queues the steps that reach
+/// zero and writes them to the outbox. Returns how many were queued.
+async fn unlock(tx: &mut sqlx::PgConnection, unlocks: &BTreeMap<(Uuid, StepRange), i32>) -> Result<u64, StoreError> {
+    if unlocks.is_empty() {
+        return Ok(0);
+    }
+    let (mut runs, mut firsts, mut lasts, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((run, range), count) in unlocks {
+        runs.push(*run);
+        firsts.push(range.first as i32);
+        lasts.push(range.last as i32);
+        counts.push(*count);
+    }
+    let queued: i64 = sqlx::query_scalar(
+        "WITH d AS (
+             SELECT s.run_id, s.id, sum(d.k)::int AS k
+             FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[]) AS d(run_id, lo, hi, k)
+             JOIN steps s ON s.run_id = d.run_id AND s.id BETWEEN d.lo AND d.hi
+             GROUP BY s.run_id, s.id
+         ), unlocked AS (
+             UPDATE steps s
+             SET pending_upstream = s.pending_upstream - d.k,
+                 status = CASE WHEN s.pending_upstream = d.k AND s.status = 'waiting'
+                               THEN 'queued'::step_status ELSE s.status END,
+                 queued_at = CASE WHEN s.pending_upstream = d.k AND s.status = 'waiting'
+                                  THEN now() ELSE s.queued_at END
+             FROM d
+             WHERE s.run_id = d.run_id AND s.id = d.id
+             RETURNING s.run_id, s.id, s.attempt, s.status, s.pending_upstream
+         ), queued AS (
+             INSERT INTO outbox (run_id, step_id, attempt)
+             SELECT run_id, id, attempt FROM unlocked WHERE pending_upstream = 0 AND status = 'queued'
+             ORDER BY run_id, id
+             RETURNING 1
+         )
+         SELECT count(*) FROM queued",
+    )
+    .bind(&runs)
+    .bind(&firsts)
+    .bind(&lasts)
+    .bind(&counts)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(queued as u64)
+}
+
+/// Skips waiting steps in the given ranges; returns the run of every skipped step.
+async fn skip(tx: &mut sqlx::PgConnection, skips: &[(Uuid, StepRange, String)]) -> Result<Vec<Uuid>, StoreError> {
+    if skips.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut runs, mut firsts, mut lasts, mut reasons) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (run, range, reason) in skips {
+        runs.push(*run);
+        firsts.push(range.first as i32);
+        lasts.push(range.last as i32);
+        reasons.push(reason.clone());
+    }
+    let skipped: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE steps s SET status = 'skipped', finished_at = now(), error = r.reason
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::text[]) AS r(run_id, lo, hi, reason)
+         WHERE s.run_id = r.run_id AND s.id BETWEEN r.lo AND r.hi AND s.status = 'waiting'
+         RETURNING s.run_id",
+    )
+    .bind(&runs)
+    .bind(&firsts)
+    .bind(&lasts)
+    .bind(&reasons)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(skipped)
+}
+
+/// Adds the batch's counts to each run, marks runs running, and ends the runs whose steps
+/// are all done. Returns the runs that ended.
+async fn update_runs(
+    tx: &mut sqlx::PgConnection,
+    deltas: &HashMap<Uuid, RunDelta>,
+) -> Result<Vec<(RunId, RunStatus)>, StoreError> {
+    if deltas.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut runs, mut succeeded, mut failed, mut skipped, mut started) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (run, d) in deltas {
+        runs.push(*run);
+        succeeded.push(d.succeeded);
+        failed.push(d.failed);
+        skipped.push(d.skipped);
+        started.push(d.started);
+    }
+    sqlx::query(
+        "UPDATE runs r SET steps_succeeded = r.steps_succeeded + u.succeeded,
+                           steps_failed = r.steps_failed + u.failed,
+                           steps_skipped = r.steps_skipped + u.skipped,
+                           status = CASE WHEN r.status = 'queued' AND u.started
+                                         THEN 'running'::run_status ELSE r.status END,
+                           started_at = CASE WHEN r.started_at IS NULL AND u.started
+                                             THEN now() ELSE r.started_at END
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[], $5::bool[])
+              AS u(run_id, succeeded, failed, skipped, started)
+         WHERE r.id = u.run_id",
+    )
+    .bind(&runs)
+    .bind(&succeeded)
+    .bind(&failed)
+    .bind(&skipped)
+    .bind(&started)
+    .execute(&mut *tx)
+    .await?;
+    let finished: Vec<(Uuid, RunStatus)> = sqlx::query_as(
+        "UPDATE runs SET status = CASE WHEN steps_failed > 0 THEN 'failed'::run_status
+                                       ELSE 'succeeded'::run_status END,
+                         finished_at = now()
+         WHERE id = ANY($1) AND status IN ('queued', 'running')
+           AND steps_succeeded + steps_failed + steps_skipped = steps_total
+         RETURNING id, status",
+    )
+    .bind(&runs)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (run, _) in &finished {
+        sqlx::query("SELECT pg_notify('opflow_runs', $1)").bind(run.to_string()).execute(&mut *tx).await?;
+    }
+    Ok(finished.into_iter().map(|(run, status)| (RunId::from_uuid(run), status)).collect())
+}
+

@@ -1,0 +1,153 @@
+//! The run store in PostgreSQL: the op registry, runs and their steps, the outbox and the
+//! event log. Everything that outlives a dispatcher process lives here; the schema is in
+//! `dispatcher/migrations/` and is applied on connect.
+//!
+//! - [`ops`]: the registry of op versions.
+//! - [`runs`]: submitting a run (bulk inserts) and reading its state.
+//! - [`outbox`]: taking steps to publish, transactionally.
+//! - [`apply`]: applying worker events to steps and runs.
+
+pub mod apply;
+pub mod ops;
+pub mod outbox;
+pub mod run_plan;
+pub mod runs;
+
+use std::{str::FromStr, time::Duration};
+
+use backon::{ExponentialBuilder, Retryable};
+use sqlx::{
+    AssertSqlSafe, Connection, PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokio_util::sync::CancellationToken;
+
+/// Postgres' "database does not exist".
+const INVALID_CATALOG_NAME: &str = "3D000";
+/// Postgres' "duplicate database" (lost a race to create it).
+const DUPLICATE_DATABASE: &str = "42P04";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database URL {url}: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "cannot reach PostgreSQL at {url}: {source}; is it running? (start it with `pg_ctlcluster 15 main start`)"
+    )]
+    Unreachable {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create database `{database}` at {url}: {source}; create it yourself or grant CREATEDB")]
+    CreateDatabase {
+        database: String,
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("applying the opflow schema migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cancelled while connecting to PostgreSQL")]
+    Cancelled,
+    #[error(
+        "the idempotency key `{key}` belongs to run {run_id}, submitted with a different plan; use another key"
+    )]
+    KeyConflict { key: String, run_id: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("run {0} is stored inconsistently: {1}")]
+    Corrupt(String, String),
+}
+
+/// A handle on the run store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects (creating the database if it is missing), retrying while PostgreSQL
+    /// starts, and applies the schema migrations.
+    pub async fn connect(url: &str, cancel: &CancellationToken) -> Result<Self, StoreError> {
+        let redacted = opflow_process::redact_url(url);
+        let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::BadUrl {
+            url: redacted.clone(),
+            source,
+        })?;
+        let options = options.application_name("opflow");
+        let connect = || async {
+            match PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options.clone())
+                .await
+            {
+                Err(error) if sql_state(&error).as_deref() == Some(INVALID_CATALOG_NAME) => {
+                    create_database(&options, &redacted).await?;
+                    PgPoolOptions::new()
+                        .max_connections(8)
+                        .acquire_timeout(Duration::from_secs(30))
+                        .connect_with(options.clone())
+                        .await
+                        .map_err(|source| StoreError::Unreachable { url: redacted.clone(), source })
+                }
+                Err(source) => Err(StoreError::Unreachable { url: redacted.clone(), source }),
+                Ok(pool) => Ok(pool),
+            }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .with_max_times(9);
+        let attempt = connect
+            .retry(backoff)
+            .when(|e| matches!(e, StoreError::Unreachable { .. }))
+            .notify(|error, delay| tracing::warn!(%error, retry_in = ?delay, "PostgreSQL unreachable; retrying"));
+        let pool = tokio::select! {
+            pool = attempt => pool?,
+            () = cancel.cancelled() => return Err(StoreError::Cancelled),
+        };
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether the database answers; for the readiness endpoint.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+fn sql_state(error: &sqlx::Error) -> Option<String> {
+    error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned())
+}
+
+/// Creates the database named in `options` through the server's `postgres` database.
+async fn create_database(options: &PgConnectOptions, redacted: &str) -> Result<(), StoreError> {
+    let database = options.get_database().unwrap_or("opflow").to_owned();
+    let failed = |source| StoreError::CreateDatabase { database: database.clone(), url: redacted.to_owned(), source };
+    if !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(failed(sqlx::Error::Protocol(format!(
+            "database name `{database}` has characters opflow will not quote; use letters, digits, `_` and `-`"
+        ))));
+    }
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await.map_err(failed)?;
+    tracing::info!(%database, "creating the database");
+    // The name was checked above to hold only characters that are safe inside quotes.
+    let statement = format!("CREATE DATABASE \"{database}\"");
+    match sqlx::query(AssertSqlSafe(statement)).execute(&mut admin).await {
+        Ok(_) => Ok(()),
+        Err(error) if sql_state(&error).as_deref() == Some(DUPLICATE_DATABASE) => Ok(()),
+        Err(error) => Err(failed(error)),
+    }
+}

@@ -1,0 +1,126 @@
+//! The transactional outbox: a step is marked queued and its row written here in the same
+//! transaction, so a crash between "decided" and "published" loses nothing. The publisher
+//! deletes a batch of rows in a transaction it commits only after the broker confirmed
+//! every message; if it dies first, the rows come back and are published again (the
+//! worker side tolerates the duplicate).
+
+use opflow_protocol::RunId;
+use serde_json::Value;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{Store, StoreError, run_plan::StepRange};
+
+/// One step attempt to publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub run_id: RunId,
+    pub step_id: u32,
+    pub attempt: u32,
+}
+
+/// A batch taken from the outbox, held in an open transaction until [`OutboxBatch::commit`].
+pub struct OutboxBatch {
+    tx: Transaction<'static, Postgres>,
+    pub entries: Vec<OutboxEntry>,
+}
+
+impl Store {
+    /// Takes up to `limit` rows, oldest first, skipping rows another publisher holds.
+    pub async fn take_outbox(&self, limit: u32) -> Result<OutboxBatch, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(Uuid, i32, i32)> = sqlx::query_as(
+            "DELETE FROM outbox WHERE seq IN (
+                 SELECT seq FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+             )
+             RETURNING run_id, step_id, attempt",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let entries = rows
+            .into_iter()
+            .map(|(run, step, attempt)| OutboxEntry {
+                run_id: RunId::from_uuid(run),
+                step_id: step as u32,
+                attempt: attempt as u32,
+            })
+            .collect();
+        Ok(OutboxBatch { tx, entries })
+    }
+}
+
+impl OutboxBatch {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries whose step is still queued at that attempt. The others are stale (the
+    /// step was published before a crash and has since started or finished) and are
+    /// dropped with the batch.
+    pub async fn still_queued(&mut self) -> Result<Vec<OutboxEntry>, StoreError> {
+        let runs: Vec<Uuid> = self.entries.iter().map(|e| e.run_id.as_uuid()).collect();
+        let steps: Vec<i32> = self.entries.iter().map(|e| e.step_id as i32).collect();
+        let attempts: Vec<i32> = self.entries.iter().map(|e| e.attempt as i32).collect();
+        let current: Vec<(Uuid, i32, i32)> = sqlx::query_as(
+            "SELECT s.run_id, s.id, s.attempt
+             FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS u(run_id, step_id, attempt)
+             JOIN steps s ON s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
+             WHERE s.status = 'queued'",
+        )
+        .bind(&runs)
+        .bind(&steps)
+        .bind(&attempts)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let current: std::collections::HashSet<(Uuid, i32, i32)> = current.into_iter().collect();
+        Ok(self
+            .entries
+            .iter()
+            .copied()
+            .filter(|e| current.contains(&(e.run_id.as_uuid(), e.step_id as i32, e.attempt as i32)))
+            .collect())
+    }
+
+    /// The outputs of the succeeded steps in `range`, by step id.
+    pub async fn outputs(&mut self, run: RunId, range: StepRange) -> Result<Vec<(u32, Value)>, StoreError> {
+        let rows: Vec<(i32, Option<Value>)> = sqlx::query_as(
+            "SELECT id, output FROM steps
+             WHERE run_id = $1 AND id BETWEEN $2 AND $3 AND status = 'succeeded'
+             ORDER BY id",
+        )
+        .bind(run.as_uuid())
+        .bind(range.first as i32)
+        .bind(range.last as i32)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows.into_iter().map(|(id, output)| (id as u32, output.unwrap_or(Value::Null))).collect())
+    }
+
+    /// Makes the batch's removal from the outbox permanent.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Queues every retry whose backoff has elapsed; returns how many.
+    pub async fn release_due_retries(&self) -> Result<u64, StoreError> {
+        let queued: i64 = sqlx::query_scalar(
+            "WITH due AS (
+                 UPDATE steps SET status = 'queued', queued_at = now(), next_attempt_at = NULL
+                 WHERE status = 'retrying' AND next_attempt_at <= now()
+                 RETURNING run_id, id, attempt
+             ), queued AS (
+                 INSERT INTO outbox (run_id, step_id, attempt)
+                 SELECT run_id, id, attempt FROM due ORDER BY run_id, id
+                 RETURNING 1
+             )
+             SELECT count(*) FROM queued",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(queued as u64)
+    }
+}

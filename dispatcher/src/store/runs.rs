@@ -1,0 +1,372 @@
+//! Runs: submitting one (bulk inserts in one transaction, idempotent by key) and reading
+//! its state and outputs.
+
+use chrono::{DateTime, Utc};
+use opflow_protocol::RunId;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{Store, StoreError, run_plan::AssetRow};
+use crate::plan::CompiledPlan;
+
+/// Rows per bulk `INSERT … SELECT FROM UNNEST`: large enough to amortise round trips,
+/// small enough to keep each statement's arrays a few megabytes.
+const STEP_INSERT_CHUNK: usize = 50_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, Serialize)]
+#[sqlx(type_name = "run_status", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, Serialize)]
+#[sqlx(type_name = "step_status", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Waiting,
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// The outcome of a submission.
+#[derive(Debug, Clone, Copy)]
+pub struct Submission {
+    pub run_id: RunId,
+    /// True when the key named an existing run, which is returned instead of a new one.
+    pub existing: bool,
+}
+
+/// Step counts by state.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct StepCounts {
+    pub total: i64,
+    pub waiting: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub retrying: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+/// A run's state, as `opflow status --json` and `GET /v1/runs/{id}` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: RunId,
+    pub key: Option<String>,
+    pub plan: String,
+    pub plan_file: String,
+    pub status: RunStatus,
+    pub steps: StepCounts,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The first failed steps, with their errors.
+    pub failures: Vec<StepFailure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepFailure {
+    pub step_id: u32,
+    pub asset: String,
+    pub attempt: i32,
+    pub error: String,
+}
+
+/// The cheap part of a run's state: the counters kept on its row.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct RunProgress {
+    pub status: RunStatus,
+    pub steps_total: i32,
+    pub steps_succeeded: i32,
+    pub steps_failed: i32,
+    pub steps_skipped: i32,
+}
+
+/// One step's result.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StepOutput {
+    pub step_id: i32,
+    pub asset: String,
+    pub status: StepStatus,
+    pub attempt: i32,
+    pub worker: Option<String>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+impl Store {
+    /// Stores a compiled plan as a new run and queues its ready steps, all in one
+    /// transaction. With a `key` that an earlier run used, returns that run instead,
+    /// unless the plan text differs, which is a [`StoreError::KeyConflict`].
+    pub async fn submit_run(
+        &self,
+        plan: &CompiledPlan,
+        plan_file: &str,
+        plan_source: &str,
+        key: Option<&str>,
+    ) -> Result<Submission, StoreError> {
+        if let Some(key) = key
+            && let Some(existing) = self.run_by_key(key, plan_source).await?
+        {
+            return Ok(existing);
+        }
+        let run_id = RunId::new();
+        let mut tx = self.pool.begin().await?;
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO runs (id, key, plan_name, plan_file, plan_source, steps_total)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (key) DO NOTHING
+             RETURNING id",
+        )
+        .bind(run_id.as_uuid())
+        .bind(key)
+        .bind(&plan.name)
+        .bind(plan_file)
+        .bind(plan_source)
+        .bind(plan.step_count as i32)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            // Another submission with the same key won the race; return its run.
+            tx.rollback().await?;
+            let key = key.unwrap_or_default();
+            return self
+                .run_by_key(key, plan_source)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt(key.to_owned(), "key conflict without a run".into()));
+        }
+
+        for (idx, asset) in plan.assets.iter().enumerate() {
+            let row = AssetRow::from_asset(idx, asset);
+            sqlx::query(
+                "INSERT INTO run_assets (run_id, idx, name, op_name, op_version, op_requirement, config,
+                                         partitions, partition_keys, sweep, deps, retry_max, retry_backoff_ms,
+                                         timeout_ms, first_step, step_count, line)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .bind(run_id.as_uuid())
+            .bind(row.idx)
+            .bind(row.name)
+            .bind(row.op_name)
+            .bind(row.op_version)
+            .bind(row.op_requirement)
+            .bind(row.config)
+            .bind(row.partitions)
+            .bind(row.partition_keys)
+            .bind(row.sweep)
+            .bind(row.deps)
+            .bind(row.retry_max)
+            .bind(row.retry_backoff_ms)
+            .bind(row.timeout_ms)
+            .bind(row.first_step)
+            .bind(row.step_count)
+            .bind(row.line)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        let mut ids = Vec::with_capacity(STEP_INSERT_CHUNK);
+        let mut assets = Vec::with_capacity(STEP_INSERT_CHUNK);
+        let mut pending = Vec::with_capacity(STEP_INSERT_CHUNK);
+        for (idx, asset) in plan.assets.iter().enumerate() {
+            for i in 0..asset.step_count() {
+                ids.push((asset.first_step + i) as i32);
+                assets.push(idx as i32);
+                pending.push(plan.pending_upstream(idx, i) as i32);
+                if ids.len() == STEP_INSERT_CHUNK {
+                    insert_steps(&mut tx, run_id, &ids, &assets, &pending).await?;
+                    ids.clear();
+                    assets.clear();
+                    pending.clear();
+                }
+            }
+        }
+        insert_steps(&mut tx, run_id, &ids, &assets, &pending).await?;
+        sqlx::query(
+            "INSERT INTO outbox (run_id, step_id, attempt)
+             SELECT run_id, id, attempt FROM steps WHERE run_id = $1 AND status = 'queued' ORDER BY id",
+        )
+        .bind(run_id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify('opflow_outbox', '')").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Submission { run_id, existing: false })
+    }
+
+    /// The run submitted with `key`, if any; a [`StoreError::KeyConflict`] if it was
+    /// submitted with different plan text.
+    pub async fn run_by_key(&self, key: &str, plan_source: &str) -> Result<Option<Submission>, StoreError> {
+        let row: Option<(Uuid, String)> = sqlx::query_as("SELECT id, plan_source FROM runs WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok(None),
+            Some((id, source)) if source == plan_source => {
+                Ok(Some(Submission { run_id: RunId::from_uuid(id), existing: true }))
+            }
+            Some((id, _)) => Err(StoreError::KeyConflict { key: key.to_owned(), run_id: id.to_string() }),
+        }
+    }
+
+    /// A run's counters, from its row alone: cheap enough to poll.
+    pub async fn run_progress(&self, run: RunId) -> Result<Option<RunProgress>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT status, steps_total, steps_succeeded, steps_failed, steps_skipped FROM runs WHERE id = $1",
+        )
+        .bind(run.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// A run's full state, or `None` for an unknown run.
+    pub async fn run_summary(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
+        type Row = (Option<String>, String, String, RunStatus, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, i32);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT key, plan_name, plan_file, status, created_at, started_at, finished_at, steps_total
+             FROM runs WHERE id = $1",
+        )
+        .bind(run.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((key, plan, plan_file, status, created_at, started_at, finished_at, total)) = row else {
+            return Ok(None);
+        };
+        let counts: Vec<(StepStatus, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM steps WHERE run_id = $1 GROUP BY status")
+                .bind(run.as_uuid())
+                .fetch_all(&self.pool)
+                .await?;
+        let mut steps = StepCounts { total: i64::from(total), ..StepCounts::default() };
+        for (status, n) in counts {
+            *match status {
+                StepStatus::Waiting => &mut steps.waiting,
+                StepStatus::Queued => &mut steps.queued,
+                StepStatus::Running => &mut steps.running,
+                StepStatus::Retrying => &mut steps.retrying,
+                StepStatus::Succeeded => &mut steps.succeeded,
+                StepStatus::Failed => &mut steps.failed,
+                StepStatus::Skipped => &mut steps.skipped,
+            } = n;
+        }
+        let failures: Vec<(i32, String, i32, Option<String>)> = sqlx::query_as(
+            "SELECT s.id, a.name, s.attempt, s.error FROM steps s
+             JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+             WHERE s.run_id = $1 AND s.status = 'failed' ORDER BY s.id LIMIT 10",
+        )
+        .bind(run.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(RunSummary {
+            run_id: run,
+            key,
+            plan,
+            plan_file,
+            status,
+            steps,
+            created_at,
+            started_at,
+            finished_at,
+            failures: failures
+                .into_iter()
+                .map(|(id, asset, attempt, error)| StepFailure {
+                    step_id: id as u32,
+                    asset,
+                    attempt,
+                    error: error.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    /// The outputs (or errors) of a run's steps, optionally of one asset only.
+    pub async fn step_outputs(&self, run: RunId, asset: Option<&str>) -> Result<Vec<StepOutput>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT s.id AS step_id, a.name AS asset, s.status, s.attempt, s.worker, s.output, s.error
+             FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+             WHERE s.run_id = $1 AND ($2::text IS NULL OR a.name = $2)
+             ORDER BY s.id",
+        )
+        .bind(run.as_uuid())
+        .bind(asset)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Reads a run's compiled plan back from `run_assets`.
+    pub async fn load_run_plan(&self, run: RunId) -> Result<CompiledPlan, StoreError> {
+        let name: Option<String> = sqlx::query_scalar("SELECT plan_name FROM runs WHERE id = $1")
+            .bind(run.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?;
+        let name = name.ok_or_else(|| StoreError::Corrupt(run.to_string(), "no such run".into()))?;
+        let rows: Vec<AssetRow> = sqlx::query_as(
+            "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
+                    deps, retry_max, retry_backoff_ms, timeout_ms, first_step, step_count, line
+             FROM run_assets WHERE run_id = $1 ORDER BY idx",
+        )
+        .bind(run.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        let assets = rows
+            .into_iter()
+            .map(AssetRow::into_asset)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Corrupt(run.to_string(), e))?;
+        let step_count = assets.iter().map(|a| a.step_count()).sum();
+        Ok(CompiledPlan { name, description: None, assets, step_count })
+    }
+}
+
+async fn insert_steps(
+    tx: &mut sqlx::PgConnection,
+    run_id: RunId,
+    ids: &[i32],
+    assets: &[i32],
+    pending: &[i32],
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO steps (run_id, id, asset, status, pending_upstream, queued_at)
+         SELECT $1, u.id, u.asset,
+                CASE WHEN u.pending = 0 THEN 'queued'::step_status ELSE 'waiting'::step_status END,
+                u.pending,
+                CASE WHEN u.pending = 0 THEN now() END
+         FROM UNNEST($2::int[], $3::int[], $4::int[]) AS u(id, asset, pending)",
+    )
+    .bind(run_id.as_uuid())
+    .bind(ids)
+    .bind(assets)
+    .bind(pending)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

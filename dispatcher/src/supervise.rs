@@ -1,0 +1,131 @@
+//! Worker processes on one machine, for `opflow up`: each op gets its replicas as child
+//! processes; one that dies is restarted with capped, jittered backoff; on shutdown every
+//! worker gets SIGTERM (it finishes its step, acks, exits) and, past the drain timeout,
+//! SIGKILL (its unacked step is redelivered to another worker later).
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use nix::{sys::signal::Signal, unistd::Pid};
+use opflow_protocol::OpRef;
+use tokio::{process::Child, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+/// A worker that ran this long before dying is restarted at once, not after a backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// One op's workers.
+#[derive(Debug, Clone)]
+pub struct WorkerGroup {
+    pub op: OpRef,
+    pub binary: PathBuf,
+    pub replicas: u32,
+}
+
+/// What every worker process is started with.
+#[derive(Debug, Clone)]
+pub struct WorkerEnv {
+    pub amqp_url: String,
+    pub log_format: &'static str,
+    pub drain_timeout: Duration,
+}
+
+/// Runs every group's workers until `shutdown`, then drains them.
+pub async fn supervise(groups: Vec<WorkerGroup>, env: WorkerEnv, shutdown: CancellationToken) {
+    let mut workers = JoinSet::new();
+    for group in groups {
+        for replica in 0..group.replicas {
+            workers.spawn(keep_running(group.clone(), replica, env.clone(), shutdown.clone()));
+        }
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+async fn keep_running(group: WorkerGroup, replica: u32, env: WorkerEnv, shutdown: CancellationToken) {
+    let name = format!("{}#{replica}", group.op);
+    let restart_delays = || {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = restart_delays();
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        let mut child = match spawn(&group, &env) {
+            Ok(child) => child,
+            Err(error) => {
+                tracing::error!(worker = %name, binary = %group.binary.display(), %error, "cannot start worker");
+                if !sleep_or_stop(delays.next(), &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        tracing::debug!(worker = %name, pid = child.id(), "worker started");
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                if started.elapsed() >= HEALTHY_RUN {
+                    delays = restart_delays();
+                }
+                let delay = delays.next();
+                tracing::warn!(worker = %name, %status, restart_in = ?delay, "worker exited; restarting it");
+                if !sleep_or_stop(delay, &shutdown).await {
+                    return;
+                }
+            }
+            () = shutdown.cancelled() => {
+                drain(&mut child, &name, env.drain_timeout).await;
+                return;
+            }
+        }
+    }
+}
+
+fn spawn(group: &WorkerGroup, env: &WorkerEnv) -> std::io::Result<Child> {
+    tokio::process::Command::new(&group.binary)
+        .arg("--amqp-url")
+        .arg(&env.amqp_url)
+        .arg("--log-format")
+        .arg(env.log_format)
+        .stdin(Stdio::null())
+        // The worker's own log lines go to our stderr, where the user is looking.
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// SIGTERM, then wait up to `timeout`, then SIGKILL.
+async fn drain(child: &mut Child, name: &str, timeout: Duration) {
+    let Some(pid) = child.id() else { return };
+    if let Err(error) = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM) {
+        tracing::warn!(worker = %name, %error, "cannot send SIGTERM");
+    }
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => tracing::debug!(worker = %name, "worker drained"),
+        Ok(Ok(status)) => tracing::warn!(worker = %name, %status, "worker exited uncleanly while draining"),
+        Ok(Err(error)) => tracing::warn!(worker = %name, %error, "waiting for worker failed"),
+        Err(_) => {
+            tracing::warn!(worker = %name, ?timeout, "worker did not drain in time; killing it (its step will be redelivered)");
+            if let Err(error) = child.kill().await {
+                tracing::warn!(worker = %name, %error, "cannot kill worker");
+            }
+        }
+    }
+}
+
+/// Sleeps unless shutdown comes first; returns whether to go on.
+async fn sleep_or_stop(delay: Option<Duration>, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay.unwrap_or(Duration::from_secs(30))) => true,
+        () = shutdown.cancelled() => false,
+    }
+}

@@ -1,0 +1,14 @@
+//! What every opflow process shares, so the dispatcher and every op binary behave alike:
+//!
+//! - [`telemetry`]: one tracing subscriber (human or JSON lines, `RUST_LOG` filter) with
+//!   OpenTelemetry span context, so trace context can travel in message headers.
+//! - [`redact`]: connection URLs without their passwords, for logs and errors.
+//! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token, the start of a drain.
+
+pub mod redact;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use redact::redact_url;
+pub use shutdown::cancel_on_signal;
+pub use telemetry::{LogFormat, TelemetryGuard, init};

@@ -1,0 +1,42 @@
+//! What an op binary prints for `--describe`: its identity and the configuration it takes.
+//! `opflow ops add` reads it to register the op version, so the registry learns about an
+//! op from the op itself.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ids::OpRef;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpDescription {
+    pub op: OpRef,
+    /// One line saying what the op computes.
+    pub summary: String,
+    /// The keys the op reads from its parameters (plan `config` plus sweep point).
+    #[serde(default)]
+    pub config: Vec<ConfigField>,
+    /// The protocol schema version the op speaks.
+    pub schema_version: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigField {
+    pub name: String,
+    /// A JSON type name: `number`, `integer`, `string`, `boolean`, `object`, `array`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    /// The value used when the key is absent; `null` means the key is required.
+    #[serde(default)]
+    pub default: Value,
+}
+
+impl OpDescription {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("descriptions serialize infallibly")
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}

@@ -1,0 +1,161 @@
+//! Events: what a worker tells the dispatcher about one attempt of one step.
+//!
+//! Every event has its own [`EventId`], so a duplicate delivery is recognisable, and names
+//! the attempt it belongs to, so a late event from an attempt the dispatcher has already
+//! given up on changes nothing.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    DecodeError, SCHEMA_VERSION,
+    codec::{decode, encode},
+    ids::{EventId, OpRef, RunId, StepId},
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Schema version; see [`SCHEMA_VERSION`].
+    pub v: u32,
+    pub id: EventId,
+    pub run_id: RunId,
+    pub step_id: StepId,
+    pub attempt: u32,
+    /// When the worker emitted the event.
+    pub at: DateTime<Utc>,
+    /// The worker instance that emitted it, e.g. `noop@1.1.0/host/4242`.
+    pub worker: String,
+    pub kind: EventKind,
+}
+
+/// What happened. `Succeeded` and `Failed` are terminal for the attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The worker took the step and is about to run the handler.
+    Started { op: OpRef },
+    /// How far along the handler is, in `[0, 1]`.
+    Progress {
+        fraction: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    Log { level: LogLevel, message: String },
+    /// The handler wrote (part of) its asset; metadata describes what was written.
+    Materialized { metadata: Value },
+    /// A data-quality check on the asset.
+    CheckResult {
+        name: String,
+        passed: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// The handler finished; `output` is handed to downstream steps.
+    Succeeded { output: Value },
+    /// The handler failed. `retryable` says whether another attempt may succeed.
+    Failed { error: String, retryable: bool },
+    /// The step is still running. Sent periodically during long steps.
+    Heartbeat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl EventKind {
+    /// Whether this event ends its attempt.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, EventKind::Succeeded { .. } | EventKind::Failed { .. })
+    }
+
+    /// The event's name, as used in routing keys and the event store.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Started { .. } => "started",
+            EventKind::Progress { .. } => "progress",
+            EventKind::Log { .. } => "log",
+            EventKind::Materialized { .. } => "materialized",
+            EventKind::CheckResult { .. } => "check_result",
+            EventKind::Succeeded { .. } => "succeeded",
+            EventKind::Failed { .. } => "failed",
+            EventKind::Heartbeat => "heartbeat",
+        }
+    }
+}
+
+impl Event {
+    /// A new event, with a fresh id, stamped now.
+    pub fn new(run_id: RunId, step_id: StepId, attempt: u32, worker: impl Into<String>, kind: EventKind) -> Self {
+        Self {
+            v: SCHEMA_VERSION,
+            id: EventId::new(),
+            run_id,
+            step_id,
+            attempt,
+            at: Utc::now(),
+            worker: worker.into(),
+            kind,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode("event", bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(kind: EventKind) -> Event {
+        Event::new(RunId::new(), StepId(3), 2, "noop@1.0.0/host/1", kind)
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let kinds = [
+            EventKind::Started { op: "noop@1.0.0".parse().unwrap() },
+            EventKind::Progress { fraction: 0.5, message: Some("half".into()) },
+            EventKind::Progress { fraction: 1.0, message: None },
+            EventKind::Log { level: LogLevel::Warn, message: "careful".into() },
+            EventKind::Materialized { metadata: json!({"rows": 10}) },
+            EventKind::CheckResult { name: "non_empty".into(), passed: true, detail: None },
+            EventKind::Succeeded { output: json!({"var95": 0.1}) },
+            EventKind::Failed { error: "boom".into(), retryable: true },
+            EventKind::Heartbeat,
+        ];
+        for kind in kinds {
+            let e = event(kind);
+            assert_eq!(Event::decode(&e.encode()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn wire_form_is_readable() {
+        let e = event(EventKind::Failed { error: "boom".into(), retryable: false });
+        let v: Value = serde_json::from_slice(&e.encode()).unwrap();
+        assert_eq!(v["kind"], json!({"failed": {"error": "boom", "retryable": false}}));
+        assert_eq!(v["v"], json!(SCHEMA_VERSION));
+        let hb: Value = serde_json::from_slice(&event(EventKind::Heartbeat).encode()).unwrap();
+        assert_eq!(hb["kind"], json!("heartbeat"));
+    }
+
+    #[test]
+    fn only_succeeded_and_failed_are_terminal() {
+        assert!(EventKind::Succeeded { output: Value::Null }.is_terminal());
+        assert!(EventKind::Failed { error: String::new(), retryable: false }.is_terminal());
+        assert!(!EventKind::Heartbeat.is_terminal());
+    }
+}

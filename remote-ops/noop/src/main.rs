@@ -1,0 +1,80 @@
+//! `noop`: does nothing, slowly or failing on request. The op that tests and benchmarks
+//! use to exercise the platform without doing real work.
+
+use std::time::{Duration, Instant};
+
+use opflow_worker::{Op, StepContext, StepError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Wait this long (without using CPU) before finishing.
+    #[serde(default)]
+    sleep_ms: u64,
+    /// Busy-spin this long (using one core) before finishing.
+    #[serde(default)]
+    burn_ms: u64,
+    /// `fatal` fails every attempt for good; `retryable` fails every attempt retryably.
+    #[serde(default)]
+    fail: Fail,
+    /// Fail retryably on attempts before this one, then succeed.
+    #[serde(default)]
+    fail_until_attempt: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Fail {
+    #[default]
+    Never,
+    Fatal,
+    Retryable,
+}
+
+async fn run(ctx: StepContext) -> Result<Value, StepError> {
+    let params: Params = ctx.params()?;
+    if params.sleep_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(params.sleep_ms)).await;
+    }
+    if params.burn_ms > 0 {
+        let burn = Duration::from_millis(params.burn_ms);
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            while start.elapsed() < burn {
+                std::hint::spin_loop();
+            }
+        })
+        .await
+        .map_err(StepError::retryable)?;
+    }
+    match params.fail {
+        Fail::Fatal => return Err(StepError::fatal("failing as configured (fail: fatal)")),
+        Fail::Retryable => return Err(StepError::retryable("failing as configured (fail: retryable)")),
+        Fail::Never => {}
+    }
+    if ctx.attempt() < params.fail_until_attempt {
+        return Err(StepError::retryable(format!(
+            "failing attempt {} as configured (fail_until_attempt: {})",
+            ctx.attempt(),
+            params.fail_until_attempt
+        )));
+    }
+    Ok(json!({
+        "op_version": opflow_worker::op_version!(),
+        "attempt": ctx.attempt(),
+        "inputs": ctx.inputs().len(),
+    }))
+}
+
+fn main() -> std::process::ExitCode {
+    Op::new("noop", opflow_worker::op_version!())
+        .summary("Does nothing, optionally slowly or failing; for tests and benchmarks")
+        .config_field("sleep_ms", "integer", "Milliseconds to wait before finishing", json!(0))
+        .config_field("burn_ms", "integer", "Milliseconds of CPU to burn before finishing", json!(0))
+        .config_field("fail", "string", "never, fatal (fail for good) or retryable (fail every attempt)", json!("never"))
+        .config_field("fail_until_attempt", "integer", "Fail retryably on attempts before this one", json!(0))
+        .handler(run)
+        .main()
+}

@@ -1,0 +1,122 @@
+//! What a handler sees: the step's identity, parameters and inputs, and ways to report
+//! progress, logs, materializations and checks while it runs.
+
+use std::sync::Arc;
+
+use opflow_protocol::{Event, EventKind, LogLevel, RunId, StepId, StepInput, StepMessage};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::{error::StepError, report::Reporter};
+
+/// The handle a handler gets for one attempt of one step. Cheap to clone; reporting
+/// methods never block, so they may be called from `spawn_blocking` code too.
+#[derive(Clone)]
+pub struct StepContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    message: StepMessage,
+    params: Value,
+    reporter: Reporter,
+    worker: String,
+    stopping: CancellationToken,
+}
+
+impl StepContext {
+    pub(crate) fn new(message: StepMessage, reporter: Reporter, worker: String, stopping: CancellationToken) -> Self {
+        let params = message.params();
+        Self { inner: Arc::new(Inner { message, params, reporter, worker, stopping }) }
+    }
+
+    pub fn run_id(&self) -> RunId {
+        self.inner.message.run_id
+    }
+
+    pub fn step_id(&self) -> StepId {
+        self.inner.message.step_id
+    }
+
+    /// 1 for the first attempt, incremented by each retry.
+    pub fn attempt(&self) -> u32 {
+        self.inner.message.attempt
+    }
+
+    pub fn asset(&self) -> &str {
+        &self.inner.message.asset
+    }
+
+    pub fn partition(&self) -> Option<&str> {
+        self.inner.message.partition.as_deref()
+    }
+
+    /// The sweep point of this step (empty without a sweep).
+    pub fn point(&self) -> &Map<String, Value> {
+        &self.inner.message.point
+    }
+
+    /// The outputs of the upstream steps this step waited for.
+    pub fn inputs(&self) -> &[StepInput] {
+        &self.inner.message.inputs
+    }
+
+    /// `asset[partition]{point}`, for log lines.
+    pub fn label(&self) -> String {
+        self.inner.message.label()
+    }
+
+    /// The raw parameters: the plan's `config` with the sweep point laid over it.
+    pub fn raw_params(&self) -> &Value {
+        &self.inner.params
+    }
+
+    /// The parameters, deserialized. A mismatch is a fatal error: retrying the same
+    /// parameters cannot help.
+    pub fn params<T: DeserializeOwned>(&self) -> Result<T, StepError> {
+        // `null` (no config at all) reads as an empty object, so all-default structs work.
+        let params = match &self.inner.params {
+            Value::Null => Value::Object(Map::new()),
+            other => other.clone(),
+        };
+        serde_json::from_value(params).map_err(|error| {
+            StepError::Fatal(format!(
+                "invalid parameters for asset `{}` (op {}): {error}; fix the asset's `config` or `sweep` in the plan",
+                self.inner.message.asset, self.inner.message.op
+            ))
+        })
+    }
+
+    /// Set when the worker has been asked to stop. The runtime lets the step finish either
+    /// way; a long handler may check this to stop early with a retryable error.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.inner.stopping
+    }
+
+    /// Reports progress in `[0, 1]` (clamped) with a short message.
+    pub fn progress(&self, fraction: f64, message: impl Into<String>) {
+        let fraction = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
+        let message = Some(message.into()).filter(|m| !m.is_empty());
+        self.emit(EventKind::Progress { fraction, message });
+    }
+
+    pub fn log(&self, level: LogLevel, message: impl Into<String>) {
+        self.emit(EventKind::Log { level, message: message.into() });
+    }
+
+    /// Reports that (part of) the asset was written, with metadata describing it.
+    pub fn materialized(&self, metadata: Value) {
+        self.emit(EventKind::Materialized { metadata });
+    }
+
+    /// Reports the result of a data-quality check.
+    pub fn check(&self, name: impl Into<String>, passed: bool, detail: Option<String>) {
+        self.emit(EventKind::CheckResult { name: name.into(), passed, detail });
+    }
+
+    fn emit(&self, kind: EventKind) {
+        let m = &self.inner.message;
+        self.inner.reporter.send(Event::new(m.run_id, m.step_id, m.attempt, self.inner.worker.clone(), kind));
+    }
+}

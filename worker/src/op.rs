@@ -1,0 +1,184 @@
+//! The [`Op`] builder: an op's identity, its config description and its handler, plus the
+//! command line every op binary shares (`--describe`, broker URL, heartbeat, log format).
+
+use std::{future::Future, pin::Pin, process::ExitCode, sync::Arc, time::Duration};
+
+use clap::Parser;
+use opflow_protocol::{ConfigField, OpDescription, OpName, OpRef, SCHEMA_VERSION};
+use opflow_process::LogFormat;
+use semver::Version;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::{context::StepContext, error::StepError};
+
+pub(crate) type BoxedHandler =
+    Arc<dyn Fn(StepContext) -> Pin<Box<dyn Future<Output = Result<Value, StepError>> + Send>> + Send + Sync>;
+
+/// An op under construction; finish with [`Op::main`].
+pub struct Op {
+    name: &'static str,
+    version: &'static str,
+    summary: String,
+    config: Vec<ConfigField>,
+    handler: Option<BoxedHandler>,
+}
+
+/// A validated op with its handler, as the consume loop uses it.
+pub(crate) struct OpSpec {
+    pub op: OpRef,
+    pub description: OpDescription,
+    pub handler: BoxedHandler,
+}
+
+/// An op binary's command line. Every option also reads an `OPFLOW_*` variable.
+#[derive(Debug, Parser)]
+#[command(
+    about = "An opflow remote op: consumes its op version's queue and runs each step it receives",
+    long_about = "An opflow remote op. It consumes the RabbitMQ queue of its exact op version \
+                  (opflow.op.<name>.<version>) one message at a time, runs the step, reports \
+                  progress and the result as events, and acknowledges the message only after the \
+                  result is confirmed by the broker. SIGTERM or Ctrl-C finishes the step in hand, \
+                  then exits 0.\n\nRegister it once with `opflow ops add <this binary>`."
+)]
+struct Args {
+    /// Print the op's name, version and configuration as JSON, and exit
+    #[arg(long)]
+    describe: bool,
+
+    #[command(flatten)]
+    settings: WorkerSettings,
+}
+
+/// How a worker process connects and reports.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerSettings {
+    /// RabbitMQ URL
+    #[arg(long, env = "OPFLOW_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    pub amqp_url: String,
+
+    /// How often a running step sends a heartbeat event (e.g. 10s, 500ms)
+    #[arg(long, env = "OPFLOW_HEARTBEAT", default_value = "10s", value_parser = humantime_duration)]
+    pub heartbeat: Duration,
+
+    /// Log line format on stderr: human or json
+    #[arg(long, env = "OPFLOW_LOG_FORMAT", default_value = "human", value_parser = log_format)]
+    pub log_format: LogFormat,
+}
+
+fn humantime_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 10s or 500ms: {e}"))?;
+    if d.is_zero() { Err("must be longer than zero".into()) } else { Ok(d) }
+}
+
+fn log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "human" => Ok(LogFormat::Human),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("unknown log format `{other}`; use human or json")),
+    }
+}
+
+impl Op {
+    /// Starts describing op `name` at `version`; use [`crate::op_version!`] for the version.
+    pub fn new(name: &'static str, version: &'static str) -> Self {
+        Self { name, version, summary: String::new(), config: Vec::new(), handler: None }
+    }
+
+    /// One line saying what the op computes.
+    pub fn summary(mut self, summary: impl Into<String>) -> Self {
+        self.summary = summary.into();
+        self
+    }
+
+    /// Documents one parameter the handler reads. `default` of `null` means required.
+    pub fn config_field(mut self, name: &str, kind: &str, description: &str, default: Value) -> Self {
+        self.config.push(ConfigField {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            description: description.to_owned(),
+            default,
+        });
+        self
+    }
+
+    /// The function that runs a step.
+    pub fn handler<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(StepContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, StepError>> + Send + 'static,
+    {
+        self.handler = Some(Arc::new(move |ctx| Box::pin(handler(ctx))));
+        self
+    }
+
+    fn into_spec(self) -> Result<OpSpec, String> {
+        let name = OpName::new(self.name).map_err(|e| e.to_string())?;
+        let version = Version::parse(self.version)
+            .map_err(|e| format!("op version `{}` is not semver: {e}", self.version))?;
+        let op = OpRef::new(name, version);
+        let handler = self.handler.ok_or_else(|| format!("op {op} has no handler; call .handler(..)"))?;
+        let description =
+            OpDescription { op: op.clone(), summary: self.summary, config: self.config, schema_version: SCHEMA_VERSION };
+        Ok(OpSpec { op, description, handler })
+    }
+
+    /// Parses the command line and runs the op until it is told to stop. Exit codes: 0
+    /// after a clean stop, 1 when the worker failed, 2 when the op or its arguments are
+    /// invalid.
+    pub fn main(self) -> ExitCode {
+        let args = Args::parse();
+        let spec = match self.into_spec() {
+            Ok(spec) => spec,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        };
+        if args.describe {
+            println!("{}", spec.description.to_json());
+            return ExitCode::SUCCESS;
+        }
+        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                eprintln!("error: cannot start the async runtime: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        runtime.block_on(async move {
+            let _telemetry = opflow_process::init("opflow-worker", args.settings.log_format, "info");
+            let shutdown = CancellationToken::new();
+            tokio::spawn(opflow_process::cancel_on_signal(shutdown.clone()));
+            match crate::consume::run(Arc::new(spec), args.settings, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "worker stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_durations_must_be_positive() {
+        assert_eq!(humantime_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(humantime_duration("ten").is_err());
+        assert!(humantime_duration("0s").is_err());
+    }
+
+    #[test]
+    fn an_op_without_a_handler_or_with_a_bad_version_is_refused() {
+        assert!(Op::new("noop", "1.0.0").into_spec().is_err());
+        let ok = |_ctx: StepContext| async { Ok(Value::Null) };
+        assert!(Op::new("noop", "one").handler(ok).into_spec().is_err());
+        assert!(Op::new("No Op", "1.0.0").handler(ok).into_spec().is_err());
+        let spec = Op::new("noop", "1.2.3").handler(ok).into_spec().unwrap();
+        assert_eq!(spec.op.to_string(), "noop@1.2.3");
+    }
+}

@@ -1,0 +1,122 @@
+//! Publishing events. One task per worker owns the events channel, so events leave in the
+//! order the handler emitted them; progress, logs and heartbeats are fire-and-forget with
+//! their confirms collected in the background, and a terminal event is only reported as
+//! published once it *and every event before it* are confirmed.
+
+use futures_util::{StreamExt, stream::FuturesUnordered};
+use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
+use opflow_protocol::{Event, queue};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Non-terminal events queued beyond this are dropped (and logged): a handler that reports
+/// progress in a tight loop must not grow memory without bound.
+const QUEUE_DEPTH: usize = 1024;
+
+enum Command {
+    /// Publish, collect the confirm in the background.
+    Send(Event),
+    /// Publish, then answer once it and everything before it are confirmed.
+    Flush(Event, oneshot::Sender<Result<(), PublishError>>),
+}
+
+/// A cheap handle for queueing events; see the module docs.
+#[derive(Clone)]
+pub struct Reporter {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Reporter {
+    /// Starts the publishing task. It ends when every `Reporter` clone is dropped or
+    /// `stop` is cancelled.
+    pub fn spawn(publisher: Publisher, stop: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+        let (commands, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let task = tokio::spawn(publish_loop(publisher, receiver, stop));
+        (Self { commands }, task)
+    }
+
+    /// Queues a non-terminal event without waiting. Dropped, with a log line, if the queue
+    /// is full or the publisher is gone.
+    pub fn send(&self, event: Event) {
+        if let Err(error) = self.commands.try_send(Command::Send(event)) {
+            tracing::debug!(%error, "event dropped: the event queue is full or closed");
+        }
+    }
+
+    /// Publishes a terminal event and waits until the broker has confirmed it and every
+    /// event queued before it.
+    pub async fn publish_terminal(&self, event: Event) -> Result<(), PublishError> {
+        let routing_key = queue::event_routing_key(event.kind.name());
+        let stopped = || PublishError::Broker {
+            exchange: queue::EVENTS_EXCHANGE.to_owned(),
+            routing_key: routing_key.clone(),
+            source: Box::new(lapin::Error::from(std::io::Error::other("the event publisher has stopped"))),
+        };
+        let (done, confirmed) = oneshot::channel();
+        if self.commands.send(Command::Flush(event, done)).await.is_err() {
+            return Err(stopped());
+        }
+        confirmed.await.unwrap_or_else(|_| Err(stopped()))
+    }
+}
+
+async fn publish_loop(publisher: Publisher, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        let command = tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => command,
+                None => break,
+            },
+            Some(result) = in_flight.next(), if !in_flight.is_empty() => {
+                log_background_failure(result);
+                continue;
+            }
+            () = stop.cancelled() => break,
+        };
+        match command {
+            Command::Send(event) => match send(&publisher, &event).await {
+                Ok(pending) => in_flight.push(pending.wait()),
+                Err(error) => tracing::warn!(%error, event = event.kind.name(), "could not publish an event"),
+            },
+            Command::Flush(event, done) => {
+                let result = match send(&publisher, &event).await {
+                    Ok(pending) => {
+                        // Everything before the terminal event must be confirmed before we
+                        // let the caller ack: its events are part of the step's record.
+                        while let Some(earlier) = in_flight.next().await {
+                            log_background_failure(earlier);
+                        }
+                        pending.wait().await
+                    }
+                    Err(error) => Err(error),
+                };
+                // The step runner may have given up waiting (shutdown); nothing to tell.
+                let _ = done.send(result);
+            }
+        }
+    }
+    while let Some(result) = in_flight.next().await {
+        log_background_failure(result);
+    }
+}
+
+async fn send(publisher: &Publisher, event: &Event) -> Result<opflow_amqp::PendingConfirm, PublishError> {
+    let payload = event.encode();
+    let routing_key = queue::event_routing_key(event.kind.name());
+    publisher
+        .send(Outgoing {
+            exchange: queue::EVENTS_EXCHANGE,
+            routing_key: &routing_key,
+            payload: &payload,
+            message_type: queue::EVENT_MESSAGE_TYPE,
+            headers: trace::current_context_headers(),
+        })
+        .await
+}
+
+fn log_background_failure(result: Result<(), PublishError>) {
+    if let Err(error) = result {
+        tracing::warn!(%error, "a progress, log or heartbeat event was not confirmed");
+    }
+}
