@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("cannot connect to RabbitMQ at {url} after {attempts} attempts: {source}; is it running? (start it with `rabbitmq-server -detached`)")]
+    #[error(
+        "cannot connect to RabbitMQ at {url} after {attempts} attempts: {source}; is it running? (start it with `rabbitmq-server -detached`)"
+    )]
     Unreachable {
         url: String,
         attempts: usize,
@@ -56,11 +58,9 @@ pub async fn connect(
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         Connection::connect(url, properties)
     };
-    let attempt = open
-        .retry(backoff)
-        .notify(|error, delay| {
-            tracing::warn!(url = redacted_url, %error, retry_in = ?delay, "RabbitMQ unreachable; retrying");
-        });
+    let attempt = open.retry(backoff).notify(|error, delay| {
+        tracing::warn!(url = redacted_url, %error, retry_in = ?delay, "RabbitMQ unreachable; retrying");
+    });
     tokio::select! {
         result = attempt => result.map_err(|source| ConnectError::Unreachable {
             url: redacted_url.to_owned(),

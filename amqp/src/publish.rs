@@ -112,7 +112,11 @@ impl PendingConfirm {
         match confirm.await {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => {
-                Err(PublishError::Unroutable { exchange, routing_key, reply: returned.reply_text.to_string() })
+                Err(PublishError::Unroutable {
+                    exchange,
+                    routing_key,
+                    reply: returned.reply_text.to_string(),
+                })
             }
             Ok(Confirmation::Nack(None)) => Err(PublishError::Nacked { exchange, routing_key }),
             // The channel was opened in confirm mode by `Publisher::open`; a confirm that was

@@ -59,9 +59,7 @@ impl Default for OpQueueSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    #[error(
-        "queue `{queue}` does not exist; register the op with `opflow ops add <op binary>` first"
-    )]
+    #[error("queue `{queue}` does not exist; register the op with `opflow ops add <op binary>` first")]
     MissingQueue { queue: String },
     #[error("declaring `{name}` failed: {source}")]
     Declare {
@@ -102,7 +100,11 @@ fn queue_arguments(kind: QueueKind, delivery_limit: Option<u32>, dead_letter: bo
 
 /// Declares the durable queue of one op version. Idempotent for identical settings; the
 /// broker refuses (PRECONDITION_FAILED) a redeclaration with different ones.
-pub async fn declare_op_queue(channel: &Channel, op: &OpRef, settings: OpQueueSettings) -> Result<(), TopologyError> {
+pub async fn declare_op_queue(
+    channel: &Channel,
+    op: &OpRef,
+    settings: OpQueueSettings,
+) -> Result<(), TopologyError> {
     let name = queue::op_queue(op);
     let args = queue_arguments(settings.kind, Some(settings.delivery_limit), true);
     channel

@@ -43,8 +43,9 @@ pub fn current_context_headers() -> FieldTable {
 /// Makes `span` a child of the trace context found in `headers`, if any.
 pub fn adopt_parent(span: &tracing::Span, headers: Option<&FieldTable>) {
     let Some(headers) = headers else { return };
-    let parent =
-        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
     // Fails only when no OpenTelemetry layer is installed (tracing export off), in which
     // case there is no trace to continue.
     let _ = span.set_parent(parent);

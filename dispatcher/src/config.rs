@@ -76,7 +76,10 @@ impl Settings {
     }
 
     /// As [`Settings::load`], with the environment given explicitly.
-    pub fn load_from(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, SettingsError> {
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
@@ -88,7 +91,8 @@ impl Settings {
                 KEYS.contains(&key.as_str()).then_some((format!("OPFLOW_{}", key.to_ascii_uppercase()), v))
             })
             .collect();
-        builder = builder.add_source(config::Environment::with_prefix("OPFLOW").source(Some(env)).try_parsing(true));
+        builder = builder
+            .add_source(config::Environment::with_prefix("OPFLOW").source(Some(env)).try_parsing(true));
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.events_queue_kind()?;
         Ok(settings)

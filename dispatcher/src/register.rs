@@ -15,7 +15,9 @@ const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    #[error("cannot run `{binary} --describe`: {source}; is it an op binary? (build them with `cargo build --workspace --bins`)")]
+    #[error(
+        "cannot run `{binary} --describe`: {source}; is it an op binary? (build them with `cargo build --workspace --bins`)"
+    )]
     Spawn {
         binary: String,
         #[source]

@@ -33,7 +33,11 @@ mod tests {
         for attempt in 1..=4u32 {
             let floor = base * 2u32.pow(attempt - 1);
             let d = retry_delay(base, attempt);
-            assert!(d >= floor && d <= floor * 2, "attempt {attempt}: {d:?} not in [{floor:?}, {:?}]", floor * 2);
+            assert!(
+                d >= floor && d <= floor * 2,
+                "attempt {attempt}: {d:?} not in [{floor:?}, {:?}]",
+                floor * 2
+            );
         }
     }
 

@@ -20,15 +20,25 @@ use crate::{
 };
 
 /// Connects to both services and declares what the dispatcher needs on the broker.
-pub async fn connect(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<(Store, Arc<Connection>)> {
+pub async fn connect(
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Store, Arc<Connection>)> {
     let store = Store::connect(&settings.database_url, cancel).await.context("connecting to PostgreSQL")?;
     let redacted = opflow_process::redact_url(&settings.amqp_url);
-    let connection =
-        opflow_amqp::connect(&settings.amqp_url, &redacted, "opflow-dispatcher", ConnectRetry::default(), cancel)
-            .await
-            .context("connecting to RabbitMQ")?;
+    let connection = opflow_amqp::connect(
+        &settings.amqp_url,
+        &redacted,
+        "opflow-dispatcher",
+        ConnectRetry::default(),
+        cancel,
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
     let channel = connection.create_channel().await.context("opening a channel")?;
-    topology::declare_shared(&channel, settings.events_queue_kind()?).await.context("declaring the topology")?;
+    topology::declare_shared(&channel, settings.events_queue_kind()?)
+        .await
+        .context("declaring the topology")?;
     // A broker that lost its definitions (a fresh node) gets every registered op's queue
     // back, so steps for registered ops are never unroutable.
     for op in store.registered_ops().await.context("reading the op registry")? {
@@ -59,8 +69,9 @@ pub async fn run_connected(
 ) -> anyhow::Result<()> {
     let plans = Arc::new(PlanCache::default());
     let wake = Arc::new(Notify::new());
-    // Parts stop on `stop`: on shutdown, or when one of them fails.
-    let stop = shutdown.child_token();
+    // Parts stop on `stop`, cancelled below on shutdown or when one of them fails. It is
+    // not a child of `shutdown`: a part that finished draining must not look like a failure.
+    let stop = CancellationToken::new();
     let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 
     let publisher = StepPublisher {
@@ -75,7 +86,8 @@ pub async fn run_connected(
         async move { ("outbox publisher", publisher.run(wake, stop).await.map_err(Into::into)) }
     });
 
-    let consumer = EventConsumer { store: store.clone(), plans: plans.clone(), batch_size: settings.event_batch.max(1) };
+    let consumer =
+        EventConsumer { store: store.clone(), plans: plans.clone(), batch_size: settings.event_batch.max(1) };
     parts.spawn({
         let (connection, wake, stop) = (connection.clone(), wake.clone(), stop.clone());
         async move { ("events consumer", consumer.run(&connection, wake, stop).await.map_err(Into::into)) }
@@ -89,9 +101,9 @@ pub async fn run_connected(
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(settings.api_addr)
-        .await
-        .with_context(|| format!("binding the HTTP API to {}; is another dispatcher running?", settings.api_addr))?;
+    let listener = tokio::net::TcpListener::bind(settings.api_addr).await.with_context(|| {
+        format!("binding the HTTP API to {}; is another dispatcher running?", settings.api_addr)
+    })?;
     let api_addr: SocketAddr = listener.local_addr()?;
     let router = api::router(ApiState { store: store.clone(), broker: connection.clone() });
     parts.spawn({
@@ -105,6 +117,7 @@ pub async fn run_connected(
 
     let mut failure = None;
     tokio::select! {
+        biased;
         () = shutdown.cancelled() => tracing::info!("shutting down: draining in-flight work"),
         Some(joined) = parts.join_next() => {
             let (part, result) = joined.context("a dispatcher task panicked")?;
@@ -117,7 +130,9 @@ pub async fn run_connected(
     let drained = tokio::time::timeout(settings.drain_timeout(), async {
         while let Some(joined) = parts.join_next().await {
             match joined {
-                Ok((part, Err(error))) => tracing::warn!(part, error = format!("{error:#}"), "failed while draining"),
+                Ok((part, Err(error))) => {
+                    tracing::warn!(part, error = format!("{error:#}"), "failed while draining")
+                }
                 Ok((_, Ok(()))) => {}
                 Err(error) => tracing::warn!(%error, "a dispatcher task panicked while draining"),
             }

@@ -29,7 +29,12 @@ pub async fn compile(store: &Store, source: &str, file: &Path) -> Result<Compile
 }
 
 /// Submits a plan; see the module docs.
-pub async fn submit(store: &Store, source: &str, file: &Path, key: Option<&str>) -> Result<Submission, SubmitError> {
+pub async fn submit(
+    store: &Store,
+    source: &str,
+    file: &Path,
+    key: Option<&str>,
+) -> Result<Submission, SubmitError> {
     if let Some(key) = key
         && let Some(existing) = store.run_by_key(key, source).await?
     {

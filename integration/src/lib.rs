@@ -1,1 +1,259 @@
+//! The harness for opflow's end-to-end tests: each test gets an [`Env`] with its own
+//! PostgreSQL database and its own RabbitMQ vhost, drives the real `opflow` and op
+//! binaries as child processes against them, and removes both when it is dropped. Tests
+//! therefore run in parallel and never touch a user's data.
+//!
+//! The binaries are the workspace's own, found next to the test executable; build them
+//! first with `scripts/test.sh` (or `cargo build --workspace --bins`).
 
+use std::{
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use sqlx::{Connection, PgConnection, PgPool, postgres::PgPoolOptions};
+use tokio::process::{Child, Command};
+
+/// The server the tests use; `OPFLOW_TEST_PG` overrides it (without a database name).
+fn pg_server() -> String {
+    std::env::var("OPFLOW_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// The broker the tests use; `OPFLOW_TEST_AMQP` overrides it (without a vhost).
+fn amqp_server() -> String {
+    std::env::var("OPFLOW_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+
+/// The directory holding the workspace's binaries: the test executable lives in its `deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let deps = exe.parent().expect("the test executable is in a directory");
+    deps.parent().expect("deps/ has a parent").to_path_buf()
+}
+
+/// A workspace binary, e.g. `opflow` or `noop`; fails with what to do if it is missing.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing; build it first: scripts/test.sh builds every binary the tests need",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// One test's private database and vhost.
+pub struct Env {
+    pub name: String,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub api_addr: String,
+    database: String,
+    vhost: String,
+    pool: Option<PgPool>,
+}
+
+impl Env {
+    /// Creates a database and a vhost named after `test` plus a random suffix.
+    pub async fn new(test: &str) -> anyhow::Result<Self> {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let name = format!("opflow_t_{}_{suffix}", test.replace('-', "_"));
+        let mut admin = PgConnection::connect(&format!("{}/postgres", pg_server()))
+            .await
+            .context("connecting to PostgreSQL; is it running? (scripts/services.sh starts it)")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut admin).await?;
+        rabbitmqctl(&["add_vhost", &name]).await?;
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]).await?;
+        Ok(Self {
+            database_url: format!("{}/{name}", pg_server()),
+            amqp_url: format!("{}/{name}", amqp_server()),
+            // Port 0: the dispatcher takes a free port itself, so parallel tests cannot race
+            // for one the way a probed "free" port can.
+            api_addr: "127.0.0.1:0".to_owned(),
+            database: name.clone(),
+            vhost: name.clone(),
+            name,
+            pool: None,
+        })
+    }
+
+    /// A command for `binary` with this env's settings in its environment.
+    pub fn command(&self, binary: &Path) -> Command {
+        let mut command = Command::new(binary);
+        command
+            .env("OPFLOW_DATABASE_URL", &self.database_url)
+            .env("OPFLOW_AMQP_URL", &self.amqp_url)
+            .env("OPFLOW_API_ADDR", &self.api_addr)
+            .env("OPFLOW_HEARTBEAT", "1s")
+            .env("NO_COLOR", "1")
+            .env_remove("OPFLOW_CONFIG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `opflow <args>` to completion.
+    pub async fn opflow(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let output = self
+            .command(&binary("opflow")?)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await?;
+        Ok(output)
+    }
+
+    /// Runs `opflow <args>` and fails unless it exits 0.
+    pub async fn opflow_ok(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let output = self.opflow(args).await?;
+        if !output.status.success() {
+            bail!(
+                "opflow {} failed with {}:\n{}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output)
+    }
+
+    /// Registers an op binary (by workspace binary name or path).
+    pub async fn register(&self, op_binary: &str) -> anyhow::Result<()> {
+        let path = binary(op_binary)?;
+        self.opflow_ok(&["ops", "add", path.to_str().context("binary path is UTF-8")?]).await?;
+        Ok(())
+    }
+
+    /// Starts `opflow dispatcher`.
+    pub fn spawn_dispatcher(&self) -> anyhow::Result<Service> {
+        Ok(Service {
+            name: "opflow dispatcher",
+            child: self.command(&binary("opflow")?).arg("dispatcher").stdout(Stdio::null()).spawn()?,
+        })
+    }
+
+    /// Starts one worker of an op binary.
+    pub fn spawn_worker(&self, op_binary: &str) -> anyhow::Result<Child> {
+        Ok(self.command(&binary(op_binary)?).stdout(Stdio::null()).spawn()?)
+    }
+
+    /// A pool on this env's database, for assertions.
+    pub async fn db(&mut self) -> anyhow::Result<PgPool> {
+        if let Some(pool) = &self.pool {
+            return Ok(pool.clone());
+        }
+        let pool = PgPoolOptions::new().max_connections(2).connect(&self.database_url).await?;
+        self.pool = Some(pool.clone());
+        Ok(pool)
+    }
+
+    /// Writes a plan to a temporary file and returns its path.
+    pub fn plan_file(&self, name: &str, yaml: &str) -> anyhow::Result<PathBuf> {
+        let dir = std::env::temp_dir().join(&self.name);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml)?;
+        Ok(path)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            drop(pool);
+        }
+        // Drop runs outside async context: use the command-line tools, synchronously.
+        let _ = std::process::Command::new("psql")
+            .args([&format!("{}/postgres", pg_server()), "-q", "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.vhost])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.name));
+    }
+}
+
+async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .await
+        .context("running rabbitmqctl; is RabbitMQ installed? (scripts/services.sh installs it)")?;
+    if !output.status.success() {
+        bail!("rabbitmqctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+/// A long-running child process a test relies on: the dispatcher.
+pub struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+impl Service {
+    /// Fails if the service has exited: a test waiting on it would otherwise only time out.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!("{} exited early with {status}; see its log above", self.name),
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `deadline`. The deadline only turns
+/// a hang into a failure; it never times the work.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if start.elapsed() > deadline {
+            bail!("gave up waiting for {what} after {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends SIGKILL: the process gets no chance to ack, report or clean up.
+pub fn sigkill(child: &Child) -> anyhow::Result<()> {
+    signal(child, nix::sys::signal::Signal::SIGKILL)
+}
+
+/// Sends SIGTERM: the process should drain and exit 0.
+pub fn sigterm(child: &Child) -> anyhow::Result<()> {
+    signal(child, nix::sys::signal::Signal::SIGTERM)
+}
+
+fn signal(child: &Child, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+    let pid = child.id().context("the child has already exited")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)?;
+    Ok(())
+}
+
+/// A run's JSON summary from `opflow status --json` / `opflow run --json`.
+pub fn parse_summary(output: &Output) -> anyhow::Result<serde_json::Value> {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().rev().find(|l| l.starts_with('{')).context("no JSON object on stdout")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// stderr as text, for assertions and failure messages.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

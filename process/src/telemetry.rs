@@ -40,7 +40,9 @@ pub fn init(service: &'static str, format: LogFormat, default_filter: &str) -> T
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = match format {
-        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).boxed(),
+        LogFormat::Human => {
+            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).boxed()
+        }
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
     // An already installed subscriber (a second init in one test binary) is fine to keep.

@@ -34,16 +34,23 @@ pub struct Event {
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The worker took the step and is about to run the handler.
-    Started { op: OpRef },
+    Started {
+        op: OpRef,
+    },
     /// How far along the handler is, in `[0, 1]`.
     Progress {
         fraction: f64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
-    Log { level: LogLevel, message: String },
+    Log {
+        level: LogLevel,
+        message: String,
+    },
     /// The handler wrote (part of) its asset; metadata describes what was written.
-    Materialized { metadata: Value },
+    Materialized {
+        metadata: Value,
+    },
     /// A data-quality check on the asset.
     CheckResult {
         name: String,
@@ -52,9 +59,14 @@ pub enum EventKind {
         detail: Option<String>,
     },
     /// The handler finished; `output` is handed to downstream steps.
-    Succeeded { output: Value },
+    Succeeded {
+        output: Value,
+    },
     /// The handler failed. `retryable` says whether another attempt may succeed.
-    Failed { error: String, retryable: bool },
+    Failed {
+        error: String,
+        retryable: bool,
+    },
     /// The step is still running. Sent periodically during long steps.
     Heartbeat,
 }
@@ -91,7 +103,13 @@ impl EventKind {
 
 impl Event {
     /// A new event, with a fresh id, stamped now.
-    pub fn new(run_id: RunId, step_id: StepId, attempt: u32, worker: impl Into<String>, kind: EventKind) -> Self {
+    pub fn new(
+        run_id: RunId,
+        step_id: StepId,
+        attempt: u32,
+        worker: impl Into<String>,
+        kind: EventKind,
+    ) -> Self {
         Self {
             v: SCHEMA_VERSION,
             id: EventId::new(),

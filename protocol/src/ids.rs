@@ -108,9 +108,7 @@ pub enum OpNameError {
     Empty,
     #[error("op name `{0}` is longer than {MAX_OP_NAME_LEN} characters")]
     TooLong(String),
-    #[error(
-        "op name `{0}` may only hold lowercase letters, digits and `-`, and must start with a letter"
-    )]
+    #[error("op name `{0}` may only hold lowercase letters, digits and `-`, and must start with a letter")]
     BadCharacters(String),
 }
 

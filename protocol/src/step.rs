@@ -135,7 +135,8 @@ mod tests {
     use super::*;
 
     fn sample() -> StepMessage {
-        let mut m = StepMessage::new(RunId::new(), StepId(7), 1, "price-paths@1.0.0".parse().unwrap(), "paths");
+        let mut m =
+            StepMessage::new(RunId::new(), StepId(7), 1, "price-paths@1.0.0".parse().unwrap(), "paths");
         m.partition = Some("aave".into());
         m.point = json!({"vol": 0.4, "seed": 3}).as_object().unwrap().clone();
         m.config = json!({"drift": 0.01, "vol": 0.1});

@@ -39,23 +39,30 @@ struct Worker {
 }
 
 /// Runs the worker until `shutdown` is cancelled (then drains) or the broker fails.
-pub(crate) async fn run(spec: Arc<OpSpec>, settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    spec: Arc<OpSpec>,
+    settings: WorkerSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let redacted = opflow_process::redact_url(&settings.amqp_url);
     let id = format!("{}/{}/{}", spec.op, hostname(), std::process::id());
-    let connection = opflow_amqp::connect(&settings.amqp_url, &redacted, &id, ConnectRetry::default(), &shutdown)
-        .await
-        .context("starting the worker")?;
+    let connection =
+        opflow_amqp::connect(&settings.amqp_url, &redacted, &id, ConnectRetry::default(), &shutdown)
+            .await
+            .context("starting the worker")?;
 
     // A failed passive declare closes its channel, so check on a throwaway one.
     let probe = connection.create_channel().await.context("opening a channel")?;
-    topology::check_op_queue(&probe, &spec.op).await.with_context(|| format!("starting worker for {}", spec.op))?;
+    topology::check_op_queue(&probe, &spec.op)
+        .await
+        .with_context(|| format!("starting worker for {}", spec.op))?;
     if let Err(error) = probe.close(200, "queue checked".into()).await {
         tracing::debug!(%error, "closing the probe channel failed");
     }
 
     let publisher = Publisher::open(&connection).await.context("opening the events channel")?;
     let reporter_stop = CancellationToken::new();
-    let (reporter, reporter_task) = Reporter::spawn(publisher, reporter_stop.clone());
+    let (reporter, reporter_task) = Reporter::spawn(publisher.clone(), reporter_stop.clone());
 
     let channel = connection.create_channel().await.context("opening the consume channel")?;
     // Prefetch 1: see the module docs.
@@ -114,6 +121,11 @@ pub(crate) async fn run(spec: Arc<OpSpec>, settings: WorkerSettings, shutdown: C
     reporter_stop.cancel();
     if let Err(error) = reporter_task.await {
         tracing::warn!(%error, "the event publisher task failed");
+    }
+    // Close every channel before the connection, so that nothing is torn down under a
+    // channel still closing (lapin reports that as a connection error).
+    if let Err(error) = publisher.channel().close(200, "worker stopping".into()).await {
+        tracing::debug!(%error, "closing the events channel failed");
     }
     if let Err(error) = connection.close(200, "worker stopping".into()).await {
         tracing::debug!(%error, "closing the connection failed");
@@ -187,11 +199,15 @@ impl Worker {
                 None => EventKind::Succeeded { output },
                 Some(error) => EventKind::Failed { error, retryable: false },
             },
-            Err(error) => EventKind::Failed { retryable: error.is_retryable(), error: error.message().to_owned() },
+            Err(error) => {
+                EventKind::Failed { retryable: error.is_retryable(), error: error.message().to_owned() }
+            }
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &kind {
-            EventKind::Failed { error, retryable } => tracing::warn!(elapsed_ms, %error, retryable, "step failed"),
+            EventKind::Failed { error, retryable } => {
+                tracing::warn!(elapsed_ms, %error, retryable, "step failed")
+            }
             _ => tracing::info!(elapsed_ms, "step succeeded"),
         }
         lease.complete(&self.reporter, event(kind)).await?;
@@ -202,7 +218,8 @@ impl Worker {
     /// with heartbeats while it runs.
     async fn execute(&self, message: StepMessage) -> Result<Value, StepError> {
         let timeout = message.timeout_ms.map(std::time::Duration::from_millis);
-        let ctx = StepContext::new(message, self.reporter.clone(), self.id.clone(), self.shutdown.child_token());
+        let ctx =
+            StepContext::new(message, self.reporter.clone(), self.id.clone(), self.shutdown.child_token());
         let heartbeat = self.spawn_heartbeat(&ctx);
         let mut task = tokio::spawn((self.spec.handler)(ctx).in_current_span());
         let joined = match timeout {

@@ -26,7 +26,12 @@ struct Inner {
 }
 
 impl StepContext {
-    pub(crate) fn new(message: StepMessage, reporter: Reporter, worker: String, stopping: CancellationToken) -> Self {
+    pub(crate) fn new(
+        message: StepMessage,
+        reporter: Reporter,
+        worker: String,
+        stopping: CancellationToken,
+    ) -> Self {
         let params = message.params();
         Self { inner: Arc::new(Inner { message, params, reporter, worker, stopping }) }
     }

@@ -16,7 +16,9 @@ use crate::report::Reporter;
 pub enum LeaseError {
     #[error("the terminal event was not confirmed, so the step stays unacked and will be redelivered: {0}")]
     Report(#[from] PublishError),
-    #[error("acking the step failed; the broker will redeliver it and the duplicate result will be ignored: {0}")]
+    #[error(
+        "acking the step failed; the broker will redeliver it and the duplicate result will be ignored: {0}"
+    )]
     Ack(#[source] lapin::Error),
     #[error("rejecting a message failed: {0}")]
     Reject(#[source] lapin::Error),

@@ -4,8 +4,8 @@
 use std::{future::Future, pin::Pin, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
-use opflow_protocol::{ConfigField, OpDescription, OpName, OpRef, SCHEMA_VERSION};
 use opflow_process::LogFormat;
+use opflow_protocol::{ConfigField, OpDescription, OpName, OpRef, SCHEMA_VERSION};
 use semver::Version;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +54,12 @@ struct Args {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerSettings {
     /// RabbitMQ URL
-    #[arg(long, env = "OPFLOW_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OPFLOW_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     pub amqp_url: String,
 
     /// How often a running step sends a heartbeat event (e.g. 10s, 500ms)
@@ -67,7 +72,8 @@ pub struct WorkerSettings {
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 10s or 500ms: {e}"))?;
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 10s or 500ms: {e}"))?;
     if d.is_zero() { Err("must be longer than zero".into()) } else { Ok(d) }
 }
 
@@ -118,8 +124,12 @@ impl Op {
             .map_err(|e| format!("op version `{}` is not semver: {e}", self.version))?;
         let op = OpRef::new(name, version);
         let handler = self.handler.ok_or_else(|| format!("op {op} has no handler; call .handler(..)"))?;
-        let description =
-            OpDescription { op: op.clone(), summary: self.summary, config: self.config, schema_version: SCHEMA_VERSION };
+        let description = OpDescription {
+            op: op.clone(),
+            summary: self.summary,
+            config: self.config,
+            schema_version: SCHEMA_VERSION,
+        };
         Ok(OpSpec { op, description, handler })
     }
 
@@ -136,8 +146,16 @@ impl Op {
             }
         };
         if args.describe {
-            println!("{}", spec.description.to_json());
-            return ExitCode::SUCCESS;
+            use std::io::Write;
+            // A reader that stops early (`| head`) is not an error worth a panic.
+            return match writeln!(std::io::stdout(), "{}", spec.description.to_json()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: cannot write the description: {error}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
             Ok(runtime) => runtime,

@@ -54,7 +54,10 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
             ApiError::Internal(error) => {
                 tracing::error!(%error, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "internal error; see the dispatcher's log" }))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({ "error": "internal error; see the dispatcher's log" }),
+                )
             }
         };
         (status, Json(body)).into_response()

@@ -42,7 +42,8 @@ pub fn router(state: ApiState) -> Router {
 async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let database = state.store.ping().await.map_err(|e| e.to_string());
     let broker = if state.broker.status().connected() { Ok(()) } else { Err("not connected".to_owned()) };
-    let status = if database.is_ok() && broker.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status =
+        if database.is_ok() && broker.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let show = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
     (status, Json(json!({ "database": show(database), "broker": show(broker) })))
 }

@@ -44,14 +44,18 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     let file = PathBuf::from(request.file.as_deref().unwrap_or("request"));
-    let submission = crate::submit::submit(&state.store, &request.plan, &file, request.key.as_deref()).await?;
+    let submission =
+        crate::submit::submit(&state.store, &request.plan, &file, request.key.as_deref()).await?;
     let run = summary(&state, submission.run_id).await?;
     let status = if submission.existing { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(SubmitResponse { existing: submission.existing, run })))
 }
 
 /// `GET /v1/runs/{id}`.
-pub async fn status(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<RunSummary>, ApiError> {
+pub async fn status(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunSummary>, ApiError> {
     Ok(Json(summary(&state, parse_run_id(&id)?).await?))
 }
 

@@ -41,7 +41,12 @@ pub struct EventConsumer {
 
 impl EventConsumer {
     /// Consumes until cancelled; unacked deliveries go back to the queue when it returns.
-    pub async fn run(self, connection: &Connection, wake: Arc<Notify>, cancel: CancellationToken) -> Result<(), EventsError> {
+    pub async fn run(
+        self,
+        connection: &Connection,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Result<(), EventsError> {
         let failed = |source| EventsError::Consume { queue: queue::DISPATCHER_EVENTS_QUEUE, source };
         let channel = connection.create_channel().await.map_err(failed)?;
         // Enough unacked deliveries for the next batch to gather while this one commits.
@@ -56,6 +61,21 @@ impl EventConsumer {
             )
             .await
             .map_err(failed)?;
+        let result = self.consume(&mut consumer, &wake, &cancel).await;
+        // Closing the channel hands any unacked (unapplied) event back to the queue.
+        if let Err(error) = channel.close(200, "dispatcher stopping".into()).await {
+            tracing::debug!(%error, "closing the events channel failed");
+        }
+        result
+    }
+
+    async fn consume(
+        &self,
+        consumer: &mut lapin::Consumer,
+        wake: &Notify,
+        cancel: &CancellationToken,
+    ) -> Result<(), EventsError> {
+        let failed = |source| EventsError::Consume { queue: queue::DISPATCHER_EVENTS_QUEUE, source };
         loop {
             let first = tokio::select! {
                 biased;
@@ -72,7 +92,7 @@ impl EventConsumer {
                     Ok(None) | Err(_) => break,
                 }
             }
-            if !self.apply(deliveries, &wake, &cancel).await {
+            if !self.apply(deliveries, wake, cancel).await {
                 return Ok(());
             }
         }

@@ -16,5 +16,11 @@ pub const DISPATCHER_WORKER: &str = "dispatcher";
 /// A permanent failure decided by the dispatcher (an unroutable step, inputs too large),
 /// applied through the same path as a worker's failure event.
 pub fn dispatcher_failure(run_id: RunId, step_id: u32, attempt: u32, error: String) -> Event {
-    Event::new(run_id, StepId(step_id), attempt, DISPATCHER_WORKER, EventKind::Failed { error, retryable: false })
+    Event::new(
+        run_id,
+        StepId(step_id),
+        attempt,
+        DISPATCHER_WORKER,
+        EventKind::Failed { error, retryable: false },
+    )
 }

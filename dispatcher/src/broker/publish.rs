@@ -43,6 +43,18 @@ impl StepPublisher {
     /// Publishes until cancelled. Woken by `wake` (this process queued steps), by a
     /// PostgreSQL notification on `opflow_outbox` (another process did), or by a poll.
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) -> Result<(), PublisherError> {
+        let result = self.publish_until_cancelled(wake, cancel).await;
+        if let Err(error) = self.publisher.channel().close(200, "dispatcher stopping".into()).await {
+            tracing::debug!(%error, "closing the publish channel failed");
+        }
+        result
+    }
+
+    async fn publish_until_cancelled(
+        &self,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Result<(), PublisherError> {
         let mut listener = match PgListener::connect_with(self.store.pool()).await {
             Ok(mut listener) => match listener.listen("opflow_outbox").await {
                 Ok(()) => Some(listener),
@@ -166,7 +178,13 @@ impl StepPublisher {
 /// partition share them.
 #[derive(Default)]
 struct InputsCache {
-    ranges: HashMap<(RunId, StepRange), Arc<(Vec<StepInput>, usize)>>,
+    ranges: HashMap<(RunId, StepRange), Arc<RangeInputs>>,
+}
+
+/// The outputs of one range of upstream steps, and their total size in bytes.
+struct RangeInputs {
+    inputs: Vec<StepInput>,
+    bytes: usize,
 }
 
 impl InputsCache {
@@ -202,13 +220,13 @@ impl InputsCache {
                             }
                         })
                         .collect();
-                    let outputs = Arc::new((inputs, size));
+                    let outputs = Arc::new(RangeInputs { inputs, bytes: size });
                     self.ranges.insert(key, outputs.clone());
                     outputs
                 }
             };
-            bytes += outputs.1;
-            inputs.extend(outputs.0.iter().cloned());
+            bytes += outputs.bytes;
+            inputs.extend(outputs.inputs.iter().cloned());
         }
         if bytes > max_bytes {
             return Ok(Err(format!(
@@ -224,5 +242,9 @@ impl InputsCache {
 }
 
 fn human_bytes(n: usize) -> String {
-    if n >= 1024 * 1024 { format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0)) } else { format!("{:.1} KiB", n as f64 / 1024.0) }
+    if n >= 1024 * 1024 {
+        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
 }

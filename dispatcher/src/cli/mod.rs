@@ -84,6 +84,7 @@ impl Cli {
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -107,7 +108,8 @@ pub fn main() -> ExitCode {
 
 async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     let long_running = matches!(cli.command, Command::Up(_) | Command::Dispatcher);
-    let _telemetry = opflow_process::init("opflow", cli.log_format(), if long_running { "info" } else { "warn" });
+    let _telemetry =
+        opflow_process::init("opflow", cli.log_format(), if long_running { "info" } else { "warn" });
     let settings = Settings::load(cli.config.as_deref()).map_err(|e| InvalidInput(e.to_string()))?;
     let cancel = CancellationToken::new();
     match cli.command {
@@ -125,8 +127,22 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Rust ignores SIGPIPE, so `opflow ops list | head` would panic on the closed pipe; a
+/// command-line tool should just stop, as every other Unix tool does.
+fn restore_default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: called first thing in `main`, before any thread exists, and the default
+    // disposition involves no Rust handler code.
+    if let Err(error) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("warning: cannot restore the default SIGPIPE handler: {error}");
+    }
+}
+
 /// Connects to the run store for a one-shot command.
-pub(crate) async fn store(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<crate::store::Store> {
+pub(crate) async fn store(
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<crate::store::Store> {
     use anyhow::Context;
     crate::store::Store::connect(&settings.database_url, cancel).await.context("connecting to the run store")
 }

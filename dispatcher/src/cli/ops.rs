@@ -36,7 +36,11 @@ pub enum OpsCommand {
     },
 }
 
-pub async fn run(command: OpsCommand, settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    command: OpsCommand,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
     match command {
         OpsCommand::Add { binary, queue_type, delivery_limit } => {
             let kind: QueueKind = queue_type.parse().map_err(InvalidInput)?;
@@ -49,10 +53,15 @@ pub async fn run(command: OpsCommand, settings: &Settings, cancel: &Cancellation
             }
             let store = super::store(settings, cancel).await?;
             let redacted = opflow_process::redact_url(&settings.amqp_url);
-            let connection =
-                opflow_amqp::connect(&settings.amqp_url, &redacted, "opflow-cli", ConnectRetry::default(), cancel)
-                    .await
-                    .context("connecting to RabbitMQ")?;
+            let connection = opflow_amqp::connect(
+                &settings.amqp_url,
+                &redacted,
+                "opflow-cli",
+                ConnectRetry::default(),
+                cancel,
+            )
+            .await
+            .context("connecting to RabbitMQ")?;
             let channel = connection.create_channel().await.context("opening a channel")?;
             let outcome =
                 register::register(&store, &channel, &binary, OpQueueSettings { kind, delivery_limit }).await;

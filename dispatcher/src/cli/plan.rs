@@ -21,7 +21,11 @@ pub enum PlanCommand {
     },
 }
 
-pub async fn run(command: PlanCommand, settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    command: PlanCommand,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
     let PlanCommand::Check { file, json } = command;
     let source = render::read_plan(&file)?;
     let store = super::store(settings, cancel).await?;
@@ -49,7 +53,12 @@ pub async fn run(command: PlanCommand, settings: &Settings, cancel: &Cancellatio
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "plan": plan.name, "steps": plan.step_count, "assets": assets }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "plan": plan.name, "steps": plan.step_count, "assets": assets })
+            )?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!("plan `{}` ({}): {} steps, valid", plan.name, file.display(), plan.step_count);
@@ -68,7 +77,11 @@ pub async fn run(command: PlanCommand, settings: &Settings, cancel: &Cancellatio
                     .iter()
                     .map(|d| {
                         let name = &plan.assets[d.upstream].name;
-                        if d.partition_mapped { format!("{name} (per partition)") } else { format!("{name} (all)") }
+                        if d.partition_mapped {
+                            format!("{name} (per partition)")
+                        } else {
+                            format!("{name} (all)")
+                        }
                     })
                     .collect::<Vec<_>>()
                     .join(", ")

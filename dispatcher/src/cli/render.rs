@@ -10,7 +10,8 @@ use crate::store::runs::{RunProgress, RunSummary};
 
 /// Reads a plan file; a missing or unreadable file is invalid input.
 pub fn read_plan(file: &Path) -> Result<String, InvalidInput> {
-    std::fs::read_to_string(file).map_err(|e| InvalidInput(format!("cannot read plan file {}: {e}", file.display())))
+    std::fs::read_to_string(file)
+        .map_err(|e| InvalidInput(format!("cannot read plan file {}: {e}", file.display())))
 }
 
 /// Prints rows under a header, columns padded to their widest cell.
@@ -53,11 +54,9 @@ pub fn summary(s: &RunSummary) {
 /// One step's output on one line: top-level scalars as `key=value`, the rest compact.
 pub fn output_line(output: &Value) -> String {
     match output {
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| format!("{k}={}", scalar(v)))
-            .collect::<Vec<_>>()
-            .join("  "),
+        Value::Object(map) => {
+            map.iter().map(|(k, v)| format!("{k}={}", scalar(v))).collect::<Vec<_>>().join("  ")
+        }
         other => scalar(other),
     }
 }
@@ -66,7 +65,11 @@ fn scalar(v: &Value) -> String {
     match v {
         Value::Number(n) => match n.as_f64() {
             Some(f) if n.is_f64() => {
-                if f.abs() >= 1000.0 { format!("{f:.0}") } else { format!("{f:.4}") }
+                if f.abs() >= 1000.0 {
+                    format!("{f:.0}")
+                } else {
+                    format!("{f:.4}")
+                }
             }
             _ => n.to_string(),
         },
@@ -88,8 +91,10 @@ impl Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} steps {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
@@ -129,7 +134,8 @@ mod tests {
 
     #[test]
     fn outputs_read_as_key_value_pairs() {
-        let line = output_line(&json!({"var_95": 152342.123, "ratio": 0.123456, "n": 9, "q": [1, 2, 3, 4, 5]}));
+        let line =
+            output_line(&json!({"var_95": 152342.123, "ratio": 0.123456, "n": 9, "q": [1, 2, 3, 4, 5]}));
         assert_eq!(line, "n=9  q=[5 values]  ratio=0.1235  var_95=152342");
     }
 }

@@ -111,14 +111,22 @@ pub fn exit_code(status: RunStatus) -> ExitCode {
     if status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_FAILED) }
 }
 
-pub async fn status(args: StatusArgs, settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
+pub async fn status(
+    args: StatusArgs,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
     let run = parse_run_id(&args.run)?;
     let store = super::store(settings, cancel).await?;
     print_summary(&summary_of(&store, run).await?, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn outputs(args: OutputsArgs, settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
+pub async fn outputs(
+    args: OutputsArgs,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
     let run = parse_run_id(&args.run)?;
     let store = super::store(settings, cancel).await?;
     summary_of(&store, run).await?;

@@ -59,8 +59,12 @@ pub async fn up(args: UpArgs, settings: Settings, log_format: String) -> anyhow:
     }
 
     let dispatcher_stop = CancellationToken::new();
-    let mut dispatcher =
-        tokio::spawn(service::run_connected(settings.clone(), store.clone(), connection, dispatcher_stop.clone()));
+    let mut dispatcher = tokio::spawn(service::run_connected(
+        settings.clone(),
+        store.clone(),
+        connection,
+        dispatcher_stop.clone(),
+    ));
     let workers_stop = CancellationToken::new();
     let env = WorkerEnv {
         amqp_url: settings.amqp_url.clone(),
@@ -126,7 +130,8 @@ fn example_ops() -> anyhow::Result<Vec<PathBuf>> {
     let exe = std::env::current_exe().context("finding the opflow binary's directory")?;
     let dir = exe.parent().context("the opflow binary has no parent directory")?;
     let binaries: Vec<PathBuf> = EXAMPLE_OPS.iter().map(|name| dir.join(name)).collect();
-    let missing: Vec<String> = binaries.iter().filter(|b| !b.exists()).map(|b| b.display().to_string()).collect();
+    let missing: Vec<String> =
+        binaries.iter().filter(|b| !b.exists()).map(|b| b.display().to_string()).collect();
     if !missing.is_empty() {
         return Err(InvalidInput(format!(
             "example op binaries not found: {}; build them with `cargo build --workspace --bins`, or name op \

@@ -22,7 +22,9 @@ pub enum PlanErrorKind {
     Shape(String),
     #[error("the plan has no assets; add at least one under `assets:`")]
     NoAssets,
-    #[error("{what} name `{name}` is invalid: use lowercase letters, digits, `_` and `-`, starting with a letter or digit, at most 64 characters")]
+    #[error(
+        "{what} name `{name}` is invalid: use lowercase letters, digits, `_` and `-`, starting with a letter or digit, at most 64 characters"
+    )]
     BadName { what: &'static str, name: String },
     #[error("asset `{name}` is declared twice (first on line {first_line}); rename one of them")]
     DuplicateAsset { name: String, first_line: usize },
@@ -32,7 +34,9 @@ pub enum PlanErrorKind {
     DuplicateDep { dep: String },
     #[error("dependency cycle {cycle}; remove one of these edges")]
     Cycle { cycle: String },
-    #[error("`{text}` is not an op reference: {reason}; write it as name@version (`noop@1.0.0`) or name@requirement (`noop@^1.0`)")]
+    #[error(
+        "`{text}` is not an op reference: {reason}; write it as name@version (`noop@1.0.0`) or name@requirement (`noop@^1.0`)"
+    )]
     BadOpRef { text: String, reason: String },
     #[error("op `{op}` is not registered; register it with `opflow ops add <op binary>`")]
     UnknownOp { op: String },
@@ -116,6 +120,9 @@ mod tests {
             asset: Some("var".into()),
             kind: PlanErrorKind::UnknownDep { missing: "pathz".into() },
         };
-        assert_eq!(e.to_string(), "plans/x.yaml:12: asset `var`: needs unknown asset `pathz`; declare it or fix the name");
+        assert_eq!(
+            e.to_string(),
+            "plans/x.yaml:12: asset `var`: needs unknown asset `pathz`; declare it or fix the name"
+        );
     }
 }

@@ -29,7 +29,8 @@ impl CompiledAsset {
     pub fn step(&self, i: u32) -> StepSpec<'_> {
         assert!(i < self.step_count(), "step {i} of asset `{}` out of {}", self.name, self.step_count());
         let sweep_size = self.sweep_size();
-        let partition = (!self.partition_keys.is_empty()).then(|| self.partition_keys[(i / sweep_size) as usize].as_str());
+        let partition = (!self.partition_keys.is_empty())
+            .then(|| self.partition_keys[(i / sweep_size) as usize].as_str());
         let mut rest = i % sweep_size;
         let mut picks = vec![0usize; self.sweep.len()];
         for (slot, param) in picks.iter_mut().zip(&self.sweep).rev() {
@@ -37,8 +38,12 @@ impl CompiledAsset {
             *slot = (rest % n) as usize;
             rest /= n;
         }
-        let point: Map<_, _> =
-            self.sweep.iter().zip(picks).map(|(param, pick)| (param.name.clone(), param.values[pick].clone())).collect();
+        let point: Map<_, _> = self
+            .sweep
+            .iter()
+            .zip(picks)
+            .map(|(param, pick)| (param.name.clone(), param.values[pick].clone()))
+            .collect();
         StepSpec { partition, point }
     }
 }

@@ -91,7 +91,10 @@ pub enum Partitions {
     None,
     Static(Vec<String>),
     /// Every day from `start` to `end`, inclusive.
-    Daily { start: NaiveDate, end: NaiveDate },
+    Daily {
+        start: NaiveDate,
+        end: NaiveDate,
+    },
 }
 
 /// One sweep parameter and its values.
@@ -135,7 +138,7 @@ pub struct StepSpec<'a> {
 /// Compiles a plan: parse, validate against the `registered` op versions, resolve. `file`
 /// names the plan in messages.
 pub fn compile(source: &str, file: &Path, registered: &[RegisteredOp]) -> Result<CompiledPlan, PlanErrors> {
-    let raw = parse::parse(source, file).map_err(|e| PlanErrors(vec![e]))?;
+    let raw = parse::parse(source, file)?;
     validate::validate(raw, file, registered)
 }
 

@@ -11,7 +11,7 @@ use serde::{
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
-use super::error::{PlanError, PlanErrorKind};
+use super::error::{PlanError, PlanErrorKind, PlanErrors};
 
 /// The largest plan file accepted, before any parsing.
 pub const MAX_PLAN_BYTES: usize = 4 * 1024 * 1024;
@@ -83,9 +83,9 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
 
 /// Parses the plan text. A YAML or shape error is the only error reported: nothing else
 /// can be checked without the plan's shape.
-pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanError> {
+pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanErrors> {
     if source.len() > MAX_PLAN_BYTES {
-        return Err(PlanError {
+        return Err(PlanErrors(vec![PlanError {
             file: file.to_path_buf(),
             line: None,
             asset: None,
@@ -93,7 +93,7 @@ pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanError> {
                 "the plan file is {} bytes, over the limit of {MAX_PLAN_BYTES}; use partitions and sweeps instead of listing steps",
                 source.len()
             )),
-        });
+        }]));
     }
     // YAML 1.2 booleans only: a partition or sweep value `no`, `y` or `off` is a string,
     // not YAML 1.1's `false` (the "Norway problem").
@@ -102,8 +102,13 @@ pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanError> {
     serde_saphyr::from_str_with_options::<RawPlan>(source, options).map_err(|error| {
         let line = error.location().map(|l| l.line() as usize).filter(|&l| l > 0);
         let message = plain_message(&error);
-        let kind = if is_syntax_error(&message) { PlanErrorKind::Syntax(message) } else { PlanErrorKind::Shape(message) };
-        PlanError { file: file.to_path_buf(), line, asset: None, kind }
+        let kind = if is_syntax_error(&message) {
+            PlanErrorKind::Syntax(message)
+        } else {
+            PlanErrorKind::Shape(message)
+        };
+        let asset = line.and_then(|line| enclosing_asset(source, line));
+        PlanErrors(vec![PlanError { file: file.to_path_buf(), line, asset, kind }])
     })
 }
 
@@ -113,13 +118,27 @@ fn plain_message(error: &serde_saphyr::Error) -> String {
     let text = error.without_snippet().to_string();
     let text = text.lines().next().unwrap_or_default().trim();
     let text = text.strip_prefix("error: ").unwrap_or(text);
-    match text.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
-        Some((position, message)) if position.contains("column") => {
-            let column = position.rsplit(' ').next().unwrap_or_default();
-            format!("column {column}: {message}")
-        }
+    let text = match text.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((position, message)) if position.contains("column") => message,
+        _ => text,
+    };
+    // The location is reported separately; drop a trailing copy of it.
+    match text.rfind(" at line ") {
+        Some(at) if text[at..].contains("column") => text[..at].to_owned(),
         _ => text.to_owned(),
     }
+}
+
+/// The asset whose `- name:` entry comes last at or before `line`, if any: a best guess at
+/// which asset a shape error is in, since the deserializer cannot say.
+fn enclosing_asset(source: &str, line: usize) -> Option<String> {
+    source
+        .lines()
+        .take(line)
+        .filter_map(|l| l.trim_start().strip_prefix('-')?.trim_start().strip_prefix("name:"))
+        .map(|name| name.trim().trim_matches(['"', '\'']).to_owned())
+        .filter(|name| !name.is_empty())
+        .last()
 }
 
 fn is_syntax_error(message: &str) -> bool {

@@ -23,7 +23,8 @@ fn compile_ok(source: &str) -> CompiledPlan {
 
 /// The one error message of an invalid plan.
 fn error(source: &str) -> String {
-    let errors = compile(source, Path::new("plans/bad.yaml"), &registry()).expect_err("plan should be invalid");
+    let errors =
+        compile(source, Path::new("plans/bad.yaml"), &registry()).expect_err("plan should be invalid");
     errors.to_string()
 }
 
@@ -124,7 +125,9 @@ fn daily_partitions_cross_a_leap_day() {
 
 #[test]
 fn yaml_1_1_booleans_stay_strings() {
-    let plan = compile_ok("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: [y, no, on]\n    sweep: {flag: [yes, true]}\n");
+    let plan = compile_ok(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: [y, no, on]\n    sweep: {flag: [yes, true]}\n",
+    );
     assert_eq!(plan.assets[0].partition_keys, ["y", "no", "on"]);
     assert_eq!(plan.assets[0].sweep[0].values, vec![json!("yes"), json!(true)]);
 }
@@ -137,7 +140,10 @@ fn settings_are_read() {
     let a = &plan.assets[0];
     assert_eq!(a.retry, RetryPolicy { max_retries: 5, backoff: std::time::Duration::from_millis(250) });
     assert_eq!(a.timeout, Some(std::time::Duration::from_secs(120)));
-    assert_eq!(compile_ok("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n").assets[0].retry, RetryPolicy::default());
+    assert_eq!(
+        compile_ok("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n").assets[0].retry,
+        RetryPolicy::default()
+    );
 }
 
 #[test]
@@ -148,19 +154,28 @@ fn malformed_yaml_names_the_place() {
 
 #[test]
 fn unknown_and_missing_keys_name_the_key_and_line() {
-    assert_mentions(&error("name: p\nassets:\n  - name: a\n    opp: noop@1.0.0\n"), &["plans/bad.yaml:4", "opp"]);
-    assert_mentions(&error("name: p\nassets:\n  - name: a\n    deps: []\n"), &["plans/bad.yaml:", "missing field `op`"]);
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    opp: noop@1.0.0\n"),
+        &["plans/bad.yaml:4", "opp"],
+    );
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    deps: []\n"),
+        &["plans/bad.yaml:", "missing field `op`"],
+    );
 }
 
 #[test]
 fn duplicate_assets_name_both_lines() {
-    let message = error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n  - name: a\n    op: noop@1.0.0\n");
+    let message =
+        error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n  - name: a\n    op: noop@1.0.0\n");
     assert_mentions(&message, &["plans/bad.yaml:5", "asset `a`", "declared twice", "line 3"]);
 }
 
 #[test]
 fn unknown_dependencies_are_named() {
-    let message = error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n  - name: var\n    op: noop@1.0.0\n    deps: [pathz]\n");
+    let message = error(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n  - name: var\n    op: noop@1.0.0\n    deps: [pathz]\n",
+    );
     assert_mentions(&message, &["plans/bad.yaml:7", "asset `var`", "unknown asset `pathz`"]);
 }
 
@@ -190,7 +205,10 @@ fn unregistered_ops_and_versions_are_explained() {
 
 #[test]
 fn malformed_op_references_are_explained() {
-    assert_mentions(&error("name: p\nassets:\n  - name: a\n    op: noop\n"), &["plans/bad.yaml:4", "`noop`", "no `@`"]);
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    op: noop\n"),
+        &["plans/bad.yaml:4", "`noop`", "no `@`"],
+    );
     assert_mentions(&error("name: p\nassets:\n  - name: a\n    op: noop@one\n"), &["neither a version nor"]);
     assert_mentions(&error("name: p\nassets:\n  - name: a\n    op: No-Op@1.0.0\n"), &["op name"]);
 }
@@ -198,11 +216,20 @@ fn malformed_op_references_are_explained() {
 #[test]
 fn bad_sweeps_are_explained() {
     let base = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep:\n";
-    assert_mentions(&error(&format!("{base}      vol: []\n")), &["plans/bad.yaml:6", "asset `a`", "`vol` has no values"]);
+    assert_mentions(
+        &error(&format!("{base}      vol: []\n")),
+        &["plans/bad.yaml:6", "asset `a`", "`vol` has no values"],
+    );
     assert_mentions(&error(&format!("{base}      seed: {{from: 5, to: 1}}\n")), &["range is empty"]);
-    assert_mentions(&error(&format!("{base}      seed: {{from: 1, to: 5, step: 0}}\n")), &["step must be greater than 0"]);
+    assert_mentions(
+        &error(&format!("{base}      seed: {{from: 1, to: 5, step: 0}}\n")),
+        &["step must be greater than 0"],
+    );
     assert_mentions(&error(&format!("{base}      vol: [[1]]\n")), &["not a scalar"]);
-    assert_mentions(&error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {}\n"), &["no parameters"]);
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {}\n"),
+        &["no parameters"],
+    );
 }
 
 #[test]
@@ -210,17 +237,35 @@ fn bad_partitions_are_explained() {
     let base = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: ";
     assert_mentions(&error(&format!("{base}[]\n")), &["plans/bad.yaml:5", "the list is empty"]);
     assert_mentions(&error(&format!("{base}[x, x]\n")), &["listed twice"]);
-    assert_mentions(&error(&format!("{base}{{daily: {{start: 2026-02-01, end: 2026-01-01}}}}\n")), &["after end"]);
-    assert_mentions(&error(&format!("{base}{{daily: {{start: 2026-02-30, end: 2026-03-01}}}}\n")), &["not a date"]);
-    assert_mentions(&error(&format!("{base}{{daily: {{start: 1900-01-01, end: 2100-01-01}}}}\n")), &["over the limit of 36600"]);
+    assert_mentions(
+        &error(&format!("{base}{{daily: {{start: 2026-02-01, end: 2026-01-01}}}}\n")),
+        &["after end"],
+    );
+    assert_mentions(
+        &error(&format!("{base}{{daily: {{start: 2026-02-30, end: 2026-03-01}}}}\n")),
+        &["not a date"],
+    );
+    assert_mentions(
+        &error(&format!("{base}{{daily: {{start: 1900-01-01, end: 2100-01-01}}}}\n")),
+        &["over the limit of 36600"],
+    );
 }
 
 #[test]
 fn bad_names_and_settings_are_explained() {
-    assert_mentions(&error("name: Bad Plan\nassets:\n  - name: a\n    op: noop@1.0.0\n"), &["plans/bad.yaml:1", "plan name"]);
+    assert_mentions(
+        &error("name: Bad Plan\nassets:\n  - name: a\n    op: noop@1.0.0\n"),
+        &["plans/bad.yaml:1", "plan name"],
+    );
     assert_mentions(&error("name: p\nassets:\n  - name: A\n    op: noop@1.0.0\n"), &["asset name `A`"]);
-    assert_mentions(&error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    retry: {max: 101}\n"), &["retry.max"]);
-    assert_mentions(&error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    timeout: soon\n"), &["timeout"]);
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    retry: {max: 101}\n"),
+        &["retry.max"],
+    );
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    timeout: soon\n"),
+        &["timeout"],
+    );
     assert_mentions(&error("name: p\nassets: []\n"), &["no assets"]);
 }
 
@@ -257,8 +302,13 @@ fn compiling_200k_steps_is_fast() {
     let compiled = start.elapsed();
     assert_eq!(plan.step_count, 1000 * 200 + 1000);
     let start = Instant::now();
-    let touched: usize = plan.assets.iter().map(|a| (0..a.step_count()).map(|i| a.step(i).point.len()).sum::<usize>()).sum();
-    println!("compiled {} steps in {compiled:?}; expanded every step in {:?} ({touched})", plan.step_count, start.elapsed());
+    let touched: usize =
+        plan.assets.iter().map(|a| (0..a.step_count()).map(|i| a.step(i).point.len()).sum::<usize>()).sum();
+    println!(
+        "compiled {} steps in {compiled:?}; expanded every step in {:?} ({touched})",
+        plan.step_count,
+        start.elapsed()
+    );
 }
 
 proptest! {

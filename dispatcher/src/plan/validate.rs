@@ -66,10 +66,18 @@ struct Checked {
     timeout: Option<Duration>,
 }
 
-pub(super) fn validate(raw: RawPlan, file: &Path, registered: &[RegisteredOp]) -> Result<CompiledPlan, PlanErrors> {
+pub(super) fn validate(
+    raw: RawPlan,
+    file: &Path,
+    registered: &[RegisteredOp],
+) -> Result<CompiledPlan, PlanErrors> {
     let mut problems = Problems { file, errors: Vec::new() };
     if !valid_name(&raw.name.value) {
-        problems.add(line(&raw.name), None, PlanErrorKind::BadName { what: "plan", name: raw.name.value.clone() });
+        problems.add(
+            line(&raw.name),
+            None,
+            PlanErrorKind::BadName { what: "plan", name: raw.name.value.clone() },
+        );
     }
     if raw.assets.is_empty() {
         problems.add(None, None, PlanErrorKind::NoAssets);
@@ -80,7 +88,11 @@ pub(super) fn validate(raw: RawPlan, file: &Path, registered: &[RegisteredOp]) -
     for (index, asset) in raw.assets.iter().enumerate() {
         let name = asset.name.value.as_str();
         if !valid_name(name) {
-            problems.add(line(&asset.name), Some(name), PlanErrorKind::BadName { what: "asset", name: name.to_owned() });
+            problems.add(
+                line(&asset.name),
+                Some(name),
+                PlanErrorKind::BadName { what: "asset", name: name.to_owned() },
+            );
         }
         match index_of.get(name) {
             Some(&first) => problems.add(
@@ -117,7 +129,8 @@ pub(super) fn validate(raw: RawPlan, file: &Path, registered: &[RegisteredOp]) -
             return Err(PlanErrors(problems.errors));
         }
     };
-    let checked: Vec<Checked> = checked.into_iter().map(|c| c.expect("no problems means every asset checked")).collect();
+    let checked: Vec<Checked> =
+        checked.into_iter().map(|c| c.expect("no problems means every asset checked")).collect();
 
     // Steps: count with u64 so that no plan can overflow before the limit is checked.
     let total: u64 = checked
@@ -176,7 +189,9 @@ fn check_deps(asset: &RawAsset, index_of: &HashMap<&str, usize>, problems: &mut 
     let mut deps = Vec::with_capacity(asset.deps.len());
     for dep in &asset.deps {
         match index_of.get(dep.value.as_str()) {
-            None => problems.add(line(dep), Some(name), PlanErrorKind::UnknownDep { missing: dep.value.clone() }),
+            None => {
+                problems.add(line(dep), Some(name), PlanErrorKind::UnknownDep { missing: dep.value.clone() })
+            }
             Some(&index) if deps.contains(&index) => {
                 problems.add(line(dep), Some(name), PlanErrorKind::DuplicateDep { dep: dep.value.clone() })
             }
@@ -190,7 +205,9 @@ fn check_deps(asset: &RawAsset, index_of: &HashMap<&str, usize>, problems: &mut 
 fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Problems) -> Option<Checked> {
     let name = asset.name.value.as_str();
     let before = problems.errors.len();
-    let op = resolve_op(&asset.op, registered).map_err(|kind| problems.add(line(&asset.op), Some(name), kind)).ok();
+    let op = resolve_op(&asset.op, registered)
+        .map_err(|kind| problems.add(line(&asset.op), Some(name), kind))
+        .ok();
     let partitions = match &asset.partitions {
         None => Some((Partitions::None, Vec::new())),
         Some(spanned) => check_partitions(&spanned.value)
@@ -209,7 +226,10 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
             problems.add(
                 line(spanned),
                 Some(name),
-                PlanErrorKind::BadSetting { field: "retry.max", reason: format!("{max} is over the limit of {MAX_RETRIES}") },
+                PlanErrorKind::BadSetting {
+                    field: "retry.max",
+                    reason: format!("{max} is over the limit of {MAX_RETRIES}"),
+                },
             );
             ok = false;
         }
@@ -263,7 +283,15 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
     }
     let (op_name, op_version) = op?;
     let (partitions, partition_keys) = partitions?;
-    Some(Checked { op_name, op_version, partitions, partition_keys, sweep: sweep?, retry: retry?, timeout: timeout? })
+    Some(Checked {
+        op_name,
+        op_version,
+        partitions,
+        partition_keys,
+        sweep: sweep?,
+        retry: retry?,
+        timeout: timeout?,
+    })
 }
 
 /// `name@1.2.3` means exactly 1.2.3; `name@<requirement>` the highest registered match.
@@ -272,15 +300,18 @@ fn resolve_op(op: &Spanned<String>, registered: &[RegisteredOp]) -> Result<(Stri
     let bad = |reason: &str| PlanErrorKind::BadOpRef { text: text.to_owned(), reason: reason.to_owned() };
     let (name, requirement) = text.split_once('@').ok_or_else(|| bad("it has no `@`"))?;
     if opflow_protocol::OpName::new(name).is_err() {
-        return Err(bad("the op name may only hold lowercase letters, digits and `-`, starting with a letter"));
+        return Err(bad(
+            "the op name may only hold lowercase letters, digits and `-`, starting with a letter",
+        ));
     }
     let requirement = requirement.trim();
     let matches: Box<dyn Fn(&Version) -> bool> = match Version::parse(requirement) {
         // A bare version is exact: semver would read `1.0.0` as the requirement `^1.0.0`.
         Ok(exact) => Box::new(move |v| *v == exact),
         Err(_) => {
-            let req = VersionReq::parse(requirement)
-                .map_err(|e| bad(&format!("`{requirement}` is neither a version nor a version requirement ({e})")))?;
+            let req = VersionReq::parse(requirement).map_err(|e| {
+                bad(&format!("`{requirement}` is neither a version nor a version requirement ({e})"))
+            })?;
             Box::new(move |v| req.matches(v))
         }
     };
@@ -306,7 +337,9 @@ fn check_partitions(value: &Value) -> Result<(Partitions, Vec<String>), String> 
     match value {
         Value::Array(items) => {
             if items.is_empty() {
-                return Err("the list is empty; list at least one partition key or remove `partitions`".into());
+                return Err(
+                    "the list is empty; list at least one partition key or remove `partitions`".into()
+                );
             }
             let mut keys = Vec::with_capacity(items.len());
             let mut seen = std::collections::HashSet::new();
@@ -314,7 +347,11 @@ fn check_partitions(value: &Value) -> Result<(Partitions, Vec<String>), String> 
                 let key = match item {
                     Value::String(s) if !s.is_empty() => s.clone(),
                     Value::Number(n) => n.to_string(),
-                    other => return Err(format!("`{other}` is not a partition key; use non-empty strings or numbers")),
+                    other => {
+                        return Err(format!(
+                            "`{other}` is not a partition key; use non-empty strings or numbers"
+                        ));
+                    }
                 };
                 if !seen.insert(key.clone()) {
                     return Err(format!("key `{key}` is listed twice; list each partition once"));
@@ -326,13 +363,20 @@ fn check_partitions(value: &Value) -> Result<(Partitions, Vec<String>), String> 
         Value::Object(map) => {
             let daily = match (map.len(), map.get("daily")) {
                 (1, Some(Value::Object(daily))) => daily,
-                _ => return Err("expected a list of keys or `{daily: {start: YYYY-MM-DD, end: YYYY-MM-DD}}`".into()),
+                _ => {
+                    return Err(
+                        "expected a list of keys or `{daily: {start: YYYY-MM-DD, end: YYYY-MM-DD}}`".into()
+                    );
+                }
             };
             if let Some(unknown) = daily.keys().find(|k| *k != "start" && *k != "end") {
                 return Err(format!("daily: unknown key `{unknown}`; use `start` and `end`"));
             }
             let date = |key: &str| -> Result<NaiveDate, String> {
-                let text = daily.get(key).and_then(Value::as_str).ok_or_else(|| format!("daily: `{key}` is missing"))?;
+                let text = daily
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("daily: `{key}` is missing"))?;
                 NaiveDate::parse_from_str(text, "%Y-%m-%d")
                     .map_err(|e| format!("daily: {key} `{text}` is not a date like 2026-01-31: {e}"))
             };
@@ -344,7 +388,8 @@ fn check_partitions(value: &Value) -> Result<(Partitions, Vec<String>), String> 
             if days > MAX_DAYS {
                 return Err(format!("daily: {days} days, over the limit of {MAX_DAYS}"));
             }
-            let keys = start.iter_days().take(days as usize).map(|d| d.format("%Y-%m-%d").to_string()).collect();
+            let keys =
+                start.iter_days().take(days as usize).map(|d| d.format("%Y-%m-%d").to_string()).collect();
             Ok((Partitions::Daily { start, end }, keys))
         }
         _ => Err("expected a list of keys or `{daily: {start: YYYY-MM-DD, end: YYYY-MM-DD}}`".into()),
@@ -397,8 +442,12 @@ fn sweep_values(name: &str, value: &Value) -> Result<Vec<Value>, String> {
             Err(format!("`{name}` has no values; give at least one or remove the parameter"))
         }
         Value::Array(items) => {
-            if let Some(bad) = items.iter().find(|v| !matches!(v, Value::Number(_) | Value::String(_) | Value::Bool(_))) {
-                return Err(format!("`{name}`: `{bad}` is not a scalar; sweep values are numbers, strings or booleans"));
+            if let Some(bad) =
+                items.iter().find(|v| !matches!(v, Value::Number(_) | Value::String(_) | Value::Bool(_)))
+            {
+                return Err(format!(
+                    "`{name}`: `{bad}` is not a scalar; sweep values are numbers, strings or booleans"
+                ));
             }
             Ok(items.clone())
         }
@@ -409,7 +458,9 @@ fn sweep_values(name: &str, value: &Value) -> Result<Vec<Value>, String> {
             let int = |key: &str, default: Option<i64>| -> Result<i64, String> {
                 match range.get(key) {
                     None => default.ok_or_else(|| format!("`{name}`: the range needs `{key}`")),
-                    Some(v) => v.as_i64().ok_or_else(|| format!("`{name}`: `{key}` must be an integer, got `{v}`")),
+                    Some(v) => {
+                        v.as_i64().ok_or_else(|| format!("`{name}`: `{key}` must be an integer, got `{v}`"))
+                    }
                 }
             };
             let (from, to, step) = (int("from", None)?, int("to", None)?, int("step", Some(1))?);
@@ -461,7 +512,10 @@ fn topological_order(assets: &[RawAsset], deps: &[Vec<usize>]) -> Result<Vec<usi
     let mut seen_at = HashMap::from([(start, 0usize)]);
     let mut current = start;
     loop {
-        let next = *deps[current].iter().find(|&&up| waiting_on[up] > 0).expect("an unplaced asset needs an unplaced asset");
+        let next = *deps[current]
+            .iter()
+            .find(|&&up| waiting_on[up] > 0)
+            .expect("an unplaced asset needs an unplaced asset");
         if let Some(&at) = seen_at.get(&next) {
             return Err(path[at..].to_vec());
         }

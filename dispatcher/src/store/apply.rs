@@ -51,19 +51,19 @@ struct RunDelta {
 
 impl Store {
     /// Applies `events` in one transaction; see the module docs.
-    pub async fn apply_events(&self, events: &[Event], plans: &PlanCache) -> Result<ApplyOutcome, StoreError> {
+    pub async fn apply_events(
+        &self,
+        events: &[Event],
+        plans: &PlanCache,
+    ) -> Result<ApplyOutcome, StoreError> {
         let mut outcome = ApplyOutcome::default();
         if events.is_empty() {
             return Ok(outcome);
         }
         let mut tx = self.pool.begin().await?;
 
-        let run_ids: Vec<Uuid> = events
-            .iter()
-            .map(|e| e.run_id.as_uuid())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let run_ids: Vec<Uuid> =
+            events.iter().map(|e| e.run_id.as_uuid()).collect::<HashSet<_>>().into_iter().collect();
         let known: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ANY($1)")
             .bind(&run_ids)
             .fetch_all(&mut *tx)
@@ -80,7 +80,8 @@ impl Store {
         }
 
         let fresh_ids = insert_events(&mut tx, &candidates).await?;
-        let fresh: Vec<&Event> = candidates.into_iter().filter(|e| fresh_ids.contains(&e.id.as_uuid())).collect();
+        let fresh: Vec<&Event> =
+            candidates.into_iter().filter(|e| fresh_ids.contains(&e.id.as_uuid())).collect();
         outcome.duplicates = events.len() - outcome.unknown_run.len() - fresh.len();
 
         let mut deltas: HashMap<Uuid, RunDelta> = HashMap::new();
@@ -116,10 +117,7 @@ impl Store {
     }
 }
 
-async fn insert_events(
-    tx: &mut sqlx::PgConnection,
-    events: &[&Event],
-) -> Result<HashSet<Uuid>, StoreError> {
+async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result<HashSet<Uuid>, StoreError> {
     if events.is_empty() {
         return Ok(HashSet::new());
     }
@@ -217,9 +215,16 @@ async fn apply_started(
     Ok(())
 }
 
+/// The newest progress of one step attempt within a batch.
+struct LatestProgress<'a> {
+    event: &'a Event,
+    fraction: Option<f64>,
+    message: Option<&'a str>,
+}
+
 /// Progress and heartbeats: the latest of each step's events in the batch wins.
 async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result<(), StoreError> {
-    let mut latest: HashMap<(Uuid, u32, u32), (&Event, Option<f64>, Option<&str>)> = HashMap::new();
+    let mut latest: HashMap<(Uuid, u32, u32), LatestProgress> = HashMap::new();
     for e in events {
         let (fraction, message) = match &e.kind {
             EventKind::Progress { fraction, message } => (Some(*fraction), message.as_deref()),
@@ -227,9 +232,13 @@ async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Resul
             _ => continue,
         };
         let key = (e.run_id.as_uuid(), e.step_id.0, e.attempt);
-        let entry = latest.entry(key).or_insert((e, fraction, message));
-        if e.at >= entry.0.at {
-            *entry = (e, fraction.or(entry.1), message.or(entry.2));
+        let entry = latest.entry(key).or_insert(LatestProgress { event: e, fraction, message });
+        if e.at >= entry.event.at {
+            *entry = LatestProgress {
+                event: e,
+                fraction: fraction.or(entry.fraction),
+                message: message.or(entry.message),
+            };
         }
     }
     if latest.is_empty() {
@@ -238,10 +247,10 @@ async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Resul
     let mut cols = StepColumns::default();
     let mut fractions: Vec<Option<f32>> = Vec::with_capacity(latest.len());
     let mut messages: Vec<Option<String>> = Vec::with_capacity(latest.len());
-    for (e, fraction, message) in latest.values() {
-        cols.push(e);
-        fractions.push(fraction.map(|f| f as f32));
-        messages.push(message.map(str::to_owned));
+    for latest in latest.values() {
+        cols.push(latest.event);
+        fractions.push(latest.fraction.map(|f| f as f32));
+        messages.push(latest.message.map(str::to_owned));
     }
     sqlx::query(
         "UPDATE steps s SET progress = coalesce(u.fraction, s.progress),
@@ -321,7 +330,9 @@ async fn apply_failed(
     let mut fail = StepColumns::default();
     let mut fail_errors = Vec::new();
     for e in events {
-        let EventKind::Failed { error, retryable } = &e.kind else { continue };
+        let EventKind::Failed { error, retryable } = &e.kind else {
+            continue;
+        };
         let plan = plans.get(store, e.run_id).await?;
         let policy = plan.retry_policy(e.step_id.0);
         if *retryable && e.attempt <= policy.max_retries {
@@ -389,7 +400,10 @@ async fn apply_failed(
 
 /// Decrements `pending_upstream` over each range by its count, queues the steps that reach
 /// zero and writes them to the outbox. Returns how many were queued.
-async fn unlock(tx: &mut sqlx::PgConnection, unlocks: &BTreeMap<(Uuid, StepRange), i32>) -> Result<u64, StoreError> {
+async fn unlock(
+    tx: &mut sqlx::PgConnection,
+    unlocks: &BTreeMap<(Uuid, StepRange), i32>,
+) -> Result<u64, StoreError> {
     if unlocks.is_empty() {
         return Ok(0);
     }
@@ -434,7 +448,10 @@ async fn unlock(tx: &mut sqlx::PgConnection, unlocks: &BTreeMap<(Uuid, StepRange
 }
 
 /// Skips waiting steps in the given ranges; returns the run of every skipped step.
-async fn skip(tx: &mut sqlx::PgConnection, skips: &[(Uuid, StepRange, String)]) -> Result<Vec<Uuid>, StoreError> {
+async fn skip(
+    tx: &mut sqlx::PgConnection,
+    skips: &[(Uuid, StepRange, String)],
+) -> Result<Vec<Uuid>, StoreError> {
     if skips.is_empty() {
         return Ok(Vec::new());
     }
@@ -513,4 +530,3 @@ async fn update_runs(
     }
     Ok(finished.into_iter().map(|(run, status)| (RunId::from_uuid(run), status)).collect())
 }
-

@@ -75,10 +75,8 @@ impl Store {
     /// starts, and applies the schema migrations.
     pub async fn connect(url: &str, cancel: &CancellationToken) -> Result<Self, StoreError> {
         let redacted = opflow_process::redact_url(url);
-        let options = PgConnectOptions::from_str(url).map_err(|source| StoreError::BadUrl {
-            url: redacted.clone(),
-            source,
-        })?;
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|source| StoreError::BadUrl { url: redacted.clone(), source })?;
         let options = options.application_name("opflow");
         let connect = || async {
             match PgPoolOptions::new()
@@ -105,10 +103,9 @@ impl Store {
             .with_max_delay(Duration::from_secs(5))
             .with_jitter()
             .with_max_times(9);
-        let attempt = connect
-            .retry(backoff)
-            .when(|e| matches!(e, StoreError::Unreachable { .. }))
-            .notify(|error, delay| tracing::warn!(%error, retry_in = ?delay, "PostgreSQL unreachable; retrying"));
+        let attempt = connect.retry(backoff).when(|e| matches!(e, StoreError::Unreachable { .. })).notify(
+            |error, delay| tracing::warn!(%error, retry_in = ?delay, "PostgreSQL unreachable; retrying"),
+        );
         let pool = tokio::select! {
             pool = attempt => pool?,
             () = cancel.cancelled() => return Err(StoreError::Cancelled),
@@ -135,13 +132,15 @@ fn sql_state(error: &sqlx::Error) -> Option<String> {
 /// Creates the database named in `options` through the server's `postgres` database.
 async fn create_database(options: &PgConnectOptions, redacted: &str) -> Result<(), StoreError> {
     let database = options.get_database().unwrap_or("opflow").to_owned();
-    let failed = |source| StoreError::CreateDatabase { database: database.clone(), url: redacted.to_owned(), source };
+    let failed =
+        |source| StoreError::CreateDatabase { database: database.clone(), url: redacted.to_owned(), source };
     if !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(failed(sqlx::Error::Protocol(format!(
             "database name `{database}` has characters opflow will not quote; use letters, digits, `_` and `-`"
         ))));
     }
-    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await.map_err(failed)?;
+    let mut admin =
+        PgConnection::connect_with(&options.clone().database("postgres")).await.map_err(failed)?;
     tracing::info!(%database, "creating the database");
     // The name was checked above to hold only characters that are safe inside quotes.
     let statement = format!("CREATE DATABASE \"{database}\"");

@@ -36,7 +36,8 @@ impl Store {
         settings: OpQueueSettings,
     ) -> Result<Registration, StoreError> {
         let op = &description.op;
-        let json = serde_json::to_value(description).map_err(|e| StoreError::Corrupt(op.to_string(), e.to_string()))?;
+        let json = serde_json::to_value(description)
+            .map_err(|e| StoreError::Corrupt(op.to_string(), e.to_string()))?;
         let inserted: bool = sqlx::query_scalar(
             "INSERT INTO ops (name, version, queue, queue_type, delivery_limit, description)
              VALUES ($1, $2, $3, $4, $5, $6)
@@ -87,10 +88,13 @@ impl Store {
 
     /// Every registered op version as an `OpRef`, for resolving plans.
     pub async fn registered_ops(&self) -> Result<Vec<OpRef>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, version FROM ops").fetch_all(&self.pool).await?;
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, version FROM ops").fetch_all(&self.pool).await?;
         rows.into_iter()
             .map(|(name, version)| {
-                format!("{name}@{version}").parse::<OpRef>().map_err(|e| StoreError::Corrupt("ops".into(), e.to_string()))
+                format!("{name}@{version}")
+                    .parse::<OpRef>()
+                    .map_err(|e| StoreError::Corrupt("ops".into(), e.to_string()))
             })
             .collect()
     }

@@ -122,7 +122,12 @@ impl RunPlan {
         self.plan.assets[index]
             .deps
             .iter()
-            .map(|dep| (dep.upstream, self.range_of(dep.upstream, if dep.partition_mapped { partition } else { None })))
+            .map(|dep| {
+                (
+                    dep.upstream,
+                    self.range_of(dep.upstream, if dep.partition_mapped { partition } else { None }),
+                )
+            })
             .collect()
     }
 
@@ -154,7 +159,8 @@ impl RunPlan {
         let index = self.asset_index(step);
         let asset = &self.plan.assets[index];
         let (partition, point) = self.partition_and_point(step);
-        let mut message = StepMessage::new(run_id, StepId(step), attempt, self.ops[index].clone(), asset.name.clone());
+        let mut message =
+            StepMessage::new(run_id, StepId(step), attempt, self.ops[index].clone(), asset.name.clone());
         message.partition = partition.map(str::to_owned);
         message.point = point;
         message.config = asset.config.clone();
@@ -249,8 +255,11 @@ impl AssetRow {
             Partitions::Static(keys) => StoredPartitions::Static { keys: keys.clone() },
             Partitions::Daily { start, end } => StoredPartitions::Daily { start: *start, end: *end },
         };
-        let sweep: Vec<StoredSweepParam> =
-            a.sweep.iter().map(|p| StoredSweepParam { name: p.name.clone(), values: p.values.clone() }).collect();
+        let sweep: Vec<StoredSweepParam> = a
+            .sweep
+            .iter()
+            .map(|p| StoredSweepParam { name: p.name.clone(), values: p.values.clone() })
+            .collect();
         let deps: Vec<StoredDep> = a
             .deps
             .iter()
@@ -277,13 +286,14 @@ impl AssetRow {
     }
 
     pub(crate) fn into_asset(self) -> Result<CompiledAsset, String> {
-        let partitions: StoredPartitions =
-            serde_json::from_value(self.partitions).map_err(|e| format!("asset `{}` partitions: {e}", self.name))?;
+        let partitions: StoredPartitions = serde_json::from_value(self.partitions)
+            .map_err(|e| format!("asset `{}` partitions: {e}", self.name))?;
         let sweep: Vec<StoredSweepParam> =
             serde_json::from_value(self.sweep).map_err(|e| format!("asset `{}` sweep: {e}", self.name))?;
         let deps: Vec<StoredDep> =
             serde_json::from_value(self.deps).map_err(|e| format!("asset `{}` deps: {e}", self.name))?;
-        let op_version = semver::Version::parse(&self.op_version).map_err(|e| format!("asset `{}`: {e}", self.name))?;
+        let op_version =
+            semver::Version::parse(&self.op_version).map_err(|e| format!("asset `{}`: {e}", self.name))?;
         Ok(CompiledAsset {
             name: self.name,
             op_name: self.op_name,

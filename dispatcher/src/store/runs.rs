@@ -247,7 +247,16 @@ impl Store {
 
     /// A run's full state, or `None` for an unknown run.
     pub async fn run_summary(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
-        type Row = (Option<String>, String, String, RunStatus, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>, i32);
+        type Row = (
+            Option<String>,
+            String,
+            String,
+            RunStatus,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            i32,
+        );
         let row: Option<Row> = sqlx::query_as(
             "SELECT key, plan_name, plan_file, status, created_at, started_at, finished_at, steps_total
              FROM runs WHERE id = $1",

@@ -7,8 +7,8 @@ use opflow_worker::{Op, StepContext, StepError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+/// Parameters noop does not know are ignored, so a plan can sweep any key over it.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Params {
     /// Wait this long (without using CPU) before finishing.
     #[serde(default)]
@@ -73,7 +73,12 @@ fn main() -> std::process::ExitCode {
         .summary("Does nothing, optionally slowly or failing; for tests and benchmarks")
         .config_field("sleep_ms", "integer", "Milliseconds to wait before finishing", json!(0))
         .config_field("burn_ms", "integer", "Milliseconds of CPU to burn before finishing", json!(0))
-        .config_field("fail", "string", "never, fatal (fail for good) or retryable (fail every attempt)", json!("never"))
+        .config_field(
+            "fail",
+            "string",
+            "never, fatal (fail for good) or retryable (fail every attempt)",
+            json!("never"),
+        )
         .config_field("fail_until_attempt", "integer", "Fail retryably on attempts before this one", json!(0))
         .handler(run)
         .main()

@@ -10,8 +10,12 @@ use serde_json::{Value, json};
 use crate::simulate::{Simulation, SimulationError};
 
 async fn run(ctx: StepContext) -> Result<Value, StepError> {
-    let simulation: Simulation = ctx.params()?;
+    let mut simulation: Simulation = ctx.params()?;
     simulation.validate().map_err(|e: SimulationError| StepError::fatal(e))?;
+    // Each partition (e.g. each protocol) draws its own paths for the same `seed`.
+    if let Some(partition) = ctx.partition() {
+        simulation.seed = simulate::mix_seed(simulation.seed, partition);
+    }
     let progress = ctx.clone();
     // The simulation is CPU-bound: keep it off the async threads that publish events.
     let summary = tokio::task::spawn_blocking(move || {
@@ -30,7 +34,12 @@ fn main() -> std::process::ExitCode {
         .summary("Monte Carlo price paths of a collateral asset (geometric Brownian motion)")
         .config_field("vol", "number", "Annualised volatility, e.g. 0.65", Value::Null)
         .config_field("drift", "number", "Annualised drift", json!(0.0))
-        .config_field("seed", "integer", "Random seed; the same seed gives the same paths", Value::Null)
+        .config_field(
+            "seed",
+            "integer",
+            "Random seed; the same seed and partition give the same paths",
+            Value::Null,
+        )
         .config_field("horizon_days", "integer", "Days simulated", json!(30))
         .config_field("paths", "integer", "Number of paths", json!(2000))
         .config_field("steps_per_day", "integer", "Time steps per day", json!(24))

@@ -24,7 +24,10 @@ fn default_position() -> f64 {
 async fn run(ctx: StepContext) -> Result<Value, StepError> {
     let params: Params = ctx.params()?;
     if !params.position.is_finite() || params.position <= 0.0 {
-        return Err(StepError::fatal(format!("`position` must be a positive number, got {}", params.position)));
+        return Err(StepError::fatal(format!(
+            "`position` must be a positive number, got {}",
+            params.position
+        )));
     }
     let scenarios = ctx
         .inputs()

@@ -64,7 +64,11 @@ pub fn report(scenarios: &[Scenario], position: f64) -> Report {
         .filter(|s| !s.return_quantiles.is_empty())
         .map(|s| {
             let own: Vec<(f64, f64)> = s.return_quantiles.iter().map(|r| (*r, 1.0)).collect();
-            WorstScenario { vol: s.vol, seed: s.seed, var_99: -quantile(&own, own.len() as f64, 0.01) * position }
+            WorstScenario {
+                vol: s.vol,
+                seed: s.seed,
+                var_99: -quantile(&own, own.len() as f64, 0.01) * position,
+            }
         })
         .max_by(|a, b| a.var_99.total_cmp(&b.var_99))
         .unwrap_or(WorstScenario { vol: 0.0, seed: 0, var_99: 0.0 });
@@ -99,8 +103,7 @@ mod tests {
     use super::*;
 
     fn uniform(vol: f64, lo: f64, hi: f64, n: usize) -> Scenario {
-        let return_quantiles =
-            (0..n).map(|i| lo + (hi - lo) * (i as f64 + 0.5) / n as f64).collect();
+        let return_quantiles = (0..n).map(|i| lo + (hi - lo) * (i as f64 + 0.5) / n as f64).collect();
         Scenario { vol, seed: 1, paths: n as u32, return_quantiles }
     }
 
