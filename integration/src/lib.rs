@@ -257,3 +257,23 @@ pub fn parse_summary(output: &Output) -> anyhow::Result<serde_json::Value> {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Deletes a queue in this env's vhost, behind the dispatcher's back.
+pub async fn delete_queue(env: &Env, queue: &str) -> anyhow::Result<()> {
+    rabbitmqctl(&["delete_queue", "-p", &env.vhost, queue]).await
+}
+
+/// The child processes of `pid` (from every thread: tokio forks from its worker threads),
+/// as (pid, command name).
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(list) = std::fs::read_to_string(task.path().join("children")) else { continue };
+        for child in list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            let name = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            children.push((child, name.trim().to_owned()));
+        }
+    }
+    children
+}

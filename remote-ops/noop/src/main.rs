@@ -16,7 +16,8 @@ struct Params {
     /// Busy-spin this long (using one core) before finishing.
     #[serde(default)]
     burn_ms: u64,
-    /// `fatal` fails every attempt for good; `retryable` fails every attempt retryably.
+    /// `fatal` fails every attempt for good; `retryable` fails every attempt retryably;
+    /// `panic` panics in the handler.
     #[serde(default)]
     fail: Fail,
     /// Fail retryably on attempts before this one, then succeed.
@@ -31,6 +32,7 @@ enum Fail {
     Never,
     Fatal,
     Retryable,
+    Panic,
 }
 
 async fn run(ctx: StepContext) -> Result<Value, StepError> {
@@ -52,6 +54,7 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
     match params.fail {
         Fail::Fatal => return Err(StepError::fatal("failing as configured (fail: fatal)")),
         Fail::Retryable => return Err(StepError::retryable("failing as configured (fail: retryable)")),
+        Fail::Panic => panic!("panicking as configured (fail: panic)"),
         Fail::Never => {}
     }
     if ctx.attempt() < params.fail_until_attempt {
@@ -76,7 +79,7 @@ fn main() -> std::process::ExitCode {
         .config_field(
             "fail",
             "string",
-            "never, fatal (fail for good) or retryable (fail every attempt)",
+            "never, fatal (fail for good), retryable (fail every attempt) or panic",
             json!("never"),
         )
         .config_field("fail_until_attempt", "integer", "Fail retryably on attempts before this one", json!(0))

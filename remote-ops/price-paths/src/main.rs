@@ -12,7 +12,9 @@ use crate::simulate::{Simulation, SimulationError};
 async fn run(ctx: StepContext) -> Result<Value, StepError> {
     let mut simulation: Simulation = ctx.params()?;
     simulation.validate().map_err(|e: SimulationError| StepError::fatal(e))?;
-    // Each partition (e.g. each protocol) draws its own paths for the same `seed`.
+    // Each partition (e.g. each protocol) draws its own paths for the same `seed`; the
+    // output still reports the plan's seed.
+    let plan_seed = simulation.seed;
     if let Some(partition) = ctx.partition() {
         simulation.seed = simulate::mix_seed(simulation.seed, partition);
     }
@@ -25,6 +27,7 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
     })
     .await
     .map_err(StepError::retryable)?;
+    let summary = simulate::Summary { seed: plan_seed, ..summary };
     ctx.materialized(json!({ "paths": summary.paths, "steps_per_path": summary.steps_per_path }));
     serde_json::to_value(summary).map_err(StepError::fatal)
 }
