@@ -1,9 +1,13 @@
-//! Opening the broker connection. A process holds one connection for its lifetime; the
-//! first attempt may race the broker's start, so it retries with capped, jittered backoff.
+//! Opening the broker connection. A process holds one connection at a time; the first
+//! attempt may race the broker's start and a lost connection is opened again, so opening
+//! retries with capped, jittered exponential backoff (one log line per attempt).
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +29,8 @@ pub enum ConnectError {
 /// How long to keep trying before giving up on the broker.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectRetry {
-    pub max_attempts: usize,
+    /// `None`: until cancelled.
+    pub max_attempts: Option<usize>,
     pub max_delay: Duration,
 }
 
@@ -33,8 +38,29 @@ impl Default for ConnectRetry {
     fn default() -> Self {
         // About 30 s in all: enough for a broker that is still starting, short enough
         // that a wrong URL is reported while someone is still watching.
-        Self { max_attempts: 10, max_delay: Duration::from_secs(5) }
+        Self { max_attempts: Some(10), max_delay: Duration::from_secs(5) }
     }
+}
+
+impl ConnectRetry {
+    /// For reconnecting a process that was connected before: the URL is known to be right,
+    /// so it waits out an outage of any length (until cancelled).
+    pub fn forever() -> Self {
+        Self { max_attempts: None, max_delay: Duration::from_secs(5) }
+    }
+}
+
+fn backoff(max_delay: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max_delay)
+        .with_jitter()
+}
+
+/// Pauses between broker sessions that end soon after they start: 0.1 s doubling to 5 s,
+/// jittered, never ending. Start a new one after a session that lasted.
+pub fn session_backoff() -> ExponentialBackoff {
+    backoff(Duration::from_secs(5)).without_max_times().build()
 }
 
 /// Opens a connection named `name` (shown by `rabbitmqctl list_connections`).
@@ -47,14 +73,14 @@ pub async fn connect(
     retry: ConnectRetry,
     cancel: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
-    let mut attempts = 0usize;
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(retry.max_delay)
-        .with_jitter()
-        .with_max_times(retry.max_attempts.saturating_sub(1));
+    let attempts = AtomicUsize::new(0);
+    let backoff = backoff(retry.max_delay);
+    let backoff = match retry.max_attempts {
+        Some(max) => backoff.with_max_times(max.saturating_sub(1)),
+        None => backoff.without_max_times(),
+    };
     let open = || {
-        attempts += 1;
+        attempts.fetch_add(1, Ordering::Relaxed);
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         Connection::connect(url, properties)
     };
@@ -64,7 +90,7 @@ pub async fn connect(
     tokio::select! {
         result = attempt => result.map_err(|source| ConnectError::Unreachable {
             url: redacted_url.to_owned(),
-            attempts: retry.max_attempts,
+            attempts: attempts.load(Ordering::Relaxed),
             source,
         }),
         () = cancel.cancelled() => Err(ConnectError::Cancelled { url: redacted_url.to_owned() }),

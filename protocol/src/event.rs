@@ -69,6 +69,12 @@ pub enum EventKind {
     },
     /// The step is still running. Sent periodically during long steps.
     Heartbeat,
+    /// The worker stopped running the attempt without settling its message, which the
+    /// broker redelivers (e.g. the broker's consumer timeout closed the worker's channel).
+    /// Not terminal: the attempt goes on elsewhere; `reason` explains a later dead-letter.
+    Abandoned {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +103,7 @@ impl EventKind {
             EventKind::Succeeded { .. } => "succeeded",
             EventKind::Failed { .. } => "failed",
             EventKind::Heartbeat => "heartbeat",
+            EventKind::Abandoned { .. } => "abandoned",
         }
     }
 }
@@ -153,6 +160,7 @@ mod tests {
             EventKind::Succeeded { output: json!({"var95": 0.1}) },
             EventKind::Failed { error: "boom".into(), retryable: true },
             EventKind::Heartbeat,
+            EventKind::Abandoned { reason: "consumer timeout".into() },
         ];
         for kind in kinds {
             let e = event(kind);
@@ -175,5 +183,6 @@ mod tests {
         assert!(EventKind::Succeeded { output: Value::Null }.is_terminal());
         assert!(EventKind::Failed { error: String::new(), retryable: false }.is_terminal());
         assert!(!EventKind::Heartbeat.is_terminal());
+        assert!(!EventKind::Abandoned { reason: String::new() }.is_terminal());
     }
 }

@@ -1,22 +1,32 @@
-//! The consume loop: one connection, prefetch 1, one step at a time, ack-late.
+//! The consume loop: one connection at a time (reopened when lost), prefetch 1, one step
+//! at a time, ack-late.
 //!
 //! Prefetch 1 because a long step must not hold queued messages that another replica
 //! could run, and because KEDA then sees exactly one unacked message per busy worker.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::{
-    Channel,
+    Channel, Connection, Consumer,
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
-use opflow_amqp::{Publisher, connect::ConnectRetry, topology, trace};
+use opflow_amqp::{
+    Publisher,
+    connect::{ConnectError, ConnectRetry},
+    topology::{self, TopologyError},
+    trace,
+};
 use opflow_protocol::{Event, EventKind, StepMessage, queue};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::Instrument;
 
 use crate::{
@@ -28,17 +38,37 @@ use crate::{
     report::Reporter,
 };
 
-/// What every step of this worker shares.
+/// What every step of one broker session shares.
 struct Worker {
     spec: Arc<OpSpec>,
-    settings: WorkerSettings,
+    heartbeat: Duration,
     /// `name@version/host/pid`: names this worker in events and in the broker's consumer list.
     id: String,
     reporter: Reporter,
     shutdown: CancellationToken,
 }
 
-/// Runs the worker until `shutdown` is cancelled (then drains) or the broker fails.
+/// How one broker session ended.
+enum SessionEnd {
+    /// Shutdown was requested and the step in hand (if any) is settled.
+    Shutdown,
+    /// The broker connection or a channel failed; connect again and go on.
+    Lost(anyhow::Error),
+    /// Reconnecting would not help (the op's queue does not exist).
+    Fatal(anyhow::Error),
+}
+
+/// How a step ended when it did not settle normally.
+enum StepEnd {
+    /// The consume channel closed under the step; the broker has requeued the message.
+    ChannelClosed(String),
+    /// Publishing the result or acking failed; the broker redelivers the message.
+    Broker(anyhow::Error),
+}
+
+/// Runs the worker until `shutdown` is cancelled (then drains). A lost broker connection
+/// is opened again with capped, jittered backoff and consuming resumes; only a missing
+/// queue (or a broker unreachable at start) ends the worker with an error.
 pub(crate) async fn run(
     spec: Arc<OpSpec>,
     settings: WorkerSettings,
@@ -46,112 +76,243 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let redacted = opflow_process::redact_url(&settings.amqp_url);
     let id = format!("{}/{}/{}", spec.op, hostname(), std::process::id());
-    let connection =
-        opflow_amqp::connect(&settings.amqp_url, &redacted, &id, ConnectRetry::default(), &shutdown)
-            .await
-            .context("starting the worker")?;
-
-    // A failed passive declare closes its channel, so check on a throwaway one.
-    let probe = connection.create_channel().await.context("opening a channel")?;
-    topology::check_op_queue(&probe, &spec.op)
-        .await
-        .with_context(|| format!("starting worker for {}", spec.op))?;
-    if let Err(error) = probe.close(200, "queue checked".into()).await {
-        tracing::debug!(%error, "closing the probe channel failed");
-    }
-
-    let publisher = Publisher::open(&connection).await.context("opening the events channel")?;
-    let reporter_stop = CancellationToken::new();
-    let (reporter, reporter_task) = Reporter::spawn(publisher.clone(), reporter_stop.clone());
-
-    let channel = connection.create_channel().await.context("opening the consume channel")?;
-    // Prefetch 1: see the module docs.
-    channel.basic_qos(1, BasicQosOptions::default()).await.context("setting prefetch 1")?;
-    let queue_name = queue::op_queue(&spec.op);
-    let mut consumer = channel
-        .basic_consume(
-            queue_name.as_str().into(),
-            id.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming {queue_name}"))?;
-    tracing::info!(op = %spec.op, queue = %queue_name, worker = %id, "consuming");
-
-    let worker = Worker { spec, settings, id, reporter, shutdown: shutdown.clone() };
-    let mut consuming = true;
-    let outcome: anyhow::Result<()> = async {
-        loop {
-            let delivery = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => delivery,
-                    Some(Err(error)) => return Err(error).with_context(|| format!("consuming {queue_name}")),
-                    None => bail!("the broker cancelled the consumer of {queue_name}; was the queue deleted?"),
-                },
-            };
-            let step = worker.handle(delivery);
-            tokio::pin!(step);
-            let result = tokio::select! {
-                result = &mut step => result,
-                () = shutdown.cancelled() => {
-                    // Stop consuming now so the broker hands the next message to another
-                    // replica, then finish the step in hand.
-                    stop_consuming(&channel, &worker.id).await;
-                    consuming = false;
-                    step.await
+    // At start a wrong URL should be reported soon; once connected, outages are waited out.
+    let mut retry = ConnectRetry::default();
+    // Sessions that fail right after connecting (a channel refused, say) are spaced out
+    // like connection attempts, so a broker that half-works is not hammered.
+    let mut pauses = opflow_amqp::connect::session_backoff();
+    loop {
+        let connection =
+            match opflow_amqp::connect(&settings.amqp_url, &redacted, &id, retry, &shutdown).await {
+                Ok(connection) => connection,
+                Err(ConnectError::Cancelled { .. }) => {
+                    tracing::info!("stopped while connecting to the broker");
+                    return Ok(());
                 }
+                Err(error) => return Err(error).context("starting the worker"),
             };
-            result?;
+        let session =
+            Session { connection: &connection, spec: &spec, heartbeat: settings.heartbeat, id: &id };
+        let session_started = Instant::now();
+        let end = session.run(&shutdown).await;
+        if let Err(error) = connection.close(200, "worker stopping".into()).await {
+            tracing::debug!(%error, "closing the connection failed");
         }
-        Ok(())
+        match end {
+            SessionEnd::Shutdown => {
+                tracing::info!("stopped cleanly");
+                return Ok(());
+            }
+            SessionEnd::Fatal(error) => return Err(error),
+            SessionEnd::Lost(error) => {
+                if session_started.elapsed() > Duration::from_secs(60) {
+                    pauses = opflow_amqp::connect::session_backoff();
+                }
+                let pause = pauses.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = format!("{error:#}"), retry_in = ?pause, "lost the broker; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+                retry = ConnectRetry::forever();
+            }
+        }
     }
-    .await;
-
-    if consuming {
-        stop_consuming(&channel, &worker.id).await;
-    }
-    // Closing the channel returns any message that was prefetched but not started.
-    if let Err(error) = channel.close(200, "worker stopping".into()).await {
-        tracing::debug!(%error, "closing the consume channel failed");
-    }
-    drop(worker);
-    reporter_stop.cancel();
-    if let Err(error) = reporter_task.await {
-        tracing::warn!(%error, "the event publisher task failed");
-    }
-    // Close every channel before the connection, so that nothing is torn down under a
-    // channel still closing (lapin reports that as a connection error).
-    if let Err(error) = publisher.channel().close(200, "worker stopping".into()).await {
-        tracing::debug!(%error, "closing the events channel failed");
-    }
-    if let Err(error) = connection.close(200, "worker stopping".into()).await {
-        tracing::debug!(%error, "closing the connection failed");
-    }
-    if outcome.is_ok() {
-        tracing::info!("stopped cleanly");
-    }
-    outcome
 }
 
-async fn stop_consuming(channel: &Channel, consumer_tag: &str) {
-    if let Err(error) = channel.basic_cancel(consumer_tag.into(), BasicCancelOptions::default()).await {
-        tracing::warn!(%error, "cancelling the consumer failed");
+/// One connection's worth of consuming.
+struct Session<'a> {
+    connection: &'a Connection,
+    spec: &'a Arc<OpSpec>,
+    heartbeat: Duration,
+    id: &'a str,
+}
+
+impl Session<'_> {
+    async fn run(self, shutdown: &CancellationToken) -> SessionEnd {
+        // A failed passive declare closes its channel, so check on a throwaway one.
+        let checked = async {
+            let probe = self.connection.create_channel().await.context("opening a channel")?;
+            let checked = topology::check_op_queue(&probe, &self.spec.op).await;
+            if checked.is_ok()
+                && let Err(error) = probe.close(200, "queue checked".into()).await
+            {
+                tracing::debug!(%error, "closing the probe channel failed");
+            }
+            anyhow::Ok(checked)
+        };
+        match checked.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(missing @ TopologyError::MissingQueue { .. })) => {
+                return SessionEnd::Fatal(
+                    anyhow::Error::new(missing).context(format!("starting worker for {}", self.spec.op)),
+                );
+            }
+            Ok(Err(other)) => return SessionEnd::Lost(other.into()),
+            Err(error) => return SessionEnd::Lost(error),
+        }
+
+        let publisher = match Publisher::open(self.connection).await {
+            Ok(publisher) => publisher,
+            Err(error) => {
+                return SessionEnd::Lost(anyhow::Error::new(error).context("opening the events channel"));
+            }
+        };
+        let reporter_stop = CancellationToken::new();
+        let (reporter, reporter_task) = Reporter::spawn(publisher.clone(), reporter_stop.clone());
+        let worker = Worker {
+            spec: self.spec.clone(),
+            heartbeat: self.heartbeat,
+            id: self.id.to_owned(),
+            reporter,
+            shutdown: shutdown.clone(),
+        };
+
+        let end = match self.open_consumer().await {
+            Ok((channel, consumer)) => {
+                let end = worker.consume(&channel, consumer).await;
+                // Closing the channel returns any message that was prefetched but not started.
+                if let Err(error) = channel.close(200, "worker stopping".into()).await {
+                    tracing::debug!(%error, "closing the consume channel failed");
+                }
+                end
+            }
+            Err(error) => SessionEnd::Lost(error),
+        };
+
+        drop(worker);
+        reporter_stop.cancel();
+        if let Err(error) = reporter_task.await {
+            tracing::warn!(%error, "the event publisher task failed");
+        }
+        // Close every channel before the connection, so that nothing is torn down under a
+        // channel still closing (lapin reports that as a connection error).
+        if let Err(error) = publisher.channel().close(200, "worker stopping".into()).await {
+            tracing::debug!(%error, "closing the events channel failed");
+        }
+        end
+    }
+
+    async fn open_consumer(&self) -> anyhow::Result<(Channel, Consumer)> {
+        let channel = self.connection.create_channel().await.context("opening the consume channel")?;
+        // Prefetch 1: see the module docs.
+        channel.basic_qos(1, BasicQosOptions::default()).await.context("setting prefetch 1")?;
+        let queue_name = queue::op_queue(&self.spec.op);
+        let consumer = channel
+            .basic_consume(
+                queue_name.as_str().into(),
+                self.id.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {queue_name}"))?;
+        tracing::info!(op = %self.spec.op, queue = %queue_name, worker = %self.id, "consuming");
+        Ok((channel, consumer))
     }
 }
 
 impl Worker {
+    /// Takes deliveries one at a time until shutdown (finishing the step in hand) or until
+    /// the channel or connection fails.
+    async fn consume(&self, channel: &Channel, mut consumer: Consumer) -> SessionEnd {
+        let queue_name = queue::op_queue(&self.spec.op);
+        // A delivery that arrived while the previous step was finishing (the broker sends
+        // the next message as soon as it has the ack, before the step's future returns).
+        let mut arrived: Option<Delivery> = None;
+        loop {
+            let delivery = match arrived.take() {
+                Some(delivery) => delivery,
+                None => tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => {
+                        stop_consuming(channel, &self.id).await;
+                        return SessionEnd::Shutdown;
+                    }
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => delivery,
+                        Some(Err(error)) => {
+                            return SessionEnd::Lost(anyhow::Error::new(error).context(format!("consuming {queue_name}")));
+                        }
+                        // The broker cancels a consumer whose queue was deleted; a consumer
+                        // also ends when its channel closes, which reconnecting cures.
+                        None if channel.status().connected() => {
+                            return SessionEnd::Fatal(anyhow::anyhow!(
+                                "the broker cancelled the consumer of {queue_name}; was the queue deleted? \
+                                 Register the op again with `opflow ops add`"
+                            ));
+                        }
+                        None => return SessionEnd::Lost(anyhow::anyhow!("the consume channel of {queue_name} closed")),
+                    },
+                },
+            };
+
+            // While the step runs, keep watching the consumer: an error or its end means
+            // the channel is gone (the broker's consumer timeout, or a lost connection),
+            // and the step must stop; its message is already back on the queue.
+            let (closed_tx, closed_rx) = oneshot::channel();
+            let mut closed_tx = Some(closed_tx);
+            let mut consuming = true;
+            let step = self.handle(delivery, closed_rx);
+            tokio::pin!(step);
+            let result = loop {
+                tokio::select! {
+                    result = &mut step => break result,
+                    () = self.shutdown.cancelled(), if consuming => {
+                        // Stop consuming now so the broker hands the next message to
+                        // another replica, then finish the step in hand.
+                        stop_consuming(channel, &self.id).await;
+                        consuming = false;
+                    }
+                    next = consumer.next(), if consuming && closed_tx.is_some() && arrived.is_none() => {
+                        let reason = match next {
+                            Some(Ok(delivery)) => {
+                                // The step has acked and the next message is already here.
+                                arrived = Some(delivery);
+                                continue;
+                            }
+                            Some(Err(error)) => error.to_string(),
+                            None => "the broker cancelled the consumer".to_owned(),
+                        };
+                        if let Some(tx) = closed_tx.take() {
+                            let _ = tx.send(reason);
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok(()) if consuming => {}
+                // Shutdown stopped consuming during the step; a message that arrived in
+                // the meantime goes back to the queue when the channel closes.
+                Ok(()) => return SessionEnd::Shutdown,
+                Err(StepEnd::ChannelClosed(reason)) => {
+                    return SessionEnd::Lost(anyhow::anyhow!(
+                        "the consume channel closed under a step: {reason}"
+                    ));
+                }
+                Err(StepEnd::Broker(error)) => return SessionEnd::Lost(error),
+            }
+            // The consumer reported its end during the step, but the step settled first:
+            // the channel is gone all the same.
+            if closed_tx.is_none() {
+                return SessionEnd::Lost(anyhow::anyhow!("the consume channel of {queue_name} closed"));
+            }
+        }
+    }
+
     /// Runs one delivery to its end: a settled lease, or an error that leaves the message
     /// unacked for redelivery.
-    async fn handle(&self, delivery: Delivery) -> anyhow::Result<()> {
+    async fn handle(
+        &self,
+        delivery: Delivery,
+        channel_closed: oneshot::Receiver<String>,
+    ) -> Result<(), StepEnd> {
         let lease = StepLease::new(delivery.acker.clone());
         let message = match StepMessage::decode(&delivery.data) {
             Ok(message) => message,
             Err(error) => {
                 tracing::error!(%error, queue = %queue::op_queue(&self.spec.op), "malformed step message; dead-lettering it");
-                return Ok(lease.dead_letter().await?);
+                return lease.dead_letter().await.map_err(|e| StepEnd::Broker(e.into()));
             }
         };
         if message.op != self.spec.op {
@@ -161,7 +322,7 @@ impl Worker {
                 step_id = %message.step_id,
                 "step for another op version arrived on this queue; dead-lettering it"
             );
-            return Ok(lease.dead_letter().await?);
+            return lease.dead_letter().await.map_err(|e| StepEnd::Broker(e.into()));
         }
         let span = tracing::info_span!(
             "step",
@@ -173,7 +334,7 @@ impl Worker {
         );
         trace::adopt_parent(&span, delivery.properties.headers().as_ref());
         let deliveries = delivery_count(delivery.properties.headers().as_ref());
-        self.run_step(message, lease, delivery.redelivered, deliveries).instrument(span).await
+        self.run_step(message, lease, delivery.redelivered, deliveries, channel_closed).instrument(span).await
     }
 
     async fn run_step(
@@ -182,7 +343,8 @@ impl Worker {
         lease: StepLease,
         redelivered: bool,
         deliveries: Option<i64>,
-    ) -> anyhow::Result<()> {
+        mut channel_closed: oneshot::Receiver<String>,
+    ) -> Result<(), StepEnd> {
         if redelivered {
             tracing::warn!(
                 previous_deliveries = deliveries,
@@ -194,7 +356,27 @@ impl Worker {
         let event = |kind| Event::new(run_id, step_id, attempt, self.id.clone(), kind);
         self.reporter.send(event(EventKind::Started { op: self.spec.op.clone() }));
 
-        let kind = match self.execute(message).await {
+        let executed = tokio::select! {
+            executed = self.execute(message) => executed,
+            Ok(reason) = &mut channel_closed => {
+                // The broker has already requeued the message: finishing the step would
+                // only run it twice. Stop it (dropping `execute` aborts the handler), say
+                // why, and let the next delivery run it.
+                lease.abandon();
+                let elapsed = humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()));
+                let reason = format!(
+                    "the broker closed the worker's channel after {elapsed} ({reason}); if the step runs \
+                     longer than the broker's consumer_timeout, raise it (see docs/reliability.md)"
+                );
+                tracing::warn!(%reason, "step stopped: its message is back on the queue");
+                let told = self.reporter.publish_confirmed(event(EventKind::Abandoned { reason: reason.clone() }));
+                if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(5), told).await {
+                    tracing::debug!(%error, "could not report the abandoned step");
+                }
+                return Err(StepEnd::ChannelClosed(reason));
+            }
+        };
+        let kind = match executed {
             Ok(output) => match output_size_error(&output) {
                 None => EventKind::Succeeded { output },
                 Some(error) => EventKind::Failed { error, retryable: false },
@@ -210,25 +392,22 @@ impl Worker {
             }
             _ => tracing::info!(elapsed_ms, "step succeeded"),
         }
-        lease.complete(&self.reporter, event(kind)).await?;
-        Ok(())
+        lease.complete(&self.reporter, event(kind)).await.map_err(|e| StepEnd::Broker(e.into()))
     }
 
     /// Runs the handler in its own task (so a panic is contained) under the step's timeout,
-    /// with heartbeats while it runs.
+    /// with heartbeats while it runs. Dropping the returned future aborts both tasks.
     async fn execute(&self, message: StepMessage) -> Result<Value, StepError> {
-        let timeout = message.timeout_ms.map(std::time::Duration::from_millis);
+        let timeout = message.timeout_ms.map(Duration::from_millis);
         let ctx =
             StepContext::new(message, self.reporter.clone(), self.id.clone(), self.shutdown.child_token());
-        let heartbeat = self.spawn_heartbeat(&ctx);
-        let mut task = tokio::spawn((self.spec.handler)(ctx).in_current_span());
+        let _heartbeat = AbortOnDropHandle::new(self.spawn_heartbeat(&ctx));
+        let mut task = AbortOnDropHandle::new(tokio::spawn((self.spec.handler)(ctx).in_current_span()));
         let joined = match timeout {
             None => (&mut task).await,
             Some(limit) => match tokio::time::timeout(limit, &mut task).await {
                 Ok(joined) => joined,
                 Err(_) => {
-                    task.abort();
-                    heartbeat.abort();
                     return Err(StepError::Retryable(format!(
                         "timed out after {}; raise the asset's `timeout` in the plan if the step needs longer",
                         humantime::format_duration(limit)
@@ -236,7 +415,6 @@ impl Worker {
                 }
             },
         };
-        heartbeat.abort();
         match joined {
             Ok(result) => result,
             Err(error) if error.is_panic() => {
@@ -247,7 +425,7 @@ impl Worker {
     }
 
     fn spawn_heartbeat(&self, ctx: &StepContext) -> tokio::task::JoinHandle<()> {
-        let (reporter, worker, every) = (self.reporter.clone(), self.id.clone(), self.settings.heartbeat);
+        let (reporter, worker, every) = (self.reporter.clone(), self.id.clone(), self.heartbeat);
         let (run_id, step_id, attempt) = (ctx.run_id(), ctx.step_id(), ctx.attempt());
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
@@ -257,6 +435,12 @@ impl Worker {
                 reporter.send(Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Heartbeat));
             }
         })
+    }
+}
+
+async fn stop_consuming(channel: &Channel, consumer_tag: &str) {
+    if let Err(error) = channel.basic_cancel(consumer_tag.into(), BasicCancelOptions::default()).await {
+        tracing::warn!(%error, "cancelling the consumer failed");
     }
 }
 

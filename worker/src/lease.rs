@@ -38,7 +38,7 @@ impl StepLease {
     /// acks. If the publish fails the message is given back to the queue.
     pub async fn complete(mut self, reporter: &Reporter, terminal: Event) -> Result<(), LeaseError> {
         debug_assert!(terminal.kind.is_terminal(), "complete() takes a succeeded or failed event");
-        if let Err(error) = reporter.publish_terminal(terminal).await {
+        if let Err(error) = reporter.publish_confirmed(terminal).await {
             self.release().await;
             return Err(error.into());
         }
@@ -53,6 +53,12 @@ impl StepLease {
         let acker = self.acker.take().expect("a lease holds its acker until it is settled");
         acker.reject(BasicRejectOptions { requeue: false }).await.map_err(LeaseError::Reject)?;
         Ok(())
+    }
+
+    /// Lets go of a delivery whose channel the broker already closed: the broker has
+    /// requeued the message itself, and there is nothing left to settle.
+    pub fn abandon(mut self) {
+        self.acker = None;
     }
 
     /// Gives the message back to the queue for another attempt by any worker.

@@ -43,9 +43,9 @@ impl Reporter {
         }
     }
 
-    /// Publishes a terminal event and waits until the broker has confirmed it and every
-    /// event queued before it.
-    pub async fn publish_terminal(&self, event: Event) -> Result<(), PublishError> {
+    /// Publishes an event (a terminal one, or an abandonment) and waits until the broker
+    /// has confirmed it and every event queued before it.
+    pub async fn publish_confirmed(&self, event: Event) -> Result<(), PublishError> {
         let routing_key = queue::event_routing_key(event.kind.name());
         let stopped = || PublishError::Broker {
             exchange: queue::EVENTS_EXCHANGE.to_owned(),

@@ -17,7 +17,8 @@ struct Params {
     #[serde(default)]
     burn_ms: u64,
     /// `fatal` fails every attempt for good; `retryable` fails every attempt retryably;
-    /// `panic` panics in the handler.
+    /// `panic` panics in the handler; `crash` aborts the whole worker process (a poison
+    /// message, for testing dead-lettering).
     #[serde(default)]
     fail: Fail,
     /// Fail retryably on attempts before this one, then succeed.
@@ -33,6 +34,7 @@ enum Fail {
     Fatal,
     Retryable,
     Panic,
+    Crash,
 }
 
 async fn run(ctx: StepContext) -> Result<Value, StepError> {
@@ -55,6 +57,10 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
         Fail::Fatal => return Err(StepError::fatal("failing as configured (fail: fatal)")),
         Fail::Retryable => return Err(StepError::retryable("failing as configured (fail: retryable)")),
         Fail::Panic => panic!("panicking as configured (fail: panic)"),
+        Fail::Crash => {
+            eprintln!("noop: aborting the worker process as configured (fail: crash)");
+            std::process::abort();
+        }
         Fail::Never => {}
     }
     if ctx.attempt() < params.fail_until_attempt {
@@ -79,7 +85,7 @@ fn main() -> std::process::ExitCode {
         .config_field(
             "fail",
             "string",
-            "never, fatal (fail for good), retryable (fail every attempt) or panic",
+            "never, fatal (fail for good), retryable (fail every attempt), panic, or crash (abort the worker)",
             json!("never"),
         )
         .config_field("fail_until_attempt", "integer", "Fail retryably on attempts before this one", json!(0))
