@@ -13,7 +13,8 @@
 //! - [`submit`]: plan submission shared by the CLI and the API.
 //! - [`register`]: registering an op version from its binary.
 //! - [`api`]: the HTTP API.
-//! - [`service`]: the dispatcher service wiring and drain.
+//! - [`service`]: the dispatcher service wiring, reconnection and drain.
+//! - [`lease`]: leadership among dispatchers sharing a database.
 //! - [`supervise`]: worker processes for `opflow up`.
 //! - [`config`]: layered settings.
 //! - [`cli`]: the `opflow` commands.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod lease;
 pub mod plan;
 pub mod register;
 pub mod retry;

@@ -1,9 +1,14 @@
-//! The dispatcher service: connects to PostgreSQL and RabbitMQ, declares the topology, and
-//! runs the outbox publisher, the events consumer, the retry loop and the HTTP API until
-//! shutdown, then drains them: in-flight batches finish, unacked events go back to the
-//! queue, and nothing is half-applied.
+//! The dispatcher service: connects to PostgreSQL and RabbitMQ, serves the HTTP API, and,
+//! while it holds the lease, declares the topology and runs the outbox publisher, the
+//! events and dead-letter consumers and the retry loop. A lost broker connection is opened
+//! again (capped, jittered backoff) and those parts restart on it. On shutdown they drain:
+//! in-flight batches finish, unacked events go back to the queue, nothing is half-applied.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use lapin::Connection;
@@ -12,35 +17,41 @@ use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, ApiState},
-    broker::{events::EventConsumer, publish::StepPublisher},
+    api::{self, ApiState, Readiness, Role},
+    broker::{dead_letter::DeadLetterConsumer, events::EventConsumer, publish::StepPublisher},
     config::Settings,
+    lease::Lease,
     scheduler,
     store::{Store, run_plan::PlanCache},
 };
 
 /// Connects to both services and declares what the dispatcher needs on the broker.
-pub async fn connect(
-    settings: &Settings,
-    cancel: &CancellationToken,
-) -> anyhow::Result<(Store, Arc<Connection>)> {
+pub async fn connect(settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<(Store, Connection)> {
     let store = Store::connect(&settings.database_url, cancel).await.context("connecting to PostgreSQL")?;
+    let connection = connect_broker(settings, ConnectRetry::default(), cancel).await?;
+    declare_topology(settings, &store, &connection).await?;
+    Ok((store, connection))
+}
+
+async fn connect_broker(
+    settings: &Settings,
+    retry: ConnectRetry,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Connection> {
     let redacted = opflow_process::redact_url(&settings.amqp_url);
-    let connection = opflow_amqp::connect(
-        &settings.amqp_url,
-        &redacted,
-        "opflow-dispatcher",
-        ConnectRetry::default(),
-        cancel,
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
+    opflow_amqp::connect(&settings.amqp_url, &redacted, "opflow-dispatcher", retry, cancel)
+        .await
+        .context("connecting to RabbitMQ")
+}
+
+/// Declares the shared exchanges and queues, and every registered op's queue: a broker
+/// that lost its definitions (a fresh node) gets them back, so steps for registered ops
+/// are never unroutable. Idempotent; run on every (re)connect.
+async fn declare_topology(settings: &Settings, store: &Store, connection: &Connection) -> anyhow::Result<()> {
     let channel = connection.create_channel().await.context("opening a channel")?;
     topology::declare_shared(&channel, settings.events_queue_kind()?)
         .await
         .context("declaring the topology")?;
-    // A broker that lost its definitions (a fresh node) gets every registered op's queue
-    // back, so steps for registered ops are never unroutable.
     for op in store.registered_ops().await.context("reading the op registry")? {
         let queue_settings = store.op_queue_settings(&op).await?.unwrap_or_default();
         topology::declare_op_queue(&channel, &op, queue_settings)
@@ -50,7 +61,7 @@ pub async fn connect(
     if let Err(error) = channel.close(200, "topology declared".into()).await {
         tracing::debug!(%error, "closing the topology channel failed");
     }
-    Ok((store, Arc::new(connection)))
+    Ok(())
 }
 
 /// Runs the dispatcher until `shutdown` is cancelled, then drains. Returns an error if a
@@ -60,97 +71,245 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     run_connected(settings, store, connection, shutdown).await
 }
 
+/// What the leader's parts share across leases and broker sessions.
+struct Shared {
+    settings: Settings,
+    store: Store,
+    plans: Arc<PlanCache>,
+    wake: Arc<Notify>,
+    readiness: Readiness,
+}
+
 /// As [`run`], with the store and broker connection already open (see [`connect`]).
+///
+/// The HTTP API runs for the whole process. Publishing steps and applying events run only
+/// while this process holds the lease (see [`crate::lease`]), and restart on a new broker
+/// connection whenever the old one is lost.
 pub async fn run_connected(
     settings: Settings,
     store: Store,
-    connection: Arc<Connection>,
+    connection: Connection,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let plans = Arc::new(PlanCache::default());
-    let wake = Arc::new(Notify::new());
-    // Parts stop on `stop`, cancelled below on shutdown or when one of them fails. It is
-    // not a child of `shutdown`: a part that finished draining must not look like a failure.
-    let stop = CancellationToken::new();
-    let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-
-    let publisher = StepPublisher {
-        store: store.clone(),
-        plans: plans.clone(),
-        publisher: Publisher::open(&connection).await.context("opening the publish channel")?,
-        batch_size: settings.publish_batch.max(1),
-        max_inputs_bytes: settings.max_inputs_bytes,
-    };
-    parts.spawn({
-        let (wake, stop) = (wake.clone(), stop.clone());
-        async move { ("outbox publisher", publisher.run(wake, stop).await.map_err(Into::into)) }
-    });
-
-    let consumer =
-        EventConsumer { store: store.clone(), plans: plans.clone(), batch_size: settings.event_batch.max(1) };
-    parts.spawn({
-        let (connection, wake, stop) = (connection.clone(), wake.clone(), stop.clone());
-        async move { ("events consumer", consumer.run(&connection, wake, stop).await.map_err(Into::into)) }
-    });
-
-    parts.spawn({
-        let (store, wake, stop, every) = (store.clone(), wake.clone(), stop.clone(), settings.retry_poll());
-        async move {
-            scheduler::release_retries(store, wake, every, stop).await;
-            ("retry scheduler", Ok(()))
-        }
-    });
-
+    let readiness = Readiness::default();
     let listener = tokio::net::TcpListener::bind(settings.api_addr).await.with_context(|| {
-        format!("binding the HTTP API to {}; is another dispatcher running?", settings.api_addr)
+        format!(
+            "binding the HTTP API to {}; is another dispatcher running on this address?",
+            settings.api_addr
+        )
     })?;
     let api_addr: SocketAddr = listener.local_addr()?;
-    let router = api::router(ApiState { store: store.clone(), broker: connection.clone() });
-    parts.spawn({
-        let stop = stop.clone();
+    let router = api::router(ApiState { store: store.clone(), readiness: readiness.clone() });
+    let api_stop = CancellationToken::new();
+    let mut api = tokio::spawn({
+        let stop = api_stop.clone();
         async move {
-            let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
-            ("HTTP API", served.context("serving the HTTP API"))
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .context("serving the HTTP API")
         }
     });
-    tracing::info!(api = %api_addr, "dispatcher ready");
+    tracing::info!(api = %api_addr, "dispatcher API listening");
 
-    let mut failure = None;
-    tokio::select! {
-        biased;
-        () = shutdown.cancelled() => tracing::info!("shutting down: draining in-flight work"),
-        Some(joined) = parts.join_next() => {
-            let (part, result) = joined.context("a dispatcher task panicked")?;
-            let error = result.err().unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));
-            tracing::error!(part, error = format!("{error:#}"), "dispatcher part failed; stopping");
-            failure = Some(error.context(format!("the dispatcher's {part} failed")));
+    let shared = Shared {
+        settings,
+        store,
+        plans: Arc::new(PlanCache::default()),
+        wake: Arc::new(Notify::new()),
+        readiness,
+    };
+    let leading = shared.lead_while_leased(connection, &shutdown);
+    tokio::pin!(leading);
+    let outcome = tokio::select! {
+        outcome = &mut leading => outcome,
+        served = &mut api => {
+            let error = match served {
+                Ok(Ok(())) => anyhow::anyhow!("stopped unexpectedly"),
+                Ok(Err(error)) => error,
+                Err(panic) => anyhow::Error::new(panic),
+            };
+            tracing::error!(error = format!("{error:#}"), "the HTTP API failed; stopping");
+            shutdown.cancel();
+            let _ = leading.await;
+            return Err(error.context("the dispatcher's HTTP API failed"));
+        }
+    };
+    api_stop.cancel();
+    match tokio::time::timeout(shared.settings.drain_timeout(), api).await {
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(error = format!("{error:#}"), "the HTTP API failed while draining")
+        }
+        Ok(_) => {}
+        Err(_) => tracing::warn!("the HTTP API did not drain in time"),
+    }
+    if outcome.is_ok() {
+        tracing::info!("dispatcher stopped");
+    }
+    outcome
+}
+
+impl Shared {
+    /// Stands by until this process holds the lease, leads until it loses it, and again,
+    /// until shutdown.
+    async fn lead_while_leased(
+        &self,
+        connection: Connection,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut connection = Some(connection);
+        loop {
+            self.readiness.set_role(Role::Standby);
+            let Some(lease) = Lease::acquire(&self.store, shutdown).await else {
+                if let Some(connection) = connection.take() {
+                    close_connection(&connection).await;
+                }
+                return Ok(());
+            };
+            self.readiness.set_role(Role::Leader);
+            let stop = CancellationToken::new();
+            let led = {
+                let watch = async {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = lease.lost().cancelled() => {}
+                    }
+                    stop.cancel();
+                };
+                let (led, ()) = tokio::join!(self.lead(&mut connection, &stop), watch);
+                led
+            };
+            lease.release().await;
+            if shutdown.is_cancelled() {
+                return led;
+            }
+            led?;
+            tracing::warn!("lost the dispatcher lease; stopped publishing and applying, standing by");
         }
     }
-    stop.cancel();
-    let drained = tokio::time::timeout(settings.drain_timeout(), async {
-        while let Some(joined) = parts.join_next().await {
-            match joined {
-                Ok((part, Err(error))) => {
-                    tracing::warn!(part, error = format!("{error:#}"), "failed while draining")
+
+    /// Leads until `stop`: the retry scheduler for the whole time, the broker parts for
+    /// one connection after another.
+    async fn lead(&self, first: &mut Option<Connection>, stop: &CancellationToken) -> anyhow::Result<()> {
+        let scheduler = tokio::spawn(scheduler::release_retries(
+            self.store.clone(),
+            self.wake.clone(),
+            self.settings.retry_poll(),
+            stop.clone(),
+        ));
+        let mut pauses = opflow_amqp::connect::session_backoff();
+        loop {
+            let connection = match first.take() {
+                Some(connection) => connection,
+                None => match connect_broker(&self.settings, ConnectRetry::forever(), stop).await {
+                    Ok(connection) => connection,
+                    // Only cancellation ends a connect that retries forever.
+                    Err(_) => break,
+                },
+            };
+            let started = Instant::now();
+            let connection = Arc::new(connection);
+            let session = self.broker_session(&connection, stop).await;
+            close_connection(&connection).await;
+            match session {
+                Ok(()) => break,
+                Err(error) => {
+                    if started.elapsed() > Duration::from_secs(60) {
+                        pauses = opflow_amqp::connect::session_backoff();
+                    }
+                    let pause = pauses.next().unwrap_or(Duration::from_secs(5));
+                    let error = format!("{error:#}");
+                    tracing::warn!(%error, retry_in = ?pause, "lost the broker; reconnecting");
+                    self.readiness.broker_down(format!("reconnecting: {error}"));
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = stop.cancelled() => break,
+                    }
                 }
-                Ok((_, Ok(()))) => {}
-                Err(error) => tracing::warn!(%error, "a dispatcher task panicked while draining"),
             }
         }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(timeout = ?settings.drain_timeout(), "drain timed out; stopping anyway");
-        parts.abort_all();
-    }
-    if let Err(error) = connection.close(200, "dispatcher stopping".into()).await {
-        tracing::debug!(%error, "closing the broker connection failed");
-    }
-    match failure {
-        Some(error) => Err(error),
-        None => {
-            tracing::info!("dispatcher stopped");
-            Ok(())
+        if let Err(error) = scheduler.await {
+            tracing::warn!(%error, "the retry scheduler panicked");
         }
+        Ok(())
+    }
+
+    /// Declares the topology and runs the outbox publisher and the events and dead-letter
+    /// consumers on `connection` until `stop` (`Ok`) or until one of them fails (`Err`:
+    /// the caller reconnects). Either way the others drain first.
+    async fn broker_session(
+        &self,
+        connection: &Arc<Connection>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        declare_topology(&self.settings, &self.store, connection).await?;
+        let publisher = Publisher::open(connection).await.context("opening the publish channel")?;
+        self.readiness.broker_up();
+        tracing::info!("dispatcher ready: publishing steps and applying events");
+
+        let parts_stop = stop.child_token();
+        let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        let publisher = StepPublisher {
+            store: self.store.clone(),
+            plans: self.plans.clone(),
+            publisher,
+            batch_size: self.settings.publish_batch.max(1),
+            max_inputs_bytes: self.settings.max_inputs_bytes,
+        };
+        parts.spawn({
+            let (wake, stop) = (self.wake.clone(), parts_stop.clone());
+            async move { ("outbox publisher", publisher.run(wake, stop).await.map_err(Into::into)) }
+        });
+        let events = EventConsumer {
+            store: self.store.clone(),
+            plans: self.plans.clone(),
+            batch_size: self.settings.event_batch.max(1),
+        };
+        parts.spawn({
+            let (connection, wake, stop) = (connection.clone(), self.wake.clone(), parts_stop.clone());
+            async move { ("events consumer", events.run(&connection, wake, stop).await.map_err(Into::into)) }
+        });
+        let dead_letters = DeadLetterConsumer { store: self.store.clone(), plans: self.plans.clone() };
+        parts.spawn({
+            let (connection, stop) = (connection.clone(), parts_stop.clone());
+            async move { ("dead-letter consumer", dead_letters.run(&connection, stop).await.map_err(Into::into)) }
+        });
+
+        let mut failure = None;
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => tracing::info!("draining in-flight work"),
+            Some(joined) = parts.join_next() => {
+                let (part, result) = joined.context("a dispatcher task panicked")?;
+                let error = result.err().unwrap_or_else(|| anyhow::anyhow!("stopped unexpectedly"));
+                failure = Some(error.context(format!("the dispatcher's {part} failed")));
+            }
+        }
+        parts_stop.cancel();
+        let drained = tokio::time::timeout(self.settings.drain_timeout(), async {
+            while let Some(joined) = parts.join_next().await {
+                match joined {
+                    Ok((part, Err(error))) if failure.is_none() => {
+                        tracing::warn!(part, error = format!("{error:#}"), "failed while draining")
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "a dispatcher task panicked while draining"),
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(timeout = ?self.settings.drain_timeout(), "drain timed out; stopping anyway");
+            parts.abort_all();
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+async fn close_connection(connection: &Connection) {
+    if connection.status().connected()
+        && let Err(error) = connection.close(200, "dispatcher stopping".into()).await
+    {
+        tracing::debug!(%error, "closing the broker connection failed");
     }
 }

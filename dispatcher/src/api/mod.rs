@@ -7,10 +7,9 @@
 pub mod error;
 pub mod runs;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::{Json, Router, extract::DefaultBodyLimit, extract::State, http::StatusCode, routing::get};
-use lapin::Connection;
 use serde_json::{Value, json};
 
 use crate::store::Store;
@@ -22,8 +21,65 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
-    /// For readiness: the dispatcher is ready only while its broker connection is up.
-    pub broker: Arc<Connection>,
+    /// For readiness: whether this dispatcher leads, and whether its broker session is up.
+    pub readiness: Readiness,
+}
+
+/// What `/readyz` reports besides the database: set by the service as it takes or loses
+/// the lease and its broker connection. Cheap to clone; clones share the state.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<Mutex<ReadinessState>>);
+
+#[derive(Default)]
+struct ReadinessState {
+    role: Role,
+    /// `None` while connected; otherwise why not.
+    broker_problem: Option<String>,
+}
+
+/// Whether this dispatcher publishes and applies (the leader) or stands by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Standby,
+    Leader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standby => "standby",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+impl Readiness {
+    fn with<T>(&self, f: impl FnOnce(&mut ReadinessState) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    pub fn set_role(&self, role: Role) {
+        self.with(|state| {
+            state.role = role;
+            if role == Role::Standby {
+                state.broker_problem = None;
+            }
+        });
+    }
+
+    pub fn broker_up(&self) {
+        self.with(|state| state.broker_problem = None);
+    }
+
+    pub fn broker_down(&self, why: impl Into<String>) {
+        let why = why.into();
+        self.with(|state| state.broker_problem = Some(why));
+    }
+
+    fn snapshot(&self) -> (Role, Option<String>) {
+        self.with(|state| (state.role, state.broker_problem.clone()))
+    }
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -38,12 +94,18 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// 200 when both PostgreSQL and RabbitMQ answer, 503 (saying which does not) otherwise.
+/// 200 when PostgreSQL answers and, on the leader, the broker session is up; 503 (saying
+/// what is wrong) otherwise. A standby is ready: it serves the API while it waits.
 async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let database = state.store.ping().await.map_err(|e| e.to_string());
-    let broker = if state.broker.status().connected() { Ok(()) } else { Err("not connected".to_owned()) };
-    let status =
-        if database.is_ok() && broker.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let show = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
-    (status, Json(json!({ "database": show(database), "broker": show(broker) })))
+    let (role, broker_problem) = state.readiness.snapshot();
+    let broker = match (role, broker_problem) {
+        (Role::Standby, _) => "not used while standing by".to_owned(),
+        (Role::Leader, None) => "ok".to_owned(),
+        (Role::Leader, Some(problem)) => problem,
+    };
+    let ready = database.is_ok() && (role == Role::Standby || broker == "ok");
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let database = database.err().unwrap_or_else(|| "ok".into());
+    (status, Json(json!({ "role": role.as_str(), "database": database, "broker": broker })))
 }

@@ -4,7 +4,9 @@
 //! - [`publish`]: the outbox publisher; one confirm window per outbox batch.
 //! - [`events`]: the events consumer; one database transaction per batch of events, acked
 //!   only after it commits.
+//! - [`dead_letter`]: fails steps the broker dead-lettered.
 
+pub mod dead_letter;
 pub mod events;
 pub mod publish;
 

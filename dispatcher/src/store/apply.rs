@@ -162,6 +162,7 @@ async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result
 /// Columns shared by the per-kind bulk statements.
 #[derive(Default)]
 struct StepColumns {
+    ids: Vec<Uuid>,
     runs: Vec<Uuid>,
     steps: Vec<i32>,
     attempts: Vec<i32>,
@@ -171,6 +172,7 @@ struct StepColumns {
 
 impl StepColumns {
     fn push(&mut self, e: &Event) {
+        self.ids.push(e.id.as_uuid());
         self.runs.push(e.run_id.as_uuid());
         self.steps.push(e.step_id.0 as i32);
         self.attempts.push(e.attempt as i32);
@@ -195,24 +197,27 @@ async fn apply_started(
     if cols.is_empty() {
         return Ok(());
     }
-    let started: Vec<Uuid> = sqlx::query_scalar(
+    let started: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "UPDATE steps s SET status = 'running', started_at = u.at, worker = u.worker
-         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[])
-              AS u(run_id, step_id, attempt, at, worker)
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[])
+              AS u(run_id, step_id, attempt, at, worker, event_id)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt AND s.status = 'queued'
-         RETURNING s.run_id",
+         RETURNING s.run_id, u.event_id",
     )
     .bind(&cols.runs)
     .bind(&cols.steps)
     .bind(&cols.attempts)
     .bind(&cols.ats)
     .bind(&cols.workers)
+    .bind(&cols.ids)
     .fetch_all(&mut *tx)
     .await?;
-    for run in started {
+    let mut applied = Vec::with_capacity(started.len());
+    for (run, event) in started {
         deltas.entry(run).or_default().started = true;
+        applied.push(event);
     }
-    Ok(())
+    mark_applied(tx, &applied).await
 }
 
 /// The newest progress of one step attempt within a batch.
@@ -289,15 +294,17 @@ async fn apply_succeeded(
     if cols.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+    // Two successes of one step in a batch join the same row; PostgreSQL updates it once,
+    // with one of them, and RETURNING names that one.
+    let rows: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
         "UPDATE steps s SET status = 'succeeded', output = u.output, finished_at = u.at, progress = 1,
                             worker = u.worker, error = NULL,
                             started_at = coalesce(s.started_at, u.at)
-         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::jsonb[])
-              AS u(run_id, step_id, attempt, at, worker, output)
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::uuid[])
+              AS u(run_id, step_id, attempt, at, worker, output, event_id)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
            AND s.status IN ('queued', 'running')
-         RETURNING s.run_id, s.id",
+         RETURNING s.run_id, s.id, u.event_id",
     )
     .bind(&cols.runs)
     .bind(&cols.steps)
@@ -305,14 +312,16 @@ async fn apply_succeeded(
     .bind(&cols.ats)
     .bind(&cols.workers)
     .bind(&outputs)
+    .bind(&cols.ids)
     .fetch_all(&mut *tx)
     .await?;
-    for (run, _) in &rows {
+    mark_applied(tx, &rows.iter().map(|(_, _, event)| *event).collect::<Vec<_>>()).await?;
+    for (run, _, _) in &rows {
         let delta = deltas.entry(*run).or_default();
         delta.succeeded += 1;
         delta.started = true;
     }
-    Ok(rows.into_iter().map(|(run, step)| (run, step as u32)).collect())
+    Ok(rows.into_iter().map(|(run, step, _)| (run, step as u32)).collect())
 }
 
 /// Schedules retries or fails steps for good; returns the (run, step) pairs that failed
@@ -351,36 +360,38 @@ async fn apply_failed(
         }
     }
     if !retry.is_empty() {
-        let rows: Vec<Uuid> = sqlx::query_scalar(
+        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
             "UPDATE steps s SET status = 'retrying', attempt = s.attempt + 1, next_attempt_at = u.next_at,
                                 error = u.error, progress = NULL, progress_message = NULL
-             FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[])
-                  AS u(run_id, step_id, attempt, next_at, error)
+             FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[])
+                  AS u(run_id, step_id, attempt, next_at, error, event_id)
              WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
                AND s.status IN ('queued', 'running')
-             RETURNING s.run_id",
+             RETURNING s.run_id, u.event_id",
         )
         .bind(&retry.runs)
         .bind(&retry.steps)
         .bind(&retry.attempts)
         .bind(&retry_at)
         .bind(&retry_errors)
+        .bind(&retry.ids)
         .fetch_all(&mut *tx)
         .await?;
-        for run in rows {
+        mark_applied(tx, &rows.iter().map(|(_, event)| *event).collect::<Vec<_>>()).await?;
+        for (run, _) in rows {
             deltas.entry(run).or_default().started = true;
         }
     }
     if fail.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+    let rows: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
         "UPDATE steps s SET status = 'failed', error = u.error, finished_at = u.at, worker = u.worker
-         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[])
-              AS u(run_id, step_id, attempt, at, worker, error)
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[], $7::uuid[])
+              AS u(run_id, step_id, attempt, at, worker, error, event_id)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
            AND s.status IN ('queued', 'running')
-         RETURNING s.run_id, s.id",
+         RETURNING s.run_id, s.id, u.event_id",
     )
     .bind(&fail.runs)
     .bind(&fail.steps)
@@ -388,14 +399,46 @@ async fn apply_failed(
     .bind(&fail.ats)
     .bind(&fail.workers)
     .bind(&fail_errors)
+    .bind(&fail.ids)
     .fetch_all(&mut *tx)
     .await?;
-    for (run, _) in &rows {
+    mark_applied(tx, &rows.iter().map(|(_, _, event)| *event).collect::<Vec<_>>()).await?;
+    for (run, _, _) in &rows {
         let delta = deltas.entry(*run).or_default();
         delta.failed += 1;
         delta.started = true;
     }
-    Ok(rows.into_iter().map(|(run, step)| (run, step as u32)).collect())
+    Ok(rows.into_iter().map(|(run, step, _)| (run, step as u32)).collect())
+}
+
+/// Flags the events whose transition took effect (see migration 0002).
+async fn mark_applied(tx: &mut sqlx::PgConnection, events: &[Uuid]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE events SET applied = true WHERE id = ANY($1)").bind(events).execute(&mut *tx).await?;
+    Ok(())
+}
+
+impl Store {
+    /// Why a worker last gave up on this step attempt without a result (an `abandoned`
+    /// event), if one did: it explains a later dead-letter.
+    pub async fn last_abandon_reason(
+        &self,
+        message: &opflow_protocol::StepMessage,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT body->'abandoned'->>'reason' FROM events
+             WHERE run_id = $1 AND step_id = $2 AND attempt = $3 AND kind = 'abandoned'
+             ORDER BY at DESC LIMIT 1",
+        )
+        .bind(message.run_id.as_uuid())
+        .bind(message.step_id.0 as i32)
+        .bind(message.attempt as i32)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
 }
 
 /// Decrements `pending_upstream` over each range by its count, queues the steps that reach

@@ -1,0 +1,270 @@
+//! The dead-letter consumer: a step message the broker gave up on (it killed its worker
+//! `x-delivery-limit` times, or a worker refused it) must fail its step, or the run would
+//! wait for it forever. Anything else that was dead-lettered (malformed messages, events
+//! of unknown runs) is logged with its reason and dropped.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::{
+    Connection,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use opflow_protocol::{StepMessage, queue};
+use tokio_util::sync::CancellationToken;
+
+use super::{dispatcher_failure, events::EventsError};
+use crate::store::{Store, run_plan::PlanCache};
+
+pub struct DeadLetterConsumer {
+    pub store: Store,
+    pub plans: Arc<PlanCache>,
+}
+
+/// Why and from where the broker dead-lettered a message, from its `x-death` header.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Death {
+    /// `delivery_limit`, `rejected`, `expired` or `maxlen`.
+    pub reason: String,
+    pub queue: String,
+    /// The quorum queue's `x-delivery-count`: deliveries before it was dead-lettered.
+    pub deliveries: Option<i64>,
+}
+
+impl DeadLetterConsumer {
+    /// Consumes until cancelled or the channel fails.
+    pub async fn run(self, connection: &Connection, cancel: CancellationToken) -> Result<(), EventsError> {
+        let failed = |source| EventsError::Consume { queue: queue::DEAD_LETTER_QUEUE, source };
+        let channel = connection.create_channel().await.map_err(failed)?;
+        channel.basic_qos(16, BasicQosOptions::default()).await.map_err(failed)?;
+        let mut consumer = channel
+            .basic_consume(
+                queue::DEAD_LETTER_QUEUE.into(),
+                "opflow-dispatcher-dead-letters".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(failed)?;
+        let result = loop {
+            let delivery = tokio::select! {
+                biased;
+                () = cancel.cancelled() => break Ok(()),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(source)) => break Err(failed(source)),
+                    None => break Err(EventsError::Cancelled(queue::DEAD_LETTER_QUEUE)),
+                },
+            };
+            if !self.handle(&delivery, &cancel).await {
+                break Ok(());
+            }
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "acking a dead letter failed; it will be handled again");
+            }
+        };
+        if let Err(error) = channel.close(200, "dispatcher stopping".into()).await {
+            tracing::debug!(%error, "closing the dead-letter channel failed");
+        }
+        result
+    }
+
+    /// Handles one dead letter; false if cancelled before it was (it stays unacked).
+    async fn handle(&self, delivery: &Delivery, cancel: &CancellationToken) -> bool {
+        let death = death(delivery.properties.headers().as_ref());
+        let is_step =
+            delivery.properties.kind().as_ref().map(|t| t.as_str()) == Some(queue::STEP_MESSAGE_TYPE);
+        let message = if is_step { StepMessage::decode(&delivery.data).ok() } else { None };
+        let Some(message) = message else {
+            let preview =
+                String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)]).into_owned();
+            tracing::error!(
+                reason = %death.reason,
+                queue = %death.queue,
+                bytes = delivery.data.len(),
+                %preview,
+                "dropped a dead-lettered message that is not a step (malformed, or for an unknown run)"
+            );
+            return true;
+        };
+        let span = tracing::info_span!("dead_letter", run_id = %message.run_id, step_id = %message.step_id,
+            attempt = message.attempt, op = %message.op);
+        let _entered = span.enter();
+        let abandoned = match self.store.last_abandon_reason(&message).await {
+            Ok(reason) => reason,
+            Err(error) => {
+                tracing::debug!(%error, "could not read why workers abandoned the step");
+                None
+            }
+        };
+        let delivery_limit = match self.store.op_queue_settings(&message.op).await {
+            Ok(settings) => settings.map(|s| s.delivery_limit),
+            Err(_) => None,
+        };
+        let error = failure_message(&message, &death, delivery_limit, abandoned.as_deref());
+        tracing::error!(reason = %death.reason, "{error}");
+        let failure = dispatcher_failure(message.run_id, message.step_id.0, message.attempt, error);
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            match self.store.apply_events(std::slice::from_ref(&failure), &self.plans).await {
+                Ok(outcome) => {
+                    if !outcome.unknown_run.is_empty() {
+                        tracing::warn!("the dead-lettered step belongs to a run this database does not know");
+                    }
+                    return true;
+                }
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(%error, retry_in = ?delay, "failing a dead-lettered step failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = cancel.cancelled() => return false,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The step's error: what happened, how often, and what to do.
+pub fn failure_message(
+    message: &StepMessage,
+    death: &Death,
+    delivery_limit: Option<u32>,
+    abandoned: Option<&str>,
+) -> String {
+    match death.reason.as_str() {
+        "delivery_limit" => {
+            let times = death
+                .deliveries
+                .map(|n| n.to_string())
+                .or(delivery_limit.map(|n| n.to_string()))
+                .unwrap_or_else(|| "too many".into());
+            match abandoned {
+                Some(reason) => format!(
+                    "step {} was delivered {times} times without a result and was dead-lettered from `{}`; \
+                     the last worker said: {reason}",
+                    message.label(),
+                    death.queue
+                ),
+                None => format!(
+                    "step {} crashed its worker {times} times (the worker process died while running it) and was \
+                     dead-lettered from `{}`; see the logs of op {} for the crash",
+                    message.label(),
+                    death.queue,
+                    message.op
+                ),
+            }
+        }
+        "rejected" => format!(
+            "the worker of op {} refused step {} (it rejected the message from `{}`); see the op's logs for why",
+            message.op,
+            message.label(),
+            death.queue
+        ),
+        other => format!(
+            "the broker dead-lettered step {} from `{}` ({}); check the queue's limits",
+            message.label(),
+            death.queue,
+            if other.is_empty() { "no reason given" } else { other }
+        ),
+    }
+}
+
+/// Reads the first `x-death` entry and `x-delivery-count`.
+pub fn death(headers: Option<&FieldTable>) -> Death {
+    let mut death = Death::default();
+    let Some(headers) = headers else { return death };
+    let get = |table: &FieldTable, key: &str| table.inner().get(&ShortString::from(key)).cloned();
+    if let Some(AMQPValue::FieldArray(deaths)) = get(headers, "x-death")
+        && let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first()
+    {
+        death.reason = text(get(first, "reason")).unwrap_or_default();
+        death.queue = text(get(first, "queue")).unwrap_or_default();
+    }
+    if death.reason.is_empty() {
+        death.reason = text(get(headers, "x-first-death-reason")).unwrap_or_default();
+        death.queue = text(get(headers, "x-first-death-queue")).unwrap_or_default();
+    }
+    death.deliveries = match get(headers, "x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => Some(n),
+        Some(AMQPValue::LongInt(n)) => Some(i64::from(n)),
+        Some(AMQPValue::ShortInt(n)) => Some(i64::from(n)),
+        _ => None,
+    };
+    death
+}
+
+fn text(value: Option<AMQPValue>) -> Option<String> {
+    match value? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{FieldArray, LongString};
+
+    use super::*;
+
+    fn headers(reason: &str, deliveries: i64) -> FieldTable {
+        let mut first = FieldTable::default();
+        first.insert("reason".into(), AMQPValue::LongString(LongString::from(reason)));
+        first.insert("queue".into(), AMQPValue::LongString(LongString::from("opflow.op.noop.1.1.0")));
+        first.insert("count".into(), AMQPValue::LongLongInt(1));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(first)])),
+        );
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(deliveries));
+        headers
+    }
+
+    #[test]
+    fn reads_the_reason_queue_and_delivery_count() {
+        let d = death(Some(&headers("delivery_limit", 3)));
+        assert_eq!(
+            d,
+            Death {
+                reason: "delivery_limit".into(),
+                queue: "opflow.op.noop.1.1.0".into(),
+                deliveries: Some(3)
+            }
+        );
+        assert_eq!(death(None), Death::default());
+    }
+
+    #[test]
+    fn messages_say_how_often_and_what_to_do() {
+        let message: StepMessage = serde_json::from_value(serde_json::json!({
+            "v": 1, "run_id": "0192f1f6-7f5e-7c4b-9a49-2a7d7c1f3e10", "step_id": 7, "attempt": 1,
+            "op": "noop@1.1.0", "asset": "poison", "params": {}, "inputs": []
+        }))
+        .unwrap();
+        let crashed = failure_message(&message, &death(Some(&headers("delivery_limit", 3))), Some(5), None);
+        assert!(crashed.contains("crashed its worker 3 times"), "{crashed}");
+        let timed_out = failure_message(
+            &message,
+            &death(Some(&headers("delivery_limit", 2))),
+            None,
+            Some("consumer timeout"),
+        );
+        assert!(
+            timed_out.contains("delivered 2 times") && timed_out.contains("consumer timeout"),
+            "{timed_out}"
+        );
+        let refused = failure_message(&message, &death(Some(&headers("rejected", 1))), None, None);
+        assert!(refused.contains("refused"), "{refused}");
+    }
+}
