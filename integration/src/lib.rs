@@ -6,6 +6,8 @@
 //! The binaries are the workspace's own, found next to the test executable; build them
 //! first with `scripts/test.sh` (or `cargo build --workspace --bins`).
 
+pub mod chaos;
+
 use std::{
     path::{Path, PathBuf},
     process::{Output, Stdio},
@@ -202,6 +204,17 @@ pub struct Service {
 }
 
 impl Service {
+    /// SIGKILLs the service: no drain, no goodbye.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        sigkill(&self.child)?;
+        Ok(())
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Fails if the service has exited: a test waiting on it would otherwise only time out.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         match self.child.try_wait()? {
