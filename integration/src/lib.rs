@@ -143,6 +143,49 @@ impl Env {
         Ok(self.command(&binary(op_binary)?).stdout(Stdio::null()).spawn()?)
     }
 
+    /// Starts `opflow dispatcher` with its log going to a file (returned), for tests that
+    /// assert on what it logged.
+    pub fn spawn_dispatcher_logged(&self) -> anyhow::Result<(Service, PathBuf)> {
+        let log = self.log_file("dispatcher")?;
+        let child = self
+            .command(&binary("opflow")?)
+            .arg("dispatcher")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok((Service { name: "opflow dispatcher", child }, log))
+    }
+
+    /// Starts one worker of an op binary with its log going to the file `log`.
+    pub fn spawn_worker_logged(&self, op_binary: &str, log: &Path) -> anyhow::Result<Child> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        Ok(self.command(&binary(op_binary)?).stdout(Stdio::null()).stderr(file).spawn()?)
+    }
+
+    /// A fresh log file path in this env's temporary directory.
+    pub fn log_file(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = std::env::temp_dir().join(&self.name);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir.join(format!("{name}.log")))
+    }
+
+    /// How many messages wait in `queue` of this env's vhost (not counting unacked ones).
+    pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
+        let connection =
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("queue {queue} in vhost {}", self.vhost))?;
+        let _ = connection.close(200, "done".into()).await;
+        Ok(declared.message_count())
+    }
+
     /// A pool on this env's database, for assertions.
     pub async fn db(&mut self) -> anyhow::Result<PgPool> {
         if let Some(pool) = &self.pool {
