@@ -29,6 +29,9 @@ pub struct Settings {
     pub max_inputs_bytes: usize,
     /// How long `opflow up` and `opflow dispatcher` wait for in-flight work on shutdown, in seconds.
     pub drain_timeout_secs: u64,
+    /// RabbitMQ's `consumer_timeout` in milliseconds, for a broker that `opflow ops add`
+    /// cannot ask itself (not on this machine): it warns when an op's longest step is longer.
+    pub consumer_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -43,6 +46,7 @@ impl Default for Settings {
             retry_poll_ms: 250,
             max_inputs_bytes: 8 * 1024 * 1024,
             drain_timeout_secs: 60,
+            consumer_timeout_ms: 1_800_000,
         }
     }
 }
@@ -59,6 +63,7 @@ const KEYS: &[&str] = &[
     "retry_poll_ms",
     "max_inputs_bytes",
     "drain_timeout_secs",
+    "consumer_timeout_ms",
 ];
 
 #[derive(Debug, thiserror::Error)]

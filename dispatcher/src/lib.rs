@@ -12,6 +12,7 @@
 //! - [`retry`]: retry backoff.
 //! - [`submit`]: plan submission shared by the CLI and the API.
 //! - [`register`]: registering an op version from its binary.
+//! - [`consumer_timeout`]: the broker timeout an op's longest step is checked against.
 //! - [`api`]: the HTTP API.
 //! - [`service`]: the dispatcher service wiring, reconnection and drain.
 //! - [`lease`]: leadership among dispatchers sharing a database.
@@ -23,6 +24,7 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod consumer_timeout;
 pub mod lease;
 pub mod plan;
 pub mod register;

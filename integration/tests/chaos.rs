@@ -248,4 +248,118 @@ mod chaos {
         .await?;
         Ok(name.and_then(|n| n.strip_prefix("opflow-lease-").and_then(|pid| pid.parse().ok())))
     }
+
+    /// The broker's node-wide `consumer_timeout` (and its channel tick, which checks it
+    /// once a minute by default), lowered for one test and restored when dropped.
+    struct LoweredConsumerTimeout {
+        restore: Vec<String>,
+    }
+
+    impl LoweredConsumerTimeout {
+        async fn set(timeout_ms: u64, tick_ms: u64) -> anyhow::Result<Self> {
+            let mut restore = Vec::new();
+            for (key, value) in [("consumer_timeout", timeout_ms), ("channel_tick_interval", tick_ms)] {
+                let output = tokio::process::Command::new("rabbitmqctl")
+                    .args(["-q", "eval", &format!("application:get_env(rabbit, {key}).")])
+                    .output()
+                    .await?;
+                let was = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+                restore.push(match was.strip_prefix("{ok,").and_then(|v| v.strip_suffix('}')) {
+                    Some(old) => format!("application:set_env(rabbit, {key}, {old})."),
+                    None => format!("application:unset_env(rabbit, {key})."),
+                });
+                service_command(
+                    "rabbitmqctl",
+                    &["-q", "eval", &format!("application:set_env(rabbit, {key}, {value}).")],
+                )
+                .await?;
+            }
+            Ok(Self { restore })
+        }
+    }
+
+    impl Drop for LoweredConsumerTimeout {
+        fn drop(&mut self) {
+            for command in &self.restore {
+                let restored =
+                    std::process::Command::new("rabbitmqctl").args(["-q", "eval", command]).status();
+                if !matches!(restored, Ok(status) if status.success()) {
+                    eprintln!("could not restore the broker setting; run: rabbitmqctl eval '{command}'");
+                }
+            }
+        }
+    }
+
+    /// A step longer than the broker's consumer timeout: the broker closes the worker's
+    /// channel and requeues the step; the worker notices, stops the step and reports it
+    /// abandoned; after the delivery limit the step fails saying why. It never succeeds, so
+    /// it never counts twice; the other steps are unaffected.
+    #[tokio::test]
+    async fn a_step_longer_than_the_consumer_timeout_is_never_run_twice() -> anyhow::Result<()> {
+        let _lowered = LoweredConsumerTimeout::set(5_000, 1_000).await?;
+        let mut env = opflow_integration::Env::new("long-step").await?;
+        let noop = opflow_integration::binary("noop")?;
+        let added =
+            env.opflow_ok(&["ops", "add", noop.to_str().context("utf-8")?, "--delivery-limit", "2"]).await?;
+        let warned = opflow_integration::stderr(&added);
+        assert!(
+            warned.contains("noop@1.1.0 declares steps of up to 1m")
+                && warned.contains("consumer_timeout is 5s"),
+            "ops add should warn that noop's longest step outlives the broker's timeout: {warned}"
+        );
+        let _dispatcher = env.spawn_dispatcher()?;
+        let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
+        let plan = env.plan_file(
+            "long",
+            "name: long\nassets:\n  - name: long\n    op: noop@^1\n    config: {sleep_ms: 30000}\n\
+             \x20 - name: short\n    op: noop@^1\n    sweep: {i: {from: 1, to: 20}}\n",
+        )?;
+        let output = env.opflow_ok(&["run", plan.to_str().context("utf-8")?, "--json"]).await?;
+        let run_id =
+            opflow_integration::parse_summary(&output)?["run_id"].as_str().context("run_id")?.to_owned();
+        let db = env.db().await?;
+        let status: String =
+            opflow_integration::wait_for("the run to end", Duration::from_secs(300), || async {
+                let status: String = sqlx::query_scalar("SELECT status::text FROM runs WHERE id = $1::uuid")
+                    .bind(&run_id)
+                    .fetch_one(&db)
+                    .await?;
+                Ok(matches!(status.as_str(), "succeeded" | "failed" | "cancelled").then_some(status))
+            })
+            .await?;
+        assert_eq!(status, "failed", "the long step cannot finish within the timeout");
+        // The last abandoned report may still be on its way when the run ends.
+        let (error, succeeded, abandoned) = opflow_integration::wait_for("3 abandoned reports", Duration::from_secs(60), || async {
+            let row: (String, i64, i64) = sqlx::query_as(
+            "SELECT s.error,
+                    (SELECT count(*) FROM events e WHERE e.run_id = s.run_id AND e.step_id = s.id AND e.kind = 'succeeded'),
+                    (SELECT count(*) FROM events e WHERE e.run_id = s.run_id AND e.step_id = s.id AND e.kind = 'abandoned')
+             FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+             WHERE s.run_id = $1::uuid AND a.name = 'long'",
+        )
+            .bind(&run_id)
+            .fetch_one(&db)
+            .await?;
+            Ok((row.2 >= 3).then_some(row))
+        })
+        .await?;
+        assert_eq!(succeeded, 0, "the long step reported a result after the broker took it away");
+        assert_eq!(abandoned, 3, "a delivery limit of 2 allows 3 deliveries, each reported abandoned");
+        assert!(
+            error.contains("delivered 3 times")
+                && error.contains("consumer_timeout")
+                && error.contains("reliability.md"),
+            "{error}"
+        );
+        let short_ok: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+             WHERE s.run_id = $1::uuid AND a.name = 'short' AND s.status = 'succeeded'",
+        )
+        .bind(&run_id)
+        .fetch_one(&db)
+        .await?;
+        assert_eq!(short_ok, 20, "the other steps are unaffected");
+        eprintln!("long step: {error}");
+        Ok(())
+    }
 }

@@ -17,6 +17,11 @@ pub struct OpDescription {
     pub config: Vec<ConfigField>,
     /// The protocol schema version the op speaks.
     pub schema_version: u32,
+    /// The longest a step of this op is expected to run, in milliseconds. RabbitMQ closes
+    /// the channel of a consumer that holds a message longer than its `consumer_timeout`,
+    /// so `opflow ops add` warns when this is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longest_step_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

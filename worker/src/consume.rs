@@ -46,6 +46,9 @@ struct Worker {
     id: String,
     reporter: Reporter,
     shutdown: CancellationToken,
+    /// Reports that could not be published before the session was lost; the next session
+    /// publishes them first.
+    unsent: Arc<std::sync::Mutex<Vec<Event>>>,
 }
 
 /// How one broker session ended.
@@ -81,6 +84,7 @@ pub(crate) async fn run(
     // Sessions that fail right after connecting (a channel refused, say) are spaced out
     // like connection attempts, so a broker that half-works is not hammered.
     let mut pauses = opflow_amqp::connect::session_backoff();
+    let unsent = Arc::new(std::sync::Mutex::new(Vec::new()));
     loop {
         let connection =
             match opflow_amqp::connect(&settings.amqp_url, &redacted, &id, retry, &shutdown).await {
@@ -91,8 +95,13 @@ pub(crate) async fn run(
                 }
                 Err(error) => return Err(error).context("starting the worker"),
             };
-        let session =
-            Session { connection: &connection, spec: &spec, heartbeat: settings.heartbeat, id: &id };
+        let session = Session {
+            connection: &connection,
+            spec: &spec,
+            heartbeat: settings.heartbeat,
+            id: &id,
+            unsent: unsent.clone(),
+        };
         let session_started = Instant::now();
         let end = session.run(&shutdown).await;
         if let Err(error) = connection.close(200, "worker stopping".into()).await {
@@ -126,6 +135,7 @@ struct Session<'a> {
     spec: &'a Arc<OpSpec>,
     heartbeat: Duration,
     id: &'a str,
+    unsent: Arc<std::sync::Mutex<Vec<Event>>>,
 }
 
 impl Session<'_> {
@@ -166,7 +176,14 @@ impl Session<'_> {
             id: self.id.to_owned(),
             reporter,
             shutdown: shutdown.clone(),
+            unsent: self.unsent.clone(),
         };
+        if let Err(error) = worker.publish_unsent().await {
+            drop(worker);
+            reporter_stop.cancel();
+            let _ = reporter_task.await;
+            return SessionEnd::Lost(error);
+        }
 
         let end = match self.open_consumer().await {
             Ok((channel, consumer)) => {
@@ -213,6 +230,23 @@ impl Session<'_> {
 }
 
 impl Worker {
+    /// Publishes what the previous session could not, before taking new work.
+    async fn publish_unsent(&self) -> anyhow::Result<()> {
+        let pending = std::mem::take(&mut *self.unsent.lock().expect("never poisoned"));
+        let mut pending = pending.into_iter();
+        while let Some(event) = pending.next() {
+            if let Err(error) = self.reporter.publish_confirmed(event.clone()).await {
+                let mut unsent = self.unsent.lock().expect("never poisoned");
+                unsent.push(event);
+                unsent.extend(pending);
+                return Err(
+                    anyhow::Error::new(error).context("publishing the reports of the previous session")
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Takes deliveries one at a time until shutdown (finishing the step in hand) or until
     /// the channel or connection fails.
     async fn consume(&self, channel: &Channel, mut consumer: Consumer) -> SessionEnd {
@@ -369,9 +403,11 @@ impl Worker {
                      longer than the broker's consumer_timeout, raise it (see docs/reliability.md)"
                 );
                 tracing::warn!(%reason, "step stopped: its message is back on the queue");
-                let told = self.reporter.publish_confirmed(event(EventKind::Abandoned { reason: reason.clone() }));
-                if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(5), told).await {
-                    tracing::debug!(%error, "could not report the abandoned step");
+                let abandoned = event(EventKind::Abandoned { reason: reason.clone() });
+                let told = self.reporter.publish_confirmed(abandoned.clone());
+                if !matches!(tokio::time::timeout(Duration::from_secs(5), told).await, Ok(Ok(()))) {
+                    tracing::debug!("could not report the abandoned step yet; the next session will");
+                    self.unsent.lock().expect("never poisoned").push(abandoned);
                 }
                 return Err(StepEnd::ChannelClosed(reason));
             }

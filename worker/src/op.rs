@@ -21,6 +21,7 @@ pub struct Op {
     version: &'static str,
     summary: String,
     config: Vec<ConfigField>,
+    longest_step: Option<Duration>,
     handler: Option<BoxedHandler>,
 }
 
@@ -88,7 +89,7 @@ fn log_format(text: &str) -> Result<LogFormat, String> {
 impl Op {
     /// Starts describing op `name` at `version`; use [`crate::op_version!`] for the version.
     pub fn new(name: &'static str, version: &'static str) -> Self {
-        Self { name, version, summary: String::new(), config: Vec::new(), handler: None }
+        Self { name, version, summary: String::new(), config: Vec::new(), longest_step: None, handler: None }
     }
 
     /// One line saying what the op computes.
@@ -105,6 +106,14 @@ impl Op {
             description: description.to_owned(),
             default,
         });
+        self
+    }
+
+    /// The longest one step is expected to run. `opflow ops add` warns when the broker's
+    /// `consumer_timeout` is shorter: the broker would take such a step away from its
+    /// worker mid-run (see docs/reliability.md).
+    pub fn longest_step(mut self, longest: Duration) -> Self {
+        self.longest_step = Some(longest);
         self
     }
 
@@ -129,6 +138,7 @@ impl Op {
             summary: self.summary,
             config: self.config,
             schema_version: SCHEMA_VERSION,
+            longest_step_ms: self.longest_step.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
         Ok(OpSpec { op, description, handler })
     }

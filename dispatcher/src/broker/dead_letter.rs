@@ -143,11 +143,13 @@ pub fn failure_message(
 ) -> String {
     match death.reason.as_str() {
         "delivery_limit" => {
-            let times = death
-                .deliveries
-                .map(|n| n.to_string())
-                .or(delivery_limit.map(|n| n.to_string()))
-                .unwrap_or_else(|| "too many".into());
+            // A quorum queue dead-letters a message once it has been returned more times
+            // than its limit: limit + 1 deliveries. The copy it dead-letters may lack
+            // `x-delivery-count` (the returns before the last delivery), so the limit comes first.
+            let times = delivery_limit
+                .map(|n| i64::from(n) + 1)
+                .or(death.deliveries.map(|n| n + 1))
+                .map_or_else(|| "too many".into(), |n| n.to_string());
             match abandoned {
                 Some(reason) => format!(
                     "step {} was delivered {times} times without a result and was dead-lettered from `{}`; \
@@ -252,8 +254,11 @@ mod tests {
             "op": "noop@1.1.0", "asset": "poison", "params": {}, "inputs": []
         }))
         .unwrap();
-        let crashed = failure_message(&message, &death(Some(&headers("delivery_limit", 3))), Some(5), None);
+        let crashed = failure_message(&message, &death(Some(&headers("delivery_limit", 3))), Some(2), None);
         assert!(crashed.contains("crashed its worker 3 times"), "{crashed}");
+        let unknown_limit =
+            failure_message(&message, &death(Some(&headers("delivery_limit", 3))), None, None);
+        assert!(unknown_limit.contains("crashed its worker 4 times"), "{unknown_limit}");
         let timed_out = failure_message(
             &message,
             &death(Some(&headers("delivery_limit", 2))),
@@ -261,7 +266,7 @@ mod tests {
             Some("consumer timeout"),
         );
         assert!(
-            timed_out.contains("delivered 2 times") && timed_out.contains("consumer timeout"),
+            timed_out.contains("delivered 3 times") && timed_out.contains("consumer timeout"),
             "{timed_out}"
         );
         let refused = failure_message(&message, &death(Some(&headers("rejected", 1))), None, None);

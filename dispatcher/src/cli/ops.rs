@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::InvalidInput;
 use crate::{
     config::Settings,
+    consumer_timeout,
     register::{self, RegisterError},
     store::ops::Registration,
 };
@@ -74,6 +75,16 @@ pub async fn run(
                 RegisterError::Store(_) | RegisterError::Queue { .. } => anyhow::Error::new(error),
                 invalid => InvalidInput(invalid.to_string()).into(),
             })?;
+            if let Some(longest) = description.longest_step_ms.map(std::time::Duration::from_millis) {
+                let fallback = std::time::Duration::from_millis(settings.consumer_timeout_ms);
+                let (timeout, source) =
+                    consumer_timeout::consumer_timeout(&settings.amqp_url, fallback).await;
+                if let Some(warning) =
+                    consumer_timeout::warning(&description.op.to_string(), longest, timeout, source)
+                {
+                    eprintln!("warning: {warning}");
+                }
+            }
             let settings = store.op_queue_settings(&description.op).await?.unwrap_or_default();
             let verb = match registration {
                 Registration::New => "registered",

@@ -47,6 +47,8 @@ fn main() -> std::process::ExitCode {
         .config_field("paths", "integer", "Number of paths", json!(2000))
         .config_field("steps_per_day", "integer", "Time steps per day", json!(24))
         .config_field("spot", "number", "Starting price", json!(1.0))
+        // 100,000 paths over a year of days take seconds; ten minutes is ample headroom.
+        .longest_step(std::time::Duration::from_secs(10 * 60))
         .handler(run)
         .main()
 }

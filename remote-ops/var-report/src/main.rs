@@ -59,6 +59,7 @@ fn main() -> std::process::ExitCode {
     Op::new("var-report", opflow_worker::op_version!())
         .summary("Value at risk (95% and 99%) of a position over all price-path scenarios of a protocol")
         .config_field("position", "number", "Position size; VaR is in the same units", json!(1_000_000.0))
+        .longest_step(std::time::Duration::from_secs(5 * 60))
         .handler(run)
         .main()
 }
