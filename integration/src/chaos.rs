@@ -57,7 +57,10 @@ pub struct Scenario {
 impl Scenario {
     /// Registers noop, starts a dispatcher and `workers` workers, and submits the plan.
     pub async fn start(name: &'static str, workers: usize) -> anyhow::Result<Self> {
-        let env = Env::new(name).await?;
+        let mut env = Env::new(name).await?;
+        // A fixed port, so the scenario can ask the dispatcher's /readyz. Probing for a free
+        // port races with other tests, but the chaos suite runs alone.
+        env.api_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
         env.register("noop").await?;
         let dispatcher = env.spawn_dispatcher()?;
         let workers = (0..workers).map(|_| env.spawn_worker("noop")).collect::<anyhow::Result<Vec<_>>>()?;
@@ -67,6 +70,11 @@ impl Scenario {
         let run_id = run["run_id"].as_str().context("run_id in the summary")?.to_owned();
         let steps_total = run["steps"]["total"].as_i64().context("steps.total in the summary")?;
         Ok(Self { name, env, dispatcher, workers, run_id, steps_total, started: Instant::now() })
+    }
+
+    /// The HTTP status of the dispatcher's `/readyz`; `None` when it does not answer.
+    pub async fn readyz(&self) -> Option<u16> {
+        http_status(&self.env.api_addr, "/readyz").await
     }
 
     /// Steps succeeded so far; `None` while the database does not answer.
@@ -143,6 +151,20 @@ impl Scenario {
         report.record();
         Ok(report)
     }
+}
+
+/// `GET path` over plain HTTP/1.1; the status code of the answer.
+async fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
 }
 
 /// A pool opened now: one opened before a PostgreSQL restart may hold dead connections.
@@ -250,6 +272,9 @@ pub fn consistent_order(kinds: &[&str]) -> bool {
     for kind in kinds {
         state = match (*kind, state) {
             ("started", _) => State::Running,
+            // A worker that lost its channel mid-step says so; its `started` may have been
+            // lost with the connection. The next delivery starts over.
+            ("abandoned", _) => State::Before,
             ("succeeded" | "failed", State::Running | State::Done) => State::Done,
             (_, State::Running) if !matches!(*kind, "succeeded" | "failed") => State::Running,
             _ => return false,
@@ -302,4 +327,19 @@ pub async fn service_command(program: &str, args: &[&str]) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consistent_order;
+
+    #[test]
+    fn a_step_starts_before_it_reports_and_ends() {
+        assert!(consistent_order(&["started", "heartbeat", "progress", "succeeded"]));
+        assert!(consistent_order(&["started", "succeeded", "started", "succeeded"]), "a lost ack: run again");
+        assert!(consistent_order(&["abandoned", "started", "succeeded"]), "a lost start, then a redelivery");
+        assert!(!consistent_order(&["succeeded"]), "a result without a start");
+        assert!(!consistent_order(&["heartbeat", "started"]));
+        assert!(!consistent_order(&["started", "succeeded", "heartbeat"]), "progress after the result");
+    }
 }

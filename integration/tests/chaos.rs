@@ -60,9 +60,18 @@ mod chaos {
     async fn rabbitmq_restarted_mid_run() -> anyhow::Result<()> {
         let mut scenario = Scenario::start("rabbitmq-restart", 4).await?;
         scenario.wait_progress(0.3).await?;
+        assert_eq!(scenario.readyz().await, Some(200), "the dispatcher is ready before the outage");
+        let mut not_ready_seen = false;
         let restarted = async {
             service_command("rabbitmqctl", &["-q", "stop_app"]).await?;
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // At least 3 s down, and until /readyz says the broker is gone (at most 15 s).
+            let down = Instant::now();
+            while down.elapsed() < Duration::from_secs(3)
+                || (!not_ready_seen && down.elapsed() < Duration::from_secs(15))
+            {
+                not_ready_seen |= scenario.readyz().await == Some(503);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             service_command("rabbitmqctl", &["-q", "start_app"]).await?;
             service_command("rabbitmqctl", &["-q", "await_startup"]).await
         }
@@ -72,6 +81,11 @@ mod chaos {
             let _ = service_command("rabbitmqctl", &["-q", "start_app"]).await;
         }
         restarted?;
+        assert!(not_ready_seen, "/readyz never reported the broker outage");
+        opflow_integration::wait_for("/readyz to recover", Duration::from_secs(60), || async {
+            Ok((scenario.readyz().await == Some(200)).then_some(()))
+        })
+        .await?;
         let status = scenario.run_to_end(async |s: &mut Scenario| s.dispatcher.check_alive()).await?;
         scenario.verify(&status, 1).await?;
         for worker in &mut scenario.workers {
@@ -216,7 +230,10 @@ mod chaos {
     #[tokio::test]
     async fn standby_dispatcher_takes_over() -> anyhow::Result<()> {
         let mut scenario = Scenario::start("dispatcher-takeover", 4).await?;
+        // The second dispatcher's API on a port of its own choosing.
+        let first_api = std::mem::replace(&mut scenario.env.api_addr, "127.0.0.1:0".into());
         let mut second = scenario.env.spawn_dispatcher()?;
+        scenario.env.api_addr = first_api;
         scenario.wait_progress(0.3).await?;
         let db = scenario.env.db().await?;
         let leader = lease_holder(&db).await?.context("nobody holds the dispatcher lease")?;
