@@ -19,8 +19,10 @@
 //! - [`supervise`]: worker processes for `opflow up`.
 //! - [`config`]: layered settings.
 //! - [`cli`]: the `opflow` commands.
+//! - [`bench`]: `opflow bench`, the platform measured against the broker alone.
 
 pub mod api;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

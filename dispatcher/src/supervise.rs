@@ -104,7 +104,7 @@ fn spawn(group: &WorkerGroup, env: &WorkerEnv) -> std::io::Result<Child> {
 }
 
 /// SIGTERM, then wait up to `timeout`, then SIGKILL.
-async fn drain(child: &mut Child, name: &str, timeout: Duration) {
+pub(crate) async fn drain(child: &mut Child, name: &str, timeout: Duration) {
     let Some(pid) = child.id() else { return };
     if let Err(error) = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM) {
         tracing::warn!(worker = %name, %error, "cannot send SIGTERM");

@@ -5,6 +5,7 @@
 //! 2 invalid input (a bad plan, file or argument; nothing was changed); 3 opflow could not
 //! do its work (a service unreachable, an internal error).
 
+mod bench;
 mod ops;
 mod plan;
 mod render;
@@ -74,6 +75,8 @@ enum Command {
     Status(run::StatusArgs),
     /// Show the outputs (or errors) of a run's steps
     Outputs(run::OutputsArgs),
+    /// Measure throughput and latency against the broker's own limit, in a sandbox
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -124,6 +127,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args, &settings, &cancel).await,
         Command::Status(args) => run::status(args, &settings, &cancel).await,
         Command::Outputs(args) => run::outputs(args, &settings, &cancel).await,
+        Command::Bench(args) => bench::bench(args, &settings, &cancel).await,
     }
 }
 

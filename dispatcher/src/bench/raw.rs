@@ -1,0 +1,238 @@
+//! `raw`: the broker's own limit on this machine, measured with lapin alone (no database,
+//! no opflow code). Every other figure of `opflow bench` is reported as a ratio to these.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use opflow_amqp::QueueKind;
+use tokio_util::sync::CancellationToken;
+
+/// About the size of a step message or an event.
+const PAYLOAD_BYTES: usize = 240;
+/// Publishes in flight before their confirms are awaited.
+const CONFIRM_WINDOW: usize = 500;
+
+/// What `raw` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RawFigures {
+    pub queue_type: &'static str,
+    pub messages: usize,
+    /// Persistent publishes per second, with confirms, in windows of [`CONFIRM_WINDOW`].
+    pub publish_per_s: f64,
+    /// Deliveries per second to two consumers on separate connections, prefetch 1, ack-late.
+    pub consume_per_s: f64,
+    pub chain_steps: usize,
+    /// One hop there and back: consume a step, publish its completion with a confirm, ack;
+    /// consume the completion, publish the next step with a confirm, ack.
+    pub chain_ms_per_step: f64,
+}
+
+/// Runs the three measurements on queues named `opflow.bench.raw.*`, deleted afterwards.
+pub async fn measure(
+    amqp_url: &str,
+    kind: QueueKind,
+    messages: usize,
+    chain_steps: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<RawFigures> {
+    let connection = connect(amqp_url, "opflow-bench-raw").await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let queue = "opflow.bench.raw";
+    let (step_queue, done_queue) = ("opflow.bench.raw.step", "opflow.bench.raw.done");
+    for name in [queue, step_queue, done_queue] {
+        declare(&channel, name, kind).await?;
+    }
+
+    let payload = vec![b'x'; PAYLOAD_BYTES];
+    let started = Instant::now();
+    for window in 0..messages.div_ceil(CONFIRM_WINDOW) {
+        let count = CONFIRM_WINDOW.min(messages - window * CONFIRM_WINDOW);
+        let mut confirms = Vec::with_capacity(count);
+        for _ in 0..count {
+            confirms.push(publish(&channel, queue, &payload).await?);
+        }
+        for confirm in confirms {
+            confirm.await?;
+        }
+        if cancel.is_cancelled() {
+            anyhow::bail!("cancelled");
+        }
+    }
+    let publish_per_s = messages as f64 / started.elapsed().as_secs_f64();
+
+    let consume_per_s = consume_with_two(amqp_url, queue, messages, cancel).await?;
+    let chain_ms_per_step = chain(amqp_url, step_queue, done_queue, chain_steps, &payload, cancel).await?;
+
+    for name in [queue, step_queue, done_queue] {
+        channel.queue_delete(name.into(), QueueDeleteOptions::default()).await?;
+    }
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(RawFigures {
+        queue_type: kind.as_str(),
+        messages,
+        publish_per_s,
+        consume_per_s,
+        chain_steps,
+        chain_ms_per_step,
+    })
+}
+
+async fn connect(amqp_url: &str, name: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(amqp_url, properties).await.context("connecting to RabbitMQ for the raw benchmark")
+}
+
+async fn confirming_channel(connection: &Connection) -> anyhow::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+async fn declare(channel: &Channel, name: &str, kind: QueueKind) -> anyhow::Result<()> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(ShortString::from("x-queue-type"), AMQPValue::LongString(kind.as_str().into()));
+    channel
+        .queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, arguments)
+        .await
+        .with_context(|| format!("declaring {name}"))?;
+    Ok(())
+}
+
+async fn publish(channel: &Channel, queue: &str, payload: &[u8]) -> anyhow::Result<lapin::PublisherConfirm> {
+    Ok(channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            payload,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?)
+}
+
+async fn consumer(connection: &Connection, queue: &str, tag: &str) -> anyhow::Result<(Channel, Consumer)> {
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(1, BasicQosOptions::default()).await?;
+    let consumer = channel
+        .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// Two consumers, each on its own connection, prefetch 1, acking each delivery.
+async fn consume_with_two(
+    amqp_url: &str,
+    queue: &str,
+    messages: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<f64> {
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let done = CancellationToken::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..2 {
+        let connection = connect(amqp_url, &format!("opflow-bench-raw-consumer-{n}")).await?;
+        let (channel, mut consumer) = consumer(&connection, queue, &format!("raw-{n}")).await?;
+        let (consumed, done, cancel) = (consumed.clone(), done.clone(), cancel.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = consumer.next() => next,
+                    () = done.cancelled() => break,
+                    () = cancel.cancelled() => break,
+                };
+                let Some(delivery) = next else { break };
+                delivery?.ack(BasicAckOptions::default()).await?;
+                if consumed.fetch_add(1, Ordering::Relaxed) + 1 >= messages {
+                    done.cancel();
+                }
+            }
+            drop(channel);
+            let _ = connection.close(200, "bench done".into()).await;
+            anyhow::Ok(())
+        }));
+    }
+    tokio::select! {
+        () = done.cancelled() => {}
+        () = cancel.cancelled() => anyhow::bail!("cancelled"),
+    }
+    let elapsed = started.elapsed();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(messages as f64 / elapsed.as_secs_f64())
+}
+
+/// A chain of `steps` two-hop round trips between a "worker" and a "dispatcher".
+async fn chain(
+    amqp_url: &str,
+    step_queue: &'static str,
+    done_queue: &'static str,
+    steps: usize,
+    payload: &[u8],
+    cancel: &CancellationToken,
+) -> anyhow::Result<f64> {
+    let worker_connection = connect(amqp_url, "opflow-bench-raw-worker").await?;
+    let dispatcher_connection = connect(amqp_url, "opflow-bench-raw-dispatcher").await?;
+    let worker_out = confirming_channel(&worker_connection).await?;
+    let dispatcher_out = confirming_channel(&dispatcher_connection).await?;
+    let (_worker_in, mut steps_in) = consumer(&worker_connection, step_queue, "raw-worker").await?;
+    let (_dispatcher_in, mut done_in) =
+        consumer(&dispatcher_connection, done_queue, "raw-dispatcher").await?;
+
+    let worker_payload = payload.to_vec();
+    let stop = CancellationToken::new();
+    let worker_stop = stop.clone();
+    let worker = tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                next = steps_in.next() => next,
+                () = worker_stop.cancelled() => break,
+            };
+            let Some(delivery) = next else { break };
+            let delivery = delivery?;
+            publish(&worker_out, done_queue, &worker_payload).await?.await?;
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        anyhow::Ok(())
+    });
+
+    let started = Instant::now();
+    publish(&dispatcher_out, step_queue, payload).await?.await?;
+    let mut completed = 0;
+    while completed < steps {
+        let next = tokio::select! {
+            next = tokio::time::timeout(Duration::from_secs(30), done_in.next()) => next,
+            () = cancel.cancelled() => anyhow::bail!("cancelled"),
+        };
+        let delivery =
+            next.context("no completion within 30 s")?.context("the completion consumer ended")??;
+        completed += 1;
+        if completed < steps {
+            publish(&dispatcher_out, step_queue, payload).await?.await?;
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    let elapsed = started.elapsed();
+    stop.cancel();
+    worker.await??;
+    let _ = worker_connection.close(200, "bench done".into()).await;
+    let _ = dispatcher_connection.close(200, "bench done".into()).await;
+    Ok(elapsed.as_secs_f64() * 1000.0 / steps as f64)
+}

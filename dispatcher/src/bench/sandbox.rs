@@ -1,0 +1,167 @@
+//! A benchmark's own database and RabbitMQ vhost, created for one `opflow bench`
+//! invocation and removed afterwards, so a benchmark never touches a user's runs or queues.
+
+use std::{path::PathBuf, process::Stdio, str::FromStr};
+
+use anyhow::{Context, bail};
+use sqlx::{ConnectOptions, Connection, PgConnection, postgres::PgConnectOptions};
+use tokio::process::{Child, Command};
+
+use crate::config::Settings;
+
+/// The sandbox: URLs for the benchmark's processes, and what to remove afterwards.
+pub struct Sandbox {
+    pub name: String,
+    pub database_url: String,
+    pub amqp_url: String,
+    /// Logs of the processes the benchmark starts.
+    pub log_dir: PathBuf,
+    admin_options: PgConnectOptions,
+}
+
+impl Sandbox {
+    /// Creates `opflow_bench_<random>` as a database on the configured PostgreSQL server
+    /// and as a vhost on the local RabbitMQ node (with `rabbitmqctl`).
+    pub async fn create(settings: &Settings) -> anyhow::Result<Self> {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let name = format!("opflow_bench_{suffix}");
+        let admin_options = PgConnectOptions::from_str(&settings.database_url)
+            .context("parsing database_url")?
+            .database("postgres")
+            // DROP DATABASE … WITH (FORCE) takes a second; that is not worth a warning.
+            .disable_statement_logging();
+        let mut admin = PgConnection::connect_with(&admin_options).await.with_context(|| {
+            format!(
+                "connecting to PostgreSQL at {} to create the benchmark's database",
+                opflow_process::redact_url(&settings.database_url)
+            )
+        })?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .context("creating the benchmark's database (the user needs CREATEDB)")?;
+        let _ = admin.close().await;
+
+        let amqp_user = amqp_user(&settings.amqp_url);
+        rabbitmqctl(&["add_vhost", &name]).await?;
+        rabbitmqctl(&["set_permissions", "-p", &name, &amqp_user, ".*", ".*", ".*"]).await?;
+
+        let log_dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+        Ok(Self {
+            database_url: with_path(&settings.database_url, &name),
+            amqp_url: with_path(&settings.amqp_url, &name),
+            name,
+            log_dir,
+            admin_options,
+        })
+    }
+
+    /// A command for one of the benchmark's processes, logging to `<log_dir>/<log>.log`.
+    pub fn command(&self, program: &std::path::Path, log: &str) -> anyhow::Result<Command> {
+        let log = std::fs::File::create(self.log_dir.join(format!("{log}.log")))?;
+        let mut command = Command::new(program);
+        command
+            .env("OPFLOW_DATABASE_URL", &self.database_url)
+            .env("OPFLOW_AMQP_URL", &self.amqp_url)
+            .env("OPFLOW_API_ADDR", "127.0.0.1:0")
+            .env("NO_COLOR", "1")
+            .env_remove("OPFLOW_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        Ok(command)
+    }
+
+    /// Starts `program args…` in the sandbox.
+    pub fn spawn(&self, program: &std::path::Path, args: &[&str], log: &str) -> anyhow::Result<Child> {
+        self.command(program, log)?
+            .args(args)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))
+    }
+
+    /// Drops the database and the vhost, and the logs unless `keep_logs`.
+    pub async fn remove(self, keep_logs: bool) {
+        if let Ok(mut admin) = PgConnection::connect_with(&self.admin_options).await {
+            // The sandbox's database and any a workload added (`<name>_w5`).
+            let names: Vec<String> =
+                sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
+                    .bind(format!("{}%", self.name))
+                    .fetch_all(&mut admin)
+                    .await
+                    .unwrap_or_else(|_| vec![self.name.clone()]);
+            for name in names {
+                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await {
+                    eprintln!("warning: could not drop the benchmark database {name}: {error}");
+                }
+            }
+            let _ = admin.close().await;
+        }
+        if let Err(error) = rabbitmqctl(&["delete_vhost", &self.name]).await {
+            eprintln!("warning: could not delete the benchmark vhost {}: {error:#}", self.name);
+        }
+        if !keep_logs {
+            let _ = std::fs::remove_dir_all(&self.log_dir);
+        }
+    }
+}
+
+/// `scheme://auth@host:port/<path>?query` with the path replaced by `name`.
+pub fn with_path(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// The user in an AMQP URL; RabbitMQ's default `guest` when none is given.
+fn amqp_user(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => userinfo.split(':').next().unwrap_or("guest").to_owned(),
+        None => "guest".to_owned(),
+    }
+}
+
+async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("rabbitmqctl").arg("-q").args(args).output().await.context(
+        "running rabbitmqctl: opflow bench creates its own vhost with it, so it runs on the broker's machine",
+    )?;
+    if !output.status.success() {
+        bail!("rabbitmqctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_or_vhost() {
+        assert_eq!(
+            with_path("postgres://postgres@127.0.0.1:5432/opflow?sslmode=disable", "b1"),
+            "postgres://postgres@127.0.0.1:5432/b1?sslmode=disable"
+        );
+        assert_eq!(
+            with_path("amqp://guest:guest@127.0.0.1:5672/%2f", "b1"),
+            "amqp://guest:guest@127.0.0.1:5672/b1"
+        );
+        assert_eq!(with_path("amqp://127.0.0.1", "b1"), "amqp://127.0.0.1/b1");
+    }
+
+    #[test]
+    fn finds_the_amqp_user() {
+        assert_eq!(amqp_user("amqp://bench:secret@host/%2f"), "bench");
+        assert_eq!(amqp_user("amqp://host:5672"), "guest");
+    }
+}

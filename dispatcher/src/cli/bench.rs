@@ -1,0 +1,73 @@
+//! `opflow bench`: runs the benchmark workloads and prints their figures.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use opflow_amqp::QueueKind;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::InvalidInput;
+use crate::{
+    bench::{self, BenchOptions, Workload},
+    config::Settings,
+};
+
+#[derive(Debug, Args)]
+#[command(long_about = "Measures opflow against the broker's own limit on this machine. Each invocation \
+    creates its own database and RabbitMQ vhost (with rabbitmqctl, so run it on the broker's machine), \
+    starts its own dispatcher and noop workers, verifies every run (each step succeeded exactly once, \
+    outputs present) and removes everything afterwards. `raw` is always measured first: every other \
+    figure is also given as a ratio to it. Fields: docs/benchmarks.md.")]
+pub struct BenchArgs {
+    /// Workloads: raw (the broker alone), w1 (10,000 independent steps), w2 (a 200-step chain),
+    /// w3 (1,000 steps of 10 ms CPU), w4 (cold start), w5 (compile and store 50,000 and 200,000
+    /// steps), w6 (100,000 steps, memory and database size), or all
+    #[arg(value_name = "WORKLOAD", default_value = "all")]
+    workloads: Vec<String>,
+    /// One JSON object per workload per line
+    #[arg(long)]
+    json: bool,
+    /// A tenth of every size: checks correctness quickly (CI runs this)
+    #[arg(long)]
+    quick: bool,
+    /// Queue type of the op queue and of raw's queues
+    #[arg(long, default_value = "quorum", value_parser = ["quorum", "classic"])]
+    queue_type: String,
+    /// Keep the logs of the processes the benchmark starts
+    #[arg(long)]
+    keep_logs: bool,
+}
+
+pub async fn bench(
+    args: BenchArgs,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let workloads = Workload::parse_list(&args.workloads).map_err(InvalidInput)?;
+    let queue_type: QueueKind = args.queue_type.parse().map_err(InvalidInput)?;
+    let bin_dir = std::env::current_exe()
+        .context("locating the opflow binary")?
+        .parent()
+        .context("the opflow binary has a directory")?
+        .to_path_buf();
+    let options = BenchOptions { quick: args.quick, queue_type, keep_logs: args.keep_logs, bin_dir };
+    tokio::spawn(opflow_process::cancel_on_signal(cancel.clone()));
+    let json = args.json;
+    let verified = bench::run(&workloads, &options, settings, cancel, |figures| print(figures, json)).await?;
+    Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_RUN_FAILED) })
+}
+
+fn print(figures: &Value, json: bool) {
+    if json {
+        println!("{figures}");
+        return;
+    }
+    let Value::Object(fields) = figures else { return };
+    let mut line = format!("{:<4}", fields.get("workload").and_then(Value::as_str).unwrap_or("?"));
+    for (key, value) in fields.iter().filter(|(k, _)| k.as_str() != "workload") {
+        line.push_str(&format!("  {key}={value}"));
+    }
+    println!("{line}");
+}

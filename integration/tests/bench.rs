@@ -1,0 +1,66 @@
+//! `opflow bench --quick`: every workload runs at a tenth of its size in its own sandbox, is
+//! verified, and prints one JSON object per line with the documented fields.
+
+use std::process::Stdio;
+
+use anyhow::Context;
+use opflow_integration::binary;
+use serde_json::Value;
+
+#[tokio::test]
+async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() -> anyhow::Result<()> {
+    let output = tokio::process::Command::new(binary("opflow")?)
+        .args(["bench", "all", "--quick", "--json"])
+        .env("OPFLOW_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+        .env_remove("OPFLOW_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "opflow bench failed:\n{stdout}\n{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("not JSON: {line}")))
+        .collect::<anyhow::Result<_>>()?;
+    let workload =
+        |name: &str| lines.iter().find(|l| l["workload"] == name).with_context(|| format!("no {name} line"));
+    for line in &lines {
+        for field in ["workload", "steps", "wall_s", "steps_per_s", "verified"] {
+            assert!(line.get(field).is_some(), "{field} missing in {line}");
+        }
+        assert_eq!(line["verified"], true, "{line}");
+        assert!(line["steps"].as_f64().unwrap_or(0.0) > 0.0, "{line}");
+    }
+    for (name, fields) in [
+        ("raw", &["publish_per_s", "consume_per_s", "chain_ms_per_step"][..]),
+        ("w1", &["ratio_to_raw_consume"][..]),
+        ("w2", &["ms_per_step"][..]),
+        ("w3", &["efficiency"][..]),
+    ] {
+        let line = workload(name)?;
+        for field in fields {
+            assert!(line[*field].as_f64().is_some_and(|v| v > 0.0), "{name}: {field} missing in {line}");
+        }
+    }
+    // The sandbox is gone: its database and vhost were removed.
+    let sandbox = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("benchmark sandbox: database and vhost "))
+        .context("the bench names its sandbox on stderr")?
+        .trim()
+        .to_owned();
+    let databases = std::process::Command::new("psql")
+        .args(["postgres://postgres@127.0.0.1:5432/postgres", "-Atc", "SELECT datname FROM pg_database"])
+        .output()?;
+    assert!(
+        !String::from_utf8_lossy(&databases.stdout).lines().any(|d| d == sandbox),
+        "{sandbox} was left behind"
+    );
+    let vhosts = std::process::Command::new("rabbitmqctl").args(["-q", "list_vhosts"]).output()?;
+    assert!(
+        !String::from_utf8_lossy(&vhosts.stdout).lines().any(|v| v.trim() == sandbox),
+        "vhost {sandbox} was left behind"
+    );
+    Ok(())
+}
