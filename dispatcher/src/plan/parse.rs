@@ -39,7 +39,7 @@ pub struct RawAsset {
     #[serde(default)]
     pub sweep: Option<Spanned<Ordered<Spanned<Value>>>>,
     #[serde(default)]
-    pub config: Option<Value>,
+    pub config: Option<Spanned<Value>>,
     #[serde(default)]
     pub retry: Option<Spanned<RawRetry>>,
     #[serde(default)]
