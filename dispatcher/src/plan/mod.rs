@@ -147,4 +147,6 @@ pub fn compile(source: &str, file: &Path, registered: &[RegisteredOp]) -> Result
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

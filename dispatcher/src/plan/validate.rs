@@ -494,7 +494,10 @@ fn sweep_values(name: &str, value: &Value) -> Result<Vec<Value>, String> {
             if count > u128::from(MAX_STEPS) {
                 return Err(format!("`{name}`: {count} values, over the step limit of {MAX_STEPS}"));
             }
-            Ok((0..count as i64).map(|k| Value::from(from + k * step)).collect())
+            // In i128: `k * step` alone may overflow i64 although every value lies in
+            // `from..=to` (from -i64::MAX to i64::MAX in steps of i64::MAX, say).
+            let value = |k: u128| (i128::from(from) + k as i128 * i128::from(step)) as i64;
+            Ok((0..count).map(|k| Value::from(value(k))).collect())
         }
         other => Err(format!("`{name}`: expected a list of values or {{from, to, step}}, got `{other}`")),
     }
