@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    #[error("the RabbitMQ URL {url} is invalid: {reason}; write it as amqp://user:password@host:5672/%2f")]
+    BadUrl { url: String, reason: String },
     #[error(
         "cannot connect to RabbitMQ at {url} after {attempts} attempts: {source}; is it running? (start it with `rabbitmq-server -detached`)"
     )]
@@ -73,6 +75,11 @@ pub async fn connect(
     retry: ConnectRetry,
     cancel: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
+    // A malformed URL is not retried, and the parser's message may quote the URL whole.
+    if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
+        let reason = if url.is_empty() { reason } else { reason.replace(url, redacted_url) };
+        return Err(ConnectError::BadUrl { url: redacted_url.to_owned(), reason });
+    }
     let attempts = AtomicUsize::new(0);
     let backoff = backoff(retry.max_delay);
     let backoff = match retry.max_attempts {
@@ -94,5 +101,24 @@ pub async fn connect(
             source,
         }),
         () = cancel.cancelled() => Err(ConnectError::Cancelled { url: redacted_url.to_owned() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_malformed_url_fails_at_once_without_quoting_its_password() {
+        // No `//`: the parser refuses it and quotes the whole URL in its message.
+        let url = "amqp:guest:s3cr3t@127.0.0.1:1/%2f";
+        let redacted = "amqp:***@127.0.0.1:1/%2f";
+        let error = connect(url, redacted, "test", ConnectRetry::default(), &CancellationToken::new())
+            .await
+            .expect_err("the URL is malformed");
+        let message = error.to_string();
+        assert!(matches!(error, ConnectError::BadUrl { .. }), "{message}");
+        assert!(!message.contains("s3cr3t"), "{message}");
+        assert!(message.contains(redacted), "{message}");
     }
 }

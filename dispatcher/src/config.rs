@@ -1,14 +1,15 @@
 //! The dispatcher's settings, in one place: every default in `Default`, layered
 //! built-in default < config file (TOML or YAML) < `OPFLOW_*` environment.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{fmt, net::SocketAddr, path::Path, time::Duration};
 
 use opflow_amqp::QueueKind;
 use serde::Deserialize;
 
 /// Settings of the `opflow` binary. A config file uses these names as keys; the
 /// environment uses them upper-cased with an `OPFLOW_` prefix (`OPFLOW_AMQP_URL`).
-#[derive(Debug, Clone, Deserialize)]
+/// `Debug` shows the URLs without their passwords.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// RabbitMQ URL.
@@ -48,6 +49,34 @@ impl Default for Settings {
             drain_timeout_secs: 60,
             consumer_timeout_ms: 1_800_000,
         }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so a new field cannot be left out (or printed unredacted) unnoticed.
+        let Settings {
+            amqp_url,
+            database_url,
+            api_addr,
+            events_queue_type,
+            publish_batch,
+            event_batch,
+            retry_poll_ms,
+            max_inputs_bytes,
+            drain_timeout_secs,
+        } = self;
+        f.debug_struct("Settings")
+            .field("amqp_url", &opflow_process::redact_url(amqp_url))
+            .field("database_url", &opflow_process::redact_url(database_url))
+            .field("api_addr", api_addr)
+            .field("events_queue_type", events_queue_type)
+            .field("publish_batch", publish_batch)
+            .field("event_batch", event_batch)
+            .field("retry_poll_ms", retry_poll_ms)
+            .field("max_inputs_bytes", max_inputs_bytes)
+            .field("drain_timeout_secs", drain_timeout_secs)
+            .finish()
     }
 }
 
@@ -158,6 +187,22 @@ mod tests {
     fn bad_queue_type_is_named() {
         let err = Settings::load_from(None, env(&[("OPFLOW_EVENTS_QUEUE_TYPE", "stream")])).unwrap_err();
         assert!(err.to_string().contains("stream"), "{err}");
+    }
+
+    #[test]
+    fn debug_hides_the_passwords() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("OPFLOW_AMQP_URL", "amqp://guest:s3cr3t-amqp@rabbit:5672/%2f"),
+                ("OPFLOW_DATABASE_URL", "postgres://opflow:s3cr3t-pg@db:5432/opflow"),
+            ]),
+        )
+        .unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert!(debug.contains("amqp://guest:***@rabbit:5672/%2f"), "{debug}");
+        assert!(debug.contains("postgres://opflow:***@db:5432/opflow"), "{debug}");
     }
 
     fn tempfile_with(ext: &str, text: &str) -> tempfile::NamedTempFile {

@@ -4,6 +4,7 @@
 //! SIGKILL (its unacked step is redelivered to another worker later).
 
 use std::{
+    fmt,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
@@ -26,12 +27,23 @@ pub struct WorkerGroup {
     pub replicas: u32,
 }
 
-/// What every worker process is started with.
-#[derive(Debug, Clone)]
+/// What every worker process is started with. `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct WorkerEnv {
     pub amqp_url: String,
     pub log_format: &'static str,
     pub drain_timeout: Duration,
+}
+
+impl fmt::Debug for WorkerEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let WorkerEnv { amqp_url, log_format, drain_timeout } = self;
+        f.debug_struct("WorkerEnv")
+            .field("amqp_url", &opflow_process::redact_url(amqp_url))
+            .field("log_format", log_format)
+            .field("drain_timeout", drain_timeout)
+            .finish()
+    }
 }
 
 /// Runs every group's workers until `shutdown`, then drains them.
@@ -90,17 +102,23 @@ async fn keep_running(group: WorkerGroup, replica: u32, env: WorkerEnv, shutdown
 }
 
 fn spawn(group: &WorkerGroup, env: &WorkerEnv) -> std::io::Result<Child> {
-    tokio::process::Command::new(&group.binary)
-        .arg("--amqp-url")
-        .arg(&env.amqp_url)
+    worker_command(group, env).spawn()
+}
+
+/// The worker's command. The broker URL goes in the environment, never on the command
+/// line, where any local user could read its password (`ps`, `/proc/<pid>/cmdline`).
+fn worker_command(group: &WorkerGroup, env: &WorkerEnv) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(&group.binary);
+    command
+        .env("OPFLOW_AMQP_URL", &env.amqp_url)
         .arg("--log-format")
         .arg(env.log_format)
         .stdin(Stdio::null())
         // The worker's own log lines go to our stderr, where the user is looking.
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    command
 }
 
 /// SIGTERM, then wait up to `timeout`, then SIGKILL.
@@ -127,5 +145,36 @@ async fn sleep_or_stop(delay: Option<Duration>, shutdown: &CancellationToken) ->
     tokio::select! {
         () = tokio::time::sleep(delay.unwrap_or(Duration::from_secs(30))) => true,
         () = shutdown.cancelled() => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> WorkerEnv {
+        WorkerEnv {
+            amqp_url: "amqp://guest:s3cr3t@rabbit:5672/%2f".into(),
+            log_format: "json",
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn the_broker_password_is_not_on_the_worker_command_line() {
+        let group =
+            WorkerGroup { op: "noop@1.0.0".parse().unwrap(), binary: "/bin/noop".into(), replicas: 1 };
+        let command = worker_command(&group, &env());
+        let args: Vec<_> = command.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.iter().all(|a| !a.contains("s3cr3t")), "{args:?}");
+        let url = command.as_std().get_envs().find(|(k, _)| *k == "OPFLOW_AMQP_URL").and_then(|(_, v)| v);
+        assert_eq!(url.and_then(|v| v.to_str()), Some("amqp://guest:s3cr3t@rabbit:5672/%2f"));
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let debug = format!("{:?}", env());
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert!(debug.contains("amqp://guest:***@rabbit:5672/%2f"), "{debug}");
     }
 }

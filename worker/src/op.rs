@@ -1,7 +1,7 @@
 //! The [`Op`] builder: an op's identity, its config description and its handler, plus the
 //! command line every op binary shares (`--describe`, broker URL, heartbeat, log format).
 
-use std::{future::Future, pin::Pin, process::ExitCode, sync::Arc, time::Duration};
+use std::{fmt, future::Future, pin::Pin, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 use opflow_process::LogFormat;
@@ -51,8 +51,8 @@ struct Args {
     settings: WorkerSettings,
 }
 
-/// How a worker process connects and reports.
-#[derive(Debug, Clone, clap::Args)]
+/// How a worker process connects and reports. `Debug` shows the URL without its password.
+#[derive(Clone, clap::Args)]
 pub struct WorkerSettings {
     /// RabbitMQ URL
     #[arg(
@@ -70,6 +70,17 @@ pub struct WorkerSettings {
     /// Log line format on stderr: human or json
     #[arg(long, env = "OPFLOW_LOG_FORMAT", default_value = "human", value_parser = log_format)]
     pub log_format: LogFormat,
+}
+
+impl fmt::Debug for WorkerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let WorkerSettings { amqp_url, heartbeat, log_format } = self;
+        f.debug_struct("WorkerSettings")
+            .field("amqp_url", &opflow_process::redact_url(amqp_url))
+            .field("heartbeat", heartbeat)
+            .field("log_format", log_format)
+            .finish()
+    }
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -198,6 +209,14 @@ mod tests {
         assert_eq!(humantime_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(humantime_duration("ten").is_err());
         assert!(humantime_duration("0s").is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let args = Args::try_parse_from(["noop", "--amqp-url", "amqp://guest:s3cr3t@rabbit/%2f"]).unwrap();
+        let debug = format!("{args:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert!(debug.contains("amqp://guest:***@rabbit/%2f"), "{debug}");
     }
 
     #[test]

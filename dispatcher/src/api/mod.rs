@@ -109,3 +109,50 @@ async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let database = database.err().unwrap_or_else(|| "ok".into());
     (status, Json(json!({ "role": role.as_str(), "database": database, "broker": broker })))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::{
+        body::{Body, to_bytes},
+        http::{Request, header},
+    };
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app() -> Router {
+        router(ApiState { store: Store::unconnected(), readiness: Readiness::default() })
+    }
+
+    /// Posts `body` to `/v1/runs`; the status and the JSON answer.
+    async fn submit(body: Vec<u8>) -> (StatusCode, Value) {
+        let request = Request::post("/v1/runs")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let response = app().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+        (status, json)
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_413_in_the_api_error_shape() {
+        let plan = "x".repeat(MAX_BODY_BYTES);
+        let (status, body) = submit(serde_json::to_vec(&json!({ "plan": plan })).unwrap()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let message = body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"));
+        for part in [&MAX_BODY_BYTES.to_string(), "partitions and sweeps", "opflow run"] {
+            assert!(message.contains(part), "`{part}` missing from: {message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_body_is_400_in_the_api_error_shape() {
+        let (status, body) = submit(b"{\"plan\": 7}".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"].as_str().is_some_and(|m| m.contains("plan")), "{body}");
+    }
+}

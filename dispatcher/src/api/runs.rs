@@ -10,7 +10,7 @@ use axum::{
 use opflow_protocol::RunId;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiState, error::ApiError};
+use super::{ApiState, MAX_BODY_BYTES, error::ApiError};
 use crate::store::{
     ops::RegisteredOpRow,
     runs::{RunSummary, StepOutput},
@@ -42,7 +42,7 @@ pub async fn submit(
     State(state): State<ApiState>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
-    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let Json(request) = body.map_err(body_rejection)?;
     let file = PathBuf::from(request.file.as_deref().unwrap_or("request"));
     let submission =
         crate::submit::submit(&state.store, &request.plan, &file, request.key.as_deref()).await?;
@@ -82,6 +82,18 @@ pub async fn list_ops(State(state): State<ApiState>) -> Result<Json<Vec<Register
 
 async fn summary(state: &ApiState, run: RunId) -> Result<RunSummary, ApiError> {
     state.store.run_summary(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))
+}
+
+/// A body that is not a submit request, as an error in the API's JSON shape (axum's own
+/// rejections are plain text). An oversized body is 413 and says what to do instead.
+fn body_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge(format!(
+            "the request body is over the limit of {MAX_BODY_BYTES} bytes; describe many steps with \
+             partitions and sweeps instead of listing them, or submit the plan file with `opflow run <plan>`"
+        ));
+    }
+    ApiError::BadRequest(rejection.body_text())
 }
 
 fn parse_run_id(id: &str) -> Result<RunId, ApiError> {

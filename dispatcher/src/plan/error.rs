@@ -48,6 +48,10 @@ pub enum PlanErrorKind {
     BadPartitions(String),
     #[error("{field}: {reason}")]
     BadSetting { field: &'static str, reason: String },
+    #[error(
+        "`config` is {bytes} bytes as JSON, over the limit of {limit}; every step message carries it, so pass large data as an upstream output or a reference (a path or URL) instead"
+    )]
+    ConfigTooLarge { bytes: usize, limit: usize },
     #[error("the plan expands to {steps} steps, over the limit of {limit}; split it into several plans")]
     TooManySteps { steps: u64, limit: u64 },
 }

@@ -45,6 +45,10 @@ pub use parse::MAX_PLAN_BYTES;
 /// The most steps one plan may expand to.
 pub const MAX_STEPS: u64 = 1_000_000;
 
+/// The largest `config` of one asset, as serialized JSON. Every step message of the asset
+/// carries its config, so a large one is multiplied by the step count on the broker.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
 /// An op version known to the registry, as the compiler resolves against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisteredOp {
@@ -142,5 +146,7 @@ pub fn compile(source: &str, file: &Path, registered: &[RegisteredOp]) -> Result
     validate::validate(raw, file, registered)
 }
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

@@ -39,7 +39,7 @@ pub struct RawAsset {
     #[serde(default)]
     pub sweep: Option<Spanned<Ordered<Spanned<Value>>>>,
     #[serde(default)]
-    pub config: Option<Value>,
+    pub config: Option<Spanned<Value>>,
     #[serde(default)]
     pub retry: Option<Spanned<RawRetry>>,
     #[serde(default)]
@@ -102,7 +102,12 @@ pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanErrors> {
     serde_saphyr::from_str_with_options::<RawPlan>(source, options).map_err(|error| {
         let line = error.location().map(|l| l.line() as usize).filter(|&l| l > 0);
         let message = plain_message(&error);
-        let kind = if is_syntax_error(&message) {
+        let kind = if let Some(breach) = budget_breach(&error) {
+            PlanErrorKind::Shape(format!(
+                "the YAML is too large or too deep once its anchors and aliases are expanded ({breach:?}); \
+                 write the values out, or use partitions and sweeps instead of repeating aliases"
+            ))
+        } else if is_syntax_error(&message) {
             PlanErrorKind::Syntax(message)
         } else {
             PlanErrorKind::Shape(message)
@@ -110,6 +115,19 @@ pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanErrors> {
         let asset = line.and_then(|line| enclosing_asset(source, line));
         PlanErrors(vec![PlanError { file: file.to_path_buf(), line, asset, kind }])
     })
+}
+
+/// The YAML parser's resource limit that `error` reports hitting, if that is what it is:
+/// an alias bomb ("billion laughs") or absurd nesting, refused before it eats the memory.
+fn budget_breach(mut error: &serde_saphyr::Error) -> Option<&serde_saphyr::budget::BudgetBreach> {
+    loop {
+        match error {
+            serde_saphyr::Error::Budget { breach, .. } => return Some(breach),
+            serde_saphyr::Error::AliasError { error: inner, .. }
+            | serde_saphyr::Error::WithSnippet { error: inner, .. } => error = inner,
+            _ => return None,
+        }
+    }
 }
 
 /// The deserializer's message without its snippet or its own `line N column M:` prefix

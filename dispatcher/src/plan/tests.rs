@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::*;
 
-fn registry() -> Vec<RegisteredOp> {
+pub(super) fn registry() -> Vec<RegisteredOp> {
     ["noop@1.0.0", "noop@1.1.0", "noop@2.0.0", "price-paths@1.0.0", "var-report@1.0.0"]
         .iter()
         .map(|s| {
@@ -290,6 +290,28 @@ fn huge_plans_are_refused_before_anything_is_allocated() {
         "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: {daily: {start: 2000-01-01, end: 2099-01-01}}\n    sweep: {x: {from: 1, to: 100}}\n",
     );
     assert_mentions(&message, &["steps, over the limit"]);
+}
+
+#[test]
+fn an_oversized_config_names_the_asset_its_size_and_the_limit() {
+    let big = "x".repeat(MAX_CONFIG_BYTES);
+    let message = error(&format!(
+        "name: p\nassets:\n  - name: ok\n    op: noop@1.0.0\n  - name: heavy\n    op: noop@1.0.0\n    config:\n      blob: {big}\n"
+    ));
+    let bytes = serde_json::to_vec(&json!({ "blob": big })).unwrap().len();
+    assert_mentions(
+        &message,
+        &[
+            "plans/bad.yaml:8: asset `heavy`",
+            &format!("`config` is {bytes} bytes as JSON, over the limit of {MAX_CONFIG_BYTES}"),
+            "upstream output or a reference",
+        ],
+    );
+    // Exactly at the limit is fine.
+    let at_limit = "y".repeat(MAX_CONFIG_BYTES - r#""""#.len());
+    let plan =
+        compile_ok(&format!("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    config: {at_limit}\n"));
+    assert_eq!(serde_json::to_vec(&plan.assets[0].config).unwrap().len(), MAX_CONFIG_BYTES);
 }
 
 #[test]

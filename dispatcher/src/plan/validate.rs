@@ -15,7 +15,8 @@ use serde_json::Value;
 use serde_saphyr::Spanned;
 
 use super::{
-    AssetDep, CompiledAsset, CompiledPlan, MAX_STEPS, Partitions, RegisteredOp, RetryPolicy, SweepParam,
+    AssetDep, CompiledAsset, CompiledPlan, MAX_CONFIG_BYTES, MAX_STEPS, Partitions, RegisteredOp,
+    RetryPolicy, SweepParam,
     error::{PlanError, PlanErrorKind, PlanErrors},
     parse::{Ordered, RawAsset, RawPlan},
 };
@@ -169,7 +170,7 @@ pub(super) fn validate(
             op_name: c.op_name,
             op_version: c.op_version,
             op_requirement: asset.op.value.split_once('@').map(|(_, r)| r.to_owned()).unwrap_or_default(),
-            config: asset.config.unwrap_or(Value::Null),
+            config: asset.config.map_or(Value::Null, |config| config.value),
             partitions: c.partitions,
             partition_keys: c.partition_keys,
             sweep: c.sweep,
@@ -278,6 +279,9 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
             }
         },
     };
+    if let Some(config) = &asset.config {
+        check_config_size(config, name, problems);
+    }
     if problems.errors.len() > before {
         return None;
     }
@@ -292,6 +296,22 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         retry: retry?,
         timeout: timeout?,
     })
+}
+
+/// Refuses a `config` over [`MAX_CONFIG_BYTES`] as JSON.
+///
+/// # Panics
+///
+/// Never: a `serde_json::Value` (string keys, finite numbers) always serializes.
+fn check_config_size(config: &Spanned<Value>, asset: &str, problems: &mut Problems) {
+    let bytes = serde_json::to_vec(&config.value).expect("a JSON value serializes").len();
+    if bytes > MAX_CONFIG_BYTES {
+        problems.add(
+            line(config),
+            Some(asset),
+            PlanErrorKind::ConfigTooLarge { bytes, limit: MAX_CONFIG_BYTES },
+        );
+    }
 }
 
 /// `name@1.2.3` means exactly 1.2.3; `name@<requirement>` the highest registered match.
@@ -474,7 +494,10 @@ fn sweep_values(name: &str, value: &Value) -> Result<Vec<Value>, String> {
             if count > u128::from(MAX_STEPS) {
                 return Err(format!("`{name}`: {count} values, over the step limit of {MAX_STEPS}"));
             }
-            Ok((0..count as i64).map(|k| Value::from(from + k * step)).collect())
+            // In i128: `k * step` alone may overflow i64 although every value lies in
+            // `from..=to` (from -i64::MAX to i64::MAX in steps of i64::MAX, say).
+            let value = |k: u128| (i128::from(from) + k as i128 * i128::from(step)) as i64;
+            Ok((0..count).map(|k| Value::from(value(k))).collect())
         }
         other => Err(format!("`{name}`: expected a list of values or {{from, to, step}}, got `{other}`")),
     }

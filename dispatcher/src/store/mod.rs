@@ -114,6 +114,13 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// A store that connects on first use, for tests of code that must not reach it.
+    #[cfg(test)]
+    pub(crate) fn unconnected() -> Self {
+        let options = PgConnectOptions::new().host("127.0.0.1").port(1).database("unused");
+        Self { pool: PgPoolOptions::new().connect_lazy_with(options) }
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
