@@ -65,6 +65,7 @@ impl fmt::Debug for Settings {
             retry_poll_ms,
             max_inputs_bytes,
             drain_timeout_secs,
+            consumer_timeout_ms,
         } = self;
         f.debug_struct("Settings")
             .field("amqp_url", &opflow_process::redact_url(amqp_url))
@@ -76,6 +77,7 @@ impl fmt::Debug for Settings {
             .field("retry_poll_ms", retry_poll_ms)
             .field("max_inputs_bytes", max_inputs_bytes)
             .field("drain_timeout_secs", drain_timeout_secs)
+            .field("consumer_timeout_ms", consumer_timeout_ms)
             .finish()
     }
 }
