@@ -79,24 +79,24 @@ impl Store {
             .map_err(|source| StoreError::BadUrl { url: redacted.clone(), source })?;
         let options = options.application_name("opflow");
         let connect = || async {
-            match PgPoolOptions::new()
+            // One plain connection first: it fails at once with the real cause (refused,
+            // no such database), where a pool would wait out its acquire timeout and then
+            // only say that it timed out.
+            match PgConnection::connect_with(&options).await {
+                Err(error) if sql_state(&error).as_deref() == Some(INVALID_CATALOG_NAME) => {
+                    create_database(&options, &redacted).await?;
+                }
+                Err(source) => return Err(StoreError::Unreachable { url: redacted.clone(), source }),
+                Ok(probe) => {
+                    let _ = probe.close().await;
+                }
+            }
+            PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options.clone())
                 .await
-            {
-                Err(error) if sql_state(&error).as_deref() == Some(INVALID_CATALOG_NAME) => {
-                    create_database(&options, &redacted).await?;
-                    PgPoolOptions::new()
-                        .max_connections(8)
-                        .acquire_timeout(Duration::from_secs(30))
-                        .connect_with(options.clone())
-                        .await
-                        .map_err(|source| StoreError::Unreachable { url: redacted.clone(), source })
-                }
-                Err(source) => Err(StoreError::Unreachable { url: redacted.clone(), source }),
-                Ok(pool) => Ok(pool),
-            }
+                .map_err(|source| StoreError::Unreachable { url: redacted.clone(), source })
         };
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
