@@ -372,35 +372,42 @@ async fn run_plan_observed(
         .collect::<anyhow::Result<_>>()?;
     wait_for_consumers(&sandbox.amqp_url, noop_queue, workers, cancel).await?;
 
+    // The dispatcher announces every run that ends on `opflow_runs`: the run is timed to
+    // that notification, not to a polling interval, and no poll competes for the CPU.
+    let mut finished = sqlx::postgres::PgListener::connect_with(store.pool()).await?;
+    finished.listen("opflow_runs").await?;
     let started = Instant::now();
     let submission = crate::submit::submit(store, plan, Path::new("bench.yaml"), None)
         .await
         .map_err(|e| anyhow::anyhow!("submitting the benchmark plan: {e}"))?;
     let run_id = submission.run_id.as_uuid();
     let mut dispatcher_rss = Vec::new();
-    let mut last_sample = Instant::now();
+    let mut sample_every = tokio::time::interval(Duration::from_millis(250));
     let status = loop {
+        tokio::select! {
+            notification = finished.recv() => {
+                if notification?.payload() != run_id.to_string() {
+                    continue;
+                }
+            }
+            _ = sample_every.tick() => {}
+            () = cancel.cancelled() => bail!("cancelled"),
+        }
         let (status, done, total): (String, i32, i32) =
             sqlx::query_as("SELECT status::text, steps_succeeded, steps_total FROM runs WHERE id = $1")
                 .bind(run_id)
                 .fetch_one(store.pool())
                 .await?;
         if let Some(pid) = dispatcher_pid
-            && (last_sample.elapsed() >= Duration::from_millis(250) || status != "running")
             && let Some(mb) = memory::rss_mb(pid)
         {
             dispatcher_rss.push((f64::from(done) / f64::from(total.max(1)), mb));
-            last_sample = Instant::now();
         }
         if status == "succeeded" || status == "failed" {
             break status;
         }
         if started.elapsed() > Duration::from_secs(1800) {
             bail!("the benchmark run did not finish within 30 minutes");
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(5)) => {}
-            () = cancel.cancelled() => bail!("cancelled"),
         }
     };
     let wall = started.elapsed();
@@ -421,38 +428,47 @@ async fn cold_start(
     sample: usize,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(Duration, bool)> {
+    let mut finished = sqlx::postgres::PgListener::connect_with(store.pool()).await?;
+    finished.listen("opflow_runs").await?;
+    // The step's `started_at` is the worker's own timestamp of its `started` event (same
+    // machine, same clock), so nothing polls while the worker starts.
+    let submitted_at = chrono::Utc::now();
     let started = Instant::now();
     let submission = crate::submit::submit(store, &sweep_plan("w4", 1, ""), Path::new("bench-w4.yaml"), None)
         .await
         .map_err(|e| anyhow::anyhow!("submitting the cold-start plan: {e}"))?;
     let mut worker = sandbox.spawn(noop, &[], &format!("noop-cold-{sample}"))?;
     let run_id = submission.run_id.as_uuid();
-    let mut to_start = None;
-    let status = loop {
-        let (status, step_started): (String, bool) = sqlx::query_as(
-            "SELECT r.status::text, EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.started_at IS NOT NULL)
+    let mut poll_every = tokio::time::interval(Duration::from_millis(250));
+    let (status, step_started) = loop {
+        tokio::select! {
+            notification = finished.recv() => {
+                if notification?.payload() != run_id.to_string() {
+                    continue;
+                }
+            }
+            _ = poll_every.tick() => {}
+            () = cancel.cancelled() => bail!("cancelled"),
+        }
+        let (status, step_started): (String, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+            "SELECT r.status::text, (SELECT min(s.started_at) FROM steps s WHERE s.run_id = r.id)
              FROM runs r WHERE r.id = $1",
         )
         .bind(run_id)
         .fetch_one(store.pool())
         .await?;
-        if step_started && to_start.is_none() {
-            to_start = Some(started.elapsed());
-        }
         if status == "succeeded" || status == "failed" {
-            break status;
+            break (status, step_started);
         }
         if started.elapsed() > Duration::from_secs(120) {
             bail!("the cold-start step did not finish within 2 minutes");
         }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(2)) => {}
-            () = cancel.cancelled() => bail!("cancelled"),
-        }
     };
     crate::supervise::drain(&mut worker, "noop", Duration::from_secs(30)).await;
     let (_, verified) = verify(store, run_id).await?;
-    let to_start = to_start.context("the step finished without a recorded start")?;
+    let to_start = step_started.context("the step finished without a recorded start")? - submitted_at;
+    let to_start =
+        to_start.to_std().context("the step started before it was submitted: are the clocks sane?")?;
     Ok((to_start, verified && status == "succeeded"))
 }
 
