@@ -216,9 +216,9 @@ pub async fn check_store(db: &PgPool, run_id: &str) -> anyhow::Result<Counts> {
     );
 
     // The fan-in started only after every upstream step succeeded.
+    // (`steps.started_at` is the worker's own start time, from `started` or from the result.)
     let ordered: bool = sqlx::query_scalar(
-        "SELECT (SELECT min(e.at) FROM events e JOIN steps s ON s.run_id = e.run_id AND s.id = e.step_id
-                 WHERE e.run_id = $1::uuid AND e.kind = 'started' AND s.asset = 1)
+        "SELECT (SELECT min(s.started_at) FROM steps s WHERE s.run_id = $1::uuid AND s.asset = 1)
              >= (SELECT max(e.at) FROM events e JOIN steps s ON s.run_id = e.run_id AND s.id = e.step_id
                  WHERE e.run_id = $1::uuid AND e.kind = 'succeeded' AND e.applied AND s.asset = 0)",
     )
@@ -227,9 +227,10 @@ pub async fn check_store(db: &PgPool, run_id: &str) -> anyhow::Result<Counts> {
     .await?;
     ensure!(ordered, "the fan-in step started before all of its upstream steps had succeeded");
 
-    // Each worker's events for a step are in a consistent order: a `started` first, then
-    // heartbeats, progress or logs, then a result; another `started` if the same worker got
-    // the step again (its ack was lost). Injected copies of a result may repeat it.
+    // Each worker's events for a step are in a consistent order: a `started` first (unless
+    // the step was quick enough to report only its result), then heartbeats, progress or
+    // logs, then a result; the same again if the worker got the step again (its ack was
+    // lost). Injected copies of a result may repeat it.
     let events: Vec<(i32, String, String)> = sqlx::query_as(
         "SELECT step_id, worker, kind FROM events WHERE run_id = $1::uuid
          ORDER BY step_id, worker, at, received_at",
@@ -260,7 +261,8 @@ pub async fn check_store(db: &PgPool, run_id: &str) -> anyhow::Result<Counts> {
     Ok(Counts { lost, applied_twice, results_ignored })
 }
 
-/// `started`, then in-progress events, then results; see [`check_store`].
+/// `started`, then in-progress events, then results, or a result alone (a step too quick
+/// to report `started`); see [`check_store`].
 pub fn consistent_order(kinds: &[&str]) -> bool {
     #[derive(PartialEq)]
     enum State {
@@ -275,7 +277,7 @@ pub fn consistent_order(kinds: &[&str]) -> bool {
             // A worker that lost its channel mid-step says so; its `started` may have been
             // lost with the connection. The next delivery starts over.
             ("abandoned", _) => State::Before,
-            ("succeeded" | "failed", State::Running | State::Done) => State::Done,
+            ("succeeded" | "failed", _) => State::Done,
             (_, State::Running) if !matches!(*kind, "succeeded" | "failed") => State::Running,
             _ => return false,
         };
@@ -338,7 +340,8 @@ mod tests {
         assert!(consistent_order(&["started", "heartbeat", "progress", "succeeded"]));
         assert!(consistent_order(&["started", "succeeded", "started", "succeeded"]), "a lost ack: run again");
         assert!(consistent_order(&["abandoned", "started", "succeeded"]), "a lost start, then a redelivery");
-        assert!(!consistent_order(&["succeeded"]), "a result without a start");
+        assert!(consistent_order(&["succeeded"]), "a quick step reports only its result");
+        assert!(consistent_order(&["succeeded", "succeeded"]), "a lost ack, quick both times");
         assert!(!consistent_order(&["heartbeat", "started"]));
         assert!(!consistent_order(&["started", "succeeded", "heartbeat"]), "progress after the result");
     }

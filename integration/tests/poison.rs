@@ -97,7 +97,7 @@ async fn malformed_messages_are_dead_lettered_and_nothing_crashes() -> anyhow::R
     let channel = connection.create_channel().await?;
     let unknown_run = uuid::Uuid::now_v7().to_string();
     let step = json!({"v": SCHEMA_VERSION, "run_id": unknown_run, "step_id": 1, "attempt": 1,
-                      "op": "noop@1.1.0", "asset": "ghost"})
+                      "op": "noop@1.1.0", "asset": "ghost", "config": {"sleep_ms": 300}})
     .to_string();
     StepMessage::decode(step.as_bytes()).context("the test's step message is well formed")?;
     let event = json!({"v": SCHEMA_VERSION, "id": uuid::Uuid::now_v7().to_string(), "run_id": unknown_run,
@@ -135,7 +135,8 @@ async fn malformed_messages_are_dead_lettered_and_nothing_crashes() -> anyhow::R
     publish(queue::EVENTS_EXCHANGE, event_key(), event, queue::EVENT_MESSAGE_TYPE).await?;
     let _ = connection.close(200, "done".into()).await;
 
-    // The worker refuses two step messages and runs the ghost step, whose `started` and
+    // The worker refuses two step messages and runs the ghost step (long enough to report
+    // `started`), whose `started` and
     // `succeeded` events the dispatcher refuses (unknown run); it also refuses the three
     // events published above. Every refused message reaches the dead-letter queue, whose
     // consumer logs and drops it.

@@ -26,6 +26,11 @@ pub struct Event {
     pub at: DateTime<Utc>,
     /// The worker instance that emitted it, e.g. `noop@1.1.0/host/4242`.
     pub worker: String,
+    /// When the worker started running this attempt. Set on results: a step that finishes
+    /// before its worker reports `started` (see `EventKind::Started`) still records when
+    /// it began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     pub kind: EventKind,
 }
 
@@ -33,7 +38,9 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
-    /// The worker took the step and is about to run the handler.
+    /// The worker is running the step. Reported only once a step has run for a moment
+    /// (a quick step's result carries `started_at` instead), so a short step costs one
+    /// event, not two.
     Started {
         op: OpRef,
     },
@@ -125,8 +132,15 @@ impl Event {
             attempt,
             at: Utc::now(),
             worker: worker.into(),
+            started_at: None,
             kind,
         }
+    }
+
+    /// The same event, saying when its attempt started.
+    pub fn with_started_at(mut self, started_at: DateTime<Utc>) -> Self {
+        self.started_at = Some(started_at);
+        self
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -166,6 +180,17 @@ mod tests {
             let e = event(kind);
             assert_eq!(Event::decode(&e.encode()).unwrap(), e);
         }
+        let result = event(EventKind::Succeeded { output: json!(1) }).with_started_at(Utc::now());
+        assert_eq!(Event::decode(&result.encode()).unwrap(), result);
+    }
+
+    #[test]
+    fn started_at_is_left_out_when_unset_and_optional_when_read() {
+        let e = event(EventKind::Heartbeat);
+        let v: Value = serde_json::from_slice(&e.encode()).unwrap();
+        assert!(v.get("started_at").is_none(), "{v}");
+        // An event from a worker built before the field existed still decodes.
+        assert_eq!(Event::decode(&e.encode()).unwrap().started_at, None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Context;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::{
     Channel, Connection, Consumer,
@@ -37,6 +38,11 @@ use crate::{
     op::{OpSpec, WorkerSettings},
     report::Reporter,
 };
+
+/// A step still running after this long reports `started`; a quicker one reports only
+/// its result (which says when it started). Most steps of a sweep are quicker, and each
+/// event saved is a publish, a delivery and a database write saved.
+const REPORT_START_AFTER: Duration = Duration::from_millis(100);
 
 /// What every step of one broker session shares.
 struct Worker {
@@ -386,12 +392,12 @@ impl Worker {
             );
         }
         let started = Instant::now();
+        let started_at = Utc::now();
         let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
         let event = |kind| Event::new(run_id, step_id, attempt, self.id.clone(), kind);
-        self.reporter.send(event(EventKind::Started { op: self.spec.op.clone() }));
 
         let executed = tokio::select! {
-            executed = self.execute(message) => executed,
+            executed = self.execute(message, started_at) => executed,
             Ok(reason) = &mut channel_closed => {
                 // The broker has already requeued the message: finishing the step would
                 // only run it twice. Stop it (dropping `execute` aborts the handler), say
@@ -428,16 +434,17 @@ impl Worker {
             }
             _ => tracing::info!(elapsed_ms, "step succeeded"),
         }
-        lease.complete(&self.reporter, event(kind)).await.map_err(|e| StepEnd::Broker(e.into()))
+        let result = event(kind).with_started_at(started_at);
+        lease.complete(&self.reporter, result).await.map_err(|e| StepEnd::Broker(e.into()))
     }
 
     /// Runs the handler in its own task (so a panic is contained) under the step's timeout,
     /// with heartbeats while it runs. Dropping the returned future aborts both tasks.
-    async fn execute(&self, message: StepMessage) -> Result<Value, StepError> {
+    async fn execute(&self, message: StepMessage, started_at: DateTime<Utc>) -> Result<Value, StepError> {
         let timeout = message.timeout_ms.map(Duration::from_millis);
         let ctx =
             StepContext::new(message, self.reporter.clone(), self.id.clone(), self.shutdown.child_token());
-        let _heartbeat = AbortOnDropHandle::new(self.spawn_heartbeat(&ctx));
+        let _heartbeat = AbortOnDropHandle::new(self.spawn_heartbeat(&ctx, started_at));
         let mut task = AbortOnDropHandle::new(tokio::spawn((self.spec.handler)(ctx).in_current_span()));
         let joined = match timeout {
             None => (&mut task).await,
@@ -460,12 +467,20 @@ impl Worker {
         }
     }
 
-    fn spawn_heartbeat(&self, ctx: &StepContext) -> tokio::task::JoinHandle<()> {
+    /// Reports `started` once the step has run for [`REPORT_START_AFTER`], then a heartbeat
+    /// every `heartbeat` interval. A step that ends sooner aborts this task before it says
+    /// anything: its result carries `started_at`, and the step costs one event, not two.
+    fn spawn_heartbeat(&self, ctx: &StepContext, started_at: DateTime<Utc>) -> tokio::task::JoinHandle<()> {
         let (reporter, worker, every) = (self.reporter.clone(), self.id.clone(), self.heartbeat);
         let (run_id, step_id, attempt) = (ctx.run_id(), ctx.step_id(), ctx.attempt());
+        let op = self.spec.op.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(REPORT_START_AFTER).await;
+            let mut started = Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Started { op });
+            started.at = started_at;
+            reporter.send(started);
             let mut ticks = tokio::time::interval(every);
-            ticks.tick().await; // The first tick is immediate; `Started` already said we are alive.
+            ticks.tick().await; // The first tick is immediate; `started` just said we are alive.
             loop {
                 ticks.tick().await;
                 reporter.send(Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Heartbeat));

@@ -112,7 +112,8 @@ pub async fn run(
     }
     let sandbox = Sandbox::create(settings).await?;
     eprintln!("benchmark sandbox: database and vhost {}", sandbox.name);
-    let result = run_in(&sandbox, workloads, options, &noop, cancel, &mut emit).await;
+    let events_queue_type = settings.events_queue_kind()?;
+    let result = run_in(&sandbox, workloads, options, events_queue_type, &noop, cancel, &mut emit).await;
     let keep_logs = options.keep_logs || result.is_err();
     if keep_logs {
         eprintln!("benchmark logs: {}", sandbox.log_dir.display());
@@ -125,6 +126,7 @@ async fn run_in(
     sandbox: &Sandbox,
     workloads: &[Workload],
     options: &BenchOptions,
+    events_queue_type: QueueKind,
     noop: &Path,
     cancel: &CancellationToken,
     emit: &mut impl FnMut(&Value),
@@ -290,6 +292,10 @@ async fn run_in(
             }
             Workload::Raw => unreachable!("raw ran first"),
         };
+        let mut figures = figures;
+        // Like for like: the queue types the steps and the events went through.
+        figures["queue_type"] = json!(options.queue_type.as_str());
+        figures["events_queue_type"] = json!(events_queue_type.as_str());
         all_verified &= figures["verified"] == true;
         emit(&figures);
     }
@@ -484,6 +490,11 @@ async fn compile_and_store(
     let store = Store::connect(&url, cancel).await.context("creating the w5 database")?;
     let description = crate::register::describe(noop).await?;
     store.register_op(&description, opflow_amqp::OpQueueSettings::default()).await?;
+    // Compiling reads the op registry: time it with the registry's statement prepared and
+    // a connection open, as in a dispatcher that has been running.
+    crate::submit::compile(&store, &sweep_plan("w5-warm-up", 1, ""), Path::new("bench-w5.yaml"))
+        .await
+        .map_err(|e| anyhow::anyhow!("compiling the w5 warm-up plan: {e}"))?;
     let mut results = Vec::new();
     for &size in sizes {
         const SWEEP: usize = 500;

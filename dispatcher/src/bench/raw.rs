@@ -163,7 +163,7 @@ async fn consume_with_two(
                     done.cancel();
                 }
             }
-            drop(channel);
+            let _ = channel.close(200, "bench done".into()).await;
             let _ = connection.close(200, "bench done".into()).await;
             anyhow::Ok(())
         }));
@@ -192,9 +192,8 @@ async fn chain(
     let dispatcher_connection = connect(amqp_url, "opflow-bench-raw-dispatcher").await?;
     let worker_out = confirming_channel(&worker_connection).await?;
     let dispatcher_out = confirming_channel(&dispatcher_connection).await?;
-    let (_worker_in, mut steps_in) = consumer(&worker_connection, step_queue, "raw-worker").await?;
-    let (_dispatcher_in, mut done_in) =
-        consumer(&dispatcher_connection, done_queue, "raw-dispatcher").await?;
+    let (worker_in, mut steps_in) = consumer(&worker_connection, step_queue, "raw-worker").await?;
+    let (dispatcher_in, mut done_in) = consumer(&dispatcher_connection, done_queue, "raw-dispatcher").await?;
 
     let worker_payload = payload.to_vec();
     let stop = CancellationToken::new();
@@ -210,6 +209,7 @@ async fn chain(
             publish(&worker_out, done_queue, &worker_payload).await?.await?;
             delivery.ack(BasicAckOptions::default()).await?;
         }
+        let _ = worker_out.close(200, "bench done".into()).await;
         anyhow::Ok(())
     });
 
@@ -232,6 +232,11 @@ async fn chain(
     let elapsed = started.elapsed();
     stop.cancel();
     worker.await??;
+    // Channels first, then connections: closing a connection under open channels makes
+    // lapin log an error about channels already closing.
+    for channel in [&worker_in, &dispatcher_in, &dispatcher_out] {
+        let _ = channel.close(200, "bench done".into()).await;
+    }
     let _ = worker_connection.close(200, "bench done".into()).await;
     let _ = dispatcher_connection.close(200, "bench done".into()).await;
     Ok(elapsed.as_secs_f64() * 1000.0 / steps as f64)

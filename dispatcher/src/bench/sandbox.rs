@@ -16,6 +16,8 @@ pub struct Sandbox {
     pub amqp_url: String,
     /// Logs of the processes the benchmark starts.
     pub log_dir: PathBuf,
+    /// The dispatcher's events queue type, as configured where the benchmark runs.
+    events_queue_type: String,
     admin_options: PgConnectOptions,
 }
 
@@ -53,6 +55,7 @@ impl Sandbox {
             amqp_url: with_path(&settings.amqp_url, &name),
             name,
             log_dir,
+            events_queue_type: settings.events_queue_type.clone(),
             admin_options,
         })
     }
@@ -65,6 +68,7 @@ impl Sandbox {
             .env("OPFLOW_DATABASE_URL", &self.database_url)
             .env("OPFLOW_AMQP_URL", &self.amqp_url)
             .env("OPFLOW_API_ADDR", "127.0.0.1:0")
+            .env("OPFLOW_EVENTS_QUEUE_TYPE", &self.events_queue_type)
             .env("NO_COLOR", "1")
             .env_remove("OPFLOW_CONFIG")
             .stdin(Stdio::null())

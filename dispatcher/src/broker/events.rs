@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     Connection,
     message::Delivery,
@@ -17,9 +17,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, run_plan::PlanCache};
-
-/// How long to wait for more events to join a batch once one has arrived.
-const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
@@ -85,11 +82,14 @@ impl EventConsumer {
                     None => return Err(EventsError::Cancelled(queue::DISPATCHER_EVENTS_QUEUE)),
                 },
             };
+            // Whatever else has already arrived joins the batch; nothing waits for more.
+            // Under load, events pile up while a batch commits and the next batch is big;
+            // a lone event is applied at once.
             let mut deliveries = vec![first];
             while deliveries.len() < self.batch_size as usize {
-                match tokio::time::timeout(BATCH_WINDOW, consumer.next()).await {
-                    Ok(Some(delivery)) => deliveries.push(delivery.map_err(failed)?),
-                    Ok(None) | Err(_) => break,
+                match consumer.next().now_or_never() {
+                    Some(Some(delivery)) => deliveries.push(delivery.map_err(failed)?),
+                    Some(None) | None => break,
                 }
             }
             if !self.apply(deliveries, wake, cancel).await {
@@ -143,16 +143,16 @@ impl EventConsumer {
                 "event for a run this dispatcher does not know; dead-lettering it");
             reject(&decoded[position]).await;
         }
+        // One ack settles the whole batch (`multiple` covers every earlier delivery still
+        // unsettled on this channel; the rejected ones above are settled already).
         let unknown: std::collections::HashSet<usize> = outcome.unknown_run.iter().copied().collect();
-        for (position, delivery) in decoded.iter().enumerate() {
-            if unknown.contains(&position) {
-                continue;
-            }
-            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                // The batch is committed; if the ack is lost the events come back and are
-                // recognised as duplicates.
-                tracing::warn!(%error, "acking an applied event failed; it will be redelivered and ignored");
-            }
+        let last = decoded.iter().enumerate().rev().find(|(position, _)| !unknown.contains(position));
+        if let Some((_, last)) = last
+            && let Err(error) = last.acker.ack(BasicAckOptions { multiple: true }).await
+        {
+            // The batch is committed; if the ack is lost the events come back and are
+            // recognised as duplicates.
+            tracing::warn!(%error, "acking applied events failed; they will be redelivered and ignored");
         }
         if outcome.duplicates > 0 {
             tracing::debug!(duplicates = outcome.duplicates, "ignored events that were already applied");

@@ -111,7 +111,7 @@ impl StepPublisher {
             return Ok(0);
         }
         let taken = batch.entries.len();
-        let entries = batch.still_queued().await?;
+        let entries = batch.still_queued();
         let mut inputs_cache = InputsCache::default();
         let mut failures: Vec<Event> = Vec::new();
         let mut in_flight = Vec::with_capacity(entries.len());

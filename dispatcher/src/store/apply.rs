@@ -6,7 +6,8 @@
 //! duplicate, a late event from an attempt that was already retried, or an event after
 //! the step finished therefore matches no row and changes nothing. Because of the same
 //! guards the kinds can be applied in bulk, one statement each, whatever their order in
-//! the batch. Every event is also appended to `events` once (keyed by its id).
+//! the batch. Every event is also appended to `events` once (keyed by its id), after the
+//! transitions, with `applied` saying whether it changed its step: each row is written once.
 //!
 //! A success unlocks downstream steps by decrementing their `pending_upstream`; the step
 //! whose count reaches zero is queued and written to the outbox in the same statement. A
@@ -62,14 +63,17 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
 
-        let run_ids: Vec<Uuid> =
-            events.iter().map(|e| e.run_id.as_uuid()).collect::<HashSet<_>>().into_iter().collect();
-        let known: HashSet<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ANY($1)")
-            .bind(&run_ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
+        // Runs whose plan is cached are known; only the others are looked up.
+        let (mut known, unseen): (HashSet<Uuid>, HashSet<Uuid>) =
+            events.iter().map(|e| e.run_id.as_uuid()).partition(|run| plans.contains(RunId::from_uuid(*run)));
+        if !unseen.is_empty() {
+            let unseen: Vec<Uuid> = unseen.into_iter().collect();
+            let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ANY($1)")
+                .bind(&unseen)
+                .fetch_all(&mut *tx)
+                .await?;
+            known.extend(found);
+        }
         let mut candidates = Vec::with_capacity(events.len());
         for (position, event) in events.iter().enumerate() {
             if known.contains(&event.run_id.as_uuid()) {
@@ -79,16 +83,13 @@ impl Store {
             }
         }
 
-        let fresh_ids = insert_events(&mut tx, &candidates).await?;
-        let fresh: Vec<&Event> =
-            candidates.into_iter().filter(|e| fresh_ids.contains(&e.id.as_uuid())).collect();
-        outcome.duplicates = events.len() - outcome.unknown_run.len() - fresh.len();
-
+        // The guards make a duplicate change nothing, so duplicates need no filtering first.
         let mut deltas: HashMap<Uuid, RunDelta> = HashMap::new();
-        apply_started(&mut tx, &fresh, &mut deltas).await?;
-        apply_progress(&mut tx, &fresh).await?;
-        let succeeded = apply_succeeded(&mut tx, &fresh, &mut deltas).await?;
-        let failed = apply_failed(&mut tx, &fresh, plans, self, &mut deltas).await?;
+        let mut applied: HashSet<Uuid> = HashSet::new();
+        apply_started(&mut tx, &candidates, &mut deltas, &mut applied).await?;
+        apply_progress(&mut tx, &candidates).await?;
+        let succeeded = apply_succeeded(&mut tx, &candidates, &mut deltas, &mut applied).await?;
+        let failed = apply_failed(&mut tx, &candidates, plans, self, &mut deltas, &mut applied).await?;
 
         // Unlock what the successes unblocked, one decrement per (success, waiting step).
         let mut unlocks: BTreeMap<(Uuid, StepRange), i32> = BTreeMap::new();
@@ -112,14 +113,22 @@ impl Store {
         }
 
         outcome.finished = update_runs(&mut tx, &deltas).await?;
+        let inserted = insert_events(&mut tx, &candidates, &applied).await?;
+        outcome.duplicates = candidates.len() - inserted;
         tx.commit().await?;
         Ok(outcome)
     }
 }
 
-async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result<HashSet<Uuid>, StoreError> {
+/// Appends the events not recorded before, each flagged with whether it took effect;
+/// returns how many were new.
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    events: &[&Event],
+    applied: &HashSet<Uuid>,
+) -> Result<usize, StoreError> {
     if events.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(0);
     }
     let mut ids = Vec::with_capacity(events.len());
     let mut runs = Vec::with_capacity(events.len());
@@ -129,6 +138,7 @@ async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result
     let mut bodies = Vec::with_capacity(events.len());
     let mut workers = Vec::with_capacity(events.len());
     let mut ats = Vec::with_capacity(events.len());
+    let mut flags = Vec::with_capacity(events.len());
     for e in events {
         ids.push(e.id.as_uuid());
         runs.push(e.run_id.as_uuid());
@@ -138,13 +148,13 @@ async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result
         bodies.push(serde_json::to_value(&e.kind).unwrap_or(Value::Null));
         workers.push(e.worker.clone());
         ats.push(e.at);
+        flags.push(applied.contains(&e.id.as_uuid()));
     }
-    let inserted: Vec<Uuid> = sqlx::query_scalar(
-        "INSERT INTO events (id, run_id, step_id, attempt, kind, body, worker, at)
+    let inserted = sqlx::query(
+        "INSERT INTO events (id, run_id, step_id, attempt, kind, body, worker, at, applied)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::text[], $6::jsonb[],
-                              $7::text[], $8::timestamptz[])
-         ON CONFLICT (id) DO NOTHING
-         RETURNING id",
+                              $7::text[], $8::timestamptz[], $9::bool[])
+         ON CONFLICT (id) DO NOTHING",
     )
     .bind(&ids)
     .bind(&runs)
@@ -154,9 +164,10 @@ async fn insert_events(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result
     .bind(&bodies)
     .bind(&workers)
     .bind(&ats)
-    .fetch_all(&mut *tx)
+    .bind(&flags)
+    .execute(&mut *tx)
     .await?;
-    Ok(inserted.into_iter().collect())
+    Ok(inserted.rows_affected() as usize)
 }
 
 /// Columns shared by the per-kind bulk statements.
@@ -168,6 +179,8 @@ struct StepColumns {
     attempts: Vec<i32>,
     ats: Vec<DateTime<Utc>>,
     workers: Vec<String>,
+    /// When the attempt started, as its result says.
+    started_ats: Vec<Option<DateTime<Utc>>>,
 }
 
 impl StepColumns {
@@ -178,6 +191,7 @@ impl StepColumns {
         self.attempts.push(e.attempt as i32);
         self.ats.push(e.at);
         self.workers.push(e.worker.clone());
+        self.started_ats.push(e.started_at);
     }
 
     fn is_empty(&self) -> bool {
@@ -189,6 +203,7 @@ async fn apply_started(
     tx: &mut sqlx::PgConnection,
     events: &[&Event],
     deltas: &mut HashMap<Uuid, RunDelta>,
+    applied: &mut HashSet<Uuid>,
 ) -> Result<(), StoreError> {
     let mut cols = StepColumns::default();
     for e in events.iter().filter(|e| matches!(e.kind, EventKind::Started { .. })) {
@@ -212,12 +227,11 @@ async fn apply_started(
     .bind(&cols.ids)
     .fetch_all(&mut *tx)
     .await?;
-    let mut applied = Vec::with_capacity(started.len());
     for (run, event) in started {
         deltas.entry(run).or_default().started = true;
-        applied.push(event);
+        applied.insert(event);
     }
-    mark_applied(tx, &applied).await
+    Ok(())
 }
 
 /// The newest progress of one step attempt within a batch.
@@ -282,6 +296,7 @@ async fn apply_succeeded(
     tx: &mut sqlx::PgConnection,
     events: &[&Event],
     deltas: &mut HashMap<Uuid, RunDelta>,
+    applied: &mut HashSet<Uuid>,
 ) -> Result<Vec<(Uuid, u32)>, StoreError> {
     let mut cols = StepColumns::default();
     let mut outputs = Vec::new();
@@ -299,9 +314,10 @@ async fn apply_succeeded(
     let rows: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
         "UPDATE steps s SET status = 'succeeded', output = u.output, finished_at = u.at, progress = 1,
                             worker = u.worker, error = NULL,
-                            started_at = coalesce(s.started_at, u.at)
-         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::uuid[])
-              AS u(run_id, step_id, attempt, at, worker, output, event_id)
+                            started_at = coalesce(u.started_at, s.started_at, u.at)
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::uuid[],
+                     $8::timestamptz[])
+              AS u(run_id, step_id, attempt, at, worker, output, event_id, started_at)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
            AND s.status IN ('queued', 'running')
          RETURNING s.run_id, s.id, u.event_id",
@@ -313,9 +329,10 @@ async fn apply_succeeded(
     .bind(&cols.workers)
     .bind(&outputs)
     .bind(&cols.ids)
+    .bind(&cols.started_ats)
     .fetch_all(&mut *tx)
     .await?;
-    mark_applied(tx, &rows.iter().map(|(_, _, event)| *event).collect::<Vec<_>>()).await?;
+    applied.extend(rows.iter().map(|(_, _, event)| *event));
     for (run, _, _) in &rows {
         let delta = deltas.entry(*run).or_default();
         delta.succeeded += 1;
@@ -332,6 +349,7 @@ async fn apply_failed(
     plans: &PlanCache,
     store: &Store,
     deltas: &mut HashMap<Uuid, RunDelta>,
+    applied: &mut HashSet<Uuid>,
 ) -> Result<Vec<(Uuid, u32)>, StoreError> {
     let mut retry = StepColumns::default();
     let mut retry_at = Vec::new();
@@ -377,7 +395,7 @@ async fn apply_failed(
         .bind(&retry.ids)
         .fetch_all(&mut *tx)
         .await?;
-        mark_applied(tx, &rows.iter().map(|(_, event)| *event).collect::<Vec<_>>()).await?;
+        applied.extend(rows.iter().map(|(_, event)| *event));
         for (run, _) in rows {
             deltas.entry(run).or_default().started = true;
         }
@@ -386,9 +404,11 @@ async fn apply_failed(
         return Ok(Vec::new());
     }
     let rows: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
-        "UPDATE steps s SET status = 'failed', error = u.error, finished_at = u.at, worker = u.worker
-         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[], $7::uuid[])
-              AS u(run_id, step_id, attempt, at, worker, error, event_id)
+        "UPDATE steps s SET status = 'failed', error = u.error, finished_at = u.at, worker = u.worker,
+                            started_at = coalesce(u.started_at, s.started_at, u.at)
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[], $7::uuid[],
+                     $8::timestamptz[])
+              AS u(run_id, step_id, attempt, at, worker, error, event_id, started_at)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
            AND s.status IN ('queued', 'running')
          RETURNING s.run_id, s.id, u.event_id",
@@ -400,24 +420,16 @@ async fn apply_failed(
     .bind(&fail.workers)
     .bind(&fail_errors)
     .bind(&fail.ids)
+    .bind(&fail.started_ats)
     .fetch_all(&mut *tx)
     .await?;
-    mark_applied(tx, &rows.iter().map(|(_, _, event)| *event).collect::<Vec<_>>()).await?;
+    applied.extend(rows.iter().map(|(_, _, event)| *event));
     for (run, _, _) in &rows {
         let delta = deltas.entry(*run).or_default();
         delta.failed += 1;
         delta.started = true;
     }
     Ok(rows.into_iter().map(|(run, step, _)| (run, step as u32)).collect())
-}
-
-/// Flags the events whose transition took effect (see migration 0002).
-async fn mark_applied(tx: &mut sqlx::PgConnection, events: &[Uuid]) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("UPDATE events SET applied = true WHERE id = ANY($1)").bind(events).execute(&mut *tx).await?;
-    Ok(())
 }
 
 impl Store {
@@ -538,38 +550,47 @@ async fn update_runs(
         skipped.push(d.skipped);
         started.push(d.started);
     }
-    sqlx::query(
-        "UPDATE runs r SET steps_succeeded = r.steps_succeeded + u.succeeded,
-                           steps_failed = r.steps_failed + u.failed,
-                           steps_skipped = r.steps_skipped + u.skipped,
-                           status = CASE WHEN r.status = 'queued' AND u.started
-                                         THEN 'running'::run_status ELSE r.status END,
-                           started_at = CASE WHEN r.started_at IS NULL AND u.started
-                                             THEN now() ELSE r.started_at END
-         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[], $5::bool[])
-              AS u(run_id, succeeded, failed, skipped, started)
-         WHERE r.id = u.run_id",
+    // One statement: add the counts, mark runs running, end the runs whose steps are all
+    // done (only from queued or running, so a run ends once) and announce them on
+    // `opflow_runs`. A run ended here has `finished_at` = this transaction's `now()`.
+    let finished: Vec<(Uuid, RunStatus)> = sqlx::query_as(
+        "WITH u AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[], $5::bool[])
+                 AS u(run_id, succeeded, failed, skipped, started)
+         ), changed AS (
+             UPDATE runs r
+             SET steps_succeeded = r.steps_succeeded + u.succeeded,
+                 steps_failed = r.steps_failed + u.failed,
+                 steps_skipped = r.steps_skipped + u.skipped,
+                 status = CASE
+                     WHEN r.status IN ('queued', 'running')
+                          AND r.steps_succeeded + u.succeeded + r.steps_failed + u.failed
+                              + r.steps_skipped + u.skipped = r.steps_total
+                     THEN CASE WHEN r.steps_failed + u.failed > 0 THEN 'failed'::run_status
+                               ELSE 'succeeded'::run_status END
+                     WHEN r.status = 'queued' AND u.started THEN 'running'::run_status
+                     ELSE r.status END,
+                 started_at = CASE WHEN r.started_at IS NULL AND u.started THEN now() ELSE r.started_at END,
+                 finished_at = CASE
+                     WHEN r.status IN ('queued', 'running')
+                          AND r.steps_succeeded + u.succeeded + r.steps_failed + u.failed
+                              + r.steps_skipped + u.skipped = r.steps_total
+                     THEN now() ELSE r.finished_at END
+             FROM u
+             WHERE r.id = u.run_id
+             RETURNING r.id, r.status, r.finished_at = now() AS ended
+         )
+         -- A volatile output is never pruned: each ended run is announced once.
+         SELECT id, status FROM (
+             SELECT id, status, pg_notify('opflow_runs', id::text) AS announced FROM changed WHERE ended
+         ) ended",
     )
     .bind(&runs)
     .bind(&succeeded)
     .bind(&failed)
     .bind(&skipped)
     .bind(&started)
-    .execute(&mut *tx)
-    .await?;
-    let finished: Vec<(Uuid, RunStatus)> = sqlx::query_as(
-        "UPDATE runs SET status = CASE WHEN steps_failed > 0 THEN 'failed'::run_status
-                                       ELSE 'succeeded'::run_status END,
-                         finished_at = now()
-         WHERE id = ANY($1) AND status IN ('queued', 'running')
-           AND steps_succeeded + steps_failed + steps_skipped = steps_total
-         RETURNING id, status",
-    )
-    .bind(&runs)
     .fetch_all(&mut *tx)
     .await?;
-    for (run, _) in &finished {
-        sqlx::query("SELECT pg_notify('opflow_runs', $1)").bind(run.to_string()).execute(&mut *tx).await?;
-    }
     Ok(finished.into_iter().map(|(run, status)| (RunId::from_uuid(run), status)).collect())
 }

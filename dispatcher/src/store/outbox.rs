@@ -23,30 +23,39 @@ pub struct OutboxEntry {
 pub struct OutboxBatch {
     tx: Transaction<'static, Postgres>,
     pub entries: Vec<OutboxEntry>,
+    /// Per entry: its step is still queued at that attempt.
+    current: Vec<bool>,
 }
 
 impl Store {
-    /// Takes up to `limit` rows, oldest first, skipping rows another publisher holds.
+    /// Takes up to `limit` rows, oldest first, skipping rows another publisher holds, and
+    /// learns in the same statement which of them are still current.
     pub async fn take_outbox(&self, limit: u32) -> Result<OutboxBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, i32, i32)> = sqlx::query_as(
-            "DELETE FROM outbox WHERE seq IN (
+        let rows: Vec<(Uuid, i32, i32, bool)> = sqlx::query_as(
+            "DELETE FROM outbox o WHERE seq IN (
                  SELECT seq FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
              )
-             RETURNING run_id, step_id, attempt",
+             RETURNING o.run_id, o.step_id, o.attempt, EXISTS (
+                 SELECT 1 FROM steps s
+                 WHERE s.run_id = o.run_id AND s.id = o.step_id AND s.attempt = o.attempt AND s.status = 'queued'
+             )",
         )
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
-        let entries = rows
+        let (entries, current) = rows
             .into_iter()
-            .map(|(run, step, attempt)| OutboxEntry {
-                run_id: RunId::from_uuid(run),
-                step_id: step as u32,
-                attempt: attempt as u32,
+            .map(|(run, step, attempt, current)| {
+                let entry = OutboxEntry {
+                    run_id: RunId::from_uuid(run),
+                    step_id: step as u32,
+                    attempt: attempt as u32,
+                };
+                (entry, current)
             })
-            .collect();
-        Ok(OutboxBatch { tx, entries })
+            .unzip();
+        Ok(OutboxBatch { tx, entries, current })
     }
 }
 
@@ -58,28 +67,8 @@ impl OutboxBatch {
     /// The entries whose step is still queued at that attempt. The others are stale (the
     /// step was published before a crash and has since started or finished) and are
     /// dropped with the batch.
-    pub async fn still_queued(&mut self) -> Result<Vec<OutboxEntry>, StoreError> {
-        let runs: Vec<Uuid> = self.entries.iter().map(|e| e.run_id.as_uuid()).collect();
-        let steps: Vec<i32> = self.entries.iter().map(|e| e.step_id as i32).collect();
-        let attempts: Vec<i32> = self.entries.iter().map(|e| e.attempt as i32).collect();
-        let current: Vec<(Uuid, i32, i32)> = sqlx::query_as(
-            "SELECT s.run_id, s.id, s.attempt
-             FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS u(run_id, step_id, attempt)
-             JOIN steps s ON s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
-             WHERE s.status = 'queued'",
-        )
-        .bind(&runs)
-        .bind(&steps)
-        .bind(&attempts)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let current: std::collections::HashSet<(Uuid, i32, i32)> = current.into_iter().collect();
-        Ok(self
-            .entries
-            .iter()
-            .copied()
-            .filter(|e| current.contains(&(e.run_id.as_uuid(), e.step_id as i32, e.attempt as i32)))
-            .collect())
+    pub fn still_queued(&self) -> Vec<OutboxEntry> {
+        self.entries.iter().zip(&self.current).filter(|(_, current)| **current).map(|(e, _)| *e).collect()
     }
 
     /// The outputs of the succeeded steps in `range`, by step id.

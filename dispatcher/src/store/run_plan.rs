@@ -187,6 +187,12 @@ impl PlanCache {
         Ok(plan)
     }
 
+    /// Whether `run`'s plan is loaded: if so, the run exists (runs are never deleted while
+    /// their plan is cached).
+    pub fn contains(&self, run: RunId) -> bool {
+        self.lock().contains_key(&run)
+    }
+
     pub fn forget(&self, run: RunId) {
         self.lock().remove(&run);
     }

@@ -207,13 +207,6 @@ impl Store {
             }
         }
         insert_steps(&mut tx, run_id, &ids, &assets, &pending).await?;
-        sqlx::query(
-            "INSERT INTO outbox (run_id, step_id, attempt)
-             SELECT run_id, id, attempt FROM steps WHERE run_id = $1 AND status = 'queued' ORDER BY id",
-        )
-        .bind(run_id.as_uuid())
-        .execute(&mut *tx)
-        .await?;
         sqlx::query("SELECT pg_notify('opflow_outbox', '')").execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Submission { run_id, existing: false })
@@ -363,13 +356,19 @@ async fn insert_steps(
     if ids.is_empty() {
         return Ok(());
     }
+    // The steps that are ready go to the outbox in the same statement, in step order.
     sqlx::query(
-        "INSERT INTO steps (run_id, id, asset, status, pending_upstream, queued_at)
-         SELECT $1, u.id, u.asset,
-                CASE WHEN u.pending = 0 THEN 'queued'::step_status ELSE 'waiting'::step_status END,
-                u.pending,
-                CASE WHEN u.pending = 0 THEN now() END
-         FROM UNNEST($2::int[], $3::int[], $4::int[]) AS u(id, asset, pending)",
+        "WITH inserted AS (
+             INSERT INTO steps (run_id, id, asset, status, pending_upstream, queued_at)
+             SELECT $1, u.id, u.asset,
+                    CASE WHEN u.pending = 0 THEN 'queued'::step_status ELSE 'waiting'::step_status END,
+                    u.pending,
+                    CASE WHEN u.pending = 0 THEN now() END
+             FROM UNNEST($2::int[], $3::int[], $4::int[]) AS u(id, asset, pending)
+             RETURNING run_id, id, attempt, status
+         )
+         INSERT INTO outbox (run_id, step_id, attempt)
+         SELECT run_id, id, attempt FROM inserted WHERE status = 'queued' ORDER BY id",
     )
     .bind(run_id.as_uuid())
     .bind(ids)
