@@ -12,6 +12,7 @@ async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() 
     let output = tokio::process::Command::new(binary("opflow")?)
         .args(["bench", "all", "--quick", "--json"])
         .env("OPFLOW_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+        .env("OPFLOW_EVENTS_QUEUE_TYPE", "quorum")
         .env_remove("OPFLOW_CONFIG")
         .stdin(Stdio::null())
         .output()
@@ -42,6 +43,28 @@ async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() 
         for field in fields {
             assert!(line[*field].as_f64().is_some_and(|v| v > 0.0), "{name}: {field} missing in {line}");
         }
+    }
+    let w4 = workload("w4")?;
+    for field in ["cold_start_ms_median", "cold_start_ms_max"] {
+        assert!(w4[field].as_f64().is_some_and(|v| v > 0.0), "w4: {field} missing in {w4}");
+    }
+    // w5: one line per plan size; a tenth of 50,000 and 200,000 steps, plus the fan-in.
+    let w5: Vec<&Value> = lines.iter().filter(|l| l["workload"] == "w5").collect();
+    assert_eq!(w5.iter().map(|l| l["steps"].as_i64()).collect::<Vec<_>>(), [Some(5_001), Some(20_001)]);
+    for line in &w5 {
+        for field in ["compile_s", "store_s", "peak_rss_mb"] {
+            assert!(line[field].as_f64().is_some(), "w5: {field} missing in {line}");
+        }
+    }
+    let w6 = workload("w6")?;
+    for field in ["dispatcher_rss_mb", "worker_rss_mb", "db_bytes_per_step"] {
+        assert!(w6[field].as_f64().is_some_and(|v| v > 0.0), "w6: {field} missing in {w6}");
+    }
+    // Every platform line says which queue types the steps and events went through.
+    for name in ["w1", "w2", "w3", "w4", "w6"] {
+        let line = workload(name)?;
+        assert_eq!(line["queue_type"], "quorum", "{line}");
+        assert_eq!(line["events_queue_type"], "quorum", "{line}");
     }
     // The sandbox is gone: its database and vhost were removed.
     let sandbox = stderr
