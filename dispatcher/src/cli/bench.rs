@@ -15,11 +15,6 @@ use crate::{
 };
 
 #[derive(Debug, Args)]
-#[command(long_about = "Measures opflow against the broker's own limit on this machine. Each invocation \
-    creates its own database and RabbitMQ vhost (with rabbitmqctl, so run it on the broker's machine), \
-    starts its own dispatcher and noop workers, verifies every run (each step succeeded exactly once, \
-    outputs present) and removes everything afterwards. `raw` is always measured first: every other \
-    figure is also given as a ratio to it. Fields: docs/benchmarks.md.")]
 pub struct BenchArgs {
     /// Workloads: raw (the broker alone), w1 (10,000 independent steps), w2 (a 200-step chain),
     /// w3 (1,000 steps of 10 ms CPU), w4 (cold start), w5 (compile and store 50,000 and 200,000

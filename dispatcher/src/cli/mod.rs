@@ -76,6 +76,16 @@ enum Command {
     /// Show the outputs (or errors) of a run's steps
     Outputs(run::OutputsArgs),
     /// Measure throughput and latency against the broker's own limit, in a sandbox
+    #[command(
+        long_about = "Measure throughput and latency against the broker's own limit, in a sandbox.\n\n\
+        Each invocation creates its own database and RabbitMQ vhost (with rabbitmqctl, so run it on the \
+        broker's machine), starts its own dispatcher and noop workers (noop must sit next to opflow: \
+        `cargo build --release -p opflow-dispatcher -p noop`), verifies every run (each step succeeded \
+        exactly once, outputs present) and removes everything afterwards. `raw` is always measured \
+        first: every other figure is also given as a ratio to it. The events queue's type follows \
+        the `events_queue_type` setting (OPFLOW_EVENTS_QUEUE_TYPE). Fields, figures and what bounds \
+        them: docs/benchmarks.md."
+    )]
     Bench(bench::BenchArgs),
 }
 
