@@ -162,6 +162,11 @@ impl EventConsumer {
                 "event for a run this dispatcher does not know; dead-lettering it");
             reject(&decoded[position]).await;
         }
+        // The batch is committed: the publisher can take the steps it queued while the ack
+        // goes out (a chain's next step waits for nothing else).
+        if outcome.newly_queued > 0 {
+            wake.notify_one();
+        }
         // One ack settles the whole batch (`multiple` covers every earlier delivery still
         // unsettled on this channel; the rejected ones above are settled already).
         let unknown: std::collections::HashSet<usize> = outcome.unknown_run.iter().copied().collect();
@@ -176,9 +181,6 @@ impl EventConsumer {
         tracing::debug!(events = events.len(), queued = outcome.newly_queued, "applied a batch of events");
         if outcome.duplicates > 0 {
             tracing::debug!(duplicates = outcome.duplicates, "ignored events that were already applied");
-        }
-        if outcome.newly_queued > 0 {
-            wake.notify_one();
         }
         for (run, status) in &outcome.finished {
             tracing::info!(run_id = %run, status = status.as_str(), "run finished");

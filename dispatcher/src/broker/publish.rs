@@ -71,7 +71,9 @@ impl StepPublisher {
         loop {
             while !cancel.is_cancelled() {
                 match self.publish_batch().await {
-                    Ok(0) => break,
+                    // A short batch drained the outbox: wait for a wake-up rather than ask an
+                    // empty table again (a wake-up that came meanwhile is kept by `Notify`).
+                    Ok(taken) if taken < self.batch_size as usize => break,
                     Ok(_) => continue,
                     Err(PublisherError::Store(error)) => {
                         // The batch rolled back; its rows are published on the next round.
