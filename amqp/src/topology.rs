@@ -114,16 +114,29 @@ pub async fn declare_op_queue(
     Ok(())
 }
 
+/// What a passive declare tells about a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages ready for delivery (not counting unacked ones).
+    pub ready: u32,
+    pub consumers: u32,
+}
+
+/// Looks at a queue without creating it. A missing queue is [`TopologyError::MissingQueue`];
+/// a failed check closes `channel` (AMQP closes it on NOT_FOUND).
+pub async fn inspect_queue(channel: &Channel, name: &str) -> Result<QueueCounts, TopologyError> {
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    match channel.queue_declare(name.into(), passive, FieldTable::default()).await {
+        Ok(q) => Ok(QueueCounts { ready: q.message_count(), consumers: q.consumer_count() }),
+        Err(source) if is_not_found(&source) => Err(TopologyError::MissingQueue { queue: name.to_owned() }),
+        Err(source) => Err(TopologyError::Declare { name: name.to_owned(), source }),
+    }
+}
+
 /// Checks that an op version's queue exists, without creating it. Returns the number of
 /// ready messages. A failed check closes `channel` (AMQP closes it on NOT_FOUND).
 pub async fn check_op_queue(channel: &Channel, op: &OpRef) -> Result<u32, TopologyError> {
-    let name = queue::op_queue(op);
-    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-    match channel.queue_declare(name.as_str().into(), passive, FieldTable::default()).await {
-        Ok(q) => Ok(q.message_count()),
-        Err(source) if is_not_found(&source) => Err(TopologyError::MissingQueue { queue: name }),
-        Err(source) => Err(TopologyError::Declare { name, source }),
-    }
+    Ok(inspect_queue(channel, &queue::op_queue(op)).await?.ready)
 }
 
 fn is_not_found(error: &lapin::Error) -> bool {

@@ -390,15 +390,7 @@ async fn run_plan_observed(
     let mut dispatcher_rss = Vec::new();
     let mut sample_every = tokio::time::interval(Duration::from_millis(250));
     let status = loop {
-        tokio::select! {
-            notification = finished.recv() => {
-                if notification?.payload() != run_id.to_string() {
-                    continue;
-                }
-            }
-            _ = sample_every.tick() => {}
-            () = cancel.cancelled() => bail!("cancelled"),
-        }
+        next_look(&mut finished, run_id, &mut sample_every, cancel).await?;
         let (status, done, total): (String, i32, i32) =
             sqlx::query_as("SELECT status::text, steps_succeeded, steps_total FROM runs WHERE id = $1")
                 .bind(run_id)
@@ -425,6 +417,28 @@ async fn run_plan_observed(
     Ok(PlanRun { steps, wall, verified: verified && status == "succeeded", dispatcher_rss, worker_rss_mb })
 }
 
+/// Waits until `run_id` is announced on `opflow_runs` (it ended) or `every` ticks (a
+/// sample is due, or a missed notification is caught up with).
+async fn next_look(
+    finished: &mut sqlx::postgres::PgListener,
+    run_id: uuid::Uuid,
+    every: &mut tokio::time::Interval,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let run_id = run_id.to_string();
+    loop {
+        tokio::select! {
+            notification = finished.recv() => {
+                if notification?.payload() == run_id {
+                    return Ok(());
+                }
+            }
+            _ = every.tick() => return Ok(()),
+            () = cancel.cancelled() => bail!("cancelled"),
+        }
+    }
+}
+
 /// One cold start: submit a one-step plan with no worker running, start a worker (what
 /// `opflow up` or KEDA does), and time submit → the step has started.
 async fn cold_start(
@@ -447,15 +461,7 @@ async fn cold_start(
     let run_id = submission.run_id.as_uuid();
     let mut poll_every = tokio::time::interval(Duration::from_millis(250));
     let (status, step_started) = loop {
-        tokio::select! {
-            notification = finished.recv() => {
-                if notification?.payload() != run_id.to_string() {
-                    continue;
-                }
-            }
-            _ = poll_every.tick() => {}
-            () = cancel.cancelled() => bail!("cancelled"),
-        }
+        next_look(&mut finished, run_id, &mut poll_every, cancel).await?;
         let (status, step_started): (String, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
             "SELECT r.status::text, (SELECT min(s.started_at) FROM steps s WHERE s.run_id = r.id)
              FROM runs r WHERE r.id = $1",
@@ -569,16 +575,10 @@ async fn wait_for_consumers(
     let started = Instant::now();
     let result = loop {
         let channel = connection.create_channel().await?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
-                lapin::types::FieldTable::default(),
-            )
-            .await;
+        let inspected = opflow_amqp::topology::inspect_queue(&channel, queue).await;
         let _ = channel.close(200, "checked".into()).await;
-        if let Ok(queue) = declared
-            && queue.consumer_count() as usize >= workers
+        if let Ok(counts) = inspected
+            && counts.consumers as usize >= workers
         {
             break Ok(());
         }

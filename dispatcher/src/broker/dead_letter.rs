@@ -10,13 +10,16 @@ use futures_util::StreamExt;
 use lapin::{
     Connection,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    options::BasicAckOptions,
     types::{AMQPValue, FieldTable, ShortString},
 };
 use opflow_protocol::{StepMessage, queue};
 use tokio_util::sync::CancellationToken;
 
-use super::{dispatcher_failure, events::EventsError};
+use super::{
+    dispatcher_failure,
+    events::{EventsError, open_consumer},
+};
 use crate::store::{Store, run_plan::PlanCache};
 
 pub struct DeadLetterConsumer {
@@ -38,17 +41,8 @@ impl DeadLetterConsumer {
     /// Consumes until cancelled or the channel fails.
     pub async fn run(self, connection: &Connection, cancel: CancellationToken) -> Result<(), EventsError> {
         let failed = |source| EventsError::Consume { queue: queue::DEAD_LETTER_QUEUE, source };
-        let channel = connection.create_channel().await.map_err(failed)?;
-        channel.basic_qos(16, BasicQosOptions::default()).await.map_err(failed)?;
-        let mut consumer = channel
-            .basic_consume(
-                queue::DEAD_LETTER_QUEUE.into(),
-                "opflow-dispatcher-dead-letters".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(failed)?;
+        let (channel, mut consumer) =
+            open_consumer(connection, queue::DEAD_LETTER_QUEUE, "opflow-dispatcher-dead-letters", 16).await?;
         let result = loop {
             let delivery = tokio::select! {
                 biased;

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
-    Connection,
+    Channel, Connection, Consumer,
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
     types::FieldTable,
@@ -49,20 +49,10 @@ impl EventConsumer {
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<(), EventsError> {
-        let failed = |source| EventsError::Consume { queue: queue::DISPATCHER_EVENTS_QUEUE, source };
-        let channel = connection.create_channel().await.map_err(failed)?;
         // Enough unacked deliveries for the next batch to gather while this one commits.
         let prefetch = u16::try_from(self.batch_size.saturating_mul(2)).unwrap_or(u16::MAX);
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(failed)?;
-        let mut consumer = channel
-            .basic_consume(
-                queue::DISPATCHER_EVENTS_QUEUE.into(),
-                "opflow-dispatcher".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(failed)?;
+        let (channel, mut consumer) =
+            open_consumer(connection, queue::DISPATCHER_EVENTS_QUEUE, "opflow-dispatcher", prefetch).await?;
         let result = self.consume(&mut consumer, &wake, &cancel).await;
         // Closing the channel hands any unacked (unapplied) event back to the queue.
         if let Err(error) = channel.close(200, "dispatcher stopping".into()).await {
@@ -188,6 +178,24 @@ impl EventConsumer {
         }
         true
     }
+}
+
+/// A channel with `prefetch` and a consumer of `queue` on it; shared by the dispatcher's
+/// consumers (events, dead letters).
+pub(super) async fn open_consumer(
+    connection: &Connection,
+    queue: &'static str,
+    tag: &str,
+    prefetch: u16,
+) -> Result<(Channel, Consumer), EventsError> {
+    let failed = |source| EventsError::Consume { queue, source };
+    let channel = connection.create_channel().await.map_err(failed)?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(failed)?;
+    let consumer = channel
+        .basic_consume(queue.into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .map_err(failed)?;
+    Ok((channel, consumer))
 }
 
 async fn reject(delivery: &Delivery) {

@@ -64,8 +64,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
 
         // Runs whose plan is cached are known; only the others are looked up.
+        let runs: HashSet<Uuid> = events.iter().map(|e| e.run_id.as_uuid()).collect();
         let (mut known, unseen): (HashSet<Uuid>, HashSet<Uuid>) =
-            events.iter().map(|e| e.run_id.as_uuid()).partition(|run| plans.contains(RunId::from_uuid(*run)));
+            runs.into_iter().partition(|run| plans.contains(RunId::from_uuid(*run)));
         if !unseen.is_empty() {
             let unseen: Vec<Uuid> = unseen.into_iter().collect();
             let found: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ANY($1)")
