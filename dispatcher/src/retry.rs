@@ -5,22 +5,27 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-/// No retry waits longer than this, however many attempts came before.
+/// The exponential part of a retry delay never grows past this, however many attempts came
+/// before; with jitter a retry waits at most twice this. A plan's `retry.backoff` may not
+/// be longer (`plan::MAX_RETRY_BACKOFF`).
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10 * 60);
 
 /// The delay before retrying a step whose attempt number `failed_attempt` (from 1) failed:
-/// `backoff · 2^(failed_attempt − 1)`, capped, plus up to as much again of random jitter.
+/// `backoff · 2^(failed_attempt − 1)`, capped at [`MAX_RETRY_DELAY`], plus up to as much
+/// again of random jitter. Never more than `2 · MAX_RETRY_DELAY`, whatever `backoff` is.
 pub fn retry_delay(backoff: Duration, failed_attempt: u32) -> Duration {
-    let nth = failed_attempt.saturating_sub(1) as usize;
-    ExponentialBuilder::default()
-        .with_min_delay(backoff)
+    // Past 64 doublings any non-zero backoff has long reached the cap.
+    let nth = failed_attempt.saturating_sub(1).min(64) as usize;
+    let delay = ExponentialBuilder::default()
+        .with_min_delay(backoff.min(MAX_RETRY_DELAY))
         .with_factor(2.0)
         .with_max_delay(MAX_RETRY_DELAY)
         .with_jitter()
         .without_max_times()
         .build()
         .nth(nth)
-        .unwrap_or(MAX_RETRY_DELAY)
+        .unwrap_or(MAX_RETRY_DELAY);
+    delay.min(MAX_RETRY_DELAY * 2)
 }
 
 #[cfg(test)]
@@ -44,6 +49,16 @@ mod tests {
     #[test]
     fn delays_are_capped() {
         assert!(retry_delay(Duration::from_secs(60), 30) <= MAX_RETRY_DELAY * 2);
+        assert!(retry_delay(Duration::from_secs(60), u32::MAX) <= MAX_RETRY_DELAY * 2);
+    }
+
+    #[test]
+    fn an_absurd_backoff_is_capped_too() {
+        let a_million_years = Duration::from_secs(1_000_000 * 365 * 24 * 3600);
+        for attempt in [1, 2, 50] {
+            assert!(retry_delay(a_million_years, attempt) <= MAX_RETRY_DELAY * 2);
+        }
+        assert!(retry_delay(Duration::MAX, 1) <= MAX_RETRY_DELAY * 2);
     }
 
     #[test]

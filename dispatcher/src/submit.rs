@@ -9,15 +9,23 @@ use crate::{
     store::{Store, StoreError, runs::Submission},
 };
 
+/// The longest idempotency key accepted.
+pub const MAX_KEY_BYTES: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("{0}")]
     Plan(PlanErrors),
+    #[error("the idempotency key {0}")]
+    BadKey(String),
+    #[error("compiling the plan failed unexpectedly (a bug): {0}")]
+    Compiler(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Compiles `source` against the registry.
+/// Compiles `source` against the registry, on a blocking thread: a large plan takes a
+/// while, and must not hold up the async tasks that apply events and serve the API.
 pub async fn compile(store: &Store, source: &str, file: &Path) -> Result<CompiledPlan, SubmitError> {
     let registered: Vec<RegisteredOp> = store
         .registered_ops()
@@ -25,7 +33,24 @@ pub async fn compile(store: &Store, source: &str, file: &Path) -> Result<Compile
         .into_iter()
         .map(|op| RegisteredOp { name: op.name.to_string(), version: op.version })
         .collect();
-    plan::compile(source, file, &registered).map_err(SubmitError::Plan)
+    let (source, file) = (source.to_owned(), file.to_path_buf());
+    tokio::task::spawn_blocking(move || plan::compile(&source, &file, &registered))
+        .await
+        .map_err(|panic| SubmitError::Compiler(panic.to_string()))?
+        .map_err(SubmitError::Plan)
+}
+
+/// Refuses a key that cannot be stored or shown: too long, or holding control characters.
+fn check_key(key: &str) -> Result<(), SubmitError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(SubmitError::BadKey(format!("is {} bytes; use 1 to {MAX_KEY_BYTES} bytes", key.len())));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(SubmitError::BadKey(
+            "holds control characters (a NUL, a newline, …); use printable text".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Submits a plan; see the module docs.
@@ -35,11 +60,26 @@ pub async fn submit(
     file: &Path,
     key: Option<&str>,
 ) -> Result<Submission, SubmitError> {
-    if let Some(key) = key
-        && let Some(existing) = store.run_by_key(key, source).await?
-    {
-        return Ok(existing);
+    if let Some(key) = key {
+        check_key(key)?;
+        if let Some(existing) = store.run_by_key(key, source).await? {
+            return Ok(existing);
+        }
     }
     let compiled = compile(store, source, file).await?;
-    Ok(store.submit_run(&compiled, &file.display().to_string(), source, key).await?)
+    let file = crate::store::storable::short_text(&file.display().to_string());
+    Ok(store.submit_run(&compiled, &file, source, key).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_must_be_printable_and_short() {
+        assert!(check_key("nightly-2026-11-22").is_ok());
+        assert!(check_key("a\0b").unwrap_err().to_string().contains("control characters"));
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES + 1)).unwrap_err().to_string().contains("257 bytes"));
+        assert!(check_key("").is_err());
+    }
 }

@@ -23,14 +23,14 @@ pub enum ApiError {
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error(transparent)]
-    Internal(StoreError),
+    Internal(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::KeyConflict { .. } => ApiError::Conflict(error.to_string()),
-            other => ApiError::Internal(other),
+            other => ApiError::Internal(Box::new(other)),
         }
     }
 }
@@ -39,6 +39,8 @@ impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {
             SubmitError::Plan(errors) => ApiError::InvalidPlan(errors),
+            SubmitError::BadKey(_) => ApiError::BadRequest(error.to_string()),
+            SubmitError::Compiler(_) => ApiError::Internal(Box::new(error)),
             SubmitError::Store(error) => error.into(),
         }
     }

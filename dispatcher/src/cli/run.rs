@@ -64,6 +64,7 @@ pub async fn run(args: RunArgs, settings: &Settings, cancel: &CancellationToken)
     let submission = match submit::submit(&store, &source, &args.file, args.key.as_deref()).await {
         Ok(submission) => submission,
         Err(SubmitError::Plan(errors)) => return Err(InvalidInput(errors.to_string()).into()),
+        Err(error @ SubmitError::BadKey(_)) => return Err(InvalidInput(error.to_string()).into()),
         Err(SubmitError::Store(error @ crate::store::StoreError::KeyConflict { .. })) => {
             return Err(InvalidInput(error.to_string()).into());
         }

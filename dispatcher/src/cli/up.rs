@@ -114,6 +114,7 @@ async fn run_plan(
     let submission = match submit::submit(store, source, file, key).await {
         Ok(submission) => submission,
         Err(SubmitError::Plan(errors)) => return Err(InvalidInput(errors.to_string()).into()),
+        Err(error @ SubmitError::BadKey(_)) => return Err(InvalidInput(error.to_string()).into()),
         Err(other) => return Err(other.into()),
     };
     eprintln!("submitted run {} ({})", submission.run_id, file.display());

@@ -9,7 +9,7 @@ use super::{CompiledAsset, CompiledPlan, StepSpec};
 impl CompiledAsset {
     /// Points in the sweep's cartesian product; 1 without a sweep.
     pub fn sweep_size(&self) -> u32 {
-        self.sweep.iter().map(|p| p.values.len() as u32).product()
+        self.sweep.iter().map(|p| p.values.len()).product()
     }
 
     /// Partition keys; 1 when unpartitioned.
@@ -32,17 +32,17 @@ impl CompiledAsset {
         let partition = (!self.partition_keys.is_empty())
             .then(|| self.partition_keys[(i / sweep_size) as usize].as_str());
         let mut rest = i % sweep_size;
-        let mut picks = vec![0usize; self.sweep.len()];
+        let mut picks = vec![0u32; self.sweep.len()];
         for (slot, param) in picks.iter_mut().zip(&self.sweep).rev() {
-            let n = param.values.len() as u32;
-            *slot = (rest % n) as usize;
+            let n = param.values.len();
+            *slot = rest % n;
             rest /= n;
         }
         let point: Map<_, _> = self
             .sweep
             .iter()
             .zip(picks)
-            .map(|(param, pick)| (param.name.clone(), param.values[pick].clone()))
+            .map(|(param, pick)| (param.name.clone(), param.values.get(pick)))
             .collect();
         StepSpec { partition, point }
     }

@@ -45,6 +45,13 @@ pub use parse::MAX_PLAN_BYTES;
 /// The most steps one plan may expand to.
 pub const MAX_STEPS: u64 = 1_000_000;
 
+/// The longest `timeout` an asset may set.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The longest `retry.backoff` an asset may set: the cap of every retry delay
+/// (`retry::MAX_RETRY_DELAY`), so a longer one would mean nothing.
+pub const MAX_RETRY_BACKOFF: Duration = crate::retry::MAX_RETRY_DELAY;
+
 /// The largest `config` of one asset, as serialized JSON. Every step message of the asset
 /// carries its config, so a large one is multiplied by the step count on the broker.
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
@@ -105,7 +112,48 @@ pub enum Partitions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepParam {
     pub name: String,
-    pub values: Vec<Value>,
+    pub values: SweepValues,
+}
+
+/// A sweep parameter's values. A range is kept as its bounds, never as a list: a plan of a
+/// few lines may ask for millions of values, and the step count is known (and checked
+/// against [`MAX_STEPS`]) from its size alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SweepValues {
+    /// Values listed in the plan.
+    List(Vec<Value>),
+    /// `from, from + step, …`: `count` integers.
+    Range { from: i64, step: i64, count: u32 },
+}
+
+impl SweepValues {
+    pub fn len(&self) -> u32 {
+        match self {
+            SweepValues::List(values) => values.len() as u32,
+            SweepValues::Range { count, .. } => *count,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Value `i`.
+    ///
+    /// # Panics
+    ///
+    /// If `i >= self.len()`.
+    pub fn get(&self, i: u32) -> Value {
+        match self {
+            SweepValues::List(values) => values[i as usize].clone(),
+            SweepValues::Range { from, step, count } => {
+                assert!(i < *count, "sweep value {i} out of {count}");
+                // In i128: `i * step` alone may overflow i64 although every value lies
+                // between the range's bounds.
+                Value::from((i128::from(*from) + i128::from(i) * i128::from(*step)) as i64)
+            }
+        }
+    }
 }
 
 /// An edge to an upstream asset.

@@ -95,6 +95,18 @@ pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanErrors> {
             )),
         }]));
     }
+    if let Some(at) = source.find('\0') {
+        let line = source[..at].matches('\n').count() + 1;
+        return Err(PlanErrors(vec![PlanError {
+            file: file.to_path_buf(),
+            line: Some(line),
+            asset: enclosing_asset(source, line),
+            kind: PlanErrorKind::Shape(
+                "the plan holds a NUL character, which a plan may not; remove it (is this a binary file?)"
+                    .into(),
+            ),
+        }]));
+    }
     // YAML 1.2 booleans only: a partition or sweep value `no`, `y` or `off` is a string,
     // not YAML 1.1's `false` (the "Norway problem").
     let mut options = serde_saphyr::Options::default();

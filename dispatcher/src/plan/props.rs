@@ -350,7 +350,8 @@ fn a_sweep_range_at_the_ends_of_i64_expands_without_overflow() {
     let source = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep:\n      \
                   k: {from: -9223372036854775807, to: 9223372036854775807, step: 9223372036854775807}\n";
     let plan = compile(source, Path::new(FILE), &registry()).unwrap_or_else(|e| panic!("{e}"));
-    let values: Vec<_> = plan.assets[0].sweep[0].values.iter().map(|v| v.as_i64()).collect();
+    let values = &plan.assets[0].sweep[0].values;
+    let values: Vec<_> = (0..values.len()).map(|i| values.get(i).as_i64()).collect();
     assert_eq!(values, [Some(-i64::MAX), Some(0), Some(i64::MAX)]);
 }
 

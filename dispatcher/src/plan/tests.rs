@@ -129,7 +129,7 @@ fn yaml_1_1_booleans_stay_strings() {
         "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: [y, no, on]\n    sweep: {flag: [yes, true]}\n",
     );
     assert_eq!(plan.assets[0].partition_keys, ["y", "no", "on"]);
-    assert_eq!(plan.assets[0].sweep[0].values, vec![json!("yes"), json!(true)]);
+    assert_eq!(plan.assets[0].sweep[0].values, SweepValues::List(vec![json!("yes"), json!(true)]));
 }
 
 #[test]
@@ -290,6 +290,68 @@ fn huge_plans_are_refused_before_anything_is_allocated() {
         "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: {daily: {start: 2000-01-01, end: 2099-01-01}}\n    sweep: {x: {from: 1, to: 100}}\n",
     );
     assert_mentions(&message, &["steps, over the limit"]);
+}
+
+#[test]
+fn a_thousand_huge_sweeps_are_refused_from_their_sizes_alone() {
+    // 1,000 assets of 1,000,000 values each: a billion values, were they built.
+    let mut source = String::from("name: p\nassets:\n");
+    for i in 0..1000 {
+        source.push_str(&format!(
+            "  - name: a{i}\n    op: noop@1.0.0\n    sweep: {{x: {{from: 1, to: 1000000}}}}\n"
+        ));
+    }
+    let started = Instant::now();
+    let message = error(&source);
+    assert_mentions(&message, &["1000000000 steps, over the limit of 1000000"]);
+    // Not a timing assertion on the work: a materializing compiler takes minutes and
+    // gigabytes here, so this only catches that regression.
+    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+}
+
+#[test]
+fn a_range_is_kept_as_bounds_and_expands_per_step() {
+    let plan = compile_ok(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {x: {from: 10, to: 1000000, step: 10}}\n",
+    );
+    let values = &plan.assets[0].sweep[0].values;
+    assert_eq!(*values, SweepValues::Range { from: 10, step: 10, count: 100_000 });
+    assert_eq!(plan.assets[0].step(99_999).point["x"], json!(1_000_000));
+}
+
+#[test]
+fn absurd_durations_are_refused_naming_the_limit() {
+    let message = error(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    retry: {backoff: 1000000y}\n    timeout: 1000000y\n",
+    );
+    assert_mentions(
+        &message,
+        &[
+            "2 problems",
+            "plans/bad.yaml:5: asset `a`: retry.backoff: `1000000y` is over the limit of 10m",
+            "plans/bad.yaml:6: asset `a`: timeout: `1000000y` is over the limit of 7days",
+        ],
+    );
+}
+
+#[test]
+fn nul_characters_are_refused_where_they_are() {
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    config: {x: \"a\\0b\"}\n"),
+        &["plans/bad.yaml:5: asset `a`: config: holds a NUL character"],
+    );
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: [\"\\0\"]\n"),
+        &["asset `a`: partitions: a key holds a NUL character"],
+    );
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: [\"\\0\"]}\n"),
+        &["asset `a`: sweep: `k`: a value holds a NUL character"],
+    );
+    assert_mentions(
+        &error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0 # \0\n"),
+        &["plans/bad.yaml:4: asset `a`: the plan holds a NUL character"],
+    );
 }
 
 #[test]

@@ -15,8 +15,8 @@ use serde_json::Value;
 use serde_saphyr::Spanned;
 
 use super::{
-    AssetDep, CompiledAsset, CompiledPlan, MAX_CONFIG_BYTES, MAX_STEPS, Partitions, RegisteredOp,
-    RetryPolicy, SweepParam,
+    AssetDep, CompiledAsset, CompiledPlan, MAX_CONFIG_BYTES, MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT,
+    Partitions, RegisteredOp, RetryPolicy, SweepParam, SweepValues,
     error::{PlanError, PlanErrorKind, PlanErrors},
     parse::{Ordered, RawAsset, RawPlan},
 };
@@ -56,12 +56,13 @@ fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-/// What validation learns about one asset before ordering.
+/// What validation learns about one asset before ordering. Partition keys are not built
+/// yet: only their count, until the plan's step count is known to be within the limit.
 struct Checked {
     op_name: String,
     op_version: Version,
     partitions: Partitions,
-    partition_keys: Vec<String>,
+    partition_count: u64,
     sweep: Vec<SweepParam>,
     retry: RetryPolicy,
     timeout: Option<Duration>,
@@ -133,13 +134,13 @@ pub(super) fn validate(
     let checked: Vec<Checked> =
         checked.into_iter().map(|c| c.expect("no problems means every asset checked")).collect();
 
-    // Steps: count with u64 so that no plan can overflow before the limit is checked.
+    // Steps: counted from the sizes of partitions and sweeps, before any key or value list
+    // is built, in u64 so that no plan can overflow before the limit is checked.
     let total: u64 = checked
         .iter()
         .map(|c| {
-            let partitions = (c.partition_keys.len() as u64).max(1);
-            let sweep: u64 = c.sweep.iter().map(|p| p.values.len() as u64).product();
-            partitions.saturating_mul(sweep)
+            let sweep = c.sweep.iter().map(|p| u64::from(p.values.len())).fold(1u64, u64::saturating_mul);
+            c.partition_count.max(1).saturating_mul(sweep)
         })
         .fold(0u64, u64::saturating_add);
     if total > MAX_STEPS {
@@ -171,8 +172,8 @@ pub(super) fn validate(
             op_version: c.op_version,
             op_requirement: asset.op.value.split_once('@').map(|(_, r)| r.to_owned()).unwrap_or_default(),
             config: asset.config.map_or(Value::Null, |config| config.value),
+            partition_keys: partition_keys(&c.partitions),
             partitions: c.partitions,
-            partition_keys: c.partition_keys,
             sweep: c.sweep,
             deps,
             retry: c.retry,
@@ -210,7 +211,7 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         .map_err(|kind| problems.add(line(&asset.op), Some(name), kind))
         .ok();
     let partitions = match &asset.partitions {
-        None => Some((Partitions::None, Vec::new())),
+        None => Some((Partitions::None, 0)),
         Some(spanned) => check_partitions(&spanned.value)
             .map_err(|reason| problems.add(line(spanned), Some(name), PlanErrorKind::BadPartitions(reason)))
             .ok(),
@@ -236,8 +237,23 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         }
         let backoff = match &spanned.value.backoff {
             None => Some(defaults.backoff),
-            Some(text) => humantime::parse_duration(text)
-                .map_err(|e| {
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(backoff) if backoff <= MAX_RETRY_BACKOFF => Some(backoff),
+                Ok(_) => {
+                    problems.add(
+                        line(spanned),
+                        Some(name),
+                        PlanErrorKind::BadSetting {
+                            field: "retry.backoff",
+                            reason: format!(
+                                "`{text}` is over the limit of {}: a retry never waits longer (plus jitter)",
+                                humantime::format_duration(MAX_RETRY_BACKOFF)
+                            ),
+                        },
+                    );
+                    None
+                }
+                Err(e) => {
                     problems.add(
                         line(spanned),
                         Some(name),
@@ -245,9 +261,10 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
                             field: "retry.backoff",
                             reason: format!("`{text}` is not a duration like 500ms or 2s: {e}"),
                         },
-                    )
-                })
-                .ok(),
+                    );
+                    None
+                }
+            },
         };
         match (ok, backoff) {
             (true, Some(backoff)) => Some(RetryPolicy { max_retries: max, backoff }),
@@ -257,7 +274,22 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
     let timeout = match &asset.timeout {
         None => Some(None),
         Some(spanned) => match humantime::parse_duration(&spanned.value) {
-            Ok(d) if !d.is_zero() => Some(Some(d)),
+            Ok(d) if !d.is_zero() && d <= MAX_TIMEOUT => Some(Some(d)),
+            Ok(d) if !d.is_zero() => {
+                problems.add(
+                    line(spanned),
+                    Some(name),
+                    PlanErrorKind::BadSetting {
+                        field: "timeout",
+                        reason: format!(
+                            "`{}` is over the limit of {}; split the work into shorter steps",
+                            spanned.value,
+                            humantime::format_duration(MAX_TIMEOUT)
+                        ),
+                    },
+                );
+                None
+            }
             Ok(_) => {
                 problems.add(
                     line(spanned),
@@ -281,17 +313,24 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
     };
     if let Some(config) = &asset.config {
         check_config_size(config, name, problems);
+        if holds_nul(&config.value) {
+            problems.add(
+                line(config),
+                Some(name),
+                PlanErrorKind::BadSetting { field: "config", reason: NUL_REASON.into() },
+            );
+        }
     }
     if problems.errors.len() > before {
         return None;
     }
     let (op_name, op_version) = op?;
-    let (partitions, partition_keys) = partitions?;
+    let (partitions, partition_count) = partitions?;
     Some(Checked {
         op_name,
         op_version,
         partitions,
-        partition_keys,
+        partition_count,
         sweep: sweep?,
         retry: retry?,
         timeout: timeout?,
@@ -353,7 +392,35 @@ fn resolve_op(op: &Spanned<String>, registered: &[RegisteredOp]) -> Result<(Stri
     }
 }
 
-fn check_partitions(value: &Value) -> Result<(Partitions, Vec<String>), String> {
+/// What NUL characters in a plan get as an error.
+const NUL_REASON: &str =
+    "holds a NUL character (`\\0`), which cannot be stored; remove it or encode the data (e.g. base64)";
+
+/// Whether any string (or key) in `value` holds a NUL character.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// The partition keys, built once the plan's step count is known to be within the limit.
+fn partition_keys(partitions: &Partitions) -> Vec<String> {
+    match partitions {
+        Partitions::None => Vec::new(),
+        Partitions::Static(keys) => keys.clone(),
+        Partitions::Daily { start, end } => {
+            let days = ((*end - *start).num_days() + 1).max(0) as usize;
+            start.iter_days().take(days).map(|d| d.format("%Y-%m-%d").to_string()).collect()
+        }
+    }
+}
+
+/// Checks a `partitions` value; returns it with its number of keys (without building a
+/// daily range's keys).
+fn check_partitions(value: &Value) -> Result<(Partitions, u64), String> {
     match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -365,6 +432,7 @@ fn check_partitions(value: &Value) -> Result<(Partitions, Vec<String>), String> 
             let mut seen = std::collections::HashSet::new();
             for item in items {
                 let key = match item {
+                    Value::String(s) if s.contains('\0') => return Err(format!("a key {NUL_REASON}")),
                     Value::String(s) if !s.is_empty() => s.clone(),
                     Value::Number(n) => n.to_string(),
                     other => {
@@ -378,7 +446,8 @@ fn check_partitions(value: &Value) -> Result<(Partitions, Vec<String>), String> 
                 }
                 keys.push(key);
             }
-            Ok((Partitions::Static(keys.clone()), keys))
+            let count = keys.len() as u64;
+            Ok((Partitions::Static(keys), count))
         }
         Value::Object(map) => {
             let daily = match (map.len(), map.get("daily")) {
@@ -408,9 +477,7 @@ fn check_partitions(value: &Value) -> Result<(Partitions, Vec<String>), String> 
             if days > MAX_DAYS {
                 return Err(format!("daily: {days} days, over the limit of {MAX_DAYS}"));
             }
-            let keys =
-                start.iter_days().take(days as usize).map(|d| d.format("%Y-%m-%d").to_string()).collect();
-            Ok((Partitions::Daily { start, end }, keys))
+            Ok((Partitions::Daily { start, end }, days as u64))
         }
         _ => Err("expected a list of keys or `{daily: {start: YYYY-MM-DD, end: YYYY-MM-DD}}`".into()),
     }
@@ -436,7 +503,7 @@ fn check_sweep(
     for (name, spanned) in &sweep.0 {
         match sweep_values(name, &spanned.value) {
             Ok(values) => {
-                product = product.saturating_mul(values.len() as u64);
+                product = product.saturating_mul(u64::from(values.len()));
                 params.push(SweepParam { name: name.clone(), values });
             }
             Err(reason) => {
@@ -456,7 +523,7 @@ fn check_sweep(
     ok.then_some(params)
 }
 
-fn sweep_values(name: &str, value: &Value) -> Result<Vec<Value>, String> {
+fn sweep_values(name: &str, value: &Value) -> Result<SweepValues, String> {
     match value {
         Value::Array(items) if items.is_empty() => {
             Err(format!("`{name}` has no values; give at least one or remove the parameter"))
@@ -469,7 +536,10 @@ fn sweep_values(name: &str, value: &Value) -> Result<Vec<Value>, String> {
                     "`{name}`: `{bad}` is not a scalar; sweep values are numbers, strings or booleans"
                 ));
             }
-            Ok(items.clone())
+            if items.iter().any(holds_nul) || name.contains('\0') {
+                return Err(format!("`{name}`: a value {NUL_REASON}"));
+            }
+            Ok(SweepValues::List(items.clone()))
         }
         Value::Object(range) => {
             if let Some(unknown) = range.keys().find(|k| !["from", "to", "step"].contains(&k.as_str())) {
@@ -494,10 +564,8 @@ fn sweep_values(name: &str, value: &Value) -> Result<Vec<Value>, String> {
             if count > u128::from(MAX_STEPS) {
                 return Err(format!("`{name}`: {count} values, over the step limit of {MAX_STEPS}"));
             }
-            // In i128: `k * step` alone may overflow i64 although every value lies in
-            // `from..=to` (from -i64::MAX to i64::MAX in steps of i64::MAX, say).
-            let value = |k: u128| (i128::from(from) + k as i128 * i128::from(step)) as i64;
-            Ok((0..count).map(|k| Value::from(value(k))).collect())
+            // Kept as bounds: see `SweepValues`.
+            Ok(SweepValues::Range { from, step, count: count as u32 })
         }
         other => Err(format!("`{name}`: expected a list of values or {{from, to, step}}, got `{other}`")),
     }
