@@ -8,6 +8,7 @@
 //! - [`plan`]: the plan compiler (parse, validate, expand).
 //! - [`store`]: the run store (registry, runs, steps, outbox, events).
 //! - [`broker`]: the outbox publisher and the events consumer.
+//! - [`isolation`]: applying events so that a bad one fails only its own step.
 //! - [`scheduler`]: time-driven scheduling (due retries).
 //! - [`retry`]: retry backoff.
 //! - [`submit`]: plan submission shared by the CLI and the API.
@@ -27,6 +28,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer_timeout;
+pub mod isolation;
 pub mod lease;
 pub mod plan;
 pub mod register;

@@ -20,6 +20,7 @@ use crate::{
     api::{self, ApiState, Readiness, Role},
     broker::{dead_letter::DeadLetterConsumer, events::EventConsumer, publish::StepPublisher},
     config::Settings,
+    isolation::Applier,
     lease::Lease,
     scheduler,
     store::{Store, run_plan::PlanCache},
@@ -249,9 +250,11 @@ impl Shared {
 
         let parts_stop = stop.child_token();
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        let applier = Applier { store: self.store.clone(), plans: self.plans.clone() };
         let publisher = StepPublisher {
             store: self.store.clone(),
             plans: self.plans.clone(),
+            applier: applier.clone(),
             publisher,
             batch_size: self.settings.publish_batch.max(1),
             max_inputs_bytes: self.settings.max_inputs_bytes,
@@ -260,16 +263,12 @@ impl Shared {
             let (wake, stop) = (self.wake.clone(), parts_stop.clone());
             async move { ("outbox publisher", publisher.run(wake, stop).await.map_err(Into::into)) }
         });
-        let events = EventConsumer {
-            store: self.store.clone(),
-            plans: self.plans.clone(),
-            batch_size: self.settings.event_batch.max(1),
-        };
+        let events = EventConsumer { applier: applier.clone(), batch_size: self.settings.event_batch.max(1) };
         parts.spawn({
             let (connection, wake, stop) = (connection.clone(), self.wake.clone(), parts_stop.clone());
             async move { ("events consumer", events.run(&connection, wake, stop).await.map_err(Into::into)) }
         });
-        let dead_letters = DeadLetterConsumer { store: self.store.clone(), plans: self.plans.clone() };
+        let dead_letters = DeadLetterConsumer { applier };
         parts.spawn({
             let (connection, stop) = (connection.clone(), parts_stop.clone());
             async move { ("dead-letter consumer", dead_letters.run(&connection, stop).await.map_err(Into::into)) }

@@ -1,11 +1,11 @@
 //! The dead-letter consumer: a step message the broker gave up on (it killed its worker
 //! `x-delivery-limit` times, or a worker refused it) must fail its step, or the run would
-//! wait for it forever. Anything else that was dead-lettered (malformed messages, events
-//! of unknown runs) is logged with its reason and dropped.
+//! wait for it forever. An event that reached the dead-letter queue (the events queue's
+//! own delivery limit, or one the events consumer gave up on) is applied from here, alone:
+//! a worker's result is never dropped while its run exists. Anything else that was
+//! dead-lettered (malformed messages, events of unknown runs) is logged with its reason
+//! and dropped.
 
-use std::{sync::Arc, time::Duration};
-
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::{
     Connection,
@@ -13,18 +13,18 @@ use lapin::{
     options::BasicAckOptions,
     types::{AMQPValue, FieldTable, ShortString},
 };
-use opflow_protocol::{StepMessage, queue};
+use opflow_protocol::{Event, StepMessage, queue};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     dispatcher_failure,
     events::{EventsError, open_consumer},
 };
-use crate::store::{Store, run_plan::PlanCache};
+use crate::{isolation::Applier, store::storable::StorableEvent};
 
 pub struct DeadLetterConsumer {
-    pub store: Store,
-    pub plans: Arc<PlanCache>,
+    pub applier: Applier,
 }
 
 /// Why and from where the broker dead-lettered a message, from its `x-death` header.
@@ -69,62 +69,76 @@ impl DeadLetterConsumer {
     /// Handles one dead letter; false if cancelled before it was (it stays unacked).
     async fn handle(&self, delivery: &Delivery, cancel: &CancellationToken) -> bool {
         let death = death(delivery.properties.headers().as_ref());
-        let is_step =
-            delivery.properties.kind().as_ref().map(|t| t.as_str()) == Some(queue::STEP_MESSAGE_TYPE);
-        let message = if is_step { StepMessage::decode(&delivery.data).ok() } else { None };
-        let Some(message) = message else {
-            let preview =
-                String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)]).into_owned();
-            tracing::error!(
-                reason = %death.reason,
-                queue = %death.queue,
-                bytes = delivery.data.len(),
-                %preview,
-                "dropped a dead-lettered message that is not a step (malformed, or for an unknown run)"
-            );
-            return true;
-        };
-        let span = tracing::info_span!("dead_letter", run_id = %message.run_id, step_id = %message.step_id,
-            attempt = message.attempt, op = %message.op);
-        let _entered = span.enter();
-        let abandoned = match self.store.last_abandon_reason(&message).await {
+        let kind = delivery.properties.kind().as_ref().map(|t| t.as_str().to_owned());
+        match kind.as_deref() {
+            Some(queue::STEP_MESSAGE_TYPE) => {
+                if let Ok(message) = StepMessage::decode(&delivery.data) {
+                    let span = tracing::info_span!("dead_letter", run_id = %message.run_id,
+                        step_id = %message.step_id, attempt = message.attempt, op = %message.op);
+                    return self.fail_step(message, &death, cancel).instrument(span).await;
+                }
+            }
+            Some(queue::EVENT_MESSAGE_TYPE) => {
+                if let Ok(event) = Event::decode(&delivery.data) {
+                    let span = tracing::info_span!("dead_letter", run_id = %event.run_id,
+                        step_id = %event.step_id, attempt = event.attempt, kind = event.kind.name());
+                    return self.apply_event(event, &death, cancel).instrument(span).await;
+                }
+            }
+            _ => {}
+        }
+        let preview = String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(200)]).into_owned();
+        tracing::error!(
+            reason = %death.reason,
+            queue = %death.queue,
+            bytes = delivery.data.len(),
+            %preview,
+            "dropped a dead-lettered message that is neither a step nor an event (malformed)"
+        );
+        true
+    }
+
+    /// Fails the step of a step message the broker gave up on.
+    async fn fail_step(&self, message: StepMessage, death: &Death, cancel: &CancellationToken) -> bool {
+        let store = &self.applier.store;
+        let abandoned = match store.last_abandon_reason(&message).await {
             Ok(reason) => reason,
             Err(error) => {
                 tracing::debug!(%error, "could not read why workers abandoned the step");
                 None
             }
         };
-        let delivery_limit = match self.store.op_queue_settings(&message.op).await {
+        let delivery_limit = match store.op_queue_settings(&message.op).await {
             Ok(settings) => settings.map(|s| s.delivery_limit),
-            Err(_) => None,
+            Err(error) => {
+                tracing::debug!(%error, "could not read the op's delivery limit");
+                None
+            }
         };
-        let error = failure_message(&message, &death, delivery_limit, abandoned.as_deref());
+        let error = failure_message(&message, death, delivery_limit, abandoned.as_deref());
         tracing::error!(reason = %death.reason, "{error}");
         let failure = dispatcher_failure(message.run_id, message.step_id.0, message.attempt, error);
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build();
-        loop {
-            match self.store.apply_events(std::slice::from_ref(&failure), &self.plans).await {
-                Ok(outcome) => {
-                    if !outcome.unknown_run.is_empty() {
-                        tracing::warn!("the dead-lettered step belongs to a run this database does not know");
-                    }
-                    return true;
-                }
-                Err(error) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(%error, retry_in = ?delay, "failing a dead-lettered step failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = cancel.cancelled() => return false,
-                    }
-                }
-            }
+        self.apply_alone(failure.into(), cancel).await
+    }
+
+    /// Applies a worker's event that reached the dead-letter queue.
+    async fn apply_event(&self, event: Event, death: &Death, cancel: &CancellationToken) -> bool {
+        tracing::warn!(reason = %death.reason, queue = %death.queue, "applying a dead-lettered event on its own");
+        self.apply_alone(event.into(), cancel).await
+    }
+
+    async fn apply_alone(&self, event: StorableEvent, cancel: &CancellationToken) -> bool {
+        let Some(applied) = self.applier.apply(std::slice::from_ref(&event), cancel).await else {
+            return false;
+        };
+        if !applied.outcome.unknown_run.is_empty() {
+            tracing::error!(run_id = %event.run_id, kind = event.kind.name(),
+                "dropped a dead-lettered message for a run this database does not know");
+        } else if !applied.given_up.is_empty() {
+            tracing::error!(run_id = %event.run_id, kind = event.kind.name(),
+                "dropped a dead-lettered message that could not be applied; see the errors above");
         }
+        true
     }
 }
 

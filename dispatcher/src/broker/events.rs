@@ -1,10 +1,10 @@
 //! The events consumer: reads what workers report, applies it to the run store in batches
 //! (one transaction each), and acks a batch only after its transaction committed. A crash
-//! in between redelivers the batch, which applies idempotently.
+//! in between redelivers the batch, which applies idempotently. An event that cannot be
+//! applied fails only its own step (see `isolation`).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
     Channel, Connection, Consumer,
@@ -16,7 +16,7 @@ use opflow_protocol::{Event, queue};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Store, run_plan::PlanCache};
+use crate::{isolation::Applier, store::storable::StorableEvent};
 
 /// How long a batch waits for more events when the previous batch showed they arrive
 /// faster than they are applied. Short against a worker's step cycle (a few ms): it costs
@@ -36,8 +36,7 @@ pub enum EventsError {
 }
 
 pub struct EventConsumer {
-    pub store: Store,
-    pub plans: Arc<PlanCache>,
+    pub applier: Applier,
     pub batch_size: u32,
 }
 
@@ -115,7 +114,7 @@ impl EventConsumer {
         for delivery in deliveries {
             match Event::decode(&delivery.data) {
                 Ok(event) => {
-                    events.push(event);
+                    events.push(StorableEvent::new(event));
                     decoded.push(delivery);
                 }
                 Err(error) => {
@@ -127,29 +126,17 @@ impl EventConsumer {
         if events.is_empty() {
             return true;
         }
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build();
-        let outcome = loop {
-            match self.store.apply_events(&events, &self.plans).await {
-                Ok(outcome) => break outcome,
-                Err(error) => {
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(%error, retry_in = ?delay, events = events.len(), "applying events failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = cancel.cancelled() => return false,
-                    }
-                }
-            }
+        let Some(applied) = self.applier.apply(&events, cancel).await else {
+            return false;
         };
+        let outcome = &applied.outcome;
         for &position in &outcome.unknown_run {
             let event = &events[position];
             tracing::error!(run_id = %event.run_id, step_id = %event.step_id, kind = event.kind.name(),
                 "event for a run this dispatcher does not know; dead-lettering it");
+            reject(&decoded[position]).await;
+        }
+        for &position in &applied.given_up {
             reject(&decoded[position]).await;
         }
         // The batch is committed: the publisher can take the steps it queued while the ack
@@ -159,8 +146,8 @@ impl EventConsumer {
         }
         // One ack settles the whole batch (`multiple` covers every earlier delivery still
         // unsettled on this channel; the rejected ones above are settled already).
-        let unknown: std::collections::HashSet<usize> = outcome.unknown_run.iter().copied().collect();
-        let last = decoded.iter().enumerate().rev().find(|(position, _)| !unknown.contains(position));
+        let rejected: HashSet<usize> = outcome.unknown_run.iter().chain(&applied.given_up).copied().collect();
+        let last = decoded.iter().enumerate().rev().find(|(position, _)| !rejected.contains(position));
         if let Some((_, last)) = last
             && let Err(error) = last.acker.ack(BasicAckOptions { multiple: true }).await
         {
@@ -174,7 +161,6 @@ impl EventConsumer {
         }
         for (run, status) in &outcome.finished {
             tracing::info!(run_id = %run, status = status.as_str(), "run finished");
-            self.plans.forget(*run);
         }
         true
     }

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
-use opflow_protocol::{Event, RunId, StepInput, queue};
+use opflow_protocol::{RunId, StepInput, queue};
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +17,7 @@ use crate::store::{
     outbox::{OutboxBatch, OutboxEntry},
     run_plan::{PlanCache, RunPlan, StepRange},
 };
+use crate::{isolation::Applier, store::storable::StorableEvent};
 
 /// How often the outbox is checked even without a wake-up, in case a notification was
 /// missed (e.g. while the listener reconnected).
@@ -34,6 +35,8 @@ pub enum PublisherError {
 pub struct StepPublisher {
     pub store: Store,
     pub plans: Arc<PlanCache>,
+    /// Applies the failures the publisher decides (unroutable, inputs too large).
+    pub applier: Applier,
     pub publisher: Publisher,
     pub batch_size: u32,
     pub max_inputs_bytes: usize,
@@ -70,7 +73,7 @@ impl StepPublisher {
         };
         loop {
             while !cancel.is_cancelled() {
-                match self.publish_batch().await {
+                match self.publish_batch(&cancel).await {
                     // A short batch drained the outbox: wait for a wake-up rather than ask an
                     // empty table again (a wake-up that came meanwhile is kept by `Notify`).
                     Ok(taken) if taken < self.batch_size as usize => break,
@@ -107,7 +110,7 @@ impl StepPublisher {
     }
 
     /// Publishes one outbox batch; returns how many outbox rows it consumed.
-    pub async fn publish_batch(&self) -> Result<usize, PublisherError> {
+    pub async fn publish_batch(&self, cancel: &CancellationToken) -> Result<usize, PublisherError> {
         let mut batch = self.store.take_outbox(self.batch_size).await?;
         if batch.is_empty() {
             return Ok(0);
@@ -115,7 +118,7 @@ impl StepPublisher {
         let taken = batch.entries.len();
         let entries = batch.still_queued();
         let mut inputs_cache = InputsCache::default();
-        let mut failures: Vec<Event> = Vec::new();
+        let mut failures: Vec<StorableEvent> = Vec::new();
         let mut in_flight = Vec::with_capacity(entries.len());
         for entry in entries {
             let plan = self.plans.get(&self.store, entry.run_id).await?;
@@ -123,7 +126,9 @@ impl StepPublisher {
             match inputs_cache.inputs_for(&mut batch, &plan, entry, self.max_inputs_bytes).await? {
                 Ok(inputs) => message.inputs = inputs,
                 Err(too_large) => {
-                    failures.push(dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, too_large));
+                    failures.push(
+                        dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, too_large).into(),
+                    );
                     continue;
                 }
             }
@@ -161,15 +166,17 @@ impl StepPublisher {
                          register the op again with `opflow ops add <op binary>`"
                     );
                     tracing::error!(run_id = %entry.run_id, step_id = entry.step_id, %op, "{error}");
-                    failures.push(dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, error));
+                    failures
+                        .push(dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, error).into());
                 }
                 Err(error) => return Err(error.into()),
             }
         }
         // Failures first: if we crash between the two commits, the outbox rows return but
         // their steps are no longer queued, so they are dropped rather than published.
-        if !failures.is_empty() {
-            self.store.apply_events(&failures, &self.plans).await?;
+        if !failures.is_empty() && self.applier.apply(&failures, cancel).await.is_none() {
+            // Cancelled: the batch rolls back and is published again by the next leader.
+            return Ok(0);
         }
         batch.commit().await?;
         Ok(taken)

@@ -25,6 +25,7 @@ use super::{
     Store, StoreError,
     run_plan::{PlanCache, StepRange},
     runs::RunStatus,
+    storable::StorableEvent,
 };
 use crate::retry::retry_delay;
 
@@ -51,10 +52,11 @@ struct RunDelta {
 }
 
 impl Store {
-    /// Applies `events` in one transaction; see the module docs.
+    /// Applies `events` in one transaction; see the module docs. Runs that end here are
+    /// forgotten by `plans`.
     pub async fn apply_events(
         &self,
-        events: &[Event],
+        events: &[StorableEvent],
         plans: &PlanCache,
     ) -> Result<ApplyOutcome, StoreError> {
         let mut outcome = ApplyOutcome::default();
@@ -75,7 +77,7 @@ impl Store {
                 .await?;
             known.extend(found);
         }
-        let mut candidates = Vec::with_capacity(events.len());
+        let mut candidates: Vec<&Event> = Vec::with_capacity(events.len());
         for (position, event) in events.iter().enumerate() {
             if known.contains(&event.run_id.as_uuid()) {
                 candidates.push(event);
@@ -114,22 +116,29 @@ impl Store {
         }
 
         outcome.finished = update_runs(&mut tx, &deltas).await?;
-        let inserted = insert_events(&mut tx, &candidates, &applied).await?;
-        outcome.duplicates = candidates.len() - inserted;
+        let (recorded, inserted) = insert_events(&mut tx, &candidates, &applied).await?;
+        outcome.duplicates = recorded - inserted;
         tx.commit().await?;
+        for (run, _) in &outcome.finished {
+            plans.forget(*run);
+        }
         Ok(outcome)
     }
 }
 
 /// Appends the events not recorded before, each flagged with whether it took effect;
-/// returns how many were new.
+/// returns how many were meant to be recorded and how many of those were new. Heartbeats
+/// are not recorded: they only move `steps.heartbeat_at`, so a long step does not add a row
+/// every few seconds.
 async fn insert_events(
     tx: &mut sqlx::PgConnection,
     events: &[&Event],
     applied: &HashSet<Uuid>,
-) -> Result<usize, StoreError> {
+) -> Result<(usize, usize), StoreError> {
+    let events: Vec<&Event> =
+        events.iter().copied().filter(|e| !matches!(e.kind, EventKind::Heartbeat)).collect();
     if events.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let mut ids = Vec::with_capacity(events.len());
     let mut runs = Vec::with_capacity(events.len());
@@ -140,7 +149,7 @@ async fn insert_events(
     let mut workers = Vec::with_capacity(events.len());
     let mut ats = Vec::with_capacity(events.len());
     let mut flags = Vec::with_capacity(events.len());
-    for e in events {
+    for e in &events {
         ids.push(e.id.as_uuid());
         runs.push(e.run_id.as_uuid());
         steps.push(e.step_id.0 as i32);
@@ -168,7 +177,7 @@ async fn insert_events(
     .bind(&flags)
     .execute(&mut *tx)
     .await?;
-    Ok(inserted.rows_affected() as usize)
+    Ok((events.len(), inserted.rows_affected() as usize))
 }
 
 /// Columns shared by the per-kind bulk statements.
@@ -366,7 +375,7 @@ async fn apply_failed(
         if *retryable && e.attempt <= policy.max_retries {
             let delay = retry_delay(policy.backoff, e.attempt);
             retry.push(e);
-            retry_at.push(Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX));
+            retry_at.push(retry_time(Utc::now(), delay));
             retry_errors.push(format!("attempt {} failed: {error}", e.attempt));
         } else {
             fail.push(e);
@@ -431,6 +440,15 @@ async fn apply_failed(
         delta.started = true;
     }
     Ok(rows.into_iter().map(|(run, step, _)| (run, step as u32)).collect())
+}
+
+/// When a retry `delay` from `now` is due. Delays are capped (`retry::MAX_RETRY_DELAY`), so
+/// the fallback for an unrepresentable time only guards against a future change of cap.
+fn retry_time(now: DateTime<Utc>, delay: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|delay| now.checked_add_signed(delay))
+        .unwrap_or(now + chrono::Duration::hours(1))
 }
 
 impl Store {
@@ -594,4 +612,36 @@ async fn update_runs(
     .fetch_all(&mut *tx)
     .await?;
     Ok(finished.into_iter().map(|(run, status)| (RunId::from_uuid(run), status)).collect())
+}
+
+impl Store {
+    /// Ends a run as failed with `reason`, failing every step not yet finished and
+    /// dropping its unpublished outbox rows, in one plain statement that needs neither the
+    /// run's plan nor its events. The last resort when an event of the run cannot be
+    /// applied at all: the run ends instead of waiting forever. Returns whether the run was
+    /// still going (a finished run is left as it is).
+    pub async fn fail_run(&self, run: RunId, reason: &str, plans: &PlanCache) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM outbox WHERE run_id = $1").bind(run.as_uuid()).execute(&mut *tx).await?;
+        let ended: Option<Uuid> = sqlx::query_scalar(
+            "WITH failed AS (
+                 UPDATE steps SET status = 'failed', error = $2, finished_at = now()
+                 WHERE run_id = $1 AND status IN ('waiting', 'queued', 'running', 'retrying')
+                 RETURNING 1
+             ), ended AS (
+                 UPDATE runs SET status = 'failed', finished_at = now(),
+                                 steps_failed = steps_failed + (SELECT count(*) FROM failed)
+                 WHERE id = $1 AND status IN ('queued', 'running')
+                 RETURNING id
+             )
+             SELECT id FROM (SELECT id, pg_notify('opflow_runs', id::text) FROM ended) announced",
+        )
+        .bind(run.as_uuid())
+        .bind(super::storable::text(reason))
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        plans.forget(run);
+        Ok(ended.is_some())
+    }
 }

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod outbox;
 pub mod run_plan;
 pub mod runs;
+pub mod storable;
 
 use std::{str::FromStr, time::Duration};
 
@@ -62,6 +63,40 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("run {0} is stored inconsistently: {1}")]
     Corrupt(String, String),
+}
+
+impl StoreError {
+    /// Whether the same statement may succeed if tried again: the connection, the server's
+    /// resources or a concurrent transaction failed, not the data. A refusal (a constraint,
+    /// a value out of range, a malformed plan) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(error) => is_transient(error),
+            StoreError::Unreachable { .. } | StoreError::Cancelled => true,
+            StoreError::BadUrl { .. }
+            | StoreError::CreateDatabase { .. }
+            | StoreError::Migrate(_)
+            | StoreError::KeyConflict { .. }
+            | StoreError::Corrupt(..) => false,
+        }
+    }
+}
+
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        // SQLSTATE classes: connection exception, transaction rollback (serialization,
+        // deadlock), insufficient resources, operator intervention, system and internal errors.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_none_or(|code| ["08", "40", "53", "57", "58", "XX"].iter().any(|c| code.starts_with(c))),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
 }
 
 /// A handle on the run store; cheap to clone.
@@ -155,5 +190,43 @@ async fn create_database(options: &PgConnectOptions, redacted: &str) -> Result<(
         Ok(_) => Ok(()),
         Err(error) if sql_state(&error).as_deref() == Some(DUPLICATE_DATABASE) => Ok(()),
         Err(error) => Err(failed(error)),
+    }
+}
+
+/// A database of its own for a store test, on the server the integration tests use
+/// (`OPFLOW_TEST_PG`, default `postgres://postgres@127.0.0.1:5432`), dropped afterwards.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) struct TestDb {
+        pub store: Store,
+        name: String,
+        server: String,
+    }
+
+    impl TestDb {
+        pub(crate) async fn new(test: &str) -> TestDb {
+            let server = std::env::var("OPFLOW_TEST_PG")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+            let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+            let name = format!("opflow_u_{test}_{suffix}");
+            let store = Store::connect(&format!("{server}/{name}"), &CancellationToken::new())
+                .await
+                .unwrap_or_else(|e| panic!("a test database on {server} (is PostgreSQL running?): {e}"));
+            TestDb { store, name, server }
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            // Drop runs outside async context: use psql, synchronously.
+            let _ = std::process::Command::new("psql")
+                .args([&format!("{}/postgres", self.server), "-q", "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Store, StoreError};
-use crate::plan::{AssetDep, CompiledAsset, CompiledPlan, Partitions, RetryPolicy, SweepParam};
+use crate::plan::{AssetDep, CompiledAsset, CompiledPlan, Partitions, RetryPolicy, SweepParam, SweepValues};
 
 /// An inclusive range of step ids within one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -221,10 +221,42 @@ enum StoredPartitions {
     Daily { start: chrono::NaiveDate, end: chrono::NaiveDate },
 }
 
+/// A sweep parameter as stored: `values` for a list, `range` for a range (kept as bounds).
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSweepParam {
     name: String,
-    values: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    values: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    range: Option<StoredRange>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredRange {
+    from: i64,
+    step: i64,
+    count: u32,
+}
+
+impl StoredSweepParam {
+    fn from_param(param: &SweepParam) -> Self {
+        let (values, range) = match &param.values {
+            SweepValues::List(values) => (Some(values.clone()), None),
+            SweepValues::Range { from, step, count } => {
+                (None, Some(StoredRange { from: *from, step: *step, count: *count }))
+            }
+        };
+        Self { name: param.name.clone(), values, range }
+    }
+
+    fn into_param(self) -> Result<SweepParam, String> {
+        let values = match (self.values, self.range) {
+            (Some(values), None) => SweepValues::List(values),
+            (None, Some(StoredRange { from, step, count })) => SweepValues::Range { from, step, count },
+            _ => return Err(format!("sweep parameter `{}` has neither values nor a range", self.name)),
+        };
+        Ok(SweepParam { name: self.name, values })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -261,11 +293,7 @@ impl AssetRow {
             Partitions::Static(keys) => StoredPartitions::Static { keys: keys.clone() },
             Partitions::Daily { start, end } => StoredPartitions::Daily { start: *start, end: *end },
         };
-        let sweep: Vec<StoredSweepParam> = a
-            .sweep
-            .iter()
-            .map(|p| StoredSweepParam { name: p.name.clone(), values: p.values.clone() })
-            .collect();
+        let sweep: Vec<StoredSweepParam> = a.sweep.iter().map(StoredSweepParam::from_param).collect();
         let deps: Vec<StoredDep> = a
             .deps
             .iter()
@@ -296,6 +324,11 @@ impl AssetRow {
             .map_err(|e| format!("asset `{}` partitions: {e}", self.name))?;
         let sweep: Vec<StoredSweepParam> =
             serde_json::from_value(self.sweep).map_err(|e| format!("asset `{}` sweep: {e}", self.name))?;
+        let sweep = sweep
+            .into_iter()
+            .map(StoredSweepParam::into_param)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("asset `{}`: {e}", self.name))?;
         let deps: Vec<StoredDep> =
             serde_json::from_value(self.deps).map_err(|e| format!("asset `{}` deps: {e}", self.name))?;
         let op_version =
@@ -312,7 +345,7 @@ impl AssetRow {
                 StoredPartitions::Daily { start, end } => Partitions::Daily { start, end },
             },
             partition_keys: self.partition_keys,
-            sweep: sweep.into_iter().map(|p| SweepParam { name: p.name, values: p.values }).collect(),
+            sweep,
             deps: deps
                 .into_iter()
                 .map(|d| AssetDep { upstream: d.upstream, partition_mapped: d.partition_mapped })

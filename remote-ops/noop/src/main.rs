@@ -24,6 +24,13 @@ struct Params {
     /// Fail retryably on attempts before this one, then succeed.
     #[serde(default)]
     fail_until_attempt: u32,
+    /// Put NUL characters in every text it reports (log, progress, materialization,
+    /// output, error), as an op relaying a subprocess's raw output might.
+    #[serde(default)]
+    nul_texts: bool,
+    /// Pad the output to about this many bytes.
+    #[serde(default)]
+    output_bytes: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +46,12 @@ enum Fail {
 
 async fn run(ctx: StepContext) -> Result<Value, StepError> {
     let params: Params = ctx.params()?;
+    let nul = if params.nul_texts { "\0" } else { "" };
+    if params.nul_texts {
+        ctx.log(opflow_worker::LogLevel::Warn, format!("raw stderr:{nul}"));
+        ctx.progress(0.5, format!("half{nul}way"));
+        ctx.materialized(json!({ format!("path{nul}"): format!("/tmp/{nul}x") }));
+    }
     if params.sleep_ms > 0 {
         tokio::time::sleep(Duration::from_millis(params.sleep_ms)).await;
     }
@@ -54,7 +67,7 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
         .map_err(StepError::retryable)?;
     }
     match params.fail {
-        Fail::Fatal => return Err(StepError::fatal("failing as configured (fail: fatal)")),
+        Fail::Fatal => return Err(StepError::fatal(format!("failing as configured (fail: fatal){nul}"))),
         Fail::Retryable => return Err(StepError::retryable("failing as configured (fail: retryable)")),
         Fail::Panic => panic!("panicking as configured (fail: panic)"),
         Fail::Crash => {
@@ -70,11 +83,18 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
             params.fail_until_attempt
         )));
     }
-    Ok(json!({
+    let mut output = json!({
         "op_version": opflow_worker::op_version!(),
         "attempt": ctx.attempt(),
         "inputs": ctx.inputs().len(),
-    }))
+    });
+    if params.nul_texts {
+        output["text"] = json!(format!("out{nul}put"));
+    }
+    if params.output_bytes > 0 {
+        output["padding"] = json!("x".repeat(params.output_bytes.saturating_sub(100)));
+    }
+    Ok(output)
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,6 +109,8 @@ fn main() -> std::process::ExitCode {
             json!("never"),
         )
         .config_field("fail_until_attempt", "integer", "Fail retryably on attempts before this one", json!(0))
+        .config_field("nul_texts", "boolean", "Put NUL characters in every text it reports", json!(false))
+        .config_field("output_bytes", "integer", "Pad the output to about this many bytes", json!(0))
         // noop serves tests and benchmarks, whose sleeps stay well under a minute.
         .longest_step(Duration::from_secs(60))
         .handler(run)

@@ -1,0 +1,292 @@
+//! Isolation: whatever one op sends can fail only its own step, never stall the others.
+//!
+//! Events are applied in batches, one transaction each, and a batch succeeds or fails as
+//! a whole. [`Applier::apply`] keeps one bad event from holding its batch (and with it
+//! every run of every team) hostage:
+//!
+//! - an outage (the database unreachable, a serialization failure) is waited out, trying
+//!   the same batch again with capped, jittered backoff until it applies or we are told to
+//!   stop;
+//! - a refusal (the data, not the database: a constraint, a value out of range, a plan
+//!   that cannot be read), a panic while applying, or a "transient" error that keeps
+//!   coming back while the database answers, splits the batch in halves, and each half is
+//!   applied on its own, until the event at fault stands alone;
+//! - that event's step is then failed with a message saying why, carrying the event's
+//!   own text (already made storable); if even that cannot be applied, its run is failed
+//!   with a plain statement ([`Store::fail_run`]); only if that fails too is the event
+//!   given up on, and its delivery is dead-lettered by the caller.
+//!
+//! Texts are storable before they get here: a [`StorableEvent`] can only be made by
+//! `store::storable`.
+
+use std::{collections::VecDeque, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+
+use futures_util::FutureExt;
+use opflow_protocol::Event;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::dispatcher_failure,
+    store::{Store, StoreError, apply::ApplyOutcome, run_plan::PlanCache, storable::StorableEvent},
+};
+
+/// How often a batch may fail with a "transient" error while the database answers pings
+/// before it is treated as refused and split.
+const TRANSIENT_TRIES: u32 = 3;
+
+/// Applies events; see the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct Applier {
+    pub store: Store,
+    pub plans: Arc<PlanCache>,
+}
+
+/// What applying a set of events did, with positions relative to the set.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub outcome: ApplyOutcome,
+    /// Positions of events that could not be applied at all, even as a failure of their
+    /// step or their run; the caller dead-letters their deliveries.
+    pub given_up: Vec<usize>,
+}
+
+/// Why one attempt at a batch did not apply it.
+enum Failure {
+    /// The database is unreachable or busy: try the same batch again later.
+    Outage(StoreError),
+    /// The batch itself is at fault (or a panic, or an error that keeps coming back).
+    Refused(String),
+}
+
+impl Applier {
+    /// Applies `events`; see the module docs. `None` if `cancel` fired before everything
+    /// was applied (what was applied stays applied; the caller leaves the rest unacked).
+    pub async fn apply(&self, events: &[StorableEvent], cancel: &CancellationToken) -> Option<Applied> {
+        let mut applied = Applied::default();
+        let mut pending = VecDeque::from([(0, events.len())]);
+        while let Some((start, end)) = pending.pop_front() {
+            if start == end {
+                continue;
+            }
+            match self.apply_batch(&events[start..end], cancel).await? {
+                Ok(outcome) => merge(&mut applied.outcome, outcome, start),
+                Err(why) if end - start == 1 => {
+                    if !self.fail_alone(&events[start], &why, &mut applied.outcome, start, cancel).await? {
+                        applied.given_up.push(start);
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(events = end - start, reason = %why,
+                        "a batch of events was refused; applying its halves apart to find the event at fault");
+                    let middle = start + (end - start) / 2;
+                    pending.push_front((middle, end));
+                    pending.push_front((start, middle));
+                }
+            }
+        }
+        Some(applied)
+    }
+
+    /// Applies one batch, waiting out outages. `Some(Err)` when the batch is refused;
+    /// `None` when cancelled first.
+    async fn apply_batch(
+        &self,
+        events: &[StorableEvent],
+        cancel: &CancellationToken,
+    ) -> Option<Result<ApplyOutcome, String>> {
+        let mut pauses = opflow_amqp::connect::session_backoff();
+        let mut transient_while_up = 0;
+        loop {
+            let error = match self.try_apply(events).await {
+                Ok(outcome) => return Some(Ok(outcome)),
+                Err(Failure::Refused(why)) => return Some(Err(why)),
+                Err(Failure::Outage(error)) => error,
+            };
+            // An error that looks transient but keeps coming back while the database
+            // answers is about this batch after all.
+            if self.store.ping().await.is_ok() {
+                transient_while_up += 1;
+                if transient_while_up >= TRANSIENT_TRIES {
+                    return Some(Err(format!(
+                        "{error} ({TRANSIENT_TRIES} times while the database answered)"
+                    )));
+                }
+            }
+            let pause = pauses.next().unwrap_or(Duration::from_secs(5));
+            tracing::warn!(%error, retry_in = ?pause, events = events.len(), "applying events failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = cancel.cancelled() => return None,
+            }
+        }
+    }
+
+    async fn try_apply(&self, events: &[StorableEvent]) -> Result<ApplyOutcome, Failure> {
+        let attempt = AssertUnwindSafe(self.store.apply_events(events, &self.plans)).catch_unwind();
+        match attempt.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(error)) if error.is_transient() => Err(Failure::Outage(error)),
+            Ok(Err(error)) => Err(Failure::Refused(error.to_string())),
+            Err(panic) => {
+                Err(Failure::Refused(format!("the dispatcher panicked: {}", panic_message(&*panic))))
+            }
+        }
+    }
+
+    /// Fails the step of an event that cannot be applied (or its run, if that cannot be
+    /// applied either). Returns whether one of the two took hold; `None` when cancelled.
+    async fn fail_alone(
+        &self,
+        event: &StorableEvent,
+        why: &str,
+        outcome: &mut ApplyOutcome,
+        position: usize,
+        cancel: &CancellationToken,
+    ) -> Option<bool> {
+        let reason = refusal_message(event, why);
+        tracing::error!(run_id = %event.run_id, step_id = %event.step_id, attempt = event.attempt,
+            kind = event.kind.name(), worker = %event.worker, %why, "an event cannot be applied; failing its step");
+        let failure: StorableEvent =
+            dispatcher_failure(event.run_id, event.step_id.0, event.attempt, reason.clone()).into();
+        let also = match self.apply_batch(std::slice::from_ref(&failure), cancel).await? {
+            Ok(failed) => {
+                merge(outcome, failed, position);
+                return Some(true);
+            }
+            Err(also) => also,
+        };
+        tracing::error!(run_id = %event.run_id, error = %also, "failing the step failed too; failing its run");
+        let run_reason =
+            format!("{reason}; failing the step failed too ({also}), so the whole run is failed");
+        loop {
+            match AssertUnwindSafe(self.store.fail_run(event.run_id, &run_reason, &self.plans))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(_)) => return Some(true),
+                Ok(Err(error)) if error.is_transient() && self.store.ping().await.is_err() => {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = cancel.cancelled() => return None,
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(run_id = %event.run_id, %error, "cannot fail the run either; giving the event up");
+                    return Some(false);
+                }
+                Err(panic) => {
+                    tracing::error!(run_id = %event.run_id, panic = panic_message(&*panic),
+                        "cannot fail the run either; giving the event up");
+                    return Some(false);
+                }
+            }
+        }
+    }
+}
+
+/// The error a step gets when one of its events cannot be applied.
+fn refusal_message(event: &Event, why: &str) -> String {
+    let body = serde_json::to_string(&event.kind).unwrap_or_default();
+    let body = crate::store::storable::short_text(&body);
+    format!(
+        "the dispatcher could not apply a `{}` event of this step from worker {}: {why}; the step is failed so \
+         that its run can go on. The event: {body}",
+        event.kind.name(),
+        event.worker
+    )
+}
+
+/// Adds `more` (whose positions start at `offset` in the whole set) to `into`.
+fn merge(into: &mut ApplyOutcome, more: ApplyOutcome, offset: usize) {
+    into.unknown_run.extend(more.unknown_run.into_iter().map(|p| p + offset));
+    into.duplicates += more.duplicates;
+    into.newly_queued += more.newly_queued;
+    into.finished.extend(more.finished);
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use opflow_protocol::{EventKind, LogLevel, RunId, StepId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        plan::{self, RegisteredOp},
+        store::testing::TestDb,
+    };
+
+    async fn run_of_five(db: &TestDb) -> RunId {
+        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+        let source = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: {from: 0, to: 4}}\n";
+        let plan = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
+        db.store.submit_run(&plan, "p.yaml", source, None).await.unwrap().run_id
+    }
+
+    fn event(run: RunId, step: u32, kind: EventKind) -> StorableEvent {
+        Event::new(run, StepId(step), 1, "noop@1.0.0/test/1", kind).into()
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_fails_only_its_own_step() {
+        let db = TestDb::new("refused_event").await;
+        let run = run_of_five(&db).await;
+        // The store refuses one log line, as it would a value it cannot hold.
+        sqlx::raw_sql(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                 IF NEW.kind = 'log' AND NEW.body::text LIKE '%poison%' THEN
+                     RAISE EXCEPTION 'refusing the poison';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+        let ok = || EventKind::Succeeded { output: json!({"ok": true}) };
+        let events = vec![
+            event(run, 0, ok()),
+            event(run, 1, ok()),
+            event(run, 3, EventKind::Log { level: LogLevel::Info, message: "poison".into() }),
+            event(run, 2, ok()),
+            event(run, 4, ok()),
+        ];
+        let applier = Applier { store: db.store.clone(), plans: Arc::new(PlanCache::default()) };
+        let applied = applier.apply(&events, &CancellationToken::new()).await.unwrap();
+        assert!(applied.given_up.is_empty());
+
+        let steps: Vec<(i32, String, Option<String>)> =
+            sqlx::query_as("SELECT id, status::text, error FROM steps WHERE run_id = $1 ORDER BY id")
+                .bind(run.as_uuid())
+                .fetch_all(db.store.pool())
+                .await
+                .unwrap();
+        for (id, status, error) in &steps {
+            if *id == 3 {
+                assert_eq!(status, "failed");
+                let error = error.as_deref().unwrap_or_default();
+                assert!(
+                    error.contains("could not apply a `log` event") && error.contains("refusing the poison"),
+                    "{error}"
+                );
+                assert!(error.contains("poison"), "the event's own text is kept: {error}");
+            } else {
+                assert_eq!(status, "succeeded", "step {id}");
+            }
+        }
+        assert_eq!(applied.outcome.finished.len(), 1, "the run ended: {:?}", applied.outcome);
+    }
+}
