@@ -103,7 +103,13 @@ pub enum SettingsError {
     Load(#[from] config::ConfigError),
     #[error("settings: `events_queue_type`: {0}")]
     QueueType(String),
+    #[error("settings: `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
 }
+
+/// The largest `max_inputs_bytes`: the step message carrying them must stay well under the
+/// broker's message size limit.
+pub const MAX_INPUTS_BYTES_LIMIT: usize = 32 * 1024 * 1024;
 
 impl Settings {
     /// Loads defaults, then `file` if given, then the process environment.
@@ -131,6 +137,16 @@ impl Settings {
             .add_source(config::Environment::with_prefix("OPFLOW").source(Some(env)).try_parsing(true));
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.events_queue_kind()?;
+        if settings.max_inputs_bytes > MAX_INPUTS_BYTES_LIMIT {
+            return Err(SettingsError::Invalid {
+                key: "max_inputs_bytes",
+                reason: format!(
+                    "{} is over the limit of {MAX_INPUTS_BYTES_LIMIT}; have upstream ops output references to \
+                     large data instead",
+                    settings.max_inputs_bytes
+                ),
+            });
+        }
         Ok(settings)
     }
 

@@ -147,7 +147,7 @@ impl Applier {
         tracing::error!(run_id = %event.run_id, step_id = %event.step_id, attempt = event.attempt,
             kind = event.kind.name(), worker = %event.worker, %why, "an event cannot be applied; failing its step");
         let failure: StorableEvent =
-            dispatcher_failure(event.run_id, event.step_id.0, event.attempt, reason.clone()).into();
+            dispatcher_failure(event.run_id, event.step_id.0, event.attempt, reason.clone(), false).into();
         let also = match self.apply_batch(std::slice::from_ref(&failure), cancel).await? {
             Ok(failed) => {
                 merge(outcome, failed, position);

@@ -47,6 +47,21 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A finished process and what it used.
+pub struct Measured {
+    pub output: Output,
+    /// Peak resident memory, KiB.
+    pub peak_rss_kib: u64,
+    pub wall: Duration,
+}
+
+/// A running process's peak resident memory so far (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/<pid>/status")?;
+    Ok(line.split_whitespace().nth(1).context("VmHWM has a value")?.parse()?)
+}
+
 /// One test's private database and vhost.
 pub struct Env {
     pub name: String,
@@ -107,6 +122,34 @@ impl Env {
             .output()
             .await?;
         Ok(output)
+    }
+
+    /// Runs `opflow <args>` to completion and measures it: its output, its peak resident
+    /// memory in KiB (the kernel's own count for that one process) and its wall time.
+    pub async fn opflow_measured(&self, args: &[&str]) -> anyhow::Result<Measured> {
+        let dir = std::env::temp_dir().join(&self.name);
+        std::fs::create_dir_all(&dir)?;
+        let (out, err) = (dir.join("measured.out"), dir.join("measured.err"));
+        let mut command = self.command(&binary("opflow")?).into_std();
+        command.args(args).stdout(std::fs::File::create(&out)?).stderr(std::fs::File::create(&err)?);
+        let started = Instant::now();
+        let child = command.spawn()?;
+        let pid = child.id() as libc::pid_t;
+        let (status, peak_rss_kib) = tokio::task::spawn_blocking(move || {
+            let mut status = 0;
+            // SAFETY: `rusage` is plain data the kernel fills in; `pid` is our own child,
+            // which nothing else waits for (the `Child` handle is dropped unwaited).
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            drop(child);
+            if waited != pid {
+                anyhow::bail!("wait4 failed: {}", std::io::Error::last_os_error());
+            }
+            anyhow::Ok((std::os::unix::process::ExitStatusExt::from_raw(status), usage.ru_maxrss as u64))
+        })
+        .await??;
+        let output = Output { status, stdout: std::fs::read(&out)?, stderr: std::fs::read(&err)? };
+        Ok(Measured { output, peak_rss_kib, wall: started.elapsed() })
     }
 
     /// Runs `opflow <args>` and fails unless it exits 0.
@@ -312,6 +355,16 @@ pub fn parse_summary(output: &Output) -> anyhow::Result<serde_json::Value> {
 /// stderr as text, for assertions and failure messages.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Sets a policy on this env's vhost: `rabbitmqctl set_policy <name> <pattern> <definition>`.
+pub async fn set_policy(env: &Env, name: &str, pattern: &str, definition: &str) -> anyhow::Result<()> {
+    rabbitmqctl(&["set_policy", "-p", &env.vhost, "--apply-to", "queues", name, pattern, definition]).await
+}
+
+/// Purges a queue in this env's vhost, behind the dispatcher's back.
+pub async fn purge_queue(env: &Env, queue: &str) -> anyhow::Result<()> {
+    rabbitmqctl(&["purge_queue", "-p", &env.vhost, queue]).await
 }
 
 /// Deletes a queue in this env's vhost, behind the dispatcher's back.

@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use opflow_integration::{Env, parse_summary, stderr, wait_for};
+use opflow_integration::{Env, Service, parse_summary, peak_rss_kib, set_policy, stderr, wait_for};
 use serde_json::Value;
+use tokio::process::Child;
 
 /// Only turns a hang into a failure.
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -47,13 +48,34 @@ impl Healthy {
     }
 }
 
-/// Starts a dispatcher and one worker of each of `ops`.
-fn start(env: &Env, ops: &[&str]) -> anyhow::Result<Vec<Box<dyn std::any::Any>>> {
-    let mut keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(env.spawn_dispatcher()?)];
-    for op in ops {
-        keep.push(Box::new(env.spawn_worker(op)?));
+/// The op the healthy runs use: a version of its own, with its own queue and worker, so
+/// that a backlog or a policy on the bad op's queue is not what the healthy run measures.
+const HEALTHY_OP: &str = "noop@1.0.0";
+
+/// A test bed: an env with both noop versions registered, a dispatcher, a worker for the
+/// healthy op and `bad_workers` workers for the bad one (noop@1.1.0).
+struct Bed {
+    env: Env,
+    dispatcher: Service,
+    _workers: Vec<Child>,
+}
+
+impl Bed {
+    async fn new(test: &str, bad_workers: usize) -> anyhow::Result<Self> {
+        let env = Env::new(test).await?;
+        env.register("noop").await?;
+        env.register(HEALTHY_OP).await?;
+        let dispatcher = env.spawn_dispatcher()?;
+        let mut workers = vec![env.spawn_worker(HEALTHY_OP)?];
+        for _ in 0..bad_workers {
+            workers.push(env.spawn_worker("noop")?);
+        }
+        Ok(Self { env, dispatcher, _workers: workers })
     }
-    Ok(keep)
+
+    fn healthy(&self) -> anyhow::Result<Healthy> {
+        Healthy::start(&self.env, HEALTHY_OP)
+    }
 }
 
 async fn submit(env: &Env, name: &str, yaml: &str) -> anyhow::Result<String> {
@@ -76,18 +98,17 @@ async fn wait_ended(env: &mut Env, run_id: &str) -> anyhow::Result<String> {
 
 #[tokio::test]
 async fn an_op_whose_texts_hold_nul_bytes_fails_only_itself() -> anyhow::Result<()> {
-    let mut env = Env::new("hostile_nul").await?;
-    env.register("noop").await?;
-    let _services = start(&env, &["noop", "noop"])?;
-    let healthy = Healthy::start(&env, "noop@1.1.0")?;
+    let mut bed = Bed::new("hostile_nul", 1).await?;
+    let healthy = bed.healthy()?;
+    let env = &mut bed.env;
     let run_id = submit(
-        &env,
+        env,
         "nul",
         "name: nul\nassets:\n  - name: texts\n    op: noop@1.1.0\n    config: {nul_texts: true}\n  \
          - name: fails\n    op: noop@1.1.0\n    config: {nul_texts: true, fail: fatal}\n",
     )
     .await?;
-    assert_eq!(wait_ended(&mut env, &run_id).await?, "failed");
+    assert_eq!(wait_ended(env, &run_id).await?, "failed");
     healthy.succeeded().await?;
 
     let db = env.db().await?;
@@ -116,5 +137,152 @@ async fn an_op_whose_texts_hold_nul_bytes_fails_only_itself() -> anyhow::Result<
     for stored in ["raw stderr:␀", "half␀way", "path␀", "/tmp/␀x"] {
         assert!(all.contains(stored), "`{stored}` not stored: {all}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_plan_with_absurd_durations_is_refused_with_exit_2() -> anyhow::Result<()> {
+    let mut bed = Bed::new("hostile_durations", 0).await?;
+    let healthy = bed.healthy()?;
+    let plan = bed.env.plan_file(
+        "absurd",
+        "name: absurd\nassets:\n  - name: slow\n    op: noop@1.1.0\n    timeout: 1000000y\n    \
+         retry: {max: 1, backoff: 1000000y}\n",
+    )?;
+    let output = bed.env.opflow(&["run", plan.to_str().context("utf-8")?]).await?;
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    let file = plan.display().to_string();
+    assert!(
+        message.contains(&format!("{file}:5: asset `slow`: timeout: `1000000y` is over the limit of 7days")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("{file}:6: asset `slow`: retry.backoff: `1000000y` is over the limit")),
+        "{message}"
+    );
+    healthy.succeeded().await?;
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE plan_name = 'absurd'")
+        .fetch_one(&bed.env.db().await?)
+        .await?;
+    assert_eq!(runs, 0, "a refused plan changes nothing");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_thousand_sweeps_of_a_million_are_refused_quickly_in_little_memory() -> anyhow::Result<()> {
+    let bed = Bed::new("hostile_sweeps", 0).await?;
+    let healthy = bed.healthy()?;
+    let mut yaml = String::from("name: huge\nassets:\n");
+    for i in 0..1000 {
+        yaml.push_str(&format!(
+            "  - name: a{i}\n    op: noop@1.1.0\n    sweep: {{x: {{from: 1, to: 1000000}}}}\n"
+        ));
+    }
+    let plan = bed.env.plan_file("huge", &yaml)?;
+    let measured = bed.env.opflow_measured(&["run", plan.to_str().context("utf-8")?]).await?;
+    let message = stderr(&measured.output);
+    assert_eq!(measured.output.status.code(), Some(2), "{message}");
+    assert!(message.contains("1000000000 steps, over the limit of 1000000"), "{message}");
+    println!(
+        "refused 1,000 sweeps of 1,000,000 values: exit 2 after {:?}, peak RSS of `opflow run` {} KiB",
+        measured.wall, measured.peak_rss_kib
+    );
+    // Building the values would take tens of gigabytes; the refusal takes a plain CLI's memory.
+    assert!(measured.peak_rss_kib < 200 * 1024, "peak RSS {} KiB", measured.peak_rss_kib);
+    healthy.succeeded().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_5000_way_fan_in_of_64_kib_outputs_fails_the_fan_in_step_only() -> anyhow::Result<()> {
+    let mut bed = Bed::new("hostile_fan_in", 2).await?;
+    let run_id = submit(
+        &bed.env,
+        "wide",
+        "name: wide\nassets:\n  - name: wide\n    op: noop@1.1.0\n    sweep: {k: {from: 1, to: 5000}}\n    \
+         config: {output_bytes: 65000}\n  - name: sum\n    op: noop@1.1.0\n    deps: [wide]\n",
+    )
+    .await?;
+    // The healthy run goes alongside the wide one, while its 5,000 outputs are stored.
+    let healthy = bed.healthy()?;
+    healthy.succeeded().await?;
+    assert_eq!(wait_ended(&mut bed.env, &run_id).await?, "failed");
+    let peak = bed.dispatcher.pid().map(peak_rss_kib).transpose()?.context("the dispatcher runs")?;
+    println!("5,000-way fan-in of 64 KiB outputs: dispatcher peak RSS {peak} KiB");
+    let db = bed.env.db().await?;
+    let (succeeded, error): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM steps WHERE run_id = $1::uuid AND status = 'succeeded'),
+                (SELECT error FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                 WHERE s.run_id = $1::uuid AND a.name = 'sum')",
+    )
+    .bind(&run_id)
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(succeeded, 5000);
+    assert!(
+        error.contains("step sum needs") && error.contains("MiB of upstream outputs, over the 8.0 MiB limit"),
+        "{error}"
+    );
+    // 5,000 outputs of 64 KiB are over 300 MiB: the dispatcher never held them.
+    assert!(peak < 300 * 1024, "dispatcher peak RSS {peak} KiB");
+    bed.dispatcher.check_alive()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_publish_refused_by_a_queue_policy_fails_its_step() -> anyhow::Result<()> {
+    // No worker for the bad op: its queue stays full.
+    let mut bed = Bed::new("hostile_policy", 0).await?;
+    // Every publish to the bad op's queue is refused (nacked) once it holds a message: a
+    // quorum queue lets the publish that reaches its limit in, and refuses the ones after.
+    set_policy(
+        &bed.env,
+        "refuse",
+        r"^opflow\.op\.noop\.1\.1\.0$",
+        r#"{"max-length": 0, "overflow": "reject-publish"}"#,
+    )
+    .await?;
+    fill_queue(&bed.env, "opflow.op.noop.1.1.0").await?;
+    let healthy = bed.healthy()?;
+    let run_id = submit(
+        &bed.env,
+        "refused",
+        "name: refused\nassets:\n  - name: a\n    op: noop@1.1.0\n    retry: {max: 1, backoff: 10ms}\n",
+    )
+    .await?;
+    assert_eq!(wait_ended(&mut bed.env, &run_id).await?, "failed");
+    healthy.succeeded().await?;
+    let error: String = sqlx::query_scalar("SELECT error FROM steps WHERE run_id = $1::uuid")
+        .bind(&run_id)
+        .fetch_one(&bed.env.db().await?)
+        .await?;
+    assert!(
+        error.contains("failed after 2 attempts") && error.contains("the broker refused the step's message"),
+        "{error}"
+    );
+    assert!(error.contains("max-length"), "{error}");
+    bed.dispatcher.check_alive()?;
+    Ok(())
+}
+
+/// Publishes one message to `queue` (confirmed), whatever it holds.
+async fn fill_queue(env: &Env, queue: &str) -> anyhow::Result<()> {
+    use lapin::{BasicProperties, Connection, ConnectionProperties, options::*};
+    let connection = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            b"filler",
+            BasicProperties::default(),
+        )
+        .await?
+        .await?;
+    anyhow::ensure!(confirm.is_ack(), "the filler was refused: {confirm:?}");
+    let _ = connection.close(200, "filled".into()).await;
     Ok(())
 }

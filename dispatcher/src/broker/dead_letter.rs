@@ -117,7 +117,7 @@ impl DeadLetterConsumer {
         };
         let error = failure_message(&message, death, delivery_limit, abandoned.as_deref());
         tracing::error!(reason = %death.reason, "{error}");
-        let failure = dispatcher_failure(message.run_id, message.step_id.0, message.attempt, error);
+        let failure = dispatcher_failure(message.run_id, message.step_id.0, message.attempt, error, false);
         self.apply_alone(failure.into(), cancel).await
     }
 

@@ -23,6 +23,11 @@ use crate::{isolation::Applier, store::storable::StorableEvent};
 /// a busy system little latency and saves it most of its per-transaction work.
 const BUSY_LINGER: Duration = Duration::from_millis(3);
 
+/// A batch stops gathering once its events hold this many bytes: a batch is held in memory
+/// several times over while it is applied (decoded, bound, encoded), and events carrying
+/// 64 KiB outputs must not multiply into hundreds of megabytes.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
     #[error("consuming {queue}: {source}")]
@@ -81,9 +86,10 @@ impl EventConsumer {
             // steps, a quiet system) is applied at once. When the last batch held more than
             // one, events are arriving faster than they are applied: linger a little so
             // each transaction carries more of them (see docs/benchmarks.md, w1).
+            let mut bytes = first.data.len();
             let mut deliveries = vec![first];
             let linger_until = busy.then(|| tokio::time::Instant::now() + BUSY_LINGER);
-            while deliveries.len() < self.batch_size as usize {
+            while deliveries.len() < self.batch_size as usize && bytes < MAX_BATCH_BYTES {
                 let next = match consumer.next().now_or_never() {
                     Some(next) => next,
                     None => match linger_until {
@@ -95,7 +101,11 @@ impl EventConsumer {
                     },
                 };
                 match next {
-                    Some(delivery) => deliveries.push(delivery.map_err(failed)?),
+                    Some(delivery) => {
+                        let delivery = delivery.map_err(failed)?;
+                        bytes += delivery.data.len();
+                        deliveries.push(delivery);
+                    }
                     None => break,
                 }
             }

@@ -2,10 +2,11 @@
 //! their upstream outputs), publishes them all, waits for every confirm, and only then
 //! commits their removal from the outbox.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
+use futures_util::FutureExt;
 use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
-use opflow_protocol::{RunId, StepInput, queue};
+use opflow_protocol::{OpRef, RunId, StepInput, queue};
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -110,6 +111,11 @@ impl StepPublisher {
     }
 
     /// Publishes one outbox batch; returns how many outbox rows it consumed.
+    ///
+    /// A step whose message cannot be built (its inputs over the limit, its plan
+    /// unreadable, a panic) or that the broker refuses (unroutable, or nacked by a queue
+    /// policy) is failed on its own; only a store outage or a lost channel fails the batch,
+    /// which then rolls back and is taken again.
     pub async fn publish_batch(&self, cancel: &CancellationToken) -> Result<usize, PublisherError> {
         let mut batch = self.store.take_outbox(self.batch_size).await?;
         if batch.is_empty() {
@@ -119,28 +125,51 @@ impl StepPublisher {
         let entries = batch.still_queued();
         let mut inputs_cache = InputsCache::default();
         let mut failures: Vec<StorableEvent> = Vec::new();
-        let mut in_flight = Vec::with_capacity(entries.len());
+        let mut window = ConfirmWindow::default();
         for entry in entries {
-            let plan = self.plans.get(&self.store, entry.run_id).await?;
-            let mut message = plan.message(entry.run_id, entry.step_id, entry.attempt);
-            match inputs_cache.inputs_for(&mut batch, &plan, entry, self.max_inputs_bytes).await? {
-                Ok(inputs) => message.inputs = inputs,
-                Err(too_large) => {
-                    failures.push(
-                        dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, too_large).into(),
-                    );
+            let fail = |error: String, retryable: bool| {
+                tracing::error!(run_id = %entry.run_id, step_id = entry.step_id, %error, "step not published");
+                StorableEvent::from(dispatcher_failure(
+                    entry.run_id,
+                    entry.step_id,
+                    entry.attempt,
+                    error,
+                    retryable,
+                ))
+            };
+            let built =
+                AssertUnwindSafe(self.build(&mut batch, &mut inputs_cache, entry)).catch_unwind().await;
+            let (op, payload) = match built {
+                Ok(Ok(Ok(built))) => built,
+                Ok(Ok(Err(refused))) => {
+                    failures.push(fail(refused, false));
                     continue;
                 }
-            }
+                Ok(Err(error)) if error.is_transient() => return Err(error.into()),
+                Ok(Err(error)) => {
+                    failures.push(fail(
+                        format!("the dispatcher cannot build this step's message: {error}"),
+                        false,
+                    ));
+                    continue;
+                }
+                Err(panic) => {
+                    let panic = crate::isolation::panic_message(&*panic);
+                    failures.push(fail(
+                        format!("the dispatcher panicked building this step's message (a bug): {panic}"),
+                        false,
+                    ));
+                    continue;
+                }
+            };
             let span = tracing::info_span!(
                 "publish_step",
                 run_id = %entry.run_id,
                 step_id = entry.step_id,
                 attempt = entry.attempt,
-                op = %message.op,
+                op = %op,
             );
-            let routing_key = queue::op_queue(&message.op);
-            let payload = message.encode();
+            let routing_key = queue::op_queue(&op);
             let pending = async {
                 self.publisher
                     .send(Outgoing {
@@ -154,24 +183,15 @@ impl StepPublisher {
             }
             .instrument(span)
             .await?;
-            in_flight.push((entry, message.op.clone(), pending));
-        }
-        // The confirm window: every message is in flight before the first confirm is awaited.
-        for (entry, op, pending) in in_flight {
-            match pending.wait().await {
-                Ok(()) => {}
-                Err(PublishError::Unroutable { routing_key, .. }) => {
-                    let error = format!(
-                        "op {op} has no queue `{routing_key}` on the broker, so the step cannot be delivered; \
-                         register the op again with `opflow ops add <op binary>`"
-                    );
-                    tracing::error!(run_id = %entry.run_id, step_id = entry.step_id, %op, "{error}");
-                    failures
-                        .push(dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, error).into());
-                }
-                Err(error) => return Err(error.into()),
+            window.push(entry, op, payload.len(), pending);
+            inputs_cache.keep_within(MAX_WINDOW_BYTES);
+            // Memory stays bounded: a window of large messages is confirmed before more
+            // are built.
+            if window.bytes > MAX_WINDOW_BYTES {
+                window.settle(&mut failures, &(fail_confirm as FailConfirm)).await?;
             }
         }
+        window.settle(&mut failures, &(fail_confirm as FailConfirm)).await?;
         // Failures first: if we crash between the two commits, the outbox rows return but
         // their steps are no longer queued, so they are dropped rather than published.
         if !failures.is_empty() && self.applier.apply(&failures, cancel).await.is_none() {
@@ -181,19 +201,113 @@ impl StepPublisher {
         batch.commit().await?;
         Ok(taken)
     }
+
+    /// The op and the encoded message for one outbox entry, or why it cannot be sent.
+    async fn build(
+        &self,
+        batch: &mut OutboxBatch,
+        inputs_cache: &mut InputsCache,
+        entry: OutboxEntry,
+    ) -> Result<Result<(OpRef, Vec<u8>), String>, StoreError> {
+        let plan = self.plans.get(&self.store, entry.run_id).await?;
+        let mut message = plan.message(entry.run_id, entry.step_id, entry.attempt);
+        match inputs_cache.inputs_for(batch, &plan, entry, self.max_inputs_bytes).await? {
+            Ok(inputs) => message.inputs = inputs,
+            Err(too_large) => return Ok(Err(too_large)),
+        }
+        let payload = message.encode();
+        if payload.len() > MAX_MESSAGE_BYTES {
+            return Ok(Err(format!(
+                "step {}'s message is {}, over the {} the broker is sent at most; lower `max_inputs_bytes` \
+                 or have upstream ops output references instead of data",
+                plan.label(entry.step_id),
+                human_bytes(payload.len()),
+                human_bytes(MAX_MESSAGE_BYTES)
+            )));
+        }
+        Ok(Ok((message.op, payload)))
+    }
 }
 
+/// The most message bytes in flight (sent, not yet confirmed) before the publisher waits
+/// for their confirms; with the inputs cache, this bounds a batch's memory.
+const MAX_WINDOW_BYTES: usize = 32 * 1024 * 1024;
+
+/// The largest step message sent: below RabbitMQ's default `max_message_size` (128 MiB),
+/// over which the broker closes the channel (and the batch would be retried forever).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Sent messages whose confirms are still to come.
+#[derive(Default)]
+struct ConfirmWindow {
+    pending: Vec<(OutboxEntry, OpRef, opflow_amqp::PendingConfirm)>,
+    bytes: usize,
+}
+
+/// The failure of a step the broker refused, or `None` when the refusal is not about
+/// the step (a lost channel: the whole batch is retried).
+type FailConfirm = fn(&OpRef, &PublishError) -> Option<(String, bool)>;
+
+impl ConfirmWindow {
+    fn push(&mut self, entry: OutboxEntry, op: OpRef, bytes: usize, pending: opflow_amqp::PendingConfirm) {
+        self.bytes += bytes;
+        self.pending.push((entry, op, pending));
+    }
+
+    /// Waits for every confirm; a step the broker refused becomes a failure.
+    async fn settle(
+        &mut self,
+        failures: &mut Vec<StorableEvent>,
+        fail: &FailConfirm,
+    ) -> Result<(), PublisherError> {
+        self.bytes = 0;
+        for (entry, op, pending) in self.pending.drain(..) {
+            let Err(error) = pending.wait().await else { continue };
+            let Some((reason, retryable)) = fail(&op, &error) else {
+                return Err(error.into());
+            };
+            tracing::error!(run_id = %entry.run_id, step_id = entry.step_id, %op, "{reason}");
+            failures.push(
+                dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, reason, retryable).into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a refused publish does to its step: unroutable fails it for good (its op has no
+/// queue); a nack (a queue policy refused it, e.g. `max-length` with `reject-publish`)
+/// fails it retryably, so it is tried again after the asset's backoff and fails for good
+/// only after its retries.
+fn fail_confirm(op: &OpRef, error: &PublishError) -> Option<(String, bool)> {
+    match error {
+        PublishError::Unroutable { routing_key, .. } => Some((
+            format!(
+                "op {op} has no queue `{routing_key}` on the broker, so the step cannot be delivered; \
+                 register the op again with `opflow ops add <op binary>`"
+            ),
+            false,
+        )),
+        PublishError::Nacked { routing_key, .. } => Some((
+            format!(
+                "the broker refused the step's message for queue `{routing_key}` of op {op} (a nack: the queue is \
+                 full or a policy such as `max-length` with `overflow: reject-publish` refuses it); check the \
+                 queue's policies with `rabbitmqctl list_policies`"
+            ),
+            true,
+        )),
+        PublishError::Broker { .. } => None,
+    }
+}
 /// Upstream outputs already read in this batch, per (run, range): fan-in steps of the same
-/// partition share them.
+/// partition share them. Sizes are learned first, from the store, and outputs are loaded
+/// only for a step whose inputs are within the limit.
 #[derive(Default)]
 struct InputsCache {
-    ranges: HashMap<(RunId, StepRange), Arc<RangeInputs>>,
-}
-
-/// The outputs of one range of upstream steps, and their total size in bytes.
-struct RangeInputs {
-    inputs: Vec<StepInput>,
-    bytes: usize,
+    sizes: HashMap<(RunId, StepRange), u64>,
+    ranges: HashMap<(RunId, StepRange), Arc<Vec<StepInput>>>,
+    /// Bytes of outputs held in `ranges`.
+    held: u64,
 }
 
 impl InputsCache {
@@ -205,20 +319,40 @@ impl InputsCache {
         entry: OutboxEntry,
         max_bytes: usize,
     ) -> Result<Result<Vec<StepInput>, String>, StoreError> {
+        let ranges = plan.input_ranges(entry.step_id);
+        let mut bytes = 0u64;
+        for (_, range) in &ranges {
+            let key = (entry.run_id, *range);
+            let size = match self.sizes.get(&key) {
+                Some(size) => *size,
+                None => {
+                    let size = batch.outputs_size(entry.run_id, *range).await?;
+                    self.sizes.insert(key, size);
+                    size
+                }
+            };
+            bytes = bytes.saturating_add(size);
+        }
+        if bytes > max_bytes as u64 {
+            return Ok(Err(format!(
+                "step {} needs {} of upstream outputs, over the {} limit (`max_inputs_bytes`); have the upstream \
+                 ops store large data themselves and output references to it",
+                plan.label(entry.step_id),
+                human_bytes(usize::try_from(bytes).unwrap_or(usize::MAX)),
+                human_bytes(max_bytes)
+            )));
+        }
         let mut inputs = Vec::new();
-        let mut bytes = 0usize;
-        for (upstream, range) in plan.input_ranges(entry.step_id) {
+        for (upstream, range) in ranges {
             let key = (entry.run_id, range);
             let outputs = match self.ranges.get(&key) {
                 Some(outputs) => outputs.clone(),
                 None => {
                     let rows = batch.outputs(entry.run_id, range).await?;
                     let asset = &plan.asset(upstream).name;
-                    let mut size = 0;
-                    let inputs: Vec<StepInput> = rows
+                    let outputs: Vec<StepInput> = rows
                         .into_iter()
                         .map(|(step_id, output)| {
-                            size += output.to_string().len();
                             let (partition, point) = plan.partition_and_point(step_id);
                             StepInput {
                                 asset: asset.clone(),
@@ -229,24 +363,23 @@ impl InputsCache {
                             }
                         })
                         .collect();
-                    let outputs = Arc::new(RangeInputs { inputs, bytes: size });
+                    self.held += self.sizes.get(&key).copied().unwrap_or_default();
+                    let outputs = Arc::new(outputs);
                     self.ranges.insert(key, outputs.clone());
                     outputs
                 }
             };
-            bytes += outputs.bytes;
-            inputs.extend(outputs.inputs.iter().cloned());
-        }
-        if bytes > max_bytes {
-            return Ok(Err(format!(
-                "step {} needs {} of upstream outputs, over the {} limit (`max_inputs_bytes`); have the upstream \
-                 ops store large data themselves and output references to it",
-                plan.label(entry.step_id),
-                human_bytes(bytes),
-                human_bytes(max_bytes)
-            )));
+            inputs.extend(outputs.iter().cloned());
         }
         Ok(Ok(inputs))
+    }
+
+    /// Forgets the loaded outputs once they hold more than `limit` bytes (sizes are kept).
+    fn keep_within(&mut self, limit: usize) {
+        if self.held > limit as u64 {
+            self.ranges.clear();
+            self.held = 0;
+        }
     }
 }
 

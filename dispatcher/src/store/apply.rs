@@ -322,7 +322,8 @@ async fn apply_succeeded(
     // Two successes of one step in a batch join the same row; PostgreSQL updates it once,
     // with one of them, and RETURNING names that one.
     let rows: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
-        "UPDATE steps s SET status = 'succeeded', output = u.output, finished_at = u.at, progress = 1,
+        "UPDATE steps s SET status = 'succeeded', output = u.output, output_bytes = octet_length(u.output::text),
+                            finished_at = u.at, progress = 1,
                             worker = u.worker, error = NULL,
                             started_at = coalesce(u.started_at, s.started_at, u.at)
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::jsonb[], $7::uuid[],

@@ -71,6 +71,21 @@ impl OutboxBatch {
         self.entries.iter().zip(&self.current).filter(|(_, current)| **current).map(|(e, _)| *e).collect()
     }
 
+    /// The total size in bytes of the outputs of the succeeded steps in `range`, without
+    /// loading them: what the inputs limit is checked against first.
+    pub async fn outputs_size(&mut self, run: RunId, range: StepRange) -> Result<u64, StoreError> {
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(coalesce(output_bytes, octet_length(output::text))), 0)::bigint FROM steps
+             WHERE run_id = $1 AND id BETWEEN $2 AND $3 AND status = 'succeeded'",
+        )
+        .bind(run.as_uuid())
+        .bind(range.first as i32)
+        .bind(range.last as i32)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(bytes.max(0) as u64)
+    }
+
     /// The outputs of the succeeded steps in `range`, by step id.
     pub async fn outputs(&mut self, run: RunId, range: StepRange) -> Result<Vec<(u32, Value)>, StoreError> {
         let rows: Vec<(i32, Option<Value>)> = sqlx::query_as(
