@@ -11,7 +11,7 @@ use crate::{
     config::Settings,
     store::{
         Store,
-        run_plan::RunPlan,
+        run_plan::{RunPlan, UnlockMode},
         runs::{RunStatus, RunSummary},
     },
     submit::{self, SubmitError},
@@ -141,7 +141,8 @@ pub async fn outputs(
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let plan = RunPlan::new(store.load_run_plan(run).await?).map_err(anyhow::Error::msg)?;
+    let plan =
+        RunPlan::new(store.load_run_plan(run).await?, UnlockMode::Groups).map_err(anyhow::Error::msg)?;
     for row in rows {
         let label = plan.label(row.step_id as u32);
         match (&row.output, &row.error) {
@@ -168,7 +169,8 @@ fn print_summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
 
 /// Prints the outputs of the plan's final assets (those nothing depends on), when small.
 pub async fn print_leaf_outputs(store: &Store, run: RunId) -> anyhow::Result<()> {
-    let plan = RunPlan::new(store.load_run_plan(run).await?).map_err(anyhow::Error::msg)?;
+    let plan =
+        RunPlan::new(store.load_run_plan(run).await?, UnlockMode::Groups).map_err(anyhow::Error::msg)?;
     let assets = &plan.plan().assets;
     let is_upstream: std::collections::HashSet<usize> =
         assets.iter().flat_map(|a| a.deps.iter().map(|d| d.upstream)).collect();

@@ -4,7 +4,7 @@
 
 use serde_json::Map;
 
-use super::{CompiledAsset, CompiledPlan, StepSpec};
+use super::{CompiledAsset, StepSpec};
 
 impl CompiledAsset {
     /// Points in the sweep's cartesian product; 1 without a sweep.
@@ -45,31 +45,5 @@ impl CompiledAsset {
             .map(|(param, pick)| (param.name.clone(), param.values.get(pick)))
             .collect();
         StepSpec { partition, point }
-    }
-}
-
-impl CompiledPlan {
-    /// How many upstream steps step `i` of asset `asset` waits for: per dependency, the
-    /// upstream steps of the same partition (partition mapped) or all of them (fan-in).
-    pub fn pending_upstream(&self, asset: usize, _i: u32) -> u32 {
-        self.assets[asset]
-            .deps
-            .iter()
-            .map(|dep| {
-                let upstream = &self.assets[dep.upstream];
-                if dep.partition_mapped { upstream.sweep_size() } else { upstream.step_count() }
-            })
-            .sum()
-    }
-
-    /// The assets that depend on `asset`, with whether each dependency is partition mapped.
-    pub fn downstream_of(&self, asset: usize) -> Vec<(usize, bool)> {
-        self.assets
-            .iter()
-            .enumerate()
-            .flat_map(|(index, a)| {
-                a.deps.iter().filter(|d| d.upstream == asset).map(move |d| (index, d.partition_mapped))
-            })
-            .collect()
     }
 }

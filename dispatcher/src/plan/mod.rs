@@ -3,8 +3,10 @@
 //! - [`parse`]: YAML → raw structs with line numbers (shape errors come from here).
 //! - [`validate`]: names, dependencies, cycles, op resolution, partitions, sweeps,
 //!   settings; every problem is collected into one [`PlanErrors`] report.
-//! - [`expand`]: steps and dependency counts, computed from an asset's definition and a
-//!   step's index, never materialized up front.
+//! - [`expand`]: steps, computed from an asset's definition and a step's index, never
+//!   materialized up front.
+//! - [`graph`]: the step-level dependency graph: what a success unlocks, what a failure
+//!   skips, whose outputs a step receives.
 //!
 //! A plan looks like this (see `examples/defi-risk.yaml`):
 //!
@@ -31,6 +33,7 @@
 
 mod error;
 mod expand;
+pub mod graph;
 mod parse;
 mod validate;
 

@@ -59,9 +59,14 @@ fn the_demo_plan_expands_partition_to_partition() {
     assert_eq!((var.step_count(), var.first_step), (3, 27));
     assert_eq!(var.deps, vec![AssetDep { upstream: 0, partition_mapped: true }]);
     // Each protocol's report waits for that protocol's 9 paths only.
-    assert_eq!(plan.pending_upstream(1, 0), 9);
-    assert_eq!(plan.pending_upstream(0, 0), 0);
-    assert_eq!(plan.downstream_of(0), vec![(1, true)]);
+    let graph = graph::PlanGraph::new(plan.clone());
+    assert_eq!(graph.pending_upstream_steps(1), 9);
+    assert_eq!(graph.pending_upstream(1), 1);
+    assert_eq!(graph.pending_upstream(0), 0);
+    assert_eq!(
+        graph.group_ranges(graph::DepGroup { upstream: 0, partition: 1 }),
+        [graph::StepRange::of(28, 1)]
+    );
     assert_eq!(paths.config, json!({"horizon_days": 30}));
     assert_eq!(paths.op_version.to_string(), "1.0.0");
     assert_eq!(paths.op_requirement, "^1.0");
@@ -87,8 +92,9 @@ fn different_partitions_fan_in() {
         "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: [x, y]\n    sweep: {k: [1, 2, 3]}\n  \
          - name: b\n    op: noop@1.0.0\n    deps: [a]\n  - name: c\n    op: noop@1.0.0\n    deps: [a]\n    partitions: [x, z]\n",
     );
-    assert_eq!(plan.pending_upstream(1, 0), 6);
-    assert_eq!(plan.pending_upstream(2, 1), 6);
+    let graph = graph::PlanGraph::new(plan.clone());
+    assert_eq!(graph.pending_upstream_steps(1), 6);
+    assert_eq!(graph.pending_upstream_steps(2), 6);
     assert!(!plan.assets[2].deps[0].partition_mapped);
 }
 

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    run_plan::{PlanCache, StepRange},
+    run_plan::{DepGroup, PlanCache, StepRange, Unlock, UnlockMode},
     runs::RunStatus,
     storable::StorableEvent,
 };
@@ -94,12 +94,32 @@ impl Store {
         let succeeded = apply_succeeded(&mut tx, &candidates, &mut deltas, &mut applied).await?;
         let failed = apply_failed(&mut tx, &candidates, plans, self, &mut deltas, &mut applied).await?;
 
-        // Unlock what the successes unblocked, one decrement per (success, waiting step).
+        // Unlock what the successes unblocked: count down their dependency groups, and
+        // decrement the steps waiting on the groups that emptied (see `plan::graph`).
         let mut unlocks: BTreeMap<(Uuid, StepRange), i32> = BTreeMap::new();
+        let mut groups: BTreeMap<(Uuid, DepGroup), i32> = BTreeMap::new();
         for (run, step) in &succeeded {
             let plan = plans.get(self, RunId::from_uuid(*run)).await?;
-            for range in plan.downstream_ranges(*step) {
-                *unlocks.entry((*run, range)).or_default() += 1;
+            match plan.mode() {
+                UnlockMode::Groups => {
+                    for unlock in plan.unlocks(*step) {
+                        match unlock {
+                            Unlock::Range(range) => *unlocks.entry((*run, range)).or_default() += 1,
+                            Unlock::Group(group) => *groups.entry((*run, group)).or_default() += 1,
+                        }
+                    }
+                }
+                UnlockMode::Steps => {
+                    for range in plan.downstream_ranges(*step) {
+                        *unlocks.entry((*run, range)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        for (run, group) in count_down(&mut tx, &groups).await? {
+            let plan = plans.get(self, RunId::from_uuid(run)).await?;
+            for range in plan.group_ranges(group) {
+                *unlocks.entry((run, range)).or_default() += 1;
             }
         }
         outcome.newly_queued = unlock(&mut tx, &unlocks).await?;
@@ -473,6 +493,44 @@ impl Store {
     }
 }
 
+/// Counts the groups down by their successes; returns the groups that emptied.
+async fn count_down(
+    tx: &mut sqlx::PgConnection,
+    groups: &BTreeMap<(Uuid, DepGroup), i32>,
+) -> Result<Vec<(Uuid, DepGroup)>, StoreError> {
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut runs, mut upstream, mut parts, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((run, group), count) in groups {
+        runs.push(*run);
+        upstream.push(group.upstream as i32);
+        parts.push(group.partition);
+        counts.push(*count);
+    }
+    let emptied: Vec<(Uuid, i32, i32)> = sqlx::query_as(
+        "UPDATE dep_groups g SET remaining = g.remaining - d.k
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[]) AS d(run_id, upstream, part, k)
+         WHERE g.run_id = d.run_id AND g.upstream = d.upstream AND g.part = d.part
+         RETURNING g.run_id, g.upstream, g.part, g.remaining = 0",
+    )
+    .bind(&runs)
+    .bind(&upstream)
+    .bind(&parts)
+    .bind(&counts)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .filter_map(|(run, upstream, part, emptied): (Uuid, i32, i32, bool)| {
+        emptied.then_some((run, upstream, part))
+    })
+    .collect();
+    Ok(emptied
+        .into_iter()
+        .map(|(run, upstream, part)| (run, DepGroup { upstream: upstream as u32, partition: part }))
+        .collect())
+}
+
 /// Decrements `pending_upstream` over each range by its count, queues the steps that reach
 /// zero and writes them to the outbox. Returns how many were queued.
 async fn unlock(
@@ -644,5 +702,63 @@ impl Store {
         tx.commit().await?;
         plans.forget(run);
         Ok(ended.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use opflow_protocol::{Event, EventKind, StepId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        plan::{self, RegisteredOp},
+        store::testing::TestDb,
+    };
+
+    /// Row updates of `steps` so far, as PostgreSQL's statistics count them.
+    async fn step_updates(db: &TestDb) -> i64 {
+        sqlx::query("SELECT pg_stat_force_next_flush()").execute(db.store.pool()).await.unwrap();
+        sqlx::query_scalar("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'steps'")
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_5000_by_5000_fan_in_writes_each_step_a_few_times_not_25_million() {
+        let db = TestDb::new("fan_in").await;
+        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+        let source = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: {from: 1, to: 5000}}\n  \
+                      - name: b\n    op: noop@1.0.0\n    deps: [a]\n    sweep: {j: {from: 1, to: 5000}}\n";
+        let plan = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
+        let run = db.store.submit_run(&plan, "p.yaml", source, None).await.unwrap().run_id;
+        let plans = PlanCache::default();
+        let before = step_updates(&db).await;
+        let mut queued = 0;
+        for chunk in (0..5000u32).collect::<Vec<_>>().chunks(500) {
+            let events: Vec<StorableEvent> = chunk
+                .iter()
+                .map(|&s| {
+                    Event::new(run, StepId(s), 1, "w", EventKind::Succeeded { output: json!(s) }).into()
+                })
+                .collect();
+            queued += db.store.apply_events(&events, &plans).await.unwrap().newly_queued;
+        }
+        let updates = step_updates(&db).await - before;
+        assert_eq!(queued, 5000, "every fan-in step is queued once the last upstream step succeeded");
+        // 5,000 successes and 5,000 unlocks; the per-pair way wrote 25,005,000.
+        assert!(updates <= 10_000, "{updates} step row updates");
+        let (pending, outbox): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM steps WHERE run_id = $1 AND status = 'queued' AND pending_upstream = 0),
+                    (SELECT count(*) FROM outbox WHERE run_id = $1)",
+        )
+        .bind(run.as_uuid())
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+        assert_eq!((pending, outbox), (5000, 10_000));
     }
 }

@@ -1,11 +1,11 @@
-//! A submitted run's compiled plan, as the dispatcher uses it after submission: which
-//! steps a step unlocks or skips, whose outputs it receives, and how to build its message.
+//! A submitted run's compiled plan, as the dispatcher uses it after submission: its step
+//! graph (`plan::graph`), the op of each step, and how to build a step's message.
 //!
 //! The plan is stored as one `run_assets` row per asset and read back once per run into a
 //! [`PlanCache`]; steps themselves carry no definition, only their id.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    ops::Deref,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -15,124 +15,53 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Store, StoreError};
-use crate::plan::{AssetDep, CompiledAsset, CompiledPlan, Partitions, RetryPolicy, SweepParam, SweepValues};
+pub use crate::plan::graph::{DepGroup, StepRange, Unlock};
+use crate::plan::{
+    AssetDep, CompiledAsset, CompiledPlan, Partitions, RetryPolicy, SweepParam, SweepValues, graph::PlanGraph,
+};
 
-/// An inclusive range of step ids within one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct StepRange {
-    pub first: u32,
-    pub last: u32,
+/// How a stored run counts what its steps wait on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnlockMode {
+    /// One per dependency, with group counters in `dep_groups` (see `plan::graph`).
+    Groups,
+    /// One per upstream step: runs stored before group counters existed.
+    Steps,
 }
 
-impl StepRange {
-    fn of(first: u32, count: u32) -> Self {
-        Self { first, last: first + count - 1 }
+/// A stored run's plan: its step graph (which it derefs to), the op of each asset, and
+/// how its steps are unlocked.
+#[derive(Debug)]
+pub struct RunPlan {
+    graph: PlanGraph,
+    ops: Vec<OpRef>,
+    mode: UnlockMode,
+}
+
+impl Deref for RunPlan {
+    type Target = PlanGraph;
+
+    fn deref(&self) -> &PlanGraph {
+        &self.graph
     }
 }
 
-/// A compiled plan plus the adjacency the scheduler walks.
-#[derive(Debug)]
-pub struct RunPlan {
-    plan: CompiledPlan,
-    /// For each asset: (downstream asset, partition mapped).
-    downstream: Vec<Vec<(usize, bool)>>,
-    ops: Vec<OpRef>,
-}
-
 impl RunPlan {
-    pub fn new(plan: CompiledPlan) -> Result<Self, String> {
-        let mut downstream = vec![Vec::new(); plan.assets.len()];
-        for (index, asset) in plan.assets.iter().enumerate() {
-            for dep in &asset.deps {
-                downstream[dep.upstream].push((index, dep.partition_mapped));
-            }
-        }
+    pub fn new(plan: CompiledPlan, mode: UnlockMode) -> Result<Self, String> {
         let ops = plan
             .assets
             .iter()
             .map(|a| format!("{}@{}", a.op_name, a.op_version).parse::<OpRef>().map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
-        Ok(Self { plan, downstream, ops })
+        Ok(Self { graph: PlanGraph::new(plan), ops, mode })
     }
 
-    pub fn plan(&self) -> &CompiledPlan {
-        &self.plan
-    }
-
-    /// The asset a step belongs to: assets own contiguous step ranges in plan order.
-    pub fn asset_index(&self, step: u32) -> usize {
-        self.plan.assets.partition_point(|a| a.first_step <= step).saturating_sub(1)
-    }
-
-    pub fn asset(&self, index: usize) -> &CompiledAsset {
-        &self.plan.assets[index]
-    }
-
-    /// The step's position within its asset, and its partition index (if partitioned).
-    fn locate(&self, step: u32) -> (usize, u32, Option<u32>) {
-        let index = self.asset_index(step);
-        let asset = &self.plan.assets[index];
-        let within = step - asset.first_step;
-        let partition = (!asset.partition_keys.is_empty()).then(|| within / asset.sweep_size());
-        (index, within, partition)
-    }
-
-    /// The steps of `asset` in partition `partition`, or all of them.
-    fn range_of(&self, asset: usize, partition: Option<u32>) -> StepRange {
-        let a = &self.plan.assets[asset];
-        match partition {
-            Some(p) => StepRange::of(a.first_step + p * a.sweep_size(), a.sweep_size()),
-            None => StepRange::of(a.first_step, a.step_count()),
-        }
-    }
-
-    /// The steps that wait on `step`, one range per downstream asset. Each waits on it once.
-    pub fn downstream_ranges(&self, step: u32) -> Vec<StepRange> {
-        let (index, _, partition) = self.locate(step);
-        self.downstream[index]
-            .iter()
-            .map(|&(down, mapped)| self.range_of(down, if mapped { partition } else { None }))
-            .collect()
-    }
-
-    /// Every step that transitively depends on `step`: what a final failure skips.
-    pub fn skip_ranges(&self, step: u32) -> Vec<StepRange> {
-        let (index, _, partition) = self.locate(step);
-        // (asset, partition or all); "all" of an asset subsumes any single partition of it.
-        let mut seen: BTreeSet<(usize, Option<u32>)> = BTreeSet::new();
-        let mut frontier: Vec<(usize, Option<u32>)> = vec![(index, partition)];
-        while let Some((asset, partition)) = frontier.pop() {
-            for &(down, mapped) in &self.downstream[asset] {
-                let next = (down, if mapped { partition } else { None });
-                if seen.contains(&(down, None)) || !seen.insert(next) {
-                    continue;
-                }
-                frontier.push(next);
-            }
-        }
-        seen.iter()
-            .filter(|(asset, partition)| partition.is_none() || !seen.contains(&(*asset, None)))
-            .map(|&(asset, partition)| self.range_of(asset, partition))
-            .collect()
-    }
-
-    /// The upstream steps whose outputs `step` receives, per upstream asset.
-    pub fn input_ranges(&self, step: u32) -> Vec<(usize, StepRange)> {
-        let (index, _, partition) = self.locate(step);
-        self.plan.assets[index]
-            .deps
-            .iter()
-            .map(|dep| {
-                (
-                    dep.upstream,
-                    self.range_of(dep.upstream, if dep.partition_mapped { partition } else { None }),
-                )
-            })
-            .collect()
+    pub fn mode(&self) -> UnlockMode {
+        self.mode
     }
 
     pub fn retry_policy(&self, step: u32) -> RetryPolicy {
-        self.plan.assets[self.asset_index(step)].retry
+        self.plan().assets[self.asset_index(step)].retry
     }
 
     /// The op version that runs `step`.
@@ -143,7 +72,7 @@ impl RunPlan {
     /// The step's partition key and sweep point.
     pub fn partition_and_point(&self, step: u32) -> (Option<&str>, Map<String, Value>) {
         let (index, within, _) = self.locate(step);
-        let spec = self.plan.assets[index].step(within);
+        let spec = self.plan().assets[index].step(within);
         (spec.partition, spec.point)
     }
 
@@ -151,13 +80,13 @@ impl RunPlan {
     pub fn label(&self, step: u32) -> String {
         let (index, _, _) = self.locate(step);
         let (partition, point) = self.partition_and_point(step);
-        step_label(&self.plan.assets[index].name, partition, &point)
+        step_label(&self.plan().assets[index].name, partition, &point)
     }
 
     /// The message for one attempt of `step`, without its inputs.
     pub fn message(&self, run_id: RunId, step: u32, attempt: u32) -> StepMessage {
         let index = self.asset_index(step);
-        let asset = &self.plan.assets[index];
+        let asset = &self.plan().assets[index];
         let (partition, point) = self.partition_and_point(step);
         let mut message =
             StepMessage::new(run_id, StepId(step), attempt, self.ops[index].clone(), asset.name.clone());
@@ -167,48 +96,101 @@ impl RunPlan {
         message.timeout_ms = asset.timeout.map(|t| t.as_millis() as u64);
         message
     }
+
+    /// Roughly how many bytes the plan holds, for the cache's budget.
+    fn weight(&self) -> usize {
+        self.plan()
+            .assets
+            .iter()
+            .map(|a| {
+                let config = serde_json::to_vec(&a.config).map_or(0, |v| v.len());
+                let keys: usize = a.partition_keys.iter().map(|k| k.len() + 24).sum();
+                let sweep: usize = a
+                    .sweep
+                    .iter()
+                    .map(|p| match &p.values {
+                        SweepValues::List(values) => values.len() * 48,
+                        SweepValues::Range { .. } => 32,
+                    })
+                    .sum();
+                512 + config + keys + sweep
+            })
+            .sum()
+    }
 }
 
-/// Runs' plans, loaded once each. Finished runs are forgotten, so the cache holds only the
-/// runs in flight.
-#[derive(Debug, Default)]
+/// The most plans the cache holds, and the most bytes they may hold together: runs in
+/// flight are read from the store again when evicted, so the bound costs a query, never
+/// correctness.
+const CACHE_PLANS: usize = 1024;
+const CACHE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Runs' plans, loaded once each and kept while they are in use: finished runs are
+/// forgotten, and the least recently used plans go first when the cache is over
+/// [`CACHE_PLANS`] plans or [`CACHE_BYTES`] bytes.
+#[derive(Debug)]
 pub struct PlanCache {
-    plans: Mutex<HashMap<RunId, Arc<RunPlan>>>,
+    inner: Mutex<Cached>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    plans: lru::LruCache<RunId, (Arc<RunPlan>, usize)>,
+    bytes: usize,
+}
+
+impl Default for PlanCache {
+    fn default() -> Self {
+        Self { inner: Mutex::new(Cached { plans: lru::LruCache::unbounded(), bytes: 0 }) }
+    }
 }
 
 impl PlanCache {
     pub async fn get(&self, store: &Store, run: RunId) -> Result<Arc<RunPlan>, StoreError> {
-        if let Some(plan) = self.lock().get(&run) {
+        if let Some((plan, _)) = self.lock().plans.get(&run) {
             return Ok(plan.clone());
         }
-        let plan = store.load_run_plan(run).await?;
-        let plan = Arc::new(RunPlan::new(plan).map_err(|e| StoreError::Corrupt(run.to_string(), e))?);
-        self.lock().insert(run, plan.clone());
+        let (plan, mode) = store.load_run_plan_for_dispatch(run).await?;
+        let plan = Arc::new(RunPlan::new(plan, mode).map_err(|e| StoreError::Corrupt(run.to_string(), e))?);
+        let weight = plan.weight();
+        let mut cached = self.lock();
+        if let Some((_, old)) = cached.plans.put(run, (plan.clone(), weight)) {
+            cached.bytes -= old;
+        }
+        cached.bytes += weight;
+        while cached.plans.len() > CACHE_PLANS || (cached.bytes > CACHE_BYTES && cached.plans.len() > 1) {
+            match cached.plans.pop_lru() {
+                Some((_, (_, evicted))) => cached.bytes -= evicted,
+                None => break,
+            }
+        }
         Ok(plan)
     }
 
-    /// Whether `run`'s plan is loaded: if so, the run exists (runs are never deleted while
-    /// their plan is cached).
+    /// Whether `run`'s plan is loaded: if so, the run existed when it was loaded.
     pub fn contains(&self, run: RunId) -> bool {
-        self.lock().contains_key(&run)
+        self.lock().plans.contains(&run)
     }
 
     pub fn forget(&self, run: RunId) {
-        self.lock().remove(&run);
+        let mut cached = self.lock();
+        if let Some((_, weight)) = cached.plans.pop(&run) {
+            cached.bytes -= weight;
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().plans.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Arc<RunPlan>>> {
-        // A panic while holding this lock cannot leave the map half-updated (each
-        // operation is a single insert or remove), so a poisoned lock is still usable.
-        self.plans.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        // A panic while holding this lock cannot leave the cache half-updated in a way that
+        // matters (at worst `bytes` is off until the entries it counts are evicted).
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -7,8 +7,11 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{Store, StoreError, run_plan::AssetRow};
-use crate::plan::CompiledPlan;
+use super::{
+    Store, StoreError,
+    run_plan::{AssetRow, UnlockMode},
+};
+use crate::plan::{CompiledPlan, graph::PlanGraph};
 
 /// Rows per bulk `INSERT … SELECT FROM UNNEST`: large enough to amortise round trips,
 /// small enough to keep each statement's arrays a few megabytes.
@@ -138,8 +141,8 @@ impl Store {
         let run_id = RunId::new();
         let mut tx = self.pool.begin().await?;
         let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO runs (id, key, plan_name, plan_file, plan_source, steps_total)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO runs (id, key, plan_name, plan_file, plan_source, steps_total, dep_groups)
+             VALUES ($1, $2, $3, $4, $5, $6, true)
              ON CONFLICT (key) DO NOTHING
              RETURNING id",
         )
@@ -190,14 +193,17 @@ impl Store {
             .await?;
         }
 
+        let graph = PlanGraph::new(plan.clone());
+        insert_dep_groups(&mut tx, run_id, &graph).await?;
         let mut ids = Vec::with_capacity(STEP_INSERT_CHUNK);
         let mut assets = Vec::with_capacity(STEP_INSERT_CHUNK);
         let mut pending = Vec::with_capacity(STEP_INSERT_CHUNK);
         for (idx, asset) in plan.assets.iter().enumerate() {
+            let waits_on = graph.pending_upstream(idx) as i32;
             for i in 0..asset.step_count() {
                 ids.push((asset.first_step + i) as i32);
                 assets.push(idx as i32);
-                pending.push(plan.pending_upstream(idx, i) as i32);
+                pending.push(waits_on);
                 if ids.len() == STEP_INSERT_CHUNK {
                     insert_steps(&mut tx, run_id, &ids, &assets, &pending).await?;
                     ids.clear();
@@ -323,11 +329,21 @@ impl Store {
 
     /// Reads a run's compiled plan back from `run_assets`.
     pub async fn load_run_plan(&self, run: RunId) -> Result<CompiledPlan, StoreError> {
-        let name: Option<String> = sqlx::query_scalar("SELECT plan_name FROM runs WHERE id = $1")
-            .bind(run.as_uuid())
-            .fetch_optional(&self.pool)
-            .await?;
-        let name = name.ok_or_else(|| StoreError::Corrupt(run.to_string(), "no such run".into()))?;
+        Ok(self.load_run_plan_for_dispatch(run).await?.0)
+    }
+
+    /// Reads a run's compiled plan back, with how its steps are unlocked.
+    pub async fn load_run_plan_for_dispatch(
+        &self,
+        run: RunId,
+    ) -> Result<(CompiledPlan, UnlockMode), StoreError> {
+        let row: Option<(String, bool)> =
+            sqlx::query_as("SELECT plan_name, dep_groups FROM runs WHERE id = $1")
+                .bind(run.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        let (name, groups) = row.ok_or_else(|| StoreError::Corrupt(run.to_string(), "no such run".into()))?;
+        let mode = if groups { UnlockMode::Groups } else { UnlockMode::Steps };
         let rows: Vec<AssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
                     deps, retry_max, retry_backoff_ms, timeout_ms, first_step, step_count, line
@@ -342,8 +358,34 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Corrupt(run.to_string(), e))?;
         let step_count = assets.iter().map(|a| a.step_count()).sum();
-        Ok(CompiledPlan { name, description: None, assets, step_count })
+        Ok((CompiledPlan { name, description: None, assets, step_count }, mode))
     }
+}
+
+/// Writes the counters of the run's dependency groups (see `plan::graph`).
+async fn insert_dep_groups(
+    tx: &mut sqlx::PgConnection,
+    run_id: RunId,
+    graph: &PlanGraph,
+) -> Result<(), StoreError> {
+    let groups = graph.dep_groups();
+    for chunk in groups.chunks(STEP_INSERT_CHUNK) {
+        let upstream: Vec<i32> = chunk.iter().map(|(g, _)| g.upstream as i32).collect();
+        let parts: Vec<i32> = chunk.iter().map(|(g, _)| g.partition).collect();
+        let sizes: Vec<i32> = chunk.iter().map(|(_, size)| *size as i32).collect();
+        sqlx::query(
+            "INSERT INTO dep_groups (run_id, upstream, part, remaining)
+             SELECT $1, u.upstream, u.part, u.remaining FROM UNNEST($2::int[], $3::int[], $4::int[])
+                 AS u(upstream, part, remaining)",
+        )
+        .bind(run_id.as_uuid())
+        .bind(&upstream)
+        .bind(&parts)
+        .bind(&sizes)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn insert_steps(
