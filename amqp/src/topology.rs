@@ -143,8 +143,23 @@ fn is_not_found(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
 }
 
+/// How long the cancels stream keeps a record. A queued step of a canceled run is dropped
+/// by any worker that takes it within this time of the cancel; later, it runs and its
+/// result is ignored.
+pub const CANCELS_RETENTION: &str = "1D";
+
+/// The cancels stream's arguments: small segments, so retention (which drops whole
+/// segments) keeps close to [`CANCELS_RETENTION`].
+fn cancels_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-queue-type"), text("stream"));
+    args.insert(ShortString::from("x-max-age"), text(CANCELS_RETENTION));
+    args.insert(ShortString::from("x-stream-max-segment-size-bytes"), AMQPValue::LongLongInt(1_000_000));
+    args
+}
+
 /// Declares what every op queue and the dispatcher rely on: the events exchange and the
-/// dispatcher's events queue, and the dead-letter exchange and queue.
+/// dispatcher's events queue, the dead-letter exchange and queue, and the cancels stream.
 pub async fn declare_shared(channel: &Channel, events_queue: QueueKind) -> Result<(), TopologyError> {
     let exchange = |name: &'static str, kind: ExchangeKind| async move {
         channel
@@ -183,6 +198,11 @@ pub async fn declare_shared(channel: &Channel, events_queue: QueueKind) -> Resul
     exchange(queue::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
     queue(queue::DEAD_LETTER_QUEUE, QueueKind::Quorum, false).await?;
     bind(queue::DEAD_LETTER_QUEUE, queue::DEAD_LETTER_EXCHANGE, "").await?;
+
+    channel
+        .queue_declare(queue::CANCELS_STREAM.into(), durable(), cancels_arguments())
+        .await
+        .map_err(|source| TopologyError::Declare { name: queue::CANCELS_STREAM.to_owned(), source })?;
     Ok(())
 }
 

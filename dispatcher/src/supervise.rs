@@ -2,6 +2,11 @@
 //! processes; one that dies is restarted with capped, jittered backoff; on shutdown every
 //! worker gets SIGTERM (it finishes its step, acks, exits) and, past the drain timeout,
 //! SIGKILL (its unacked step is redelivered to another worker later).
+//!
+//! Workers never outlive `opflow up`: each is started with a parent-death signal
+//! (SIGKILL), so even a SIGKILLed `opflow up` takes them with it. Each is also in a process
+//! group of its own, so a Ctrl-C in the terminal reaches `opflow up` alone, which drains
+//! the workers in order (and a second Ctrl-C stops everything at once).
 
 use std::{
     fmt,
@@ -83,12 +88,19 @@ async fn keep_running(group: WorkerGroup, replica: u32, env: WorkerEnv, shutdown
         tracing::debug!(worker = %name, pid = child.id(), "worker started");
         tokio::select! {
             status = child.wait() => {
+                // A worker that exits 0 on its own chose to (it stopped a runaway step, or
+                // was recycled): replace it at once. One that crashed waits out a backoff.
+                let clean = status.as_ref().is_ok_and(|s| s.success());
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                if started.elapsed() >= HEALTHY_RUN {
+                if started.elapsed() >= HEALTHY_RUN || clean {
                     delays = restart_delays();
                 }
-                let delay = delays.next();
-                tracing::warn!(worker = %name, %status, restart_in = ?delay, "worker exited; restarting it");
+                let delay = if clean { Some(Duration::ZERO) } else { delays.next() };
+                if clean {
+                    tracing::info!(worker = %name, "worker exited cleanly on its own; starting a fresh one");
+                } else {
+                    tracing::warn!(worker = %name, %status, restart_in = ?delay, "worker exited; restarting it");
+                }
                 if !sleep_or_stop(delay, &shutdown).await {
                     return;
                 }
@@ -109,7 +121,21 @@ fn spawn(group: &WorkerGroup, env: &WorkerEnv) -> std::io::Result<Child> {
 /// line, where any local user could read its password (`ps`, `/proc/<pid>/cmdline`).
 fn worker_command(group: &WorkerGroup, env: &WorkerEnv) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(&group.binary);
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only makes two system
+    // calls (prctl, getppid), both async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The parent may have died between fork and prctl, which no signal reports.
+            if nix::unistd::getppid().as_raw() as u32 != parent {
+                return Err(std::io::Error::other("opflow up exited while starting this worker"));
+            }
+            Ok(())
+        });
+    }
     command
+        .process_group(0)
         .env("OPFLOW_AMQP_URL", &env.amqp_url)
         .arg("--log-format")
         .arg(env.log_format)

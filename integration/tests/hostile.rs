@@ -286,3 +286,95 @@ async fn fill_queue(env: &Env, queue: &str) -> anyhow::Result<()> {
     let _ = connection.close(200, "filled".into()).await;
     Ok(())
 }
+
+/// Starts `opflow up` for both noop versions (the bad one, noop@1.1.0, and the healthy
+/// one), with `env_vars` added to its (and its workers') environment.
+fn spawn_up(env: &Env, env_vars: &[(&str, &str)]) -> anyhow::Result<Child> {
+    let mut command = env.command(&opflow_integration::binary("opflow")?);
+    command.arg("up");
+    for op in ["noop", HEALTHY_OP] {
+        command.arg(opflow_integration::binary(op)?);
+    }
+    for (key, value) in env_vars {
+        command.env(key, value);
+    }
+    Ok(command.stdout(std::process::Stdio::null()).spawn()?)
+}
+
+/// Waits until `opflow up` runs a worker of each op.
+async fn wait_for_workers(up: &Child) -> anyhow::Result<Vec<u32>> {
+    let pid = up.id().context("opflow up runs")?;
+    wait_for("opflow up to start its workers", DEADLINE, || async {
+        let workers: Vec<u32> =
+            opflow_integration::children_of(pid).into_iter().map(|(pid, _)| pid).collect();
+        Ok((workers.len() >= 2).then_some(workers))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_handler_spinning_past_its_timeout_never_overlaps_its_retry() -> anyhow::Result<()> {
+    let mut env = Env::new("hostile_spin").await?;
+    let up = spawn_up(&env, &[("OPFLOW_STOP_GRACE", "1s")])?;
+    wait_for_workers(&up).await?;
+    let healthy = Healthy::start(&env, HEALTHY_OP)?;
+    // Attempt 1 spins for a minute on a thread nothing can stop, holding a lock; attempt 2
+    // takes the same lock, and fails at once if attempt 1 still holds it.
+    let lock = env.log_file("spin.lock")?;
+    let run_id = submit(
+        &env,
+        "spin",
+        &format!(
+            "name: spin\nassets:\n  - name: spin\n    op: noop@1.1.0\n    timeout: 1s\n    retry: {{max: 1, backoff: 10ms}}\n    \
+             config: {{burn_ms: 60000, burn_until_attempt: 2, lock_file: \"{}\"}}\n",
+            lock.display()
+        ),
+    )
+    .await?;
+    assert_eq!(wait_ended(&mut env, &run_id).await?, "succeeded");
+    healthy.succeeded().await?;
+    let db = env.db().await?;
+    let results: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT attempt, worker, body::text FROM events WHERE run_id = $1::uuid AND kind IN ('succeeded', 'failed')
+         ORDER BY attempt",
+    )
+    .bind(&run_id)
+    .fetch_all(&db)
+    .await?;
+    let [(1, first_worker, timed_out), (2, second_worker, succeeded)] = &results[..] else {
+        panic!("one timeout, then one success: {results:?}")
+    };
+    assert!(
+        timed_out.contains("timed out after 1s") && timed_out.contains("did not stop within 1s"),
+        "{timed_out}"
+    );
+    assert!(timed_out.contains("worker process exited to stop it"), "{timed_out}");
+    assert!(succeeded.contains("\"attempt\":2") || succeeded.contains("\"attempt\": 2"), "{succeeded}");
+    // The retry ran in a fresh process (its name ends in its pid).
+    assert_ne!(first_worker, second_worker);
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_worker_outlives_a_sigkilled_opflow_up() -> anyhow::Result<()> {
+    let env = Env::new("hostile_up_kill").await?;
+    let mut up = spawn_up(&env, &[])?;
+    let workers = wait_for_workers(&up).await?;
+    let healthy = Healthy::start(&env, HEALTHY_OP)?;
+    healthy.succeeded().await?;
+    opflow_integration::sigkill(&up)?;
+    up.wait().await?;
+    let alive = |pid: &u32| {
+        // A zombie (reaped by init soon) is dead already.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')))
+    };
+    wait_for("the workers to die with opflow up", Duration::from_secs(10), || async {
+        Ok(workers.iter().all(|pid| !alive(pid)).then_some(()))
+    })
+    .await
+    .with_context(|| {
+        format!("workers still alive: {:?}", workers.iter().filter(|p| alive(p)).collect::<Vec<_>>())
+    })?;
+    Ok(())
+}

@@ -10,5 +10,5 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use redact::redact_url;
-pub use shutdown::cancel_on_signal;
+pub use shutdown::{cancel_on_signal, cancel_on_signals};
 pub use telemetry::{LogFormat, TelemetryGuard, init};

@@ -10,8 +10,10 @@
 //! - [`event`]: what a worker reports back about a step.
 //! - [`describe`]: what an op binary prints for `--describe`.
 //! - [`queue`]: queue, exchange and header names.
+//! - [`cancel`]: the records of the cancels stream (run cancellation).
 //! - [`codec`]: versioned JSON encoding shared by every message type.
 
+pub mod cancel;
 pub mod codec;
 pub mod describe;
 pub mod event;
@@ -19,6 +21,7 @@ pub mod ids;
 pub mod queue;
 pub mod step;
 
+pub use cancel::{CancelKind, CancelRecord};
 pub use codec::{DecodeError, SCHEMA_VERSION};
 pub use describe::{ConfigField, OpDescription};
 pub use event::{Event, EventKind, LogLevel};

@@ -18,6 +18,13 @@ pub const DEAD_LETTER_EXCHANGE: &str = "opflow.dead-letter";
 /// The queue bound to [`DEAD_LETTER_EXCHANGE`], read by the dispatcher.
 pub const DEAD_LETTER_QUEUE: &str = "opflow.dead-letter";
 
+/// The stream of run cancellations (a RabbitMQ stream queue), published to through the
+/// default exchange and read by every worker from the start of its retention.
+pub const CANCELS_STREAM: &str = "opflow.cancels";
+
+/// The AMQP `type` property of a cancel record.
+pub const CANCEL_MESSAGE_TYPE: &str = "opflow.cancel";
+
 /// The trace-context header (W3C `traceparent`) carried by steps and events.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 

@@ -32,6 +32,7 @@ use tracing::Instrument;
 
 use crate::{
     MAX_OUTPUT_BYTES,
+    cancel::Cancels,
     context::StepContext,
     error::StepError,
     lease::StepLease,
@@ -48,6 +49,11 @@ const REPORT_START_AFTER: Duration = Duration::from_millis(100);
 struct Worker {
     spec: Arc<OpSpec>,
     heartbeat: Duration,
+    /// How long a step told to stop (timed out, canceled) has to return by itself before
+    /// the worker exits to stop it.
+    stop_grace: Duration,
+    /// The canceled runs this worker knows of, and the step in hand.
+    cancels: Cancels,
     /// `name@version/host/pid`: names this worker in events and in the broker's consumer list.
     id: String,
     reporter: Reporter,
@@ -57,20 +63,55 @@ struct Worker {
     unsent: Arc<std::sync::Mutex<Vec<Event>>>,
 }
 
+/// How the worker ended, for `Op::main`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Shutdown was requested; the step in hand was settled.
+    Stopped,
+    /// A step's handler would not stop when told to: the step is settled, and the process
+    /// must exit now (without waiting for the handler) so that nothing of it runs on.
+    Recycle,
+}
+
 /// How one broker session ended.
 enum SessionEnd {
     /// Shutdown was requested and the step in hand (if any) is settled.
     Shutdown,
+    /// See [`Exit::Recycle`]; the step is settled and the consume channel closed.
+    Recycle,
     /// The broker connection or a channel failed; connect again and go on.
     Lost(anyhow::Error),
     /// Reconnecting would not help (the op's queue does not exist).
     Fatal(anyhow::Error),
 }
 
+/// A step whose message is settled.
+struct Settled {
+    /// The handler did not stop when told to; see [`Exit::Recycle`].
+    recycle: bool,
+}
+
+/// Why a running step was told to stop.
+enum Stop {
+    TimedOut(Duration),
+    Canceled,
+    /// The consume channel closed under the step (the broker's consumer timeout, a lost
+    /// connection): the broker has requeued the message.
+    ChannelClosed(String),
+}
+
+/// How the handler's run ended.
+enum Executed {
+    Finished(Result<Value, StepError>),
+    Stopped { why: Stop, handler_stopped: bool },
+}
+
 /// How a step ended when it did not settle normally.
 enum StepEnd {
     /// The consume channel closed under the step; the broker has requeued the message.
     ChannelClosed(String),
+    /// As `ChannelClosed`, and the handler would not stop: the process must exit.
+    ChannelClosedRecycle,
     /// Publishing the result or acking failed; the broker redelivers the message.
     Broker(anyhow::Error),
 }
@@ -82,7 +123,7 @@ pub(crate) async fn run(
     spec: Arc<OpSpec>,
     settings: WorkerSettings,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Exit> {
     let redacted = opflow_process::redact_url(&settings.amqp_url);
     let id = format!("{}/{}/{}", spec.op, hostname(), std::process::id());
     // At start a wrong URL should be reported soon; once connected, outages are waited out.
@@ -91,13 +132,14 @@ pub(crate) async fn run(
     // like connection attempts, so a broker that half-works is not hammered.
     let mut pauses = opflow_amqp::connect::session_backoff();
     let unsent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cancels = Cancels::default();
     loop {
         let connection =
             match opflow_amqp::connect(&settings.amqp_url, &redacted, &id, retry, &shutdown).await {
                 Ok(connection) => connection,
                 Err(ConnectError::Cancelled { .. }) => {
                     tracing::info!("stopped while connecting to the broker");
-                    return Ok(());
+                    return Ok(Exit::Stopped);
                 }
                 Err(error) => return Err(error).context("starting the worker"),
             };
@@ -105,6 +147,8 @@ pub(crate) async fn run(
             connection: &connection,
             spec: &spec,
             heartbeat: settings.heartbeat,
+            stop_grace: settings.stop_grace,
+            cancels: cancels.clone(),
             id: &id,
             unsent: unsent.clone(),
         };
@@ -116,8 +160,9 @@ pub(crate) async fn run(
         match end {
             SessionEnd::Shutdown => {
                 tracing::info!("stopped cleanly");
-                return Ok(());
+                return Ok(Exit::Stopped);
             }
+            SessionEnd::Recycle => return Ok(Exit::Recycle),
             SessionEnd::Fatal(error) => return Err(error),
             SessionEnd::Lost(error) => {
                 if session_started.elapsed() > Duration::from_secs(60) {
@@ -127,7 +172,7 @@ pub(crate) async fn run(
                 tracing::warn!(error = format!("{error:#}"), retry_in = ?pause, "lost the broker; reconnecting");
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
-                    () = shutdown.cancelled() => return Ok(()),
+                    () = shutdown.cancelled() => return Ok(Exit::Stopped),
                 }
                 retry = ConnectRetry::forever();
             }
@@ -140,6 +185,8 @@ struct Session<'a> {
     connection: &'a Connection,
     spec: &'a Arc<OpSpec>,
     heartbeat: Duration,
+    stop_grace: Duration,
+    cancels: Cancels,
     id: &'a str,
     unsent: Arc<std::sync::Mutex<Vec<Event>>>,
 }
@@ -179,6 +226,8 @@ impl Session<'_> {
         let worker = Worker {
             spec: self.spec.clone(),
             heartbeat: self.heartbeat,
+            stop_grace: self.stop_grace,
+            cancels: self.cancels.clone(),
             id: self.id.to_owned(),
             reporter,
             shutdown: shutdown.clone(),
@@ -191,6 +240,9 @@ impl Session<'_> {
             return SessionEnd::Lost(error);
         }
 
+        // Learn every cancel there is before taking a step.
+        let follower_stop = CancellationToken::new();
+        let follower = self.cancels.follow(self.connection, &publisher, self.id, follower_stop.clone()).await;
         let end = match self.open_consumer().await {
             Ok((channel, consumer)) => {
                 let end = worker.consume(&channel, consumer).await;
@@ -203,6 +255,12 @@ impl Session<'_> {
             Err(error) => SessionEnd::Lost(error),
         };
 
+        follower_stop.cancel();
+        if let Some(follower) = follower
+            && let Err(error) = follower.await
+        {
+            tracing::warn!(%error, "the cancels follower failed");
+        }
         drop(worker);
         reporter_stop.cancel();
         if let Err(error) = reporter_task.await {
@@ -321,10 +379,18 @@ impl Worker {
                 }
             };
             match result {
-                Ok(()) if consuming => {}
+                Ok(Settled { recycle: true }) | Err(StepEnd::ChannelClosedRecycle) => {
+                    // Close the channel (waiting for the broker's close-ok, so the ack is
+                    // through) before the process exits under the runaway handler.
+                    if let Err(error) = channel.close(200, "worker recycling".into()).await {
+                        tracing::warn!(%error, "closing the consume channel failed");
+                    }
+                    return SessionEnd::Recycle;
+                }
+                Ok(Settled { recycle: false }) if consuming => {}
                 // Shutdown stopped consuming during the step; a message that arrived in
                 // the meantime goes back to the queue when the channel closes.
-                Ok(()) => return SessionEnd::Shutdown,
+                Ok(Settled { recycle: false }) => return SessionEnd::Shutdown,
                 Err(StepEnd::ChannelClosed(reason)) => {
                     return SessionEnd::Lost(anyhow::anyhow!(
                         "the consume channel closed under a step: {reason}"
@@ -346,13 +412,14 @@ impl Worker {
         &self,
         delivery: Delivery,
         channel_closed: oneshot::Receiver<String>,
-    ) -> Result<(), StepEnd> {
+    ) -> Result<Settled, StepEnd> {
         let lease = StepLease::new(delivery.acker.clone());
         let message = match StepMessage::decode(&delivery.data) {
             Ok(message) => message,
             Err(error) => {
                 tracing::error!(%error, queue = %queue::op_queue(&self.spec.op), "malformed step message; dead-lettering it");
-                return lease.dead_letter().await.map_err(|e| StepEnd::Broker(e.into()));
+                lease.dead_letter().await.map_err(|e| StepEnd::Broker(e.into()))?;
+                return Ok(Settled { recycle: false });
             }
         };
         if message.op != self.spec.op {
@@ -362,7 +429,8 @@ impl Worker {
                 step_id = %message.step_id,
                 "step for another op version arrived on this queue; dead-lettering it"
             );
-            return lease.dead_letter().await.map_err(|e| StepEnd::Broker(e.into()));
+            lease.dead_letter().await.map_err(|e| StepEnd::Broker(e.into()))?;
+            return Ok(Settled { recycle: false });
         }
         let span = tracing::info_span!(
             "step",
@@ -384,7 +452,17 @@ impl Worker {
         redelivered: bool,
         deliveries: Option<i64>,
         mut channel_closed: oneshot::Receiver<String>,
-    ) -> Result<(), StepEnd> {
+    ) -> Result<Settled, StepEnd> {
+        let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
+        let event = |kind| Event::new(run_id, step_id, attempt, self.id.clone(), kind);
+        if self.cancels.is_canceled(run_id) {
+            // Never start a step of a canceled run; the record says why it did not run.
+            tracing::info!("the step's run was canceled; not running it");
+            let error = "canceled: the run was canceled before this step started".to_owned();
+            let result = event(EventKind::Failed { error, retryable: false });
+            lease.complete(&self.reporter, result).await.map_err(|e| StepEnd::Broker(e.into()))?;
+            return Ok(Settled { recycle: false });
+        }
         if redelivered {
             tracing::warn!(
                 previous_deliveries = deliveries,
@@ -393,15 +471,44 @@ impl Worker {
         }
         let started = Instant::now();
         let started_at = Utc::now();
-        let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
-        let event = |kind| Event::new(run_id, step_id, attempt, self.id.clone(), kind);
+        let running = self.cancels.track(run_id);
+        let executed = self.execute(message, started_at, running.token(), &mut channel_closed).await;
+        drop(running);
 
-        let executed = tokio::select! {
-            executed = self.execute(message, started_at) => executed,
-            Ok(reason) = &mut channel_closed => {
+        let grace = humantime::format_duration(self.stop_grace);
+        let exits = format!(
+            "; the handler did not stop within {grace} of being told to, so its worker process exited to stop it \
+             (check `ctx.cancelled()` in long work to stop in time)"
+        );
+        let (kind, recycle) = match executed {
+            Executed::Finished(Ok(output)) => match output_size_error(&output) {
+                None => (EventKind::Succeeded { output }, false),
+                Some(error) => (EventKind::Failed { error, retryable: false }, false),
+            },
+            Executed::Finished(Err(error)) => (
+                EventKind::Failed { retryable: error.is_retryable(), error: error.message().to_owned() },
+                false,
+            ),
+            Executed::Stopped { why: Stop::TimedOut(limit), handler_stopped } => {
+                let mut error = format!(
+                    "timed out after {}; raise the asset's `timeout` in the plan if the step needs longer",
+                    humantime::format_duration(limit)
+                );
+                if !handler_stopped {
+                    error.push_str(&exits);
+                }
+                (EventKind::Failed { error, retryable: true }, !handler_stopped)
+            }
+            Executed::Stopped { why: Stop::Canceled, handler_stopped } => {
+                let mut error = "canceled: the run was canceled while this step ran".to_owned();
+                if !handler_stopped {
+                    error.push_str(&exits);
+                }
+                (EventKind::Failed { error, retryable: false }, !handler_stopped)
+            }
+            Executed::Stopped { why: Stop::ChannelClosed(reason), handler_stopped } => {
                 // The broker has already requeued the message: finishing the step would
-                // only run it twice. Stop it (dropping `execute` aborts the handler), say
-                // why, and let the next delivery run it.
+                // only run it twice. Say why it stopped, and let the next delivery run it.
                 lease.abandon();
                 let elapsed = humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()));
                 let reason = format!(
@@ -415,16 +522,11 @@ impl Worker {
                     tracing::debug!("could not report the abandoned step yet; the next session will");
                     self.unsent.lock().expect("never poisoned").push(abandoned);
                 }
+                if !handler_stopped {
+                    tracing::error!(grace = %grace, "the handler did not stop when told to; exiting to stop it");
+                    return Err(StepEnd::ChannelClosedRecycle);
+                }
                 return Err(StepEnd::ChannelClosed(reason));
-            }
-        };
-        let kind = match executed {
-            Ok(output) => match output_size_error(&output) {
-                None => EventKind::Succeeded { output },
-                Some(error) => EventKind::Failed { error, retryable: false },
-            },
-            Err(error) => {
-                EventKind::Failed { retryable: error.is_retryable(), error: error.message().to_owned() }
             }
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -435,36 +537,50 @@ impl Worker {
             _ => tracing::info!(elapsed_ms, "step succeeded"),
         }
         let result = event(kind).with_started_at(started_at);
-        lease.complete(&self.reporter, result).await.map_err(|e| StepEnd::Broker(e.into()))
+        lease.complete(&self.reporter, result).await.map_err(|e| StepEnd::Broker(e.into()))?;
+        if recycle {
+            tracing::error!(grace = %grace, "the handler did not stop when told to; the step is reported, exiting to stop it");
+        }
+        Ok(Settled { recycle })
     }
 
-    /// Runs the handler in its own task (so a panic is contained) under the step's timeout,
-    /// with heartbeats while it runs. Dropping the returned future aborts both tasks.
-    async fn execute(&self, message: StepMessage, started_at: DateTime<Utc>) -> Result<Value, StepError> {
+    /// Runs the handler in its own task (so a panic is contained), with heartbeats, until
+    /// it returns, or until it must stop: its timeout passed, its run was canceled, or the
+    /// consume channel closed under it. Then the handler is told to stop (through
+    /// `StepContext::cancelled`) and given the stop grace to return by itself.
+    async fn execute(
+        &self,
+        message: StepMessage,
+        started_at: DateTime<Utc>,
+        run_canceled: &CancellationToken,
+        channel_closed: &mut oneshot::Receiver<String>,
+    ) -> Executed {
         let timeout = message.timeout_ms.map(Duration::from_millis);
-        let ctx =
-            StepContext::new(message, self.reporter.clone(), self.id.clone(), self.shutdown.child_token());
+        let stop_step = CancellationToken::new();
+        let ctx = StepContext::new(
+            message,
+            self.reporter.clone(),
+            self.id.clone(),
+            self.shutdown.child_token(),
+            stop_step.clone(),
+        );
         let _heartbeat = AbortOnDropHandle::new(self.spawn_heartbeat(&ctx, started_at));
         let mut task = AbortOnDropHandle::new(tokio::spawn((self.spec.handler)(ctx).in_current_span()));
-        let joined = match timeout {
-            None => (&mut task).await,
-            Some(limit) => match tokio::time::timeout(limit, &mut task).await {
-                Ok(joined) => joined,
-                Err(_) => {
-                    return Err(StepError::Retryable(format!(
-                        "timed out after {}; raise the asset's `timeout` in the plan if the step needs longer",
-                        humantime::format_duration(limit)
-                    )));
-                }
-            },
-        };
-        match joined {
-            Ok(result) => result,
-            Err(error) if error.is_panic() => {
-                Err(StepError::Fatal(format!("the handler panicked: {}", panic_message(error.into_panic()))))
+        let deadline = async {
+            match timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
             }
-            Err(_) => Err(StepError::Retryable("the handler task was cancelled".into())),
-        }
+        };
+        let why = tokio::select! {
+            joined = &mut task => return Executed::Finished(handler_result(joined)),
+            () = deadline => Stop::TimedOut(timeout.unwrap_or_default()),
+            () = run_canceled.cancelled() => Stop::Canceled,
+            Ok(reason) = channel_closed => Stop::ChannelClosed(reason),
+        };
+        stop_step.cancel();
+        let handler_stopped = tokio::time::timeout(self.stop_grace, &mut task).await.is_ok();
+        Executed::Stopped { why, handler_stopped }
     }
 
     /// Reports `started` once the step has run for [`REPORT_START_AFTER`], then a heartbeat
@@ -505,6 +621,19 @@ fn output_size_error(output: &Value) -> Option<String> {
             MAX_OUTPUT_BYTES / 1024
         )
     })
+}
+
+/// A handler task's outcome as a step result.
+fn handler_result(
+    joined: Result<Result<Value, StepError>, tokio::task::JoinError>,
+) -> Result<Value, StepError> {
+    match joined {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => {
+            Err(StepError::Fatal(format!("the handler panicked: {}", panic_message(error.into_panic()))))
+        }
+        Err(_) => Err(StepError::Retryable("the handler task was cancelled".into())),
+    }
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -23,6 +23,7 @@ struct Inner {
     reporter: Reporter,
     worker: String,
     stopping: CancellationToken,
+    cancelled: CancellationToken,
 }
 
 impl StepContext {
@@ -31,9 +32,10 @@ impl StepContext {
         reporter: Reporter,
         worker: String,
         stopping: CancellationToken,
+        cancelled: CancellationToken,
     ) -> Self {
         let params = message.params();
-        Self { inner: Arc::new(Inner { message, params, reporter, worker, stopping }) }
+        Self { inner: Arc::new(Inner { message, params, reporter, worker, stopping, cancelled }) }
     }
 
     pub fn run_id(&self) -> RunId {
@@ -97,6 +99,17 @@ impl StepContext {
     /// way; a long handler may check this to stop early with a retryable error.
     pub fn stopping(&self) -> &CancellationToken {
         &self.inner.stopping
+    }
+
+    /// Set when this step must stop now: it ran past its `timeout`, or its run was
+    /// canceled. Its result no longer counts. A handler should check it (or `select!` on
+    /// `cancelled().cancelled()`) in long work and return promptly; one that has not
+    /// returned within the worker's stop grace (`--stop-grace`, 5 s by default) is stopped
+    /// by the worker process exiting, after it reports the step, so that nothing it
+    /// started (blocking threads, busy loops) runs on beside the step's retry. The op's
+    /// supervisor (`opflow up`, Kubernetes) starts a fresh process.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.inner.cancelled
     }
 
     /// Reports progress in `[0, 1]` (clamped) with a short message.

@@ -26,15 +26,20 @@
 //! The runtime consumes the op version's queue with prefetch 1, runs the handler under the
 //! step's timeout, turns an error or a panic into a failed event, publishes the terminal
 //! event with a confirm and only then acks the message (ack-late). SIGTERM or Ctrl-C stops
-//! consuming, finishes the step in hand, acks it and exits 0.
+//! consuming, finishes the step in hand, acks it and exits 0. A step past its timeout, or
+//! whose run was canceled, is told to stop through [`StepContext::cancelled`]; a handler
+//! that does not return within the stop grace has its step reported and its process exit
+//! (code 0), so that nothing it started runs on beside a retry.
 //!
 //! - [`op`]: the [`Op`] builder and the command line of an op binary.
 //! - [`context`]: what a handler sees ([`StepContext`]).
 //! - [`error`]: [`StepError`], whose variant carries the retry decision.
+//! - `cancel`: run cancellation as the worker learns it (the cancels stream).
 //! - [`consume`]: the consume loop.
 //! - [`lease`]: [`lease::StepLease`], ack-late as a type.
 //! - [`report`]: publishing events in order, with confirms.
 
+mod cancel;
 pub mod consume;
 pub mod context;
 pub mod error;

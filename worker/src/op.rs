@@ -67,6 +67,11 @@ pub struct WorkerSettings {
     #[arg(long, env = "OPFLOW_HEARTBEAT", default_value = "10s", value_parser = humantime_duration)]
     pub heartbeat: Duration,
 
+    /// How long a step told to stop (past its timeout, or its run canceled) has to return by
+    /// itself; after that the worker reports it and exits, to stop whatever the handler runs
+    #[arg(long, env = "OPFLOW_STOP_GRACE", default_value = "5s", value_parser = humantime_duration)]
+    pub stop_grace: Duration,
+
     /// Log line format on stderr: human or json
     #[arg(long, env = "OPFLOW_LOG_FORMAT", default_value = "human", value_parser = log_format)]
     pub log_format: LogFormat,
@@ -74,10 +79,11 @@ pub struct WorkerSettings {
 
 impl fmt::Debug for WorkerSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let WorkerSettings { amqp_url, heartbeat, log_format } = self;
+        let WorkerSettings { amqp_url, heartbeat, stop_grace, log_format } = self;
         f.debug_struct("WorkerSettings")
             .field("amqp_url", &opflow_process::redact_url(amqp_url))
             .field("heartbeat", heartbeat)
+            .field("stop_grace", stop_grace)
             .field("log_format", log_format)
             .finish()
     }
@@ -185,18 +191,28 @@ impl Op {
                 return ExitCode::FAILURE;
             }
         };
-        runtime.block_on(async move {
+        let exit = runtime.block_on(async move {
             let _telemetry = opflow_process::init("opflow-worker", args.settings.log_format, "info");
             let shutdown = CancellationToken::new();
             tokio::spawn(opflow_process::cancel_on_signal(shutdown.clone()));
             match crate::consume::run(Arc::new(spec), args.settings, shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(exit) => Ok(exit),
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "worker stopped");
-                    ExitCode::FAILURE
+                    Err(())
                 }
             }
-        })
+        });
+        match exit {
+            Ok(crate::consume::Exit::Stopped) => ExitCode::SUCCESS,
+            Ok(crate::consume::Exit::Recycle) => {
+                // Not a return through the runtime's drop, which would wait for the very
+                // blocking work this exit is meant to stop.
+                eprintln!("exiting: a step's handler did not stop when told to (its step is reported)");
+                std::process::exit(0)
+            }
+            Err(()) => ExitCode::FAILURE,
+        }
     }
 }
 

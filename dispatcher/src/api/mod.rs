@@ -1,7 +1,8 @@
 //! The HTTP API: submit a run, read its state and outputs, list ops, and health and
 //! readiness for probes. `router` is apart from serving so tests can call it directly.
 //!
-//! - [`runs`]: `POST /v1/runs`, `GET /v1/runs/{id}`, `GET /v1/runs/{id}/outputs`.
+//! - [`runs`]: `POST /v1/runs`, `GET /v1/runs/{id}`, `GET /v1/runs/{id}/outputs`,
+//!   `POST /v1/runs/{id}/cancel`.
 //! - [`error`]: [`error::ApiError`], the one error type every handler returns.
 
 pub mod error;
@@ -90,6 +91,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs", axum::routing::post(runs::submit))
         .route("/v1/runs/{id}", get(runs::status))
         .route("/v1/runs/{id}/outputs", get(runs::outputs))
+        .route("/v1/runs/{id}/cancel", axum::routing::post(runs::cancel))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

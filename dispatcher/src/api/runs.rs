@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiState, MAX_BODY_BYTES, error::ApiError};
 use crate::store::{
     ops::RegisteredOpRow,
-    runs::{RunSummary, StepOutput},
+    runs::{Cancellation, RunSummary, StepOutput},
 };
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +73,60 @@ pub async fn outputs(
     let run = parse_run_id(&id)?;
     summary(&state, run).await?;
     Ok(Json(state.store.step_outputs(run, query.asset.as_deref()).await?))
+}
+
+/// What `POST /v1/runs/{id}/cancel` answers.
+#[derive(Debug, Serialize)]
+pub struct CancelResponse {
+    /// False when the run had already finished: nothing changed.
+    pub canceled: bool,
+    /// What happened, in words.
+    pub message: String,
+    /// Steps that will never start (queued, waiting or retrying when canceled).
+    pub not_started: i64,
+    /// Steps that were running; their workers are told to stop them.
+    pub running: i64,
+    pub run: RunSummary,
+}
+
+/// `POST /v1/runs/{id}/cancel`: 200 either way; `canceled` says whether anything changed.
+pub async fn cancel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<CancelResponse>, ApiError> {
+    let run = parse_run_id(&id)?;
+    let cancellation =
+        state.store.cancel_run(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))?;
+    let summary = summary(&state, run).await?;
+    Ok(Json(CancelResponse::new(cancellation, summary)))
+}
+
+impl CancelResponse {
+    pub fn new(cancellation: Cancellation, run: RunSummary) -> Self {
+        match cancellation {
+            Cancellation::Canceled { not_started, running } => Self {
+                canceled: true,
+                message: format!(
+                    "canceled run {}: {not_started} step(s) will never start, {running} running step(s) were told to stop",
+                    run.run_id
+                ),
+                not_started,
+                running,
+                run,
+            },
+            Cancellation::AlreadyFinished(status) => Self {
+                canceled: false,
+                message: format!(
+                    "run {} had already finished ({}); nothing changed",
+                    run.run_id,
+                    status.as_str()
+                ),
+                not_started: 0,
+                running: 0,
+                run,
+            },
+        }
+    }
 }
 
 /// `GET /v1/ops`.

@@ -6,7 +6,7 @@ use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Durati
 
 use futures_util::FutureExt;
 use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
-use opflow_protocol::{OpRef, RunId, StepInput, queue};
+use opflow_protocol::{CancelRecord, OpRef, RunId, StepInput, queue};
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,13 @@ use crate::{isolation::Applier, store::storable::StorableEvent};
 /// How often the outbox is checked even without a wake-up, in case a notification was
 /// missed (e.g. while the listener reconnected).
 const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// What the store announces steps to publish on (`store::outbox`).
+pub const OUTBOX_CHANNEL: &str = "opflow_outbox";
+/// What the store announces cancels on (`Store::cancel_run`).
+pub const CANCELS_CHANNEL: &str = "opflow_cancels";
+/// Cancels published per round, at most.
+const CANCELS_PER_ROUND: u32 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublisherError {
@@ -60,7 +67,7 @@ impl StepPublisher {
         cancel: CancellationToken,
     ) -> Result<(), PublisherError> {
         let mut listener = match PgListener::connect_with(self.store.pool()).await {
-            Ok(mut listener) => match listener.listen("opflow_outbox").await {
+            Ok(mut listener) => match listener.listen_all([CANCELS_CHANNEL, OUTBOX_CHANNEL]).await {
                 Ok(()) => Some(listener),
                 Err(error) => {
                     tracing::warn!(%error, "cannot LISTEN for outbox notifications; polling instead");
@@ -72,7 +79,18 @@ impl StepPublisher {
                 None
             }
         };
+        // Cancels are looked for when announced, and on every poll in case one was missed.
+        let mut cancels_due = true;
         loop {
+            if cancels_due && !cancel.is_cancelled() {
+                match self.publish_cancels().await {
+                    Ok(()) => cancels_due = false,
+                    Err(PublisherError::Store(error)) => {
+                        tracing::warn!(%error, "publishing cancels failed; retrying on the next round")
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
             while !cancel.is_cancelled() {
                 match self.publish_batch(&cancel).await {
                     // A short batch drained the outbox: wait for a wake-up rather than ask an
@@ -92,22 +110,62 @@ impl StepPublisher {
             }
             let notified = async {
                 match listener.as_mut() {
-                    Some(listener) => {
-                        if let Err(error) = listener.recv().await {
+                    Some(listener) => match listener.recv().await {
+                        Ok(notification) => notification.channel() == CANCELS_CHANNEL,
+                        Err(error) => {
                             tracing::debug!(%error, "outbox listener interrupted");
                             tokio::time::sleep(POLL_EVERY).await;
+                            true
                         }
-                    }
+                    },
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 () = wake.notified() => {}
-                () = notified => {}
-                () = tokio::time::sleep(POLL_EVERY) => {}
+                cancels = notified => cancels_due |= cancels,
+                () = tokio::time::sleep(POLL_EVERY) => cancels_due = true,
             }
         }
+    }
+
+    /// Appends the runs canceled since the last call to the cancels stream, and removes
+    /// them from the cancel outbox once the broker confirmed them.
+    async fn publish_cancels(&self) -> Result<(), PublisherError> {
+        let batch = self.store.take_cancels(CANCELS_PER_ROUND).await?;
+        if batch.runs.is_empty() {
+            return Ok(());
+        }
+        let mut pending = Vec::with_capacity(batch.runs.len());
+        for run in &batch.runs {
+            let record = CancelRecord::run(*run).encode();
+            let sent = self
+                .publisher
+                .send(Outgoing {
+                    exchange: "",
+                    routing_key: queue::CANCELS_STREAM,
+                    payload: &record,
+                    message_type: queue::CANCEL_MESSAGE_TYPE,
+                    headers: trace::current_context_headers(),
+                })
+                .await?;
+            pending.push((*run, sent));
+        }
+        for (run, sent) in pending {
+            match sent.wait().await {
+                Ok(()) => tracing::info!(run_id = %run, "told workers the run is canceled"),
+                // The stream is declared with the topology, so this is an operator deleting
+                // it: workers cannot be told, but the run is canceled all the same (its
+                // steps' results are ignored). Retrying would not help.
+                Err(error @ (PublishError::Unroutable { .. } | PublishError::Nacked { .. })) => {
+                    tracing::error!(run_id = %run, %error, "cannot tell workers the run is canceled; its queued steps may still run, and their results are ignored")
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        batch.commit().await?;
+        Ok(())
     }
 
     /// Publishes one outbox batch; returns how many outbox rows it consumed.

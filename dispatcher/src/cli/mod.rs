@@ -75,6 +75,8 @@ enum Command {
     Status(run::StatusArgs),
     /// Show the outputs (or errors) of a run's steps
     Outputs(run::OutputsArgs),
+    /// Cancel a run: queued and waiting steps never start, running ones are told to stop
+    Cancel(run::CancelArgs),
     /// Measure throughput and latency against the broker's own limit, in a sandbox
     #[command(
         long_about = "Measure throughput and latency against the broker's own limit, in a sandbox.\n\n\
@@ -137,6 +139,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args, &settings, &cancel).await,
         Command::Status(args) => run::status(args, &settings, &cancel).await,
         Command::Outputs(args) => run::outputs(args, &settings, &cancel).await,
+        Command::Cancel(args) => run::cancel(args, &settings, &cancel).await,
         Command::Bench(args) => bench::bench(args, &settings, &cancel).await,
     }
 }

@@ -43,8 +43,8 @@ pub fn summary(s: &RunSummary) {
     println!("  plan   {} ({}){key}", s.plan, s.plan_file);
     let c = &s.steps;
     println!(
-        "  steps  {} total: {} succeeded, {} failed, {} skipped, {} running, {} queued, {} waiting, {} retrying",
-        c.total, c.succeeded, c.failed, c.skipped, c.running, c.queued, c.waiting, c.retrying
+        "  steps  {} total: {} succeeded, {} failed, {} skipped, {} canceled, {} running, {} queued, {} waiting, {} retrying",
+        c.total, c.succeeded, c.failed, c.skipped, c.canceled, c.running, c.queued, c.waiting, c.retrying
     );
     for f in &s.failures {
         println!("  failed step {} ({}), attempt {}: {}", f.step_id, f.asset, f.attempt, f.error);
@@ -103,7 +103,7 @@ impl Progress {
     }
 
     pub fn update(&mut self, p: &RunProgress, quiet: bool) {
-        let done = (p.steps_succeeded + p.steps_failed + p.steps_skipped) as u64;
+        let done = (p.steps_succeeded + p.steps_failed + p.steps_skipped + p.steps_canceled) as u64;
         let msg = if p.steps_failed > 0 { format!("({} failed)", p.steps_failed) } else { String::new() };
         match &self.bar {
             Some(bar) => {

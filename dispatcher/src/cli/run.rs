@@ -47,6 +47,15 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run id
+    pub run: String,
+    /// Print one JSON object (canceled, message, not_started, running, run) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct OutputsArgs {
     /// The run id
     pub run: String,
@@ -120,6 +129,25 @@ pub async fn status(
     let run = parse_run_id(&args.run)?;
     let store = super::store(settings, cancel).await?;
     print_summary(&summary_of(&store, run).await?, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `opflow cancel`: queued and waiting steps never start, running ones are told to stop.
+/// Exits 0 whether the run was going or had already finished (which it says).
+pub async fn cancel(
+    args: CancelArgs,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let run = parse_run_id(&args.run)?;
+    let store = super::store(settings, cancel).await?;
+    let cancellation = store.cancel_run(run).await?.ok_or_else(|| InvalidInput(format!("no run {run}")))?;
+    let response = crate::api::runs::CancelResponse::new(cancellation, summary_of(&store, run).await?);
+    if args.json {
+        println!("{}", serde_json::to_string(&response)?);
+    } else {
+        println!("{}", response.message);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -42,7 +42,15 @@ pub async fn up(args: UpArgs, settings: Settings, log_format: String) -> anyhow:
     let binaries = if args.ops.is_empty() { example_ops()? } else { args.ops.clone() };
     let plan_source = args.run.as_deref().map(render::read_plan).transpose()?;
     let signal = CancellationToken::new();
-    tokio::spawn(opflow_process::cancel_on_signal(signal.clone()));
+    let force = CancellationToken::new();
+    tokio::spawn(opflow_process::cancel_on_signals(signal.clone(), force.clone()));
+    // A second signal stops everything now: the workers die with this process (their
+    // parent-death signal); their unacked steps and the unapplied events are redelivered.
+    tokio::spawn(async move {
+        force.cancelled().await;
+        eprintln!("stopped at once on a second signal; unfinished steps will be redelivered");
+        std::process::exit(130);
+    });
 
     let (store, connection) = service::connect(&settings, &signal).await?;
     let channel = connection.create_channel().await.context("opening a channel")?;

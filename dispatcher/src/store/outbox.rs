@@ -108,7 +108,37 @@ impl OutboxBatch {
     }
 }
 
+/// Cancels taken from the cancel outbox, held in an open transaction until
+/// [`CancelBatch::commit`].
+pub struct CancelBatch {
+    tx: Transaction<'static, Postgres>,
+    pub runs: Vec<RunId>,
+}
+
+impl CancelBatch {
+    /// Makes the batch's removal from the cancel outbox permanent.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
 impl Store {
+    /// Takes up to `limit` cancels to append to the cancels stream, oldest first.
+    pub async fn take_cancels(&self, limit: u32) -> Result<CancelBatch, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let runs: Vec<Uuid> = sqlx::query_scalar(
+            "DELETE FROM cancel_outbox WHERE run_id IN (
+                 SELECT run_id FROM cancel_outbox ORDER BY requested_at LIMIT $1 FOR UPDATE SKIP LOCKED
+             )
+             RETURNING run_id",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(CancelBatch { tx, runs: runs.into_iter().map(RunId::from_uuid).collect() })
+    }
+
     /// Queues every retry whose backoff has elapsed; returns how many.
     pub async fn release_due_retries(&self) -> Result<u64, StoreError> {
         let queued: i64 = sqlx::query_scalar(

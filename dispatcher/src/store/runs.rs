@@ -25,11 +25,12 @@ pub enum RunStatus {
     Running,
     Succeeded,
     Failed,
+    Canceled,
 }
 
 impl RunStatus {
     pub fn is_finished(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed)
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Canceled)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +39,7 @@ impl RunStatus {
             RunStatus::Running => "running",
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
+            RunStatus::Canceled => "canceled",
         }
     }
 }
@@ -53,6 +55,8 @@ pub enum StepStatus {
     Succeeded,
     Failed,
     Skipped,
+    /// Its run was canceled before it finished.
+    Canceled,
 }
 
 /// The outcome of a submission.
@@ -74,6 +78,7 @@ pub struct StepCounts {
     pub succeeded: i64,
     pub failed: i64,
     pub skipped: i64,
+    pub canceled: i64,
 }
 
 /// A run's state, as `opflow status --json` and `GET /v1/runs/{id}` show it.
@@ -108,6 +113,21 @@ pub struct RunProgress {
     pub steps_succeeded: i32,
     pub steps_failed: i32,
     pub steps_skipped: i32,
+    pub steps_canceled: i32,
+}
+
+/// What canceling a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancellation {
+    /// The run was going and is now canceled.
+    Canceled {
+        /// Steps that were queued, waiting or retrying: they never start.
+        not_started: i64,
+        /// Steps that were running: their workers are told to stop.
+        running: i64,
+    },
+    /// The run had already ended; nothing changed.
+    AlreadyFinished(RunStatus),
 }
 
 /// One step's result.
@@ -237,7 +257,8 @@ impl Store {
     /// A run's counters, from its row alone: cheap enough to poll.
     pub async fn run_progress(&self, run: RunId) -> Result<Option<RunProgress>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT status, steps_total, steps_succeeded, steps_failed, steps_skipped FROM runs WHERE id = $1",
+            "SELECT status, steps_total, steps_succeeded, steps_failed, steps_skipped, steps_canceled
+             FROM runs WHERE id = $1",
         )
         .bind(run.as_uuid())
         .fetch_optional(&self.pool)
@@ -281,6 +302,7 @@ impl Store {
                 StepStatus::Succeeded => &mut steps.succeeded,
                 StepStatus::Failed => &mut steps.failed,
                 StepStatus::Skipped => &mut steps.skipped,
+                StepStatus::Canceled => &mut steps.canceled,
             } = n;
         }
         let failures: Vec<(i32, String, i32, Option<String>)> = sqlx::query_as(
@@ -325,6 +347,57 @@ impl Store {
         .bind(asset)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Cancels a run: its unfinished steps end `canceled` (queued and waiting ones never
+    /// start), its unpublished outbox rows go, and the cancel is queued for the cancels
+    /// stream, which tells workers to drop its queued messages and stop its running steps.
+    /// All in one transaction; a finished run is left as it is. `None` for an unknown run.
+    pub async fn cancel_run(&self, run: RunId) -> Result<Option<Cancellation>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let status: Option<RunStatus> =
+            sqlx::query_scalar("SELECT status FROM runs WHERE id = $1 FOR UPDATE")
+                .bind(run.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(status) = status else { return Ok(None) };
+        if status.is_finished() {
+            return Ok(Some(Cancellation::AlreadyFinished(status)));
+        }
+        sqlx::query("DELETE FROM outbox WHERE run_id = $1").bind(run.as_uuid()).execute(&mut *tx).await?;
+        let (not_started, running): (i64, i64) = sqlx::query_as(
+            "WITH canceled AS (
+                 UPDATE steps s SET status = 'canceled', finished_at = now(),
+                                    error = 'canceled: its run was canceled', next_attempt_at = NULL
+                 FROM (SELECT id, status AS before FROM steps
+                       WHERE run_id = $1 AND status IN ('waiting', 'queued', 'running', 'retrying')
+                       FOR UPDATE) b
+                 WHERE s.run_id = $1 AND s.id = b.id
+                 RETURNING b.before
+             ), counted AS (
+                 SELECT count(*) FILTER (WHERE before <> 'running') AS not_started,
+                        count(*) FILTER (WHERE before = 'running') AS running
+                 FROM canceled
+             ), ended AS (
+                 UPDATE runs SET status = 'canceled', finished_at = now(),
+                                 steps_canceled = steps_canceled + (SELECT not_started + running FROM counted)
+                 WHERE id = $1
+                 RETURNING id
+             ), announced AS (
+                 SELECT pg_notify('opflow_runs', id::text) FROM ended
+             )
+             SELECT not_started, running FROM counted, (SELECT count(*) FROM announced) a",
+        )
+        .bind(run.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO cancel_outbox (run_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(run.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify('opflow_cancels', '')").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(Cancellation::Canceled { not_started, running }))
     }
 
     /// Reads a run's compiled plan back from `run_assets`.

@@ -13,9 +13,17 @@ struct Params {
     /// Wait this long (without using CPU) before finishing.
     #[serde(default)]
     sleep_ms: u64,
-    /// Busy-spin this long (using one core) before finishing.
+    /// Busy-spin this long (using one core, on a blocking thread that nothing can stop but
+    /// the process ending) before finishing.
     #[serde(default)]
     burn_ms: u64,
+    /// Burn only on attempts before this one (0: on every attempt).
+    #[serde(default)]
+    burn_until_attempt: u32,
+    /// Hold an exclusive lock on this file while running (and burning); fail at once if
+    /// another attempt holds it. Shows whether two attempts of a step ever overlap.
+    #[serde(default)]
+    lock_file: Option<std::path::PathBuf>,
     /// `fatal` fails every attempt for good; `retryable` fails every attempt retryably;
     /// `panic` panics in the handler; `crash` aborts the whole worker process (a poison
     /// message, for testing dead-lettering).
@@ -52,12 +60,22 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
         ctx.progress(0.5, format!("half{nul}way"));
         ctx.materialized(json!({ format!("path{nul}"): format!("/tmp/{nul}x") }));
     }
+    let lock = match &params.lock_file {
+        Some(path) => Some(hold_lock(path)?),
+        None => None,
+    };
     if params.sleep_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(params.sleep_ms)).await;
+        // A well-behaved handler: it stops when told to (a timeout, a canceled run).
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(params.sleep_ms)) => {}
+            () = ctx.cancelled().cancelled() => return Err(StepError::retryable("stopped while sleeping, as told")),
+        }
     }
-    if params.burn_ms > 0 {
+    if params.burn_ms > 0 && (params.burn_until_attempt == 0 || ctx.attempt() < params.burn_until_attempt) {
+        // A badly behaved one: the spin ignores every request to stop.
         let burn = Duration::from_millis(params.burn_ms);
         tokio::task::spawn_blocking(move || {
+            let _held = lock;
             let start = Instant::now();
             while start.elapsed() < burn {
                 std::hint::spin_loop();
@@ -97,11 +115,34 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
     Ok(output)
 }
 
+/// Takes an exclusive lock on `path`, held until the returned file is dropped (or the
+/// process ends).
+fn hold_lock(path: &std::path::Path) -> Result<std::fs::File, StepError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| StepError::fatal(format!("cannot open lock_file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StepError::fatal(format!(
+            "another attempt of this step is still running: {} is locked",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StepError::fatal(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     Op::new("noop", opflow_worker::op_version!())
         .summary("Does nothing, optionally slowly or failing; for tests and benchmarks")
         .config_field("sleep_ms", "integer", "Milliseconds to wait before finishing", json!(0))
-        .config_field("burn_ms", "integer", "Milliseconds of CPU to burn before finishing", json!(0))
+        .config_field("burn_ms", "integer", "Milliseconds of CPU to burn before finishing (ignores stop requests)", json!(0))
+        .config_field("burn_until_attempt", "integer", "Burn only on attempts before this one (0: always)", json!(0))
+        .config_field("lock_file", "string", "Hold an exclusive lock on this file while running", Value::Null)
         .config_field(
             "fail",
             "string",

@@ -1,0 +1,236 @@
+//! Run cancellation, as a worker learns it. The dispatcher appends a record to the
+//! cancels stream when a run is canceled (`opflow_protocol::cancel`). Each broker session
+//! reads the stream from the start of its retention, appends a marker of its own and reads
+//! on until it sees it, so by the time the worker takes a step it knows every cancel that
+//! came before; then it follows the stream. A step of a canceled run never starts here,
+//! and the step in hand is told to stop the moment its run is canceled.
+//!
+//! A broker without the stream (a dispatcher older than cancellation) is worked with all
+//! the same: the worker says once that it cannot see cancels, and runs every step.
+
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    Channel, Connection, Consumer,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use opflow_amqp::{Outgoing, Publisher};
+use opflow_protocol::{CancelKind, CancelRecord, RunId, queue};
+use tokio_util::sync::CancellationToken;
+
+/// Canceled runs remembered; older ones are forgotten first (their queued steps are long
+/// gone, or run and are ignored).
+const REMEMBERED: usize = 100_000;
+
+/// How long a new session reads the stream for its marker before it takes steps anyway.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// What this worker knows of canceled runs, and the step it is running. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Cancels {
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
+    canceled: lru::LruCache<RunId, ()>,
+    running: Option<(RunId, CancellationToken)>,
+}
+
+/// The step in hand; its token is cancelled when its run is. Dropping it ends the tracking.
+pub(crate) struct Running {
+    cancels: Cancels,
+    token: CancellationToken,
+}
+
+impl Running {
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.cancels.lock().running = None;
+    }
+}
+
+impl Default for Cancels {
+    fn default() -> Self {
+        let capacity = NonZeroUsize::new(REMEMBERED).expect("a positive capacity");
+        Self { state: Arc::new(Mutex::new(State { canceled: lru::LruCache::new(capacity), running: None })) }
+    }
+}
+
+impl Cancels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section is a single insert, lookup or swap: a panic cannot leave
+        // the state half-changed, so a poisoned lock is still good.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn is_canceled(&self, run: RunId) -> bool {
+        self.lock().canceled.contains(&run)
+    }
+
+    /// Tracks the step of `run` now in hand.
+    pub(crate) fn track(&self, run: RunId) -> Running {
+        let token = CancellationToken::new();
+        let mut state = self.lock();
+        if state.canceled.contains(&run) {
+            token.cancel();
+        }
+        state.running = Some((run, token.clone()));
+        Running { cancels: self.clone(), token }
+    }
+
+    fn cancel(&self, run: RunId) {
+        let mut state = self.lock();
+        state.canceled.put(run, ());
+        if let Some((running, token)) = &state.running
+            && *running == run
+        {
+            tracing::info!(run_id = %run, "the run of the step in hand was canceled; telling the step to stop");
+            token.cancel();
+        }
+    }
+
+    /// Reads the stream on `connection` up to a marker published now (at most
+    /// [`CATCH_UP`]), then follows it in a task until `stop` or the channel ends. `None`
+    /// when the broker has no cancels stream.
+    pub(crate) async fn follow(
+        &self,
+        connection: &Connection,
+        publisher: &Publisher,
+        worker: &str,
+        stop: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (channel, mut consumer) = match open(connection).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::warn!(%error, stream = queue::CANCELS_STREAM,
+                    "cannot read run cancellations; steps of canceled runs will run (is the dispatcher older than this worker?)");
+                return None;
+            }
+        };
+        let nonce = format!("{worker}/{}", uuid::Uuid::new_v4());
+        let marker = CancelRecord::marker(&nonce).encode();
+        let published = publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: queue::CANCELS_STREAM,
+                payload: &marker,
+                message_type: queue::CANCEL_MESSAGE_TYPE,
+                headers: FieldTable::default(),
+            })
+            .await;
+        match published {
+            Ok(()) => {
+                let caught_up = tokio::time::timeout(CATCH_UP, async {
+                    while let Some(Ok(delivery)) = consumer.next().await {
+                        let mine = self.read(&delivery.data).as_deref() == Some(nonce.as_str());
+                        ack(&delivery.acker).await;
+                        if mine {
+                            return true;
+                        }
+                    }
+                    false
+                });
+                if !matches!(caught_up.await, Ok(true)) {
+                    tracing::warn!(timeout = ?CATCH_UP, "did not catch up with run cancellations in time; going on");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot mark the cancels stream; reading it without waiting")
+            }
+        }
+        let cancels = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    () = stop.cancelled() => break,
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => delivery,
+                        // The session notices a lost connection by itself.
+                        _ => break,
+                    },
+                };
+                cancels.read(&delivery.data);
+                ack(&delivery.acker).await;
+            }
+            if let Err(error) = channel.close(200, "worker stopping".into()).await {
+                tracing::debug!(%error, "closing the cancels channel failed");
+            }
+        }))
+    }
+
+    /// Applies one record; returns a marker's nonce.
+    fn read(&self, data: &[u8]) -> Option<String> {
+        match CancelRecord::decode(data) {
+            Ok(CancelRecord { kind: CancelKind::Run { run_id }, .. }) => {
+                self.cancel(run_id);
+                None
+            }
+            Ok(CancelRecord { kind: CancelKind::Marker { nonce }, .. }) => Some(nonce),
+            Err(error) => {
+                tracing::debug!(%error, "skipping a cancel record this worker cannot read");
+                None
+            }
+        }
+    }
+}
+
+async fn open(connection: &Connection) -> Result<(Channel, Consumer), lapin::Error> {
+    let channel = connection.create_channel().await?;
+    // A stream consumer needs a prefetch and acks; records are tiny.
+    channel.basic_qos(256, BasicQosOptions::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-stream-offset"), AMQPValue::LongString(LongString::from("first")));
+    let consumer = channel
+        .basic_consume(queue::CANCELS_STREAM.into(), "".into(), BasicConsumeOptions::default(), args)
+        .await?;
+    Ok((channel, consumer))
+}
+
+async fn ack(acker: &lapin::Acker) {
+    if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+        tracing::debug!(%error, "acking a cancel record failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canceled_run_stops_the_step_in_hand_and_no_other() {
+        let cancels = Cancels::default();
+        let (mine, other) = (RunId::new(), RunId::new());
+        let running = cancels.track(mine);
+        cancels.read(&CancelRecord::run(other).encode());
+        assert!(!running.token().is_cancelled());
+        assert!(cancels.is_canceled(other) && !cancels.is_canceled(mine));
+        cancels.read(&CancelRecord::run(mine).encode());
+        assert!(running.token().is_cancelled());
+    }
+
+    #[test]
+    fn a_step_of_a_run_canceled_before_is_canceled_from_the_start() {
+        let cancels = Cancels::default();
+        let run = RunId::new();
+        cancels.read(&CancelRecord::run(run).encode());
+        assert!(cancels.track(run).token().is_cancelled());
+    }
+
+    #[test]
+    fn markers_are_returned_and_garbage_is_skipped() {
+        let cancels = Cancels::default();
+        assert_eq!(cancels.read(&CancelRecord::marker("n").encode()).as_deref(), Some("n"));
+        assert_eq!(cancels.read(b"not a record"), None);
+    }
+}
