@@ -115,7 +115,7 @@ pub async fn declare_op_queue(
 }
 
 /// What a passive declare tells about a queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueCounts {
     /// Messages ready for delivery (not counting unacked ones).
     pub ready: u32,

@@ -33,6 +33,10 @@ pub struct Settings {
     /// RabbitMQ's `consumer_timeout` in milliseconds, for a broker that `opflow ops add`
     /// cannot ask itself (not on this machine): it warns when an op's longest step is longer.
     pub consumer_timeout_ms: u64,
+    /// How long a step may show no sign of life before it is taken for lost and retried
+    /// (or failed): a running step without a heartbeat, a queued step whose message is no
+    /// longer on the broker. Must be well over the workers' heartbeat interval (10 s).
+    pub lost_step_after_secs: u64,
 }
 
 impl Default for Settings {
@@ -48,6 +52,7 @@ impl Default for Settings {
             max_inputs_bytes: 8 * 1024 * 1024,
             drain_timeout_secs: 60,
             consumer_timeout_ms: 1_800_000,
+            lost_step_after_secs: 60,
         }
     }
 }
@@ -66,6 +71,7 @@ impl fmt::Debug for Settings {
             max_inputs_bytes,
             drain_timeout_secs,
             consumer_timeout_ms,
+            lost_step_after_secs,
         } = self;
         f.debug_struct("Settings")
             .field("amqp_url", &opflow_process::redact_url(amqp_url))
@@ -78,6 +84,7 @@ impl fmt::Debug for Settings {
             .field("max_inputs_bytes", max_inputs_bytes)
             .field("drain_timeout_secs", drain_timeout_secs)
             .field("consumer_timeout_ms", consumer_timeout_ms)
+            .field("lost_step_after_secs", lost_step_after_secs)
             .finish()
     }
 }
@@ -95,6 +102,7 @@ const KEYS: &[&str] = &[
     "max_inputs_bytes",
     "drain_timeout_secs",
     "consumer_timeout_ms",
+    "lost_step_after_secs",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +164,10 @@ impl Settings {
 
     pub fn retry_poll(&self) -> Duration {
         Duration::from_millis(self.retry_poll_ms.max(10))
+    }
+
+    pub fn lost_step_after(&self) -> Duration {
+        Duration::from_secs(self.lost_step_after_secs.max(1))
     }
 
     pub fn drain_timeout(&self) -> Duration {

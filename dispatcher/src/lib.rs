@@ -9,6 +9,7 @@
 //! - [`store`]: the run store (registry, runs, steps, outbox, events).
 //! - [`broker`]: the outbox publisher and the events consumer.
 //! - [`isolation`]: applying events so that a bad one fails only its own step.
+//! - [`recovery`]: every run ends: lost steps retried, stuck runs ended.
 //! - [`scheduler`]: time-driven scheduling (due retries).
 //! - [`retry`]: retry backoff.
 //! - [`submit`]: plan submission shared by the CLI and the API.
@@ -31,6 +32,7 @@ pub mod consumer_timeout;
 pub mod isolation;
 pub mod lease;
 pub mod plan;
+pub mod recovery;
 pub mod register;
 pub mod retry;
 pub mod scheduler;

@@ -22,6 +22,7 @@ use crate::{
     config::Settings,
     isolation::Applier,
     lease::Lease,
+    recovery::Recovery,
     scheduler,
     store::{Store, run_plan::PlanCache},
 };
@@ -268,10 +269,16 @@ impl Shared {
             let (connection, wake, stop) = (connection.clone(), self.wake.clone(), parts_stop.clone());
             async move { ("events consumer", events.run(&connection, wake, stop).await.map_err(Into::into)) }
         });
-        let dead_letters = DeadLetterConsumer { applier };
+        let dead_letters = DeadLetterConsumer { applier: applier.clone() };
         parts.spawn({
             let (connection, stop) = (connection.clone(), parts_stop.clone());
             async move { ("dead-letter consumer", dead_letters.run(&connection, stop).await.map_err(Into::into)) }
+        });
+
+        let recovery = Recovery { applier, lost_after: self.settings.lost_step_after() };
+        parts.spawn({
+            let (connection, stop) = (connection.clone(), parts_stop.clone());
+            async move { ("lost-step recovery", recovery.run(&connection, stop).await.map_err(Into::into)) }
         });
 
         let mut failure = None;

@@ -175,10 +175,17 @@ impl Env {
 
     /// Starts `opflow dispatcher`.
     pub fn spawn_dispatcher(&self) -> anyhow::Result<Service> {
-        Ok(Service {
-            name: "opflow dispatcher",
-            child: self.command(&binary("opflow")?).arg("dispatcher").stdout(Stdio::null()).spawn()?,
-        })
+        self.spawn_dispatcher_with(&[])
+    }
+
+    /// Starts `opflow dispatcher` with `vars` added to its environment.
+    pub fn spawn_dispatcher_with(&self, vars: &[(&str, &str)]) -> anyhow::Result<Service> {
+        let mut command = self.command(&binary("opflow")?);
+        command.arg("dispatcher").stdout(Stdio::null());
+        for (key, value) in vars {
+            command.env(key, value);
+        }
+        Ok(Service { name: "opflow dispatcher", child: command.spawn()? })
     }
 
     /// Starts one worker of an op binary.

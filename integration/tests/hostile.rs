@@ -62,10 +62,18 @@ struct Bed {
 
 impl Bed {
     async fn new(test: &str, bad_workers: usize) -> anyhow::Result<Self> {
+        Self::with_dispatcher_env(test, bad_workers, &[]).await
+    }
+
+    async fn with_dispatcher_env(
+        test: &str,
+        bad_workers: usize,
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let env = Env::new(test).await?;
         env.register("noop").await?;
         env.register(HEALTHY_OP).await?;
-        let dispatcher = env.spawn_dispatcher()?;
+        let dispatcher = env.spawn_dispatcher_with(vars)?;
         let mut workers = vec![env.spawn_worker(HEALTHY_OP)?];
         for _ in 0..bad_workers {
             workers.push(env.spawn_worker("noop")?);
@@ -376,5 +384,42 @@ async fn no_worker_outlives_a_sigkilled_opflow_up() -> anyhow::Result<()> {
     .with_context(|| {
         format!("workers still alive: {:?}", workers.iter().filter(|p| alive(p)).collect::<Vec<_>>())
     })?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_run_whose_queue_is_purged_mid_run_still_ends() -> anyhow::Result<()> {
+    let mut bed =
+        Bed::with_dispatcher_env("hostile_purge", 1, &[("OPFLOW_LOST_STEP_AFTER_SECS", "2")]).await?;
+    let run_id = submit(
+        &bed.env,
+        "purged",
+        "name: purged\nassets:\n  - name: a\n    op: noop@1.1.0\n    sweep: {k: {from: 1, to: 10}}\n    \
+         config: {sleep_ms: 500}\n    retry: {max: 2, backoff: 10ms}\n",
+    )
+    .await?;
+    let db = bed.env.db().await?;
+    wait_for("a step to run", DEADLINE, || async {
+        let running: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM steps WHERE run_id = $1::uuid AND status = 'running'")
+                .bind(&run_id)
+                .fetch_one(&db)
+                .await?;
+        Ok((running > 0).then_some(()))
+    })
+    .await?;
+    opflow_integration::purge_queue(&bed.env, "opflow.op.noop.1.1.0").await?;
+    let healthy = bed.healthy()?;
+    assert_eq!(wait_ended(&mut bed.env, &run_id).await?, "succeeded");
+    healthy.succeeded().await?;
+    let lost: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE run_id = $1::uuid AND kind = 'failed'
+         AND body::text LIKE '%lost: its message is no longer on queue `opflow.op.noop.1.1.0`%'",
+    )
+    .bind(&run_id)
+    .fetch_one(&db)
+    .await?;
+    assert!(lost >= 1, "the purged steps were found lost and retried");
+    bed.dispatcher.check_alive()?;
     Ok(())
 }

@@ -6,8 +6,11 @@
 //! - [`runs`]: submitting a run (bulk inserts) and reading its state.
 //! - [`outbox`]: taking steps to publish, transactionally.
 //! - [`apply`]: applying worker events to steps and runs.
+//! - [`in_flight`]: what is in flight, for lost-step recovery.
+//! - [`storable`]: what an op sends, made storable.
 
 pub mod apply;
+pub mod in_flight;
 pub mod ops;
 pub mod outbox;
 pub mod run_plan;

@@ -1,0 +1,258 @@
+//! What is in flight, as lost-step recovery (`recovery.rs`) reads it: running steps that
+//! stopped showing life, how many published steps of an op should be on its queue, the
+//! oldest of them, and runs with nothing left in flight. Each query reads partial indexes
+//! of queued, running or retrying steps (migration 0007), never every step of every run.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use opflow_protocol::{OpRef, RunId};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+
+/// One attempt of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StepAttempt {
+    pub run_id: RunId,
+    pub step_id: u32,
+    pub attempt: u32,
+}
+
+/// A running step that has not shown life for a while.
+#[derive(Debug, Clone)]
+pub struct SilentStep {
+    pub step: StepAttempt,
+    pub worker: String,
+    pub last_seen: DateTime<Utc>,
+}
+
+fn attempt(run: Uuid, step: i32, attempt: i32) -> StepAttempt {
+    StepAttempt { run_id: RunId::from_uuid(run), step_id: step as u32, attempt: attempt as u32 }
+}
+
+fn interval(d: Duration) -> String {
+    format!("{} milliseconds", d.as_millis())
+}
+
+impl Store {
+    /// Running steps whose last heartbeat (or start) is older than `silent_for`.
+    pub async fn silent_running_steps(
+        &self,
+        silent_for: Duration,
+        limit: u32,
+    ) -> Result<Vec<SilentStep>, StoreError> {
+        type Row = (Uuid, i32, i32, Option<String>, DateTime<Utc>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT run_id, id, attempt, worker, coalesce(heartbeat_at, started_at, queued_at) FROM steps
+             WHERE status = 'running'
+               AND coalesce(heartbeat_at, started_at, queued_at) < now() - $1::interval
+             LIMIT $2",
+        )
+        .bind(interval(silent_for))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(run, step, n, worker, last_seen)| SilentStep {
+                step: attempt(run, step, n),
+                worker: worker.unwrap_or_default(),
+                last_seen,
+            })
+            .collect())
+    }
+
+    /// How many steps of `op` are queued and published (not in the outbox), counting no
+    /// further than `up_to`: the caller only needs to know whether there are more than
+    /// the broker holds.
+    pub async fn published_queued_steps(&self, op: &OpRef, up_to: u64) -> Result<u64, StoreError> {
+        let (queued, in_outbox): (i64, i64) = sqlx::query_as(
+            "SELECT
+                 (SELECT count(*) FROM (
+                      SELECT 1 FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                      WHERE s.status = 'queued' AND a.op_name = $1 AND a.op_version = $2
+                      LIMIT $3) q),
+                 (SELECT count(*) FROM outbox o
+                  JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id AND s.attempt = o.attempt
+                  JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                  WHERE s.status = 'queued' AND a.op_name = $1 AND a.op_version = $2)",
+        )
+        .bind(op.name.as_str())
+        .bind(op.version.to_string())
+        .bind(i64::try_from(up_to).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((queued - in_outbox).max(0) as u64)
+    }
+
+    /// The `limit` published queued steps of `op` queued longest ago, if before `older_than`.
+    pub async fn oldest_published_queued_steps(
+        &self,
+        op: &OpRef,
+        older_than: Duration,
+        limit: u64,
+    ) -> Result<Vec<StepAttempt>, StoreError> {
+        let rows: Vec<(Uuid, i32, i32)> = sqlx::query_as(
+            "SELECT s.run_id, s.id, s.attempt FROM steps s
+             JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+             WHERE s.status = 'queued' AND a.op_name = $1 AND a.op_version = $2
+               AND s.queued_at < now() - $3::interval
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = s.run_id AND o.step_id = s.id)
+             ORDER BY s.queued_at LIMIT $4",
+        )
+        .bind(op.name.as_str())
+        .bind(op.version.to_string())
+        .bind(interval(older_than))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(run, step, n)| attempt(run, step, n)).collect())
+    }
+
+    /// Runs still going, older than `older_than`, with no step queued, running or retrying:
+    /// nothing can move them any more.
+    pub async fn runs_with_nothing_in_flight(&self, older_than: Duration) -> Result<Vec<RunId>, StoreError> {
+        let runs: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT r.id FROM runs r
+             WHERE r.status IN ('queued', 'running') AND r.created_at < now() - $1::interval
+               AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.status = 'queued')
+               AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.status = 'running')
+               AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.status = 'retrying')
+             LIMIT 100",
+        )
+        .bind(interval(older_than))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(runs.into_iter().map(RunId::from_uuid).collect())
+    }
+
+    /// Ends a run that has nothing in flight: its waiting steps (which nothing will unlock
+    /// any more) fail with `reason`, its counters are counted again from its steps, and it
+    /// ends `failed` or `succeeded`. Does nothing if the run has since moved. Returns
+    /// whether it ended the run.
+    pub async fn settle_run(&self, run: RunId, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let going: Option<bool> = sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.status IN ('queued', 'running', 'retrying'))
+             FROM runs r WHERE r.id = $1 AND r.status IN ('queued', 'running') FOR UPDATE",
+        )
+        .bind(run.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if going != Some(true) {
+            return Ok(false);
+        }
+        let ended: Option<Uuid> = sqlx::query_scalar(
+            "WITH stuck AS (
+                 UPDATE steps SET status = 'failed', error = $2, finished_at = now()
+                 WHERE run_id = $1 AND status = 'waiting'
+                 RETURNING 1
+             ), counts AS (
+                 SELECT count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                        count(*) FILTER (WHERE status = 'failed') + (SELECT count(*) FROM stuck) AS failed,
+                        count(*) FILTER (WHERE status = 'skipped') AS skipped,
+                        count(*) FILTER (WHERE status = 'canceled') AS canceled
+                 FROM steps WHERE run_id = $1
+             ), ended AS (
+                 UPDATE runs r SET steps_succeeded = c.succeeded, steps_failed = c.failed,
+                                   steps_skipped = c.skipped, steps_canceled = c.canceled,
+                                   status = CASE WHEN c.failed > 0 THEN 'failed'::run_status
+                                                 ELSE 'succeeded'::run_status END,
+                                   finished_at = now()
+                 FROM counts c WHERE r.id = $1
+                 RETURNING r.id
+             )
+             SELECT id FROM (SELECT id, pg_notify('opflow_runs', id::text) FROM ended) announced",
+        )
+        .bind(run.as_uuid())
+        .bind(super::storable::text(reason))
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ended.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{
+        plan::{self, RegisteredOp},
+        store::testing::TestDb,
+    };
+
+    async fn chain(db: &TestDb) -> RunId {
+        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+        let source = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n  - name: b\n    op: noop@1.0.0\n    deps: [a]\n";
+        let plan = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
+        db.store.submit_run(&plan, "p.yaml", source, None).await.unwrap().run_id
+    }
+
+    async fn exec(db: &TestDb, sql: &str, run: RunId) {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .bind(run.as_uuid())
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_run_left_with_nothing_in_flight_is_found_and_ended_with_the_reason() {
+        let db = TestDb::new("stuck_run").await;
+        let run = chain(&db).await;
+        assert!(db.store.runs_with_nothing_in_flight(Duration::ZERO).await.unwrap().is_empty());
+        // As if the unlock of `b` had been lost: `a` succeeded, `b` still waits.
+        exec(&db, "UPDATE steps SET status = 'succeeded' WHERE run_id = $1 AND id = 0", run).await;
+        exec(&db, "DELETE FROM outbox WHERE run_id = $1", run).await;
+        assert_eq!(db.store.runs_with_nothing_in_flight(Duration::ZERO).await.unwrap(), [run]);
+        assert!(db.store.settle_run(run, "stuck for the test").await.unwrap());
+        let (status, failed, succeeded): (String, i32, i32) =
+            sqlx::query_as("SELECT status::text, steps_failed, steps_succeeded FROM runs WHERE id = $1")
+                .bind(run.as_uuid())
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+        assert_eq!((status.as_str(), failed, succeeded), ("failed", 1, 1));
+        let error: String = sqlx::query_scalar("SELECT error FROM steps WHERE run_id = $1 AND id = 1")
+            .bind(run.as_uuid())
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(error, "stuck for the test");
+        assert!(!db.store.settle_run(run, "again").await.unwrap(), "an ended run is left alone");
+    }
+
+    #[tokio::test]
+    async fn a_running_step_without_heartbeats_is_found_silent() {
+        let db = TestDb::new("silent_step").await;
+        let run = chain(&db).await;
+        exec(
+            &db,
+            "UPDATE steps SET status = 'running', worker = 'noop@1.0.0/h/7', started_at = now() - interval '2 minutes',
+                              heartbeat_at = now() - interval '90 seconds'
+             WHERE run_id = $1 AND id = 0",
+            run,
+        )
+        .await;
+        let silent = db.store.silent_running_steps(Duration::from_secs(60), 10).await.unwrap();
+        assert_eq!(silent.len(), 1);
+        assert_eq!((silent[0].step.step_id, silent[0].worker.as_str()), (0, "noop@1.0.0/h/7"));
+        assert!(db.store.silent_running_steps(Duration::from_secs(120), 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn published_queued_steps_leave_out_the_outbox() {
+        let db = TestDb::new("published").await;
+        let run = chain(&db).await;
+        let op: OpRef = "noop@1.0.0".parse().unwrap();
+        // `a` is queued but still in the outbox: not published.
+        assert_eq!(db.store.published_queued_steps(&op, 100).await.unwrap(), 0);
+        exec(&db, "DELETE FROM outbox WHERE run_id = $1", run).await;
+        assert_eq!(db.store.published_queued_steps(&op, 100).await.unwrap(), 1);
+        let oldest = db.store.oldest_published_queued_steps(&op, Duration::ZERO, 10).await.unwrap();
+        assert_eq!(oldest, [StepAttempt { run_id: run, step_id: 0, attempt: 1 }]);
+    }
+}
