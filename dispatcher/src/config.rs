@@ -6,6 +6,8 @@ use std::{fmt, net::SocketAddr, path::Path, time::Duration};
 use opflow_amqp::QueueKind;
 use serde::Deserialize;
 
+use crate::api::auth::ApiAuth;
+
 /// Settings of the `opflow` binary. A config file uses these names as keys; the
 /// environment uses them upper-cased with an `OPFLOW_` prefix (`OPFLOW_AMQP_URL`).
 /// `Debug` shows the URLs without their passwords.
@@ -18,6 +20,11 @@ pub struct Settings {
     pub database_url: String,
     /// Address of the HTTP API.
     pub api_addr: SocketAddr,
+    /// Whether the HTTP API needs a token: `auto` (open on a loopback address, required on
+    /// any other), `required` or `off`.
+    pub api_auth: ApiAuth,
+    /// Database connections the HTTP API may use, apart from the dispatcher's own.
+    pub api_pool_size: u32,
     /// Queue type of the dispatcher's events queue: `quorum` or `classic`.
     pub events_queue_type: String,
     /// Most steps published per outbox transaction (one confirm window).
@@ -45,6 +52,8 @@ impl Default for Settings {
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             database_url: "postgres://postgres@127.0.0.1:5432/opflow".into(),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7600)),
+            api_auth: ApiAuth::Auto,
+            api_pool_size: 4,
             events_queue_type: "quorum".into(),
             publish_batch: 500,
             event_batch: 500,
@@ -64,6 +73,8 @@ impl fmt::Debug for Settings {
             amqp_url,
             database_url,
             api_addr,
+            api_auth,
+            api_pool_size,
             events_queue_type,
             publish_batch,
             event_batch,
@@ -77,6 +88,8 @@ impl fmt::Debug for Settings {
             .field("amqp_url", &opflow_process::redact_url(amqp_url))
             .field("database_url", &opflow_process::redact_url(database_url))
             .field("api_addr", api_addr)
+            .field("api_auth", api_auth)
+            .field("api_pool_size", api_pool_size)
             .field("events_queue_type", events_queue_type)
             .field("publish_batch", publish_batch)
             .field("event_batch", event_batch)
@@ -95,6 +108,8 @@ const KEYS: &[&str] = &[
     "amqp_url",
     "database_url",
     "api_addr",
+    "api_auth",
+    "api_pool_size",
     "events_queue_type",
     "publish_batch",
     "event_batch",
@@ -211,6 +226,15 @@ mod tests {
         let file = tempfile_with(".toml", "amqp_ulr = \"x\"\n");
         let err = Settings::load_from(Some(file.path()), env(&[])).unwrap_err();
         assert!(err.to_string().contains("amqp_ulr"), "{err}");
+    }
+
+    #[test]
+    fn api_auth_reads_its_three_values_and_refuses_others() {
+        let s = Settings::load_from(None, env(&[("OPFLOW_API_AUTH", "required")])).unwrap();
+        assert_eq!(s.api_auth, ApiAuth::Required);
+        assert_eq!(Settings::load_from(None, env(&[])).unwrap().api_auth, ApiAuth::Auto);
+        let err = Settings::load_from(None, env(&[("OPFLOW_API_AUTH", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("maybe"), "{err}");
     }
 
     #[test]

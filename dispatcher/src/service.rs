@@ -101,7 +101,12 @@ pub async fn run_connected(
         )
     })?;
     let api_addr: SocketAddr = listener.local_addr()?;
-    let router = api::router(ApiState { store: store.clone(), readiness: readiness.clone() });
+    let auth_required = settings.api_auth.required_on(api_addr);
+    let router = api::router(ApiState {
+        store: store.with_own_pool(settings.api_pool_size),
+        auth_required,
+        readiness: readiness.clone(),
+    });
     let api_stop = CancellationToken::new();
     let mut api = tokio::spawn({
         let stop = api_stop.clone();
@@ -112,7 +117,7 @@ pub async fn run_connected(
                 .context("serving the HTTP API")
         }
     });
-    tracing::info!(api = %api_addr, "dispatcher API listening");
+    tracing::info!(api = %api_addr, auth = if auth_required { "token required" } else { "open" }, "dispatcher API listening");
 
     let shared = Shared {
         settings,

@@ -206,6 +206,32 @@ impl Env {
         Ok((Service { name: "opflow dispatcher", child }, log))
     }
 
+    /// Starts `opflow dispatcher` with `vars` in its environment and its log in a file, and
+    /// waits until its HTTP API listens; returns the service and the API's address.
+    pub async fn spawn_dispatcher_api(&self, vars: &[(&str, &str)]) -> anyhow::Result<(Service, String)> {
+        let log = self.log_file("dispatcher-api")?;
+        let mut command = self.command(&binary("opflow")?);
+        command
+            .arg("dispatcher")
+            .env("OPFLOW_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        for (key, value) in vars {
+            command.env(key, value);
+        }
+        let service = Service { name: "opflow dispatcher", child: command.spawn()? };
+        let addr = wait_for("the dispatcher's API to listen", Duration::from_secs(60), || async {
+            let text = std::fs::read_to_string(&log)?;
+            Ok(text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|l| {
+                (l["fields"]["message"] == "dispatcher API listening")
+                    .then(|| l["fields"]["api"].as_str().map(str::to_owned))
+                    .flatten()
+            }))
+        })
+        .await?;
+        Ok((service, addr))
+    }
+
     /// Starts one worker of an op binary with its log going to the file `log`.
     pub fn spawn_worker_logged(&self, op_binary: &str, log: &Path) -> anyhow::Result<Child> {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
@@ -392,4 +418,50 @@ pub fn children_of(pid: u32) -> Vec<(u32, String)> {
         }
     }
     children
+}
+
+/// One HTTP/1.1 request to `addr` (`host:port`), spoken by hand: the status and the body as
+/// JSON (`Null` when empty or not JSON). `token` goes in `Authorization: Bearer`.
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream =
+        tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if !body.is_empty() {
+        request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, payload) = text.split_once("\r\n\r\n").context("an HTTP response")?;
+    let status: u16 = head.split_whitespace().nth(1).context("a status")?.parse()?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let payload = if chunked { dechunk(payload) } else { payload.to_owned() };
+    Ok((status, serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null)))
+}
+
+fn dechunk(mut text: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = text.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        text = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }

@@ -423,3 +423,45 @@ async fn a_run_whose_queue_is_purged_mid_run_still_ends() -> anyhow::Result<()> 
     bed.dispatcher.check_alive()?;
     Ok(())
 }
+
+#[tokio::test]
+async fn requests_without_a_token_or_with_a_weaker_one_are_refused() -> anyhow::Result<()> {
+    let env = Env::new("hostile_auth").await?;
+    env.register("noop").await?;
+    env.register(HEALTHY_OP).await?;
+    let (_dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_API_AUTH", "required")]).await?;
+    let _workers = [env.spawn_worker(HEALTHY_OP)?, env.spawn_worker("noop")?];
+    let token = |output: std::process::Output| String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let reader = token(env.opflow_ok(&["tokens", "create", "reader", "--scope", "read"]).await?);
+    let submitter = token(env.opflow_ok(&["tokens", "create", "pipeline", "--scope", "submit"]).await?);
+    let healthy = Healthy::start(&env, HEALTHY_OP)?;
+    let plan = serde_json::json!({"plan": "name: p\nassets:\n  - name: a\n    op: noop@1.1.0\n"});
+
+    let (status, body) = opflow_integration::http(&api, "GET", "/v1/ops", None, None).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"].as_str().is_some_and(|m| m.contains("Authorization: Bearer")), "{body}");
+    let (status, body) =
+        opflow_integration::http(&api, "GET", "/v1/ops", Some("opf_12345678_wrong"), None).await?;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) =
+        opflow_integration::http(&api, "POST", "/v1/runs", Some(&reader), Some(&plan)).await?;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|m| m.contains("scope `read`") && m.contains("needs `submit`")),
+        "{body}"
+    );
+    let (status, body) = opflow_integration::http(&api, "GET", "/v1/ops", Some(&reader), None).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["items"].as_array().is_some_and(|ops| ops.len() == 2), "{body}");
+    let (status, body) =
+        opflow_integration::http(&api, "POST", "/v1/runs", Some(&submitter), Some(&plan)).await?;
+    assert_eq!(status, 201, "{body}");
+    // Health stays open; a revoked token stops working at once.
+    assert_eq!(opflow_integration::http(&api, "GET", "/healthz", None, None).await?.0, 200);
+    env.opflow_ok(&["tokens", "revoke", "pipeline"]).await?;
+    let (status, _) =
+        opflow_integration::http(&api, "POST", "/v1/runs", Some(&submitter), Some(&plan)).await?;
+    assert_eq!(status, 401);
+    healthy.succeeded().await?;
+    Ok(())
+}

@@ -3,8 +3,10 @@
 //!
 //! - [`runs`]: `POST /v1/runs`, `GET /v1/runs/{id}`, `GET /v1/runs/{id}/outputs`,
 //!   `POST /v1/runs/{id}/cancel`.
+//! - [`auth`]: API tokens and their scopes.
 //! - [`error`]: [`error::ApiError`], the one error type every handler returns.
 
+pub mod auth;
 pub mod error;
 pub mod runs;
 
@@ -21,7 +23,11 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// What handlers share.
 #[derive(Clone)]
 pub struct ApiState {
+    /// On a pool of the API's own: however many requests come, they cannot take the
+    /// connections that publishing steps and applying events need.
     pub store: Store,
+    /// Whether `/v1/*` needs a token (the `api_auth` setting, resolved for the address).
+    pub auth_required: bool,
     /// For readiness: whether this dispatcher leads, and whether its broker session is up.
     pub readiness: Readiness,
 }
@@ -84,14 +90,17 @@ impl Readiness {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+    let v1 = Router::new()
         .route("/v1/ops", get(runs::list_ops))
         .route("/v1/runs", axum::routing::post(runs::submit))
         .route("/v1/runs/{id}", get(runs::status))
         .route("/v1/runs/{id}/outputs", get(runs::outputs))
         .route("/v1/runs/{id}/cancel", axum::routing::post(runs::cancel))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -123,7 +132,11 @@ mod tests {
     use super::*;
 
     fn app() -> Router {
-        router(ApiState { store: Store::unconnected(), readiness: Readiness::default() })
+        router(ApiState {
+            store: Store::unconnected(),
+            auth_required: false,
+            readiness: Readiness::default(),
+        })
     }
 
     /// Posts `body` to `/v1/runs`; the status and the JSON answer.
@@ -149,6 +162,24 @@ mod tests {
         for part in [&MAX_BODY_BYTES.to_string(), "partitions and sweeps", "opflow run"] {
             assert!(message.contains(part), "`{part}` missing from: {message}");
         }
+    }
+
+    #[tokio::test]
+    async fn without_a_token_a_guarded_api_is_401_and_health_stays_open() {
+        let app = router(ApiState {
+            store: Store::unconnected(),
+            auth_required: true,
+            readiness: Readiness::default(),
+        });
+        let response =
+            app.clone().oneshot(Request::get("/v1/ops").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(body["error"].as_str().is_some_and(|m| m.contains("Authorization: Bearer")), "{body}");
+        let health = app.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
     }
 
     #[tokio::test]

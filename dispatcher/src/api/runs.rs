@@ -59,20 +59,63 @@ pub async fn status(
     Ok(Json(summary(&state, parse_run_id(&id)?).await?))
 }
 
+/// The most items a page may hold, and how many it holds without `limit`.
+pub const MAX_PAGE: u32 = 1000;
+pub const DEFAULT_PAGE: u32 = 100;
+
+/// One page of a list; pass `next_cursor` as `cursor` for the next one (absent on the last).
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `limit` and `cursor` of a paged list.
+#[derive(Debug, Deserialize)]
+pub struct Paging {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+impl Paging {
+    fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE),
+            Some(n @ 1..=MAX_PAGE) => Ok(n),
+            Some(n) => Err(ApiError::BadRequest(format!("limit {n} is not between 1 and {MAX_PAGE}"))),
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct OutputsQuery {
     pub asset: Option<String>,
+    #[serde(flatten)]
+    pub paging: Paging,
 }
 
 /// `GET /v1/runs/{id}/outputs[?asset=name]`.
+///
+/// Paged by step id: `?limit=` (1–1000, default 100) and `?cursor=` from the last page.
 pub async fn outputs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Query(query): Query<OutputsQuery>,
-) -> Result<Json<Vec<StepOutput>>, ApiError> {
+) -> Result<Json<Page<StepOutput>>, ApiError> {
     let run = parse_run_id(&id)?;
+    let limit = query.paging.limit()?;
+    let after = match query.paging.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(cursor.parse::<u32>().map_err(|_| {
+            ApiError::BadRequest(format!("cursor `{cursor}` is not one this API gave out; start without one"))
+        })?),
+    };
     summary(&state, run).await?;
-    Ok(Json(state.store.step_outputs(run, query.asset.as_deref()).await?))
+    let items = state.store.step_outputs(run, query.asset.as_deref(), after, limit).await?;
+    let next_cursor =
+        (items.len() == limit as usize).then(|| items.last().map(|o| o.step_id.to_string())).flatten();
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// What `POST /v1/runs/{id}/cancel` answers.
@@ -130,8 +173,26 @@ impl CancelResponse {
 }
 
 /// `GET /v1/ops`.
-pub async fn list_ops(State(state): State<ApiState>) -> Result<Json<Vec<RegisteredOpRow>>, ApiError> {
-    Ok(Json(state.store.list_ops().await?))
+///
+/// Paged: `?limit=` (1–1000, default 100) and `?cursor=` from the last page.
+pub async fn list_ops(
+    State(state): State<ApiState>,
+    Query(paging): Query<Paging>,
+) -> Result<Json<Page<RegisteredOpRow>>, ApiError> {
+    let limit = paging.limit()? as usize;
+    let ops = state.store.list_ops().await?;
+    let start = match paging.cursor.as_deref() {
+        None => 0,
+        Some(cursor) => ops
+            .iter()
+            .position(|op| format!("{}@{}", op.name, op.version) == cursor)
+            .map_or(ops.len(), |i| i + 1),
+    };
+    let items: Vec<RegisteredOpRow> = ops.into_iter().skip(start).take(limit + 1).collect();
+    let more = items.len() > limit;
+    let items: Vec<RegisteredOpRow> = items.into_iter().take(limit).collect();
+    let next_cursor = more.then(|| items.last().map(|op| format!("{}@{}", op.name, op.version))).flatten();
+    Ok(Json(Page { items, next_cursor }))
 }
 
 async fn summary(state: &ApiState, run: RunId) -> Result<RunSummary, ApiError> {

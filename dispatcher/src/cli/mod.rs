@@ -10,6 +10,7 @@ mod ops;
 mod plan;
 mod render;
 mod run;
+mod tokens;
 mod up;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -77,6 +78,9 @@ enum Command {
     Outputs(run::OutputsArgs),
     /// Cancel a run: queued and waiting steps never start, running ones are told to stop
     Cancel(run::CancelArgs),
+    /// Create, list and revoke API tokens (administrators; uses the database)
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
     /// Measure throughput and latency against the broker's own limit, in a sandbox
     #[command(
         long_about = "Measure throughput and latency against the broker's own limit, in a sandbox.\n\n\
@@ -140,6 +144,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => run::status(args, &settings, &cancel).await,
         Command::Outputs(args) => run::outputs(args, &settings, &cancel).await,
         Command::Cancel(args) => run::cancel(args, &settings, &cancel).await,
+        Command::Tokens(command) => tokens::run(command, &settings, &cancel).await,
         Command::Bench(args) => bench::bench(args, &settings, &cancel).await,
     }
 }

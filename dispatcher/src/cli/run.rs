@@ -159,7 +159,16 @@ pub async fn outputs(
     let run = parse_run_id(&args.run)?;
     let store = super::store(settings, cancel).await?;
     summary_of(&store, run).await?;
-    let rows = store.step_outputs(run, args.asset.as_deref()).await?;
+    let mut rows = Vec::new();
+    loop {
+        let after = rows.last().map(|row: &crate::store::runs::StepOutput| row.step_id as u32);
+        let page = store.step_outputs(run, args.asset.as_deref(), after, crate::api::runs::MAX_PAGE).await?;
+        let done = page.len() < crate::api::runs::MAX_PAGE as usize;
+        rows.extend(page);
+        if done {
+            break;
+        }
+    }
     if let Some(asset) = &args.asset
         && rows.is_empty()
     {
@@ -207,7 +216,7 @@ pub async fn print_leaf_outputs(store: &Store, run: RunId) -> anyhow::Result<()>
             continue;
         }
         println!("outputs of `{}`:", asset.name);
-        for row in store.step_outputs(run, Some(&asset.name)).await? {
+        for row in store.step_outputs(run, Some(&asset.name), None, SHOW_OUTPUTS_UP_TO).await? {
             let output = row.output.as_ref().map(render::output_line).unwrap_or_default();
             println!("  {}  {output}", plan.label(row.step_id as u32));
         }

@@ -8,6 +8,7 @@
 //! - [`apply`]: applying worker events to steps and runs.
 //! - [`in_flight`]: what is in flight, for lost-step recovery.
 //! - [`storable`]: what an op sends, made storable.
+//! - [`tokens`]: API tokens.
 
 pub mod apply;
 pub mod in_flight;
@@ -16,6 +17,7 @@ pub mod outbox;
 pub mod run_plan;
 pub mod runs;
 pub mod storable;
+pub mod tokens;
 
 use std::{str::FromStr, time::Duration};
 
@@ -161,6 +163,17 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The same store on a pool of its own of at most `connections`, opened as needed: for
+    /// a part (the HTTP API) that must not take the connections the others need.
+    pub fn with_own_pool(&self, connections: u32) -> Store {
+        let options = self.pool.connect_options().as_ref().clone();
+        let pool = PgPoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
+        Store { pool }
     }
 
     /// Whether the database answers; for the readiness endpoint.

@@ -336,15 +336,25 @@ impl Store {
     }
 
     /// The outputs (or errors) of a run's steps, optionally of one asset only.
-    pub async fn step_outputs(&self, run: RunId, asset: Option<&str>) -> Result<Vec<StepOutput>, StoreError> {
+    ///
+    /// One page: at most `limit` steps, by step id, after step `after` when given.
+    pub async fn step_outputs(
+        &self,
+        run: RunId,
+        asset: Option<&str>,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<StepOutput>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT s.id AS step_id, a.name AS asset, s.status, s.attempt, s.worker, s.output, s.error
              FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-             WHERE s.run_id = $1 AND ($2::text IS NULL OR a.name = $2)
-             ORDER BY s.id",
+             WHERE s.run_id = $1 AND ($2::text IS NULL OR a.name = $2) AND s.id > $3
+             ORDER BY s.id LIMIT $4",
         )
         .bind(run.as_uuid())
         .bind(asset)
+        .bind(after.map_or(-1, |a| a as i64))
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?)
     }

@@ -1,0 +1,112 @@
+//! Who may call the API. With authentication on, every route but `/healthz` and `/readyz`
+//! needs `Authorization: Bearer <token>` (`opflow tokens create`): reading needs the `read`
+//! scope, submitting and canceling runs `submit`. A missing or unknown token is 401, a
+//! token without the scope 403, both in the API's JSON error shape.
+
+use axum::{
+    extract::{Request, State},
+    http::{Method, header},
+    middleware::Next,
+    response::Response,
+};
+use serde::Deserialize;
+
+use super::{ApiState, error::ApiError};
+use crate::store::tokens::Scope;
+
+/// The `api_auth` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiAuth {
+    /// Open on a loopback address (only this machine can call it), required on any other.
+    #[default]
+    Auto,
+    Required,
+    Off,
+}
+
+impl ApiAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiAuth::Auto => "auto",
+            ApiAuth::Required => "required",
+            ApiAuth::Off => "off",
+        }
+    }
+
+    /// Whether requests to an API served on `addr` need a token.
+    pub fn required_on(self, addr: std::net::SocketAddr) -> bool {
+        match self {
+            ApiAuth::Auto => !addr.ip().is_loopback(),
+            ApiAuth::Required => true,
+            ApiAuth::Off => false,
+        }
+    }
+}
+
+/// The scope a request needs: reading is `read`, anything else `submit`.
+fn needed(method: &Method) -> Scope {
+    if matches!(*method, Method::GET | Method::HEAD) { Scope::Read } else { Scope::Submit }
+}
+
+/// Middleware: lets the request through if its token has the scope it needs.
+pub async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !state.auth_required {
+        return Ok(next.run(request).await);
+    }
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return Err(ApiError::Unauthorized(
+            "this API needs a token: send `Authorization: Bearer <token>` (an administrator creates one with \
+             `opflow tokens create <name> --scope read|submit|admin`)"
+                .into(),
+        ));
+    };
+    let Some(caller) = state.store.check_token(token).await? else {
+        return Err(ApiError::Unauthorized(
+            "the API token is unknown or revoked; ask for a new one (`opflow tokens create`)".into(),
+        ));
+    };
+    let scope = needed(request.method());
+    if caller.scope < scope {
+        return Err(ApiError::Forbidden(format!(
+            "token `{}` has scope `{}`; {} {} needs `{}`",
+            caller.name,
+            caller.scope.as_str(),
+            request.method(),
+            request.uri().path(),
+            scope.as_str()
+        )));
+    }
+    Ok(next.run(request).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_open_on_loopback_only() {
+        assert!(!ApiAuth::Auto.required_on("127.0.0.1:7600".parse().unwrap()));
+        assert!(!ApiAuth::Auto.required_on("[::1]:7600".parse().unwrap()));
+        assert!(ApiAuth::Auto.required_on("0.0.0.0:7600".parse().unwrap()));
+        assert!(ApiAuth::Auto.required_on("10.1.2.3:7600".parse().unwrap()));
+        assert!(ApiAuth::Required.required_on("127.0.0.1:7600".parse().unwrap()));
+        assert!(!ApiAuth::Off.required_on("10.1.2.3:7600".parse().unwrap()));
+    }
+
+    #[test]
+    fn reading_needs_read_and_the_rest_submit() {
+        assert_eq!(needed(&Method::GET), Scope::Read);
+        assert_eq!(needed(&Method::POST), Scope::Submit);
+    }
+}

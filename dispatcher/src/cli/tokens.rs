@@ -1,0 +1,100 @@
+//! `opflow tokens create|list|revoke`: API tokens, managed on the database directly (an
+//! administrator's command; see `api::auth`).
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use tokio_util::sync::CancellationToken;
+
+use super::{InvalidInput, render};
+use crate::{config::Settings, store::tokens::Scope};
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token and print it: the only time it is shown (only its hash is kept)
+    Create {
+        /// A name to list and revoke it by, e.g. the pipeline or person it is for
+        name: String,
+        /// What it may do: read (runs, outputs, ops), submit (also submit and cancel runs), admin
+        #[arg(long, value_enum, default_value_t = Scope::Read)]
+        scope: Scope,
+    },
+    /// List tokens (never their secrets)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: requests with it are refused from now on
+    Revoke {
+        /// The token's name
+        name: String,
+    },
+}
+
+pub async fn run(
+    command: TokensCommand,
+    settings: &Settings,
+    cancel: &CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let store = super::store(settings, cancel).await?;
+    match command {
+        TokensCommand::Create { name, scope } => {
+            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(InvalidInput(format!(
+                    "token name `{name}` is not usable: use 1 to 64 characters without spaces or control characters"
+                ))
+                .into());
+            }
+            let Some(token) = store.create_token(&name, scope).await? else {
+                return Err(InvalidInput(format!(
+                    "a token named `{name}` exists; pick another name, or revoke it first with `opflow tokens revoke {name}`"
+                ))
+                .into());
+            };
+            eprintln!(
+                "created token `{name}` with scope {}; it is shown only now, so keep it safe:",
+                scope.as_str()
+            );
+            println!("{token}");
+        }
+        TokensCommand::List { json } => {
+            let tokens = store.list_tokens().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else if tokens.is_empty() {
+                println!(
+                    "no tokens; create one with `opflow tokens create <name> --scope read|submit|admin`"
+                );
+            } else {
+                let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+                };
+                let rows: Vec<[String; 5]> = tokens
+                    .iter()
+                    .map(|t| {
+                        [
+                            t.name.clone(),
+                            t.scope.as_str().to_owned(),
+                            time(Some(t.created_at)),
+                            time(t.last_used_at),
+                            time(t.revoked_at),
+                        ]
+                    })
+                    .collect();
+                render::table(&["NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"], &rows);
+            }
+        }
+        TokensCommand::Revoke { name } => {
+            if !store.revoke_token(&name).await? {
+                return Err(InvalidInput(format!(
+                    "no live token named `{name}`; `opflow tokens list` shows them"
+                ))
+                .into());
+            }
+            println!("revoked token `{name}`");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
