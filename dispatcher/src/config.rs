@@ -44,6 +44,9 @@ pub struct Settings {
     /// (or failed): a running step without a heartbeat, a queued step whose message is no
     /// longer on the broker. Must be well over the workers' heartbeat interval (10 s).
     pub lost_step_after_secs: u64,
+    /// How long a finished run is kept (a duration: `30d`, `12h`); older ones are deleted
+    /// with all their rows, in the background.
+    pub retention: String,
 }
 
 impl Default for Settings {
@@ -62,6 +65,7 @@ impl Default for Settings {
             drain_timeout_secs: 60,
             consumer_timeout_ms: 1_800_000,
             lost_step_after_secs: 60,
+            retention: "30d".into(),
         }
     }
 }
@@ -83,6 +87,7 @@ impl fmt::Debug for Settings {
             drain_timeout_secs,
             consumer_timeout_ms,
             lost_step_after_secs,
+            retention,
         } = self;
         f.debug_struct("Settings")
             .field("amqp_url", &opflow_process::redact_url(amqp_url))
@@ -98,6 +103,7 @@ impl fmt::Debug for Settings {
             .field("drain_timeout_secs", drain_timeout_secs)
             .field("consumer_timeout_ms", consumer_timeout_ms)
             .field("lost_step_after_secs", lost_step_after_secs)
+            .field("retention", retention)
             .finish()
     }
 }
@@ -118,6 +124,7 @@ const KEYS: &[&str] = &[
     "drain_timeout_secs",
     "consumer_timeout_ms",
     "lost_step_after_secs",
+    "retention",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +167,12 @@ impl Settings {
             .add_source(config::Environment::with_prefix("OPFLOW").source(Some(env)).try_parsing(true));
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.events_queue_kind()?;
+        if let Err(reason) = humantime::parse_duration(&settings.retention) {
+            return Err(SettingsError::Invalid {
+                key: "retention",
+                reason: format!("`{}` is not a duration like 30d or 12h: {reason}", settings.retention),
+            });
+        }
         if settings.max_inputs_bytes > MAX_INPUTS_BYTES_LIMIT {
             return Err(SettingsError::Invalid {
                 key: "max_inputs_bytes",
@@ -179,6 +192,15 @@ impl Settings {
 
     pub fn retry_poll(&self) -> Duration {
         Duration::from_millis(self.retry_poll_ms.max(10))
+    }
+
+    /// How long finished runs are kept.
+    ///
+    /// # Panics
+    ///
+    /// Never for settings made by [`Settings::load`], which checked the value.
+    pub fn retention(&self) -> Duration {
+        humantime::parse_duration(&self.retention).expect("checked when the settings were loaded")
     }
 
     pub fn lost_step_after(&self) -> Duration {

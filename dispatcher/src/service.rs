@@ -204,6 +204,12 @@ impl Shared {
             self.settings.retry_poll(),
             stop.clone(),
         ));
+        let retention = tokio::spawn(scheduler::apply_retention(
+            self.store.clone(),
+            self.plans.clone(),
+            self.settings.retention(),
+            stop.clone(),
+        ));
         let mut pauses = opflow_amqp::connect::session_backoff();
         loop {
             let connection = match first.take() {
@@ -237,6 +243,9 @@ impl Shared {
         }
         if let Err(error) = scheduler.await {
             tracing::warn!(%error, "the retry scheduler panicked");
+        }
+        if let Err(error) = retention.await {
+            tracing::warn!(%error, "retention panicked");
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! do its work (a service unreachable, an internal error).
 
 mod bench;
+mod gc;
 mod ops;
 mod plan;
 mod render;
@@ -78,6 +79,8 @@ enum Command {
     Outputs(run::OutputsArgs),
     /// Cancel a run: queued and waiting steps never start, running ones are told to stop
     Cancel(run::CancelArgs),
+    /// Delete finished runs past their retention now (administrators; uses the database)
+    Gc(gc::GcArgs),
     /// Create, list and revoke API tokens (administrators; uses the database)
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
@@ -145,6 +148,11 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Outputs(args) => run::outputs(args, &settings, &cancel).await,
         Command::Cancel(args) => run::cancel(args, &settings, &cancel).await,
         Command::Tokens(command) => tokens::run(command, &settings, &cancel).await,
+        Command::Gc(args) => {
+            // Ctrl-C stops between runs, never in the middle of one.
+            tokio::spawn(opflow_process::cancel_on_signal(cancel.clone()));
+            gc::gc(args, &settings, &cancel).await
+        }
         Command::Bench(args) => bench::bench(args, &settings, &cancel).await,
     }
 }

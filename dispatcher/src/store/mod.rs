@@ -9,11 +9,13 @@
 //! - [`in_flight`]: what is in flight, for lost-step recovery.
 //! - [`storable`]: what an op sends, made storable.
 //! - [`tokens`]: API tokens.
+//! - [`retention`]: deleting finished runs past their retention.
 
 pub mod apply;
 pub mod in_flight;
 pub mod ops;
 pub mod outbox;
+pub mod retention;
 pub mod run_plan;
 pub mod runs;
 pub mod storable;
