@@ -3,7 +3,7 @@
 //! queue arguments live in exactly one place: here.
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -158,52 +158,101 @@ fn cancels_arguments() -> FieldTable {
     args
 }
 
+/// How many times the dispatcher may be handed one event and fail to settle it (its channel
+/// closed under it: a crash, a lost connection) before the broker dead-letters it; the
+/// dispatcher then applies it from the dead-letter queue, alone, so nothing is dropped.
+pub const EVENTS_DELIVERY_LIMIT: u32 = 20;
+
 /// Declares what every op queue and the dispatcher rely on: the events exchange and the
 /// dispatcher's events queue, the dead-letter exchange and queue, and the cancels stream.
-pub async fn declare_shared(channel: &Channel, events_queue: QueueKind) -> Result<(), TopologyError> {
-    let exchange = |name: &'static str, kind: ExchangeKind| async move {
-        channel
-            .exchange_declare(
-                name.into(),
-                kind,
-                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| TopologyError::Declare { name: name.to_owned(), source })
+/// Returns warnings about what exists but differs (an events queue declared by an older
+/// release, without a delivery limit): it is used as it is.
+pub async fn declare_shared(
+    connection: &Connection,
+    events_queue: QueueKind,
+) -> Result<Vec<String>, TopologyError> {
+    let opened = |source| TopologyError::Declare { name: "a channel".to_owned(), source };
+    let channel = connection.create_channel().await.map_err(opened)?;
+    let exchange = |channel: &Channel, name: &'static str, kind: ExchangeKind| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .exchange_declare(
+                    name.into(),
+                    kind,
+                    ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|source| TopologyError::Declare { name: name.to_owned(), source })
+        }
     };
-    let queue = |name: &'static str, kind: QueueKind, dead_letter: bool| async move {
-        channel
-            .queue_declare(name.into(), durable(), queue_arguments(kind, None, dead_letter))
-            .await
-            .map_err(|source| TopologyError::Declare { name: name.to_owned(), source })
-    };
-    let bind = |queue_name: &'static str, exchange_name: &'static str, key: &'static str| async move {
-        channel
-            .queue_bind(
-                queue_name.into(),
-                exchange_name.into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| TopologyError::Declare { name: queue_name.to_owned(), source })
-    };
+    let bind =
+        |channel: &Channel, queue_name: &'static str, exchange_name: &'static str, key: &'static str| {
+            let channel = channel.clone();
+            async move {
+                channel
+                    .queue_bind(
+                        queue_name.into(),
+                        exchange_name.into(),
+                        key.into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|source| TopologyError::Declare { name: queue_name.to_owned(), source })
+            }
+        };
+    let mut warnings = Vec::new();
 
-    exchange(queue::EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
-    queue(queue::DISPATCHER_EVENTS_QUEUE, events_queue, true).await?;
-    bind(queue::DISPATCHER_EVENTS_QUEUE, queue::EVENTS_EXCHANGE, "#").await?;
-
-    exchange(queue::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
-    queue(queue::DEAD_LETTER_QUEUE, QueueKind::Quorum, false).await?;
-    bind(queue::DEAD_LETTER_QUEUE, queue::DEAD_LETTER_EXCHANGE, "").await?;
-
+    exchange(&channel, queue::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
+    channel
+        .queue_declare(
+            queue::DEAD_LETTER_QUEUE.into(),
+            durable(),
+            queue_arguments(QueueKind::Quorum, None, false),
+        )
+        .await
+        .map_err(|source| TopologyError::Declare { name: queue::DEAD_LETTER_QUEUE.to_owned(), source })?;
+    bind(&channel, queue::DEAD_LETTER_QUEUE, queue::DEAD_LETTER_EXCHANGE, "").await?;
     channel
         .queue_declare(queue::CANCELS_STREAM.into(), durable(), cancels_arguments())
         .await
         .map_err(|source| TopologyError::Declare { name: queue::CANCELS_STREAM.to_owned(), source })?;
-    Ok(())
+
+    exchange(&channel, queue::EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
+    let events_args = queue_arguments(events_queue, Some(EVENTS_DELIVERY_LIMIT), true);
+    let channel = match channel
+        .queue_declare(queue::DISPATCHER_EVENTS_QUEUE.into(), durable(), events_args)
+        .await
+    {
+        Ok(_) => channel,
+        Err(source) if is_precondition_failed(&source) => {
+            // The queue exists with other arguments; a failed declare closed the channel.
+            warnings.push(format!(
+                "queue `{}` exists without the delivery limit this release gives it ({source}); it is used as it \
+                 is, so an event that keeps failing the dispatcher is redelivered without end. To add the limit, \
+                 set a policy: rabbitmqctl set_policy -p <vhost> --apply-to queues opflow-events \
+                 '^opflow\\.dispatcher\\.events$' '{{\"delivery-limit\": {EVENTS_DELIVERY_LIMIT}}}'",
+                queue::DISPATCHER_EVENTS_QUEUE
+            ));
+            let channel = connection.create_channel().await.map_err(opened)?;
+            inspect_queue(&channel, queue::DISPATCHER_EVENTS_QUEUE).await?;
+            channel
+        }
+        Err(source) => {
+            return Err(TopologyError::Declare { name: queue::DISPATCHER_EVENTS_QUEUE.to_owned(), source });
+        }
+    };
+    bind(&channel, queue::DISPATCHER_EVENTS_QUEUE, queue::EVENTS_EXCHANGE, "#").await?;
+    if let Err(error) = channel.close(200, "topology declared".into()).await {
+        tracing::debug!(%error, "closing the topology channel failed");
+    }
+    Ok(warnings)
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 406)
 }
 
 #[cfg(test)]
@@ -222,6 +271,14 @@ mod tests {
         assert_eq!(arg(&args, "x-dead-letter-strategy"), Some(&text("at-least-once")));
         // Without reject-publish the broker silently downgrades to at-most-once.
         assert_eq!(arg(&args, "x-overflow"), Some(&text("reject-publish")));
+        assert_eq!(arg(&args, "x-dead-letter-exchange"), Some(&text(queue::DEAD_LETTER_EXCHANGE)));
+    }
+
+    #[test]
+    fn the_events_queue_dead_letters_an_event_that_keeps_failing_the_dispatcher() {
+        let args = queue_arguments(QueueKind::Quorum, Some(EVENTS_DELIVERY_LIMIT), true);
+        assert_eq!(arg(&args, "x-delivery-limit"), Some(&AMQPValue::LongLongInt(20)));
+        assert_eq!(arg(&args, "x-dead-letter-strategy"), Some(&text("at-least-once")));
         assert_eq!(arg(&args, "x-dead-letter-exchange"), Some(&text(queue::DEAD_LETTER_EXCHANGE)));
     }
 

@@ -70,13 +70,27 @@ impl Lease {
     }
 }
 
-async fn try_acquire(store: &Store) -> Result<Option<PgConnection>, sqlx::Error> {
-    let options = store
+/// The lease connection's options: the server's own TCP keepalives and user timeout make
+/// it drop a leader cut off from it within about 25 s (the kernel's defaults take hours),
+/// which frees the advisory lock for a standby. The leader itself notices within
+/// [`CHECK_TIMEOUT`] that its pings go unanswered, and stops.
+fn lease_options(store: &Store) -> sqlx::postgres::PgConnectOptions {
+    store
         .pool()
         .connect_options()
         .as_ref()
         .clone()
-        .application_name(&format!("opflow-lease-{}", std::process::id()));
+        .application_name(&format!("opflow-lease-{}", std::process::id()))
+        .options([
+            ("tcp_keepalives_idle", "10"),
+            ("tcp_keepalives_interval", "5"),
+            ("tcp_keepalives_count", "3"),
+            ("tcp_user_timeout", "20000"),
+        ])
+}
+
+async fn try_acquire(store: &Store) -> Result<Option<PgConnection>, sqlx::Error> {
+    let options = lease_options(store);
     let mut connection = PgConnection::connect_with(&options).await?;
     let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(LEASE_KEY)
@@ -125,4 +139,28 @@ async fn watch(mut connection: PgConnection, lost: CancellationToken, release: C
     // Dropping the connection closes its socket, so the server lets go of the lock too.
     drop(connection);
     lost.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::TestDb;
+
+    #[tokio::test]
+    async fn the_lease_connection_asks_the_server_to_drop_it_soon_when_cut_off() {
+        let db = TestDb::new("lease").await;
+        let mut connection = PgConnection::connect_with(&lease_options(&db.store)).await.unwrap();
+        for (setting, value) in [
+            ("tcp_keepalives_idle", "10"),
+            ("tcp_keepalives_interval", "5"),
+            ("tcp_keepalives_count", "3"),
+            ("tcp_user_timeout", "20000"),
+        ] {
+            let shown: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+                .fetch_one(&mut connection)
+                .await
+                .unwrap();
+            assert_eq!(shown, value, "{setting}");
+        }
+    }
 }

@@ -50,10 +50,13 @@ async fn connect_broker(
 /// that lost its definitions (a fresh node) gets them back, so steps for registered ops
 /// are never unroutable. Idempotent; run on every (re)connect.
 async fn declare_topology(settings: &Settings, store: &Store, connection: &Connection) -> anyhow::Result<()> {
-    let channel = connection.create_channel().await.context("opening a channel")?;
-    topology::declare_shared(&channel, settings.events_queue_kind()?)
+    for warning in topology::declare_shared(connection, settings.events_queue_kind()?)
         .await
-        .context("declaring the topology")?;
+        .context("declaring the topology")?
+    {
+        tracing::warn!("{warning}");
+    }
+    let channel = connection.create_channel().await.context("opening a channel")?;
     for op in store.registered_ops().await.context("reading the op registry")? {
         let queue_settings = store.op_queue_settings(&op).await?.unwrap_or_default();
         topology::declare_op_queue(&channel, &op, queue_settings)
@@ -72,6 +75,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (store, connection) = connect(&settings, &shutdown).await?;
     run_connected(settings, store, connection, shutdown).await
 }
+
+/// An error that reconnecting cannot cure: the dispatcher stops with it.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct Fatal(opflow_amqp::claim::ClaimError);
 
 /// What the leader's parts share across leases and broker sessions.
 struct Shared {
@@ -176,19 +184,28 @@ impl Shared {
             self.readiness.set_role(Role::Leader);
             let stop = CancellationToken::new();
             let led = {
-                let watch = async {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = lease.lost().cancelled() => {}
+                let lead = self.lead(&mut connection, &stop);
+                tokio::pin!(lead);
+                tokio::select! {
+                    // Leading ended by itself: a fatal error.
+                    led = &mut lead => led,
+                    () = async {
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = lease.lost().cancelled() => {}
+                        }
+                    } => {
+                        stop.cancel();
+                        lead.await
                     }
-                    stop.cancel();
-                };
-                let (led, ()) = tokio::join!(self.lead(&mut connection, &stop), watch);
-                led
+                }
             };
             lease.release().await;
             if shutdown.is_cancelled() {
                 return led;
+            }
+            if led.is_err() {
+                stop.cancel();
             }
             led?;
             tracing::warn!("lost the dispatcher lease; stopped publishing and applying, standing by");
@@ -211,6 +228,7 @@ impl Shared {
             stop.clone(),
         ));
         let mut pauses = opflow_amqp::connect::session_backoff();
+        let mut outcome = Ok(());
         loop {
             let connection = match first.take() {
                 Some(connection) => connection,
@@ -226,6 +244,11 @@ impl Shared {
             close_connection(&connection).await;
             match session {
                 Ok(()) => break,
+                Err(error) if error.is::<Fatal>() => {
+                    self.readiness.broker_down(format!("{error:#}"));
+                    outcome = Err(error);
+                    break;
+                }
                 Err(error) => {
                     if started.elapsed() > Duration::from_secs(60) {
                         pauses = opflow_amqp::connect::session_backoff();
@@ -241,13 +264,37 @@ impl Shared {
                 }
             }
         }
-        if let Err(error) = scheduler.await {
+        if outcome.is_err() {
+            // Fatal: stop the time-driven parts too.
+            scheduler.abort();
+            retention.abort();
+        }
+        if let Err(error) = scheduler.await
+            && error.is_panic()
+        {
             tracing::warn!(%error, "the retry scheduler panicked");
         }
-        if let Err(error) = retention.await {
+        if let Err(error) = retention.await
+            && error.is_panic()
+        {
             tracing::warn!(%error, "retention panicked");
         }
-        Ok(())
+        outcome
+    }
+
+    /// Claims the broker's vhost for this installation (see `opflow_amqp::claim`): another
+    /// installation's claim is fatal, as consuming its events would eat its runs.
+    async fn claim_vhost(&self, connection: &Connection) -> anyhow::Result<()> {
+        let id = self.store.installation_id().await.context("reading this installation's id")?;
+        let database = opflow_process::redact_url(&self.settings.database_url);
+        let name = format!("installation {id}, database {database}");
+        match opflow_amqp::claim::claim_vhost(connection, &name).await {
+            Ok(()) => Ok(()),
+            Err(conflict @ opflow_amqp::claim::ClaimError::Claimed { .. }) => {
+                Err(anyhow::Error::new(Fatal(conflict)))
+            }
+            Err(other) => Err(other).context("claiming the vhost"),
+        }
     }
 
     /// Declares the topology and runs the outbox publisher and the events and dead-letter
@@ -259,6 +306,7 @@ impl Shared {
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         declare_topology(&self.settings, &self.store, connection).await?;
+        self.claim_vhost(connection).await?;
         let publisher = Publisher::open(connection).await.context("opening the publish channel")?;
         self.readiness.broker_up();
         tracing::info!("dispatcher ready: publishing steps and applying events");

@@ -171,3 +171,49 @@ async fn malformed_messages_are_dead_lettered_and_nothing_crashes() -> anyhow::R
     assert!(output.status.success(), "{}", stderr(&output));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_result_that_reaches_the_dead_letter_queue_is_applied_not_dropped() -> anyhow::Result<()> {
+    let mut env = Env::new("dead_result").await?;
+    env.register("noop").await?;
+    let (mut dispatcher, _) = env.spawn_dispatcher_api(&[]).await?;
+    // No worker: the step waits on its queue, and its result arrives another way.
+    let plan = env.plan_file("one", "name: one\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
+    let run = parse_summary(&env.opflow_ok(&["run", plan.to_str().context("utf-8")?, "--json"]).await?)?;
+    let run_id = run["run_id"].as_str().context("run_id")?.to_owned();
+    wait_for("the step to be published", DEADLINE, || async {
+        Ok((env.queue_depth("opflow.op.noop.1.1.0").await? == 1).then_some(()))
+    })
+    .await?;
+    // As if the events queue had dead-lettered a worker's result past its delivery limit.
+    let result = json!({"v": SCHEMA_VERSION, "id": uuid::Uuid::now_v7().to_string(), "run_id": run_id,
+                        "step_id": 0, "attempt": 1, "at": "2026-11-30T08:00:00Z", "worker": "noop@1.1.0/h/1",
+                        "kind": {"succeeded": {"output": {"from": "the dead-letter queue"}}}})
+    .to_string();
+    let connection = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_publish(
+            queue::DEAD_LETTER_EXCHANGE.into(),
+            "step.succeeded".into(),
+            BasicPublishOptions::default(),
+            result.as_bytes(),
+            BasicProperties::default().with_type(queue::EVENT_MESSAGE_TYPE.into()).with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    let _ = connection.close(200, "done".into()).await;
+    let db = env.db().await?;
+    let output: serde_json::Value = wait_for("the dead-lettered result to be applied", DEADLINE, || async {
+        Ok(sqlx::query_scalar("SELECT output FROM steps WHERE run_id = $1::uuid AND status = 'succeeded'")
+            .bind(&run_id)
+            .fetch_optional(&db)
+            .await?)
+    })
+    .await?;
+    assert_eq!(output["from"], "the dead-letter queue");
+    let status = parse_summary(&env.opflow_ok(&["status", &run_id, "--json"]).await?)?;
+    assert_eq!(status["status"], "succeeded");
+    dispatcher.check_alive()?;
+    Ok(())
+}

@@ -25,6 +25,9 @@ pub const CANCELS_STREAM: &str = "opflow.cancels";
 /// The AMQP `type` property of a cancel record.
 pub const CANCEL_MESSAGE_TYPE: &str = "opflow.cancel";
 
+/// The queue whose marker message names the opflow installation that owns the vhost.
+pub const INSTALLATION_QUEUE: &str = "opflow.installation";
+
 /// The trace-context header (W3C `traceparent`) carried by steps and events.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 

@@ -63,12 +63,15 @@ pub async fn run(
             )
             .await
             .context("connecting to RabbitMQ")?;
-            let channel = connection.create_channel().await.context("opening a channel")?;
             // The shared exchanges first: the op queue dead-letters into one, and its workers
             // publish events to another, possibly before any dispatcher has started.
-            opflow_amqp::topology::declare_shared(&channel, settings.events_queue_kind()?)
+            for warning in opflow_amqp::topology::declare_shared(&connection, settings.events_queue_kind()?)
                 .await
-                .context("declaring the shared exchanges and queues")?;
+                .context("declaring the shared exchanges and queues")?
+            {
+                eprintln!("warning: {warning}");
+            }
+            let channel = connection.create_channel().await.context("opening a channel")?;
             let outcome =
                 register::register(&store, &channel, &binary, OpQueueSettings { kind, delivery_limit }).await;
             let (description, registration) = outcome.map_err(|error| match error {

@@ -34,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 const INVALID_CATALOG_NAME: &str = "3D000";
 /// Postgres' "duplicate database" (lost a race to create it).
 const DUPLICATE_DATABASE: &str = "42P04";
+/// Postgres' "unique violation": what a `CREATE DATABASE` that loses the race at the very
+/// same moment gets instead (on `pg_database_datname_index`).
+const UNIQUE_VIOLATION: &str = "23505";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -178,6 +181,11 @@ impl Store {
         Store { pool }
     }
 
+    /// This installation's id (migration 0009).
+    pub async fn installation_id(&self) -> Result<uuid::Uuid, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM installation").fetch_one(&self.pool).await?)
+    }
+
     /// Whether the database answers; for the readiness endpoint.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -206,7 +214,10 @@ async fn create_database(options: &PgConnectOptions, redacted: &str) -> Result<(
     let statement = format!("CREATE DATABASE \"{database}\"");
     match sqlx::query(AssertSqlSafe(statement)).execute(&mut admin).await {
         Ok(_) => Ok(()),
-        Err(error) if sql_state(&error).as_deref() == Some(DUPLICATE_DATABASE) => Ok(()),
+        // Another process created it first: just what we wanted.
+        Err(error) if matches!(sql_state(&error).as_deref(), Some(DUPLICATE_DATABASE | UNIQUE_VIOLATION)) => {
+            Ok(())
+        }
         Err(error) => Err(failed(error)),
     }
 }
@@ -219,8 +230,8 @@ pub(crate) mod testing {
 
     pub(crate) struct TestDb {
         pub store: Store,
-        name: String,
-        server: String,
+        pub(crate) name: String,
+        pub(crate) server: String,
     }
 
     impl TestDb {
@@ -233,6 +244,23 @@ pub(crate) mod testing {
                 .await
                 .unwrap_or_else(|e| panic!("a test database on {server} (is PostgreSQL running?): {e}"));
             TestDb { store, name, server }
+        }
+    }
+
+    #[tokio::test]
+    async fn processes_using_a_fresh_database_at_once_all_get_it() {
+        let server =
+            std::env::var("OPFLOW_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("opflow_u_race_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let url = format!("{server}/{name}");
+        let connects = (0..6).map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Store::connect(&url, &CancellationToken::new()).await.map(|_| ()) })
+        });
+        let results = futures_util::future::join_all(connects).await;
+        let _cleanup = TestDb { store: Store::unconnected(), name, server };
+        for result in results {
+            result.unwrap().unwrap_or_else(|e| panic!("{e}"));
         }
     }
 
