@@ -22,13 +22,26 @@
 use std::{collections::VecDeque, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use futures_util::FutureExt;
-use opflow_protocol::Event;
+use opflow_protocol::{Event, EventKind, RunId, StepId};
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    broker::dispatcher_failure,
-    store::{Store, StoreError, apply::ApplyOutcome, run_plan::PlanCache, storable::StorableEvent},
-};
+use crate::store::{Store, StoreError, apply::ApplyOutcome, run_plan::PlanCache, storable::StorableEvent};
+
+/// The `worker` field of events the dispatcher makes up itself.
+pub const DISPATCHER_WORKER: &str = "dispatcher";
+
+/// A failure decided by the dispatcher (an unroutable step, inputs too large, a refused
+/// publish, a lost message, an event that cannot be applied), applied through the same
+/// path as a worker's failure event.
+pub fn dispatcher_failure(
+    run_id: RunId,
+    step_id: StepId,
+    attempt: u32,
+    error: String,
+    retryable: bool,
+) -> StorableEvent {
+    Event::new(run_id, step_id, attempt, DISPATCHER_WORKER, EventKind::Failed { error, retryable }).into()
+}
 
 /// How often a batch may fail with a "transient" error while the database answers pings
 /// before it is treated as refused and split.
@@ -146,8 +159,7 @@ impl Applier {
         let reason = refusal_message(event, why);
         tracing::error!(run_id = %event.run_id, step_id = %event.step_id, attempt = event.attempt,
             kind = event.kind.name(), worker = %event.worker, %why, "an event cannot be applied; failing its step");
-        let failure: StorableEvent =
-            dispatcher_failure(event.run_id, event.step_id.0, event.attempt, reason.clone(), false).into();
+        let failure = dispatcher_failure(event.run_id, event.step_id, event.attempt, reason.clone(), false);
         let also = match self.apply_batch(std::slice::from_ref(&failure), cancel).await? {
             Ok(failed) => {
                 merge(outcome, failed, position);

@@ -28,12 +28,11 @@ use std::{
 
 use lapin::{Channel, Connection};
 use opflow_amqp::topology::{self, QueueCounts, TopologyError};
-use opflow_protocol::{OpRef, queue};
+use opflow_protocol::{OpRef, StepId, queue};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::dispatcher_failure,
-    isolation::Applier,
+    isolation::{Applier, dispatcher_failure},
     store::{StoreError, in_flight::StepAttempt, storable::StorableEvent},
 };
 
@@ -165,7 +164,7 @@ impl Recovery {
 }
 
 fn failure(step: StepAttempt, reason: String) -> StorableEvent {
-    dispatcher_failure(step.run_id, step.step_id, step.attempt, reason, true).into()
+    dispatcher_failure(step.run_id, StepId(step.step_id), step.attempt, reason, true)
 }
 
 enum Check {

@@ -63,13 +63,17 @@ async fn a_second_signal_stops_everything_at_once() -> anyhow::Result<()> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(up.stderr.take().context("piped")?));
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(up.stderr.take().context("piped")?));
     let up_pid = up.id().context("opflow up is running")?;
     let worker = wait_for("opflow up to start a worker", DEADLINE, || async {
         Ok(children_of(up_pid).into_iter().find(|(_, name)| name == "noop").map(|(pid, _)| pid))
     })
     .await?;
-    let plan = env.plan_file("long", "name: long\nassets:\n  - name: a\n    op: noop@^1\n    config: {sleep_ms: 60000}\n")?;
+    let plan = env.plan_file(
+        "long",
+        "name: long\nassets:\n  - name: a\n    op: noop@^1\n    config: {sleep_ms: 60000}\n",
+    )?;
     env.opflow_ok(&["run", plan.to_str().context("utf-8")?]).await?;
     let mut env = env;
     let db = env.db().await?;

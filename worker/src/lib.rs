@@ -31,21 +31,27 @@
 //! that does not return within the stop grace has its step reported and its process exit
 //! (code 0), so that nothing it started runs on beside a retry.
 //!
-//! - [`op`]: the [`Op`] builder and the command line of an op binary.
+//! - [`op`]: the [`Op`] builder and the worker settings.
+//! - `cli`: the command line of an op binary and [`Op::main`].
 //! - [`context`]: what a handler sees ([`StepContext`]).
 //! - [`error`]: [`StepError`], whose variant carries the retry decision.
 //! - `cancel`: run cancellation as the worker learns it (the cancels stream).
-//! - [`consume`]: the consume loop.
+//! - `session`: broker sessions, one connection at a time, reconnecting.
+//! - `consume`: the consume loop, one delivery at a time.
+//! - `step`: one step, from delivery to settled lease: timeouts, cancels, panics.
 //! - [`lease`]: [`lease::StepLease`], ack-late as a type.
 //! - [`report`]: publishing events in order, with confirms.
 
 mod cancel;
-pub mod consume;
+mod cli;
+mod consume;
 pub mod context;
 pub mod error;
 pub mod lease;
 pub mod op;
 pub mod report;
+mod session;
+mod step;
 
 pub use context::StepContext;
 pub use error::StepError;

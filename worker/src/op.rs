@@ -1,14 +1,12 @@
-//! The [`Op`] builder: an op's identity, its config description and its handler, plus the
-//! command line every op binary shares (`--describe`, broker URL, heartbeat, log format).
+//! The [`Op`] builder: an op's identity, its config description and its handler, and the
+//! worker settings every op binary takes (`cli` parses them).
 
-use std::{fmt, future::Future, pin::Pin, process::ExitCode, sync::Arc, time::Duration};
+use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use clap::Parser;
 use opflow_process::LogFormat;
 use opflow_protocol::{ConfigField, OpDescription, OpName, OpRef, SCHEMA_VERSION};
 use semver::Version;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::{context::StepContext, error::StepError};
 
@@ -30,25 +28,6 @@ pub(crate) struct OpSpec {
     pub op: OpRef,
     pub description: OpDescription,
     pub handler: BoxedHandler,
-}
-
-/// An op binary's command line. Every option also reads an `OPFLOW_*` variable.
-#[derive(Debug, Parser)]
-#[command(
-    about = "An opflow remote op: consumes its op version's queue and runs each step it receives",
-    long_about = "An opflow remote op. It consumes the RabbitMQ queue of its exact op version \
-                  (opflow.op.<name>.<version>) one message at a time, runs the step, reports \
-                  progress and the result as events, and acknowledges the message only after the \
-                  result is confirmed by the broker. SIGTERM or Ctrl-C finishes the step in hand, \
-                  then exits 0.\n\nRegister it once with `opflow ops add <this binary>`."
-)]
-struct Args {
-    /// Print the op's name, version and configuration as JSON, and exit
-    #[arg(long)]
-    describe: bool,
-
-    #[command(flatten)]
-    settings: WorkerSettings,
 }
 
 /// How a worker process connects and reports. `Debug` shows the URL without its password.
@@ -144,7 +123,7 @@ impl Op {
         self
     }
 
-    fn into_spec(self) -> Result<OpSpec, String> {
+    pub(crate) fn into_spec(self) -> Result<OpSpec, String> {
         let name = OpName::new(self.name).map_err(|e| e.to_string())?;
         let version = Version::parse(self.version)
             .map_err(|e| format!("op version `{}` is not semver: {e}", self.version))?;
@@ -159,61 +138,6 @@ impl Op {
         };
         Ok(OpSpec { op, description, handler })
     }
-
-    /// Parses the command line and runs the op until it is told to stop. Exit codes: 0
-    /// after a clean stop, 1 when the worker failed, 2 when the op or its arguments are
-    /// invalid.
-    pub fn main(self) -> ExitCode {
-        let args = Args::parse();
-        let spec = match self.into_spec() {
-            Ok(spec) => spec,
-            Err(message) => {
-                eprintln!("error: {message}");
-                return ExitCode::from(2);
-            }
-        };
-        if args.describe {
-            use std::io::Write;
-            // A reader that stops early (`| head`) is not an error worth a panic.
-            return match writeln!(std::io::stdout(), "{}", spec.description.to_json()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: cannot write the description: {error}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                eprintln!("error: cannot start the async runtime: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let exit = runtime.block_on(async move {
-            let _telemetry = opflow_process::init("opflow-worker", args.settings.log_format, "info");
-            let shutdown = CancellationToken::new();
-            tokio::spawn(opflow_process::cancel_on_signal(shutdown.clone()));
-            match crate::consume::run(Arc::new(spec), args.settings, shutdown).await {
-                Ok(exit) => Ok(exit),
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "worker stopped");
-                    Err(())
-                }
-            }
-        });
-        match exit {
-            Ok(crate::consume::Exit::Stopped) => ExitCode::SUCCESS,
-            Ok(crate::consume::Exit::Recycle) => {
-                // Not a return through the runtime's drop, which would wait for the very
-                // blocking work this exit is meant to stop.
-                eprintln!("exiting: a step's handler did not stop when told to (its step is reported)");
-                std::process::exit(0)
-            }
-            Err(()) => ExitCode::FAILURE,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -225,14 +149,6 @@ mod tests {
         assert_eq!(humantime_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(humantime_duration("ten").is_err());
         assert!(humantime_duration("0s").is_err());
-    }
-
-    #[test]
-    fn debug_hides_the_password() {
-        let args = Args::try_parse_from(["noop", "--amqp-url", "amqp://guest:s3cr3t@rabbit/%2f"]).unwrap();
-        let debug = format!("{args:?}");
-        assert!(!debug.contains("s3cr3t"), "{debug}");
-        assert!(debug.contains("amqp://guest:***@rabbit/%2f"), "{debug}");
     }
 
     #[test]

@@ -17,11 +17,11 @@ use opflow_protocol::{Event, StepMessage, queue};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{
-    dispatcher_failure,
-    events::{EventsError, open_consumer},
+use super::events::{EventsError, open_consumer};
+use crate::{
+    isolation::{Applier, dispatcher_failure},
+    store::storable::StorableEvent,
 };
-use crate::{isolation::Applier, store::storable::StorableEvent};
 
 pub struct DeadLetterConsumer {
     pub applier: Applier,
@@ -117,8 +117,8 @@ impl DeadLetterConsumer {
         };
         let error = failure_message(&message, death, delivery_limit, abandoned.as_deref());
         tracing::error!(reason = %death.reason, "{error}");
-        let failure = dispatcher_failure(message.run_id, message.step_id.0, message.attempt, error, false);
-        self.apply_alone(failure.into(), cancel).await
+        let failure = dispatcher_failure(message.run_id, message.step_id, message.attempt, error, false);
+        self.apply_alone(failure, cancel).await
     }
 
     /// Applies a worker's event that reached the dead-letter queue.

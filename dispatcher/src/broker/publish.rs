@@ -6,19 +6,21 @@ use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Durati
 
 use futures_util::FutureExt;
 use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
-use opflow_protocol::{CancelRecord, OpRef, RunId, StepInput, queue};
+use opflow_protocol::{CancelRecord, OpRef, RunId, StepId, StepInput, queue};
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::dispatcher_failure;
 use crate::store::{
     Store, StoreError,
     outbox::{OutboxBatch, OutboxEntry},
     run_plan::{PlanCache, RunPlan, StepRange},
 };
-use crate::{isolation::Applier, store::storable::StorableEvent};
+use crate::{
+    isolation::{Applier, dispatcher_failure},
+    store::storable::StorableEvent,
+};
 
 /// How often the outbox is checked even without a wake-up, in case a notification was
 /// missed (e.g. while the listener reconnected).
@@ -187,13 +189,7 @@ impl StepPublisher {
         for entry in entries {
             let fail = |error: String, retryable: bool| {
                 tracing::error!(run_id = %entry.run_id, step_id = entry.step_id, %error, "step not published");
-                StorableEvent::from(dispatcher_failure(
-                    entry.run_id,
-                    entry.step_id,
-                    entry.attempt,
-                    error,
-                    retryable,
-                ))
+                dispatcher_failure(entry.run_id, StepId(entry.step_id), entry.attempt, error, retryable)
             };
             let built =
                 AssertUnwindSafe(self.build(&mut batch, &mut inputs_cache, entry)).catch_unwind().await;
@@ -325,9 +321,13 @@ impl ConfirmWindow {
                 return Err(error.into());
             };
             tracing::error!(run_id = %entry.run_id, step_id = entry.step_id, %op, "{reason}");
-            failures.push(
-                dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, reason, retryable).into(),
-            );
+            failures.push(dispatcher_failure(
+                entry.run_id,
+                StepId(entry.step_id),
+                entry.attempt,
+                reason,
+                retryable,
+            ));
         }
         Ok(())
     }

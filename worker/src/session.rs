@@ -1,0 +1,226 @@
+//! Broker sessions: one connection at a time, opened again with capped, jittered backoff
+//! when it is lost. A session checks the op's queue, opens the events channel, publishes
+//! what the last session could not, catches up with run cancellations, and then consumes
+//! (`consume`) until shutdown, a recycle, or the connection's loss.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use lapin::{
+    Channel, Connection, Consumer,
+    options::{BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use opflow_amqp::{
+    Publisher,
+    connect::{ConnectError, ConnectRetry},
+    topology::{self, TopologyError},
+};
+use opflow_protocol::{Event, queue};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cancel::Cancels,
+    consume::SessionEnd,
+    op::{OpSpec, WorkerSettings},
+    report::Reporter,
+    step::Worker,
+};
+
+/// How the worker ended, for `Op::main`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Shutdown was requested; the step in hand was settled.
+    Stopped,
+    /// A step's handler would not stop when told to: the step is settled, and the process
+    /// must exit now (without waiting for the handler) so that nothing of it runs on.
+    Recycle,
+}
+
+/// Runs the worker until `shutdown` is cancelled (then drains). A lost broker connection
+/// is opened again with capped, jittered backoff and consuming resumes; only a missing
+/// queue (or a broker unreachable at start) ends the worker with an error.
+pub(crate) async fn run(
+    spec: Arc<OpSpec>,
+    settings: WorkerSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Exit> {
+    let redacted = opflow_process::redact_url(&settings.amqp_url);
+    let id = format!("{}/{}/{}", spec.op, hostname(), std::process::id());
+    // At start a wrong URL should be reported soon; once connected, outages are waited out.
+    let mut retry = ConnectRetry::default();
+    // Sessions that fail right after connecting (a channel refused, say) are spaced out
+    // like connection attempts, so a broker that half-works is not hammered.
+    let mut pauses = opflow_amqp::connect::session_backoff();
+    let unsent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cancels = Cancels::default();
+    loop {
+        let connection =
+            match opflow_amqp::connect(&settings.amqp_url, &redacted, &id, retry, &shutdown).await {
+                Ok(connection) => connection,
+                Err(ConnectError::Cancelled { .. }) => {
+                    tracing::info!("stopped while connecting to the broker");
+                    return Ok(Exit::Stopped);
+                }
+                Err(error) => return Err(error).context("starting the worker"),
+            };
+        let session = Session {
+            connection: &connection,
+            spec: &spec,
+            heartbeat: settings.heartbeat,
+            stop_grace: settings.stop_grace,
+            cancels: cancels.clone(),
+            id: &id,
+            unsent: unsent.clone(),
+        };
+        let session_started = Instant::now();
+        let end = session.run(&shutdown).await;
+        if let Err(error) = connection.close(200, "worker stopping".into()).await {
+            tracing::debug!(%error, "closing the connection failed");
+        }
+        match end {
+            SessionEnd::Shutdown => {
+                tracing::info!("stopped cleanly");
+                return Ok(Exit::Stopped);
+            }
+            SessionEnd::Recycle => return Ok(Exit::Recycle),
+            SessionEnd::Fatal(error) => return Err(error),
+            SessionEnd::Lost(error) => {
+                if session_started.elapsed() > Duration::from_secs(60) {
+                    pauses = opflow_amqp::connect::session_backoff();
+                }
+                let pause = pauses.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = format!("{error:#}"), retry_in = ?pause, "lost the broker; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => return Ok(Exit::Stopped),
+                }
+                retry = ConnectRetry::forever();
+            }
+        }
+    }
+}
+
+/// One connection's worth of consuming.
+struct Session<'a> {
+    connection: &'a Connection,
+    spec: &'a Arc<OpSpec>,
+    heartbeat: Duration,
+    stop_grace: Duration,
+    cancels: Cancels,
+    id: &'a str,
+    unsent: Arc<std::sync::Mutex<Vec<Event>>>,
+}
+
+impl Session<'_> {
+    async fn run(self, shutdown: &CancellationToken) -> SessionEnd {
+        // A failed passive declare closes its channel, so check on a throwaway one.
+        let checked = async {
+            let probe = self.connection.create_channel().await.context("opening a channel")?;
+            let checked = topology::check_op_queue(&probe, &self.spec.op).await;
+            if checked.is_ok()
+                && let Err(error) = probe.close(200, "queue checked".into()).await
+            {
+                tracing::debug!(%error, "closing the probe channel failed");
+            }
+            anyhow::Ok(checked)
+        };
+        match checked.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(missing @ TopologyError::MissingQueue { .. })) => {
+                return SessionEnd::Fatal(
+                    anyhow::Error::new(missing).context(format!("starting worker for {}", self.spec.op)),
+                );
+            }
+            Ok(Err(other)) => return SessionEnd::Lost(other.into()),
+            Err(error) => return SessionEnd::Lost(error),
+        }
+
+        let publisher = match Publisher::open(self.connection).await {
+            Ok(publisher) => publisher,
+            Err(error) => {
+                return SessionEnd::Lost(anyhow::Error::new(error).context("opening the events channel"));
+            }
+        };
+        let reporter_stop = CancellationToken::new();
+        let (reporter, reporter_task) = Reporter::spawn(publisher.clone(), reporter_stop.clone());
+        let worker = Worker {
+            spec: self.spec.clone(),
+            heartbeat: self.heartbeat,
+            stop_grace: self.stop_grace,
+            cancels: self.cancels.clone(),
+            id: self.id.to_owned(),
+            reporter,
+            shutdown: shutdown.clone(),
+            unsent: self.unsent.clone(),
+        };
+        if let Err(error) = worker.publish_unsent().await {
+            drop(worker);
+            reporter_stop.cancel();
+            let _ = reporter_task.await;
+            return SessionEnd::Lost(error);
+        }
+
+        // Learn every cancel there is before taking a step.
+        let follower_stop = CancellationToken::new();
+        let follower = self.cancels.follow(self.connection, &publisher, self.id, follower_stop.clone()).await;
+        let end = match self.open_consumer().await {
+            Ok((channel, consumer)) => {
+                let end = worker.consume(&channel, consumer).await;
+                // Closing the channel returns any message that was prefetched but not started.
+                if let Err(error) = channel.close(200, "worker stopping".into()).await {
+                    tracing::debug!(%error, "closing the consume channel failed");
+                }
+                end
+            }
+            Err(error) => SessionEnd::Lost(error),
+        };
+
+        follower_stop.cancel();
+        if let Some(follower) = follower
+            && let Err(error) = follower.await
+        {
+            tracing::warn!(%error, "the cancels follower failed");
+        }
+        drop(worker);
+        reporter_stop.cancel();
+        if let Err(error) = reporter_task.await {
+            tracing::warn!(%error, "the event publisher task failed");
+        }
+        // Close every channel before the connection, so that nothing is torn down under a
+        // channel still closing (lapin reports that as a connection error).
+        if let Err(error) = publisher.channel().close(200, "worker stopping".into()).await {
+            tracing::debug!(%error, "closing the events channel failed");
+        }
+        end
+    }
+
+    async fn open_consumer(&self) -> anyhow::Result<(Channel, Consumer)> {
+        let channel = self.connection.create_channel().await.context("opening the consume channel")?;
+        // Prefetch 1: see the module docs.
+        channel.basic_qos(1, BasicQosOptions::default()).await.context("setting prefetch 1")?;
+        let queue_name = queue::op_queue(&self.spec.op);
+        let consumer = channel
+            .basic_consume(
+                queue_name.as_str().into(),
+                self.id.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {queue_name}"))?;
+        tracing::info!(op = %self.spec.op, queue = %queue_name, worker = %self.id, "consuming");
+        Ok((channel, consumer))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}

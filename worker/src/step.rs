@@ -1,0 +1,352 @@
+//! One step, from delivery to settled lease: decode it, refuse what no worker of this op
+//! could run, skip a step of a canceled run, run the handler in a task of its own (a panic
+//! fails the step, not the worker) under its timeout, with heartbeats, stop it when it
+//! must stop (timeout, cancel, a channel the broker closed), and report the result before
+//! acking (ack-late, through `StepLease`).
+//!
+//! A handler told to stop sees `StepContext::cancelled()` and has the stop grace to return.
+//! One that does not has its step reported, and the worker process exits (`Exit::Recycle`),
+//! because nothing else can stop code that does not yield or that runs on blocking threads.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use lapin::{
+    message::Delivery,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use opflow_amqp::trace;
+use opflow_protocol::{Event, EventKind, StepMessage, queue};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+use tracing::Instrument;
+
+use crate::{
+    MAX_OUTPUT_BYTES, cancel::Cancels, context::StepContext, error::StepError, lease::StepLease, op::OpSpec,
+    report::Reporter,
+};
+
+/// What every step of one broker session shares.
+pub(crate) struct Worker {
+    pub(crate) spec: Arc<OpSpec>,
+    pub(crate) heartbeat: Duration,
+    /// How long a step told to stop (timed out, canceled) has to return by itself before
+    /// the worker exits to stop it.
+    pub(crate) stop_grace: Duration,
+    /// The canceled runs this worker knows of, and the step in hand.
+    pub(crate) cancels: Cancels,
+    /// `name@version/host/pid`: names this worker in events and in the broker's consumer list.
+    pub(crate) id: String,
+    pub(crate) reporter: Reporter,
+    pub(crate) shutdown: CancellationToken,
+    /// Reports that could not be published before the session was lost; the next session
+    /// publishes them first.
+    pub(crate) unsent: Arc<std::sync::Mutex<Vec<Event>>>,
+}
+
+/// A step still running after this long reports `started`; a quicker one reports only
+/// its result (which says when it started). Most steps of a sweep are quicker, and each
+/// event saved is a publish, a delivery and a database write saved.
+const REPORT_START_AFTER: Duration = Duration::from_millis(100);
+
+/// A step whose message is settled.
+pub(crate) struct Settled {
+    /// The handler did not stop when told to; see [`Exit::Recycle`].
+    pub(crate) recycle: bool,
+}
+
+/// Why a running step was told to stop.
+enum Stop {
+    TimedOut(Duration),
+    Canceled,
+    /// The consume channel closed under the step (the broker's consumer timeout, a lost
+    /// connection): the broker has requeued the message.
+    ChannelClosed(String),
+}
+
+/// How the handler's run ended.
+enum Executed {
+    Finished(Result<Value, StepError>),
+    Stopped { why: Stop, handler_stopped: bool },
+}
+
+/// How a step ended when it did not settle normally.
+pub(crate) enum StepEnd {
+    /// The consume channel closed under the step; the broker has requeued the message.
+    ChannelClosed(String),
+    /// As `ChannelClosed`, and the handler would not stop: the process must exit.
+    ChannelClosedRecycle,
+    /// Publishing the result or acking failed; the broker redelivers the message.
+    Broker(anyhow::Error),
+}
+
+impl Worker {
+    /// Runs one delivery to its end: a settled lease, or an error that leaves the message
+    /// unacked for redelivery.
+    pub(crate) async fn handle(
+        &self,
+        delivery: Delivery,
+        channel_closed: oneshot::Receiver<String>,
+    ) -> Result<Settled, StepEnd> {
+        let lease = StepLease::new(delivery.acker.clone());
+        let message = match StepMessage::decode(&delivery.data) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(%error, queue = %queue::op_queue(&self.spec.op), "malformed step message; dead-lettering it");
+                lease.dead_letter().await.map_err(|e| StepEnd::Broker(e.into()))?;
+                return Ok(Settled { recycle: false });
+            }
+        };
+        if message.op != self.spec.op {
+            tracing::error!(
+                message_op = %message.op,
+                run_id = %message.run_id,
+                step_id = %message.step_id,
+                "step for another op version arrived on this queue; dead-lettering it"
+            );
+            lease.dead_letter().await.map_err(|e| StepEnd::Broker(e.into()))?;
+            return Ok(Settled { recycle: false });
+        }
+        let span = tracing::info_span!(
+            "step",
+            run_id = %message.run_id,
+            step_id = %message.step_id,
+            attempt = message.attempt,
+            op = %message.op,
+            step = %message.label(),
+        );
+        trace::adopt_parent(&span, delivery.properties.headers().as_ref());
+        let deliveries = delivery_count(delivery.properties.headers().as_ref());
+        self.run_step(message, lease, delivery.redelivered, deliveries, channel_closed).instrument(span).await
+    }
+
+    async fn run_step(
+        &self,
+        message: StepMessage,
+        lease: StepLease,
+        redelivered: bool,
+        deliveries: Option<i64>,
+        mut channel_closed: oneshot::Receiver<String>,
+    ) -> Result<Settled, StepEnd> {
+        let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
+        let event = |kind| Event::new(run_id, step_id, attempt, self.id.clone(), kind);
+        if self.cancels.is_canceled(run_id) {
+            // Never start a step of a canceled run; the record says why it did not run.
+            tracing::info!("the step's run was canceled; not running it");
+            let error = "canceled: the run was canceled before this step started".to_owned();
+            let result = event(EventKind::Failed { error, retryable: false });
+            lease.complete(&self.reporter, result).await.map_err(|e| StepEnd::Broker(e.into()))?;
+            return Ok(Settled { recycle: false });
+        }
+        if redelivered {
+            tracing::warn!(
+                previous_deliveries = deliveries,
+                "step was delivered before (a worker died or gave it back); running it again"
+            );
+        }
+        let started = Instant::now();
+        let started_at = Utc::now();
+        let running = self.cancels.track(run_id);
+        let executed = self.execute(message, started_at, running.token(), &mut channel_closed).await;
+        drop(running);
+
+        let grace = humantime::format_duration(self.stop_grace);
+        let exits = format!(
+            "; the handler did not stop within {grace} of being told to, so its worker process exited to stop it \
+             (check `ctx.cancelled()` in long work to stop in time)"
+        );
+        let (kind, recycle) = match executed {
+            Executed::Finished(Ok(output)) => match output_size_error(&output) {
+                None => (EventKind::Succeeded { output }, false),
+                Some(error) => (EventKind::Failed { error, retryable: false }, false),
+            },
+            Executed::Finished(Err(error)) => (
+                EventKind::Failed { retryable: error.is_retryable(), error: error.message().to_owned() },
+                false,
+            ),
+            Executed::Stopped { why: Stop::TimedOut(limit), handler_stopped } => {
+                let mut error = format!(
+                    "timed out after {}; raise the asset's `timeout` in the plan if the step needs longer",
+                    humantime::format_duration(limit)
+                );
+                if !handler_stopped {
+                    error.push_str(&exits);
+                }
+                (EventKind::Failed { error, retryable: true }, !handler_stopped)
+            }
+            Executed::Stopped { why: Stop::Canceled, handler_stopped } => {
+                let mut error = "canceled: the run was canceled while this step ran".to_owned();
+                if !handler_stopped {
+                    error.push_str(&exits);
+                }
+                (EventKind::Failed { error, retryable: false }, !handler_stopped)
+            }
+            Executed::Stopped { why: Stop::ChannelClosed(reason), handler_stopped } => {
+                // The broker has already requeued the message: finishing the step would
+                // only run it twice. Say why it stopped, and let the next delivery run it.
+                lease.abandon();
+                let elapsed = humantime::format_duration(Duration::from_secs(started.elapsed().as_secs()));
+                let reason = format!(
+                    "the broker closed the worker's channel after {elapsed} ({reason}); if the step runs \
+                     longer than the broker's consumer_timeout, raise it (see docs/reliability.md)"
+                );
+                tracing::warn!(%reason, "step stopped: its message is back on the queue");
+                let abandoned = event(EventKind::Abandoned { reason: reason.clone() });
+                let told = self.reporter.publish_confirmed(abandoned.clone());
+                if !matches!(tokio::time::timeout(Duration::from_secs(5), told).await, Ok(Ok(()))) {
+                    tracing::debug!("could not report the abandoned step yet; the next session will");
+                    self.unsent.lock().expect("never poisoned").push(abandoned);
+                }
+                if !handler_stopped {
+                    tracing::error!(grace = %grace, "the handler did not stop when told to; exiting to stop it");
+                    return Err(StepEnd::ChannelClosedRecycle);
+                }
+                return Err(StepEnd::ChannelClosed(reason));
+            }
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &kind {
+            EventKind::Failed { error, retryable } => {
+                tracing::warn!(elapsed_ms, %error, retryable, "step failed")
+            }
+            _ => tracing::info!(elapsed_ms, "step succeeded"),
+        }
+        let result = event(kind).with_started_at(started_at);
+        lease.complete(&self.reporter, result).await.map_err(|e| StepEnd::Broker(e.into()))?;
+        if recycle {
+            tracing::error!(grace = %grace, "the handler did not stop when told to; the step is reported, exiting to stop it");
+        }
+        Ok(Settled { recycle })
+    }
+
+    /// Runs the handler in its own task (so a panic is contained), with heartbeats, until
+    /// it returns, or until it must stop: its timeout passed, its run was canceled, or the
+    /// consume channel closed under it. Then the handler is told to stop (through
+    /// `StepContext::cancelled`) and given the stop grace to return by itself.
+    async fn execute(
+        &self,
+        message: StepMessage,
+        started_at: DateTime<Utc>,
+        run_canceled: &CancellationToken,
+        channel_closed: &mut oneshot::Receiver<String>,
+    ) -> Executed {
+        let timeout = message.timeout_ms.map(Duration::from_millis);
+        let stop_step = CancellationToken::new();
+        let ctx = StepContext::new(
+            message,
+            self.reporter.clone(),
+            self.id.clone(),
+            self.shutdown.child_token(),
+            stop_step.clone(),
+        );
+        let _heartbeat = AbortOnDropHandle::new(self.spawn_heartbeat(&ctx, started_at));
+        let mut task = AbortOnDropHandle::new(tokio::spawn((self.spec.handler)(ctx).in_current_span()));
+        let deadline = async {
+            match timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            joined = &mut task => return Executed::Finished(handler_result(joined)),
+            () = deadline => Stop::TimedOut(timeout.unwrap_or_default()),
+            () = run_canceled.cancelled() => Stop::Canceled,
+            Ok(reason) = channel_closed => Stop::ChannelClosed(reason),
+        };
+        stop_step.cancel();
+        let handler_stopped = tokio::time::timeout(self.stop_grace, &mut task).await.is_ok();
+        Executed::Stopped { why, handler_stopped }
+    }
+
+    /// Reports `started` once the step has run for [`REPORT_START_AFTER`], then a heartbeat
+    /// every `heartbeat` interval. A step that ends sooner aborts this task before it says
+    /// anything: its result carries `started_at`, and the step costs one event, not two.
+    fn spawn_heartbeat(&self, ctx: &StepContext, started_at: DateTime<Utc>) -> tokio::task::JoinHandle<()> {
+        let (reporter, worker, every) = (self.reporter.clone(), self.id.clone(), self.heartbeat);
+        let (run_id, step_id, attempt) = (ctx.run_id(), ctx.step_id(), ctx.attempt());
+        let op = self.spec.op.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(REPORT_START_AFTER).await;
+            let mut started = Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Started { op });
+            started.at = started_at;
+            reporter.send(started);
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await; // The first tick is immediate; `started` just said we are alive.
+            loop {
+                ticks.tick().await;
+                reporter.send(Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Heartbeat));
+            }
+        })
+    }
+}
+
+/// An output over [`MAX_OUTPUT_BYTES`] fails the step with a message saying what to do.
+fn output_size_error(output: &Value) -> Option<String> {
+    let size = serde_json::to_vec(output).map(|v| v.len()).unwrap_or(usize::MAX);
+    (size > MAX_OUTPUT_BYTES).then(|| {
+        format!(
+            "the step's output is {size} bytes, over the {} KiB limit; store large data yourself \
+             (a file, a table, an object store) and return a reference to it",
+            MAX_OUTPUT_BYTES / 1024
+        )
+    })
+}
+
+/// A handler task's outcome as a step result.
+fn handler_result(
+    joined: Result<Result<Value, StepError>, tokio::task::JoinError>,
+) -> Result<Value, StepError> {
+    match joined {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => {
+            Err(StepError::Fatal(format!("the handler panicked: {}", panic_message(error.into_panic()))))
+        }
+        Err(_) => Err(StepError::Retryable("the handler task was cancelled".into())),
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic payload".to_owned()
+    }
+}
+
+/// The quorum queue's `x-delivery-count` header: how often this message was delivered before.
+fn delivery_count(headers: Option<&FieldTable>) -> Option<i64> {
+    match headers?.inner().get(&ShortString::from("x-delivery-count"))? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn outputs_over_the_limit_are_refused_with_advice() {
+        assert_eq!(output_size_error(&json!({"var95": 0.1})), None);
+        let big = json!("x".repeat(MAX_OUTPUT_BYTES + 1));
+        let error = output_size_error(&big).unwrap();
+        assert!(error.contains("64 KiB") && error.contains("reference"), "{error}");
+    }
+
+    #[test]
+    fn panic_payloads_become_messages() {
+        assert_eq!(panic_message(Box::new("boom")), "boom");
+        assert_eq!(panic_message(Box::new(String::from("bang"))), "bang");
+        assert_eq!(panic_message(Box::new(42)), "a non-text panic payload");
+    }
+}
