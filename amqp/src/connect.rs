@@ -2,13 +2,11 @@
 //! attempt may race the broker's start and a lost connection is opened again, so opening
 //! retries with capped, jittered exponential backoff (one log line per attempt).
 
-use std::{
-    sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
-};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
+use backon::Retryable;
 use lapin::{Connection, ConnectionProperties};
+use opflow_process::SecretUrl;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,19 +26,19 @@ pub enum ConnectError {
     Cancelled { url: String },
 }
 
-/// How long to keep trying before giving up on the broker.
+/// How long to keep trying before giving up on the broker; the pauses between attempts
+/// are opflow's one set (`opflow_process::backoff::reconnect`).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectRetry {
     /// `None`: until cancelled.
     pub max_attempts: Option<usize>,
-    pub max_delay: Duration,
 }
 
 impl Default for ConnectRetry {
     fn default() -> Self {
         // About 30 s in all: enough for a broker that is still starting, short enough
         // that a wrong URL is reported while someone is still watching.
-        Self { max_attempts: Some(10), max_delay: Duration::from_secs(5) }
+        Self { max_attempts: Some(10) }
     }
 }
 
@@ -48,43 +46,31 @@ impl ConnectRetry {
     /// For reconnecting a process that was connected before: the URL is known to be right,
     /// so it waits out an outage of any length (until cancelled).
     pub fn forever() -> Self {
-        Self { max_attempts: None, max_delay: Duration::from_secs(5) }
+        Self { max_attempts: None }
     }
 }
 
-fn backoff(max_delay: Duration) -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max_delay)
-        .with_jitter()
-}
-
-/// Pauses between broker sessions that end soon after they start: 0.1 s doubling to 5 s,
-/// jittered, never ending. Start a new one after a session that lasted.
-pub fn session_backoff() -> ExponentialBackoff {
-    backoff(Duration::from_secs(5)).without_max_times().build()
-}
-
-/// Opens a connection named `name` (shown by `rabbitmqctl list_connections`).
-///
-/// `url` may hold a password; only its redacted form (`redacted_url`) is logged.
+/// Opens a connection named `name` (shown by `rabbitmqctl list_connections`). Only the
+/// URL's redacted form ever reaches a log line or an error.
 pub async fn connect(
-    url: &str,
-    redacted_url: &str,
+    url: &SecretUrl,
     name: &str,
     retry: ConnectRetry,
     cancel: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
+    let redacted_url = url.redacted();
+    let redacted_url = redacted_url.as_str();
+    let url = url.expose();
     // A malformed URL is not retried, and the parser's message may quote the URL whole.
     if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
         let reason = if url.is_empty() { reason } else { reason.replace(url, redacted_url) };
         return Err(ConnectError::BadUrl { url: redacted_url.to_owned(), reason });
     }
     let attempts = AtomicUsize::new(0);
-    let backoff = backoff(retry.max_delay);
+    let backoff = opflow_process::backoff::reconnect();
     let backoff = match retry.max_attempts {
         Some(max) => backoff.with_max_times(max.saturating_sub(1)),
-        None => backoff.without_max_times(),
+        None => backoff,
     };
     let open = || {
         attempts.fetch_add(1, Ordering::Relaxed);
@@ -111,9 +97,9 @@ mod tests {
     #[tokio::test]
     async fn a_malformed_url_fails_at_once_without_quoting_its_password() {
         // No `//`: the parser refuses it and quotes the whole URL in its message.
-        let url = "amqp:guest:s3cr3t@127.0.0.1:1/%2f";
+        let url = SecretUrl::new("amqp:guest:s3cr3t@127.0.0.1:1/%2f");
         let redacted = "amqp:***@127.0.0.1:1/%2f";
-        let error = connect(url, redacted, "test", ConnectRetry::default(), &CancellationToken::new())
+        let error = connect(&url, "test", ConnectRetry::default(), &CancellationToken::new())
             .await
             .expect_err("the URL is malformed");
         let message = error.to_string();

@@ -10,7 +10,8 @@ use lapin::{
 use opflow_protocol::{OpRef, queue};
 
 /// RabbitMQ's queue types, as far as opflow uses them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum QueueKind {
     /// Replicated and fsynced, with a delivery limit that dead-letters a message that keeps
     /// killing its workers. The default.

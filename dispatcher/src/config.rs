@@ -1,23 +1,24 @@
 //! The dispatcher's settings, in one place: every default in `Default`, layered
 //! built-in default < config file (TOML or YAML) < `OPFLOW_*` environment.
 
-use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use opflow_amqp::QueueKind;
+use opflow_process::SecretUrl;
 use serde::Deserialize;
 
 use crate::api::auth::ApiAuth;
 
 /// Settings of the `opflow` binary. A config file uses these names as keys; the
 /// environment uses them upper-cased with an `OPFLOW_` prefix (`OPFLOW_AMQP_URL`).
-/// `Debug` shows the URLs without their passwords.
-#[derive(Clone, Deserialize)]
+/// `Debug` shows the URLs without their passwords (they are [`SecretUrl`]s).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// RabbitMQ URL.
-    pub amqp_url: String,
+    pub amqp_url: SecretUrl,
     /// PostgreSQL URL. The database is created on first use if the server allows it.
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// Address of the HTTP API.
     pub api_addr: SocketAddr,
     /// Whether the HTTP API needs a token: `auto` (open on a loopback address, required on
@@ -26,7 +27,7 @@ pub struct Settings {
     /// Database connections the HTTP API may use, apart from the dispatcher's own.
     pub api_pool_size: u32,
     /// Queue type of the dispatcher's events queue: `quorum` or `classic`.
-    pub events_queue_type: String,
+    pub events_queue_type: QueueKind,
     /// Most steps published per outbox transaction (one confirm window).
     pub publish_batch: u32,
     /// Most events applied per database transaction.
@@ -52,12 +53,12 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
-            database_url: "postgres://postgres@127.0.0.1:5432/opflow".into(),
+            amqp_url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            database_url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/opflow"),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7600)),
             api_auth: ApiAuth::Auto,
             api_pool_size: 4,
-            events_queue_type: "quorum".into(),
+            events_queue_type: QueueKind::Quorum,
             publish_batch: 500,
             event_batch: 500,
             retry_poll_ms: 250,
@@ -67,44 +68,6 @@ impl Default for Settings {
             lost_step_after_secs: 60,
             retention: "30d".into(),
         }
-    }
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Destructured, so a new field cannot be left out (or printed unredacted) unnoticed.
-        let Settings {
-            amqp_url,
-            database_url,
-            api_addr,
-            api_auth,
-            api_pool_size,
-            events_queue_type,
-            publish_batch,
-            event_batch,
-            retry_poll_ms,
-            max_inputs_bytes,
-            drain_timeout_secs,
-            consumer_timeout_ms,
-            lost_step_after_secs,
-            retention,
-        } = self;
-        f.debug_struct("Settings")
-            .field("amqp_url", &opflow_process::redact_url(amqp_url))
-            .field("database_url", &opflow_process::redact_url(database_url))
-            .field("api_addr", api_addr)
-            .field("api_auth", api_auth)
-            .field("api_pool_size", api_pool_size)
-            .field("events_queue_type", events_queue_type)
-            .field("publish_batch", publish_batch)
-            .field("event_batch", event_batch)
-            .field("retry_poll_ms", retry_poll_ms)
-            .field("max_inputs_bytes", max_inputs_bytes)
-            .field("drain_timeout_secs", drain_timeout_secs)
-            .field("consumer_timeout_ms", consumer_timeout_ms)
-            .field("lost_step_after_secs", lost_step_after_secs)
-            .field("retention", retention)
-            .finish()
     }
 }
 
@@ -131,8 +94,6 @@ const KEYS: &[&str] = &[
 pub enum SettingsError {
     #[error("settings: {0}")]
     Load(#[from] config::ConfigError),
-    #[error("settings: `events_queue_type`: {0}")]
-    QueueType(String),
     #[error("settings: `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
@@ -166,7 +127,6 @@ impl Settings {
         builder = builder
             .add_source(config::Environment::with_prefix("OPFLOW").source(Some(env)).try_parsing(true));
         let settings: Settings = builder.build()?.try_deserialize()?;
-        settings.events_queue_kind()?;
         if let Err(reason) = humantime::parse_duration(&settings.retention) {
             return Err(SettingsError::Invalid {
                 key: "retention",
@@ -184,10 +144,6 @@ impl Settings {
             });
         }
         Ok(settings)
-    }
-
-    pub fn events_queue_kind(&self) -> Result<QueueKind, SettingsError> {
-        self.events_queue_type.parse().map_err(SettingsError::QueueType)
     }
 
     pub fn retry_poll(&self) -> Duration {
@@ -225,8 +181,8 @@ mod tests {
     #[test]
     fn defaults_match_the_design() {
         let s = Settings::load_from(None, env(&[])).unwrap();
-        assert_eq!(s.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(s.database_url, "postgres://postgres@127.0.0.1:5432/opflow");
+        assert_eq!(s.amqp_url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.database_url.expose(), "postgres://postgres@127.0.0.1:5432/opflow");
         assert_eq!(s.api_addr.to_string(), "127.0.0.1:7600");
     }
 

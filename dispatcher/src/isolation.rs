@@ -21,6 +21,7 @@
 
 use std::{collections::VecDeque, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
+use backon::BackoffBuilder;
 use futures_util::FutureExt;
 use opflow_protocol::{Event, EventKind, RunId, StepId};
 use tokio_util::sync::CancellationToken;
@@ -107,7 +108,7 @@ impl Applier {
         events: &[StorableEvent],
         cancel: &CancellationToken,
     ) -> Option<Result<ApplyOutcome, String>> {
-        let mut pauses = opflow_amqp::connect::session_backoff();
+        let mut pauses = opflow_process::backoff::reconnect().build();
         let mut transient_while_up = 0;
         loop {
             let error = match self.try_apply(events).await {

@@ -4,11 +4,7 @@
 //! again (capped, jittered backoff) and those parts restart on it. On shutdown they drain:
 //! in-flight batches finish, unacked events go back to the queue, nothing is half-applied.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use lapin::Connection;
@@ -40,8 +36,7 @@ async fn connect_broker(
     retry: ConnectRetry,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Connection> {
-    let redacted = opflow_process::redact_url(&settings.amqp_url);
-    opflow_amqp::connect(&settings.amqp_url, &redacted, "opflow-dispatcher", retry, cancel)
+    opflow_amqp::connect(&settings.amqp_url, "opflow-dispatcher", retry, cancel)
         .await
         .context("connecting to RabbitMQ")
 }
@@ -50,7 +45,7 @@ async fn connect_broker(
 /// that lost its definitions (a fresh node) gets them back, so steps for registered ops
 /// are never unroutable. Idempotent; run on every (re)connect.
 async fn declare_topology(settings: &Settings, store: &Store, connection: &Connection) -> anyhow::Result<()> {
-    for warning in topology::declare_shared(connection, settings.events_queue_kind()?)
+    for warning in topology::declare_shared(connection, settings.events_queue_type)
         .await
         .context("declaring the topology")?
     {
@@ -227,7 +222,7 @@ impl Shared {
             self.settings.retention(),
             stop.clone(),
         ));
-        let mut pauses = opflow_amqp::connect::session_backoff();
+        let mut reconnect = opflow_process::backoff::Reconnect::default();
         let mut outcome = Ok(());
         loop {
             let connection = match first.take() {
@@ -238,7 +233,7 @@ impl Shared {
                     Err(_) => break,
                 },
             };
-            let started = Instant::now();
+            reconnect.session_started();
             let connection = Arc::new(connection);
             let session = self.broker_session(&connection, stop).await;
             close_connection(&connection).await;
@@ -250,16 +245,10 @@ impl Shared {
                     break;
                 }
                 Err(error) => {
-                    if started.elapsed() > Duration::from_secs(60) {
-                        pauses = opflow_amqp::connect::session_backoff();
-                    }
-                    let pause = pauses.next().unwrap_or(Duration::from_secs(5));
                     let error = format!("{error:#}");
-                    tracing::warn!(%error, retry_in = ?pause, "lost the broker; reconnecting");
                     self.readiness.broker_down(format!("reconnecting: {error}"));
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = stop.cancelled() => break,
+                    if !reconnect.after_loss(error, stop).await {
+                        break;
                     }
                 }
             }
@@ -286,7 +275,7 @@ impl Shared {
     /// installation's claim is fatal, as consuming its events would eat its runs.
     async fn claim_vhost(&self, connection: &Connection) -> anyhow::Result<()> {
         let id = self.store.installation_id().await.context("reading this installation's id")?;
-        let database = opflow_process::redact_url(&self.settings.database_url);
+        let database = self.settings.database_url.redacted();
         let name = format!("installation {id}, database {database}");
         match opflow_amqp::claim::claim_vhost(connection, &name).await {
             Ok(()) => Ok(()),

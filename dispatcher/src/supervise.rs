@@ -9,14 +9,14 @@
 //! the workers in order (and a second Ctrl-C stops everything at once).
 
 use std::{
-    fmt,
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use nix::{sys::signal::Signal, unistd::Pid};
+use opflow_process::{LogFormat, SecretUrl};
 use opflow_protocol::OpRef;
 use tokio::{process::Child, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -33,22 +33,11 @@ pub struct WorkerGroup {
 }
 
 /// What every worker process is started with. `Debug` shows the URL without its password.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct WorkerEnv {
-    pub amqp_url: String,
-    pub log_format: &'static str,
+    pub amqp_url: SecretUrl,
+    pub log_format: LogFormat,
     pub drain_timeout: Duration,
-}
-
-impl fmt::Debug for WorkerEnv {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let WorkerEnv { amqp_url, log_format, drain_timeout } = self;
-        f.debug_struct("WorkerEnv")
-            .field("amqp_url", &opflow_process::redact_url(amqp_url))
-            .field("log_format", log_format)
-            .field("drain_timeout", drain_timeout)
-            .finish()
-    }
 }
 
 /// Runs every group's workers until `shutdown`, then drains them.
@@ -64,14 +53,7 @@ pub async fn supervise(groups: Vec<WorkerGroup>, env: WorkerEnv, shutdown: Cance
 
 async fn keep_running(group: WorkerGroup, replica: u32, env: WorkerEnv, shutdown: CancellationToken) {
     let name = format!("{}#{replica}", group.op);
-    let restart_delays = || {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
+    let restart_delays = || opflow_process::backoff::restart().build();
     let mut delays = restart_delays();
     while !shutdown.is_cancelled() {
         let started = Instant::now();
@@ -136,9 +118,9 @@ fn worker_command(group: &WorkerGroup, env: &WorkerEnv) -> tokio::process::Comma
     }
     command
         .process_group(0)
-        .env("OPFLOW_AMQP_URL", &env.amqp_url)
+        .env("OPFLOW_AMQP_URL", env.amqp_url.expose())
         .arg("--log-format")
-        .arg(env.log_format)
+        .arg(env.log_format.as_str())
         .stdin(Stdio::null())
         // The worker's own log lines go to our stderr, where the user is looking.
         .stdout(Stdio::inherit())
@@ -180,8 +162,8 @@ mod tests {
 
     fn env() -> WorkerEnv {
         WorkerEnv {
-            amqp_url: "amqp://guest:s3cr3t@rabbit:5672/%2f".into(),
-            log_format: "json",
+            amqp_url: SecretUrl::new("amqp://guest:s3cr3t@rabbit:5672/%2f"),
+            log_format: LogFormat::Json,
             drain_timeout: Duration::from_secs(1),
         }
     }

@@ -3,12 +3,17 @@
 //! - [`telemetry`]: one tracing subscriber (human or JSON lines, `RUST_LOG` filter) with
 //!   OpenTelemetry span context, so trace context can travel in message headers.
 //! - [`redact`]: connection URLs without their passwords, for logs and errors.
+//! - [`secret`]: [`SecretUrl`], a URL that prints redacted wherever it goes.
+//! - [`backoff`]: the one set of backoff settings, and reconnect pacing.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token, the start of a drain.
 
+pub mod backoff;
 pub mod redact;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use redact::redact_url;
+pub use secret::SecretUrl;
 pub use shutdown::{cancel_on_signal, cancel_on_signals};
 pub use telemetry::{LogFormat, TelemetryGuard, init};

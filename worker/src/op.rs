@@ -1,9 +1,9 @@
 //! The [`Op`] builder: an op's identity, its config description and its handler, and the
 //! worker settings every op binary takes (`cli` parses them).
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use opflow_process::LogFormat;
+use opflow_process::{LogFormat, SecretUrl};
 use opflow_protocol::{ConfigField, OpDescription, OpName, OpRef, SCHEMA_VERSION};
 use semver::Version;
 use serde_json::Value;
@@ -31,7 +31,7 @@ pub(crate) struct OpSpec {
 }
 
 /// How a worker process connects and reports. `Debug` shows the URL without its password.
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct WorkerSettings {
     /// RabbitMQ URL
     #[arg(
@@ -40,7 +40,7 @@ pub struct WorkerSettings {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: SecretUrl,
 
     /// How often a running step sends a heartbeat event (e.g. 10s, 500ms)
     #[arg(long, env = "OPFLOW_HEARTBEAT", default_value = "10s", value_parser = humantime_duration)]
@@ -51,35 +51,15 @@ pub struct WorkerSettings {
     #[arg(long, env = "OPFLOW_STOP_GRACE", default_value = "5s", value_parser = humantime_duration)]
     pub stop_grace: Duration,
 
-    /// Log line format on stderr: human or json
-    #[arg(long, env = "OPFLOW_LOG_FORMAT", default_value = "human", value_parser = log_format)]
+    /// Log line format on stderr
+    #[arg(long, env = "OPFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-}
-
-impl fmt::Debug for WorkerSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let WorkerSettings { amqp_url, heartbeat, stop_grace, log_format } = self;
-        f.debug_struct("WorkerSettings")
-            .field("amqp_url", &opflow_process::redact_url(amqp_url))
-            .field("heartbeat", heartbeat)
-            .field("stop_grace", stop_grace)
-            .field("log_format", log_format)
-            .finish()
-    }
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration like 10s or 500ms: {e}"))?;
     if d.is_zero() { Err("must be longer than zero".into()) } else { Ok(d) }
-}
-
-fn log_format(text: &str) -> Result<LogFormat, String> {
-    match text {
-        "human" => Ok(LogFormat::Human),
-        "json" => Ok(LogFormat::Json),
-        other => Err(format!("unknown log format `{other}`; use human or json")),
-    }
 }
 
 impl Op {

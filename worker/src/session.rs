@@ -3,10 +3,7 @@
 //! what the last session could not, catches up with run cancellations, and then consumes
 //! (`consume`) until shutdown, a recycle, or the connection's loss.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use lapin::{
@@ -48,25 +45,23 @@ pub(crate) async fn run(
     settings: WorkerSettings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Exit> {
-    let redacted = opflow_process::redact_url(&settings.amqp_url);
     let id = format!("{}/{}/{}", spec.op, hostname(), std::process::id());
     // At start a wrong URL should be reported soon; once connected, outages are waited out.
     let mut retry = ConnectRetry::default();
     // Sessions that fail right after connecting (a channel refused, say) are spaced out
     // like connection attempts, so a broker that half-works is not hammered.
-    let mut pauses = opflow_amqp::connect::session_backoff();
+    let mut reconnect = opflow_process::backoff::Reconnect::default();
     let unsent = Arc::new(std::sync::Mutex::new(Vec::new()));
     let cancels = Cancels::default();
     loop {
-        let connection =
-            match opflow_amqp::connect(&settings.amqp_url, &redacted, &id, retry, &shutdown).await {
-                Ok(connection) => connection,
-                Err(ConnectError::Cancelled { .. }) => {
-                    tracing::info!("stopped while connecting to the broker");
-                    return Ok(Exit::Stopped);
-                }
-                Err(error) => return Err(error).context("starting the worker"),
-            };
+        let connection = match opflow_amqp::connect(&settings.amqp_url, &id, retry, &shutdown).await {
+            Ok(connection) => connection,
+            Err(ConnectError::Cancelled { .. }) => {
+                tracing::info!("stopped while connecting to the broker");
+                return Ok(Exit::Stopped);
+            }
+            Err(error) => return Err(error).context("starting the worker"),
+        };
         let session = Session {
             connection: &connection,
             spec: &spec,
@@ -76,7 +71,7 @@ pub(crate) async fn run(
             id: &id,
             unsent: unsent.clone(),
         };
-        let session_started = Instant::now();
+        reconnect.session_started();
         let end = session.run(&shutdown).await;
         if let Err(error) = connection.close(200, "worker stopping".into()).await {
             tracing::debug!(%error, "closing the connection failed");
@@ -89,14 +84,8 @@ pub(crate) async fn run(
             SessionEnd::Recycle => return Ok(Exit::Recycle),
             SessionEnd::Fatal(error) => return Err(error),
             SessionEnd::Lost(error) => {
-                if session_started.elapsed() > Duration::from_secs(60) {
-                    pauses = opflow_amqp::connect::session_backoff();
-                }
-                let pause = pauses.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(error = format!("{error:#}"), retry_in = ?pause, "lost the broker; reconnecting");
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = shutdown.cancelled() => return Ok(Exit::Stopped),
+                if !reconnect.after_loss(format!("{error:#}"), &shutdown).await {
+                    return Ok(Exit::Stopped);
                 }
                 retry = ConnectRetry::forever();
             }

@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use opflow_amqp::QueueKind;
+use opflow_process::SecretUrl;
 use serde_json::{Value, json};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
@@ -112,7 +113,7 @@ pub async fn run(
     }
     let sandbox = Sandbox::create(settings).await?;
     eprintln!("benchmark sandbox: database and vhost {}", sandbox.name);
-    let events_queue_type = settings.events_queue_kind()?;
+    let events_queue_type = settings.events_queue_type;
     let result = run_in(&sandbox, workloads, options, events_queue_type, &noop, cancel, &mut emit).await;
     let keep_logs = options.keep_logs || result.is_err();
     if keep_logs {
@@ -133,7 +134,7 @@ async fn run_in(
 ) -> anyhow::Result<bool> {
     // Every figure is a ratio to the broker's own, measured first, in this invocation.
     let raw = raw::measure(
-        &sandbox.amqp_url,
+        sandbox.amqp_url.expose(),
         options.queue_type,
         options.scaled(20_000),
         options.scaled(1_000),
@@ -376,7 +377,7 @@ async fn run_plan_observed(
     let mut children: Vec<Child> = (0..workers)
         .map(|n| sandbox.spawn(noop, &[], &format!("noop-{n}")))
         .collect::<anyhow::Result<_>>()?;
-    wait_for_consumers(&sandbox.amqp_url, noop_queue, workers, cancel).await?;
+    wait_for_consumers(sandbox.amqp_url.expose(), noop_queue, workers, cancel).await?;
 
     // The dispatcher announces every run that ends on `opflow_runs`: the run is timed to
     // that notification, not to a polling interval, and no poll competes for the CPU.
@@ -492,7 +493,8 @@ async fn compile_and_store(
     sizes: &[usize],
     cancel: &CancellationToken,
 ) -> anyhow::Result<Vec<Value>> {
-    let url = sandbox::with_path(&sandbox.database_url, &format!("{}_w5", sandbox.name));
+    let url =
+        SecretUrl::new(sandbox::with_path(sandbox.database_url.expose(), &format!("{}_w5", sandbox.name)));
     let store = Store::connect(&url, cancel).await.context("creating the w5 database")?;
     let description = crate::register::describe(noop).await?;
     store.register_op(&description, opflow_amqp::OpQueueSettings::default()).await?;

@@ -7,17 +7,20 @@ use anyhow::{Context, bail};
 use sqlx::{ConnectOptions, Connection, PgConnection, postgres::PgConnectOptions};
 use tokio::process::{Child, Command};
 
+use opflow_amqp::QueueKind;
+use opflow_process::SecretUrl;
+
 use crate::config::Settings;
 
 /// The sandbox: URLs for the benchmark's processes, and what to remove afterwards.
 pub struct Sandbox {
     pub name: String,
-    pub database_url: String,
-    pub amqp_url: String,
+    pub database_url: SecretUrl,
+    pub amqp_url: SecretUrl,
     /// Logs of the processes the benchmark starts.
     pub log_dir: PathBuf,
     /// The dispatcher's events queue type, as configured where the benchmark runs.
-    events_queue_type: String,
+    events_queue_type: QueueKind,
     admin_options: PgConnectOptions,
 }
 
@@ -27,7 +30,7 @@ impl Sandbox {
     pub async fn create(settings: &Settings) -> anyhow::Result<Self> {
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let name = format!("opflow_bench_{suffix}");
-        let admin_options = PgConnectOptions::from_str(&settings.database_url)
+        let admin_options = PgConnectOptions::from_str(settings.database_url.expose())
             .context("parsing database_url")?
             .database("postgres")
             // DROP DATABASE … WITH (FORCE) takes a second; that is not worth a warning.
@@ -35,7 +38,7 @@ impl Sandbox {
         let mut admin = PgConnection::connect_with(&admin_options).await.with_context(|| {
             format!(
                 "connecting to PostgreSQL at {} to create the benchmark's database",
-                opflow_process::redact_url(&settings.database_url)
+                settings.database_url
             )
         })?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
@@ -44,18 +47,18 @@ impl Sandbox {
             .context("creating the benchmark's database (the user needs CREATEDB)")?;
         let _ = admin.close().await;
 
-        let amqp_user = amqp_user(&settings.amqp_url);
+        let amqp_user = amqp_user(settings.amqp_url.expose());
         rabbitmqctl(&["add_vhost", &name]).await?;
         rabbitmqctl(&["set_permissions", "-p", &name, &amqp_user, ".*", ".*", ".*"]).await?;
 
         let log_dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
         Ok(Self {
-            database_url: with_path(&settings.database_url, &name),
-            amqp_url: with_path(&settings.amqp_url, &name),
+            database_url: SecretUrl::new(with_path(settings.database_url.expose(), &name)),
+            amqp_url: SecretUrl::new(with_path(settings.amqp_url.expose(), &name)),
             name,
             log_dir,
-            events_queue_type: settings.events_queue_type.clone(),
+            events_queue_type: settings.events_queue_type,
             admin_options,
         })
     }
@@ -65,10 +68,10 @@ impl Sandbox {
         let log = std::fs::File::create(self.log_dir.join(format!("{log}.log")))?;
         let mut command = Command::new(program);
         command
-            .env("OPFLOW_DATABASE_URL", &self.database_url)
-            .env("OPFLOW_AMQP_URL", &self.amqp_url)
+            .env("OPFLOW_DATABASE_URL", self.database_url.expose())
+            .env("OPFLOW_AMQP_URL", self.amqp_url.expose())
             .env("OPFLOW_API_ADDR", "127.0.0.1:0")
-            .env("OPFLOW_EVENTS_QUEUE_TYPE", &self.events_queue_type)
+            .env("OPFLOW_EVENTS_QUEUE_TYPE", self.events_queue_type.as_str())
             .env("NO_COLOR", "1")
             .env_remove("OPFLOW_CONFIG")
             .stdin(Stdio::null())

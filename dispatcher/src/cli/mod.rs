@@ -51,9 +51,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "OPFLOW_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Log line format on stderr: human or json
-    #[arg(long, global = true, env = "OPFLOW_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
-    log_format: String,
+    /// Log line format on stderr
+    #[arg(long, global = true, env = "OPFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -98,12 +98,6 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-impl Cli {
-    fn log_format(&self) -> LogFormat {
-        if self.log_format == "json" { LogFormat::Json } else { LogFormat::Human }
-    }
-}
-
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     restore_default_sigpipe();
@@ -131,7 +125,7 @@ pub fn main() -> ExitCode {
 async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     let long_running = matches!(cli.command, Command::Up(_) | Command::Dispatcher);
     let _telemetry =
-        opflow_process::init("opflow", cli.log_format(), if long_running { "info" } else { "warn" });
+        opflow_process::init("opflow", cli.log_format, if long_running { "info" } else { "warn" });
     let settings = Settings::load(cli.config.as_deref()).map_err(|e| InvalidInput(e.to_string()))?;
     let cancel = CancellationToken::new();
     match cli.command {

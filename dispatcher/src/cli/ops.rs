@@ -53,19 +53,13 @@ pub async fn run(
                 .into());
             }
             let store = super::store(settings, cancel).await?;
-            let redacted = opflow_process::redact_url(&settings.amqp_url);
-            let connection = opflow_amqp::connect(
-                &settings.amqp_url,
-                &redacted,
-                "opflow-cli",
-                ConnectRetry::default(),
-                cancel,
-            )
-            .await
-            .context("connecting to RabbitMQ")?;
+            let connection =
+                opflow_amqp::connect(&settings.amqp_url, "opflow-cli", ConnectRetry::default(), cancel)
+                    .await
+                    .context("connecting to RabbitMQ")?;
             // The shared exchanges first: the op queue dead-letters into one, and its workers
             // publish events to another, possibly before any dispatcher has started.
-            for warning in opflow_amqp::topology::declare_shared(&connection, settings.events_queue_kind()?)
+            for warning in opflow_amqp::topology::declare_shared(&connection, settings.events_queue_type)
                 .await
                 .context("declaring the shared exchanges and queues")?
             {
@@ -81,7 +75,7 @@ pub async fn run(
             if let Some(longest) = description.longest_step_ms.map(std::time::Duration::from_millis) {
                 let fallback = std::time::Duration::from_millis(settings.consumer_timeout_ms);
                 let (timeout, source) =
-                    consumer_timeout::consumer_timeout(&settings.amqp_url, fallback).await;
+                    consumer_timeout::consumer_timeout(settings.amqp_url.expose(), fallback).await;
                 if let Some(warning) =
                     consumer_timeout::warning(&description.op.to_string(), longest, timeout, source)
                 {

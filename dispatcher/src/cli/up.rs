@@ -38,7 +38,11 @@ pub struct UpArgs {
     pub key: Option<String>,
 }
 
-pub async fn up(args: UpArgs, settings: Settings, log_format: String) -> anyhow::Result<ExitCode> {
+pub async fn up(
+    args: UpArgs,
+    settings: Settings,
+    log_format: opflow_process::LogFormat,
+) -> anyhow::Result<ExitCode> {
     let binaries = if args.ops.is_empty() { example_ops()? } else { args.ops.clone() };
     let plan_source = args.run.as_deref().map(render::read_plan).transpose()?;
     let signal = CancellationToken::new();
@@ -76,7 +80,7 @@ pub async fn up(args: UpArgs, settings: Settings, log_format: String) -> anyhow:
     let workers_stop = CancellationToken::new();
     let env = WorkerEnv {
         amqp_url: settings.amqp_url.clone(),
-        log_format: if log_format == "json" { "json" } else { "human" },
+        log_format,
         drain_timeout: settings.drain_timeout(),
     };
     let workers = tokio::spawn(supervise::supervise(groups, env, workers_stop.clone()));

@@ -23,7 +23,8 @@ pub mod tokens;
 
 use std::{str::FromStr, time::Duration};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
+use opflow_process::SecretUrl;
 use sqlx::{
     AssertSqlSafe, Connection, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -118,9 +119,9 @@ pub struct Store {
 impl Store {
     /// Connects (creating the database if it is missing), retrying while PostgreSQL
     /// starts, and applies the schema migrations.
-    pub async fn connect(url: &str, cancel: &CancellationToken) -> Result<Self, StoreError> {
-        let redacted = opflow_process::redact_url(url);
-        let options = PgConnectOptions::from_str(url)
+    pub async fn connect(url: &SecretUrl, cancel: &CancellationToken) -> Result<Self, StoreError> {
+        let redacted = url.redacted();
+        let options = PgConnectOptions::from_str(url.expose())
             .map_err(|source| StoreError::BadUrl { url: redacted.clone(), source })?;
         let options = options.application_name("opflow");
         let connect = || async {
@@ -143,11 +144,7 @@ impl Store {
                 .await
                 .map_err(|source| StoreError::Unreachable { url: redacted.clone(), source })
         };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .with_max_times(9);
+        let backoff = opflow_process::backoff::reconnect().with_max_times(9);
         let attempt = connect.retry(backoff).when(|e| matches!(e, StoreError::Unreachable { .. })).notify(
             |error, delay| tracing::warn!(%error, retry_in = ?delay, "PostgreSQL unreachable; retrying"),
         );
@@ -240,9 +237,10 @@ pub(crate) mod testing {
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
             let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
             let name = format!("opflow_u_{test}_{suffix}");
-            let store = Store::connect(&format!("{server}/{name}"), &CancellationToken::new())
-                .await
-                .unwrap_or_else(|e| panic!("a test database on {server} (is PostgreSQL running?): {e}"));
+            let store =
+                Store::connect(&SecretUrl::new(format!("{server}/{name}")), &CancellationToken::new())
+                    .await
+                    .unwrap_or_else(|e| panic!("a test database on {server} (is PostgreSQL running?): {e}"));
             TestDb { store, name, server }
         }
     }
@@ -252,7 +250,7 @@ pub(crate) mod testing {
         let server =
             std::env::var("OPFLOW_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
         let name = format!("opflow_u_race_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let url = format!("{server}/{name}");
+        let url = SecretUrl::new(format!("{server}/{name}"));
         let connects = (0..6).map(|_| {
             let url = url.clone();
             tokio::spawn(async move { Store::connect(&url, &CancellationToken::new()).await.map(|_| ()) })
