@@ -5,10 +5,12 @@
 //!   `POST /v1/runs/{id}/cancel`.
 //! - [`auth`]: API tokens and their scopes.
 //! - [`error`]: [`error::ApiError`], the one error type every handler returns.
+//! - [`types`]: the JSON the API answers (and the CLI prints): its own types, not the store's rows.
 
 pub mod auth;
 pub mod error;
 pub mod runs;
+pub mod types;
 
 use std::sync::{Arc, Mutex};
 

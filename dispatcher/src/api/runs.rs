@@ -8,12 +8,12 @@ use axum::{
     http::StatusCode,
 };
 use opflow_protocol::RunId;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::{ApiState, MAX_BODY_BYTES, error::ApiError};
-use crate::store::{
-    ops::RegisteredOpRow,
-    runs::{Cancellation, RunSummary, StepOutput},
+use super::{
+    ApiState, MAX_BODY_BYTES,
+    error::ApiError,
+    types::{CancelResponse, OpVersion, Page, RunSummary, StepOutput, SubmitResponse},
 };
 
 #[derive(Debug, Deserialize)]
@@ -27,14 +27,6 @@ pub struct SubmitRequest {
     /// Idempotency key: the same key returns the same run.
     #[serde(default)]
     pub key: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SubmitResponse {
-    /// True when the key named an existing run.
-    pub existing: bool,
-    #[serde(flatten)]
-    pub run: RunSummary,
 }
 
 /// `POST /v1/runs`: 201 with a new run, 200 with the run an earlier request made.
@@ -62,14 +54,6 @@ pub async fn status(
 /// The most items a page may hold, and how many it holds without `limit`.
 pub const MAX_PAGE: u32 = 1000;
 pub const DEFAULT_PAGE: u32 = 100;
-
-/// One page of a list; pass `next_cursor` as `cursor` for the next one (absent on the last).
-#[derive(Debug, Serialize)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
-}
 
 /// `limit` and `cursor` of a paged list.
 #[derive(Debug, Deserialize)]
@@ -112,24 +96,16 @@ pub async fn outputs(
         })?),
     };
     summary(&state, run).await?;
-    let items = state.store.step_outputs(run, query.asset.as_deref(), after, limit).await?;
+    let items: Vec<StepOutput> = state
+        .store
+        .step_outputs(run, query.asset.as_deref(), after, limit)
+        .await?
+        .into_iter()
+        .map(StepOutput::from)
+        .collect();
     let next_cursor =
         (items.len() == limit as usize).then(|| items.last().map(|o| o.step_id.to_string())).flatten();
     Ok(Json(Page { items, next_cursor }))
-}
-
-/// What `POST /v1/runs/{id}/cancel` answers.
-#[derive(Debug, Serialize)]
-pub struct CancelResponse {
-    /// False when the run had already finished: nothing changed.
-    pub canceled: bool,
-    /// What happened, in words.
-    pub message: String,
-    /// Steps that will never start (queued, waiting or retrying when canceled).
-    pub not_started: i64,
-    /// Steps that were running; their workers are told to stop them.
-    pub running: i64,
-    pub run: RunSummary,
 }
 
 /// `POST /v1/runs/{id}/cancel`: 200 either way; `canceled` says whether anything changed.
@@ -144,41 +120,13 @@ pub async fn cancel(
     Ok(Json(CancelResponse::new(cancellation, summary)))
 }
 
-impl CancelResponse {
-    pub fn new(cancellation: Cancellation, run: RunSummary) -> Self {
-        match cancellation {
-            Cancellation::Canceled { not_started, running } => Self {
-                canceled: true,
-                message: format!(
-                    "canceled run {}: {not_started} step(s) will never start, {running} running step(s) were told to stop",
-                    run.run_id
-                ),
-                not_started,
-                running,
-                run,
-            },
-            Cancellation::AlreadyFinished(status) => Self {
-                canceled: false,
-                message: format!(
-                    "run {} had already finished ({}); nothing changed",
-                    run.run_id,
-                    status.as_str()
-                ),
-                not_started: 0,
-                running: 0,
-                run,
-            },
-        }
-    }
-}
-
 /// `GET /v1/ops`.
 ///
 /// Paged: `?limit=` (1–1000, default 100) and `?cursor=` from the last page.
 pub async fn list_ops(
     State(state): State<ApiState>,
     Query(paging): Query<Paging>,
-) -> Result<Json<Page<RegisteredOpRow>>, ApiError> {
+) -> Result<Json<Page<OpVersion>>, ApiError> {
     let limit = paging.limit()? as usize;
     let ops = state.store.list_ops().await?;
     let start = match paging.cursor.as_deref() {
@@ -188,15 +136,17 @@ pub async fn list_ops(
             .position(|op| format!("{}@{}", op.name, op.version) == cursor)
             .map_or(ops.len(), |i| i + 1),
     };
-    let items: Vec<RegisteredOpRow> = ops.into_iter().skip(start).take(limit + 1).collect();
+    let items: Vec<OpVersion> = ops.into_iter().skip(start).take(limit + 1).map(OpVersion::from).collect();
     let more = items.len() > limit;
-    let items: Vec<RegisteredOpRow> = items.into_iter().take(limit).collect();
+    let items: Vec<OpVersion> = items.into_iter().take(limit).collect();
     let next_cursor = more.then(|| items.last().map(|op| format!("{}@{}", op.name, op.version))).flatten();
     Ok(Json(Page { items, next_cursor }))
 }
 
 async fn summary(state: &ApiState, run: RunId) -> Result<RunSummary, ApiError> {
-    state.store.run_summary(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))
+    let summary =
+        state.store.run_summary(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))?;
+    Ok(summary.into())
 }
 
 /// A body that is not a submit request, as an error in the API's JSON shape (axum's own

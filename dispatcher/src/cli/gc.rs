@@ -8,7 +8,11 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::InvalidInput;
-use crate::{config::Settings, store::retention::Deleted};
+use crate::{
+    api::types::{self, ExpiredRun},
+    config::Settings,
+    store::retention::Deleted,
+};
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -41,6 +45,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
     if args.dry_run {
         let expired = store.expired_runs(older_than, DRY_RUN_LIST).await?;
         if args.json {
+            let expired: Vec<ExpiredRun> = expired.iter().cloned().map(ExpiredRun::from).collect();
             println!("{}", serde_json::to_string(&serde_json::json!({ "would_delete": expired }))?);
         } else if expired.is_empty() {
             println!("no finished run is older than {age}; nothing would be deleted");
@@ -80,7 +85,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string(&total)?);
+        println!("{}", serde_json::to_string(&types::Deleted::from(total))?);
     } else {
         println!(
             "deleted {} run(s) that finished more than {age} ago: {} steps, {} events",

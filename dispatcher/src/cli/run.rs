@@ -142,7 +142,8 @@ pub async fn cancel(
     let run = parse_run_id(&args.run)?;
     let store = super::store(settings, cancel).await?;
     let cancellation = store.cancel_run(run).await?.ok_or_else(|| InvalidInput(format!("no run {run}")))?;
-    let response = crate::api::runs::CancelResponse::new(cancellation, summary_of(&store, run).await?);
+    let summary = crate::api::types::RunSummary::from(summary_of(&store, run).await?);
+    let response = crate::api::types::CancelResponse::new(cancellation, summary);
     if args.json {
         println!("{}", serde_json::to_string(&response)?);
     } else {
@@ -175,6 +176,7 @@ pub async fn outputs(
         return Err(InvalidInput(format!("run {run} has no asset `{asset}`")).into());
     }
     if args.json {
+        let rows: Vec<crate::api::types::StepOutput> = rows.into_iter().map(Into::into).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -197,7 +199,7 @@ async fn summary_of(store: &Store, run: RunId) -> anyhow::Result<RunSummary> {
 
 fn print_summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(summary)?);
+        println!("{}", serde_json::to_string(&crate::api::types::RunSummary::from(summary.clone()))?);
     } else {
         render::summary(summary);
     }

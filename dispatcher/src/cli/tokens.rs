@@ -62,6 +62,8 @@ pub async fn run(
         TokensCommand::List { json } => {
             let tokens = store.list_tokens().await?;
             if json {
+                let tokens: Vec<crate::api::types::TokenInfo> =
+                    tokens.iter().cloned().map(Into::into).collect();
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
             } else if tokens.is_empty() {
                 println!(

@@ -3,12 +3,11 @@
 
 use opflow_amqp::{OpQueueSettings, QueueKind};
 use opflow_protocol::{OpDescription, OpRef, queue};
-use serde::Serialize;
 
 use super::{Store, StoreError};
 
 /// One registered op version, as listed by `opflow ops list`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RegisteredOpRow {
     pub name: String,
     pub version: String,

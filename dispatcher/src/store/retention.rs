@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use opflow_protocol::RunId;
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -18,7 +17,7 @@ use super::{Store, StoreError};
 const CHUNK: i64 = 5_000;
 
 /// A finished run that retention would delete.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Expired {
     pub run_id: RunId,
     pub plan: String,
@@ -28,7 +27,7 @@ pub struct Expired {
 }
 
 /// What deleting runs removed.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Deleted {
     pub runs: u64,
     pub steps: u64,

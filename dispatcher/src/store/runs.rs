@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use opflow_protocol::RunId;
-use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -17,9 +16,8 @@ use crate::plan::{CompiledPlan, graph::PlanGraph};
 /// small enough to keep each statement's arrays a few megabytes.
 const STEP_INSERT_CHUNK: usize = 50_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "run_status", rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,
     Running,
@@ -44,9 +42,8 @@ impl RunStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "step_status", rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Waiting,
     Queued,
@@ -68,7 +65,7 @@ pub struct Submission {
 }
 
 /// Step counts by state.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepCounts {
     pub total: i64,
     pub waiting: i64,
@@ -82,7 +79,7 @@ pub struct StepCounts {
 }
 
 /// A run's state, as `opflow status --json` and `GET /v1/runs/{id}` show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct RunSummary {
     pub run_id: RunId,
     pub key: Option<String>,
@@ -97,7 +94,7 @@ pub struct RunSummary {
     pub failures: Vec<StepFailure>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct StepFailure {
     pub step_id: u32,
     pub asset: String,
@@ -131,7 +128,7 @@ pub enum Cancellation {
 }
 
 /// One step's result.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StepOutput {
     pub step_id: i32,
     pub asset: String,

@@ -3,15 +3,13 @@
 
 use chrono::{DateTime, Utc};
 use rand::{RngExt, distr::Alphanumeric};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{Store, StoreError};
 
 /// What a token may do; each scope includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Scope {
     /// Read runs, their steps and outputs, and the op registry.
     Read,
@@ -41,7 +39,7 @@ impl Scope {
 }
 
 /// A token as `opflow tokens list` shows it: never its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct TokenInfo {
     pub name: String,
     pub scope: Scope,

@@ -1,0 +1,302 @@
+//! The JSON the HTTP API answers and the CLI prints with `--json`: a contract of its own.
+//! Store rows are converted here, at the boundary, so that a column renamed in the store is
+//! not an API change, and an API change is made in this one file, on purpose.
+
+use chrono::{DateTime, Utc};
+use opflow_protocol::RunId;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::store::{self, runs::Cancellation};
+
+/// A run's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl From<store::runs::RunStatus> for RunStatus {
+    fn from(status: store::runs::RunStatus) -> Self {
+        use store::runs::RunStatus as S;
+        match status {
+            S::Queued => RunStatus::Queued,
+            S::Running => RunStatus::Running,
+            S::Succeeded => RunStatus::Succeeded,
+            S::Failed => RunStatus::Failed,
+            S::Canceled => RunStatus::Canceled,
+        }
+    }
+}
+
+/// A step's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Waiting,
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Skipped,
+    Canceled,
+}
+
+impl From<store::runs::StepStatus> for StepStatus {
+    fn from(status: store::runs::StepStatus) -> Self {
+        use store::runs::StepStatus as S;
+        match status {
+            S::Waiting => StepStatus::Waiting,
+            S::Queued => StepStatus::Queued,
+            S::Running => StepStatus::Running,
+            S::Retrying => StepStatus::Retrying,
+            S::Succeeded => StepStatus::Succeeded,
+            S::Failed => StepStatus::Failed,
+            S::Skipped => StepStatus::Skipped,
+            S::Canceled => StepStatus::Canceled,
+        }
+    }
+}
+
+/// Step counts by status.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepCounts {
+    pub total: i64,
+    pub waiting: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub retrying: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub canceled: i64,
+}
+
+/// A run's state: `GET /v1/runs/{id}`, `opflow status --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: RunId,
+    pub key: Option<String>,
+    pub plan: String,
+    pub plan_file: String,
+    pub status: RunStatus,
+    pub steps: StepCounts,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The first failed steps, with their errors.
+    pub failures: Vec<StepFailure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepFailure {
+    pub step_id: u32,
+    pub asset: String,
+    pub attempt: i32,
+    pub error: String,
+}
+
+impl From<store::runs::RunSummary> for RunSummary {
+    fn from(s: store::runs::RunSummary) -> Self {
+        let c = s.steps;
+        Self {
+            run_id: s.run_id,
+            key: s.key,
+            plan: s.plan,
+            plan_file: s.plan_file,
+            status: s.status.into(),
+            steps: StepCounts {
+                total: c.total,
+                waiting: c.waiting,
+                queued: c.queued,
+                running: c.running,
+                retrying: c.retrying,
+                succeeded: c.succeeded,
+                failed: c.failed,
+                skipped: c.skipped,
+                canceled: c.canceled,
+            },
+            created_at: s.created_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            failures: s
+                .failures
+                .into_iter()
+                .map(|f| StepFailure {
+                    step_id: f.step_id,
+                    asset: f.asset,
+                    attempt: f.attempt,
+                    error: f.error,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One step's result: `GET /v1/runs/{id}/outputs`, `opflow outputs --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutput {
+    pub step_id: u32,
+    pub asset: String,
+    pub status: StepStatus,
+    pub attempt: i32,
+    pub worker: Option<String>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+impl From<store::runs::StepOutput> for StepOutput {
+    fn from(o: store::runs::StepOutput) -> Self {
+        Self {
+            step_id: o.step_id.max(0) as u32,
+            asset: o.asset,
+            status: o.status.into(),
+            attempt: o.attempt,
+            worker: o.worker,
+            output: o.output,
+            error: o.error,
+        }
+    }
+}
+
+/// One registered op version: `GET /v1/ops`, `opflow ops list --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpVersion {
+    pub name: String,
+    pub version: String,
+    pub queue: String,
+    pub queue_type: String,
+    pub delivery_limit: i32,
+    pub summary: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+impl From<store::ops::RegisteredOpRow> for OpVersion {
+    fn from(r: store::ops::RegisteredOpRow) -> Self {
+        Self {
+            name: r.name,
+            version: r.version,
+            queue: r.queue,
+            queue_type: r.queue_type,
+            delivery_limit: r.delivery_limit,
+            summary: r.summary,
+            registered_at: r.registered_at,
+        }
+    }
+}
+
+/// One page of a list; pass `next_cursor` as `cursor` for the next one (absent on the last).
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// What `POST /v1/runs` answers.
+#[derive(Debug, Serialize)]
+pub struct SubmitResponse {
+    /// True when the key named an existing run.
+    pub existing: bool,
+    #[serde(flatten)]
+    pub run: RunSummary,
+}
+
+/// What `POST /v1/runs/{id}/cancel` and `opflow cancel --json` answer.
+#[derive(Debug, Serialize)]
+pub struct CancelResponse {
+    /// False when the run had already finished: nothing changed.
+    pub canceled: bool,
+    /// What happened, in words.
+    pub message: String,
+    /// Steps that will never start (queued, waiting or retrying when canceled).
+    pub not_started: i64,
+    /// Steps that were running; their workers are told to stop them.
+    pub running: i64,
+    pub run: RunSummary,
+}
+
+impl CancelResponse {
+    pub fn new(cancellation: Cancellation, run: RunSummary) -> Self {
+        match cancellation {
+            Cancellation::Canceled { not_started, running } => Self {
+                canceled: true,
+                message: format!(
+                    "canceled run {}: {not_started} step(s) will never start, {running} running step(s) were told to stop",
+                    run.run_id
+                ),
+                not_started,
+                running,
+                run,
+            },
+            Cancellation::AlreadyFinished(status) => Self {
+                canceled: false,
+                message: format!(
+                    "run {} had already finished ({}); nothing changed",
+                    run.run_id,
+                    status.as_str()
+                ),
+                not_started: 0,
+                running: 0,
+                run,
+            },
+        }
+    }
+}
+
+/// An API token, never its secret: `opflow tokens list --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub scope: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<store::tokens::TokenInfo> for TokenInfo {
+    fn from(t: store::tokens::TokenInfo) -> Self {
+        Self {
+            name: t.name,
+            scope: t.scope.as_str(),
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+/// A finished run retention would delete: `opflow gc --dry-run --json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpiredRun {
+    pub run_id: RunId,
+    pub plan: String,
+    pub status: String,
+    pub finished_at: DateTime<Utc>,
+    pub steps: i64,
+}
+
+impl From<store::retention::Expired> for ExpiredRun {
+    fn from(e: store::retention::Expired) -> Self {
+        Self { run_id: e.run_id, plan: e.plan, status: e.status, finished_at: e.finished_at, steps: e.steps }
+    }
+}
+
+/// What `opflow gc --json` deleted.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Deleted {
+    pub runs: u64,
+    pub steps: u64,
+    pub events: u64,
+}
+
+impl From<store::retention::Deleted> for Deleted {
+    fn from(d: store::retention::Deleted) -> Self {
+        Self { runs: d.runs, steps: d.steps, events: d.events }
+    }
+}
