@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::store::{
-    Store, StoreError,
+    CANCELS_CHANNEL, OUTBOX_CHANNEL, Store, StoreError,
     outbox::{OutboxBatch, OutboxEntry},
     run_plan::{PlanCache, RunPlan, StepRange},
 };
@@ -26,10 +26,6 @@ use crate::{
 /// missed (e.g. while the listener reconnected).
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
-/// What the store announces steps to publish on (`store::outbox`).
-pub const OUTBOX_CHANNEL: &str = "opflow_outbox";
-/// What the store announces cancels on (`Store::cancel_run`).
-pub const CANCELS_CHANNEL: &str = "opflow_cancels";
 /// Cancels published per round, at most.
 const CANCELS_PER_ROUND: u32 = 100;
 
@@ -54,7 +50,7 @@ pub struct StepPublisher {
 
 impl StepPublisher {
     /// Publishes until cancelled. Woken by `wake` (this process queued steps), by a
-    /// PostgreSQL notification on `opflow_outbox` (another process did), or by a poll.
+    /// PostgreSQL notification on `OUTBOX_CHANNEL` (another process did), or by a poll.
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) -> Result<(), PublisherError> {
         let result = self.publish_until_cancelled(wake, cancel).await;
         if let Err(error) = self.publisher.channel().close(200, "dispatcher stopping".into()).await {

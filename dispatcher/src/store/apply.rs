@@ -630,7 +630,7 @@ async fn update_runs(
     }
     // One statement: add the counts, mark runs running, end the runs whose steps are all
     // done (only from queued or running, so a run ends once) and announce them on
-    // `opflow_runs`. A run ended here has `finished_at` = this transaction's `now()`.
+    // `RUNS_CHANNEL`. A run ended here has `finished_at` = this transaction's `now()`.
     let finished: Vec<(Uuid, RunStatus)> = sqlx::query_as(
         "WITH u AS (
              SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[], $5::bool[])
@@ -660,7 +660,7 @@ async fn update_runs(
          )
          -- A volatile output is never pruned: each ended run is announced once.
          SELECT id, status FROM (
-             SELECT id, status, pg_notify('opflow_runs', id::text) AS announced FROM changed WHERE ended
+             SELECT id, status, pg_notify($6, id::text) AS announced FROM changed WHERE ended
          ) ended",
     )
     .bind(&runs)
@@ -668,6 +668,7 @@ async fn update_runs(
     .bind(&failed)
     .bind(&skipped)
     .bind(&started)
+    .bind(super::RUNS_CHANNEL)
     .fetch_all(&mut *tx)
     .await?;
     Ok(finished.into_iter().map(|(run, status)| (RunId::from_uuid(run), status)).collect())
@@ -693,10 +694,11 @@ impl Store {
                  WHERE id = $1 AND status IN ('queued', 'running')
                  RETURNING id
              )
-             SELECT id FROM (SELECT id, pg_notify('opflow_runs', id::text) FROM ended) announced",
+             SELECT id FROM (SELECT id, pg_notify($3, id::text) FROM ended) announced",
         )
         .bind(run.as_uuid())
         .bind(super::storable::text(reason))
+        .bind(super::RUNS_CHANNEL)
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -163,10 +163,11 @@ impl Store {
                  FROM counts c WHERE r.id = $1
                  RETURNING r.id
              )
-             SELECT id FROM (SELECT id, pg_notify('opflow_runs', id::text) FROM ended) announced",
+             SELECT id FROM (SELECT id, pg_notify($3, id::text) FROM ended) announced",
         )
         .bind(run.as_uuid())
         .bind(super::storable::text(reason))
+        .bind(super::RUNS_CHANNEL)
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;

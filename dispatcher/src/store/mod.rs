@@ -31,6 +31,14 @@ use sqlx::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// Where the store announces that a run ended (the payload is its id): `opflow bench` times
+/// runs by it, and anyone may `LISTEN` for it.
+pub const RUNS_CHANNEL: &str = "opflow_runs";
+/// Where the store announces steps in the outbox to publish.
+pub const OUTBOX_CHANNEL: &str = "opflow_outbox";
+/// Where the store announces cancels to append to the cancels stream.
+pub const CANCELS_CHANNEL: &str = "opflow_cancels";
+
 /// Postgres' "database does not exist".
 const INVALID_CATALOG_NAME: &str = "3D000";
 /// Postgres' "duplicate database" (lost a race to create it).

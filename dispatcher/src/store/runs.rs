@@ -113,6 +113,23 @@ pub struct RunProgress {
     pub steps_canceled: i32,
 }
 
+/// How a run's results were counted: every step succeeded exactly once when all three
+/// are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactlyOnce {
+    pub steps: i64,
+    /// Steps that succeeded with an output.
+    pub with_output: i64,
+    /// Steps with exactly one applied success.
+    pub counted_once: i64,
+}
+
+impl ExactlyOnce {
+    pub fn holds(&self) -> bool {
+        self.with_output == self.steps && self.counted_once == self.steps
+    }
+}
+
 /// What canceling a run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancellation {
@@ -230,7 +247,7 @@ impl Store {
             }
         }
         insert_steps(&mut tx, run_id, &ids, &assets, &pending).await?;
-        sqlx::query("SELECT pg_notify('opflow_outbox', '')").execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(super::OUTBOX_CHANNEL).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Submission { run_id, existing: false })
     }
@@ -391,20 +408,65 @@ impl Store {
                  WHERE id = $1
                  RETURNING id
              ), announced AS (
-                 SELECT pg_notify('opflow_runs', id::text) FROM ended
+                 SELECT pg_notify($2, id::text) FROM ended
              )
              SELECT not_started, running FROM counted, (SELECT count(*) FROM announced) a",
         )
         .bind(run.as_uuid())
+        .bind(super::RUNS_CHANNEL)
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query("INSERT INTO cancel_outbox (run_id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(run.as_uuid())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("SELECT pg_notify('opflow_cancels', '')").execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(super::CANCELS_CHANNEL).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Some(Cancellation::Canceled { not_started, running }))
+    }
+
+    /// A listener told of every run that ends: its id arrives on [`super::RUNS_CHANNEL`].
+    pub async fn listen_for_run_ends(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(super::RUNS_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    /// When the first of a run's steps started, as its worker said.
+    pub async fn first_step_started_at(&self, run: RunId) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT min(started_at) FROM steps WHERE run_id = $1")
+            .bind(run.as_uuid())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// How many step rows a run has (against `steps_total`: all of them were stored).
+    pub async fn stored_steps(&self, run: RunId) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM steps WHERE run_id = $1")
+            .bind(run.as_uuid())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Whether every step of a run succeeded with an output and had exactly one success
+    /// applied; `None` for an unknown run.
+    pub async fn exactly_once(&self, run: RunId) -> Result<Option<ExactlyOnce>, StoreError> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT r.steps_total::bigint,
+                    (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status = 'succeeded' AND s.output IS NOT NULL),
+                    (SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.run_id = r.id AND e.kind = 'succeeded' AND e.applied
+                                           GROUP BY e.step_id HAVING count(*) = 1) once)
+             FROM runs r WHERE r.id = $1",
+        )
+        .bind(run.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(steps, with_output, counted_once)| ExactlyOnce { steps, with_output, counted_once }))
+    }
+
+    /// The size of the store's database, in bytes.
+    pub async fn database_bytes(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&self.pool).await?)
     }
 
     /// Reads a run's compiled plan back from `run_assets`.

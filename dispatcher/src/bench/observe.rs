@@ -1,0 +1,198 @@
+//! Watching benchmark runs: start a run's workers, submit its plan, time it to the store's
+//! announcement that it ended (nothing polls while it goes), sample the dispatcher's
+//! memory, verify that every step succeeded exactly once; and time a worker's cold start.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use opflow_protocol::RunId;
+use serde_json::{Value, json};
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+use super::{memory, plans::sweep_plan, round, sandbox::Sandbox};
+use crate::store::Store;
+
+/// What watching a run needs: the sandbox, its store, and the noop op and queue.
+pub struct Bed<'a> {
+    pub sandbox: &'a Sandbox,
+    pub store: &'a Store,
+    pub noop: &'a Path,
+    pub noop_queue: &'a str,
+    pub cancel: &'a CancellationToken,
+}
+
+/// One finished benchmark run.
+pub struct PlanRun {
+    pub steps: i64,
+    pub wall: Duration,
+    pub verified: bool,
+    /// (fraction of steps done, dispatcher VmRSS in MiB), sampled while the run went on.
+    pub dispatcher_rss: Vec<(f64, f64)>,
+    /// Peak resident memory of the first worker.
+    pub worker_rss_mb: Option<f64>,
+}
+
+impl PlanRun {
+    pub fn steps_per_s(&self) -> f64 {
+        self.steps as f64 / self.wall.as_secs_f64()
+    }
+
+    pub fn figures(&self, workload: &str) -> Value {
+        json!({
+            "workload": workload,
+            "steps": self.steps,
+            "wall_s": round(self.wall.as_secs_f64(), 3),
+            "steps_per_s": round(self.steps_per_s(), 1),
+            "verified": self.verified,
+        })
+    }
+}
+
+impl Bed<'_> {
+    /// Starts `workers` noop workers, waits until they consume, submits `plan`, waits for
+    /// the run to end, verifies it and stops the workers; samples the memory of the
+    /// dispatcher `dispatcher_pid`, if given, as the run goes on.
+    pub async fn run_plan(
+        &self,
+        workers: usize,
+        plan: &str,
+        dispatcher_pid: Option<u32>,
+    ) -> anyhow::Result<PlanRun> {
+        let mut children: Vec<Child> = (0..workers)
+            .map(|n| self.sandbox.spawn(self.noop, &[], &format!("noop-{n}")))
+            .collect::<anyhow::Result<_>>()?;
+        self.wait_for_consumers(workers).await?;
+
+        let mut ends = self.store.listen_for_run_ends().await?;
+        let started = Instant::now();
+        let submission = crate::submit::submit(self.store, plan, Path::new("bench.yaml"), None)
+            .await
+            .context("submitting the benchmark plan")?;
+        let run = submission.run_id;
+        let mut dispatcher_rss = Vec::new();
+        let mut sample_every = tokio::time::interval(Duration::from_millis(250));
+        let status = loop {
+            next_look(&mut ends, run, &mut sample_every, self.cancel).await?;
+            let progress = self.store.run_progress(run).await?.context("the benchmark run vanished")?;
+            if let Some(pid) = dispatcher_pid
+                && let Some(mb) = memory::rss_mb(pid)
+            {
+                let done = f64::from(progress.steps_succeeded) / f64::from(progress.steps_total.max(1));
+                dispatcher_rss.push((done, mb));
+            }
+            if progress.status.is_finished() {
+                break progress.status;
+            }
+            if started.elapsed() > Duration::from_secs(1800) {
+                bail!("the benchmark run did not finish within 30 minutes");
+            }
+        };
+        let wall = started.elapsed();
+        let worker_rss_mb = children.first().and_then(Child::id).and_then(memory::peak_rss_mb);
+        for child in &mut children {
+            crate::supervise::drain(child, "noop", Duration::from_secs(30)).await;
+        }
+        let counted = self.store.exactly_once(run).await?.context("the benchmark run vanished")?;
+        let succeeded = status == crate::store::runs::RunStatus::Succeeded;
+        Ok(PlanRun {
+            steps: counted.steps,
+            wall,
+            verified: counted.holds() && succeeded,
+            dispatcher_rss,
+            worker_rss_mb,
+        })
+    }
+
+    /// One cold start: submit a one-step plan with no worker running, start a worker (what
+    /// `opflow up` or KEDA does), and time submit → the step has started.
+    pub async fn cold_start(&self, sample: usize) -> anyhow::Result<(Duration, bool)> {
+        let mut ends = self.store.listen_for_run_ends().await?;
+        // The step's `started_at` is the worker's own timestamp of its start (same machine,
+        // same clock), so nothing polls while the worker starts.
+        let submitted_at = chrono::Utc::now();
+        let started = Instant::now();
+        let submission =
+            crate::submit::submit(self.store, &sweep_plan("w4", 1, ""), Path::new("bench-w4.yaml"), None)
+                .await
+                .context("submitting the cold-start plan")?;
+        let mut worker = self.sandbox.spawn(self.noop, &[], &format!("noop-cold-{sample}"))?;
+        let run = submission.run_id;
+        let mut poll_every = tokio::time::interval(Duration::from_millis(250));
+        let status = loop {
+            next_look(&mut ends, run, &mut poll_every, self.cancel).await?;
+            let progress = self.store.run_progress(run).await?.context("the cold-start run vanished")?;
+            if progress.status.is_finished() {
+                break progress.status;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("the cold-start step did not finish within 2 minutes");
+            }
+        };
+        crate::supervise::drain(&mut worker, "noop", Duration::from_secs(30)).await;
+        let step_started = self.store.first_step_started_at(run).await?;
+        let verified = self.store.exactly_once(run).await?.is_some_and(|c| c.holds());
+        let to_start = step_started.context("the step finished without a recorded start")? - submitted_at;
+        let to_start =
+            to_start.to_std().context("the step started before it was submitted: are the clocks sane?")?;
+        Ok((to_start, verified && status == crate::store::runs::RunStatus::Succeeded))
+    }
+
+    /// Waits until the noop queue has `workers` consumers.
+    async fn wait_for_consumers(&self, workers: usize) -> anyhow::Result<()> {
+        let connection = lapin::Connection::connect(
+            self.sandbox.amqp_url.expose(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await?;
+        let started = Instant::now();
+        let result = loop {
+            let channel = connection.create_channel().await?;
+            let inspected = opflow_amqp::topology::inspect_queue(&channel, self.noop_queue).await;
+            if let Err(error) = channel.close(200, "checked".into()).await {
+                tracing::debug!(%error, "closing a channel failed");
+            }
+            if let Ok(counts) = inspected
+                && counts.consumers as usize >= workers
+            {
+                break Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                break Err(anyhow::anyhow!("the noop workers did not start consuming within 60 s"));
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                () = self.cancel.cancelled() => break Err(anyhow::anyhow!("cancelled")),
+            }
+        };
+        if let Err(error) = connection.close(200, "checked".into()).await {
+            tracing::debug!(%error, "closing the connection failed");
+        }
+        result
+    }
+}
+
+/// Waits until `run` is announced as ended, or `every` ticks (a sample is due, or a missed
+/// notification is caught up with).
+async fn next_look(
+    ends: &mut sqlx::postgres::PgListener,
+    run: RunId,
+    every: &mut tokio::time::Interval,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let run = run.to_string();
+    loop {
+        tokio::select! {
+            notification = ends.recv() => {
+                if notification?.payload() == run {
+                    return Ok(());
+                }
+            }
+            _ = every.tick() => return Ok(()),
+            () = cancel.cancelled() => bail!("cancelled"),
+        }
+    }
+}

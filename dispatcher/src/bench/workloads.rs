@@ -1,0 +1,155 @@
+//! The platform workloads, w1–w6: what each runs, and the figures it reports, each as a
+//! ratio to the broker's own (`raw`) where one applies. docs/benchmarks.md says what each
+//! figure means and what bounds it.
+
+use std::{path::Path, time::Instant};
+
+use anyhow::Context;
+use opflow_process::SecretUrl;
+use serde_json::{Value, json};
+
+use super::{
+    BenchOptions, memory,
+    observe::Bed,
+    plans::{chain_plan, fan_in_plan, sweep_plan},
+    raw::RawFigures,
+    round,
+    sandbox::{self, Sandbox},
+};
+use crate::store::Store;
+
+/// w1: 10,000 independent steps on 2 workers; throughput.
+pub async fn w1(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyhow::Result<Value> {
+    let steps = options.scaled(10_000);
+    let run = bed.run_plan(2, &sweep_plan("w1", steps, ""), None).await?;
+    let mut figures = run.figures("w1");
+    figures["ratio_to_raw_consume"] = json!(round(run.steps_per_s() / raw.consume_per_s, 3));
+    Ok(figures)
+}
+
+/// w2: a chain of 200 dependent steps on 1 worker; the cost of each link.
+pub async fn w2(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyhow::Result<Value> {
+    let steps = options.scaled(200).max(2);
+    let run = bed.run_plan(1, &chain_plan(steps), None).await?;
+    let ms_per_step = run.wall.as_secs_f64() * 1000.0 / steps as f64;
+    let mut figures = run.figures("w2");
+    figures["ms_per_step"] = json!(round(ms_per_step, 2));
+    figures["ratio_to_raw_chain"] = json!(round(ms_per_step / raw.chain_ms_per_step, 2));
+    Ok(figures)
+}
+
+/// w3: 1,000 steps of 10 ms of CPU on 2 workers; how close to the ideal wall time.
+pub async fn w3(bed: &Bed<'_>, options: &BenchOptions) -> anyhow::Result<Value> {
+    let steps = options.scaled(1_000);
+    let run = bed.run_plan(2, &sweep_plan("w3", steps, "    config: {burn_ms: 10}\n"), None).await?;
+    // 10 ms of CPU per step over 2 workers: the ideal wall time.
+    let ideal = steps as f64 * 0.010 / 2.0;
+    let mut figures = run.figures("w3");
+    figures["ideal_s"] = json!(round(ideal, 3));
+    figures["efficiency"] = json!(round(ideal / run.wall.as_secs_f64(), 3));
+    Ok(figures)
+}
+
+/// w4: a worker's cold start, submit → its step running, a few samples.
+pub async fn w4(bed: &Bed<'_>, options: &BenchOptions) -> anyhow::Result<Value> {
+    let samples = if options.quick { 2 } else { 5 };
+    let mut cold = Vec::with_capacity(samples);
+    let mut verified = true;
+    let started = Instant::now();
+    for sample in 0..samples {
+        let (to_start, ok) = bed.cold_start(sample).await?;
+        cold.push(to_start.as_secs_f64() * 1000.0);
+        verified &= ok;
+    }
+    cold.sort_by(f64::total_cmp);
+    let median = if cold.len() % 2 == 1 {
+        cold[cold.len() / 2]
+    } else {
+        (cold[cold.len() / 2 - 1] + cold[cold.len() / 2]) / 2.0
+    };
+    let wall = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "workload": "w4",
+        "steps": samples,
+        "wall_s": round(wall, 3),
+        "steps_per_s": round(samples as f64 / wall, 2),
+        "verified": verified,
+        "cold_start_ms_median": round(median, 1),
+        "cold_start_ms_max": round(cold.last().copied().unwrap_or_default(), 1),
+    }))
+}
+
+/// w5: compiles and stores plans of 50,000 and 200,000 steps (daily partitions × a sweep,
+/// fanned in), in a database of their own so that no dispatcher publishes them.
+pub async fn w5(
+    sandbox: &Sandbox,
+    noop: &Path,
+    options: &BenchOptions,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Vec<Value>> {
+    let sizes = [options.scaled(50_000), options.scaled(200_000)];
+    let url =
+        SecretUrl::new(sandbox::with_path(sandbox.database_url.expose(), &format!("{}_w5", sandbox.name)));
+    let store = Store::connect(&url, cancel).await.context("creating the w5 database")?;
+    let description = crate::register::describe(noop).await?;
+    store.register_op(&description, opflow_amqp::OpQueueSettings::default()).await?;
+    // Compiling reads the op registry: time it with the registry's statement prepared and
+    // a connection open, as in a dispatcher that has been running.
+    crate::submit::compile(&store, &sweep_plan("w5-warm-up", 1, ""), Path::new("bench-w5.yaml"))
+        .await
+        .context("compiling the w5 warm-up plan")?;
+    let mut results = Vec::new();
+    for size in sizes {
+        let (plan, expected) = fan_in_plan(size);
+        let measured = memory::reset_own_peak();
+        let started = Instant::now();
+        let compiled = crate::submit::compile(&store, &plan, Path::new("bench-w5.yaml"))
+            .await
+            .context("compiling the w5 plan")?;
+        let compile = started.elapsed();
+        let stored_at = Instant::now();
+        let submission = store.submit_run(&compiled, "bench-w5.yaml", &plan, None).await?;
+        let store_time = stored_at.elapsed();
+        let peak = measured.then(|| memory::peak_rss_mb(std::process::id())).flatten();
+        let steps = i64::from(
+            store.run_progress(submission.run_id).await?.context("the w5 run vanished")?.steps_total,
+        );
+        let stored = store.stored_steps(submission.run_id).await?;
+        let wall = compile + store_time;
+        results.push(json!({
+            "workload": "w5",
+            "steps": steps,
+            "wall_s": round(wall.as_secs_f64(), 3),
+            "steps_per_s": round(steps as f64 / wall.as_secs_f64(), 0),
+            "verified": steps == stored && steps as usize == expected,
+            "compile_s": round(compile.as_secs_f64(), 3),
+            "store_s": round(store_time.as_secs_f64(), 3),
+            "peak_rss_mb": peak.map(|mb| round(mb, 1)),
+        }));
+        drop(compiled);
+    }
+    store.pool().close().await;
+    Ok(results)
+}
+
+/// w6: 100,000 steps end to end on 2 workers; the dispatcher's memory as the run goes on,
+/// and the database's growth per step.
+pub async fn w6(bed: &Bed<'_>, options: &BenchOptions, dispatcher_pid: Option<u32>) -> anyhow::Result<Value> {
+    let steps = options.scaled(100_000);
+    let size_before = bed.store.database_bytes().await?;
+    let run = bed.run_plan(2, &sweep_plan("w6", steps, ""), dispatcher_pid).await?;
+    let size_after = bed.store.database_bytes().await?;
+    let mut figures = run.figures("w6");
+    let peak = run.dispatcher_rss.iter().map(|(_, mb)| *mb).fold(0.0, f64::max);
+    // Memory at a quarter of the run and at its end: equal if it does not grow with
+    // completed steps.
+    let at = |fraction: f64| {
+        run.dispatcher_rss.iter().find(|(done, _)| *done >= fraction).map(|(_, mb)| round(*mb, 1))
+    };
+    figures["dispatcher_rss_mb"] = json!(round(peak, 1));
+    figures["dispatcher_rss_mb_at_25pct"] = json!(at(0.25));
+    figures["dispatcher_rss_mb_at_end"] = json!(run.dispatcher_rss.last().map(|(_, mb)| round(*mb, 1)));
+    figures["worker_rss_mb"] = json!(run.worker_rss_mb.map(|mb| round(mb, 1)));
+    figures["db_bytes_per_step"] = json!(((size_after - size_before) as f64 / steps as f64).round());
+    Ok(figures)
+}
