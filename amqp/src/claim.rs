@@ -20,16 +20,13 @@ pub enum ClaimError {
          this dispatcher at that installation's database"
     )]
     Claimed { mine: String, other: String },
-    #[error("claiming the vhost through queue `{}` failed: {source}", queue::INSTALLATION_QUEUE)]
-    Broker {
-        #[source]
-        source: lapin::Error,
-    },
+    #[error("claiming the vhost through queue `{}` failed: {cause}", queue::INSTALLATION_QUEUE)]
+    Broker { cause: lapin::Error },
 }
 
 impl From<lapin::Error> for ClaimError {
     fn from(source: lapin::Error) -> Self {
-        ClaimError::Broker { source }
+        ClaimError::Broker { cause: source }
     }
 }
 

@@ -14,14 +14,9 @@ pub enum ConnectError {
     #[error("the RabbitMQ URL {url} is invalid: {reason}; write it as amqp://user:password@host:5672/%2f")]
     BadUrl { url: String, reason: String },
     #[error(
-        "cannot connect to RabbitMQ at {url} after {attempts} attempts: {source}; is it running? (start it with `rabbitmq-server -detached`)"
+        "cannot connect to RabbitMQ at {url} after {attempts} attempts: {cause}; is it running? (start it with `rabbitmq-server -detached`)"
     )]
-    Unreachable {
-        url: String,
-        attempts: usize,
-        #[source]
-        source: lapin::Error,
-    },
+    Unreachable { url: String, attempts: usize, cause: lapin::Error },
     #[error("cancelled while connecting to RabbitMQ at {url}")]
     Cancelled { url: String },
 }
@@ -84,7 +79,7 @@ pub async fn connect(
         result = attempt => result.map_err(|source| ConnectError::Unreachable {
             url: redacted_url.to_owned(),
             attempts: attempts.load(Ordering::Relaxed),
-            source,
+            cause: source,
         }),
         () = cancel.cancelled() => Err(ConnectError::Cancelled { url: redacted_url.to_owned() }),
     }

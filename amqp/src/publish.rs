@@ -18,13 +18,8 @@ pub enum PublishError {
     Unroutable { exchange: String, routing_key: String, reply: String },
     #[error("the broker refused (nacked) a message for routing key `{routing_key}` on exchange `{exchange}`")]
     Nacked { exchange: String, routing_key: String },
-    #[error("publishing to `{routing_key}` on exchange `{exchange}` failed: {source}")]
-    Broker {
-        exchange: String,
-        routing_key: String,
-        #[source]
-        source: Box<lapin::Error>,
-    },
+    #[error("publishing to `{routing_key}` on exchange `{exchange}` failed: {cause}")]
+    Broker { exchange: String, routing_key: String, cause: Box<lapin::Error> },
 }
 
 /// One message to publish.
@@ -78,7 +73,7 @@ impl Publisher {
             .map_err(|source| PublishError::Broker {
                 exchange: message.exchange.to_owned(),
                 routing_key: message.routing_key.to_owned(),
-                source: Box::new(source),
+                cause: Box::new(source),
             })?;
         Ok(PendingConfirm {
             confirm,
@@ -124,9 +119,9 @@ impl PendingConfirm {
             Ok(Confirmation::NotRequested) => Err(PublishError::Broker {
                 exchange,
                 routing_key,
-                source: Box::new(lapin::Error::from(std::io::Error::other("channel is not in confirm mode"))),
+                cause: Box::new(lapin::Error::from(std::io::Error::other("channel is not in confirm mode"))),
             }),
-            Err(source) => Err(PublishError::Broker { exchange, routing_key, source: Box::new(source) }),
+            Err(source) => Err(PublishError::Broker { exchange, routing_key, cause: Box::new(source) }),
         }
     }
 }

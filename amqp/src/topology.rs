@@ -62,12 +62,8 @@ impl Default for OpQueueSettings {
 pub enum TopologyError {
     #[error("queue `{queue}` does not exist; register the op with `opflow ops add <op binary>` first")]
     MissingQueue { queue: String },
-    #[error("declaring `{name}` failed: {source}")]
-    Declare {
-        name: String,
-        #[source]
-        source: lapin::Error,
-    },
+    #[error("declaring `{name}` failed: {cause}")]
+    Declare { name: String, cause: lapin::Error },
 }
 
 fn durable() -> QueueDeclareOptions {
@@ -111,7 +107,7 @@ pub async fn declare_op_queue(
     channel
         .queue_declare(name.as_str().into(), durable(), args)
         .await
-        .map_err(|source| TopologyError::Declare { name: name.clone(), source })?;
+        .map_err(|source| TopologyError::Declare { name: name.clone(), cause: source })?;
     Ok(())
 }
 
@@ -130,7 +126,7 @@ pub async fn inspect_queue(channel: &Channel, name: &str) -> Result<QueueCounts,
     match channel.queue_declare(name.into(), passive, FieldTable::default()).await {
         Ok(q) => Ok(QueueCounts { ready: q.message_count(), consumers: q.consumer_count() }),
         Err(source) if is_not_found(&source) => Err(TopologyError::MissingQueue { queue: name.to_owned() }),
-        Err(source) => Err(TopologyError::Declare { name: name.to_owned(), source }),
+        Err(source) => Err(TopologyError::Declare { name: name.to_owned(), cause: source }),
     }
 }
 
@@ -172,7 +168,7 @@ pub async fn declare_shared(
     connection: &Connection,
     events_queue: QueueKind,
 ) -> Result<Vec<String>, TopologyError> {
-    let opened = |source| TopologyError::Declare { name: "a channel".to_owned(), source };
+    let opened = |source| TopologyError::Declare { name: "a channel".to_owned(), cause: source };
     let channel = connection.create_channel().await.map_err(opened)?;
     let exchange = |channel: &Channel, name: &'static str, kind: ExchangeKind| {
         let channel = channel.clone();
@@ -185,7 +181,7 @@ pub async fn declare_shared(
                     FieldTable::default(),
                 )
                 .await
-                .map_err(|source| TopologyError::Declare { name: name.to_owned(), source })
+                .map_err(|source| TopologyError::Declare { name: name.to_owned(), cause: source })
         }
     };
     let bind =
@@ -201,7 +197,7 @@ pub async fn declare_shared(
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(|source| TopologyError::Declare { name: queue_name.to_owned(), source })
+                    .map_err(|source| TopologyError::Declare { name: queue_name.to_owned(), cause: source })
             }
         };
     let mut warnings = Vec::new();
@@ -214,12 +210,15 @@ pub async fn declare_shared(
             queue_arguments(QueueKind::Quorum, None, false),
         )
         .await
-        .map_err(|source| TopologyError::Declare { name: queue::DEAD_LETTER_QUEUE.to_owned(), source })?;
+        .map_err(|source| TopologyError::Declare {
+            name: queue::DEAD_LETTER_QUEUE.to_owned(),
+            cause: source,
+        })?;
     bind(&channel, queue::DEAD_LETTER_QUEUE, queue::DEAD_LETTER_EXCHANGE, "").await?;
     channel
         .queue_declare(queue::CANCELS_STREAM.into(), durable(), cancels_arguments())
         .await
-        .map_err(|source| TopologyError::Declare { name: queue::CANCELS_STREAM.to_owned(), source })?;
+        .map_err(|source| TopologyError::Declare { name: queue::CANCELS_STREAM.to_owned(), cause: source })?;
 
     exchange(&channel, queue::EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
     let events_args = queue_arguments(events_queue, Some(EVENTS_DELIVERY_LIMIT), true);
@@ -242,7 +241,10 @@ pub async fn declare_shared(
             channel
         }
         Err(source) => {
-            return Err(TopologyError::Declare { name: queue::DISPATCHER_EVENTS_QUEUE.to_owned(), source });
+            return Err(TopologyError::Declare {
+                name: queue::DISPATCHER_EVENTS_QUEUE.to_owned(),
+                cause: source,
+            });
         }
     };
     bind(&channel, queue::DISPATCHER_EVENTS_QUEUE, queue::EVENTS_EXCHANGE, "#").await?;

@@ -93,9 +93,15 @@ const KEYS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("settings: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("settings: `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+}
+
+impl From<config::ConfigError> for SettingsError {
+    fn from(error: config::ConfigError) -> Self {
+        SettingsError::Load(error)
+    }
 }
 
 /// The largest `max_inputs_bytes`: the step message carrying them must stay well under the

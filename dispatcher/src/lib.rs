@@ -17,7 +17,7 @@
 //! - [`consumer_timeout`]: the broker timeout an op's longest step is checked against.
 //! - [`api`]: the HTTP API.
 //! - [`service`]: the dispatcher service wiring, reconnection and drain.
-//! - [`lease`]: leadership among dispatchers sharing a database.
+//! - [`leader`]: leadership among dispatchers sharing a database (the lease).
 //! - [`supervise`]: worker processes for `opflow up`.
 //! - [`config`]: layered settings.
 //! - [`cli`]: the `opflow` commands.
@@ -30,7 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer_timeout;
 pub mod isolation;
-pub mod lease;
+pub mod leader;
 pub mod plan;
 pub mod recovery;
 pub mod register;

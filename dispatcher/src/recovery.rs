@@ -28,7 +28,7 @@ use std::{
 
 use lapin::{Channel, Connection};
 use opflow_amqp::topology::{self, QueueCounts, TopologyError};
-use opflow_protocol::{OpRef, StepId, queue};
+use opflow_protocol::{OpRef, queue};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -42,13 +42,9 @@ const PER_CHECK: u32 = 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
     #[error("recovery cannot open a channel: {0}")]
-    Channel(#[source] lapin::Error),
-    #[error("recovery cannot read queue `{queue}`: {source}")]
-    Inspect {
-        queue: String,
-        #[source]
-        source: TopologyError,
-    },
+    Channel(lapin::Error),
+    #[error("recovery cannot read queue `{queue}`: {cause}")]
+    Inspect { queue: String, cause: TopologyError },
 }
 
 /// Looks for lost steps and stuck runs; see the module docs.
@@ -164,7 +160,7 @@ impl Recovery {
 }
 
 fn failure(step: StepAttempt, reason: String) -> StorableEvent {
-    dispatcher_failure(step.run_id, StepId(step.step_id), step.attempt, reason, true)
+    dispatcher_failure(step.run_id, step.step_id, step.attempt, reason, true)
 }
 
 enum Check {
@@ -205,7 +201,9 @@ impl Probe<'_> {
                 self.channel = None;
                 Ok(None)
             }
-            Err(source) => Err(Check::Broker(RecoveryError::Inspect { queue: queue.to_owned(), source })),
+            Err(source) => {
+                Err(Check::Broker(RecoveryError::Inspect { queue: queue.to_owned(), cause: source }))
+            }
         }
     }
 

@@ -16,33 +16,21 @@ const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     #[error(
-        "cannot run `{binary} --describe`: {source}; is it an op binary? (build them with `cargo build --workspace --bins`)"
+        "cannot run `{binary} --describe`: {cause}; is it an op binary? (build them with `cargo build --workspace --bins`)"
     )]
-    Spawn {
-        binary: String,
-        #[source]
-        source: std::io::Error,
-    },
+    Spawn { binary: String, cause: std::io::Error },
     #[error("`{binary} --describe` did not answer within {DESCRIBE_TIMEOUT:?}")]
     Timeout { binary: String },
     #[error("`{binary} --describe` exited with {status}: {stderr}")]
     Failed { binary: String, status: String, stderr: String },
-    #[error("`{binary} --describe` printed something that is not an op description: {source}")]
-    BadDescription {
-        binary: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("`{binary} --describe` printed something that is not an op description: {cause}")]
+    BadDescription { binary: String, cause: serde_json::Error },
     #[error(
         "{op} speaks protocol schema version {found}, this dispatcher speaks {SCHEMA_VERSION}; rebuild the op against a matching opflow-worker"
     )]
     SchemaMismatch { op: String, found: u32 },
-    #[error("declaring the queue of {op}: {source}")]
-    Queue {
-        op: String,
-        #[source]
-        source: topology::TopologyError,
-    },
+    #[error("declaring the queue of {op}: {cause}")]
+    Queue { op: String, cause: topology::TopologyError },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -57,11 +45,11 @@ pub async fn describe(binary: &Path) -> Result<OpDescription, RegisterError> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| RegisterError::Spawn { binary: name.clone(), source })?;
+        .map_err(|source| RegisterError::Spawn { binary: name.clone(), cause: source })?;
     let output = tokio::time::timeout(DESCRIBE_TIMEOUT, child.wait_with_output())
         .await
         .map_err(|_| RegisterError::Timeout { binary: name.clone() })?
-        .map_err(|source| RegisterError::Spawn { binary: name.clone(), source })?;
+        .map_err(|source| RegisterError::Spawn { binary: name.clone(), cause: source })?;
     if !output.status.success() {
         return Err(RegisterError::Failed {
             binary: name,
@@ -70,7 +58,8 @@ pub async fn describe(binary: &Path) -> Result<OpDescription, RegisterError> {
         });
     }
     let text = String::from_utf8_lossy(&output.stdout);
-    OpDescription::from_json(&text).map_err(|source| RegisterError::BadDescription { binary: name, source })
+    OpDescription::from_json(&text)
+        .map_err(|source| RegisterError::BadDescription { binary: name, cause: source })
 }
 
 /// Describes, declares and records one op binary.
@@ -92,7 +81,7 @@ pub async fn register(
     // Queue first: a registered op always has its queue.
     topology::declare_op_queue(channel, &description.op, settings)
         .await
-        .map_err(|source| RegisterError::Queue { op: description.op.to_string(), source })?;
+        .map_err(|source| RegisterError::Queue { op: description.op.to_string(), cause: source })?;
     let registration = store.register_op(&description, settings).await?;
     Ok((description, registration))
 }

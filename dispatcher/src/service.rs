@@ -17,7 +17,7 @@ use crate::{
     broker::{dead_letter::DeadLetterConsumer, events::EventConsumer, publish::StepPublisher},
     config::Settings,
     isolation::Applier,
-    lease::Lease,
+    leader::Lease,
     recovery::Recovery,
     scheduler,
     store::{Store, run_plan::PlanCache},
@@ -88,7 +88,7 @@ struct Shared {
 /// As [`run`], with the store and broker connection already open (see [`connect`]).
 ///
 /// The HTTP API runs for the whole process. Publishing steps and applying events run only
-/// while this process holds the lease (see [`crate::lease`]), and restart on a new broker
+/// while this process holds the lease (see [`crate::leader`]), and restart on a new broker
 /// connection whenever the old one is lost.
 pub async fn run_connected(
     settings: Settings,
@@ -141,7 +141,9 @@ pub async fn run_connected(
             };
             tracing::error!(error = format!("{error:#}"), "the HTTP API failed; stopping");
             shutdown.cancel();
-            let _ = leading.await;
+            if let Err(error) = leading.await {
+                tracing::warn!(error = format!("{error:#}"), "leading failed while stopping");
+            }
             return Err(error.context("the dispatcher's HTTP API failed"));
         }
     };

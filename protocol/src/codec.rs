@@ -11,15 +11,11 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("message is not JSON with a numeric `v` field: {0}")]
-    NotVersioned(#[source] serde_json::Error),
+    NotVersioned(serde_json::Error),
     #[error("message has schema version {found}; this build speaks version {supported}")]
     UnsupportedVersion { found: u32, supported: u32 },
-    #[error("malformed {what} (schema version {SCHEMA_VERSION}): {source}")]
-    Malformed {
-        what: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("malformed {what} (schema version {SCHEMA_VERSION}): {cause}")]
+    Malformed { what: &'static str, cause: serde_json::Error },
 }
 
 #[derive(Deserialize)]
@@ -33,7 +29,7 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> R
     if v != SCHEMA_VERSION {
         return Err(DecodeError::UnsupportedVersion { found: v, supported: SCHEMA_VERSION });
     }
-    serde_json::from_slice(bytes).map_err(|source| DecodeError::Malformed { what, source })
+    serde_json::from_slice(bytes).map_err(|source| DecodeError::Malformed { what, cause: source })
 }
 
 /// Encodes a message. Serializing these plain data types cannot fail.

@@ -103,6 +103,7 @@ impl Worker {
                             None => "the broker cancelled the consumer".to_owned(),
                         };
                         if let Some(tx) = closed_tx.take() {
+                            // The step may have ended meanwhile; then nobody needs telling.
                             let _ = tx.send(reason);
                         }
                     }

@@ -15,13 +15,19 @@ use crate::report::Reporter;
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("the terminal event was not confirmed, so the step stays unacked and will be redelivered: {0}")]
-    Report(#[from] PublishError),
+    Report(PublishError),
     #[error(
         "acking the step failed; the broker will redeliver it and the duplicate result will be ignored: {0}"
     )]
-    Ack(#[source] lapin::Error),
+    Ack(lapin::Error),
     #[error("rejecting a message failed: {0}")]
-    Reject(#[source] lapin::Error),
+    Reject(lapin::Error),
+}
+
+impl From<PublishError> for LeaseError {
+    fn from(error: PublishError) -> Self {
+        LeaseError::Report(error)
+    }
 }
 
 /// The right to settle one delivery. See the module docs.

@@ -50,7 +50,7 @@ impl Reporter {
         let stopped = || PublishError::Broker {
             exchange: queue::EVENTS_EXCHANGE.to_owned(),
             routing_key: routing_key.clone(),
-            source: Box::new(lapin::Error::from(std::io::Error::other("the event publisher has stopped"))),
+            cause: Box::new(lapin::Error::from(std::io::Error::other("the event publisher has stopped"))),
         };
         let (done, confirmed) = oneshot::channel();
         if self.commands.send(Command::Flush(event, done)).await.is_err() {

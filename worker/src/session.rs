@@ -149,7 +149,9 @@ impl Session<'_> {
         if let Err(error) = worker.publish_unsent().await {
             drop(worker);
             reporter_stop.cancel();
-            let _ = reporter_task.await;
+            if let Err(error) = reporter_task.await {
+                tracing::warn!(%error, "the event publisher task failed");
+            }
             return SessionEnd::Lost(error);
         }
 

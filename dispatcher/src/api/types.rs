@@ -3,7 +3,7 @@
 //! not an API change, and an API change is made in this one file, on purpose.
 
 use chrono::{DateTime, Utc};
-use opflow_protocol::RunId;
+use opflow_protocol::{RunId, StepId};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -95,7 +95,7 @@ pub struct RunSummary {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StepFailure {
-    pub step_id: u32,
+    pub step_id: StepId,
     pub asset: String,
     pub attempt: i32,
     pub error: String,
@@ -141,7 +141,7 @@ impl From<store::runs::RunSummary> for RunSummary {
 /// One step's result: `GET /v1/runs/{id}/outputs`, `opflow outputs --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepOutput {
-    pub step_id: u32,
+    pub step_id: StepId,
     pub asset: String,
     pub status: StepStatus,
     pub attempt: i32,
@@ -153,7 +153,7 @@ pub struct StepOutput {
 impl From<store::runs::StepOutput> for StepOutput {
     fn from(o: store::runs::StepOutput) -> Self {
         Self {
-            step_id: o.step_id.max(0) as u32,
+            step_id: StepId(o.step_id.max(0) as u32),
             asset: o.asset,
             status: o.status.into(),
             attempt: o.attempt,

@@ -82,7 +82,7 @@ pub async fn measure(
     for name in [queue, step_queue, done_queue] {
         channel.queue_delete(name.into(), QueueDeleteOptions::default()).await?;
     }
-    let _ = connection.close(200, "bench done".into()).await;
+    close(connection.close(200, "bench done".into()).await);
     Ok(RawFigures {
         queue_type: kind.as_str(),
         messages,
@@ -163,8 +163,8 @@ async fn consume_with_two(
                     done.cancel();
                 }
             }
-            let _ = channel.close(200, "bench done".into()).await;
-            let _ = connection.close(200, "bench done".into()).await;
+            close(channel.close(200, "bench done".into()).await);
+            close(connection.close(200, "bench done".into()).await);
             anyhow::Ok(())
         }));
     }
@@ -209,7 +209,7 @@ async fn chain(
             publish(&worker_out, done_queue, &worker_payload).await?.await?;
             delivery.ack(BasicAckOptions::default()).await?;
         }
-        let _ = worker_out.close(200, "bench done".into()).await;
+        close(worker_out.close(200, "bench done".into()).await);
         anyhow::Ok(())
     });
 
@@ -235,9 +235,16 @@ async fn chain(
     // Channels first, then connections: closing a connection under open channels makes
     // lapin log an error about channels already closing.
     for channel in [&worker_in, &dispatcher_in, &dispatcher_out] {
-        let _ = channel.close(200, "bench done".into()).await;
+        close(channel.close(200, "bench done".into()).await);
     }
-    let _ = worker_connection.close(200, "bench done".into()).await;
-    let _ = dispatcher_connection.close(200, "bench done".into()).await;
+    close(worker_connection.close(200, "bench done".into()).await);
+    close(dispatcher_connection.close(200, "bench done".into()).await);
     Ok(elapsed.as_secs_f64() * 1000.0 / steps as f64)
+}
+
+/// Logs a failed close: the benchmark is over, but a failure is still said.
+fn close(result: Result<(), lapin::Error>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "closing a benchmark connection or channel failed");
+    }
 }

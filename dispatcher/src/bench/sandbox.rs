@@ -45,7 +45,7 @@ impl Sandbox {
             .execute(&mut admin)
             .await
             .context("creating the benchmark's database (the user needs CREATEDB)")?;
-        let _ = admin.close().await;
+        close(admin).await;
 
         let amqp_user = amqp_user(settings.amqp_url.expose());
         rabbitmqctl(&["add_vhost", &name]).await?;
@@ -105,13 +105,13 @@ impl Sandbox {
                     eprintln!("warning: could not drop the benchmark database {name}: {error}");
                 }
             }
-            let _ = admin.close().await;
+            close(admin).await;
         }
         if let Err(error) = rabbitmqctl(&["delete_vhost", &self.name]).await {
             eprintln!("warning: could not delete the benchmark vhost {}: {error:#}", self.name);
         }
-        if !keep_logs {
-            let _ = std::fs::remove_dir_all(&self.log_dir);
+        if !keep_logs && let Err(error) = std::fs::remove_dir_all(&self.log_dir) {
+            tracing::debug!(%error, dir = %self.log_dir.display(), "removing the benchmark's logs failed");
         }
     }
 }
@@ -147,6 +147,13 @@ async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
         bail!("rabbitmqctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
+}
+
+/// Closes the admin connection, saying so if that fails.
+async fn close(admin: PgConnection) {
+    if let Err(error) = admin.close().await {
+        tracing::debug!(%error, "closing the admin connection failed");
+    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ pub struct Death {
 impl DeadLetterConsumer {
     /// Consumes until cancelled or the channel fails.
     pub async fn run(self, connection: &Connection, cancel: CancellationToken) -> Result<(), EventsError> {
-        let failed = |source| EventsError::Consume { queue: queue::DEAD_LETTER_QUEUE, source };
+        let failed = |source| EventsError::Consume { queue: queue::DEAD_LETTER_QUEUE, cause: source };
         let (channel, mut consumer) =
             open_consumer(connection, queue::DEAD_LETTER_QUEUE, "opflow-dispatcher-dead-letters", 16).await?;
         let result = loop {

@@ -30,12 +30,8 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
-    #[error("consuming {queue}: {source}")]
-    Consume {
-        queue: &'static str,
-        #[source]
-        source: lapin::Error,
-    },
+    #[error("consuming {queue}: {cause}")]
+    Consume { queue: &'static str, cause: lapin::Error },
     #[error("the broker cancelled the dispatcher's consumer of {0}; was the queue deleted?")]
     Cancelled(&'static str),
 }
@@ -71,7 +67,7 @@ impl EventConsumer {
         wake: &Notify,
         cancel: &CancellationToken,
     ) -> Result<(), EventsError> {
-        let failed = |source| EventsError::Consume { queue: queue::DISPATCHER_EVENTS_QUEUE, source };
+        let failed = |source| EventsError::Consume { queue: queue::DISPATCHER_EVENTS_QUEUE, cause: source };
         let mut busy = false;
         loop {
             let first = tokio::select! {
@@ -184,7 +180,7 @@ pub(super) async fn open_consumer(
     tag: &str,
     prefetch: u16,
 ) -> Result<(Channel, Consumer), EventsError> {
-    let failed = |source| EventsError::Consume { queue, source };
+    let failed = |source| EventsError::Consume { queue, cause: source };
     let channel = connection.create_channel().await.map_err(failed)?;
     channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(failed)?;
     let consumer = channel

@@ -6,7 +6,7 @@ use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Durati
 
 use futures_util::FutureExt;
 use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
-use opflow_protocol::{CancelRecord, OpRef, RunId, StepId, StepInput, queue};
+use opflow_protocol::{CancelRecord, OpRef, RunId, StepInput, queue};
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -184,8 +184,8 @@ impl StepPublisher {
         let mut window = ConfirmWindow::default();
         for entry in entries {
             let fail = |error: String, retryable: bool| {
-                tracing::error!(run_id = %entry.run_id, step_id = entry.step_id, %error, "step not published");
-                dispatcher_failure(entry.run_id, StepId(entry.step_id), entry.attempt, error, retryable)
+                tracing::error!(run_id = %entry.run_id, step_id = %entry.step_id, %error, "step not published");
+                dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, error, retryable)
             };
             let built =
                 AssertUnwindSafe(self.build(&mut batch, &mut inputs_cache, entry)).catch_unwind().await;
@@ -215,7 +215,7 @@ impl StepPublisher {
             let span = tracing::info_span!(
                 "publish_step",
                 run_id = %entry.run_id,
-                step_id = entry.step_id,
+                step_id = %entry.step_id,
                 attempt = entry.attempt,
                 op = %op,
             );
@@ -316,14 +316,8 @@ impl ConfirmWindow {
             let Some((reason, retryable)) = fail(&op, &error) else {
                 return Err(error.into());
             };
-            tracing::error!(run_id = %entry.run_id, step_id = entry.step_id, %op, "{reason}");
-            failures.push(dispatcher_failure(
-                entry.run_id,
-                StepId(entry.step_id),
-                entry.attempt,
-                reason,
-                retryable,
-            ));
+            tracing::error!(run_id = %entry.run_id, step_id = %entry.step_id, %op, "{reason}");
+            failures.push(dispatcher_failure(entry.run_id, entry.step_id, entry.attempt, reason, retryable));
         }
         Ok(())
     }
@@ -410,7 +404,7 @@ impl InputsCache {
                             let (partition, point) = plan.partition_and_point(step_id);
                             StepInput {
                                 asset: asset.clone(),
-                                step_id: opflow_protocol::StepId(step_id),
+                                step_id,
                                 partition: partition.map(str::to_owned),
                                 point,
                                 output,

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
-use opflow_protocol::RunId;
+use opflow_protocol::{RunId, StepId};
 use tokio_util::sync::CancellationToken;
 
 use super::{EXIT_RUN_FAILED, InvalidInput, render};
@@ -183,7 +183,7 @@ pub async fn outputs(
     let plan =
         RunPlan::new(store.load_run_plan(run).await?, UnlockMode::Groups).map_err(anyhow::Error::msg)?;
     for row in rows {
-        let label = plan.label(row.step_id as u32);
+        let label = plan.label(StepId(row.step_id as u32));
         match (&row.output, &row.error) {
             (Some(output), _) => println!("{label}  {}", render::output_line(output)),
             (None, Some(error)) => println!("{label}  [{:?}] {error}", row.status),
@@ -220,7 +220,7 @@ pub async fn print_leaf_outputs(store: &Store, run: RunId) -> anyhow::Result<()>
         println!("outputs of `{}`:", asset.name);
         for row in store.step_outputs(run, Some(&asset.name), None, SHOW_OUTPUTS_UP_TO).await? {
             let output = row.output.as_ref().map(render::output_line).unwrap_or_default();
-            println!("  {}  {output}", plan.label(row.step_id as u32));
+            println!("  {}  {output}", plan.label(StepId(row.step_id as u32)));
         }
     }
     Ok(())

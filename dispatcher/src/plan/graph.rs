@@ -15,6 +15,8 @@
 
 use std::collections::BTreeSet;
 
+use opflow_protocol::StepId;
+
 use super::{CompiledAsset, CompiledPlan};
 
 /// An inclusive range of step ids within one run.
@@ -43,8 +45,8 @@ impl StepRange {
         false
     }
 
-    pub fn contains(&self, step: u32) -> bool {
-        (self.first..=self.last).contains(&step)
+    pub fn contains(&self, step: StepId) -> bool {
+        (self.first..=self.last).contains(&step.0)
     }
 }
 
@@ -100,8 +102,8 @@ impl PlanGraph {
     }
 
     /// The asset a step belongs to: assets own contiguous step ranges in plan order.
-    pub fn asset_index(&self, step: u32) -> usize {
-        self.plan.assets.partition_point(|a| a.first_step <= step).saturating_sub(1)
+    pub fn asset_index(&self, step: StepId) -> usize {
+        self.plan.assets.partition_point(|a| a.first_step <= step.0).saturating_sub(1)
     }
 
     pub fn asset(&self, index: usize) -> &CompiledAsset {
@@ -109,10 +111,10 @@ impl PlanGraph {
     }
 
     /// The step's asset, its position within the asset, and its partition index (if partitioned).
-    pub fn locate(&self, step: u32) -> (usize, u32, Option<u32>) {
+    pub fn locate(&self, step: StepId) -> (usize, u32, Option<u32>) {
         let index = self.asset_index(step);
         let asset = &self.plan.assets[index];
-        let within = step - asset.first_step;
+        let within = step.0 - asset.first_step;
         let partition = (!asset.partition_keys.is_empty()).then(|| within / asset.sweep_size());
         (index, within, partition)
     }
@@ -158,7 +160,7 @@ impl PlanGraph {
     }
 
     /// What the success of `step` unlocks; see the module docs.
-    pub fn unlocks(&self, step: u32) -> Vec<Unlock> {
+    pub fn unlocks(&self, step: StepId) -> Vec<Unlock> {
         let (index, _, partition) = self.locate(step);
         let asset = &self.plan.assets[index];
         let (mapped, whole) = self.downstream_kinds(index);
@@ -198,7 +200,7 @@ impl PlanGraph {
 
     /// For runs stored before groups: the steps that wait on `step` itself, one range per
     /// downstream asset. Each waits on it once.
-    pub fn downstream_ranges(&self, step: u32) -> Vec<StepRange> {
+    pub fn downstream_ranges(&self, step: StepId) -> Vec<StepRange> {
         let (index, _, partition) = self.locate(step);
         self.downstream[index]
             .iter()
@@ -219,7 +221,7 @@ impl PlanGraph {
     }
 
     /// Every step that transitively depends on `step`: what a final failure skips.
-    pub fn skip_ranges(&self, step: u32) -> Vec<StepRange> {
+    pub fn skip_ranges(&self, step: StepId) -> Vec<StepRange> {
         let (index, _, partition) = self.locate(step);
         // (asset, partition or all); "all" of an asset subsumes any single partition of it.
         let mut seen: BTreeSet<(usize, Option<u32>)> = BTreeSet::new();
@@ -240,7 +242,7 @@ impl PlanGraph {
     }
 
     /// The upstream steps whose outputs `step` receives, per upstream asset.
-    pub fn input_ranges(&self, step: u32) -> Vec<(usize, StepRange)> {
+    pub fn input_ranges(&self, step: StepId) -> Vec<(usize, StepRange)> {
         let (index, _, partition) = self.locate(step);
         self.plan.assets[index]
             .deps
@@ -273,7 +275,7 @@ mod tests {
     fn check_unlocking(graph: &PlanGraph, order: &[u32]) {
         let plan = graph.plan();
         let mut pending: Vec<u32> =
-            (0..plan.step_count).map(|s| graph.pending_upstream(graph.asset_index(s))).collect();
+            (0..plan.step_count).map(|s| graph.pending_upstream(graph.asset_index(StepId(s)))).collect();
         let mut counters: HashMap<DepGroup, u32> = graph.dep_groups().into_iter().collect();
         let mut done = vec![false; plan.step_count as usize];
         let decrement = |pending: &mut Vec<u32>, range: StepRange| {
@@ -285,7 +287,7 @@ mod tests {
             // A step runs only once ready.
             assert_eq!(pending[step as usize], 0, "step {step} ran before its upstream");
             done[step as usize] = true;
-            for unlock in graph.unlocks(step) {
+            for unlock in graph.unlocks(StepId(step)) {
                 match unlock {
                     Unlock::Range(range) => decrement(&mut pending, range),
                     Unlock::Group(group) => {
@@ -310,7 +312,7 @@ mod tests {
         let plan = graph.plan();
         let mut needs: Vec<Vec<u32>> = vec![Vec::new(); plan.step_count as usize];
         for up in 0..plan.step_count {
-            for range in graph.downstream_ranges(up) {
+            for range in graph.downstream_ranges(StepId(up)) {
                 for down in range.first..=range.last {
                     needs[down as usize].push(up);
                 }
@@ -349,7 +351,10 @@ mod tests {
              - name: b\n    op: noop@1.0.0\n    deps: [a]\n    sweep: {j: {from: 1, to: 5000}}\n",
         );
         assert_eq!(graph.dep_groups(), [(DepGroup { upstream: 0, partition: DepGroup::WHOLE }, 5000)]);
-        assert_eq!(graph.unlocks(17), [Unlock::Group(DepGroup { upstream: 0, partition: DepGroup::WHOLE })]);
+        assert_eq!(
+            graph.unlocks(StepId(17)),
+            [Unlock::Group(DepGroup { upstream: 0, partition: DepGroup::WHOLE })]
+        );
         assert_eq!(
             graph.group_ranges(DepGroup { upstream: 0, partition: DepGroup::WHOLE }),
             [StepRange::of(5000, 5000)]
@@ -364,14 +369,17 @@ mod tests {
              - name: b\n    op: noop@1.0.0\n    partitions: [x, y]\n    deps: [a]\n",
         );
         assert!(graph.dep_groups().is_empty());
-        assert_eq!(graph.unlocks(1), [Unlock::Range(StepRange::of(3, 1))]);
+        assert_eq!(graph.unlocks(StepId(1)), [Unlock::Range(StepRange::of(3, 1))]);
     }
 
     #[test]
     fn a_failure_skips_everything_downstream_and_no_more() {
         let graph = graph(MIXED);
         // Step 0 is a[x]{k=1}: b[x], then c and d.
-        assert_eq!(graph.skip_ranges(0), [StepRange::of(6, 1), StepRange::of(8, 1), StepRange::of(9, 2)]);
+        assert_eq!(
+            graph.skip_ranges(StepId(0)),
+            [StepRange::of(6, 1), StepRange::of(8, 1), StepRange::of(9, 2)]
+        );
     }
 
     proptest! {

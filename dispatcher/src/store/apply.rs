@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use opflow_protocol::{Event, EventKind, RunId};
+use opflow_protocol::{Event, EventKind, RunId, StepId};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -327,7 +327,7 @@ async fn apply_succeeded(
     events: &[&Event],
     deltas: &mut HashMap<Uuid, RunDelta>,
     applied: &mut HashSet<Uuid>,
-) -> Result<Vec<(Uuid, u32)>, StoreError> {
+) -> Result<Vec<(Uuid, StepId)>, StoreError> {
     let mut cols = StepColumns::default();
     let mut outputs = Vec::new();
     for e in events {
@@ -369,7 +369,7 @@ async fn apply_succeeded(
         delta.succeeded += 1;
         delta.started = true;
     }
-    Ok(rows.into_iter().map(|(run, step, _)| (run, step as u32)).collect())
+    Ok(rows.into_iter().map(|(run, step, _)| (run, StepId(step as u32))).collect())
 }
 
 /// Schedules retries or fails steps for good; returns the (run, step) pairs that failed
@@ -381,7 +381,7 @@ async fn apply_failed(
     store: &Store,
     deltas: &mut HashMap<Uuid, RunDelta>,
     applied: &mut HashSet<Uuid>,
-) -> Result<Vec<(Uuid, u32)>, StoreError> {
+) -> Result<Vec<(Uuid, StepId)>, StoreError> {
     let mut retry = StepColumns::default();
     let mut retry_at = Vec::new();
     let mut retry_errors = Vec::new();
@@ -392,7 +392,7 @@ async fn apply_failed(
             continue;
         };
         let plan = plans.get(store, e.run_id).await?;
-        let policy = plan.retry_policy(e.step_id.0);
+        let policy = plan.retry_policy(e.step_id);
         if *retryable && e.attempt <= policy.max_retries {
             let delay = retry_delay(policy.backoff, e.attempt);
             retry.push(e);
@@ -460,7 +460,7 @@ async fn apply_failed(
         delta.failed += 1;
         delta.started = true;
     }
-    Ok(rows.into_iter().map(|(run, step, _)| (run, step as u32)).collect())
+    Ok(rows.into_iter().map(|(run, step, _)| (run, StepId(step as u32))).collect())
 }
 
 /// When a retry `delay` from `now` is due. Delays are capped (`retry::MAX_RETRY_DELAY`), so

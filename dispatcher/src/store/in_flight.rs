@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use opflow_protocol::{OpRef, RunId};
+use opflow_protocol::{OpRef, RunId, StepId};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -15,7 +15,7 @@ use super::{Store, StoreError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StepAttempt {
     pub run_id: RunId,
-    pub step_id: u32,
+    pub step_id: StepId,
     pub attempt: u32,
 }
 
@@ -28,7 +28,7 @@ pub struct SilentStep {
 }
 
 fn attempt(run: Uuid, step: i32, attempt: i32) -> StepAttempt {
-    StepAttempt { run_id: RunId::from_uuid(run), step_id: step as u32, attempt: attempt as u32 }
+    StepAttempt { run_id: RunId::from_uuid(run), step_id: StepId(step as u32), attempt: attempt as u32 }
 }
 
 fn interval(d: Duration) -> String {
@@ -240,7 +240,7 @@ mod tests {
         .await;
         let silent = db.store.silent_running_steps(Duration::from_secs(60), 10).await.unwrap();
         assert_eq!(silent.len(), 1);
-        assert_eq!((silent[0].step.step_id, silent[0].worker.as_str()), (0, "noop@1.0.0/h/7"));
+        assert_eq!((silent[0].step.step_id, silent[0].worker.as_str()), (StepId(0), "noop@1.0.0/h/7"));
         assert!(db.store.silent_running_steps(Duration::from_secs(120), 10).await.unwrap().is_empty());
     }
 
@@ -254,6 +254,6 @@ mod tests {
         exec(&db, "DELETE FROM outbox WHERE run_id = $1", run).await;
         assert_eq!(db.store.published_queued_steps(&op, 100).await.unwrap(), 1);
         let oldest = db.store.oldest_published_queued_steps(&op, Duration::ZERO, 10).await.unwrap();
-        assert_eq!(oldest, [StepAttempt { run_id: run, step_id: 0, attempt: 1 }]);
+        assert_eq!(oldest, [StepAttempt { run_id: run, step_id: StepId(0), attempt: 1 }]);
     }
 }

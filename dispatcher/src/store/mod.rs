@@ -49,29 +49,16 @@ const UNIQUE_VIOLATION: &str = "23505";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("invalid database URL {url}: {source}")]
-    BadUrl {
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    #[error("invalid database URL {url}: {cause}")]
+    BadUrl { url: String, cause: sqlx::Error },
     #[error(
-        "cannot reach PostgreSQL at {url}: {source}; is it running? (start it with `pg_ctlcluster 15 main start`)"
+        "cannot reach PostgreSQL at {url}: {cause}; is it running? (start it with `pg_ctlcluster 15 main start`)"
     )]
-    Unreachable {
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
-    #[error("cannot create database `{database}` at {url}: {source}; create it yourself or grant CREATEDB")]
-    CreateDatabase {
-        database: String,
-        url: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    Unreachable { url: String, cause: sqlx::Error },
+    #[error("cannot create database `{database}` at {url}: {cause}; create it yourself or grant CREATEDB")]
+    CreateDatabase { database: String, url: String, cause: sqlx::Error },
     #[error("applying the opflow schema migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     #[error("cancelled while connecting to PostgreSQL")]
     Cancelled,
     #[error(
@@ -79,9 +66,23 @@ pub enum StoreError {
     )]
     KeyConflict { key: String, run_id: String },
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("run {0} is stored inconsistently: {1}")]
     Corrupt(String, String),
+}
+
+// The messages above quote their cause, so it is not also reported as `source()`: a cause
+// printed once, whether a log line shows the message or a CLI walks the chain.
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(error)
+    }
 }
 
 impl StoreError {
@@ -130,7 +131,7 @@ impl Store {
     pub async fn connect(url: &SecretUrl, cancel: &CancellationToken) -> Result<Self, StoreError> {
         let redacted = url.redacted();
         let options = PgConnectOptions::from_str(url.expose())
-            .map_err(|source| StoreError::BadUrl { url: redacted.clone(), source })?;
+            .map_err(|source| StoreError::BadUrl { url: redacted.clone(), cause: source })?;
         let options = options.application_name("opflow");
         let connect = || async {
             // One plain connection first: it fails at once with the real cause (refused,
@@ -140,9 +141,11 @@ impl Store {
                 Err(error) if sql_state(&error).as_deref() == Some(INVALID_CATALOG_NAME) => {
                     create_database(&options, &redacted).await?;
                 }
-                Err(source) => return Err(StoreError::Unreachable { url: redacted.clone(), source }),
+                Err(source) => return Err(StoreError::Unreachable { url: redacted.clone(), cause: source }),
                 Ok(probe) => {
-                    let _ = probe.close().await;
+                    if let Err(error) = probe.close().await {
+                        tracing::debug!(%error, "closing the probe connection failed");
+                    }
                 }
             }
             PgPoolOptions::new()
@@ -150,7 +153,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options.clone())
                 .await
-                .map_err(|source| StoreError::Unreachable { url: redacted.clone(), source })
+                .map_err(|source| StoreError::Unreachable { url: redacted.clone(), cause: source })
         };
         let backoff = opflow_process::backoff::reconnect().with_max_times(9);
         let attempt = connect.retry(backoff).when(|e| matches!(e, StoreError::Unreachable { .. })).notify(
@@ -205,8 +208,11 @@ fn sql_state(error: &sqlx::Error) -> Option<String> {
 /// Creates the database named in `options` through the server's `postgres` database.
 async fn create_database(options: &PgConnectOptions, redacted: &str) -> Result<(), StoreError> {
     let database = options.get_database().unwrap_or("opflow").to_owned();
-    let failed =
-        |source| StoreError::CreateDatabase { database: database.clone(), url: redacted.to_owned(), source };
+    let failed = |source| StoreError::CreateDatabase {
+        database: database.clone(),
+        url: redacted.to_owned(),
+        cause: source,
+    };
     if !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(failed(sqlx::Error::Protocol(format!(
             "database name `{database}` has characters opflow will not quote; use letters, digits, `_` and `-`"

@@ -4,7 +4,7 @@
 //! every message; if it dies first, the rows come back and are published again (the
 //! worker side tolerates the duplicate).
 
-use opflow_protocol::RunId;
+use opflow_protocol::{RunId, StepId};
 use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
@@ -15,7 +15,7 @@ use super::{Store, StoreError, run_plan::StepRange};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxEntry {
     pub run_id: RunId,
-    pub step_id: u32,
+    pub step_id: StepId,
     pub attempt: u32,
 }
 
@@ -49,7 +49,7 @@ impl Store {
             .map(|(run, step, attempt, current)| {
                 let entry = OutboxEntry {
                     run_id: RunId::from_uuid(run),
-                    step_id: step as u32,
+                    step_id: StepId(step as u32),
                     attempt: attempt as u32,
                 };
                 (entry, current)
@@ -87,7 +87,11 @@ impl OutboxBatch {
     }
 
     /// The outputs of the succeeded steps in `range`, by step id.
-    pub async fn outputs(&mut self, run: RunId, range: StepRange) -> Result<Vec<(u32, Value)>, StoreError> {
+    pub async fn outputs(
+        &mut self,
+        run: RunId,
+        range: StepRange,
+    ) -> Result<Vec<(StepId, Value)>, StoreError> {
         let rows: Vec<(i32, Option<Value>)> = sqlx::query_as(
             "SELECT id, output FROM steps
              WHERE run_id = $1 AND id BETWEEN $2 AND $3 AND status = 'succeeded'
@@ -98,7 +102,7 @@ impl OutboxBatch {
         .bind(range.last as i32)
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows.into_iter().map(|(id, output)| (id as u32, output.unwrap_or(Value::Null))).collect())
+        Ok(rows.into_iter().map(|(id, output)| (StepId(id as u32), output.unwrap_or(Value::Null))).collect())
     }
 
     /// Makes the batch's removal from the outbox permanent.

@@ -60,36 +60,36 @@ impl RunPlan {
         self.mode
     }
 
-    pub fn retry_policy(&self, step: u32) -> RetryPolicy {
+    pub fn retry_policy(&self, step: StepId) -> RetryPolicy {
         self.plan().assets[self.asset_index(step)].retry
     }
 
     /// The op version that runs `step`.
-    pub fn op(&self, step: u32) -> &OpRef {
+    pub fn op(&self, step: StepId) -> &OpRef {
         &self.ops[self.asset_index(step)]
     }
 
     /// The step's partition key and sweep point.
-    pub fn partition_and_point(&self, step: u32) -> (Option<&str>, Map<String, Value>) {
+    pub fn partition_and_point(&self, step: StepId) -> (Option<&str>, Map<String, Value>) {
         let (index, within, _) = self.locate(step);
         let spec = self.plan().assets[index].step(within);
         (spec.partition, spec.point)
     }
 
     /// `asset[partition]{point}` of a step.
-    pub fn label(&self, step: u32) -> String {
+    pub fn label(&self, step: StepId) -> String {
         let (index, _, _) = self.locate(step);
         let (partition, point) = self.partition_and_point(step);
         step_label(&self.plan().assets[index].name, partition, &point)
     }
 
     /// The message for one attempt of `step`, without its inputs.
-    pub fn message(&self, run_id: RunId, step: u32, attempt: u32) -> StepMessage {
+    pub fn message(&self, run_id: RunId, step: StepId, attempt: u32) -> StepMessage {
         let index = self.asset_index(step);
         let asset = &self.plan().assets[index];
         let (partition, point) = self.partition_and_point(step);
         let mut message =
-            StepMessage::new(run_id, StepId(step), attempt, self.ops[index].clone(), asset.name.clone());
+            StepMessage::new(run_id, step, attempt, self.ops[index].clone(), asset.name.clone());
         message.partition = partition.map(str::to_owned);
         message.point = point;
         message.config = asset.config.clone();

@@ -2,7 +2,7 @@
 //! its state and outputs.
 
 use chrono::{DateTime, Utc};
-use opflow_protocol::RunId;
+use opflow_protocol::{RunId, StepId};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -96,7 +96,7 @@ pub struct RunSummary {
 
 #[derive(Debug, Clone)]
 pub struct StepFailure {
-    pub step_id: u32,
+    pub step_id: StepId,
     pub asset: String,
     pub attempt: i32,
     pub error: String,
@@ -340,7 +340,7 @@ impl Store {
             failures: failures
                 .into_iter()
                 .map(|(id, asset, attempt, error)| StepFailure {
-                    step_id: id as u32,
+                    step_id: StepId(id as u32),
                     asset,
                     attempt,
                     error: error.unwrap_or_default(),
