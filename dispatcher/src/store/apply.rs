@@ -711,7 +711,7 @@ impl Store {
 mod tests {
     use std::path::Path;
 
-    use opflow_protocol::{Event, EventKind, StepId};
+    use opflow_protocol::{Event, EventKind, RunId, StepId};
     use serde_json::json;
 
     use super::*;
@@ -719,6 +719,106 @@ mod tests {
         plan::{self, RegisteredOp},
         store::testing::TestDb,
     };
+
+    async fn one_step_run(db: &TestDb, retry_max: u32) -> RunId {
+        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+        let source = format!(
+            "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    retry: {{max: {retry_max}, backoff: 10m}}\n"
+        );
+        let plan = plan::compile(&source, Path::new("p.yaml"), &registered).unwrap();
+        db.store.submit_run(&plan, "p.yaml", &source, None).await.unwrap().run_id
+    }
+
+    fn event(run: RunId, attempt: u32, kind: EventKind) -> StorableEvent {
+        Event::new(run, StepId(0), attempt, "noop@1.0.0/h/1", kind).into()
+    }
+
+    fn ok() -> EventKind {
+        EventKind::Succeeded { output: json!({"ok": true}) }
+    }
+
+    /// The step's status and attempt, the run's status and counters (succeeded, failed), and
+    /// how many of its events are recorded and applied.
+    async fn state(db: &TestDb, run: RunId) -> (String, i32, String, i32, i32, i64, i64) {
+        sqlx::query_as(
+            "SELECT s.status::text, s.attempt, r.status::text, r.steps_succeeded, r.steps_failed,
+                    (SELECT count(*) FROM events e WHERE e.run_id = r.id),
+                    (SELECT count(*) FROM events e WHERE e.run_id = r.id AND e.applied)
+             FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.run_id = $1",
+        )
+        .bind(run.as_uuid())
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_event_is_recorded_once_and_changes_nothing() {
+        let db = TestDb::new("duplicate_event").await;
+        let run = one_step_run(&db, 0).await;
+        let plans = PlanCache::default();
+        let success = event(run, 1, ok());
+        let first = db.store.apply_events(std::slice::from_ref(&success), &plans).await.unwrap();
+        assert_eq!(first.finished.len(), 1);
+        let again = db.store.apply_events(&[success.clone(), success], &plans).await.unwrap();
+        assert_eq!(again.duplicates, 2);
+        assert!(again.finished.is_empty(), "a run ends once");
+        assert_eq!(state(&db, run).await, ("succeeded".into(), 1, "succeeded".into(), 1, 0, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_late_result_of_a_retried_attempt_is_ignored() {
+        let db = TestDb::new("stale_attempt").await;
+        let run = one_step_run(&db, 1).await;
+        let plans = PlanCache::default();
+        let failed = event(run, 1, EventKind::Failed { error: "flaky".into(), retryable: true });
+        db.store.apply_events(&[failed], &plans).await.unwrap();
+        // Attempt 1 is retried as attempt 2; a success of attempt 1 arrives late.
+        let late = db.store.apply_events(&[event(run, 1, ok())], &plans).await.unwrap();
+        assert!(late.finished.is_empty());
+        assert_eq!(state(&db, run).await, ("retrying".into(), 2, "running".into(), 0, 0, 2, 1));
+        // Not even attempt 2's result counts before attempt 2 was queued; once it is, it does.
+        db.store.apply_events(&[event(run, 2, ok())], &plans).await.unwrap();
+        assert_eq!(state(&db, run).await.0, "retrying");
+        sqlx::query("UPDATE steps SET next_attempt_at = now() - interval '1 second' WHERE run_id = $1")
+            .bind(run.as_uuid())
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(db.store.release_due_retries().await.unwrap(), 1);
+        db.store.apply_events(&[event(run, 2, ok())], &plans).await.unwrap();
+        assert_eq!(state(&db, run).await, ("succeeded".into(), 2, "succeeded".into(), 1, 0, 4, 2));
+    }
+
+    #[tokio::test]
+    async fn a_success_and_a_failure_of_one_attempt_in_one_batch_count_once() {
+        let db = TestDb::new("success_and_failure").await;
+        for order in [[0, 1], [1, 0]] {
+            let run = one_step_run(&db, 0).await;
+            let events = [
+                event(run, 1, EventKind::Failed { error: "boom".into(), retryable: false }),
+                event(run, 1, ok()),
+            ];
+            let batch: Vec<StorableEvent> = order.iter().map(|&i| events[i].clone()).collect();
+            let outcome = db.store.apply_events(&batch, &PlanCache::default()).await.unwrap();
+            assert_eq!(outcome.finished.len(), 1, "the run ends once");
+            let (step, _, status, succeeded, failed, recorded, applied) = state(&db, run).await;
+            // Whichever the order, exactly one result counts: the success.
+            assert_eq!((step.as_str(), status.as_str(), succeeded, failed), ("succeeded", "succeeded", 1, 0));
+            assert_eq!((recorded, applied), (2, 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_after_the_result_changes_nothing() {
+        let db = TestDb::new("late_start").await;
+        let run = one_step_run(&db, 0).await;
+        let plans = PlanCache::default();
+        db.store.apply_events(&[event(run, 1, ok())], &plans).await.unwrap();
+        let op = "noop@1.0.0".parse().unwrap();
+        db.store.apply_events(&[event(run, 1, EventKind::Started { op })], &plans).await.unwrap();
+        assert_eq!(state(&db, run).await, ("succeeded".into(), 1, "succeeded".into(), 1, 0, 2, 1));
+    }
 
     /// Row updates of `steps` so far, as PostgreSQL's statistics count them.
     async fn step_updates(db: &TestDb) -> i64 {
