@@ -141,9 +141,10 @@ impl Applier {
             Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(error)) if error.is_transient() => Err(Failure::Outage(error)),
             Ok(Err(error)) => Err(Failure::Refused(error.to_string())),
-            Err(panic) => {
-                Err(Failure::Refused(format!("the dispatcher panicked: {}", panic_message(&*panic))))
-            }
+            Err(panic) => Err(Failure::Refused(format!(
+                "the dispatcher panicked: {}",
+                opflow_process::panic::message(&*panic)
+            ))),
         }
     }
 
@@ -188,7 +189,7 @@ impl Applier {
                     return Some(false);
                 }
                 Err(panic) => {
-                    tracing::error!(run_id = %event.run_id, panic = panic_message(&*panic),
+                    tracing::error!(run_id = %event.run_id, panic = opflow_process::panic::message(&*panic),
                         "cannot fail the run either; giving the event up");
                     return Some(false);
                 }
@@ -215,17 +216,6 @@ fn merge(into: &mut ApplyOutcome, more: ApplyOutcome, offset: usize) {
     into.duplicates += more.duplicates;
     into.newly_queued += more.newly_queued;
     into.finished.extend(more.finished);
-}
-
-/// The text of a panic's payload.
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-text panic payload".to_owned()
-    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@
 //! - [`redact`]: connection URLs without their passwords, for logs and errors.
 //! - [`secret`]: [`SecretUrl`], a URL that prints redacted wherever it goes.
 //! - [`backoff`]: the one set of backoff settings, and reconnect pacing.
+//! - [`panic`]: a caught panic as a message.
 //! - [`shutdown`]: SIGTERM and Ctrl-C as a cancellation token, the start of a drain.
 
 pub mod backoff;
+pub mod panic;
 pub mod redact;
 pub mod secret;
 pub mod shutdown;

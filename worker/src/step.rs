@@ -302,20 +302,11 @@ fn handler_result(
 ) -> Result<Value, StepError> {
     match joined {
         Ok(result) => result,
-        Err(error) if error.is_panic() => {
-            Err(StepError::Fatal(format!("the handler panicked: {}", panic_message(error.into_panic()))))
-        }
+        Err(error) if error.is_panic() => Err(StepError::Fatal(format!(
+            "the handler panicked: {}",
+            opflow_process::panic::message(&*error.into_panic())
+        ))),
         Err(_) => Err(StepError::Retryable("the handler task was cancelled".into())),
-    }
-}
-
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-text panic payload".to_owned()
     }
 }
 
@@ -341,12 +332,5 @@ mod tests {
         let big = json!("x".repeat(MAX_OUTPUT_BYTES + 1));
         let error = output_size_error(&big).unwrap();
         assert!(error.contains("64 KiB") && error.contains("reference"), "{error}");
-    }
-
-    #[test]
-    fn panic_payloads_become_messages() {
-        assert_eq!(panic_message(Box::new("boom")), "boom");
-        assert_eq!(panic_message(Box::new(String::from("bang"))), "bang");
-        assert_eq!(panic_message(Box::new(42)), "a non-text panic payload");
     }
 }

@@ -204,7 +204,7 @@ impl StepPublisher {
                     continue;
                 }
                 Err(panic) => {
-                    let panic = crate::isolation::panic_message(&*panic);
+                    let panic = opflow_process::panic::message(&*panic);
                     failures.push(fail(
                         format!("the dispatcher panicked building this step's message (a bug): {panic}"),
                         false,
