@@ -19,11 +19,13 @@
 //! - [`service`]: the dispatcher service wiring, reconnection and drain.
 //! - [`leader`]: leadership among dispatchers sharing a database (the lease).
 //! - [`supervise`]: worker processes for `opflow up`.
+//! - [`autoscale`]: `opflow up`'s autoscaler, by KEDA's rule.
 //! - [`config`]: layered settings.
 //! - [`cli`]: the `opflow` commands.
 //! - [`bench`]: `opflow bench`, the platform measured against the broker alone.
 
 pub mod api;
+pub mod autoscale;
 pub mod bench;
 pub mod broker;
 pub mod cli;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, ApiState, Readiness, Role},
+    autoscale::Wakeups,
     broker::{dead_letter::DeadLetterConsumer, events::EventConsumer, publish::StepPublisher},
     config::Settings,
     isolation::Applier,
@@ -68,7 +69,7 @@ async fn declare_topology(settings: &Settings, store: &Store, connection: &Conne
 /// part of it fails on its own.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (store, connection) = connect(&settings, &shutdown).await?;
-    run_connected(settings, store, connection, shutdown).await
+    run_connected(settings, store, connection, None, shutdown).await
 }
 
 /// An error that reconnecting cannot cure: the dispatcher stops with it.
@@ -83,6 +84,8 @@ struct Shared {
     plans: Arc<PlanCache>,
     wake: Arc<Notify>,
     readiness: Readiness,
+    /// The autoscaler running in this process (`opflow up`), told of every op published to.
+    wakeups: Option<Arc<Wakeups>>,
 }
 
 /// As [`run`], with the store and broker connection already open (see [`connect`]).
@@ -94,6 +97,7 @@ pub async fn run_connected(
     settings: Settings,
     store: Store,
     connection: Connection,
+    wakeups: Option<Arc<Wakeups>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let readiness = Readiness::default();
@@ -128,6 +132,7 @@ pub async fn run_connected(
         plans: Arc::new(PlanCache::default()),
         wake: Arc::new(Notify::new()),
         readiness,
+        wakeups,
     };
     let leading = shared.lead_while_leased(connection, &shutdown);
     tokio::pin!(leading);
@@ -308,6 +313,7 @@ impl Shared {
         let publisher = StepPublisher {
             store: self.store.clone(),
             plans: self.plans.clone(),
+            wakeups: self.wakeups.clone(),
             applier: applier.clone(),
             publisher,
             batch_size: self.settings.publish_batch.max(1),

@@ -299,7 +299,8 @@ async fn fill_queue(env: &Env, queue: &str) -> anyhow::Result<()> {
 /// one), with `env_vars` added to its (and its workers') environment.
 fn spawn_up(env: &Env, env_vars: &[(&str, &str)]) -> anyhow::Result<Child> {
     let mut command = env.command(&opflow_integration::binary("opflow")?);
-    command.arg("up");
+    // A fixed fleet of one worker per op: these cases are about supervision, not scaling.
+    command.args(["up", "--workers", "1"]);
     for op in ["noop", HEALTHY_OP] {
         command.arg(opflow_integration::binary(op)?);
     }

@@ -13,7 +13,7 @@ async fn a_worker_that_dies_is_restarted_and_ctrl_c_drains_everything() -> anyho
     let noop = binary("noop")?;
     let mut up = env
         .command(&binary("opflow")?)
-        .args(["up", noop.to_str().context("utf-8")?])
+        .args(["up", "--workers", "1", noop.to_str().context("utf-8")?])
         .stdout(std::process::Stdio::null())
         .spawn()?;
     let up_pid = up.id().context("opflow up is running")?;
@@ -58,7 +58,7 @@ async fn a_second_signal_stops_everything_at_once() -> anyhow::Result<()> {
     // A drain would wait for the step in hand, up to a minute.
     let mut up = env
         .command(&binary("opflow")?)
-        .args(["up", noop.to_str().context("utf-8")?])
+        .args(["up", "--workers", "1", noop.to_str().context("utf-8")?])
         .env("OPFLOW_DRAIN_TIMEOUT_SECS", "120")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

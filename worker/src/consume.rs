@@ -118,7 +118,13 @@ impl Worker {
                     }
                     return SessionEnd::Recycle;
                 }
-                Ok(Settled { recycle: false }) if consuming => {}
+                Ok(Settled { recycle: false }) if consuming => {
+                    if let Some(why) = self.retirement.step_settled() {
+                        tracing::info!(%why, "retiring: no more steps for this worker; its supervisor starts a fresh one");
+                        stop_consuming(channel, &self.id).await;
+                        return SessionEnd::Shutdown;
+                    }
+                }
                 // Shutdown stopped consuming during the step; a message that arrived in
                 // the meantime goes back to the queue when the channel closes.
                 Ok(Settled { recycle: false }) => return SessionEnd::Shutdown,

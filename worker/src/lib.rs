@@ -35,6 +35,7 @@
 //! - `cli`: the command line of an op binary and [`Op::main`].
 //! - [`context`]: what a handler sees ([`StepContext`]).
 //! - [`error`]: [`StepError`], whose variant carries the retry decision.
+//! - `retire`: worker recycling after so many steps or so much memory.
 //! - `cancel`: run cancellation as the worker learns it (the cancels stream).
 //! - `session`: broker sessions, one connection at a time, reconnecting.
 //! - `consume`: the consume loop, one delivery at a time.
@@ -50,6 +51,7 @@ pub mod error;
 pub mod lease;
 pub mod op;
 pub mod report;
+mod retire;
 mod session;
 mod step;
 

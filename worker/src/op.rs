@@ -54,6 +54,15 @@ pub struct WorkerSettings {
     /// Log line format on stderr
     #[arg(long, env = "OPFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+
+    /// Exit 0 after this many steps (the last one settled), for the supervisor to start a
+    /// fresh process: recycling
+    #[arg(long, env = "OPFLOW_MAX_STEPS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_steps: Option<u32>,
+
+    /// Exit 0 once resident memory passes this many MiB (after the step in hand settles)
+    #[arg(long, env = "OPFLOW_MAX_RSS_MB", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rss_mb: Option<u32>,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {

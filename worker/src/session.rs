@@ -24,6 +24,7 @@ use crate::{
     consume::SessionEnd,
     op::{OpSpec, WorkerSettings},
     report::Reporter,
+    retire::Retirement,
     step::Worker,
 };
 
@@ -53,6 +54,8 @@ pub(crate) async fn run(
     let mut reconnect = opflow_process::backoff::Reconnect::default();
     let unsent = Arc::new(std::sync::Mutex::new(Vec::new()));
     let cancels = Cancels::default();
+    // One count for the whole process, across reconnects.
+    let retirement = Retirement::new(settings.max_steps, settings.max_rss_mb);
     loop {
         let connection = match opflow_amqp::connect(&settings.amqp_url, &id, retry, &shutdown).await {
             Ok(connection) => connection,
@@ -68,6 +71,7 @@ pub(crate) async fn run(
             heartbeat: settings.heartbeat,
             stop_grace: settings.stop_grace,
             cancels: cancels.clone(),
+            retirement: retirement.clone(),
             id: &id,
             unsent: unsent.clone(),
         };
@@ -100,6 +104,7 @@ struct Session<'a> {
     heartbeat: Duration,
     stop_grace: Duration,
     cancels: Cancels,
+    retirement: Retirement,
     id: &'a str,
     unsent: Arc<std::sync::Mutex<Vec<Event>>>,
 }
@@ -141,6 +146,7 @@ impl Session<'_> {
             heartbeat: self.heartbeat,
             stop_grace: self.stop_grace,
             cancels: self.cancels.clone(),
+            retirement: self.retirement.clone(),
             id: self.id.to_owned(),
             reporter,
             shutdown: shutdown.clone(),

@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::{
     MAX_OUTPUT_BYTES, cancel::Cancels, context::StepContext, error::StepError, lease::StepLease, op::OpSpec,
-    report::Reporter,
+    report::Reporter, retire::Retirement,
 };
 
 /// What every step of one broker session shares.
@@ -46,6 +46,8 @@ pub(crate) struct Worker {
     /// Reports that could not be published before the session was lost; the next session
     /// publishes them first.
     pub(crate) unsent: Arc<std::sync::Mutex<Vec<Event>>>,
+    /// When this worker retires (recycling).
+    pub(crate) retirement: Retirement,
 }
 
 /// A step still running after this long reports `started`; a quicker one reports only

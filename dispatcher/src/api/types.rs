@@ -174,10 +174,26 @@ pub struct OpVersion {
     pub delivery_limit: i32,
     pub summary: String,
     pub registered_at: DateTime<Utc>,
+    /// Workers running, as the autoscaler last saw (absent before it ever ran).
+    pub replicas: Option<i32>,
+    /// Workers the autoscaler last decided on.
+    pub desired: Option<i32>,
+    /// minReplicaCount and maxReplicaCount.
+    pub min: i32,
+    pub max: i32,
+    /// value: messages per replica.
+    pub value: i32,
+    /// activationValue.
+    pub activation: i32,
+    pub polling_secs: i32,
+    pub cooldown_secs: i32,
+    pub max_steps: Option<i32>,
+    pub max_rss_mb: Option<i32>,
 }
 
 impl From<store::ops::RegisteredOpRow> for OpVersion {
     fn from(r: store::ops::RegisteredOpRow) -> Self {
+        let s = r.scaling;
         Self {
             name: r.name,
             version: r.version,
@@ -186,6 +202,16 @@ impl From<store::ops::RegisteredOpRow> for OpVersion {
             delivery_limit: r.delivery_limit,
             summary: r.summary,
             registered_at: r.registered_at,
+            replicas: r.replicas,
+            desired: r.desired,
+            min: s.min_replicas,
+            max: s.max_replicas,
+            value: s.target_value,
+            activation: s.activation_value,
+            polling_secs: s.polling_secs,
+            cooldown_secs: s.cooldown_secs,
+            max_steps: s.max_steps,
+            max_rss_mb: s.max_rss_mb,
         }
     }
 }

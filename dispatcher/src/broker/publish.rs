@@ -18,6 +18,7 @@ use crate::store::{
     run_plan::{PlanCache, RunPlan, StepRange},
 };
 use crate::{
+    autoscale::Wakeups,
     isolation::{Applier, dispatcher_failure},
     store::storable::StorableEvent,
 };
@@ -41,6 +42,8 @@ pub enum PublisherError {
 pub struct StepPublisher {
     pub store: Store,
     pub plans: Arc<PlanCache>,
+    /// Told of every op published to, when an autoscaler runs in this process.
+    pub wakeups: Option<Arc<Wakeups>>,
     /// Applies the failures the publisher decides (unroutable, inputs too large).
     pub applier: Applier,
     pub publisher: Publisher,
@@ -238,10 +241,10 @@ impl StepPublisher {
             // Memory stays bounded: a window of large messages is confirmed before more
             // are built.
             if window.bytes > MAX_WINDOW_BYTES {
-                window.settle(&mut failures, &(fail_confirm as FailConfirm)).await?;
+                window.settle(&mut failures, &(fail_confirm as FailConfirm), self.wakeups.as_deref()).await?;
             }
         }
-        window.settle(&mut failures, &(fail_confirm as FailConfirm)).await?;
+        window.settle(&mut failures, &(fail_confirm as FailConfirm), self.wakeups.as_deref()).await?;
         // Failures first: if we crash between the two commits, the outbox rows return but
         // their steps are no longer queued, so they are dropped rather than published.
         if !failures.is_empty() && self.applier.apply(&failures, cancel).await.is_none() {
@@ -309,10 +312,16 @@ impl ConfirmWindow {
         &mut self,
         failures: &mut Vec<StorableEvent>,
         fail: &FailConfirm,
+        wakeups: Option<&Wakeups>,
     ) -> Result<(), PublisherError> {
         self.bytes = 0;
         for (entry, op, pending) in self.pending.drain(..) {
-            let Err(error) = pending.wait().await else { continue };
+            let Err(error) = pending.wait().await else {
+                if let Some(wakeups) = wakeups {
+                    wakeups.published(&op);
+                }
+                continue;
+            };
             let Some((reason, retryable)) = fail(&op, &error) else {
                 return Err(error.into());
             };

@@ -1,19 +1,19 @@
 //! `opflow ops add` and `opflow ops list`.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Subcommand;
 use opflow_amqp::{OpQueueSettings, QueueKind, connect::ConnectRetry};
-use opflow_protocol::queue;
+use opflow_protocol::{OpRef, queue};
 use tokio_util::sync::CancellationToken;
 
-use super::InvalidInput;
+use super::{InvalidInput, render};
 use crate::{
     config::Settings,
     consumer_timeout,
     register::{self, RegisterError},
-    store::ops::Registration,
+    store::ops::{Registration, ScaleSettings},
 };
 
 #[derive(Debug, Subcommand)]
@@ -29,7 +29,37 @@ pub enum OpsCommand {
         #[arg(long, default_value_t = OpQueueSettings::default().delivery_limit)]
         delivery_limit: u32,
     },
-    /// List registered op versions
+    /// Set how an op version's workers scale from zero (KEDA's RabbitMQ scaler's rule and
+    /// names; `opflow up` applies them, and the Helm chart renders them) and recycle
+    Scale {
+        /// The op version, e.g. noop@1.1.0
+        op: String,
+        /// minReplicaCount: workers kept even when idle
+        #[arg(long)]
+        min: Option<u32>,
+        /// maxReplicaCount
+        #[arg(long)]
+        max: Option<u32>,
+        /// value: ready + unacknowledged messages per replica
+        #[arg(long)]
+        value: Option<u32>,
+        /// activationValue: more messages than this wake the op at zero
+        #[arg(long)]
+        activation: Option<u32>,
+        /// pollingInterval, e.g. 5s
+        #[arg(long, value_parser = duration)]
+        polling: Option<Duration>,
+        /// cooldownPeriod: idle this long before scaling to zero, e.g. 5m
+        #[arg(long, value_parser = duration)]
+        cooldown: Option<Duration>,
+        /// A worker exits (and is replaced) after this many steps; 0 clears it
+        #[arg(long)]
+        max_steps: Option<u32>,
+        /// A worker exits (and is replaced) once its resident memory passes this many MiB; 0 clears it
+        #[arg(long)]
+        max_rss_mb: Option<u32>,
+    },
+    /// List registered op versions, their scaling settings, and their workers
     List {
         /// Print JSON instead of a table
         #[arg(long)]
@@ -99,6 +129,38 @@ pub async fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
+        OpsCommand::Scale { op, min, max, value, activation, polling, cooldown, max_steps, max_rss_mb } => {
+            let op: OpRef = op.parse().map_err(|e| InvalidInput(format!("`{op}`: {e}")))?;
+            let store = super::store(settings, cancel).await?;
+            let Some(mut scaling) = store.scale_settings(&op).await? else {
+                return Err(InvalidInput(format!(
+                    "op {op} is not registered; `opflow ops list` shows the registered versions"
+                ))
+                .into());
+            };
+            let set = |value: Option<u32>, into: &mut i32| {
+                if let Some(value) = value {
+                    *into = value.min(i32::MAX as u32) as i32;
+                }
+            };
+            set(min, &mut scaling.min_replicas);
+            set(max, &mut scaling.max_replicas);
+            set(value, &mut scaling.target_value);
+            set(activation, &mut scaling.activation_value);
+            set(polling.map(|d| d.as_secs() as u32), &mut scaling.polling_secs);
+            set(cooldown.map(|d| d.as_secs() as u32), &mut scaling.cooldown_secs);
+            let optional = |value: Option<u32>, into: &mut Option<i32>| {
+                if let Some(value) = value {
+                    *into = (value > 0).then_some(value.min(i32::MAX as u32) as i32);
+                }
+            };
+            optional(max_steps, &mut scaling.max_steps);
+            optional(max_rss_mb, &mut scaling.max_rss_mb);
+            check_scaling(&scaling).map_err(InvalidInput)?;
+            store.set_scale_settings(&op, scaling).await?;
+            println!("{op}: {}", describe_scaling(&scaling));
+            Ok(ExitCode::SUCCESS)
+        }
         OpsCommand::List { json } => {
             let store = super::store(settings, cancel).await?;
             let ops = store.list_ops().await?;
@@ -108,13 +170,59 @@ pub async fn run(
             } else if ops.is_empty() {
                 println!("no ops registered; register one with `opflow ops add <op binary>`");
             } else {
-                let width = ops.iter().map(|o| o.name.len() + o.version.len() + 1).max().unwrap_or(0);
-                for op in ops {
-                    let id = format!("{}@{}", op.name, op.version);
-                    println!("{id:width$}  {:8} {}", op.queue_type, op.summary);
-                }
+                let count = |n: Option<i32>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+                let rows: Vec<[String; 6]> = ops
+                    .iter()
+                    .map(|op| {
+                        [
+                            format!("{}@{}", op.name, op.version),
+                            op.queue_type.clone(),
+                            count(op.replicas),
+                            count(op.desired),
+                            describe_scaling(&op.scaling),
+                            op.summary.clone(),
+                        ]
+                    })
+                    .collect();
+                render::table(&["OP", "QUEUE", "REPLICAS", "DESIRED", "SCALING", "SUMMARY"], &rows);
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 5s or 5m: {e}"))
+}
+
+/// Refuses settings no autoscaler could follow.
+fn check_scaling(s: &ScaleSettings) -> Result<(), String> {
+    if s.max_replicas < 1 {
+        return Err(format!("--max {} must be at least 1", s.max_replicas));
+    }
+    if s.min_replicas > s.max_replicas {
+        return Err(format!("--min {} is over --max {}", s.min_replicas, s.max_replicas));
+    }
+    if s.target_value < 1 {
+        return Err("--value must be at least 1 message per replica".into());
+    }
+    if s.polling_secs < 1 {
+        return Err("--polling must be at least 1s".into());
+    }
+    Ok(())
+}
+
+/// The settings on one line, in KEDA's names.
+fn describe_scaling(s: &ScaleSettings) -> String {
+    let mut text = format!(
+        "min {} max {} value {} activation {} polling {}s cooldown {}s",
+        s.min_replicas, s.max_replicas, s.target_value, s.activation_value, s.polling_secs, s.cooldown_secs
+    );
+    if let Some(steps) = s.max_steps {
+        text.push_str(&format!(" max-steps {steps}"));
+    }
+    if let Some(mb) = s.max_rss_mb {
+        text.push_str(&format!(" max-rss {mb}MiB"));
+    }
+    text
 }

@@ -3,7 +3,7 @@
 //! Ctrl-C (or when `--run` is done) drains the workers first, then the dispatcher, so
 //! every event a worker sends on its way out is still applied.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
 use clap::Args;
@@ -12,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{InvalidInput, render, run};
 use crate::{
+    autoscale::{Autoscaler, Mode, Wakeups},
     config::Settings,
     register, service,
     submit::{self, SubmitError},
-    supervise::{self, WorkerEnv, WorkerGroup},
+    supervise::{Fleet, WorkerEnv, WorkerGroup},
 };
 
 /// The example ops `opflow up` runs when given none.
@@ -26,9 +27,10 @@ pub struct UpArgs {
     /// Op binaries to register and run [default: the example ops next to this opflow binary]
     #[arg(value_name = "OP_BINARY")]
     pub ops: Vec<PathBuf>,
-    /// Worker processes per op
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub workers: u32,
+    /// A fixed fleet: this many worker processes per op, always (for benchmarks). Without
+    /// it, each op scales from zero with its queue, by its `opflow ops scale` settings
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: Option<u32>,
     /// Once everything is up, submit this plan, wait for it, print its results, then stop
     /// (exit code as `opflow run --wait`)
     #[arg(long, value_name = "PLAN")]
@@ -63,18 +65,20 @@ pub async fn up(
         let (description, _) = register::register(&store, &channel, &binary, OpQueueSettings::default())
             .await
             .with_context(|| format!("registering {}", binary.display()))?;
-        tracing::info!(op = %description.op, binary = %binary.display(), workers = args.workers, "op registered");
-        groups.push(WorkerGroup { op: description.op, binary, replicas: args.workers });
+        tracing::info!(op = %description.op, binary = %binary.display(), "op registered");
+        groups.push(WorkerGroup { op: description.op, binary });
     }
     if let Err(error) = channel.close(200, "ops registered".into()).await {
         tracing::debug!(%error, "closing the registration channel failed");
     }
 
+    let wakeups = Arc::new(Wakeups::default());
     let dispatcher_stop = CancellationToken::new();
     let mut dispatcher = tokio::spawn(service::run_connected(
         settings.clone(),
         store.clone(),
         connection,
+        Some(wakeups.clone()),
         dispatcher_stop.clone(),
     ));
     let workers_stop = CancellationToken::new();
@@ -83,10 +87,20 @@ pub async fn up(
         log_format,
         drain_timeout: settings.drain_timeout(),
     };
-    let workers = tokio::spawn(supervise::supervise(groups, env, workers_stop.clone()));
+    let fleets = groups.into_iter().map(|group| Fleet::new(group, env.clone())).collect();
+    let mode = match args.workers {
+        Some(n) => Mode::Fixed(n),
+        None => Mode::Auto,
+    };
+    let autoscaler = Autoscaler { store: store.clone(), amqp_url: settings.amqp_url.clone(), mode, wakeups };
+    let workers = tokio::spawn(autoscaler.run(fleets, workers_stop.clone()));
+    let fleet = match args.workers {
+        Some(n) => format!("{n} worker(s) per op"),
+        None => "workers scale from zero with their queues (`opflow ops list` shows them)".to_owned(),
+    };
     eprintln!(
-        "opflow is up: API http://{}, {} worker(s) per op; submit with `opflow run <plan> --wait`; Ctrl-C stops",
-        settings.api_addr, args.workers
+        "opflow is up: API http://{}, {fleet}; submit with `opflow run <plan> --wait`; Ctrl-C stops",
+        settings.api_addr
     );
 
     let outcome: anyhow::Result<ExitCode> = tokio::select! {

@@ -35,7 +35,45 @@ fn interval(d: Duration) -> String {
     format!("{} milliseconds", d.as_millis())
 }
 
+/// What an op version's queue does not show by itself: its steps that workers hold, and
+/// those about to be queued. For the autoscaler and the demand forecast.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpDemand {
+    /// Steps running on a worker of the op (their messages are unacked).
+    pub running: u64,
+    /// The workers running them (`name@version/host/pid`).
+    pub busy_workers: Vec<String>,
+    /// Steps waiting whose upstream assets have nothing waiting themselves: their upstream
+    /// work is queued or running, so they become ready soon.
+    pub forecast: u64,
+}
+
 impl Store {
+    /// See [`OpDemand`].
+    pub async fn op_demand(&self, op: &OpRef) -> Result<OpDemand, StoreError> {
+        let (running, busy_workers, forecast): (i64, Vec<String>, i64) = sqlx::query_as(
+            "WITH running AS (
+                 SELECT s.worker FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                 WHERE s.status = 'running' AND a.op_name = $1 AND a.op_version = $2
+             ), waiting AS (
+                 SELECT run_id, asset, count(*) AS n FROM steps WHERE status = 'waiting' GROUP BY run_id, asset
+             )
+             SELECT (SELECT count(*) FROM running),
+                    (SELECT coalesce(array_agg(DISTINCT worker) FILTER (WHERE worker IS NOT NULL), '{}') FROM running),
+                    (SELECT coalesce(sum(w.n), 0)::bigint FROM waiting w
+                     JOIN run_assets a ON a.run_id = w.run_id AND a.idx = w.asset
+                     WHERE a.op_name = $1 AND a.op_version = $2
+                       AND NOT EXISTS (
+                           SELECT 1 FROM jsonb_array_elements(a.deps) d
+                           JOIN waiting u ON u.run_id = w.run_id AND u.asset = (d->>'upstream')::int))",
+        )
+        .bind(op.name.as_str())
+        .bind(op.version.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OpDemand { running: running.max(0) as u64, busy_workers, forecast: forecast.max(0) as u64 })
+    }
+
     /// Running steps whose last heartbeat (or start) is older than `silent_for`.
     pub async fn silent_running_steps(
         &self,
@@ -242,6 +280,26 @@ mod tests {
         assert_eq!(silent.len(), 1);
         assert_eq!((silent[0].step.step_id, silent[0].worker.as_str()), (StepId(0), "noop@1.0.0/h/7"));
         assert!(db.store.silent_running_steps(Duration::from_secs(120), 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn demand_counts_running_steps_their_workers_and_steps_about_to_be_ready() {
+        let db = TestDb::new("demand").await;
+        let run = chain(&db).await;
+        let op: OpRef = "noop@1.0.0".parse().unwrap();
+        // `a` is queued, `b` waits on it: `b` is forecast.
+        assert_eq!(
+            db.store.op_demand(&op).await.unwrap(),
+            OpDemand { running: 0, busy_workers: vec![], forecast: 1 }
+        );
+        exec(
+            &db,
+            "UPDATE steps SET status = 'running', worker = 'noop@1.0.0/h/9' WHERE run_id = $1 AND id = 0",
+            run,
+        )
+        .await;
+        let demand = db.store.op_demand(&op).await.unwrap();
+        assert_eq!(demand, OpDemand { running: 1, busy_workers: vec!["noop@1.0.0/h/9".into()], forecast: 1 });
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! The op registry: which op versions exist and how their queues are declared. Plans
-//! resolve `name@requirement` against it.
+//! The op registry: which op versions exist, how their queues are declared, and how their
+//! workers scale. Plans resolve `name@requirement` against it.
 
 use opflow_amqp::{OpQueueSettings, QueueKind};
 use opflow_protocol::{OpDescription, OpRef, queue};
@@ -16,6 +16,51 @@ pub struct RegisteredOpRow {
     pub delivery_limit: i32,
     pub summary: String,
     pub registered_at: chrono::DateTime<chrono::Utc>,
+    #[sqlx(flatten)]
+    pub scaling: ScaleSettings,
+    /// Workers running and wanted, as the autoscaler last saw and decided (`None` before it
+    /// ever ran), and when.
+    pub replicas: Option<i32>,
+    pub desired: Option<i32>,
+    pub scaled_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How an op version's workers scale, by KEDA's RabbitMQ scaler's rule (QueueLength mode),
+/// and when a worker recycles itself. See `autoscale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct ScaleSettings {
+    /// `minReplicaCount`.
+    pub min_replicas: i32,
+    /// `maxReplicaCount`.
+    pub max_replicas: i32,
+    /// `value`: messages per replica.
+    pub target_value: i32,
+    /// `activationValue`: more messages than this wake an op at zero.
+    pub activation_value: i32,
+    /// `pollingInterval`, seconds.
+    pub polling_secs: i32,
+    /// `cooldownPeriod`, seconds: idle this long before scaling to zero (and the window
+    /// over which a scale-down waits for demand to stay low).
+    pub cooldown_secs: i32,
+    /// A worker exits after this many steps (and is replaced).
+    pub max_steps: Option<i32>,
+    /// A worker exits once its resident memory passes this many MiB (and is replaced).
+    pub max_rss_mb: Option<i32>,
+}
+
+impl Default for ScaleSettings {
+    fn default() -> Self {
+        Self {
+            min_replicas: 0,
+            max_replicas: 4,
+            target_value: 1,
+            activation_value: 0,
+            polling_secs: 5,
+            cooldown_secs: 300,
+            max_steps: None,
+            max_rss_mb: None,
+        }
+    }
 }
 
 /// What registering did.
@@ -69,11 +114,62 @@ impl Store {
         .transpose()
     }
 
+    /// An op version's scaling settings; `None` if it is not registered.
+    pub async fn scale_settings(&self, op: &OpRef) -> Result<Option<ScaleSettings>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT min_replicas, max_replicas, target_value, activation_value, polling_secs, cooldown_secs,
+                    max_steps, max_rss_mb
+             FROM ops WHERE name = $1 AND version = $2",
+        )
+        .bind(op.name.as_str())
+        .bind(op.version.to_string())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Stores an op version's scaling settings; false if it is not registered.
+    pub async fn set_scale_settings(&self, op: &OpRef, s: ScaleSettings) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE ops SET min_replicas = $3, max_replicas = $4, target_value = $5, activation_value = $6,
+                            polling_secs = $7, cooldown_secs = $8, max_steps = $9, max_rss_mb = $10
+             WHERE name = $1 AND version = $2",
+        )
+        .bind(op.name.as_str())
+        .bind(op.version.to_string())
+        .bind(s.min_replicas)
+        .bind(s.max_replicas)
+        .bind(s.target_value)
+        .bind(s.activation_value)
+        .bind(s.polling_secs)
+        .bind(s.cooldown_secs)
+        .bind(s.max_steps)
+        .bind(s.max_rss_mb)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Records what the autoscaler saw and decided for an op version.
+    pub async fn record_scale(&self, op: &OpRef, replicas: u32, desired: u32) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE ops SET replicas = $3, desired = $4, scaled_at = now() WHERE name = $1 AND version = $2",
+        )
+        .bind(op.name.as_str())
+        .bind(op.version.to_string())
+        .bind(replicas as i32)
+        .bind(desired as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Every registered op version, by name then version.
     pub async fn list_ops(&self) -> Result<Vec<RegisteredOpRow>, StoreError> {
         let mut rows: Vec<RegisteredOpRow> = sqlx::query_as(
             "SELECT name, version, queue, queue_type, delivery_limit,
-                    coalesce(description->>'summary', '') AS summary, registered_at
+                    coalesce(description->>'summary', '') AS summary, registered_at,
+                    min_replicas, max_replicas, target_value, activation_value, polling_secs, cooldown_secs,
+                    max_steps, max_rss_mb, replicas, desired, scaled_at
              FROM ops",
         )
         .fetch_all(&self.pool)
