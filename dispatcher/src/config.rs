@@ -48,6 +48,12 @@ pub struct Settings {
     /// How long a finished run is kept (a duration: `30d`, `12h`); older ones are deleted
     /// with all their rows, in the background.
     pub retention: String,
+    /// `opflow up`'s autoscaler looks at an op the moment steps are published to it (rather
+    /// than at its next poll). Off only to measure what it saves.
+    pub autoscale_wakeup: bool,
+    /// `opflow up`'s autoscaler starts a worker for steps about to become ready. Off only to
+    /// measure what it saves.
+    pub autoscale_forecast: bool,
 }
 
 impl Default for Settings {
@@ -67,6 +73,8 @@ impl Default for Settings {
             consumer_timeout_ms: 1_800_000,
             lost_step_after_secs: 60,
             retention: "30d".into(),
+            autoscale_wakeup: true,
+            autoscale_forecast: true,
         }
     }
 }
@@ -88,6 +96,8 @@ const KEYS: &[&str] = &[
     "consumer_timeout_ms",
     "lost_step_after_secs",
     "retention",
+    "autoscale_wakeup",
+    "autoscale_forecast",
 ];
 
 #[derive(Debug, thiserror::Error)]

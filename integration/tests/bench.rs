@@ -60,6 +60,15 @@ async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() 
     for field in ["dispatcher_rss_mb", "worker_rss_mb", "db_bytes_per_step"] {
         assert!(w6[field].as_f64().is_some_and(|v| v > 0.0), "w6: {field} missing in {w6}");
     }
+    let w7 = workload("w7")?;
+    for field in [
+        "cold_start_ms_median",
+        "cold_start_ms_median_without_wakeup",
+        "alternating_chain_s",
+        "alternating_chain_s_without_forecast",
+    ] {
+        assert!(w7[field].as_f64().is_some_and(|v| v > 0.0), "w7: {field} missing in {w7}");
+    }
     // Every platform line says which queue types the steps and events went through.
     for name in ["w1", "w2", "w3", "w4", "w6"] {
         let line = workload(name)?;

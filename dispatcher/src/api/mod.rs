@@ -3,12 +3,14 @@
 //!
 //! - [`runs`]: `POST /v1/runs`, `GET /v1/runs/{id}`, `GET /v1/runs/{id}/outputs`,
 //!   `POST /v1/runs/{id}/cancel`.
+//! - [`queues`]: `GET /v1/queues[/{queue}]`: each op queue's demand, with a forecast.
 //! - [`auth`]: API tokens and their scopes.
 //! - [`error`]: [`error::ApiError`], the one error type every handler returns.
 //! - [`types`]: the JSON the API answers (and the CLI prints): its own types, not the store's rows.
 
 pub mod auth;
 pub mod error;
+pub mod queues;
 pub mod runs;
 pub mod types;
 
@@ -98,6 +100,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs/{id}", get(runs::status))
         .route("/v1/runs/{id}/outputs", get(runs::outputs))
         .route("/v1/runs/{id}/cancel", axum::routing::post(runs::cancel))
+        .route("/v1/queues", get(queues::list))
+        .route("/v1/queues/{queue}", get(queues::one))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

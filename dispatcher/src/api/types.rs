@@ -326,3 +326,18 @@ impl From<store::retention::Deleted> for Deleted {
         Self { runs: d.runs, steps: d.steps, events: d.events }
     }
 }
+
+/// One op version's queue and what waits for its workers: `GET /v1/queues[/{queue}]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueDemand {
+    pub queue: String,
+    pub op: String,
+    /// Steps published and not started (the queue's ready messages, as the store knows them).
+    pub ready: u64,
+    /// Steps running on a worker (its unacknowledged messages).
+    pub unacked: u64,
+    /// Steps waiting whose upstream work is queued or running: about to be published.
+    pub forecast: u64,
+    /// All three: what KEDA's `metrics-api` trigger reads (`valueLocation: demand`).
+    pub demand: u64,
+}

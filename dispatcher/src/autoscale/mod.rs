@@ -5,9 +5,10 @@
 //! Every `pollingInterval` (5 s by default, per op) it reads the op's messages, ready (from
 //! the broker) plus unacknowledged (the op's running steps, from the store: a busy worker's
 //! step counts), and the demand forecast, decides, and starts or stops workers
-//! (`supervise::Fleet`). The outbox publisher wakes it at once when it publishes to an op,
-//! so an op at zero replicas does not wait for its next poll. Each change is logged once:
-//! the op, from → to, and why.
+//! (`supervise::Fleet`). The outbox publisher wakes it at once when it publishes, so an op
+//! at zero replicas does not wait for its next poll, and an op whose steps are about to be
+//! ready (downstream of what was just published) starts a worker before they are. Each
+//! change is logged once: the op, from → to, and why.
 //!
 //! `opflow up --workers N` runs a fixed fleet instead (N per op, always), for benchmarks.
 
@@ -88,6 +89,8 @@ pub struct Autoscaler {
     pub amqp_url: SecretUrl,
     pub mode: Mode,
     pub wakeups: std::sync::Arc<Wakeups>,
+    /// Whether a demand forecast wakes an op at zero (`autoscale_forecast`).
+    pub forecast: bool,
 }
 
 impl Autoscaler {
@@ -114,7 +117,9 @@ impl Autoscaler {
             let now = Instant::now();
             for op in &mut scaled {
                 op.fleet.reap();
-                if now >= op.next_look || woken.contains(op.fleet.op()) {
+                // A publish to one op may make another's steps about to be ready (its
+                // forecast), so a wake-up looks at every op.
+                if now >= op.next_look || !woken.is_empty() {
                     let polling = self.look(op, &mut broker, now).await;
                     op.next_look = now + polling;
                 }
@@ -166,7 +171,8 @@ impl Autoscaler {
             // Without the broker, what the store knows was published and not started.
             None => self.store.published_queued_steps(&name, u64::MAX).await.unwrap_or(0),
         };
-        let seen = Observed { messages: ready + demand.running, forecast: demand.forecast };
+        let forecast = if self.forecast { demand.forecast } else { 0 };
+        let seen = Observed { messages: ready + demand.running, forecast };
         let Decision { desired, why } = rule::decide(&settings, &mut op.history, seen, now);
         if desired != op.desired {
             tracing::info!(op = %name, from = op.desired, to = desired, %why, "scaling");

@@ -7,6 +7,7 @@
 //! - [`workloads`]: w1–w6, what each runs and reports.
 //! - [`plans`]: the plans they submit.
 //! - [`observe`]: watching a run: timing, memory, verification, cold starts.
+//! - [`scale`]: w7, scale from zero under `opflow up`'s autoscaler.
 //! - [`sandbox`]: the benchmark's own database and vhost.
 //! - [`memory`]: resident memory from `/proc`.
 
@@ -15,6 +16,7 @@ pub mod observe;
 pub mod plans;
 pub mod raw;
 pub mod sandbox;
+pub mod scale;
 pub mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -38,11 +40,20 @@ pub enum Workload {
     W4,
     W5,
     W6,
+    W7,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 7] =
-        [Workload::Raw, Workload::W1, Workload::W2, Workload::W3, Workload::W4, Workload::W5, Workload::W6];
+    pub const ALL: [Workload; 8] = [
+        Workload::Raw,
+        Workload::W1,
+        Workload::W2,
+        Workload::W3,
+        Workload::W4,
+        Workload::W5,
+        Workload::W6,
+        Workload::W7,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -53,6 +64,7 @@ impl Workload {
             Workload::W4 => "w4",
             Workload::W5 => "w5",
             Workload::W6 => "w6",
+            Workload::W7 => "w7",
         }
     }
 
@@ -64,7 +76,7 @@ impl Workload {
                 "all" => workloads.extend(Self::ALL),
                 other => {
                     workloads.push(Self::ALL.into_iter().find(|w| w.name() == other).ok_or_else(|| {
-                        format!("unknown workload `{other}`; choose from raw, w1 … w6, or all")
+                        format!("unknown workload `{other}`; choose from raw, w1 … w7, or all")
                     })?)
                 }
             }
@@ -115,8 +127,7 @@ pub async fn run(
     }
     let sandbox = Sandbox::create(settings).await?;
     eprintln!("benchmark sandbox: database and vhost {}", sandbox.name);
-    let result =
-        run_in(&sandbox, workloads, options, settings.events_queue_type, &noop, cancel, &mut emit).await;
+    let result = run_in(&sandbox, workloads, options, settings, &noop, cancel, &mut emit).await;
     let keep_logs = options.keep_logs || result.is_err();
     if keep_logs {
         eprintln!("benchmark logs: {}", sandbox.log_dir.display());
@@ -129,7 +140,7 @@ async fn run_in(
     sandbox: &Sandbox,
     workloads: &[Workload],
     options: &BenchOptions,
-    events_queue_type: QueueKind,
+    settings: &Settings,
     noop: &Path,
     cancel: &CancellationToken,
     emit: &mut impl FnMut(&Value),
@@ -211,12 +222,14 @@ async fn run_in(
                 continue;
             }
             Workload::W6 => vec![workloads::w6(&bed, options, dispatcher_pid).await?],
+            // `opflow up` in sandboxes of its own.
+            Workload::W7 => vec![scale::w7(settings, options, cancel).await?],
             Workload::Raw => unreachable!("raw ran first"),
         };
         for mut figures in results {
             // Like for like: the queue types the steps and the events went through.
             figures["queue_type"] = json!(options.queue_type.as_str());
-            figures["events_queue_type"] = json!(events_queue_type.as_str());
+            figures["events_queue_type"] = json!(settings.events_queue_type.as_str());
             all_verified &= figures["verified"] == true;
             emit(&figures);
         }
@@ -242,8 +255,8 @@ mod tests {
             Workload::parse_list(&names(&["w2", "raw", "w2"])).unwrap(),
             vec![Workload::Raw, Workload::W2]
         );
-        assert_eq!(Workload::parse_list(&names(&["all"])).unwrap().len(), 7);
-        assert_eq!(Workload::parse_list(&[]).unwrap().len(), 7);
+        assert_eq!(Workload::parse_list(&names(&["all"])).unwrap().len(), 8);
+        assert_eq!(Workload::parse_list(&[]).unwrap().len(), 8);
         let unknown = Workload::parse_list(&names(&["w9"])).unwrap_err();
         assert!(unknown.contains("unknown workload `w9`"), "{unknown}");
     }

@@ -78,7 +78,7 @@ pub async fn up(
         settings.clone(),
         store.clone(),
         connection,
-        Some(wakeups.clone()),
+        settings.autoscale_wakeup.then(|| wakeups.clone()),
         dispatcher_stop.clone(),
     ));
     let workers_stop = CancellationToken::new();
@@ -92,7 +92,13 @@ pub async fn up(
         Some(n) => Mode::Fixed(n),
         None => Mode::Auto,
     };
-    let autoscaler = Autoscaler { store: store.clone(), amqp_url: settings.amqp_url.clone(), mode, wakeups };
+    let autoscaler = Autoscaler {
+        store: store.clone(),
+        amqp_url: settings.amqp_url.clone(),
+        mode,
+        wakeups,
+        forecast: settings.autoscale_forecast,
+    };
     let workers = tokio::spawn(autoscaler.run(fleets, workers_stop.clone()));
     let fleet = match args.workers {
         Some(n) => format!("{n} worker(s) per op"),

@@ -1,0 +1,54 @@
+//! The demand of each op version's queue, for KEDA's `metrics-api` trigger (and anyone
+//! sizing workers): what the queue holds, what workers hold, and what is about to be
+//! queued, from the dispatcher's own knowledge of runs, so a scaler can start workers
+//! before the messages exist.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+
+use super::{
+    ApiState,
+    error::ApiError,
+    types::{Page, QueueDemand},
+};
+use crate::store::Store;
+
+/// `GET /v1/queues`: every registered op version's queue.
+pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<QueueDemand>>, ApiError> {
+    let mut items = Vec::new();
+    for op in state.store.registered_ops().await? {
+        items.push(demand(&state.store, &op).await?);
+    }
+    Ok(Json(Page { items, next_cursor: None }))
+}
+
+/// `GET /v1/queues/{queue}`: one queue, e.g. `opflow.op.noop.1.1.0`. KEDA's `metrics-api`
+/// trigger reads `demand` (`valueLocation: demand`).
+pub async fn one(
+    State(state): State<ApiState>,
+    Path(queue): Path<String>,
+) -> Result<Json<QueueDemand>, ApiError> {
+    for op in state.store.registered_ops().await? {
+        if opflow_protocol::queue::op_queue(&op) == queue {
+            return Ok(Json(demand(&state.store, &op).await?));
+        }
+    }
+    Err(ApiError::NotFound(format!(
+        "no registered op version has queue `{queue}`; `GET /v1/queues` lists them"
+    )))
+}
+
+async fn demand(store: &Store, op: &opflow_protocol::OpRef) -> Result<QueueDemand, ApiError> {
+    let in_flight = store.op_demand(op).await?;
+    let ready = store.published_queued_steps(op, u64::MAX).await?;
+    Ok(QueueDemand {
+        queue: opflow_protocol::queue::op_queue(op),
+        op: op.to_string(),
+        ready,
+        unacked: in_flight.running,
+        forecast: in_flight.forecast,
+        demand: ready + in_flight.running + in_flight.forecast,
+    })
+}
