@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "error: cargo is missing; install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
 scripts/services.sh
+status=0
+
+# The Kubernetes manifests (keda/), offline against the schemas kept in the repository.
+scripts/validate-manifests.sh || status=$?
 
 # One target dir outside the clone, so repeated runs (and CI) reuse what was built.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/opflow/target}"
@@ -24,7 +28,6 @@ cargo build --quiet --workspace --bins --tests
 # table (docs/reliability.md) is written to $OPFLOW_CHAOS_REPORT.
 export OPFLOW_CHAOS_REPORT="${OPFLOW_CHAOS_REPORT:-$CARGO_TARGET_DIR/chaos-report.md}"
 : > "$OPFLOW_CHAOS_REPORT"
-status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast -E 'not test(/^chaos::/)' "$@" || status=$?
   cargo nextest run --workspace --no-fail-fast -E 'test(/^chaos::/)' --test-threads 1 "$@" || status=$?
