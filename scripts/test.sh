@@ -9,7 +9,8 @@ command -v cargo >/dev/null || { echo "error: cargo is missing; install Rust wit
 scripts/services.sh
 status=0
 
-# The Kubernetes manifests (keda/), offline against the schemas kept in the repository.
+# The Kubernetes manifests (keda/ and what helm/opflow renders), offline against the
+# schemas kept in the repository.
 scripts/validate-manifests.sh || status=$?
 
 # One target dir outside the clone, so repeated runs (and CI) reuse what was built.

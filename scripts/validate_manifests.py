@@ -32,7 +32,11 @@ class Schemas:
         self.registry = referencing.Registry(retrieve=self._retrieve)
 
     def _retrieve(self, uri):
-        path = pathlib.Path(uri.removeprefix("file://"))
+        # The Kubernetes schemas refer to `/api/_definitions.json`: a file beside them.
+        name = pathlib.PurePosixPath(uri.removeprefix("file://")).name
+        path = next((d / name for d in self.dirs if (d / name).exists()), None)
+        if path is None:
+            raise FileNotFoundError(f"{uri}: no {name} in {', '.join(map(str, self.dirs))}")
         return referencing.Resource.from_contents(
             json.loads(path.read_text()), default_specification=referencing.jsonschema.DRAFT7
         )
