@@ -362,6 +362,20 @@ where
     }
 }
 
+/// How many `failed` events of run `run_id` carry `needle` in their body: how a test finds
+/// the failures a mechanism (cancel, lost-step recovery) reported, by their message.
+pub async fn failed_events_containing(db: &PgPool, run_id: &str, needle: &str) -> anyhow::Result<i64> {
+    let count = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE run_id = $1::uuid AND kind = 'failed'
+         AND strpos(body::text, $2) > 0",
+    )
+    .bind(run_id)
+    .bind(needle)
+    .fetch_one(db)
+    .await?;
+    Ok(count)
+}
+
 /// Sends SIGKILL: the process gets no chance to ack, report or clean up.
 pub fn sigkill(child: &Child) -> anyhow::Result<()> {
     signal(child, nix::sys::signal::Signal::SIGKILL)

@@ -50,13 +50,9 @@ async fn a_canceled_run_ends_canceled_and_no_step_starts_after_the_cancel() -> a
     // The running steps are stopped and reported, and every queued message is dropped by
     // the workers, within five seconds.
     let stopped = wait_for("the running steps to be reported stopped", Duration::from_secs(5), || async {
-        let stopped: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE run_id = $1::uuid AND kind = 'failed'
-             AND body::text LIKE '%canceled while this step ran%'",
-        )
-        .bind(&run_id)
-        .fetch_one(&db)
-        .await?;
+        let stopped =
+            opflow_integration::failed_events_containing(&db, &run_id, "canceled while this step ran")
+                .await?;
         Ok((stopped >= running).then_some(stopped))
     })
     .await?;

@@ -413,12 +413,11 @@ async fn a_run_whose_queue_is_purged_mid_run_still_ends() -> anyhow::Result<()> 
     let healthy = bed.healthy()?;
     assert_eq!(wait_ended(&mut bed.env, &run_id).await?, "succeeded");
     healthy.succeeded().await?;
-    let lost: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE run_id = $1::uuid AND kind = 'failed'
-         AND body::text LIKE '%lost: its message is no longer on queue `opflow.op.noop.1.1.0`%'",
+    let lost = opflow_integration::failed_events_containing(
+        &db,
+        &run_id,
+        "lost: its message is no longer on queue `opflow.op.noop.1.1.0`",
     )
-    .bind(&run_id)
-    .fetch_one(&db)
     .await?;
     assert!(lost >= 1, "the purged steps were found lost and retried");
     bed.dispatcher.check_alive()?;
