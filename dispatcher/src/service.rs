@@ -109,12 +109,15 @@ pub async fn run_connected(
     })?;
     let api_addr: SocketAddr = listener.local_addr()?;
     let auth_required = settings.api_auth.required_on(api_addr);
+    let api_stop = CancellationToken::new();
+    let api_store = store.with_own_pool(settings.api_pool_size);
     let router = api::router(ApiState {
-        store: store.with_own_pool(settings.api_pool_size),
+        // The listener holds a connection for good: one of the dispatcher's, not of the API's few.
+        followers: api::events::Followers::start(store.clone(), api_stop.clone()),
+        store: api_store,
         auth_required,
         readiness: readiness.clone(),
     });
-    let api_stop = CancellationToken::new();
     let mut api = tokio::spawn({
         let stop = api_stop.clone();
         async move {

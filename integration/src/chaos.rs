@@ -62,7 +62,7 @@ impl Scenario {
         // port races with other tests, but the chaos suite runs alone.
         env.api_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
         env.register("noop").await?;
-        let dispatcher = env.spawn_dispatcher()?;
+        let dispatcher = env.spawn_dispatcher().await?;
         let workers = (0..workers).map(|_| env.spawn_worker("noop")).collect::<anyhow::Result<Vec<_>>>()?;
         let plan = env.plan_file("chaos", &plan_yaml(scenario_steps()))?;
         let run =

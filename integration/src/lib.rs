@@ -62,6 +62,21 @@ pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).context("VmHWM has a value")?.parse()?)
 }
 
+/// A port for one test's dispatcher API, known before the dispatcher starts (the CLI's
+/// user commands need it, and a restarted dispatcher must come back on it). Taken from
+/// below Linux's ephemeral range (32768–60999), so no connection the kernel numbers can
+/// take it meanwhile; random, and checked free, so parallel tests do not collide.
+fn api_port() -> anyhow::Result<u16> {
+    use rand::RngExt as _;
+    for _ in 0..100 {
+        let port = rand::rng().random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found between 20000 and 32000 for the dispatcher's API")
+}
+
 /// One test's private database and vhost.
 pub struct Env {
     pub name: String,
@@ -87,9 +102,7 @@ impl Env {
         Ok(Self {
             database_url: format!("{}/{name}", pg_server()),
             amqp_url: format!("{}/{name}", amqp_server()),
-            // Port 0: the dispatcher takes a free port itself, so parallel tests cannot race
-            // for one the way a probed "free" port can.
-            api_addr: "127.0.0.1:0".to_owned(),
+            api_addr: format!("127.0.0.1:{}", api_port()?),
             database: name.clone(),
             vhost: name.clone(),
             name,
@@ -104,6 +117,9 @@ impl Env {
             .env("OPFLOW_DATABASE_URL", &self.database_url)
             .env("OPFLOW_AMQP_URL", &self.amqp_url)
             .env("OPFLOW_API_ADDR", &self.api_addr)
+            // The user commands (`run`, `status`, `watch`, …) talk to this env's dispatcher.
+            .env("OPFLOW_SERVER", format!("http://{}", self.api_addr))
+            .env_remove("OPFLOW_TOKEN")
             .env("OPFLOW_HEARTBEAT", "1s")
             .env("NO_COLOR", "1")
             .env_remove("OPFLOW_CONFIG")
@@ -173,19 +189,57 @@ impl Env {
         Ok(())
     }
 
-    /// Starts `opflow dispatcher`.
-    pub fn spawn_dispatcher(&self) -> anyhow::Result<Service> {
-        self.spawn_dispatcher_with(&[])
+    /// Starts `opflow dispatcher` and waits until its API answers.
+    pub async fn spawn_dispatcher(&self) -> anyhow::Result<Service> {
+        self.spawn_dispatcher_with(&[]).await
     }
 
-    /// Starts `opflow dispatcher` with `vars` added to its environment.
-    pub fn spawn_dispatcher_with(&self, vars: &[(&str, &str)]) -> anyhow::Result<Service> {
+    /// Starts `opflow dispatcher` with `vars` added to its environment and waits until its
+    /// API answers.
+    pub async fn spawn_dispatcher_with(&self, vars: &[(&str, &str)]) -> anyhow::Result<Service> {
         let mut command = self.command(&binary("opflow")?);
         command.arg("dispatcher").stdout(Stdio::null());
         for (key, value) in vars {
             command.env(key, value);
         }
-        Ok(Service { name: "opflow dispatcher", child: command.spawn()? })
+        let mut service = Service { name: "opflow dispatcher", child: command.spawn()? };
+        self.wait_until_serving(&mut service).await?;
+        Ok(service)
+    }
+
+    /// Waits until a dispatcher (of `opflow up`, say) answers on this env's API address.
+    pub async fn wait_for_api(&self) -> anyhow::Result<()> {
+        let addr = self.api_addr.clone();
+        wait_for("the dispatcher's API to answer", Duration::from_secs(60), || {
+            let addr = addr.clone();
+            async move {
+                Ok(http(&addr, "GET", "/healthz", None, None).await.ok().filter(|(status, _)| *status == 200))
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until the dispatcher `service` answers on this env's API address, so that the
+    /// user commands (which talk to it) can be run next. Not for an API on port 0, whose
+    /// address only the dispatcher knows.
+    pub async fn wait_until_serving(&self, service: &mut Service) -> anyhow::Result<()> {
+        if self.api_addr.ends_with(":0") {
+            return Ok(());
+        }
+        let addr = self.api_addr.clone();
+        wait_for("the dispatcher's API to answer", Duration::from_secs(60), || {
+            let exited = service.child.try_wait();
+            let addr = addr.clone();
+            async move {
+                if let Some(status) = exited? {
+                    bail!("the dispatcher exited with {status} before its API answered");
+                }
+                Ok(http(&addr, "GET", "/healthz", None, None).await.ok().filter(|(status, _)| *status == 200))
+            }
+        })
+        .await?;
+        Ok(())
     }
 
     /// Starts one worker of an op binary.
@@ -195,7 +249,7 @@ impl Env {
 
     /// Starts `opflow dispatcher` with its log going to a file (returned), for tests that
     /// assert on what it logged.
-    pub fn spawn_dispatcher_logged(&self) -> anyhow::Result<(Service, PathBuf)> {
+    pub async fn spawn_dispatcher_logged(&self) -> anyhow::Result<(Service, PathBuf)> {
         let log = self.log_file("dispatcher")?;
         let child = self
             .command(&binary("opflow")?)
@@ -203,7 +257,9 @@ impl Env {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        Ok((Service { name: "opflow dispatcher", child }, log))
+        let mut service = Service { name: "opflow dispatcher", child };
+        self.wait_until_serving(&mut service).await?;
+        Ok((service, log))
     }
 
     /// Starts `opflow dispatcher` with `vars` in its environment and its log in a file, and

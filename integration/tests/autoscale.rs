@@ -17,14 +17,16 @@ use tokio::process::Child;
 
 const DEADLINE: Duration = Duration::from_secs(180);
 
-/// `opflow up` for noop, autoscaling.
-fn spawn_up(env: &Env) -> anyhow::Result<Child> {
+/// `opflow up` for noop, autoscaling, once its API answers.
+async fn spawn_up(env: &Env) -> anyhow::Result<Child> {
     let noop = binary("noop")?;
-    Ok(env
+    let up = env
         .command(&binary("opflow")?)
         .args(["up", noop.to_str().context("utf-8")?])
         .stdout(std::process::Stdio::null())
-        .spawn()?)
+        .spawn()?;
+    env.wait_for_api().await?;
+    Ok(up)
 }
 
 /// The one op's entry in `opflow ops list --json`.
@@ -57,7 +59,7 @@ async fn a_burst_scales_an_op_from_zero_to_its_maximum_and_back_to_zero() -> any
     env.register("noop").await?;
     env.opflow_ok(&["ops", "scale", "noop@1.1.0", "--max", "4", "--polling", "1s", "--cooldown", "2s"])
         .await?;
-    let mut up = spawn_up(&env)?;
+    let mut up = spawn_up(&env).await?;
     let up_pid = up.id().context("opflow up runs")?;
     // Nothing to do: no worker.
     wait_for("the autoscaler to look at noop", DEADLINE, || async {
@@ -114,7 +116,7 @@ async fn workers_recycle_after_max_steps_and_the_run_still_succeeds() -> anyhow:
     env.register("noop").await?;
     env.opflow_ok(&["ops", "scale", "noop@1.1.0", "--max", "2", "--max-steps", "10", "--polling", "1s"])
         .await?;
-    let mut up = spawn_up(&env)?;
+    let mut up = spawn_up(&env).await?;
     let plan = env.plan_file(
         "hundred",
         "name: hundred\nassets:\n  - name: a\n    op: noop@1.1.0\n    sweep: {k: {from: 1, to: 100}}\n",

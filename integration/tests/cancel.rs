@@ -15,7 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(120);
 async fn a_canceled_run_ends_canceled_and_no_step_starts_after_the_cancel() -> anyhow::Result<()> {
     let mut env = Env::new("cancel").await?;
     env.register("noop").await?;
-    let _dispatcher = env.spawn_dispatcher()?;
+    let _dispatcher = env.spawn_dispatcher().await?;
     let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
     let plan = env.plan_file(
         "slow",
@@ -25,14 +25,17 @@ async fn a_canceled_run_ends_canceled_and_no_step_starts_after_the_cancel() -> a
     let run = parse_summary(&env.opflow_ok(&["run", plan.to_str().context("utf-8")?, "--json"]).await?)?;
     let run_id = run["run_id"].as_str().context("run_id")?.to_owned();
     let db = env.db().await?;
-    // About two seconds in: both workers are on their second or third step.
-    wait_for("four steps to succeed", DEADLINE, || async {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM steps WHERE run_id = $1::uuid AND status = 'succeeded'")
-                .bind(&run_id)
-                .fetch_one(&db)
-                .await?;
-        Ok((done >= 4).then_some(()))
+    // About two seconds in: both workers are on their second or third step, and at least
+    // one has reported it started (a step reports that a moment after it begins).
+    wait_for("four steps to succeed and one to be running", DEADLINE, || async {
+        let (done, running): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'running')
+             FROM steps WHERE run_id = $1::uuid",
+        )
+        .bind(&run_id)
+        .fetch_one(&db)
+        .await?;
+        Ok((done >= 4 && running >= 1).then_some(()))
     })
     .await?;
 

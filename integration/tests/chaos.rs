@@ -103,7 +103,7 @@ mod chaos {
             scenario.wait_progress(fraction).await?;
             scenario.dispatcher.kill()?;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            scenario.dispatcher = scenario.env.spawn_dispatcher()?;
+            scenario.dispatcher = scenario.env.spawn_dispatcher().await?;
         }
         let status = scenario.run_to_end(async |s: &mut Scenario| s.dispatcher.check_alive()).await?;
         scenario.verify(&status, 2).await.map(|_| ())
@@ -232,7 +232,7 @@ mod chaos {
         let mut scenario = Scenario::start("dispatcher-takeover", 4).await?;
         // The second dispatcher's API on a port of its own choosing.
         let first_api = std::mem::replace(&mut scenario.env.api_addr, "127.0.0.1:0".into());
-        let mut second = scenario.env.spawn_dispatcher()?;
+        let mut second = scenario.env.spawn_dispatcher().await?;
         scenario.env.api_addr = first_api;
         scenario.wait_progress(0.3).await?;
         let db = scenario.env.db().await?;
@@ -324,7 +324,7 @@ mod chaos {
                 && warned.contains("consumer_timeout is 5s"),
             "ops add should warn that noop's longest step outlives the broker's timeout: {warned}"
         );
-        let _dispatcher = env.spawn_dispatcher()?;
+        let _dispatcher = env.spawn_dispatcher().await?;
         let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
         let plan = env.plan_file(
             "long",

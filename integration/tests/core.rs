@@ -85,7 +85,7 @@ async fn demo_plan_runs_end_to_end() -> anyhow::Result<()> {
 async fn a_worker_killed_mid_step_loses_nothing() -> anyhow::Result<()> {
     let mut env = Env::new("sigkill").await?;
     env.register("noop").await?;
-    let mut dispatcher = env.spawn_dispatcher()?;
+    let mut dispatcher = env.spawn_dispatcher().await?;
     let mut doomed = env.spawn_worker("noop")?;
     let plan = env.plan_file(
         "slow",
@@ -135,7 +135,7 @@ async fn a_worker_killed_mid_step_loses_nothing() -> anyhow::Result<()> {
 async fn sigterm_finishes_the_step_in_hand() -> anyhow::Result<()> {
     let mut env = Env::new("sigterm").await?;
     env.register("noop").await?;
-    let mut dispatcher = env.spawn_dispatcher()?;
+    let mut dispatcher = env.spawn_dispatcher().await?;
     let mut worker = env.spawn_worker("noop")?;
     let plan = env.plan_file(
         "one",
@@ -170,7 +170,7 @@ async fn sigterm_finishes_the_step_in_hand() -> anyhow::Result<()> {
 async fn retryable_failures_are_retried_and_permanent_ones_fail_the_run() -> anyhow::Result<()> {
     let mut env = Env::new("retries").await?;
     env.register("noop").await?;
-    let _dispatcher = env.spawn_dispatcher()?;
+    let _dispatcher = env.spawn_dispatcher().await?;
     let _worker = env.spawn_worker("noop")?;
 
     let flaky = env.plan_file(
@@ -227,6 +227,8 @@ async fn retryable_failures_are_retried_and_permanent_ones_fail_the_run() -> any
 async fn the_same_key_gives_one_run() -> anyhow::Result<()> {
     let mut env = Env::new("idempotency").await?;
     env.register("noop").await?;
+    // Plans are submitted over the dispatcher's API.
+    let _dispatcher = env.spawn_dispatcher().await?;
     let plan =
         env.plan_file("p", "name: p\nassets:\n  - name: a\n    op: noop@^1\n    sweep: {k: [1, 2, 3]}\n")?;
     let path = plan.to_str().context("utf-8")?;
@@ -257,6 +259,8 @@ async fn the_same_key_gives_one_run() -> anyhow::Result<()> {
 async fn invalid_plans_exit_2_name_the_problem_and_change_nothing() -> anyhow::Result<()> {
     let mut env = Env::new("invalid").await?;
     env.register("noop").await?;
+    // Plans are submitted over the dispatcher's API.
+    let _dispatcher = env.spawn_dispatcher().await?;
     let fixtures = repo_file("integration/tests/fixtures/invalid");
     let expected = std::fs::read_to_string(fixtures.join("EXPECTED.txt"))?;
     let mut cases = 0;
@@ -297,7 +301,7 @@ async fn two_versions_of_an_op_serve_exactly_the_steps_that_pinned_them() -> any
     );
     env.register("noop@1.0.0").await?;
     env.register("noop").await?;
-    let _dispatcher = env.spawn_dispatcher()?;
+    let _dispatcher = env.spawn_dispatcher().await?;
     let _old_worker = env.spawn_worker("noop@1.0.0")?;
     let _new_worker = env.spawn_worker("noop")?;
     let plan = env.plan_file(

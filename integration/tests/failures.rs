@@ -23,7 +23,7 @@ async fn failed_step_errors(env: &mut Env, run_id: &str) -> anyhow::Result<Vec<(
 async fn timeouts_and_panics_fail_the_step_with_a_reason() -> anyhow::Result<()> {
     let mut env = Env::new("timeouts").await?;
     env.register("noop").await?;
-    let _dispatcher = env.spawn_dispatcher()?;
+    let _dispatcher = env.spawn_dispatcher().await?;
     let _worker = env.spawn_worker("noop")?;
     let plan = env.plan_file(
         "slow",
@@ -46,7 +46,7 @@ async fn timeouts_and_panics_fail_the_step_with_a_reason() -> anyhow::Result<()>
 async fn a_step_whose_queue_vanished_fails_naming_the_op() -> anyhow::Result<()> {
     let mut env = Env::new("unroutable").await?;
     env.register("noop").await?;
-    let _dispatcher = env.spawn_dispatcher()?;
+    let _dispatcher = env.spawn_dispatcher().await?;
     let db = env.db().await?;
     // The dispatcher declared every registered queue when it started; remove noop's now.
     wait_for("the dispatcher to be ready", DEADLINE, || async {
@@ -78,9 +78,8 @@ async fn inputs_over_the_cap_fail_the_step_with_advice() -> anyhow::Result<()> {
     let mut env = Env::new("inputs_cap").await?;
     env.register("price-paths").await?;
     env.register("var-report").await?;
-    let mut dispatcher = env.command(&opflow_integration::binary("opflow")?);
     // Each price-paths output is about 20 KiB; three of them exceed 40 KB.
-    let _dispatcher = dispatcher.arg("dispatcher").env("OPFLOW_MAX_INPUTS_BYTES", "40000").spawn()?;
+    let _dispatcher = env.spawn_dispatcher_with(&[("OPFLOW_MAX_INPUTS_BYTES", "40000")]).await?;
     let _paths = env.spawn_worker("price-paths")?;
     let _var = env.spawn_worker("var-report")?;
     let plan = env.plan_file(

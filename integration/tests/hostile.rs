@@ -23,6 +23,11 @@ struct Healthy {
 
 impl Healthy {
     fn start(env: &Env, op: &str) -> anyhow::Result<Self> {
+        Self::start_with_token(env, op, None)
+    }
+
+    /// As `start`, for an API that needs a token (submit scope).
+    fn start_with_token(env: &Env, op: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let plan = env.plan_file(
             "healthy",
             &format!(
@@ -34,6 +39,9 @@ impl Healthy {
             .args(["run", plan.to_str().context("utf-8")?, "--wait", "--json"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
+        if let Some(token) = token {
+            command.env("OPFLOW_TOKEN", token);
+        }
         Ok(Self { started: Instant::now(), run: tokio::spawn(async move { Ok(command.output().await?) }) })
     }
 
@@ -73,7 +81,7 @@ impl Bed {
         let env = Env::new(test).await?;
         env.register("noop").await?;
         env.register(HEALTHY_OP).await?;
-        let dispatcher = env.spawn_dispatcher_with(vars)?;
+        let dispatcher = env.spawn_dispatcher_with(vars).await?;
         let mut workers = vec![env.spawn_worker(HEALTHY_OP)?];
         for _ in 0..bad_workers {
             workers.push(env.spawn_worker("noop")?);
@@ -297,7 +305,7 @@ async fn fill_queue(env: &Env, queue: &str) -> anyhow::Result<()> {
 
 /// Starts `opflow up` for both noop versions (the bad one, noop@1.1.0, and the healthy
 /// one), with `env_vars` added to its (and its workers') environment.
-fn spawn_up(env: &Env, env_vars: &[(&str, &str)]) -> anyhow::Result<Child> {
+async fn spawn_up(env: &Env, env_vars: &[(&str, &str)]) -> anyhow::Result<Child> {
     let mut command = env.command(&opflow_integration::binary("opflow")?);
     // A fixed fleet of one worker per op: these cases are about supervision, not scaling.
     command.args(["up", "--workers", "1"]);
@@ -307,7 +315,9 @@ fn spawn_up(env: &Env, env_vars: &[(&str, &str)]) -> anyhow::Result<Child> {
     for (key, value) in env_vars {
         command.env(key, value);
     }
-    Ok(command.stdout(std::process::Stdio::null()).spawn()?)
+    let up = command.stdout(std::process::Stdio::null()).spawn()?;
+    env.wait_for_api().await?;
+    Ok(up)
 }
 
 /// Waits until `opflow up` runs a worker of each op.
@@ -324,7 +334,7 @@ async fn wait_for_workers(up: &Child) -> anyhow::Result<Vec<u32>> {
 #[tokio::test]
 async fn a_handler_spinning_past_its_timeout_never_overlaps_its_retry() -> anyhow::Result<()> {
     let mut env = Env::new("hostile_spin").await?;
-    let up = spawn_up(&env, &[("OPFLOW_STOP_GRACE", "1s")])?;
+    let up = spawn_up(&env, &[("OPFLOW_STOP_GRACE", "1s")]).await?;
     wait_for_workers(&up).await?;
     let healthy = Healthy::start(&env, HEALTHY_OP)?;
     // Attempt 1 spins for a minute on a thread nothing can stop, holding a lock; attempt 2
@@ -367,7 +377,7 @@ async fn a_handler_spinning_past_its_timeout_never_overlaps_its_retry() -> anyho
 #[tokio::test]
 async fn no_worker_outlives_a_sigkilled_opflow_up() -> anyhow::Result<()> {
     let env = Env::new("hostile_up_kill").await?;
-    let mut up = spawn_up(&env, &[])?;
+    let mut up = spawn_up(&env, &[]).await?;
     let workers = wait_for_workers(&up).await?;
     let healthy = Healthy::start(&env, HEALTHY_OP)?;
     healthy.succeeded().await?;
@@ -434,7 +444,9 @@ async fn requests_without_a_token_or_with_a_weaker_one_are_refused() -> anyhow::
     let token = |output: std::process::Output| String::from_utf8_lossy(&output.stdout).trim().to_owned();
     let reader = token(env.opflow_ok(&["tokens", "create", "reader", "--scope", "read"]).await?);
     let submitter = token(env.opflow_ok(&["tokens", "create", "pipeline", "--scope", "submit"]).await?);
-    let healthy = Healthy::start(&env, HEALTHY_OP)?;
+    // The healthy run submits and follows over the API like any user: with a token.
+    let healthy_token = token(env.opflow_ok(&["tokens", "create", "healthy", "--scope", "submit"]).await?);
+    let healthy = Healthy::start_with_token(&env, HEALTHY_OP, Some(&healthy_token))?;
     let plan = serde_json::json!({"plan": "name: p\nassets:\n  - name: a\n    op: noop@1.1.0\n"});
 
     let (status, body) = opflow_integration::http(&api, "GET", "/v1/ops", None, None).await?;

@@ -18,7 +18,7 @@ async fn a_step_that_crashes_its_worker_is_failed_after_the_delivery_limit() -> 
     let mut env = Env::new("poison").await?;
     let noop = binary("noop")?;
     env.opflow_ok(&["ops", "add", noop.to_str().context("utf-8")?, "--delivery-limit", "2"]).await?;
-    let _dispatcher = env.spawn_dispatcher()?;
+    let _dispatcher = env.spawn_dispatcher().await?;
     let worker_log = env.log_file("workers")?;
     let mut worker = env.spawn_worker_logged("noop", &worker_log)?;
     let plan = env.plan_file(
@@ -82,7 +82,7 @@ async fn a_step_that_crashes_its_worker_is_failed_after_the_delivery_limit() -> 
 async fn malformed_messages_are_dead_lettered_and_nothing_crashes() -> anyhow::Result<()> {
     let env = Env::new("malformed").await?;
     env.register("noop").await?;
-    let (mut dispatcher, dispatcher_log) = env.spawn_dispatcher_logged()?;
+    let (mut dispatcher, dispatcher_log) = env.spawn_dispatcher_logged().await?;
     let worker_log = env.log_file("worker")?;
     let mut worker = env.spawn_worker_logged("noop", &worker_log)?;
     let op_queue = "opflow.op.noop.1.1.0";

@@ -13,7 +13,7 @@ async fn gc_deletes_a_finished_10000_step_run_whole_and_leaves_a_running_one() -
     let mut env = Env::new("retention").await?;
     env.register("noop").await?;
     env.register("noop@1.0.0").await?;
-    let _dispatcher = env.spawn_dispatcher()?;
+    let _dispatcher = env.spawn_dispatcher().await?;
     let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
     let finished = env.plan_file(
         "finished",

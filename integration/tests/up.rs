@@ -35,6 +35,7 @@ async fn a_worker_that_dies_is_restarted_and_ctrl_c_drains_everything() -> anyho
         "after-restart",
         "name: p\nassets:\n  - name: a\n    op: noop@^1\n    sweep: {k: [1, 2, 3]}\n",
     )?;
+    env.wait_for_api().await?;
     let output = env.opflow(&["run", plan.to_str().context("utf-8")?, "--wait", "--json"]).await?;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(parse_summary(&output)?["status"], "succeeded");
@@ -74,6 +75,7 @@ async fn a_second_signal_stops_everything_at_once() -> anyhow::Result<()> {
         "long",
         "name: long\nassets:\n  - name: a\n    op: noop@^1\n    config: {sleep_ms: 60000}\n",
     )?;
+    env.wait_for_api().await?;
     env.opflow_ok(&["run", plan.to_str().context("utf-8")?]).await?;
     let mut env = env;
     let db = env.db().await?;

@@ -39,6 +39,13 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A query string that does not parse, in the API's JSON shape (axum's own is plain text).
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
 impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {

@@ -1,8 +1,9 @@
 //! The HTTP API: submit a run, read its state and outputs, list ops, and health and
 //! readiness for probes. `router` is apart from serving so tests can call it directly.
 //!
-//! - [`runs`]: `POST /v1/runs`, `GET /v1/runs/{id}`, `GET /v1/runs/{id}/outputs`,
-//!   `POST /v1/runs/{id}/cancel`.
+//! - [`runs`]: `POST /v1/runs`, `GET /v1/runs`, `GET /v1/runs/{id}`, `…/steps`, `…/assets`,
+//!   `…/outputs`, `POST /v1/runs/{id}/cancel`.
+//! - [`events`]: `GET /v1/runs/{id}/events`, a run's events as resumable Server-Sent Events.
 //! - [`queues`]: `GET /v1/queues[/{queue}]`: each op queue's demand, with a forecast.
 //! - [`auth`]: API tokens and their scopes.
 //! - [`error`]: [`error::ApiError`], the one error type every handler returns.
@@ -10,6 +11,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod queues;
 pub mod runs;
 pub mod types;
@@ -34,6 +36,8 @@ pub struct ApiState {
     pub auth_required: bool,
     /// For readiness: whether this dispatcher leads, and whether its broker session is up.
     pub readiness: Readiness,
+    /// Wakes the events streams when their runs get events; ends them on shutdown.
+    pub followers: events::Followers,
 }
 
 /// What `/readyz` reports besides the database: set by the service as it takes or loses
@@ -96,8 +100,11 @@ impl Readiness {
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/ops", get(runs::list_ops))
-        .route("/v1/runs", axum::routing::post(runs::submit))
+        .route("/v1/runs", axum::routing::post(runs::submit).get(runs::list))
         .route("/v1/runs/{id}", get(runs::status))
+        .route("/v1/runs/{id}/events", get(events::stream))
+        .route("/v1/runs/{id}/steps", get(runs::steps))
+        .route("/v1/runs/{id}/assets", get(runs::assets))
         .route("/v1/runs/{id}/outputs", get(runs::outputs))
         .route("/v1/runs/{id}/cancel", axum::routing::post(runs::cancel))
         .route("/v1/queues", get(queues::list))
@@ -142,6 +149,7 @@ mod tests {
             store: Store::unconnected(),
             auth_required: false,
             readiness: Readiness::default(),
+            followers: events::Followers::polling_only(Default::default()),
         })
     }
 
@@ -176,6 +184,7 @@ mod tests {
             store: Store::unconnected(),
             auth_required: true,
             readiness: Readiness::default(),
+            followers: events::Followers::polling_only(Default::default()),
         });
         let response =
             app.clone().oneshot(Request::get("/v1/ops").body(Body::empty()).unwrap()).await.unwrap();

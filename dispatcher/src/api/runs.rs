@@ -1,19 +1,31 @@
-//! The runs resource: submit (idempotent by key), state, outputs; and the op list.
+//! The runs resource: submit (idempotent by key), list, state, steps, assets, outputs,
+//! cancel; and the op list.
 
 use std::path::PathBuf;
 
 use axum::{
     Json,
-    extract::{Path, Query, State, rejection::JsonRejection},
-    http::StatusCode,
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
+    http::{HeaderMap, StatusCode},
 };
+use chrono::{DateTime, Utc};
 use opflow_protocol::RunId;
 use serde::Deserialize;
 
 use super::{
     ApiState, MAX_BODY_BYTES,
     error::ApiError,
-    types::{CancelResponse, OpVersion, Page, RunSummary, StepOutput, SubmitResponse},
+    types::{
+        AssetInfo, CancelResponse, OpVersion, Page, RunListItem, RunSummary, StepInfo, StepOutput,
+        SubmitResponse,
+    },
+};
+use crate::store::{
+    self,
+    run_plan::{RunPlan, UnlockMode},
 };
 
 #[derive(Debug, Deserialize)]
@@ -29,18 +41,40 @@ pub struct SubmitRequest {
     pub key: Option<String>,
 }
 
+/// The header that makes a submit idempotent, as the body's `key` does.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// `POST /v1/runs`: 201 with a new run, 200 with the run an earlier request made.
+///
+/// `Idempotency-Key: K` (or `"key": "K"` in the body; both must agree when both are given):
+/// a request with a key already used for the same plan returns that run, with a
+/// different plan it is 409.
 pub async fn submit(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
     let Json(request) = body.map_err(body_rejection)?;
+    let header_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::BadRequest("the Idempotency-Key header is not visible ASCII text".to_owned())
+        })?),
+    };
+    let key = match (header_key, request.key.as_deref()) {
+        (Some(header), Some(body)) if header != body => {
+            return Err(ApiError::BadRequest(format!(
+                "the Idempotency-Key header (`{header}`) and the body's key (`{body}`) differ; give one"
+            )));
+        }
+        (Some(key), _) | (None, Some(key)) => Some(key),
+        (None, None) => None,
+    };
     let file = PathBuf::from(request.file.as_deref().unwrap_or("request"));
-    let submission =
-        crate::submit::submit(&state.store, &request.plan, &file, request.key.as_deref()).await?;
+    let submission = crate::submit::submit(&state.store, &request.plan, &file, key).await?;
     let run = summary(&state, submission.run_id).await?;
     let status = if submission.existing { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(SubmitResponse { existing: submission.existing, run })))
+    Ok((status, Json(SubmitResponse { existing: submission.existing, notify_secret: None, run })))
 }
 
 /// `GET /v1/runs/{id}`.
@@ -49,6 +83,159 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<RunSummary>, ApiError> {
     Ok(Json(summary(&state, parse_run_id(&id)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RunsQuery {
+    pub status: Option<RunStatusParam>,
+    /// 1–1000, default 100.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the page before.
+    pub cursor: Option<String>,
+}
+
+/// `?status=` of `GET /v1/runs`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatusParam {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl From<RunStatusParam> for store::runs::RunStatus {
+    fn from(s: RunStatusParam) -> Self {
+        use store::runs::RunStatus as S;
+        match s {
+            RunStatusParam::Queued => S::Queued,
+            RunStatusParam::Running => S::Running,
+            RunStatusParam::Succeeded => S::Succeeded,
+            RunStatusParam::Failed => S::Failed,
+            RunStatusParam::Canceled => S::Canceled,
+        }
+    }
+}
+
+/// `GET /v1/runs[?status=]`: runs newest first, paged (`?limit=`, `?cursor=`).
+pub async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<RunsQuery>, QueryRejection>,
+) -> Result<Json<Page<RunListItem>>, ApiError> {
+    let Query(query) = query?;
+    let limit = Paging::limit_of(query.limit)?;
+    let after = query.cursor.as_deref().map(parse_run_cursor).transpose()?;
+    let items: Vec<RunListItem> = state
+        .store
+        .list_runs(query.status.map(Into::into), after, limit)
+        .await?
+        .into_iter()
+        .map(RunListItem::from)
+        .collect();
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|r| format!("{}_{}", r.created_at.timestamp_micros(), r.run_id)))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+fn parse_run_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiError> {
+    let parsed = cursor.split_once('_').and_then(|(micros, id)| {
+        Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
+    });
+    parsed.ok_or_else(|| {
+        ApiError::BadRequest(format!("cursor `{cursor}` is not one this API gave out; start without one"))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StepsQuery {
+    pub asset: Option<String>,
+    pub status: Option<StepStatusParam>,
+    /// 1–1000, default 100.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the page before.
+    pub cursor: Option<String>,
+}
+
+/// `?status=` of `GET /v1/runs/{id}/steps`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatusParam {
+    Waiting,
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Skipped,
+    Canceled,
+}
+
+impl From<StepStatusParam> for store::runs::StepStatus {
+    fn from(s: StepStatusParam) -> Self {
+        use store::runs::StepStatus as S;
+        match s {
+            StepStatusParam::Waiting => S::Waiting,
+            StepStatusParam::Queued => S::Queued,
+            StepStatusParam::Running => S::Running,
+            StepStatusParam::Retrying => S::Retrying,
+            StepStatusParam::Succeeded => S::Succeeded,
+            StepStatusParam::Failed => S::Failed,
+            StepStatusParam::Skipped => S::Skipped,
+            StepStatusParam::Canceled => S::Canceled,
+        }
+    }
+}
+
+/// `GET /v1/runs/{id}/steps[?asset=&status=]`: the run's steps by id, paged.
+pub async fn steps(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<StepsQuery>, QueryRejection>,
+) -> Result<Json<Page<StepInfo>>, ApiError> {
+    let Query(query) = query?;
+    let run = parse_run_id(&id)?;
+    let limit = Paging::limit_of(query.limit)?;
+    let after = parse_step_cursor(query.cursor.as_deref())?;
+    exists(&state, run).await?;
+    let items: Vec<StepInfo> = state
+        .store
+        .list_steps(run, query.asset.as_deref(), query.status.map(Into::into), after, limit)
+        .await?
+        .into_iter()
+        .map(StepInfo::from)
+        .collect();
+    let next_cursor =
+        (items.len() == limit as usize).then(|| items.last().map(|s| s.step_id.to_string())).flatten();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// `GET /v1/runs/{id}/assets`: the run's assets in plan order, with their step counts.
+pub async fn assets(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<AssetInfo>>, ApiError> {
+    let run = parse_run_id(&id)?;
+    exists(&state, run).await?;
+    Ok(Json(state.store.asset_sizes(run).await?.into_iter().map(AssetInfo::from).collect()))
+}
+
+/// 404 unless the run exists.
+async fn exists(state: &ApiState, run: RunId) -> Result<store::runs::RunStatus, ApiError> {
+    state.store.run_status(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))
+}
+
+fn parse_step_cursor(cursor: Option<&str>) -> Result<Option<u32>, ApiError> {
+    cursor
+        .map(|cursor| {
+            cursor.parse::<u32>().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "cursor `{cursor}` is not one this API gave out; start without one"
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// The most items a page may hold, and how many it holds without `limit`.
@@ -62,9 +249,15 @@ pub struct Paging {
     pub cursor: Option<String>,
 }
 
+// Not `#[serde(flatten)]`ed into the other queries: with flatten, a query string's values
+// reach the inner struct as strings and `limit=20` fails to parse as a number.
 impl Paging {
     fn limit(&self) -> Result<u32, ApiError> {
-        match self.limit {
+        Self::limit_of(self.limit)
+    }
+
+    fn limit_of(limit: Option<u32>) -> Result<u32, ApiError> {
+        match limit {
             None => Ok(DEFAULT_PAGE),
             Some(n @ 1..=MAX_PAGE) => Ok(n),
             Some(n) => Err(ApiError::BadRequest(format!("limit {n} is not between 1 and {MAX_PAGE}"))),
@@ -75,8 +268,10 @@ impl Paging {
 #[derive(Debug, Deserialize)]
 pub struct OutputsQuery {
     pub asset: Option<String>,
-    #[serde(flatten)]
-    pub paging: Paging,
+    /// 1–1000, default 100.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the page before.
+    pub cursor: Option<String>,
 }
 
 /// `GET /v1/runs/{id}/outputs[?asset=name]`.
@@ -85,23 +280,29 @@ pub struct OutputsQuery {
 pub async fn outputs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    Query(query): Query<OutputsQuery>,
+    query: Result<Query<OutputsQuery>, QueryRejection>,
 ) -> Result<Json<Page<StepOutput>>, ApiError> {
+    let Query(query) = query?;
     let run = parse_run_id(&id)?;
-    let limit = query.paging.limit()?;
-    let after = match query.paging.cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(cursor.parse::<u32>().map_err(|_| {
-            ApiError::BadRequest(format!("cursor `{cursor}` is not one this API gave out; start without one"))
-        })?),
+    let limit = Paging::limit_of(query.limit)?;
+    let after = parse_step_cursor(query.cursor.as_deref())?;
+    exists(&state, run).await?;
+    let rows = state.store.step_outputs(run, query.asset.as_deref(), after, limit).await?;
+    let plan = if rows.is_empty() {
+        None
+    } else {
+        let compiled = state.store.load_run_plan(run).await?;
+        Some(RunPlan::new(compiled, UnlockMode::Groups).map_err(|e: String| ApiError::Internal(e.into()))?)
     };
-    summary(&state, run).await?;
-    let items: Vec<StepOutput> = state
-        .store
-        .step_outputs(run, query.asset.as_deref(), after, limit)
-        .await?
+    let items: Vec<StepOutput> = rows
         .into_iter()
-        .map(StepOutput::from)
+        .map(|row| {
+            let mut output = StepOutput::from(row);
+            if let Some(plan) = &plan {
+                output.label = plan.label(output.step_id);
+            }
+            output
+        })
         .collect();
     let next_cursor =
         (items.len() == limit as usize).then(|| items.last().map(|o| o.step_id.to_string())).flatten();
@@ -125,8 +326,9 @@ pub async fn cancel(
 /// Paged: `?limit=` (1–1000, default 100) and `?cursor=` from the last page.
 pub async fn list_ops(
     State(state): State<ApiState>,
-    Query(paging): Query<Paging>,
+    paging: Result<Query<Paging>, QueryRejection>,
 ) -> Result<Json<Page<OpVersion>>, ApiError> {
+    let Query(paging) = paging?;
     let limit = paging.limit()? as usize;
     let ops = state.store.list_ops().await?;
     let start = match paging.cursor.as_deref() {
@@ -161,6 +363,6 @@ fn body_rejection(rejection: JsonRejection) -> ApiError {
     ApiError::BadRequest(rejection.body_text())
 }
 
-fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
+pub(super) fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
     id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a run id (a UUID)")))
 }

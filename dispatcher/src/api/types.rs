@@ -4,13 +4,13 @@
 
 use chrono::{DateTime, Utc};
 use opflow_protocol::{RunId, StepId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::store::{self, runs::Cancellation};
 
 /// A run's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,
@@ -18,6 +18,18 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Canceled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Canceled => "canceled",
+        }
+    }
 }
 
 impl From<store::runs::RunStatus> for RunStatus {
@@ -34,7 +46,7 @@ impl From<store::runs::RunStatus> for RunStatus {
 }
 
 /// A step's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Waiting,
@@ -64,7 +76,7 @@ impl From<store::runs::StepStatus> for StepStatus {
 }
 
 /// Step counts by status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepCounts {
     pub total: i64,
     pub waiting: i64,
@@ -78,7 +90,7 @@ pub struct StepCounts {
 }
 
 /// A run's state: `GET /v1/runs/{id}`, `opflow status --json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_id: RunId,
     pub key: Option<String>,
@@ -93,7 +105,7 @@ pub struct RunSummary {
     pub failures: Vec<StepFailure>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepFailure {
     pub step_id: StepId,
     pub asset: String,
@@ -139,10 +151,13 @@ impl From<store::runs::RunSummary> for RunSummary {
 }
 
 /// One step's result: `GET /v1/runs/{id}/outputs`, `opflow outputs --json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepOutput {
     pub step_id: StepId,
     pub asset: String,
+    /// `asset[partition]{sweep point}`: which step this is, for people.
+    #[serde(default)]
+    pub label: String,
     pub status: StepStatus,
     pub attempt: i32,
     pub worker: Option<String>,
@@ -154,6 +169,7 @@ impl From<store::runs::StepOutput> for StepOutput {
     fn from(o: store::runs::StepOutput) -> Self {
         Self {
             step_id: StepId(o.step_id.max(0) as u32),
+            label: o.asset.clone(),
             asset: o.asset,
             status: o.status.into(),
             attempt: o.attempt,
@@ -165,7 +181,7 @@ impl From<store::runs::StepOutput> for StepOutput {
 }
 
 /// One registered op version: `GET /v1/ops`, `opflow ops list --json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OpVersion {
     pub name: String,
     pub version: String,
@@ -217,7 +233,7 @@ impl From<store::ops::RegisteredOpRow> for OpVersion {
 }
 
 /// One page of a list; pass `next_cursor` as `cursor` for the next one (absent on the last).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,16 +241,20 @@ pub struct Page<T> {
 }
 
 /// What `POST /v1/runs` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct SubmitResponse {
     /// True when the key named an existing run.
     pub existing: bool,
+    /// The secret the run's own notification (`notify`) is signed with, when the request
+    /// gave a URL and no secret: shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_secret: Option<String>,
     #[serde(flatten)]
     pub run: RunSummary,
 }
 
 /// What `POST /v1/runs/{id}/cancel` and `opflow cancel --json` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct CancelResponse {
     /// False when the run had already finished: nothing changed.
     pub canceled: bool,
@@ -298,7 +318,7 @@ impl From<store::tokens::TokenInfo> for TokenInfo {
 }
 
 /// A finished run retention would delete: `opflow gc --dry-run --json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExpiredRun {
     pub run_id: RunId,
     pub plan: String,
@@ -314,7 +334,7 @@ impl From<store::retention::Expired> for ExpiredRun {
 }
 
 /// What `opflow gc --json` deleted.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Deleted {
     pub runs: u64,
     pub steps: u64,
@@ -328,7 +348,7 @@ impl From<store::retention::Deleted> for Deleted {
 }
 
 /// One op version's queue and what waits for its workers: `GET /v1/queues[/{queue}]`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueueDemand {
     pub queue: String,
     pub op: String,
@@ -340,4 +360,141 @@ pub struct QueueDemand {
     pub forecast: u64,
     /// All three: what KEDA's `metrics-api` trigger reads (`valueLocation: demand`).
     pub demand: u64,
+}
+
+/// One event of a run: the `data` of each Server-Sent Event of `GET /v1/runs/{id}/events`,
+/// and a line of `opflow events --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// Its number within the run (the SSE `id:`); resume after it with `Last-Event-ID`.
+    pub seq: i64,
+    pub run_id: RunId,
+    pub step_id: StepId,
+    pub asset: String,
+    pub attempt: i32,
+    /// `started`, `progress`, `log`, `materialized`, `check_result`, `succeeded`, `failed`
+    /// or `abandoned` (also the SSE `event:` name).
+    pub kind: String,
+    /// When the worker emitted it.
+    pub at: DateTime<Utc>,
+    pub worker: String,
+    /// Whether it changed its step: false for a late event of an attempt already retried.
+    pub applied: bool,
+    /// The kind's fields: `{"fraction": 0.5, "message": "…"}` for progress, `{"level":
+    /// "info", "message": "…"}` for a log line, `{"output": …}` for a success, `{"error":
+    /// "…", "retryable": false}` for a failure.
+    pub data: Value,
+}
+
+impl RunEvent {
+    pub fn from_recorded(run_id: RunId, e: store::following::RecordedEvent) -> Self {
+        // Stored as the protocol's externally tagged enum: `{"<kind>": {fields}}`.
+        let data = match e.body {
+            Value::Object(mut tagged) if tagged.len() == 1 && tagged.contains_key(&e.kind) => {
+                tagged.remove(&e.kind).unwrap_or(Value::Null)
+            }
+            other => other,
+        };
+        Self {
+            seq: e.seq,
+            run_id,
+            step_id: StepId(e.step_id.max(0) as u32),
+            asset: e.asset,
+            attempt: e.attempt,
+            kind: e.kind,
+            at: e.at,
+            worker: e.worker,
+            applied: e.applied,
+            data,
+        }
+    }
+}
+
+/// A run in `GET /v1/runs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunListItem {
+    pub run_id: RunId,
+    pub key: Option<String>,
+    pub plan: String,
+    pub status: RunStatus,
+    pub steps_total: i32,
+    pub steps_succeeded: i32,
+    pub steps_failed: i32,
+    pub steps_skipped: i32,
+    pub steps_canceled: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<store::following::RunListItem> for RunListItem {
+    fn from(r: store::following::RunListItem) -> Self {
+        Self {
+            run_id: RunId::from_uuid(r.id),
+            key: r.key,
+            plan: r.plan_name,
+            status: r.status.into(),
+            steps_total: r.steps_total,
+            steps_succeeded: r.steps_succeeded,
+            steps_failed: r.steps_failed,
+            steps_skipped: r.steps_skipped,
+            steps_canceled: r.steps_canceled,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// A step in `GET /v1/runs/{id}/steps`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepInfo {
+    pub step_id: StepId,
+    pub asset: String,
+    /// The op version that runs it, `name@version`.
+    pub op: String,
+    pub status: StepStatus,
+    pub attempt: i32,
+    /// The last progress its worker reported, in `[0, 1]`, and its message.
+    pub progress: Option<f32>,
+    pub progress_message: Option<String>,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<store::following::StepRow> for StepInfo {
+    fn from(s: store::following::StepRow) -> Self {
+        Self {
+            step_id: StepId(s.step_id.max(0) as u32),
+            asset: s.asset,
+            op: format!("{}@{}", s.op_name, s.op_version),
+            status: s.status.into(),
+            attempt: s.attempt,
+            progress: s.progress,
+            progress_message: s.progress_message,
+            worker: s.worker,
+            error: s.error,
+            queued_at: s.queued_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+        }
+    }
+}
+
+/// An asset of a run and its number of steps: `GET /v1/runs/{id}/assets`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssetInfo {
+    pub name: String,
+    pub steps: i64,
+    /// Nothing in the plan depends on it: its outputs are the run's results.
+    pub leaf: bool,
+}
+
+impl From<store::following::AssetSize> for AssetInfo {
+    fn from(a: store::following::AssetSize) -> Self {
+        Self { name: a.name, steps: a.steps, leaf: a.leaf }
+    }
 }

@@ -1,11 +1,17 @@
 //! The `opflow` command line: one module per command group, each a thin layer over the
 //! library (compile, store, register, serve) that adds context to errors and formats output.
 //!
+//! Two kinds of commands: a user's (`run`, `status`, `outputs`, `cancel`, `watch`,
+//! `events`, `logs`, `webhooks`) are clients of the dispatcher's HTTP API ([`client`]) and
+//! need no database credentials; an administrator's (`up`, `dispatcher`, `ops`, `tokens`,
+//! `gc`, `bench`) use the database and the broker directly.
+//!
 //! Exit codes, for every command: 0 success; 1 the run failed (`run --wait`, `up --run`);
 //! 2 invalid input (a bad plan, file or argument; nothing was changed); 3 opflow could not
 //! do its work (a service unreachable, an internal error).
 
 mod bench;
+pub mod client;
 mod gc;
 mod ops;
 mod plan;
@@ -13,6 +19,7 @@ mod render;
 mod run;
 mod tokens;
 mod up;
+mod watch;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -25,6 +32,22 @@ use crate::config::Settings;
 pub const EXIT_RUN_FAILED: u8 = 1;
 pub const EXIT_INVALID_INPUT: u8 = 2;
 pub const EXIT_UNAVAILABLE: u8 = 3;
+
+/// Where a user command finds the API: every such command takes these.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The dispatcher's HTTP API (its api_addr)
+    #[arg(long, env = "OPFLOW_SERVER", default_value = client::DEFAULT_SERVER, value_name = "URL")]
+    pub server: String,
+}
+
+impl ServerArgs {
+    /// A client for the API, with the token from `OPFLOW_TOKEN` if set. The token is read
+    /// from the environment only: a command line is visible to every user of the machine.
+    pub fn client(&self) -> anyhow::Result<client::ApiClient> {
+        client::ApiClient::new(&self.server, std::env::var("OPFLOW_TOKEN").ok())
+    }
+}
 
 /// A mistake in what the user gave us: a plan, a file, an argument. Exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +64,9 @@ pub struct InvalidInput(pub String);
                   runs in PostgreSQL while remote op workers execute them.\n\n\
                   Quick start on one machine:\n  \
                   opflow up --run examples/defi-risk.yaml\n\n\
+                  With a dispatcher running (opflow up, or opflow dispatcher), users submit and follow \
+                  runs over its HTTP API: opflow run plan.yaml --wait, opflow watch RUN, opflow logs RUN \
+                  (--server / OPFLOW_SERVER, default http://127.0.0.1:7600; OPFLOW_TOKEN when it needs one).\n\n\
                   Settings come from built-in defaults, then --config FILE, then OPFLOW_* variables \
                   (OPFLOW_AMQP_URL, OPFLOW_DATABASE_URL, OPFLOW_API_ADDR, ...).\n\n\
                   Exit codes: 0 success; 1 the run failed; 2 invalid input (nothing was changed); \
@@ -71,12 +97,18 @@ enum Command {
     /// Check plans without running them
     #[command(subcommand)]
     Plan(plan::PlanCommand),
-    /// Submit a plan as a run, optionally waiting for it to finish
+    /// Submit a plan as a run, optionally waiting for it to finish (over the HTTP API)
     Run(run::RunArgs),
+    /// Follow a run live: a bar per asset, progress messages, failures as they happen
+    Watch(watch::WatchArgs),
     /// Show a run's state
     Status(run::StatusArgs),
     /// Show the outputs (or errors) of a run's steps
     Outputs(run::OutputsArgs),
+    /// Print a run's events (progress, logs, results), optionally following it
+    Events(watch::EventsArgs),
+    /// Print the log lines a run's ops wrote, optionally following it
+    Logs(watch::LogsArgs),
     /// Cancel a run: queued and waiting steps never start, running ones are told to stop
     Cancel(run::CancelArgs),
     /// Delete finished runs past their retention now (administrators; uses the database)
@@ -137,10 +169,13 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ops(command) => ops::run(command, &settings, &cancel).await,
         Command::Plan(command) => plan::run(command, &settings, &cancel).await,
-        Command::Run(args) => run::run(args, &settings, &cancel).await,
-        Command::Status(args) => run::status(args, &settings, &cancel).await,
-        Command::Outputs(args) => run::outputs(args, &settings, &cancel).await,
-        Command::Cancel(args) => run::cancel(args, &settings, &cancel).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Watch(args) => watch::watch(args).await,
+        Command::Status(args) => run::status(args).await,
+        Command::Outputs(args) => run::outputs(args).await,
+        Command::Events(args) => watch::events(args).await,
+        Command::Logs(args) => watch::logs(args).await,
+        Command::Cancel(args) => run::cancel(args).await,
         Command::Tokens(command) => tokens::run(command, &settings, &cancel).await,
         Command::Gc(args) => {
             // Ctrl-C stops between runs, never in the middle of one.

@@ -6,7 +6,7 @@ use std::{io::IsTerminal, path::Path, time::Duration};
 use serde_json::Value;
 
 use super::InvalidInput;
-use crate::store::runs::{RunProgress, RunSummary};
+use crate::{api::types::RunSummary, store::runs::RunProgress};
 
 /// Reads a plan file; a missing or unreadable file is invalid input.
 pub fn read_plan(file: &Path) -> Result<String, InvalidInput> {
@@ -48,6 +48,17 @@ pub fn summary(s: &RunSummary) {
     );
     for f in &s.failures {
         println!("  failed step {} ({}), attempt {}: {}", f.step_id, f.asset, f.attempt, f.error);
+    }
+}
+
+/// Seconds for people: `0.84s`, `12.3s`, `4m05s`, `2h03m`.
+pub fn seconds(s: f64) -> String {
+    let whole = s.max(0.0) as u64;
+    match whole {
+        0..10 => format!("{s:.2}s"),
+        10..60 => format!("{s:.1}s"),
+        60..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
+        _ => format!("{}h{:02}m", whole / 3600, (whole % 3600) / 60),
     }
 }
 
@@ -131,6 +142,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(seconds(0.842), "0.84s");
+        assert_eq!(seconds(12.34), "12.3s");
+        assert_eq!(seconds(245.0), "4m05s");
+        assert_eq!(seconds(7380.0), "2h03m");
+    }
 
     #[test]
     fn outputs_read_as_key_value_pairs() {

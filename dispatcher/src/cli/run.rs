@@ -1,26 +1,18 @@
-//! `opflow run`, `opflow status` and `opflow outputs`.
+//! `opflow run`, `status`, `outputs` and `cancel`: clients of the dispatcher's HTTP API.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
-use opflow_protocol::{RunId, StepId};
-use tokio_util::sync::CancellationToken;
+use serde_json::json;
 
-use super::{EXIT_RUN_FAILED, InvalidInput, render};
-use crate::{
-    config::Settings,
-    store::{
-        Store,
-        run_plan::{RunPlan, UnlockMode},
-        runs::{RunStatus, RunSummary},
-    },
-    submit::{self, SubmitError},
+use super::{
+    EXIT_RUN_FAILED, ServerArgs, render,
+    watch::{self, WatchOptions},
 };
+use crate::api::types::{AssetInfo, CancelResponse, Page, RunStatus, RunSummary, StepOutput, SubmitResponse};
 
-/// How often `--wait` reads the run's counters.
-const POLL: Duration = Duration::from_millis(200);
 /// Leaf assets with at most this many steps have their outputs printed after `--wait`.
-const SHOW_OUTPUTS_UP_TO: u32 = 20;
+const SHOW_OUTPUTS_UP_TO: i64 = 20;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -29,12 +21,18 @@ pub struct RunArgs {
     /// Idempotency key: submitting the same key again returns the existing run
     #[arg(long)]
     pub key: Option<String>,
-    /// Wait until the run finishes; exit 0 if it succeeded, 1 if it failed
+    /// Wait until the run finishes, showing its progress live; exit 0 if it succeeded, 1 if not
     #[arg(long)]
     pub wait: bool,
-    /// Print one JSON object (run_id, status, steps counts, …) instead of text
+    /// Print one JSON object (run_id, status, steps counts, …) instead of text; with
+    /// --wait, the run's final state
     #[arg(long)]
     pub json: bool,
+    /// Tell this URL when the run ends (a signed webhook; see docs/webhooks.md)
+    #[arg(long, value_name = "URL")]
+    pub notify: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +42,8 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +53,8 @@ pub struct CancelArgs {
     /// Print one JSON object (canceled, message, not_started, running, run) instead of text
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -65,85 +67,66 @@ pub struct OutputsArgs {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
-pub async fn run(args: RunArgs, settings: &Settings, cancel: &CancellationToken) -> anyhow::Result<ExitCode> {
-    let source = render::read_plan(&args.file)?;
-    let store = super::store(settings, cancel).await?;
-    let submission = match submit::submit(&store, &source, &args.file, args.key.as_deref()).await {
-        Ok(submission) => submission,
-        Err(SubmitError::Plan(errors)) => return Err(InvalidInput(errors.to_string()).into()),
-        Err(error @ SubmitError::BadKey(_)) => return Err(InvalidInput(error.to_string()).into()),
-        Err(SubmitError::Store(error @ crate::store::StoreError::KeyConflict { .. })) => {
-            return Err(InvalidInput(error.to_string()).into());
-        }
-        Err(other) => return Err(other.into()),
-    };
-    let run_id = submission.run_id;
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let client = args.server.client()?;
+    let plan = render::read_plan(&args.file)?;
+    let mut body = json!({ "plan": plan, "file": args.file.display().to_string() });
+    if let Some(url) = &args.notify {
+        body["notify"] = json!({ "url": url });
+    }
+    let mut headers = Vec::new();
+    if let Some(key) = &args.key {
+        headers.push(("idempotency-key", key.as_str()));
+    }
+    let submitted: SubmitResponse = client.post("/v1/runs", &body, &headers).await?;
+    let run_id = submitted.run.run_id.to_string();
     if !args.json {
-        if submission.existing {
+        if submitted.existing {
             eprintln!("run {run_id} already exists for this key; showing it instead of submitting again");
         } else {
             eprintln!("submitted run {run_id}");
         }
+        if let Some(secret) = &submitted.notify_secret {
+            eprintln!(
+                "notifications to {} are signed with {secret} (shown once)",
+                args.notify.as_deref().unwrap_or("")
+            );
+        }
     }
     if !args.wait {
-        let summary = summary_of(&store, run_id).await?;
-        print_summary(&summary, args.json)?;
+        print_summary(&submitted.run, args.json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let summary = wait_for(&store, run_id, args.json).await?;
+    let options = WatchOptions { json_events: false, quiet: args.json };
+    let summary = watch::follow(&client, &run_id, options).await?;
     print_summary(&summary, args.json)?;
     if !args.json && summary.status == RunStatus::Succeeded {
-        print_leaf_outputs(&store, run_id).await?;
+        print_leaf_outputs(&client, &run_id).await?;
     }
     Ok(exit_code(summary.status))
-}
-
-/// Waits until the run ends, showing progress unless `quiet`.
-pub async fn wait_for(store: &Store, run: RunId, quiet: bool) -> anyhow::Result<RunSummary> {
-    let mut progress = render::Progress::new(quiet);
-    loop {
-        let Some(p) = store.run_progress(run).await? else {
-            return Err(InvalidInput(format!("no run {run}")).into());
-        };
-        progress.update(&p, quiet);
-        if p.status.is_finished() {
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    progress.finish();
-    summary_of(store, run).await
 }
 
 pub fn exit_code(status: RunStatus) -> ExitCode {
     if status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_FAILED) }
 }
 
-pub async fn status(
-    args: StatusArgs,
-    settings: &Settings,
-    cancel: &CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let run = parse_run_id(&args.run)?;
-    let store = super::store(settings, cancel).await?;
-    print_summary(&summary_of(&store, run).await?, args.json)?;
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = args.server.client()?;
+    let summary: RunSummary = client.get(&format!("/v1/runs/{}", path_segment(&args.run))).await?;
+    print_summary(&summary, args.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `opflow cancel`: queued and waiting steps never start, running ones are told to stop.
 /// Exits 0 whether the run was going or had already finished (which it says).
-pub async fn cancel(
-    args: CancelArgs,
-    settings: &Settings,
-    cancel: &CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let run = parse_run_id(&args.run)?;
-    let store = super::store(settings, cancel).await?;
-    let cancellation = store.cancel_run(run).await?.ok_or_else(|| InvalidInput(format!("no run {run}")))?;
-    let summary = crate::api::types::RunSummary::from(summary_of(&store, run).await?);
-    let response = crate::api::types::CancelResponse::new(cancellation, summary);
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
+    let client = args.server.client()?;
+    let response: CancelResponse =
+        client.post(&format!("/v1/runs/{}/cancel", path_segment(&args.run)), &json!({}), &[]).await?;
     if args.json {
         println!("{}", serde_json::to_string(&response)?);
     } else {
@@ -152,38 +135,21 @@ pub async fn cancel(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn outputs(
-    args: OutputsArgs,
-    settings: &Settings,
-    cancel: &CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let run = parse_run_id(&args.run)?;
-    let store = super::store(settings, cancel).await?;
-    summary_of(&store, run).await?;
-    let mut rows = Vec::new();
-    loop {
-        let after = rows.last().map(|row: &crate::store::runs::StepOutput| row.step_id as u32);
-        let page = store.step_outputs(run, args.asset.as_deref(), after, crate::api::runs::MAX_PAGE).await?;
-        let done = page.len() < crate::api::runs::MAX_PAGE as usize;
-        rows.extend(page);
-        if done {
-            break;
-        }
-    }
+pub async fn outputs(args: OutputsArgs) -> anyhow::Result<ExitCode> {
+    let client = args.server.client()?;
+    let run = path_segment(&args.run);
+    let rows = all_outputs(&client, &run, args.asset.as_deref()).await?;
     if let Some(asset) = &args.asset
         && rows.is_empty()
     {
-        return Err(InvalidInput(format!("run {run} has no asset `{asset}`")).into());
+        return Err(super::InvalidInput(format!("run {run} has no asset `{asset}`")).into());
     }
     if args.json {
-        let rows: Vec<crate::api::types::StepOutput> = rows.into_iter().map(Into::into).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let plan =
-        RunPlan::new(store.load_run_plan(run).await?, UnlockMode::Groups).map_err(anyhow::Error::msg)?;
     for row in rows {
-        let label = plan.label(StepId(row.step_id as u32));
+        let label = &row.label;
         match (&row.output, &row.error) {
             (Some(output), _) => println!("{label}  {}", render::output_line(output)),
             (None, Some(error)) => println!("{label}  [{:?}] {error}", row.status),
@@ -193,13 +159,34 @@ pub async fn outputs(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn summary_of(store: &Store, run: RunId) -> anyhow::Result<RunSummary> {
-    store.run_summary(run).await?.ok_or_else(|| InvalidInput(format!("no run {run}")).into())
+/// Every output of a run (of one asset), page after page.
+async fn all_outputs(
+    client: &super::client::ApiClient,
+    run: &str,
+    asset: Option<&str>,
+) -> anyhow::Result<Vec<StepOutput>> {
+    let mut rows = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/runs/{run}/outputs?limit={}", crate::api::runs::MAX_PAGE);
+        if let Some(asset) = asset {
+            path.push_str(&format!("&asset={}", query_value(asset)));
+        }
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={}", query_value(cursor)));
+        }
+        let page: Page<StepOutput> = client.get(&path).await?;
+        rows.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(rows),
+        }
+    }
 }
 
 fn print_summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(&crate::api::types::RunSummary::from(summary.clone()))?);
+        println!("{}", serde_json::to_string(summary)?);
     } else {
         render::summary(summary);
     }
@@ -207,25 +194,47 @@ fn print_summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
 }
 
 /// Prints the outputs of the plan's final assets (those nothing depends on), when small.
-pub async fn print_leaf_outputs(store: &Store, run: RunId) -> anyhow::Result<()> {
-    let plan =
-        RunPlan::new(store.load_run_plan(run).await?, UnlockMode::Groups).map_err(anyhow::Error::msg)?;
-    let assets = &plan.plan().assets;
-    let is_upstream: std::collections::HashSet<usize> =
-        assets.iter().flat_map(|a| a.deps.iter().map(|d| d.upstream)).collect();
-    for (index, asset) in assets.iter().enumerate() {
-        if is_upstream.contains(&index) || asset.step_count() > SHOW_OUTPUTS_UP_TO {
-            continue;
-        }
+async fn print_leaf_outputs(client: &super::client::ApiClient, run: &str) -> anyhow::Result<()> {
+    let assets: Vec<AssetInfo> = client.get(&format!("/v1/runs/{run}/assets")).await?;
+    for asset in assets.iter().filter(|a| a.leaf && a.steps <= SHOW_OUTPUTS_UP_TO) {
         println!("outputs of `{}`:", asset.name);
-        for row in store.step_outputs(run, Some(&asset.name), None, SHOW_OUTPUTS_UP_TO).await? {
+        let path =
+            format!("/v1/runs/{run}/outputs?asset={}&limit={SHOW_OUTPUTS_UP_TO}", query_value(&asset.name));
+        let page: Page<StepOutput> = client.get(&path).await?;
+        for row in page.items {
             let output = row.output.as_ref().map(render::output_line).unwrap_or_default();
-            println!("  {}  {output}", plan.label(StepId(row.step_id as u32)));
+            println!("  {}  {output}", row.label);
         }
     }
     Ok(())
 }
 
-fn parse_run_id(text: &str) -> Result<RunId, InvalidInput> {
-    text.parse().map_err(|_| InvalidInput(format!("`{text}` is not a run id (a UUID)")))
+/// A run id (or anything a user typed) made safe for one path segment.
+pub fn path_segment(text: &str) -> String {
+    query_value(text)
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_text_cannot_escape_its_path_segment_or_query_value() {
+        assert_eq!(query_value("prices"), "prices");
+        assert_eq!(query_value("a b&c=d/../e"), "a%20b%26c%3Dd%2F..%2Fe");
+        assert_eq!(path_segment("0190aa-Bb"), "0190aa-Bb");
+    }
 }

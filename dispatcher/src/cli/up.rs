@@ -150,12 +150,12 @@ async fn run_plan(
         Err(other) => return Err(other.into()),
     };
     eprintln!("submitted run {} ({})", submission.run_id, file.display());
-    let summary = run::wait_for(store, submission.run_id, false).await?;
-    render::summary(&summary);
+    let summary = wait_for(store, submission.run_id).await?;
+    render::summary(&crate::api::types::RunSummary::from(summary.clone()));
     if summary.status == crate::store::runs::RunStatus::Succeeded {
-        run::print_leaf_outputs(store, submission.run_id).await?;
+        print_leaf_outputs(store, submission.run_id).await?;
     }
-    Ok(run::exit_code(summary.status))
+    Ok(run::exit_code(summary.status.into()))
 }
 
 /// The example op binaries, from the directory this `opflow` binary is in.
@@ -174,4 +174,48 @@ fn example_ops() -> anyhow::Result<Vec<PathBuf>> {
         .into());
     }
     Ok(binaries)
+}
+
+/// How often `up --run` reads the run's counters. `opflow up` runs the dispatcher in this
+/// process and waits on the store directly; `opflow run --wait` follows the HTTP API.
+const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Leaf assets with at most this many steps have their outputs printed at the end.
+const SHOW_OUTPUTS_UP_TO: u32 = 20;
+
+/// Waits until the run ends, with a progress bar on a terminal.
+async fn wait_for(
+    store: &crate::store::Store,
+    run: opflow_protocol::RunId,
+) -> anyhow::Result<crate::store::runs::RunSummary> {
+    let mut progress = render::Progress::new(false);
+    loop {
+        let Some(p) = store.run_progress(run).await? else {
+            return Err(InvalidInput(format!("no run {run}")).into());
+        };
+        progress.update(&p, false);
+        if p.status.is_finished() {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    progress.finish();
+    store.run_summary(run).await?.ok_or_else(|| InvalidInput(format!("no run {run}")).into())
+}
+
+/// Prints the outputs of the plan's final assets (those nothing depends on), when small.
+async fn print_leaf_outputs(store: &crate::store::Store, run: opflow_protocol::RunId) -> anyhow::Result<()> {
+    use crate::store::run_plan::{RunPlan, UnlockMode};
+    let plan =
+        RunPlan::new(store.load_run_plan(run).await?, UnlockMode::Groups).map_err(anyhow::Error::msg)?;
+    for asset in store.asset_sizes(run).await? {
+        if !asset.leaf || asset.steps > i64::from(SHOW_OUTPUTS_UP_TO) {
+            continue;
+        }
+        println!("outputs of `{}`:", asset.name);
+        for row in store.step_outputs(run, Some(&asset.name), None, SHOW_OUTPUTS_UP_TO).await? {
+            let output = row.output.as_ref().map(render::output_line).unwrap_or_default();
+            println!("  {}  {output}", plan.label(opflow_protocol::StepId(row.step_id as u32)));
+        }
+    }
+    Ok(())
 }

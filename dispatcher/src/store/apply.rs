@@ -180,10 +180,32 @@ async fn insert_events(
         ats.push(e.at);
         flags.push(applied.contains(&e.id.as_uuid()));
     }
+    // Each run's `event_seq` is bumped by its number of events and the events numbered
+    // after the old value, in batch order. The bump locks the run's row until commit, so a
+    // reader sees a run's numbers appear in order (migration 0011). A duplicate (same id,
+    // already recorded) leaves a gap, which readers never rely on. The runs whose events
+    // were recorded are announced on `EVENTS_CHANNEL`, for the events stream.
     let inserted = sqlx::query(
-        "INSERT INTO events (id, run_id, step_id, attempt, kind, body, worker, at, applied)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::text[], $6::jsonb[],
-                              $7::text[], $8::timestamptz[], $9::bool[])
+        "WITH e AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::text[], $6::jsonb[],
+                                  $7::text[], $8::timestamptz[], $9::bool[])
+                 WITH ORDINALITY AS e(id, run_id, step_id, attempt, kind, body, worker, at, applied, ord)
+         ), counts AS (
+             SELECT run_id, count(*) AS n FROM e GROUP BY run_id
+         ), bumped AS (
+             UPDATE runs r SET event_seq = r.event_seq + c.n
+             FROM counts c WHERE r.id = c.run_id
+             RETURNING r.id, r.event_seq - c.n AS base
+         ), announced AS (
+             SELECT pg_notify($10, CASE WHEN count(*) <= 100 THEN string_agg(id::text, ',') ELSE '' END)
+             FROM bumped HAVING count(*) > 0
+         )
+         INSERT INTO events (id, run_id, step_id, attempt, kind, body, worker, at, applied, seq)
+         SELECT e.id, e.run_id, e.step_id, e.attempt, e.kind, e.body, e.worker, e.at, e.applied,
+                b.base + row_number() OVER (PARTITION BY e.run_id ORDER BY e.ord)
+         FROM e JOIN bumped b ON b.id = e.run_id
+         -- Referenced so that it runs (a SELECT in WITH runs only when used).
+         WHERE (SELECT count(*) FROM announced) >= 0
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&ids)
@@ -195,6 +217,7 @@ async fn insert_events(
     .bind(&workers)
     .bind(&ats)
     .bind(&flags)
+    .bind(super::EVENTS_CHANNEL)
     .execute(&mut *tx)
     .await?;
     Ok((events.len(), inserted.rows_affected() as usize))

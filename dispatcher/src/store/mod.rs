@@ -12,6 +12,7 @@
 //! - [`retention`]: deleting finished runs past their retention.
 
 pub mod apply;
+pub mod following;
 pub mod in_flight;
 pub mod ops;
 pub mod outbox;
@@ -36,6 +37,10 @@ use tokio_util::sync::CancellationToken;
 pub const RUNS_CHANNEL: &str = "opflow_runs";
 /// Where the store announces steps in the outbox to publish.
 pub const OUTBOX_CHANNEL: &str = "opflow_outbox";
+/// Where the store announces that events were recorded: the payload is the runs' ids,
+/// comma-separated, or empty when a batch touched more than 100 runs (then every follower
+/// looks). The events stream (`GET /v1/runs/{id}/events`) waits on it.
+pub const EVENTS_CHANNEL: &str = "opflow_events";
 /// Where the store announces cancels to append to the cancels stream.
 pub const CANCELS_CHANNEL: &str = "opflow_cancels";
 

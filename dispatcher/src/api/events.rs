@@ -1,0 +1,251 @@
+//! `GET /v1/runs/{id}/events`: a run's events as Server-Sent Events, resumable.
+//!
+//! Each event's SSE `id:` is its per-run sequence number (migration 0011). A client that
+//! reconnects with `Last-Event-ID: n` (or `?after=n`) gets every event numbered after `n`
+//! exactly once and in order, because the numbers of a run become visible in order (see
+//! `store::apply`). The stream reads the store, so it replays a finished run the same way
+//! it follows a live one; it ends, after the last event, with an `end` event carrying the
+//! run's summary (no `id:`, so it is not something to resume after).
+//!
+//! Followers do not poll the database in a loop: one `LISTEN` per process ([`Followers`])
+//! tells each stream when its run got events, with a slow poll as a safety net.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::HeaderMap,
+    response::sse::{Event as SseEvent, KeepAlive, Sse},
+};
+use futures_util::Stream;
+use opflow_protocol::RunId;
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiState, error::ApiError, runs::parse_run_id, types::RunEvent};
+use crate::store::{Store, following::EventFilter};
+
+/// Events read per query; a stream catching up reads page after page.
+const PAGE: u32 = 500;
+/// How often a stream looks without being told: only matters if a notification is lost.
+const SAFETY_POLL: Duration = Duration::from_secs(2);
+/// How often an idle stream sends a comment, so proxies keep the connection open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Events a slow client may fall behind by before the stream waits for it.
+const STREAM_BUFFER: usize = 256;
+
+/// The kinds a client may ask for with `?kinds=`.
+pub const EVENT_KINDS: [&str; 8] =
+    ["started", "progress", "log", "materialized", "check_result", "succeeded", "failed", "abandoned"];
+
+/// Tells streams that a run got events: fed by one `LISTEN` on the store's events channel.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Followers {
+    /// The runs of each recorded batch; `None` means "any run" (a batch of many runs, or
+    /// notifications lost while the listener reconnected).
+    wakeups: broadcast::Sender<Option<Arc<str>>>,
+    /// Ends every stream when the API shuts down, so draining does not wait on them.
+    shutdown: CancellationToken,
+}
+
+impl Followers {
+    /// Listens on the store's events channel until `shutdown`, reconnecting as needed.
+    pub fn start(store: Store, shutdown: CancellationToken) -> Self {
+        let (wakeups, _) = broadcast::channel(1024);
+        let followers = Self { wakeups: wakeups.clone(), shutdown: shutdown.clone() };
+        tokio::spawn(async move {
+            while !shutdown.is_cancelled() {
+                let mut listener = match store.listen_for_events().await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for recorded events; streams poll until it can");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(SAFETY_POLL) => continue,
+                        }
+                    }
+                };
+                // Anything recorded while not listening: every stream looks.
+                let _ = wakeups.send(None);
+                loop {
+                    let notification = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        notification = listener.recv() => notification,
+                    };
+                    match notification {
+                        Ok(n) if n.payload().is_empty() => {
+                            let _ = wakeups.send(None);
+                        }
+                        Ok(n) => {
+                            let _ = wakeups.send(Some(Arc::from(n.payload())));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "lost the events listener; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        followers
+    }
+
+    /// No listener: streams find events by their safety poll alone (for tests of the router).
+    pub fn polling_only(shutdown: CancellationToken) -> Self {
+        Self { wakeups: broadcast::channel(1).0, shutdown }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    /// Comma-separated kinds to send (all when absent).
+    pub kinds: Option<String>,
+    /// Only this step's events.
+    pub step: Option<u32>,
+    /// Start after this sequence number (as `Last-Event-ID`, which wins when both are given).
+    pub after: Option<i64>,
+    /// `false`: send what is recorded now and end, even if the run goes on.
+    pub follow: Option<bool>,
+}
+
+/// `GET /v1/runs/{id}/events`.
+pub async fn stream(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let Query(query) = query?;
+    let run = parse_run_id(&id)?;
+    let after = match headers.get("last-event-id") {
+        Some(value) => value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Last-Event-ID `{}` is not an event id of this stream (a number)",
+                String::from_utf8_lossy(value.as_bytes())
+            ))
+        })?,
+        None => query.after.unwrap_or(0),
+    };
+    let filter =
+        EventFilter { kinds: parse_kinds(query.kinds.as_deref())?, step: query.step.map(|s| s as i32) };
+    if state.store.run_status(run).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no run {run}")));
+    }
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let follow = query.follow.unwrap_or(true);
+    tokio::spawn(produce(state, run, after, filter, follow, tx));
+    let events =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|event| (Ok(event), rx)) },
+        );
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// Validates `?kinds=`.
+fn parse_kinds(kinds: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(kinds) = kinds else { return Ok(None) };
+    let kinds: Vec<String> =
+        kinds.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect();
+    if let Some(unknown) = kinds.iter().find(|k| !EVENT_KINDS.contains(&k.as_str())) {
+        return Err(ApiError::BadRequest(format!(
+            "`{unknown}` is not an event kind; kinds are {}",
+            EVENT_KINDS.join(", ")
+        )));
+    }
+    Ok(Some(kinds))
+}
+
+/// Sends the run's events after `after` to `tx` until the run has ended and every event
+/// is sent, the client goes away, or the API shuts down.
+async fn produce(
+    state: ApiState,
+    run: RunId,
+    mut after: i64,
+    filter: EventFilter,
+    follow: bool,
+    tx: mpsc::Sender<SseEvent>,
+) {
+    let followers = state.followers.clone();
+    let mut wakeups = followers.wakeups.subscribe();
+    let run_text = run.to_string();
+    loop {
+        // The status is read before the events: a run that had ended by then has every
+        // event it ended with already visible to the read that follows.
+        let read = async {
+            let status = state.store.run_status(run).await?;
+            let events = state.store.events_after(run, after, &filter, PAGE).await?;
+            Ok::<_, crate::store::StoreError>((status, events))
+        };
+        let (status, events) = match read.await {
+            Ok((Some(status), events)) => (status, events),
+            Ok((None, _)) => return, // deleted (retention) while followed
+            Err(error) => {
+                tracing::warn!(%error, %run, "reading a run's events failed; retrying");
+                tokio::select! {
+                    () = followers.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(SAFETY_POLL) => continue,
+                }
+            }
+        };
+        let full = events.len() == PAGE as usize;
+        for event in events {
+            after = event.seq;
+            let kind = event.kind.clone();
+            let data = RunEvent::from_recorded(run, event);
+            let Ok(sse) = SseEvent::default().id(after.to_string()).event(kind).json_data(&data) else {
+                continue;
+            };
+            if tx.send(sse).await.is_err() {
+                return; // the client went away
+            }
+        }
+        if full {
+            continue;
+        }
+        if status.is_finished() || !follow {
+            let end = match state.store.run_summary(run).await {
+                Ok(Some(summary)) => SseEvent::default()
+                    .event("end")
+                    .json_data(super::types::RunSummary::from(summary))
+                    .unwrap_or_else(|_| SseEvent::default().event("end").data("{}")),
+                _ => SseEvent::default().event("end").data("{}"),
+            };
+            let _ = tx.send(end).await;
+            return;
+        }
+        // Wait for this run's next events (or any run's, when the notice names none).
+        let woken = async {
+            loop {
+                match wakeups.recv().await {
+                    Ok(Some(runs)) if !runs.split(',').any(|r| r == run_text) => continue,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
+        tokio::select! {
+            () = followers.shutdown.cancelled() => return,
+            () = tx.closed() => return,
+            () = woken => {}
+            () = tokio::time::sleep(SAFETY_POLL) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_checked_against_the_known_ones() {
+        assert_eq!(parse_kinds(None).unwrap(), None);
+        assert_eq!(parse_kinds(Some("log, progress")).unwrap(), Some(vec!["log".into(), "progress".into()]));
+        let Err(ApiError::BadRequest(message)) = parse_kinds(Some("log,heartbeat")) else {
+            panic!("heartbeat is not recorded, so it is no kind to ask for")
+        };
+        assert!(message.contains("`heartbeat`") && message.contains("succeeded"), "{message}");
+    }
+}

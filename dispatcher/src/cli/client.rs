@@ -1,0 +1,276 @@
+//! The CLI's side of the HTTP API: every user command (`run`, `status`, `outputs`,
+//! `cancel`, `watch`, `events`, `logs`, `webhooks`) goes through [`ApiClient`], so a user
+//! needs the dispatcher's address and perhaps a token, never the database's credentials.
+//!
+//! Answers map to the CLI's exit codes in one place: the API's 4xx are the user's mistake
+//! (exit 2, with the server's message), an unreachable server or a 5xx is opflow failing
+//! (exit 3, saying where it looked).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
+use reqwest::{Method, StatusCode, header};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use super::InvalidInput;
+use crate::api::types::{RunEvent, RunSummary};
+
+/// Where the API is when `--server` and `OPFLOW_SERVER` say nothing: `opflow up`'s and
+/// `opflow dispatcher`'s default `api_addr`.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7600";
+
+/// How long to wait before reconnecting a dropped events stream, at most.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// A client of one dispatcher's API.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    /// `http://host:port`, without a trailing slash.
+    server: String,
+    token: Option<String>,
+}
+
+/// One message of a run's events stream.
+#[derive(Debug)]
+pub enum StreamItem {
+    Event(Box<RunEvent>),
+    /// The run has ended and every event was sent.
+    End(Box<RunSummary>),
+}
+
+impl ApiClient {
+    pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Self> {
+        // reqwest is built without a default crypto provider (see Cargo.toml); installing
+        // one twice is harmless, so every client just asks.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let server = server.trim_end_matches('/').to_owned();
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            return Err(InvalidInput(format!(
+                "--server `{server}` is not an http:// or https:// address (e.g. {DEFAULT_SERVER})"
+            ))
+            .into());
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self { http, server, token: token.filter(|t| !t.is_empty()) })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.server));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// `GET path` as JSON.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.request(Method::GET, path).timeout(Duration::from_secs(60)), path).await
+    }
+
+    /// `POST path` with a JSON body and extra headers.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<T> {
+        let mut request = self.request(Method::POST, path).json(body).timeout(Duration::from_secs(120));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request, path).await
+    }
+
+    /// `DELETE path`; the JSON answer.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.request(Method::DELETE, path).timeout(Duration::from_secs(60)), path).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let response = self.check(response, path).await?;
+        response.json().await.with_context(|| format!("reading the answer to {path} from {}", self.server))
+    }
+
+    /// The error for a request that got no answer.
+    fn unreachable(&self, error: reqwest::Error) -> anyhow::Error {
+        let hint = if error.is_connect() {
+            "; is `opflow up` or `opflow dispatcher` running there? Point --server (OPFLOW_SERVER) at its api_addr"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot reach the opflow API at {}: {}{hint}", self.server, error_chain(&error))
+    }
+
+    /// The response if it is a success; otherwise the API's error, as the right exit code.
+    async fn check(&self, response: reqwest::Response, path: &str) -> anyhow::Result<reqwest::Response> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let mut message = body["error"].as_str().map_or_else(|| format!("{status}"), str::to_owned);
+        if let Some(problems) = body["problems"].as_array() {
+            for problem in problems.iter().filter_map(Value::as_str) {
+                message.push_str("\n  ");
+                message.push_str(problem);
+            }
+        }
+        match status {
+            StatusCode::UNAUTHORIZED => Err(InvalidInput(format!(
+                "{message} (the API at {} needs a token: set OPFLOW_TOKEN to one from `opflow tokens create`)",
+                self.server
+            ))
+            .into()),
+            StatusCode::FORBIDDEN => Err(InvalidInput(format!("{message} (OPFLOW_TOKEN's scope is too narrow)")).into()),
+            s if s.is_client_error() => Err(InvalidInput(message).into()),
+            _ => Err(anyhow::anyhow!("the opflow API at {} failed on {path}: {message} ({status})", self.server)),
+        }
+    }
+
+    /// A run's events from after `after`, following the run until it ends (or only what is
+    /// recorded now, without `follow`). A dropped connection is resumed with
+    /// `Last-Event-ID`, so no event is missed or repeated.
+    pub fn events(
+        &self,
+        run: &str,
+        after: i64,
+        query: &str,
+        follow: bool,
+    ) -> impl Stream<Item = anyhow::Result<StreamItem>> + Send + 'static {
+        struct Cursor {
+            client: ApiClient,
+            path: String,
+            last: i64,
+            stream: Option<
+                std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<eventsource_stream::Event>> + Send>>,
+            >,
+            failures: u32,
+            done: bool,
+        }
+        let separator = if query.is_empty() { "" } else { "&" };
+        let path = format!("/v1/runs/{run}/events?follow={follow}{separator}{query}");
+        let cursor =
+            Cursor { client: self.clone(), path, last: after, stream: None, failures: 0, done: false };
+        futures_util::stream::unfold(cursor, |mut c| async move {
+            loop {
+                if c.done {
+                    return None;
+                }
+                let Some(stream) = c.stream.as_mut() else {
+                    let request = c
+                        .client
+                        .request(Method::GET, &c.path)
+                        .header(header::ACCEPT, "text/event-stream")
+                        .header("last-event-id", c.last.to_string());
+                    let opened = match request.send().await {
+                        Ok(response) => c.client.check(response, &c.path).await,
+                        Err(error) => Err(c.client.unreachable(error)),
+                    };
+                    match opened {
+                        Ok(response) => {
+                            let events =
+                                response.bytes_stream().eventsource().map(|e| e.map_err(anyhow::Error::from));
+                            c.stream = Some(Box::pin(events));
+                        }
+                        // A mistake (no such run, no token) will not mend by retrying.
+                        Err(error) if error.chain().any(|e| e.is::<InvalidInput>()) || c.failures >= 20 => {
+                            c.done = true;
+                            return Some((Err(error), c));
+                        }
+                        Err(_) => {
+                            c.failures += 1;
+                            tokio::time::sleep(backoff(c.failures)).await;
+                        }
+                    }
+                    continue;
+                };
+                match stream.next().await {
+                    Some(Ok(event)) if event.event == "end" => {
+                        c.done = true;
+                        let summary = serde_json::from_str::<RunSummary>(&event.data)
+                            .with_context(|| format!("reading the end of the events stream {}", c.path));
+                        return Some((summary.map(|s| StreamItem::End(Box::new(s))), c));
+                    }
+                    Some(Ok(event)) if event.data.is_empty() => continue,
+                    Some(Ok(event)) => {
+                        c.failures = 0;
+                        match serde_json::from_str::<RunEvent>(&event.data) {
+                            Ok(parsed) => {
+                                c.last = parsed.seq;
+                                return Some((Ok(StreamItem::Event(Box::new(parsed))), c));
+                            }
+                            Err(error) => {
+                                c.done = true;
+                                return Some((
+                                    Err(anyhow::anyhow!("an event the CLI cannot read: {error}")),
+                                    c,
+                                ));
+                            }
+                        }
+                    }
+                    // Dropped mid-stream (or ended without `end`): resume after the last event.
+                    Some(Err(_)) | None => {
+                        c.stream = None;
+                        c.failures += 1;
+                        tokio::time::sleep(backoff(c.failures)).await;
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The wait before reconnect number `n` (from 1): 100 ms doubling, at most [`RECONNECT_MAX`].
+fn backoff(n: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << n.min(10).saturating_sub(1))).min(RECONNECT_MAX)
+}
+
+/// An error with its causes, for one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnects_back_off_to_a_ceiling() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(30), RECONNECT_MAX);
+    }
+
+    #[test]
+    fn a_server_must_be_an_http_address() {
+        let error = ApiClient::new("127.0.0.1:7600", None).err().expect("no scheme");
+        assert!(error.to_string().contains("http://"), "{error}");
+        assert!(ApiClient::new("http://127.0.0.1:7600/", None).unwrap().server().ends_with(":7600"));
+    }
+}
