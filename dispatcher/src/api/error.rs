@@ -10,6 +10,16 @@ use serde_json::json;
 
 use crate::{plan::PlanErrors, store::StoreError, submit::SubmitError};
 
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong and what to do.
+    pub error: String,
+    /// For an invalid plan: each problem, with the file, line and asset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<String>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("invalid plan")]

@@ -23,7 +23,14 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{ApiState, error::ApiError, runs::parse_run_id, types::RunEvent};
+use utoipa::IntoParams;
+
+use super::{
+    ApiState,
+    error::{ApiError, ErrorBody},
+    runs::parse_run_id,
+    types::RunEvent,
+};
 use crate::store::{Store, following::EventFilter};
 
 /// Events read per query; a stream catching up reads page after page.
@@ -98,7 +105,8 @@ impl Followers {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Comma-separated kinds to send (all when absent).
     pub kinds: Option<String>,
@@ -111,6 +119,18 @@ pub struct EventsQuery {
 }
 
 /// `GET /v1/runs/{id}/events`.
+#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs",
+    params(
+        ("id" = String, Path, description = "The run id (a UUID)"),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event (the `id:` of the last one received)"),
+        EventsQuery,
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id:` the event's seq, `event:` its kind, `data:` a RunEvent; \
+            after the last event of an ended run, `event: end` with the run's RunSummary", content_type = "text/event-stream", body = RunEvent),
+        (status = 400, description = "A malformed id, kind or Last-Event-ID", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+    ))]
 pub async fn stream(
     State(state): State<ApiState>,
     Path(id): Path<String>,

@@ -5,6 +5,7 @@
 //!   `…/outputs`, `POST /v1/runs/{id}/cancel`.
 //! - [`events`]: `GET /v1/runs/{id}/events`, a run's events as resumable Server-Sent Events.
 //! - [`queues`]: `GET /v1/queues[/{queue}]`: each op queue's demand, with a forecast.
+//! - [`openapi`]: `GET /openapi.json`, generated from the handlers (also `docs/openapi.json`).
 //! - [`auth`]: API tokens and their scopes.
 //! - [`error`]: [`error::ApiError`], the one error type every handler returns.
 //! - [`types`]: the JSON the API answers (and the CLI prints): its own types, not the store's rows.
@@ -12,6 +13,7 @@
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod openapi;
 pub mod queues;
 pub mod runs;
 pub mod types;
@@ -113,6 +115,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/openapi.json", get(openapi::serve))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -10,12 +10,14 @@ use axum::{
 
 use super::{
     ApiState,
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     types::{Page, QueueDemand},
 };
 use crate::store::Store;
 
 /// `GET /v1/queues`: every registered op version's queue.
+#[utoipa::path(get, path = "/v1/queues", tag = "queues",
+    responses((status = 200, description = "Every registered op version's queue", body = Page<QueueDemand>)))]
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<QueueDemand>>, ApiError> {
     let mut items = Vec::new();
     for op in state.store.registered_ops().await? {
@@ -24,6 +26,9 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<QueueDemand
     Ok(Json(Page { items, next_cursor: None }))
 }
 
+#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "queues",
+    params(("queue" = String, Path, description = "A queue name, e.g. `opflow.op.noop.1.1.0`")),
+    responses((status = 200, body = QueueDemand), (status = 404, description = "No registered op version has this queue", body = ErrorBody)))]
 /// `GET /v1/queues/{queue}`: one queue, e.g. `opflow.op.noop.1.1.0`. KEDA's `metrics-api`
 /// trigger reads `demand` (`valueLocation: demand`).
 pub async fn one(

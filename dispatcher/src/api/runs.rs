@@ -14,10 +14,11 @@ use axum::{
 use chrono::{DateTime, Utc};
 use opflow_protocol::RunId;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     ApiState, MAX_BODY_BYTES,
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     types::{
         AssetInfo, CancelResponse, OpVersion, Page, RunListItem, RunSummary, StepInfo, StepOutput,
         SubmitResponse,
@@ -28,7 +29,7 @@ use crate::store::{
     run_plan::{RunPlan, UnlockMode},
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The plan, as YAML text.
@@ -44,6 +45,17 @@ pub struct SubmitRequest {
 /// The header that makes a submit idempotent, as the body's `key` does.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+#[utoipa::path(post, path = "/v1/runs", tag = "runs",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Submitting the same key again returns the same run")),
+    request_body = SubmitRequest,
+    responses(
+        (status = 201, description = "A new run", body = SubmitResponse),
+        (status = 200, description = "The run an earlier request with this key made", body = SubmitResponse),
+        (status = 400, description = "A malformed request", body = ErrorBody),
+        (status = 409, description = "The key was used for a different plan", body = ErrorBody),
+        (status = 413, description = "The body is over 4 MiB", body = ErrorBody),
+        (status = 422, description = "The plan is invalid; `problems` says where and why", body = ErrorBody),
+    ))]
 /// `POST /v1/runs`: 201 with a new run, 200 with the run an earlier request made.
 ///
 /// `Idempotency-Key: K` (or `"key": "K"` in the body; both must agree when both are given):
@@ -77,6 +89,8 @@ pub async fn submit(
     Ok((status, Json(SubmitResponse { existing: submission.existing, notify_secret: None, run })))
 }
 
+#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),
+    responses((status = 200, body = RunSummary), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
 /// `GET /v1/runs/{id}`.
 pub async fn status(
     State(state): State<ApiState>,
@@ -85,7 +99,8 @@ pub async fn status(
     Ok(Json(summary(&state, parse_run_id(&id)?).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
     pub status: Option<RunStatusParam>,
     /// 1–1000, default 100.
@@ -95,7 +110,7 @@ pub struct RunsQuery {
 }
 
 /// `?status=` of `GET /v1/runs`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatusParam {
     Queued,
@@ -118,6 +133,8 @@ impl From<RunStatusParam> for store::runs::RunStatus {
     }
 }
 
+#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(RunsQuery),
+    responses((status = 200, description = "Runs, newest first", body = Page<RunListItem>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody)))]
 /// `GET /v1/runs[?status=]`: runs newest first, paged (`?limit=`, `?cursor=`).
 pub async fn list(
     State(state): State<ApiState>,
@@ -148,7 +165,8 @@ fn parse_run_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiErro
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StepsQuery {
     pub asset: Option<String>,
     pub status: Option<StepStatusParam>,
@@ -159,7 +177,7 @@ pub struct StepsQuery {
 }
 
 /// `?status=` of `GET /v1/runs/{id}/steps`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatusParam {
     Waiting,
@@ -188,6 +206,8 @@ impl From<StepStatusParam> for store::runs::StepStatus {
     }
 }
 
+#[utoipa::path(get, path = "/v1/runs/{id}/steps", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), StepsQuery),
+    responses((status = 200, description = "The run's steps by id", body = Page<StepInfo>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
 /// `GET /v1/runs/{id}/steps[?asset=&status=]`: the run's steps by id, paged.
 pub async fn steps(
     State(state): State<ApiState>,
@@ -211,6 +231,8 @@ pub async fn steps(
     Ok(Json(Page { items, next_cursor }))
 }
 
+#[utoipa::path(get, path = "/v1/runs/{id}/assets", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),
+    responses((status = 200, description = "The run's assets in plan order", body = Vec<AssetInfo>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
 /// `GET /v1/runs/{id}/assets`: the run's assets in plan order, with their step counts.
 pub async fn assets(
     State(state): State<ApiState>,
@@ -243,7 +265,8 @@ pub const MAX_PAGE: u32 = 1000;
 pub const DEFAULT_PAGE: u32 = 100;
 
 /// `limit` and `cursor` of a paged list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
     pub limit: Option<u32>,
     pub cursor: Option<String>,
@@ -265,7 +288,8 @@ impl Paging {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OutputsQuery {
     pub asset: Option<String>,
     /// 1–1000, default 100.
@@ -274,6 +298,8 @@ pub struct OutputsQuery {
     pub cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/runs/{id}/outputs", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), OutputsQuery),
+    responses((status = 200, description = "The steps' outputs or errors by step id", body = Page<StepOutput>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
 /// `GET /v1/runs/{id}/outputs[?asset=name]`.
 ///
 /// Paged by step id: `?limit=` (1–1000, default 100) and `?cursor=` from the last page.
@@ -309,6 +335,8 @@ pub async fn outputs(
     Ok(Json(Page { items, next_cursor }))
 }
 
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),
+    responses((status = 200, description = "`canceled` says whether anything changed", body = CancelResponse), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
 /// `POST /v1/runs/{id}/cancel`: 200 either way; `canceled` says whether anything changed.
 pub async fn cancel(
     State(state): State<ApiState>,
@@ -321,6 +349,8 @@ pub async fn cancel(
     Ok(Json(CancelResponse::new(cancellation, summary)))
 }
 
+#[utoipa::path(get, path = "/v1/ops", tag = "ops", params(Paging),
+    responses((status = 200, description = "Registered op versions", body = Page<OpVersion>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody)))]
 /// `GET /v1/ops`.
 ///
 /// Paged: `?limit=` (1–1000, default 100) and `?cursor=` from the last page.

@@ -6,11 +6,12 @@ use chrono::{DateTime, Utc};
 use opflow_protocol::{RunId, StepId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::store::{self, runs::Cancellation};
 
 /// A run's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,
@@ -46,7 +47,7 @@ impl From<store::runs::RunStatus> for RunStatus {
 }
 
 /// A step's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Waiting,
@@ -76,7 +77,7 @@ impl From<store::runs::StepStatus> for StepStatus {
 }
 
 /// Step counts by status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StepCounts {
     pub total: i64,
     pub waiting: i64,
@@ -90,8 +91,9 @@ pub struct StepCounts {
 }
 
 /// A run's state: `GET /v1/runs/{id}`, `opflow status --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunSummary {
+    #[schema(value_type = String, format = "uuid")]
     pub run_id: RunId,
     pub key: Option<String>,
     pub plan: String,
@@ -105,8 +107,9 @@ pub struct RunSummary {
     pub failures: Vec<StepFailure>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StepFailure {
+    #[schema(value_type = u32)]
     pub step_id: StepId,
     pub asset: String,
     pub attempt: i32,
@@ -151,8 +154,9 @@ impl From<store::runs::RunSummary> for RunSummary {
 }
 
 /// One step's result: `GET /v1/runs/{id}/outputs`, `opflow outputs --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StepOutput {
+    #[schema(value_type = u32)]
     pub step_id: StepId,
     pub asset: String,
     /// `asset[partition]{sweep point}`: which step this is, for people.
@@ -181,7 +185,7 @@ impl From<store::runs::StepOutput> for StepOutput {
 }
 
 /// One registered op version: `GET /v1/ops`, `opflow ops list --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OpVersion {
     pub name: String,
     pub version: String,
@@ -233,7 +237,7 @@ impl From<store::ops::RegisteredOpRow> for OpVersion {
 }
 
 /// One page of a list; pass `next_cursor` as `cursor` for the next one (absent on the last).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -241,7 +245,7 @@ pub struct Page<T> {
 }
 
 /// What `POST /v1/runs` answers.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SubmitResponse {
     /// True when the key named an existing run.
     pub existing: bool,
@@ -254,7 +258,7 @@ pub struct SubmitResponse {
 }
 
 /// What `POST /v1/runs/{id}/cancel` and `opflow cancel --json` answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CancelResponse {
     /// False when the run had already finished: nothing changed.
     pub canceled: bool,
@@ -318,8 +322,9 @@ impl From<store::tokens::TokenInfo> for TokenInfo {
 }
 
 /// A finished run retention would delete: `opflow gc --dry-run --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExpiredRun {
+    #[schema(value_type = String, format = "uuid")]
     pub run_id: RunId,
     pub plan: String,
     pub status: String,
@@ -334,7 +339,7 @@ impl From<store::retention::Expired> for ExpiredRun {
 }
 
 /// What `opflow gc --json` deleted.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 pub struct Deleted {
     pub runs: u64,
     pub steps: u64,
@@ -348,7 +353,7 @@ impl From<store::retention::Deleted> for Deleted {
 }
 
 /// One op version's queue and what waits for its workers: `GET /v1/queues[/{queue}]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueueDemand {
     pub queue: String,
     pub op: String,
@@ -364,11 +369,13 @@ pub struct QueueDemand {
 
 /// One event of a run: the `data` of each Server-Sent Event of `GET /v1/runs/{id}/events`,
 /// and a line of `opflow events --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunEvent {
     /// Its number within the run (the SSE `id:`); resume after it with `Last-Event-ID`.
     pub seq: i64,
+    #[schema(value_type = String, format = "uuid")]
     pub run_id: RunId,
+    #[schema(value_type = u32)]
     pub step_id: StepId,
     pub asset: String,
     pub attempt: i32,
@@ -411,8 +418,9 @@ impl RunEvent {
 }
 
 /// A run in `GET /v1/runs`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunListItem {
+    #[schema(value_type = String, format = "uuid")]
     pub run_id: RunId,
     pub key: Option<String>,
     pub plan: String,
@@ -447,8 +455,9 @@ impl From<store::following::RunListItem> for RunListItem {
 }
 
 /// A step in `GET /v1/runs/{id}/steps`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StepInfo {
+    #[schema(value_type = u32)]
     pub step_id: StepId,
     pub asset: String,
     /// The op version that runs it, `name@version`.
@@ -485,7 +494,7 @@ impl From<store::following::StepRow> for StepInfo {
 }
 
 /// An asset of a run and its number of steps: `GET /v1/runs/{id}/assets`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AssetInfo {
     pub name: String,
     pub steps: i64,

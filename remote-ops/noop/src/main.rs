@@ -39,6 +39,9 @@ struct Params {
     /// Pad the output to about this many bytes.
     #[serde(default)]
     output_bytes: usize,
+    /// Report a log line and progress halfway, as a real op reports its work.
+    #[serde(default)]
+    chatty: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +62,10 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
         ctx.log(opflow_worker::LogLevel::Warn, format!("raw stderr:{nul}"));
         ctx.progress(0.5, format!("half{nul}way"));
         ctx.materialized(json!({ format!("path{nul}"): format!("/tmp/{nul}x") }));
+    }
+    if params.chatty {
+        ctx.log(opflow_worker::LogLevel::Info, format!("working on attempt {}", ctx.attempt()));
+        ctx.progress(0.5, "halfway".to_owned());
     }
     let lock = match &params.lock_file {
         Some(path) => Some(hold_lock(path)?),
@@ -152,6 +159,7 @@ fn main() -> std::process::ExitCode {
         .config_field("fail_until_attempt", "integer", "Fail retryably on attempts before this one", json!(0))
         .config_field("nul_texts", "boolean", "Put NUL characters in every text it reports", json!(false))
         .config_field("output_bytes", "integer", "Pad the output to about this many bytes", json!(0))
+        .config_field("chatty", "boolean", "Report a log line and progress halfway", json!(false))
         // noop serves tests and benchmarks, whose sleeps stay well under a minute.
         .longest_step(Duration::from_secs(60))
         .handler(run)
