@@ -194,7 +194,7 @@ fn print_summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
 }
 
 /// Prints the outputs of the plan's final assets (those nothing depends on), when small.
-async fn print_leaf_outputs(client: &super::client::ApiClient, run: &str) -> anyhow::Result<()> {
+pub async fn print_leaf_outputs(client: &super::client::ApiClient, run: &str) -> anyhow::Result<()> {
     let assets: Vec<AssetInfo> = client.get(&format!("/v1/runs/{run}/assets")).await?;
     for asset in assets.iter().filter(|a| a.leaf && a.steps <= SHOW_OUTPUTS_UP_TO) {
         println!("outputs of `{}`:", asset.name);

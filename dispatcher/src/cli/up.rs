@@ -112,7 +112,7 @@ pub async fn up(
     let outcome: anyhow::Result<ExitCode> = tokio::select! {
         result = async {
             match (&args.run, &plan_source) {
-                (Some(file), Some(source)) => run_plan(&store, file, source, args.key.as_deref()).await,
+                (Some(file), Some(source)) => run_plan(&store, &settings, file, source, args.key.as_deref()).await,
                 _ => {
                     signal.cancelled().await;
                     Ok(ExitCode::SUCCESS)
@@ -139,6 +139,7 @@ pub async fn up(
 
 async fn run_plan(
     store: &crate::store::Store,
+    settings: &Settings,
     file: &std::path::Path,
     source: &str,
     key: Option<&str>,
@@ -150,6 +151,19 @@ async fn run_plan(
         Err(other) => return Err(other.into()),
     };
     eprintln!("submitted run {} ({})", submission.run_id, file.display());
+    // Followed as `opflow run --wait` follows it, through this dispatcher's own API, when
+    // that is reachable without a token on a known port.
+    if let Some(client) = own_api(settings)? {
+        let run = submission.run_id.to_string();
+        wait_until_answering(&client).await?;
+        let options = super::watch::WatchOptions { json_events: false, quiet: false };
+        let summary = super::watch::follow(&client, &run, options).await?;
+        render::summary(&summary);
+        if summary.status == crate::api::types::RunStatus::Succeeded {
+            run::print_leaf_outputs(&client, &run).await?;
+        }
+        return Ok(run::exit_code(summary.status));
+    }
     let summary = wait_for(store, submission.run_id).await?;
     render::summary(&crate::api::types::RunSummary::from(summary.clone()));
     if summary.status == crate::store::runs::RunStatus::Succeeded {
@@ -176,8 +190,36 @@ fn example_ops() -> anyhow::Result<Vec<PathBuf>> {
     Ok(binaries)
 }
 
-/// How often `up --run` reads the run's counters. `opflow up` runs the dispatcher in this
-/// process and waits on the store directly; `opflow run --wait` follows the HTTP API.
+/// A client of the API this `opflow up` serves, unless its port is chosen by the system
+/// (0) or it needs a token.
+fn own_api(settings: &Settings) -> anyhow::Result<Option<super::client::ApiClient>> {
+    let addr = settings.api_addr;
+    if addr.port() == 0 || settings.api_auth.required_on(addr) {
+        return Ok(None);
+    }
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+    } else {
+        addr
+    };
+    Ok(Some(super::client::ApiClient::new(&format!("http://{host}"), None)?))
+}
+
+/// Waits (a few seconds at most) for the in-process API to answer.
+async fn wait_until_answering(client: &super::client::ApiClient) -> anyhow::Result<()> {
+    let mut last = None;
+    for _ in 0..100 {
+        match client.get::<serde_json::Value>("/readyz").await {
+            Ok(_) => return Ok(()),
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no answer")).context("waiting for this opflow up's API"))
+}
+
+/// How often `up --run` reads the run's counters when it cannot follow its own API (on a
+/// port the system chose, or behind a token): then it waits on the store directly.
 const POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// Leaf assets with at most this many steps have their outputs printed at the end.
 const SHOW_OUTPUTS_UP_TO: u32 = 20;

@@ -339,9 +339,12 @@ impl LiveView {
         );
         let width = assets.iter().map(|a| a.name.chars().count()).max().unwrap_or(5).min(32);
         let style = ProgressStyle::with_template(&format!(
-            "  {{prefix:<{width}}} {{bar:30.cyan/blue}} {{pos:>7}}/{{len:<7}} {{per_sec:>11}}  ETA {{eta:>3}} {{msg}}"
+            "  {{prefix:<{width}}} {{bar:30.cyan/blue}} {{pos:>7}}/{{len:<7}} {{rate:>9}}  ETA {{eta:>3}} {{msg}}"
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.1}/s", state.per_sec());
+        })
         .progress_chars("█▉▊▋▌▍▎▏ ");
         let bars = assets
             .iter()
@@ -389,12 +392,13 @@ impl LiveView {
         self.header.tick();
     }
 
-    fn finish(self, summary: &RunSummary) {
+    fn finish(self, _summary: &RunSummary) {
         for bar in &self.bars {
             bar.abandon();
         }
         self.latest.finish_and_clear();
-        self.header.finish_with_message(format!("run {} {}", self.run, summary.status.as_str()));
+        // The summary printed next says how the run ended.
+        self.header.finish_and_clear();
     }
 }
 
