@@ -113,6 +113,7 @@ pub async fn run_connected(
         store: store.with_own_pool(settings.api_pool_size),
         auth_required,
         readiness: readiness.clone(),
+        webhooks_allow_private: settings.webhooks_allow_private,
     });
     let api_stop = CancellationToken::new();
     let mut api = tokio::spawn({

@@ -4,6 +4,7 @@
 //! - [`runs`]: `POST /v1/runs`, `GET /v1/runs/{id}`, `GET /v1/runs/{id}/outputs`,
 //!   `POST /v1/runs/{id}/cancel`.
 //! - [`queues`]: `GET /v1/queues[/{queue}]`: each op queue's demand, with a forecast.
+//! - [`webhooks`]: `/v1/webhooks[/…]`: subscriptions, deliveries, redelivery (admin scope).
 //! - [`auth`]: API tokens and their scopes.
 //! - [`error`]: [`error::ApiError`], the one error type every handler returns.
 //! - [`types`]: the JSON the API answers (and the CLI prints): its own types, not the store's rows.
@@ -13,6 +14,7 @@ pub mod error;
 pub mod queues;
 pub mod runs;
 pub mod types;
+pub mod webhooks;
 
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +36,8 @@ pub struct ApiState {
     pub auth_required: bool,
     /// For readiness: whether this dispatcher leads, and whether its broker session is up.
     pub readiness: Readiness,
+    /// The `webhooks_allow_private` setting: whether webhook targets may be internal addresses.
+    pub webhooks_allow_private: bool,
 }
 
 /// What `/readyz` reports besides the database: set by the service as it takes or loses
@@ -102,6 +106,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs/{id}/cancel", axum::routing::post(runs::cancel))
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{queue}", get(queues::one))
+        .merge(webhooks::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -142,6 +147,7 @@ mod tests {
             store: Store::unconnected(),
             auth_required: false,
             readiness: Readiness::default(),
+            webhooks_allow_private: false,
         })
     }
 
@@ -176,6 +182,7 @@ mod tests {
             store: Store::unconnected(),
             auth_required: true,
             readiness: Readiness::default(),
+            webhooks_allow_private: false,
         });
         let response =
             app.clone().oneshot(Request::get("/v1/ops").body(Body::empty()).unwrap()).await.unwrap();

@@ -14,6 +14,7 @@ use super::{
     ApiState, MAX_BODY_BYTES,
     error::ApiError,
     types::{CancelResponse, OpVersion, Page, RunSummary, StepOutput, SubmitResponse},
+    webhooks::SubmitAnswer,
 };
 
 #[derive(Debug, Deserialize)]
@@ -27,20 +28,42 @@ pub struct SubmitRequest {
     /// Idempotency key: the same key returns the same run.
     #[serde(default)]
     pub key: Option<String>,
+    /// Where to send a webhook when this run ends (`{"url", "secret"?}`).
+    #[serde(default)]
+    pub notify: Option<super::webhooks::NotifyRequest>,
 }
 
-/// `POST /v1/runs`: 201 with a new run, 200 with the run an earlier request made.
+/// `POST /v1/runs`: 201 with a new run, 200 with the run an earlier request made. A
+/// `notify` target is checked first and stored with the run; a generated secret is
+/// answered as `notify_secret` (only for a new run).
 pub async fn submit(
     State(state): State<ApiState>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+) -> Result<(StatusCode, Json<SubmitAnswer>), ApiError> {
     let Json(request) = body.map_err(body_rejection)?;
     let file = PathBuf::from(request.file.as_deref().unwrap_or("request"));
-    let submission =
-        crate::submit::submit(&state.store, &request.plan, &file, request.key.as_deref()).await?;
+    let (notify, generated_secret) = match &request.notify {
+        Some(notify) => {
+            let (notify, generated) = super::webhooks::prepare_notify(&state, notify).await?;
+            (Some(notify), generated)
+        }
+        None => (None, None),
+    };
+    let submission = crate::submit::submit_notifying(
+        &state.store,
+        &request.plan,
+        &file,
+        request.key.as_deref(),
+        notify.as_ref(),
+    )
+    .await?;
     let run = summary(&state, submission.run_id).await?;
     let status = if submission.existing { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(SubmitResponse { existing: submission.existing, run })))
+    let notify_secret = generated_secret.filter(|_| !submission.existing);
+    Ok((
+        status,
+        Json(SubmitAnswer { response: SubmitResponse { existing: submission.existing, run }, notify_secret }),
+    ))
 }
 
 /// `GET /v1/runs/{id}`.
