@@ -295,6 +295,15 @@ async fn webhooks_are_delivered_once_per_run_end_after_refusals() -> anyhow::Res
     let again: Vec<Received> = receiver.accepted().into_iter().filter(|r| r.id == id).collect();
     assert_eq!(again[0].body, again[1].body);
     verify(&secrets[again[1].path.as_str()], &again[1])?;
+
+    // Removing the subscription: gone from the list, and a second removal is 404.
+    let subscription = created["id"].as_str().context("a subscription id")?;
+    let (status, body) = http(&api, "DELETE", &format!("/v1/webhooks/{subscription}"), None, None).await?;
+    assert_eq!(status, 204, "{body}");
+    let (_, listed) = http(&api, "GET", "/v1/webhooks", None, None).await?;
+    assert_eq!(listed["items"], json!([]));
+    let (status, _) = http(&api, "DELETE", &format!("/v1/webhooks/{subscription}"), None, None).await?;
+    assert_eq!(status, 404);
     Ok(())
 }
 
@@ -384,7 +393,10 @@ async fn webhooks_reach_a_receiver_that_was_down_for_a_minute() -> anyhow::Resul
 async fn webhooks_to_private_addresses_are_refused_without_the_setting() -> anyhow::Result<()> {
     let mut env = Env::new("webhooks_private").await?;
     env.register("noop").await?;
-    let (dispatcher, api) = env.spawn_dispatcher_api(&[]).await?;
+    // A short retry window, so refused deliveries end `failed` within the test.
+    let (dispatcher, api) = env
+        .spawn_dispatcher_api(&[("OPFLOW_WEBHOOKS_RETRY_FOR", "6s"), ("OPFLOW_WEBHOOKS_MAX_BACKOFF", "2s")])
+        .await?;
     let dispatcher = std::cell::RefCell::new(dispatcher);
 
     for (url, address) in [
@@ -430,16 +442,20 @@ async fn webhooks_to_private_addresses_are_refused_without_the_setting() -> anyh
     let (run, _) = submit(&api, SLOW_PLAN, None).await?;
     let (status, body) = http(&api, "POST", &format!("/v1/runs/{run}/cancel"), None, None).await?;
     assert_eq!(status, 200, "{body}");
-    let listed = wait_for("both deliveries attempted", DEADLINE, || async {
+    let listed = wait_for("both deliveries given up as failed", DEADLINE, || async {
         dispatcher.borrow_mut().check_alive()?;
-        let listed = deliveries(&api).await?;
-        Ok((listed.len() == 2 && listed.iter().all(|d| d["attempts"].as_i64() >= Some(1))).then_some(listed))
+        let (status, body) = http(&api, "GET", "/v1/webhooks/deliveries?failed=true", None, None).await?;
+        anyhow::ensure!(status == 200, "{body}");
+        let listed = body["items"].as_array().context("items")?.clone();
+        Ok((listed.len() == 2).then_some(listed))
     })
     .await?;
     for delivery in &listed {
+        assert_eq!(delivery["status"], "failed", "{delivery}");
         let error = delivery["last_error"].as_str().unwrap_or_default();
         assert!(error.contains("loopback") && error.contains("webhooks_allow_private"), "{delivery}");
         assert!(delivery["last_http_status"].is_null(), "nothing was sent: {delivery}");
+        assert!(delivery["attempts"].as_i64() >= Some(2), "retried before giving up: {delivery}");
     }
     assert!(receiver.log().is_empty(), "the receiver got nothing: {:?}", receiver.log());
     Ok(())
