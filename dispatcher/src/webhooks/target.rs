@@ -25,6 +25,8 @@ use url::{Host, Url};
 /// holds one of the bounded delivery slots no longer than this.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request that subscribes a URL waits for its name to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest target URL accepted.
 pub const MAX_URL_BYTES: usize = 2048;
 
@@ -106,12 +108,15 @@ pub async fn check_url(text: &str, allow_private: bool) -> Result<Url, TargetErr
     match url.host() {
         Some(Host::Domain(name)) => {
             let port = url.port_or_known_default().unwrap_or(443);
-            let addrs =
-                tokio::net::lookup_host((name, port)).await.map_err(|e| TargetError::Unresolvable {
-                    url: text.to_owned(),
-                    host: name.to_owned(),
-                    reason: e.to_string(),
-                })?;
+            let unresolvable = |reason: String| TargetError::Unresolvable {
+                url: text.to_owned(),
+                host: name.to_owned(),
+                reason,
+            };
+            let addrs = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
+                .await
+                .map_err(|_| unresolvable(format!("no answer within {RESOLVE_TIMEOUT:?}")))?
+                .map_err(|e| unresolvable(e.to_string()))?;
             for addr in addrs {
                 check_addr(name, addr.ip(), allow_private)?;
             }
