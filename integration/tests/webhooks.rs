@@ -499,3 +499,99 @@ async fn webhook_latency_from_run_end_to_receiver() -> anyhow::Result<()> {
     assert!(latencies.iter().all(|l| *l >= 0.0), "received before the run ended? {latencies:?}");
     Ok(())
 }
+
+/// A receiver that accepts connections and never answers: how many requests reached it,
+/// and how many of those connections the sender has since given up on (closed).
+#[derive(Clone, Default)]
+struct HungReceiver {
+    connected: Arc<std::sync::atomic::AtomicUsize>,
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HungReceiver {
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            use tokio::io::AsyncReadExt;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                this.connected.fetch_add(1, SeqCst);
+                let closed = this.closed.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    // Read and never answer, until the sender closes the connection.
+                    while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+                    closed.fetch_add(1, SeqCst);
+                });
+            }
+        });
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.connected.load(SeqCst), self.closed.load(SeqCst))
+    }
+}
+
+/// A receiver that never answers holds up no other receiver, nor its own other messages:
+/// every run's notification reaches a healthy receiver, and every one of the hung
+/// receiver's is under way, before any attempt at the hung one is given up (which happens
+/// only at the attempt timeout); those attempts then end as timeouts, recorded, and are
+/// retried.
+#[tokio::test]
+async fn webhooks_to_a_hung_receiver_hold_up_no_other_receiver() -> anyhow::Result<()> {
+    let env = Env::new("webhooks_hung").await?;
+    env.register("noop").await?;
+    let (dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_WEBHOOKS_ALLOW_PRIVATE", "true")]).await?;
+    let dispatcher = std::cell::RefCell::new(dispatcher);
+    let _worker = env.spawn_worker("noop")?;
+    let hung = HungReceiver::default();
+    let hung_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hung_addr = hung_listener.local_addr()?;
+    hung.serve(hung_listener);
+    let healthy = Receiver::new(0);
+    let healthy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let healthy_addr = healthy_listener.local_addr()?;
+    healthy.serve(healthy_listener);
+    // The hung receiver subscribes first, so its deliveries are claimed first too.
+    subscribe(&api, &format!("http://{hung_addr}/hung"), &["run.succeeded"], Some(SUB_SECRET)).await?;
+    subscribe(&api, &format!("http://{healthy_addr}/ok"), &["run.succeeded"], Some(SUB_SECRET)).await?;
+
+    let runs = 5;
+    for _ in 0..runs {
+        submit(&api, OK_PLAN, None).await?;
+    }
+    let (connected, closed) = wait_for("every notification at both receivers", DEADLINE, || async {
+        dispatcher.borrow_mut().check_alive()?;
+        let (connected, closed) = hung.counts();
+        Ok((healthy.accepted().len() >= runs && connected >= runs).then_some((connected, closed)))
+    })
+    .await?;
+    assert_eq!(closed, 0, "an attempt at the hung receiver ended before every message was under way");
+    for request in healthy.accepted() {
+        verify(SUB_SECRET, &request)?;
+    }
+
+    // The hung attempts end at the attempt timeout, recorded as such, and are retried.
+    let timed_out = wait_for("the hung attempts to time out", DEADLINE, || async {
+        dispatcher.borrow_mut().check_alive()?;
+        let listed = deliveries(&api).await?;
+        let hung_url = format!("http://{hung_addr}/hung");
+        let timed_out: Vec<Value> = listed
+            .into_iter()
+            .filter(|d| d["url"] == hung_url.as_str() && d["attempts"].as_i64() >= Some(1))
+            .collect();
+        Ok((timed_out.len() == runs).then_some(timed_out))
+    })
+    .await?;
+    for delivery in &timed_out {
+        assert_eq!(delivery["status"], "pending", "retried after the timeout: {delivery}");
+        let error = delivery["last_error"].as_str().unwrap_or_default().to_lowercase();
+        assert!(error.contains("timed out") || error.contains("timeout"), "{delivery}");
+    }
+    println!(
+        "hung receiver: {connected} connections open at once while the healthy one got {runs} notifications"
+    );
+    assert_eq!(healthy.log().len(), runs, "the healthy receiver got each message once");
+    Ok(())
+}
