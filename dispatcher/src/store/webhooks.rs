@@ -82,8 +82,9 @@ pub struct AttemptRow {
     pub error: Option<String>,
 }
 
-/// A delivery claimed for an attempt: everything needed to send it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A delivery claimed for an attempt: everything needed to send it. (`Debug` leaves the
+/// secret out.)
+#[derive(Clone, sqlx::FromRow)]
 pub struct DueDelivery {
     pub id: Uuid,
     pub run_id: Uuid,
@@ -93,6 +94,18 @@ pub struct DueDelivery {
     /// Attempts made before this one.
     pub attempts: i32,
     pub retry_from: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for DueDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DueDelivery")
+            .field("id", &self.id)
+            .field("run_id", &self.run_id)
+            .field("url", &self.url)
+            .field("attempts", &self.attempts)
+            .field("retry_from", &self.retry_from)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What becomes of a delivery after an attempt.

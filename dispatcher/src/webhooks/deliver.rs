@@ -237,9 +237,20 @@ pub async fn record_attempt(
     let error = attempt.error.clone();
     let took_ms = attempt.duration.as_millis() as u64;
     // A lost write leaves the delivery claimed until its lease runs out, then it is sent again.
-    if let Err(store_error) = store.record_webhook_attempt(delivery.id, &attempt, next).await {
-        tracing::warn!(error = %store_error, "recording a webhook attempt failed; it will be sent again");
-        return;
+    match store.record_webhook_attempt(delivery.id, &attempt, next).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(
+                status,
+                error,
+                "webhook attempt not recorded: the delivery was given up meanwhile"
+            );
+            return;
+        }
+        Err(store_error) => {
+            tracing::warn!(error = %store_error, "recording a webhook attempt failed; it will be sent again");
+            return;
+        }
     }
     match next {
         NextStep::Delivered => tracing::info!(status, took_ms, "webhook delivered"),
