@@ -54,6 +54,15 @@ pub struct Settings {
     /// `opflow up`'s autoscaler starts a worker for steps about to become ready. Off only to
     /// measure what it saves.
     pub autoscale_forecast: bool,
+    /// Whether webhooks may go to loopback, private, link-local, unique-local, CGNAT and
+    /// other internal addresses. Off: a shared platform must not be a way into its own
+    /// network. On only where every receiver is trusted (tests, a single-tenant install).
+    pub webhooks_allow_private: bool,
+    /// How long a webhook delivery is retried before it is given up as failed (a duration:
+    /// `24h`, `30m`), counted from the run's end or its redelivery.
+    pub webhooks_retry_for: String,
+    /// The longest pause between two attempts of a webhook delivery (a duration: `5m`, `3s`).
+    pub webhooks_max_backoff: String,
 }
 
 impl Default for Settings {
@@ -75,6 +84,9 @@ impl Default for Settings {
             retention: "30d".into(),
             autoscale_wakeup: true,
             autoscale_forecast: true,
+            webhooks_allow_private: false,
+            webhooks_retry_for: "24h".into(),
+            webhooks_max_backoff: "5m".into(),
         }
     }
 }
@@ -98,6 +110,9 @@ const KEYS: &[&str] = &[
     "retention",
     "autoscale_wakeup",
     "autoscale_forecast",
+    "webhooks_allow_private",
+    "webhooks_retry_for",
+    "webhooks_max_backoff",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +164,26 @@ impl Settings {
                 reason: format!("`{}` is not a duration like 30d or 12h: {reason}", settings.retention),
             });
         }
+        for (key, value) in [
+            ("webhooks_retry_for", &settings.webhooks_retry_for),
+            ("webhooks_max_backoff", &settings.webhooks_max_backoff),
+        ] {
+            match humantime::parse_duration(value) {
+                Ok(duration) if !duration.is_zero() => {}
+                Ok(_) => {
+                    return Err(SettingsError::Invalid {
+                        key,
+                        reason: format!("`{value}` is zero; give a duration like 24h or 5m"),
+                    });
+                }
+                Err(reason) => {
+                    return Err(SettingsError::Invalid {
+                        key,
+                        reason: format!("`{value}` is not a duration like 24h or 5m: {reason}"),
+                    });
+                }
+            }
+        }
         if settings.max_inputs_bytes > MAX_INPUTS_BYTES_LIMIT {
             return Err(SettingsError::Invalid {
                 key: "max_inputs_bytes",
@@ -173,6 +208,20 @@ impl Settings {
     /// Never for settings made by [`Settings::load`], which checked the value.
     pub fn retention(&self) -> Duration {
         humantime::parse_duration(&self.retention).expect("checked when the settings were loaded")
+    }
+
+    /// How long webhook deliveries are retried, and how far apart at most.
+    ///
+    /// # Panics
+    ///
+    /// Never for settings made by [`Settings::load`], which checked the values.
+    pub fn webhook_retry_policy(&self) -> crate::webhooks::deliver::RetryPolicy {
+        let parse =
+            |value: &str| humantime::parse_duration(value).expect("checked when the settings were loaded");
+        crate::webhooks::deliver::RetryPolicy {
+            retry_for: parse(&self.webhooks_retry_for),
+            max_backoff: parse(&self.webhooks_max_backoff),
+        }
     }
 
     pub fn lost_step_after(&self) -> Duration {
@@ -229,6 +278,24 @@ mod tests {
         assert_eq!(Settings::load_from(None, env(&[])).unwrap().api_auth, ApiAuth::Auto);
         let err = Settings::load_from(None, env(&[("OPFLOW_API_AUTH", "maybe")])).unwrap_err();
         assert!(err.to_string().contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn webhook_settings_default_and_are_checked() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert!(!s.webhooks_allow_private);
+        let policy = s.webhook_retry_policy();
+        assert_eq!(policy.retry_for, Duration::from_secs(24 * 3600));
+        assert_eq!(policy.max_backoff, Duration::from_secs(300));
+        let s = Settings::load_from(
+            None,
+            env(&[("OPFLOW_WEBHOOKS_ALLOW_PRIVATE", "true"), ("OPFLOW_WEBHOOKS_MAX_BACKOFF", "3s")]),
+        )
+        .unwrap();
+        assert!(s.webhooks_allow_private);
+        assert_eq!(s.webhook_retry_policy().max_backoff, Duration::from_secs(3));
+        let err = Settings::load_from(None, env(&[("OPFLOW_WEBHOOKS_RETRY_FOR", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("webhooks_retry_for") && err.to_string().contains("soon"), "{err}");
     }
 
     #[test]

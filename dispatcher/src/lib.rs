@@ -23,6 +23,7 @@
 //! - [`config`]: layered settings.
 //! - [`cli`]: the `opflow` commands.
 //! - [`bench`]: `opflow bench`, the platform measured against the broker alone.
+//! - [`webhooks`]: telling receivers that a run ended (Standard Webhooks, from an outbox).
 
 pub mod api;
 pub mod autoscale;
@@ -42,3 +43,4 @@ pub mod service;
 pub mod store;
 pub mod submit;
 pub mod supervise;
+pub mod webhooks;

@@ -117,6 +117,7 @@ pub async fn run_connected(
         store: api_store,
         auth_required,
         readiness: readiness.clone(),
+        webhooks_allow_private: settings.webhooks_allow_private,
     });
     let mut api = tokio::spawn({
         let stop = api_stop.clone();
@@ -232,6 +233,12 @@ impl Shared {
             self.settings.retention(),
             stop.clone(),
         ));
+        let webhooks = tokio::spawn(deliver_webhooks(
+            self.store.clone(),
+            self.settings.webhook_retry_policy(),
+            self.settings.webhooks_allow_private,
+            stop.clone(),
+        ));
         let mut reconnect = opflow_process::backoff::Reconnect::default();
         let mut outcome = Ok(());
         loop {
@@ -267,6 +274,7 @@ impl Shared {
             // Fatal: stop the time-driven parts too.
             scheduler.abort();
             retention.abort();
+            webhooks.abort();
         }
         if let Err(error) = scheduler.await
             && error.is_panic()
@@ -277,6 +285,11 @@ impl Shared {
             && error.is_panic()
         {
             tracing::warn!(%error, "retention panicked");
+        }
+        if let Err(error) = webhooks.await
+            && error.is_panic()
+        {
+            tracing::warn!(%error, "webhook delivery panicked");
         }
         outcome
     }
@@ -371,6 +384,29 @@ impl Shared {
             parts.abort_all();
         }
         failure.map_or(Ok(()), Err)
+    }
+}
+
+/// Delivers webhooks while leading. It needs no broker, so it runs for the whole lease; a
+/// failure is logged and the task started again (pending deliveries wait in the outbox).
+async fn deliver_webhooks(
+    store: Store,
+    policy: crate::webhooks::deliver::RetryPolicy,
+    allow_private: bool,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let delivered = match crate::webhooks::deliver::Deliverer::new(store.clone(), policy, allow_private) {
+            Ok(deliverer) => deliverer.run(stop.clone()).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = delivered {
+            tracing::error!(%error, "webhook delivery stopped; starting it again in 5 s");
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::{
     plan::{self, CompiledPlan, PlanErrors, RegisteredOp},
-    store::{Store, StoreError, runs::Submission},
+    store::{Store, StoreError, runs::Submission, webhooks::RunNotify},
 };
 
 /// The longest idempotency key accepted.
@@ -60,6 +60,18 @@ pub async fn submit(
     file: &Path,
     key: Option<&str>,
 ) -> Result<Submission, SubmitError> {
+    submit_notifying(store, source, file, key, None).await
+}
+
+/// As [`submit`], with the run's own webhook target stored with the run (`notify` in
+/// `POST /v1/runs`; its URL checked by the caller).
+pub async fn submit_notifying(
+    store: &Store,
+    source: &str,
+    file: &Path,
+    key: Option<&str>,
+    notify: Option<&RunNotify>,
+) -> Result<Submission, SubmitError> {
     if let Some(key) = key {
         check_key(key)?;
         if let Some(existing) = store.run_by_key(key, source).await? {
@@ -68,7 +80,7 @@ pub async fn submit(
     }
     let compiled = compile(store, source, file).await?;
     let file = crate::store::storable::short_text(&file.display().to_string());
-    Ok(store.submit_run(&compiled, &file, source, key).await?)
+    Ok(store.submit_run_notifying(&compiled, &file, source, key, notify).await?)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Who may call the API. With authentication on, every route but `/healthz` and `/readyz`
 //! needs `Authorization: Bearer <token>` (`opflow tokens create`): reading needs the `read`
-//! scope, submitting and canceling runs `submit`. A missing or unknown token is 401, a
-//! token without the scope 403, both in the API's JSON error shape.
+//! scope, submitting and canceling runs `submit`, managing webhooks `admin`. A missing or
+//! unknown token is 401, a token without the scope 403, both in the API's JSON error shape.
 
 use axum::{
     extract::{Request, State},
@@ -44,8 +44,13 @@ impl ApiAuth {
     }
 }
 
-/// The scope a request needs: reading is `read`, anything else `submit`.
-fn needed(method: &Method) -> Scope {
+/// The scope a request needs: managing webhooks (`/v1/webhooks…`) is `admin`, as their
+/// secrets and targets are the installation's; otherwise reading is `read`, anything else
+/// `submit`.
+fn needed(method: &Method, path: &str) -> Scope {
+    if path == "/v1/webhooks" || path.starts_with("/v1/webhooks/") {
+        return Scope::Admin;
+    }
     if matches!(*method, Method::GET | Method::HEAD) { Scope::Read } else { Scope::Submit }
 }
 
@@ -76,7 +81,7 @@ pub async fn require_token(
             "the API token is unknown or revoked; ask for a new one (`opflow tokens create`)".into(),
         ));
     };
-    let scope = needed(request.method());
+    let scope = needed(request.method(), request.uri().path());
     if caller.scope < scope {
         return Err(ApiError::Forbidden(format!(
             "token `{}` has scope `{}`; {} {} needs `{}`",
@@ -106,7 +111,14 @@ mod tests {
 
     #[test]
     fn reading_needs_read_and_the_rest_submit() {
-        assert_eq!(needed(&Method::GET), Scope::Read);
-        assert_eq!(needed(&Method::POST), Scope::Submit);
+        assert_eq!(needed(&Method::GET, "/v1/runs/x"), Scope::Read);
+        assert_eq!(needed(&Method::POST, "/v1/runs"), Scope::Submit);
+    }
+
+    #[test]
+    fn webhooks_need_admin() {
+        assert_eq!(needed(&Method::GET, "/v1/webhooks"), Scope::Admin);
+        assert_eq!(needed(&Method::POST, "/v1/webhooks/deliveries/x/redeliver"), Scope::Admin);
+        assert_eq!(needed(&Method::GET, "/v1/webhooksx"), Scope::Read);
     }
 }

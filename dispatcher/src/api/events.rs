@@ -36,7 +36,7 @@ use crate::store::{Store, following::EventFilter};
 /// Events read per query; a stream catching up reads page after page.
 const PAGE: u32 = 500;
 /// How often a stream looks without being told: only matters if a notification is lost.
-const SAFETY_POLL: Duration = Duration::from_secs(2);
+const SAFETY_POLL: Duration = Duration::from_secs(10);
 /// How often an idle stream sends a comment, so proxies keep the connection open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events a slow client may fall behind by before the stream waits for it.

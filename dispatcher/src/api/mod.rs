@@ -6,6 +6,7 @@
 //! - [`events`]: `GET /v1/runs/{id}/events`, a run's events as resumable Server-Sent Events.
 //! - [`queues`]: `GET /v1/queues[/{queue}]`: each op queue's demand, with a forecast.
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers (also `docs/openapi.json`).
+//! - [`webhooks`]: `/v1/webhooks[/…]`: subscriptions, deliveries, redelivery (admin scope).
 //! - [`auth`]: API tokens and their scopes.
 //! - [`error`]: [`error::ApiError`], the one error type every handler returns.
 //! - [`types`]: the JSON the API answers (and the CLI prints): its own types, not the store's rows.
@@ -17,6 +18,7 @@ pub mod openapi;
 pub mod queues;
 pub mod runs;
 pub mod types;
+pub mod webhooks;
 
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +42,8 @@ pub struct ApiState {
     pub readiness: Readiness,
     /// Wakes the events streams when their runs get events; ends them on shutdown.
     pub followers: events::Followers,
+    /// The `webhooks_allow_private` setting: whether webhook targets may be internal addresses.
+    pub webhooks_allow_private: bool,
 }
 
 /// What `/readyz` reports besides the database: set by the service as it takes or loses
@@ -111,6 +115,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs/{id}/cancel", axum::routing::post(runs::cancel))
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{queue}", get(queues::one))
+        .merge(webhooks::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -153,6 +158,7 @@ mod tests {
             auth_required: false,
             readiness: Readiness::default(),
             followers: events::Followers::polling_only(Default::default()),
+            webhooks_allow_private: false,
         })
     }
 
@@ -188,6 +194,7 @@ mod tests {
             auth_required: true,
             readiness: Readiness::default(),
             followers: events::Followers::polling_only(Default::default()),
+            webhooks_allow_private: false,
         });
         let response =
             app.clone().oneshot(Request::get("/v1/ops").body(Body::empty()).unwrap()).await.unwrap();

@@ -15,7 +15,7 @@ use utoipa::{
         description = "Submit asset plans as runs, follow them live, read their outputs, cancel them; \
                        the queues' demand for autoscalers. With authentication on, every `/v1` route \
                        needs `Authorization: Bearer <token>` (`opflow tokens create`): reading needs \
-                       the `read` scope, submitting and canceling `submit`.",
+                       the `read` scope, submitting and canceling `submit`, managing webhooks `admin`.",
         license(name = "Apache-2.0"),
     ),
     paths(
@@ -30,6 +30,12 @@ use utoipa::{
         super::runs::list_ops,
         super::queues::list,
         super::queues::one,
+        super::webhooks::add,
+        super::webhooks::list,
+        super::webhooks::remove,
+        super::webhooks::deliveries,
+        super::webhooks::delivery,
+        super::webhooks::redeliver,
     ),
     components(schemas(super::types::RunSummary)),
     modifiers(&BearerToken),
@@ -103,6 +109,12 @@ mod tests {
             ("/v1/ops", "get"),
             ("/v1/queues", "get"),
             ("/v1/queues/{queue}", "get"),
+            ("/v1/webhooks", "post"),
+            ("/v1/webhooks", "get"),
+            ("/v1/webhooks/{id}", "delete"),
+            ("/v1/webhooks/deliveries", "get"),
+            ("/v1/webhooks/deliveries/{id}", "get"),
+            ("/v1/webhooks/deliveries/{id}/redeliver", "post"),
         ] {
             assert!(
                 paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -40,6 +40,9 @@ pub struct SubmitRequest {
     /// Idempotency key: the same key returns the same run.
     #[serde(default)]
     pub key: Option<String>,
+    /// Where to send a webhook when this run ends (`{"url", "secret"?}`).
+    #[serde(default)]
+    pub notify: Option<super::webhooks::NotifyRequest>,
 }
 
 /// The header that makes a submit idempotent, as the body's `key` does.
@@ -60,7 +63,8 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 ///
 /// `Idempotency-Key: K` (or `"key": "K"` in the body; both must agree when both are given):
 /// a request with a key already used for the same plan returns that run, with a
-/// different plan it is 409.
+/// different plan it is 409. A `notify` target is checked first and stored with the run;
+/// a generated secret is answered as `notify_secret` (only for a new run).
 pub async fn submit(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -83,10 +87,19 @@ pub async fn submit(
         (None, None) => None,
     };
     let file = PathBuf::from(request.file.as_deref().unwrap_or("request"));
-    let submission = crate::submit::submit(&state.store, &request.plan, &file, key).await?;
+    let (notify, generated_secret) = match &request.notify {
+        Some(notify) => {
+            let (notify, generated) = super::webhooks::prepare_notify(&state, notify).await?;
+            (Some(notify), generated)
+        }
+        None => (None, None),
+    };
+    let submission =
+        crate::submit::submit_notifying(&state.store, &request.plan, &file, key, notify.as_ref()).await?;
     let run = summary(&state, submission.run_id).await?;
     let status = if submission.existing { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(SubmitResponse { existing: submission.existing, notify_secret: None, run })))
+    let notify_secret = generated_secret.filter(|_| !submission.existing);
+    Ok((status, Json(SubmitResponse { existing: submission.existing, notify_secret, run })))
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),

@@ -92,9 +92,12 @@ impl ApiClient {
         self.send(request, path).await
     }
 
-    /// `DELETE path`; the JSON answer.
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.request(Method::DELETE, path).timeout(Duration::from_secs(60)), path).await
+    /// `DELETE path`, for an answer without a body (204).
+    pub async fn delete_empty(&self, path: &str) -> anyhow::Result<()> {
+        let request = self.request(Method::DELETE, path).timeout(Duration::from_secs(60));
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        self.check(response, path).await?;
+        Ok(())
     }
 
     async fn send<T: DeserializeOwned>(

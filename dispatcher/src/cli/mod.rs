@@ -20,6 +20,7 @@ mod run;
 mod tokens;
 mod up;
 mod watch;
+mod webhooks;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -111,6 +112,9 @@ enum Command {
     Logs(watch::LogsArgs),
     /// Cancel a run: queued and waiting steps never start, running ones are told to stop
     Cancel(run::CancelArgs),
+    /// Tell URLs when runs end (signed webhooks): add, list, remove, deliveries, redeliver
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Delete finished runs past their retention now (administrators; uses the database)
     Gc(gc::GcArgs),
     /// Create, list and revoke API tokens (administrators; uses the database)
@@ -176,6 +180,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => watch::events(args).await,
         Command::Logs(args) => watch::logs(args).await,
         Command::Cancel(args) => run::cancel(args).await,
+        Command::Webhooks(command) => webhooks::run(command).await,
         Command::Tokens(command) => tokens::run(command, &settings, &cancel).await,
         Command::Gc(args) => {
             // Ctrl-C stops between runs, never in the middle of one.

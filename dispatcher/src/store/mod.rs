@@ -10,6 +10,7 @@
 //! - [`storable`]: what an op sends, made storable.
 //! - [`tokens`]: API tokens.
 //! - [`retention`]: deleting finished runs past their retention.
+//! - [`webhooks`]: webhook subscriptions, a run's notify URL, the delivery outbox.
 
 pub mod apply;
 pub mod following;
@@ -21,6 +22,7 @@ pub mod run_plan;
 pub mod runs;
 pub mod storable;
 pub mod tokens;
+pub mod webhooks;
 
 use std::{str::FromStr, time::Duration};
 

@@ -167,6 +167,19 @@ impl Store {
         plan_source: &str,
         key: Option<&str>,
     ) -> Result<Submission, StoreError> {
+        self.submit_run_notifying(plan, plan_file, plan_source, key, None).await
+    }
+
+    /// As [`Store::submit_run`], storing the run's own webhook target (`notify`) in the
+    /// same transaction. A run returned for its key keeps the target it was submitted with.
+    pub async fn submit_run_notifying(
+        &self,
+        plan: &CompiledPlan,
+        plan_file: &str,
+        plan_source: &str,
+        key: Option<&str>,
+        notify: Option<&super::webhooks::RunNotify>,
+    ) -> Result<Submission, StoreError> {
         if let Some(key) = key
             && let Some(existing) = self.run_by_key(key, plan_source).await?
         {
@@ -196,6 +209,9 @@ impl Store {
                 .run_by_key(key, plan_source)
                 .await?
                 .ok_or_else(|| StoreError::Corrupt(key.to_owned(), "key conflict without a run".into()));
+        }
+        if let Some(notify) = notify {
+            super::webhooks::insert_run_notify(&mut tx, run_id, notify).await?;
         }
 
         for (idx, asset) in plan.assets.iter().enumerate() {

@@ -1,0 +1,331 @@
+//! The webhooks resource (admin scope): subscribe a URL to how runs end, list and remove
+//! subscriptions, list deliveries (with their attempts) and send one again. Also the
+//! `notify` part of `POST /v1/runs` (a run's own target). Its JSON types live here, apart
+//! from `types.rs`, as this resource is its own.
+//!
+//! - `POST /v1/webhooks` `{"url", "events": [...], "secret"?}`: 201; the secret (given or
+//!   generated) is in this answer only.
+//! - `GET /v1/webhooks`, `DELETE /v1/webhooks/{id}`.
+//! - `GET /v1/webhooks/deliveries?failed=true&limit=&cursor=`: newest first.
+//! - `GET /v1/webhooks/deliveries/{id}`: one delivery with every attempt.
+//! - `POST /v1/webhooks/deliveries/{id}/redeliver`: the same message (same `webhook-id`,
+//!   same body) again, now, with a fresh retry window.
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State, rejection::JsonRejection},
+    http::StatusCode,
+    routing::{delete, get, post},
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{
+    ApiState,
+    error::{ApiError, ErrorBody},
+    runs::{DEFAULT_PAGE, MAX_PAGE},
+    types::Page,
+};
+use crate::{
+    store::webhooks::{AttemptRow, DeliveryRow, Redelivery, RunNotify, WebhookRow},
+    webhooks::{
+        EVENTS,
+        sign::{Secret, message_id},
+        target,
+    },
+};
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/webhooks", post(add).get(list))
+        .route("/v1/webhooks/deliveries", get(deliveries))
+        .route("/v1/webhooks/deliveries/{id}", get(delivery))
+        .route("/v1/webhooks/deliveries/{id}/redeliver", post(redeliver))
+        .route("/v1/webhooks/{id}", delete(remove))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddWebhookRequest {
+    pub url: String,
+    /// Any of `run.succeeded`, `run.failed`, `run.canceled`.
+    pub events: Vec<String>,
+    /// `whsec_<base64 key>`; generated when absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// A subscription as listed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub id: Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<WebhookRow> for WebhookView {
+    fn from(row: WebhookRow) -> Self {
+        Self { id: row.id, url: row.url, events: row.events, created_at: row.created_at }
+    }
+}
+
+/// What `POST /v1/webhooks` answers: the subscription and, this once, its secret.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    pub secret: String,
+}
+
+/// A delivery as listed: one message to one target about one run's end.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryView {
+    pub id: Uuid,
+    /// The `webhook-id` header: the same on every attempt.
+    pub webhook_id: String,
+    pub run_id: Uuid,
+    /// The subscription, or absent for a run's own notify URL (or a removed subscription).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<Uuid>,
+    /// `subscription` or `notify`.
+    pub source: String,
+    pub event: String,
+    pub url: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: &'static str,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_http_status: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl From<DeliveryRow> for DeliveryView {
+    fn from(row: DeliveryRow) -> Self {
+        let pending = row.status == crate::store::webhooks::DeliveryStatus::Pending;
+        Self {
+            id: row.id,
+            webhook_id: message_id(row.id),
+            run_id: row.run_id,
+            subscription: row.webhook,
+            source: row.source,
+            event: row.event,
+            url: row.url,
+            status: row.status.as_str(),
+            attempts: row.attempts,
+            created_at: row.created_at,
+            next_attempt_at: pending.then_some(row.next_attempt_at),
+            delivered_at: row.delivered_at,
+            last_http_status: row.last_http_status,
+            last_error: row.last_error,
+        }
+    }
+}
+
+/// One attempt: when, how long, and the receiver's status or why there was none.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<AttemptRow> for AttemptView {
+    fn from(row: AttemptRow) -> Self {
+        Self {
+            attempt: row.attempt,
+            started_at: row.started_at,
+            duration_ms: row.duration_ms,
+            http_status: row.http_status,
+            error: row.error,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub delivery: DeliveryView,
+    pub attempt_log: Vec<AttemptView>,
+}
+
+/// `notify` in `POST /v1/runs`: where to tell of this run's end.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyRequest {
+    pub url: String,
+    /// `whsec_<base64 key>`; generated (and answered as `notify_secret`) when absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// A run's notify target, checked (URL and addresses, secret), and the secret to answer
+/// if it was generated.
+pub async fn prepare_notify(
+    state: &ApiState,
+    notify: &NotifyRequest,
+) -> Result<(RunNotify, Option<String>), ApiError> {
+    let url = target::check_url(&notify.url, state.webhooks_allow_private)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("notify: {e}")))?;
+    let (secret, generated) = secret_or_generated(notify.secret.as_deref())
+        .map_err(|e| ApiError::BadRequest(format!("notify: {e}")))?;
+    Ok((
+        RunNotify { url: url.to_string(), secret: secret.expose().to_owned() },
+        generated.then(|| secret.expose().to_owned()),
+    ))
+}
+
+fn secret_or_generated(given: Option<&str>) -> Result<(Secret, bool), crate::webhooks::sign::SecretError> {
+    match given {
+        Some(text) => Ok((Secret::parse(text)?, false)),
+        None => Ok((Secret::generate(), true)),
+    }
+}
+
+fn body_rejection(rejection: JsonRejection) -> ApiError {
+    ApiError::BadRequest(rejection.body_text())
+}
+
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = AddWebhookRequest,
+    responses((status = 201, description = "The subscription and, this once, its secret", body = CreatedWebhook), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
+/// `POST /v1/webhooks`.
+pub async fn add(
+    State(state): State<ApiState>,
+    body: Result<Json<AddWebhookRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
+    let Json(request) = body.map_err(body_rejection)?;
+    let mut events = Vec::new();
+    for event in &request.events {
+        if !EVENTS.contains(&event.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown event `{event}`; subscribe to any of {}",
+                EVENTS.join(", ")
+            )));
+        }
+        if !events.contains(event) {
+            events.push(event.clone());
+        }
+    }
+    if events.is_empty() {
+        return Err(ApiError::BadRequest(format!("no events; subscribe to any of {}", EVENTS.join(", "))));
+    }
+    let url = target::check_url(&request.url, state.webhooks_allow_private)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (secret, _) =
+        secret_or_generated(request.secret.as_deref()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let row = state.store.add_webhook(url.as_str(), &events, secret.expose()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWebhook { webhook: row.into(), secret: secret.expose().to_owned() }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+    responses((status = 200, description = "Every subscription", body = Page<WebhookView>), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
+/// `GET /v1/webhooks`.
+pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<WebhookView>>, ApiError> {
+    let items = state.store.list_webhooks().await?.into_iter().map(WebhookView::from).collect();
+    Ok(Json(Page { items, next_cursor: None }))
+}
+
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The subscription id")),
+    responses((status = 204, description = "Removed; its pending deliveries are given up"), (status = 404, description = "No such subscription", body = ErrorBody), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
+/// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries are given up.
+pub async fn remove(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "webhook")?;
+    if state.store.remove_webhook(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no webhook {id}; `GET /v1/webhooks` lists them")))
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveriesQuery {
+    /// Only deliveries given up (failed).
+    #[serde(default)]
+    failed: bool,
+    /// 1–1000, default 100.
+    limit: Option<u32>,
+    /// `next_cursor` of the page before.
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/deliveries", tag = "webhooks", params(DeliveriesQuery),
+    responses((status = 200, description = "Deliveries, newest first", body = Page<DeliveryView>), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
+/// `GET /v1/webhooks/deliveries?failed=true&limit=&cursor=`.
+pub async fn deliveries(
+    State(state): State<ApiState>,
+    query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page<DeliveryView>>, ApiError> {
+    let Query(query) = query?;
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(n @ 1..=MAX_PAGE) => n,
+        Some(n) => return Err(ApiError::BadRequest(format!("limit {n} is not between 1 and {MAX_PAGE}"))),
+    };
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
+            ApiError::BadRequest(format!("cursor `{cursor}` is not one this API gave out; start without one"))
+        })?),
+    };
+    let rows = state.store.webhook_deliveries(query.failed, before, limit).await?;
+    let next_cursor =
+        (rows.len() == limit as usize).then(|| rows.last().map(|r| r.seq.to_string())).flatten();
+    Ok(Json(Page { items: rows.into_iter().map(DeliveryView::from).collect(), next_cursor }))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/deliveries/{id}", tag = "webhooks", params(("id" = String, Path, description = "The delivery id")),
+    responses((status = 200, description = "The delivery with every attempt", body = DeliveryDetail), (status = 404, description = "No such delivery", body = ErrorBody), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
+/// `GET /v1/webhooks/deliveries/{id}`.
+pub async fn delivery(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryDetail>, ApiError> {
+    let id = parse_id(&id, "delivery")?;
+    let (row, attempts) = state
+        .store
+        .webhook_delivery(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no delivery {id}")))?;
+    Ok(Json(DeliveryDetail {
+        delivery: row.into(),
+        attempt_log: attempts.into_iter().map(AttemptView::from).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/redeliver", tag = "webhooks", params(("id" = String, Path, description = "The delivery id")),
+    responses((status = 200, description = "Queued again, with the same webhook-id and body", body = DeliveryView), (status = 404, description = "No such delivery", body = ErrorBody), (status = 409, description = "Its subscription was removed", body = ErrorBody), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
+/// `POST /v1/webhooks/deliveries/{id}/redeliver`.
+pub async fn redeliver(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryView>, ApiError> {
+    let id = parse_id(&id, "delivery")?;
+    match state.store.redeliver_webhook(id).await? {
+        Redelivery::Queued(row) => Ok(Json((*row).into())),
+        Redelivery::NotFound => Err(ApiError::NotFound(format!("no delivery {id}"))),
+        Redelivery::SubscriptionRemoved => Err(ApiError::Conflict(format!(
+            "delivery {id} was for a subscription that has been removed; subscribe the URL again"
+        ))),
+    }
+}
+
+fn parse_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
+    id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a {what} id (a UUID)")))
+}
