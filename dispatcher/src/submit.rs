@@ -34,7 +34,9 @@ pub async fn compile(store: &Store, source: &str, file: &Path) -> Result<Compile
         .map(|op| RegisteredOp { name: op.name.to_string(), version: op.version })
         .collect();
     let (source, file) = (source.to_owned(), file.to_path_buf());
-    tokio::task::spawn_blocking(move || plan::compile(&source, &file, &registered))
+    // The blocking thread is outside the caller's span: the compile span goes with it.
+    let span = tracing::info_span!("compile", bytes = source.len());
+    tokio::task::spawn_blocking(move || span.in_scope(|| plan::compile(&source, &file, &registered)))
         .await
         .map_err(|panic| SubmitError::Compiler(panic.to_string()))?
         .map_err(SubmitError::Plan)
@@ -53,7 +55,9 @@ fn check_key(key: &str) -> Result<(), SubmitError> {
     Ok(())
 }
 
-/// Submits a plan; see the module docs.
+/// Submits a plan; see the module docs. Its `submit` span (with `compile` inside) records
+/// the run it made or found.
+#[tracing::instrument(name = "submit", skip_all, fields(keyed = key.is_some(), run_id = tracing::field::Empty))]
 pub async fn submit(
     store: &Store,
     source: &str,
@@ -63,12 +67,15 @@ pub async fn submit(
     if let Some(key) = key {
         check_key(key)?;
         if let Some(existing) = store.run_by_key(key, source).await? {
+            tracing::Span::current().record("run_id", tracing::field::display(existing.run_id));
             return Ok(existing);
         }
     }
     let compiled = compile(store, source, file).await?;
     let file = crate::store::storable::short_text(&file.display().to_string());
-    Ok(store.submit_run(&compiled, &file, source, key).await?)
+    let submitted = store.submit_run(&compiled, &file, source, key).await?;
+    tracing::Span::current().record("run_id", tracing::field::display(submitted.run_id));
+    Ok(submitted)
 }
 
 #[cfg(test)]
