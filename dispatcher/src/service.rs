@@ -19,6 +19,7 @@ use crate::{
     config::Settings,
     isolation::Applier,
     leader::Lease,
+    metrics::Metrics,
     recovery::Recovery,
     scheduler,
     store::{Store, run_plan::PlanCache},
@@ -86,6 +87,8 @@ struct Shared {
     readiness: Readiness,
     /// The autoscaler running in this process (`opflow up`), told of every op published to.
     wakeups: Option<Arc<Wakeups>>,
+    /// What the API serves at `/metrics`; the applier counts into it.
+    metrics: Arc<Metrics>,
 }
 
 /// As [`run`], with the store and broker connection already open (see [`connect`]).
@@ -101,6 +104,7 @@ pub async fn run_connected(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let readiness = Readiness::default();
+    let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(settings.api_addr).await.with_context(|| {
         format!(
             "binding the HTTP API to {}; is another dispatcher running on this address?",
@@ -113,6 +117,7 @@ pub async fn run_connected(
         store: store.with_own_pool(settings.api_pool_size),
         auth_required,
         readiness: readiness.clone(),
+        metrics: metrics.clone(),
     });
     let api_stop = CancellationToken::new();
     let mut api = tokio::spawn({
@@ -133,6 +138,7 @@ pub async fn run_connected(
         wake: Arc::new(Notify::new()),
         readiness,
         wakeups,
+        metrics,
     };
     let leading = shared.lead_while_leased(connection, &shutdown);
     tokio::pin!(leading);
@@ -309,7 +315,8 @@ impl Shared {
 
         let parts_stop = stop.child_token();
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-        let applier = Applier { store: self.store.clone(), plans: self.plans.clone() };
+        let applier =
+            Applier { store: self.store.clone(), plans: self.plans.clone(), metrics: self.metrics.clone() };
         let publisher = StepPublisher {
             store: self.store.clone(),
             plans: self.plans.clone(),

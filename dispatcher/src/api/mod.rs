@@ -34,6 +34,8 @@ pub struct ApiState {
     pub auth_required: bool,
     /// For readiness: whether this dispatcher leads, and whether its broker session is up.
     pub readiness: Readiness,
+    /// What `/metrics` serves; shared with the parts of the service that count.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What `/readyz` reports besides the database: set by the service as it takes or loses
@@ -106,6 +108,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(crate::metrics::scrape))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -142,6 +145,7 @@ mod tests {
             store: Store::unconnected(),
             auth_required: false,
             readiness: Readiness::default(),
+            metrics: Arc::default(),
         })
     }
 
@@ -176,6 +180,7 @@ mod tests {
             store: Store::unconnected(),
             auth_required: true,
             readiness: Readiness::default(),
+            metrics: Arc::default(),
         });
         let response =
             app.clone().oneshot(Request::get("/v1/ops").body(Body::empty()).unwrap()).await.unwrap();

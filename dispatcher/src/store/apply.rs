@@ -9,12 +9,22 @@
 //! the batch. Every event is also appended to `events` once (keyed by its id), after the
 //! transitions, with `applied` saying whether it changed its step: each row is written once.
 //!
+//! Every step this batch moved to a terminal state (succeeded, failed for good, skipped)
+//! is listed in [`ApplyOutcome::terminal`], taken from the rows the guarded statements
+//! changed (their `RETURNING`), never from the events: a duplicate or late event that
+//! changed nothing is not listed, so the metrics counting them (`crate::metrics`) count each
+//! step once. Its op version comes from the run's cached plan ([`RunPlan::op`]), which the
+//! batch loads anyway to unlock and skip, so no query is added for it.
+//!
 //! A success unlocks downstream steps by decrementing their `pending_upstream`; the step
 //! whose count reaches zero is queued and written to the outbox in the same statement. A
 //! final failure skips every step downstream of it. A run ends when all its steps are
 //! succeeded, failed or skipped.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use opflow_protocol::{Event, EventKind, RunId, StepId};
@@ -23,7 +33,7 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    run_plan::{DepGroup, PlanCache, StepRange, Unlock, UnlockMode},
+    run_plan::{DepGroup, PlanCache, RunPlan, StepRange, Unlock, UnlockMode},
     runs::RunStatus,
     storable::StorableEvent,
 };
@@ -40,7 +50,50 @@ pub struct ApplyOutcome {
     pub newly_queued: u64,
     /// Runs that ended with this batch.
     pub finished: Vec<(RunId, RunStatus)>,
+    /// Steps this batch moved to a terminal state, each once (see the module docs).
+    pub terminal: Vec<TerminalStep>,
 }
+
+/// The terminal states a step reaches by applying events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TerminalStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl TerminalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminalStatus::Succeeded => "succeeded",
+            TerminalStatus::Failed => "failed",
+            TerminalStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// A step that reached a terminal state in an applied batch.
+#[derive(Debug, Clone)]
+pub struct TerminalStep {
+    /// Its run's plan, which names the step's op version ([`TerminalStep::op`]); shared,
+    /// so listing a step copies no names.
+    pub plan: Arc<RunPlan>,
+    pub step: StepId,
+    pub status: TerminalStatus,
+    /// How long its last attempt ran (the result's `finished_at − started_at`), when the
+    /// result came from a worker; `None` for a failure the dispatcher decided and for a skip.
+    pub seconds: Option<f64>,
+}
+
+impl TerminalStep {
+    pub fn op(&self) -> &opflow_protocol::OpRef {
+        self.plan.op(self.step)
+    }
+}
+
+/// A step row a guarded statement moved to a terminal state: run, step, and how long its
+/// attempt ran (see [`TerminalStep::seconds`]).
+type Finished = (Uuid, StepId, Option<f64>);
 
 /// Per-run changes to the counters on `runs`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -93,12 +146,18 @@ impl Store {
         apply_progress(&mut tx, &candidates).await?;
         let succeeded = apply_succeeded(&mut tx, &candidates, &mut deltas, &mut applied).await?;
         let failed = apply_failed(&mut tx, &candidates, plans, self, &mut deltas, &mut applied).await?;
+        for (rows, status) in [(&succeeded, TerminalStatus::Succeeded), (&failed, TerminalStatus::Failed)] {
+            for &(run, step, seconds) in rows {
+                let plan = plans.get(self, RunId::from_uuid(run)).await?;
+                outcome.terminal.push(TerminalStep { plan, step, status, seconds });
+            }
+        }
 
         // Unlock what the successes unblocked: count down their dependency groups, and
         // decrement the steps waiting on the groups that emptied (see `plan::graph`).
         let mut unlocks: BTreeMap<(Uuid, StepRange), i32> = BTreeMap::new();
         let mut groups: BTreeMap<(Uuid, DepGroup), i32> = BTreeMap::new();
-        for (run, step) in &succeeded {
+        for (run, step, _) in &succeeded {
             let plan = plans.get(self, RunId::from_uuid(*run)).await?;
             match plan.mode() {
                 UnlockMode::Groups => {
@@ -126,13 +185,20 @@ impl Store {
 
         // Skip everything downstream of a final failure.
         let mut skips: Vec<(Uuid, StepRange, String)> = Vec::new();
-        for (run, step) in &failed {
+        for (run, step, _) in &failed {
             let plan = plans.get(self, RunId::from_uuid(*run)).await?;
             let reason = format!("skipped: upstream step {} failed", plan.label(*step));
             skips.extend(plan.skip_ranges(*step).into_iter().map(|range| (*run, range, reason.clone())));
         }
-        for run in skip(&mut tx, &skips).await? {
+        for (run, step) in skip(&mut tx, &skips).await? {
             deltas.entry(run).or_default().skipped += 1;
+            let plan = plans.get(self, RunId::from_uuid(run)).await?;
+            outcome.terminal.push(TerminalStep {
+                plan,
+                step,
+                status: TerminalStatus::Skipped,
+                seconds: None,
+            });
         }
 
         outcome.finished = update_runs(&mut tx, &deltas).await?;
@@ -321,13 +387,13 @@ async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Resul
     Ok(())
 }
 
-/// Marks steps succeeded; returns the (run, step) pairs that changed.
+/// Marks steps succeeded; returns the steps that changed.
 async fn apply_succeeded(
     tx: &mut sqlx::PgConnection,
     events: &[&Event],
     deltas: &mut HashMap<Uuid, RunDelta>,
     applied: &mut HashSet<Uuid>,
-) -> Result<Vec<(Uuid, StepId)>, StoreError> {
+) -> Result<Vec<Finished>, StoreError> {
     let mut cols = StepColumns::default();
     let mut outputs = Vec::new();
     for e in events {
@@ -341,7 +407,7 @@ async fn apply_succeeded(
     }
     // Two successes of one step in a batch join the same row; PostgreSQL updates it once,
     // with one of them, and RETURNING names that one.
-    let rows: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
+    let rows: Vec<(Uuid, i32, Uuid, Option<f64>)> = sqlx::query_as(
         "UPDATE steps s SET status = 'succeeded', output = u.output, output_bytes = octet_length(u.output::text),
                             finished_at = u.at, progress = 1,
                             worker = u.worker, error = NULL,
@@ -351,7 +417,10 @@ async fn apply_succeeded(
               AS u(run_id, step_id, attempt, at, worker, output, event_id, started_at)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
            AND s.status IN ('queued', 'running')
-         RETURNING s.run_id, s.id, u.event_id",
+         RETURNING s.run_id, s.id, u.event_id,
+                   -- How long the attempt ran, if a worker said when it started.
+                   CASE WHEN u.started_at IS NOT NULL
+                        THEN extract(epoch FROM s.finished_at - s.started_at)::float8 END",
     )
     .bind(&cols.runs)
     .bind(&cols.steps)
@@ -363,17 +432,16 @@ async fn apply_succeeded(
     .bind(&cols.started_ats)
     .fetch_all(&mut *tx)
     .await?;
-    applied.extend(rows.iter().map(|(_, _, event)| *event));
-    for (run, _, _) in &rows {
+    applied.extend(rows.iter().map(|(_, _, event, _)| *event));
+    for (run, _, _, _) in &rows {
         let delta = deltas.entry(*run).or_default();
         delta.succeeded += 1;
         delta.started = true;
     }
-    Ok(rows.into_iter().map(|(run, step, _)| (run, StepId(step as u32))).collect())
+    Ok(rows.into_iter().map(|(run, step, _, seconds)| (run, StepId(step as u32), seconds)).collect())
 }
 
-/// Schedules retries or fails steps for good; returns the (run, step) pairs that failed
-/// for good. A retryable failure of attempt `n` is retried while `n <= max_retries`.
+/// Schedules retries or fails steps for good; returns the steps that failed for good. A retryable failure of attempt `n` is retried while `n <= max_retries`.
 async fn apply_failed(
     tx: &mut sqlx::PgConnection,
     events: &[&Event],
@@ -381,7 +449,7 @@ async fn apply_failed(
     store: &Store,
     deltas: &mut HashMap<Uuid, RunDelta>,
     applied: &mut HashSet<Uuid>,
-) -> Result<Vec<(Uuid, StepId)>, StoreError> {
+) -> Result<Vec<Finished>, StoreError> {
     let mut retry = StepColumns::default();
     let mut retry_at = Vec::new();
     let mut retry_errors = Vec::new();
@@ -434,7 +502,7 @@ async fn apply_failed(
     if fail.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
+    let rows: Vec<(Uuid, i32, Uuid, Option<f64>)> = sqlx::query_as(
         "UPDATE steps s SET status = 'failed', error = u.error, finished_at = u.at, worker = u.worker,
                             started_at = coalesce(u.started_at, s.started_at, u.at)
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[], $7::uuid[],
@@ -442,7 +510,10 @@ async fn apply_failed(
               AS u(run_id, step_id, attempt, at, worker, error, event_id, started_at)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
            AND s.status IN ('queued', 'running')
-         RETURNING s.run_id, s.id, u.event_id",
+         RETURNING s.run_id, s.id, u.event_id,
+                   -- How long the attempt ran, if a worker said when it started.
+                   CASE WHEN u.started_at IS NOT NULL
+                        THEN extract(epoch FROM s.finished_at - s.started_at)::float8 END",
     )
     .bind(&fail.runs)
     .bind(&fail.steps)
@@ -454,13 +525,13 @@ async fn apply_failed(
     .bind(&fail.started_ats)
     .fetch_all(&mut *tx)
     .await?;
-    applied.extend(rows.iter().map(|(_, _, event)| *event));
-    for (run, _, _) in &rows {
+    applied.extend(rows.iter().map(|(_, _, event, _)| *event));
+    for (run, _, _, _) in &rows {
         let delta = deltas.entry(*run).or_default();
         delta.failed += 1;
         delta.started = true;
     }
-    Ok(rows.into_iter().map(|(run, step, _)| (run, StepId(step as u32))).collect())
+    Ok(rows.into_iter().map(|(run, step, _, seconds)| (run, StepId(step as u32), seconds)).collect())
 }
 
 /// When a retry `delay` from `now` is due. Delays are capped (`retry::MAX_RETRY_DELAY`), so
@@ -580,11 +651,11 @@ async fn unlock(
     Ok(queued as u64)
 }
 
-/// Skips waiting steps in the given ranges; returns the run of every skipped step.
+/// Skips waiting steps in the given ranges; returns every skipped step.
 async fn skip(
     tx: &mut sqlx::PgConnection,
     skips: &[(Uuid, StepRange, String)],
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<Vec<(Uuid, StepId)>, StoreError> {
     if skips.is_empty() {
         return Ok(Vec::new());
     }
@@ -595,11 +666,11 @@ async fn skip(
         lasts.push(range.last as i32);
         reasons.push(reason.clone());
     }
-    let skipped: Vec<Uuid> = sqlx::query_scalar(
+    let skipped: Vec<(Uuid, i32)> = sqlx::query_as(
         "UPDATE steps s SET status = 'skipped', finished_at = now(), error = r.reason
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::text[]) AS r(run_id, lo, hi, reason)
          WHERE s.run_id = r.run_id AND s.id BETWEEN r.lo AND r.hi AND s.status = 'waiting'
-         RETURNING s.run_id",
+         RETURNING s.run_id, s.id",
     )
     .bind(&runs)
     .bind(&firsts)
@@ -607,7 +678,7 @@ async fn skip(
     .bind(&reasons)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(skipped)
+    Ok(skipped.into_iter().map(|(run, step)| (run, StepId(step as u32))).collect())
 }
 
 /// Adds the batch's counts to each run, marks runs running, and ends the runs whose steps

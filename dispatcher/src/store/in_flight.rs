@@ -48,7 +48,56 @@ pub struct OpDemand {
     pub forecast: u64,
 }
 
+/// What one registered op version's queue holds, as `/metrics` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub op: OpRef,
+    /// Steps queued and published (no longer in the outbox): on the queue, not yet taken.
+    pub ready: u64,
+    /// Steps running on a worker of the op (their messages are unacked).
+    pub running: u64,
+}
+
 impl Store {
+    /// Every registered op version's [`QueueDepth`], in one statement: what `/metrics`
+    /// reads at each scrape. It counts queued and running steps through their partial
+    /// indexes (migration 0007) and the outbox, never every step.
+    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "WITH active AS (
+                 SELECT a.op_name, a.op_version,
+                        count(*) FILTER (WHERE s.status = 'queued') AS queued,
+                        count(*) FILTER (WHERE s.status = 'running') AS running
+                 FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                 WHERE s.status IN ('queued', 'running')
+                 GROUP BY a.op_name, a.op_version
+             ), unpublished AS (
+                 SELECT a.op_name, a.op_version, count(*) AS n FROM outbox o
+                 JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id AND s.attempt = o.attempt
+                 JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                 WHERE s.status = 'queued'
+                 GROUP BY a.op_name, a.op_version
+             )
+             SELECT o.name, o.version,
+                    greatest(coalesce(a.queued, 0) - coalesce(u.n, 0), 0)::bigint,
+                    coalesce(a.running, 0)::bigint
+             FROM ops o
+             LEFT JOIN active a ON a.op_name = o.name AND a.op_version = o.version
+             LEFT JOIN unpublished u ON u.op_name = o.name AND u.op_version = o.version
+             ORDER BY o.name, o.version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(name, version, ready, running)| {
+                let op = format!("{name}@{version}")
+                    .parse::<OpRef>()
+                    .map_err(|e| StoreError::Corrupt("ops".into(), e.to_string()))?;
+                Ok(QueueDepth { op, ready: ready.max(0) as u64, running: running.max(0) as u64 })
+            })
+            .collect()
+    }
+
     /// See [`OpDemand`].
     pub async fn op_demand(&self, op: &OpRef) -> Result<OpDemand, StoreError> {
         let (running, busy_workers, forecast): (i64, Vec<String>, i64) = sqlx::query_as(
