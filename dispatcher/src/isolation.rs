@@ -189,7 +189,10 @@ impl Applier {
                 .catch_unwind()
                 .await
             {
-                Ok(Ok(_)) => return Some(true),
+                Ok(Ok(failed)) => {
+                    self.metrics.failed_without_event(&failed.failed);
+                    return Some(true);
+                }
                 Ok(Err(error)) if error.is_transient() && self.store.ping().await.is_err() => {
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -17,6 +17,7 @@
 //!   dispatcher applied events (`succeeded`, `failed` for good, `skipped` after an upstream
 //!   failure). Taken from the store's guarded transitions, so a duplicate or late event
 //!   that changed nothing is not counted, and a batch rolled back is not counted either.
+//!   Steps a run's last-resort failure ends ([`Store::fail_run`]) count as `failed`.
 //!   Steps canceled with their run are not counted here: cancel is one statement in
 //!   whichever process served it (API or CLI), not an applied event.
 //! - `opflow_step_duration_seconds{op,version,status}`: how long each succeeded or failed
@@ -173,6 +174,19 @@ impl Metrics {
                     histogram.observe(seconds.max(0.0));
                 }
             }
+        }
+    }
+
+    /// Counts steps failed for good without an event: [`Store::fail_run`], the last resort
+    /// when an event of the run cannot be applied at all (its transaction is committed).
+    pub fn failed_without_event(&self, failed: &[(opflow_protocol::OpRef, u64)]) {
+        for (op, count) in failed {
+            let labels = StepLabels {
+                op: op.name.to_string(),
+                version: op.version.to_string(),
+                status: TerminalStatus::Failed.as_str(),
+            };
+            self.steps.get_or_create(&labels).inc_by(*count);
         }
     }
 

@@ -750,32 +750,63 @@ impl Store {
     /// dropping its unpublished outbox rows, in one plain statement that needs neither the
     /// run's plan nor its events. The last resort when an event of the run cannot be
     /// applied at all: the run ends instead of waiting forever. Returns whether the run was
-    /// still going (a finished run is left as it is).
-    pub async fn fail_run(&self, run: RunId, reason: &str, plans: &PlanCache) -> Result<bool, StoreError> {
+    /// still going (a finished run is left as it is) and how many steps of each op version
+    /// it failed (from `run_assets`, not the plan, which may be what cannot be read).
+    pub async fn fail_run(
+        &self,
+        run: RunId,
+        reason: &str,
+        plans: &PlanCache,
+    ) -> Result<FailedRun, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM outbox WHERE run_id = $1").bind(run.as_uuid()).execute(&mut *tx).await?;
-        let ended: Option<Uuid> = sqlx::query_scalar(
+        let (ended, names, versions, counts): (bool, Vec<String>, Vec<String>, Vec<i64>) = sqlx::query_as(
             "WITH failed AS (
                  UPDATE steps SET status = 'failed', error = $2, finished_at = now()
                  WHERE run_id = $1 AND status IN ('waiting', 'queued', 'running', 'retrying')
-                 RETURNING 1
+                 RETURNING asset
              ), ended AS (
                  UPDATE runs SET status = 'failed', finished_at = now(),
                                  steps_failed = steps_failed + (SELECT count(*) FROM failed)
                  WHERE id = $1 AND status IN ('queued', 'running')
                  RETURNING id
+             ), announced AS (
+                 SELECT id, pg_notify($3, id::text) FROM ended
+             ), per_op AS (
+                 SELECT a.op_name, a.op_version, count(*) AS n
+                 FROM failed f JOIN run_assets a ON a.run_id = $1 AND a.idx = f.asset
+                 GROUP BY a.op_name, a.op_version
              )
-             SELECT id FROM (SELECT id, pg_notify($3, id::text) FROM ended) announced",
+             SELECT (SELECT count(*) FROM announced) > 0,
+                    coalesce((SELECT array_agg(op_name ORDER BY op_name, op_version) FROM per_op), '{}'),
+                    coalesce((SELECT array_agg(op_version ORDER BY op_name, op_version) FROM per_op), '{}'),
+                    coalesce((SELECT array_agg(n ORDER BY op_name, op_version) FROM per_op), '{}')",
         )
         .bind(run.as_uuid())
         .bind(super::storable::text(reason))
         .bind(super::RUNS_CHANNEL)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         plans.forget(run);
-        Ok(ended.is_some())
+        let mut failed = Vec::with_capacity(names.len());
+        for ((name, version), count) in names.into_iter().zip(versions).zip(counts) {
+            // Counting is all these are for: an op name that no longer parses is left out.
+            if let Ok(op) = format!("{name}@{version}").parse::<opflow_protocol::OpRef>() {
+                failed.push((op, count.max(0) as u64));
+            }
+        }
+        Ok(FailedRun { ended, failed })
     }
+}
+
+/// What [`Store::fail_run`] did.
+#[derive(Debug, Default)]
+pub struct FailedRun {
+    /// The run was still going, and ended now.
+    pub ended: bool,
+    /// Steps it failed, per op version.
+    pub failed: Vec<(opflow_protocol::OpRef, u64)>,
 }
 
 #[cfg(test)]
@@ -889,6 +920,18 @@ mod tests {
         let op = "noop@1.0.0".parse().unwrap();
         db.store.apply_events(&[event(run, 1, EventKind::Started { op })], &plans).await.unwrap();
         assert_eq!(state(&db, run).await, ("succeeded".into(), 1, "succeeded".into(), 1, 0, 2, 1));
+    }
+
+    #[tokio::test]
+    async fn failing_a_run_says_how_many_steps_of_each_op_it_failed() {
+        let db = TestDb::new("fail_run_counts").await;
+        let run = one_step_run(&db, 0).await;
+        let plans = PlanCache::default();
+        let failed = db.store.fail_run(run, "cannot apply", &plans).await.unwrap();
+        assert!(failed.ended);
+        assert_eq!(failed.failed, [("noop@1.0.0".parse().unwrap(), 1)]);
+        let again = db.store.fail_run(run, "cannot apply", &plans).await.unwrap();
+        assert!(!again.ended && again.failed.is_empty(), "{again:?}");
     }
 
     /// Row updates of `steps` so far, as PostgreSQL's statistics count them.

@@ -352,6 +352,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn queue_depths_name_every_registered_op_and_leave_out_the_outbox() {
+        let db = TestDb::new("queue_depths").await;
+        for version in ["1.0.0", "2.0.0"] {
+            sqlx::query(
+                "INSERT INTO ops (name, version, queue, queue_type, delivery_limit, description)
+                 VALUES ('noop', $1, 'q', 'quorum', 5, '{}')",
+            )
+            .bind(version)
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+        }
+        let depth = |version: &str, ready, running| QueueDepth {
+            op: format!("noop@{version}").parse().unwrap(),
+            ready,
+            running,
+        };
+        let run = chain(&db).await;
+        // `a` is queued but still in the outbox: not on the queue yet.
+        assert_eq!(db.store.queue_depths().await.unwrap(), [depth("1.0.0", 0, 0), depth("2.0.0", 0, 0)]);
+        exec(&db, "DELETE FROM outbox WHERE run_id = $1", run).await;
+        assert_eq!(db.store.queue_depths().await.unwrap(), [depth("1.0.0", 1, 0), depth("2.0.0", 0, 0)]);
+        exec(&db, "UPDATE steps SET status = 'running' WHERE run_id = $1 AND id = 0", run).await;
+        assert_eq!(db.store.queue_depths().await.unwrap(), [depth("1.0.0", 0, 1), depth("2.0.0", 0, 0)]);
+    }
+
+    #[tokio::test]
     async fn published_queued_steps_leave_out_the_outbox() {
         let db = TestDb::new("published").await;
         let run = chain(&db).await;
