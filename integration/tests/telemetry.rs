@@ -135,7 +135,8 @@ async fn wait_run_ended(db: &PgPool, run_id: &str) -> anyhow::Result<String> {
 /// Every step's `step` span (exported by the worker, service `noop`) is a child of the
 /// dispatcher's `publish` span for that step (service `opflow`): same trace, parent id =
 /// the publish span's id. The worker batches for a minute, so its spans arrive only
-/// because SIGTERM flushes them. The submit and apply spans are checked too.
+/// because SIGTERM flushes them, and it logs only warnings, which must not stop its
+/// (info-level) spans. The submit and apply spans are checked too.
 #[tokio::test]
 async fn a_steps_span_is_the_child_of_its_publish_span_across_the_queue() -> anyhow::Result<()> {
     let mut env = Env::new("otlp").await?;
@@ -151,7 +152,12 @@ async fn a_steps_span_is_the_child_of_its_publish_span_across_the_queue() -> any
     let worker = spawn_worker_with(
         &env,
         "noop",
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "60000")],
+        // Logging only warnings must not turn traces off.
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
+            ("RUST_LOG", "warn"),
+        ],
     )?;
     // A chain and a small sweep: publishes one by one and in a batch.
     let plan = "name: traced\nassets:\n  - name: a\n    op: noop@^1\n    sweep: {k: {from: 1, to: 3}}\n  \

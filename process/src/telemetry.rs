@@ -9,6 +9,8 @@
 //! and the resource reads `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`;
 //! `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turn export off. Without an
 //! endpoint no exporter, no batch thread and no HTTP client exist: spans only get ids.
+//! When exporting, spans are filtered apart from log lines (info and up), so `RUST_LOG=warn`
+//! quiets the logs without breaking the traces.
 //!
 //! Export is batched on the SDK's own thread with the blocking HTTP client (the async one
 //! would need a Tokio reactor on that thread), so a slow collector never holds up a step.
@@ -23,7 +25,9 @@ use std::{
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::LevelFilter, layer::SubscriberExt, util::SubscriberInitExt,
+};
 
 /// How log lines are written to stderr: the `--log-format` of every opflow binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -142,19 +146,31 @@ pub fn init(
     let (provider, failed) = provider(service.clone(), export);
     let tracer = provider.tracer(service);
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let fmt = match format {
-        LogFormat::Human => {
-            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).boxed()
-        }
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_filter(log_filter())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter())
+            .boxed(),
+    };
+    // Exported traces must not depend on how much is logged: with `RUST_LOG=warn` the
+    // info-level spans (publish, step, apply, …) still exist for the exporter, and their
+    // context still travels. Without export, spans only serve the log lines, so they follow
+    // the log filter as before and cost nothing more.
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let otel = if export && failed.is_none() {
+        otel.with_filter(LevelFilter::INFO).boxed()
+    } else {
+        otel.with_filter(log_filter()).boxed()
     };
     // An already installed subscriber (a second init in one test binary) is fine to keep.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .try_init();
+    let _ = tracing_subscriber::registry().with(vec![fmt, otel]).try_init();
     let exporting = export && failed.is_none();
     EXPORTING.store(exporting, Ordering::Relaxed);
     if let Some(error) = failed {
