@@ -134,8 +134,8 @@ async fn wait_run_ended(db: &PgPool, run_id: &str) -> anyhow::Result<String> {
 
 /// Every step's `step` span (exported by the worker, service `noop`) is a child of the
 /// dispatcher's `publish` span for that step (service `opflow`): same trace, parent id =
-/// the publish span's id. The worker batches for a minute, so its spans arrive only
-/// because SIGTERM flushes them, and it logs only warnings, which must not stop its
+/// the publish span's id. Both processes batch for a minute, so their spans arrive only
+/// because SIGTERM flushes them. The worker logs only warnings, which must not stop its
 /// (info-level) spans. The submit and apply spans are checked too.
 #[tokio::test]
 async fn a_steps_span_is_the_child_of_its_publish_span_across_the_queue() -> anyhow::Result<()> {
@@ -146,7 +146,7 @@ async fn a_steps_span_is_the_child_of_its_publish_span_across_the_queue() -> any
     let (mut dispatcher, api) = env
         .spawn_dispatcher_api(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
         ])
         .await?;
     let worker = spawn_worker_with(
@@ -172,11 +172,20 @@ async fn a_steps_span_is_the_child_of_its_publish_span_across_the_queue() -> any
         .await?;
     assert_eq!(steps, 4);
 
-    // The worker drains and exits on SIGTERM; its guard flushes the spans still batched.
+    // The worker drains and exits on SIGTERM; its telemetry guard flushes the spans still
+    // batched.
     let mut worker = worker;
     sigterm(&worker)?;
     let exit = tokio::time::timeout(DEADLINE, worker.wait()).await??;
     assert!(exit.success(), "the worker exited with {exit}");
+    // So does the dispatcher.
+    let pid = dispatcher.pid().context("the dispatcher runs")?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)?;
+    let stopping = std::time::Instant::now();
+    while dispatcher.check_alive().is_ok() {
+        ensure!(stopping.elapsed() < DEADLINE, "the dispatcher did not exit on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let of_run = |span: &ReceivedSpan| span.attributes.get("run_id").map(String::as_str) == Some(&run_id);
     let spans = wait_for("every step's and publish span", DEADLINE, || async {
