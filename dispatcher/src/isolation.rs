@@ -26,7 +26,10 @@ use futures_util::FutureExt;
 use opflow_protocol::{Event, EventKind, RunId, StepId};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Store, StoreError, apply::ApplyOutcome, run_plan::PlanCache, storable::StorableEvent};
+use crate::{
+    metrics::Metrics,
+    store::{Store, StoreError, apply::ApplyOutcome, run_plan::PlanCache, storable::StorableEvent},
+};
 
 /// The `worker` field of events the dispatcher makes up itself.
 pub const DISPATCHER_WORKER: &str = "dispatcher";
@@ -53,6 +56,9 @@ const TRANSIENT_TRIES: u32 = 3;
 pub struct Applier {
     pub store: Store,
     pub plans: Arc<PlanCache>,
+    /// Counts each committed batch and the steps it ended. Every event the dispatcher
+    /// applies goes through here, so this is the one place they are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What applying a set of events did, with positions relative to the set.
@@ -136,9 +142,15 @@ impl Applier {
     }
 
     async fn try_apply(&self, events: &[StorableEvent]) -> Result<ApplyOutcome, Failure> {
+        let started = std::time::Instant::now();
         let attempt = AssertUnwindSafe(self.store.apply_events(events, &self.plans)).catch_unwind();
         match attempt.await {
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok(mut outcome)) => {
+                // Committed: counted here once. A refused or rolled-back attempt is not.
+                let terminal = std::mem::take(&mut outcome.terminal);
+                self.metrics.applied(events.len(), started.elapsed(), &terminal);
+                Ok(outcome)
+            }
             Ok(Err(error)) if error.is_transient() => Err(Failure::Outage(error)),
             Ok(Err(error)) => Err(Failure::Refused(error.to_string())),
             Err(panic) => Err(Failure::Refused(format!(
@@ -177,7 +189,10 @@ impl Applier {
                 .catch_unwind()
                 .await
             {
-                Ok(Ok(_)) => return Some(true),
+                Ok(Ok(failed)) => {
+                    self.metrics.failed_without_event(&failed.failed);
+                    return Some(true);
+                }
                 Ok(Err(error)) if error.is_transient() && self.store.ping().await.is_err() => {
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -267,9 +282,26 @@ mod tests {
             event(run, 2, ok()),
             event(run, 4, ok()),
         ];
-        let applier = Applier { store: db.store.clone(), plans: Arc::new(PlanCache::default()) };
+        let metrics = Arc::new(Metrics::new());
+        let applier = Applier {
+            store: db.store.clone(),
+            plans: Arc::new(PlanCache::default()),
+            metrics: metrics.clone(),
+        };
         let applied = applier.apply(&events, &CancellationToken::new()).await.unwrap();
         assert!(applied.given_up.is_empty());
+        // The refused halves rolled back and were applied again: each step counts once.
+        let text = metrics.render(&db.store).await;
+        let mut steps: Vec<&str> = text.lines().filter(|l| l.starts_with("opflow_steps_total")).collect();
+        steps.sort();
+        assert_eq!(
+            steps,
+            [
+                "opflow_steps_total{op=\"noop\",version=\"1.0.0\",status=\"failed\"} 1",
+                "opflow_steps_total{op=\"noop\",version=\"1.0.0\",status=\"succeeded\"} 4",
+            ],
+            "{text}"
+        );
 
         let steps: Vec<(i32, String, Option<String>)> =
             sqlx::query_as("SELECT id, status::text, error FROM steps WHERE run_id = $1 ORDER BY id")

@@ -16,6 +16,7 @@
 //! - [`register`]: registering an op version from its binary.
 //! - [`consumer_timeout`]: the broker timeout an op's longest step is checked against.
 //! - [`api`]: the HTTP API.
+//! - [`metrics`]: the Prometheus metrics the API serves at `/metrics`.
 //! - [`service`]: the dispatcher service wiring, reconnection and drain.
 //! - [`leader`]: leadership among dispatchers sharing a database (the lease).
 //! - [`supervise`]: worker processes for `opflow up`.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod consumer_timeout;
 pub mod isolation;
 pub mod leader;
+pub mod metrics;
 pub mod plan;
 pub mod recovery;
 pub mod register;

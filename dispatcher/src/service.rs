@@ -19,6 +19,7 @@ use crate::{
     config::Settings,
     isolation::Applier,
     leader::Lease,
+    metrics::Metrics,
     recovery::Recovery,
     scheduler,
     store::{Store, run_plan::PlanCache},
@@ -86,6 +87,8 @@ struct Shared {
     readiness: Readiness,
     /// The autoscaler running in this process (`opflow up`), told of every op published to.
     wakeups: Option<Arc<Wakeups>>,
+    /// What the API serves at `/metrics`; the applier counts into it.
+    metrics: Arc<Metrics>,
 }
 
 /// As [`run`], with the store and broker connection already open (see [`connect`]).
@@ -101,6 +104,7 @@ pub async fn run_connected(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let readiness = Readiness::default();
+    let metrics = Arc::new(Metrics::new());
     let listener = tokio::net::TcpListener::bind(settings.api_addr).await.with_context(|| {
         format!(
             "binding the HTTP API to {}; is another dispatcher running on this address?",
@@ -118,6 +122,7 @@ pub async fn run_connected(
         auth_required,
         readiness: readiness.clone(),
         webhooks_allow_private: settings.webhooks_allow_private,
+        metrics: metrics.clone(),
     });
     let mut api = tokio::spawn({
         let stop = api_stop.clone();
@@ -137,6 +142,7 @@ pub async fn run_connected(
         wake: Arc::new(Notify::new()),
         readiness,
         wakeups,
+        metrics,
     };
     let leading = shared.lead_while_leased(connection, &shutdown);
     tokio::pin!(leading);
@@ -237,6 +243,7 @@ impl Shared {
             self.store.clone(),
             self.settings.webhook_retry_policy(),
             self.settings.webhooks_allow_private,
+            self.metrics.clone(),
             stop.clone(),
         ));
         let mut reconnect = opflow_process::backoff::Reconnect::default();
@@ -325,7 +332,8 @@ impl Shared {
 
         let parts_stop = stop.child_token();
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-        let applier = Applier { store: self.store.clone(), plans: self.plans.clone() };
+        let applier =
+            Applier { store: self.store.clone(), plans: self.plans.clone(), metrics: self.metrics.clone() };
         let publisher = StepPublisher {
             store: self.store.clone(),
             plans: self.plans.clone(),
@@ -393,10 +401,13 @@ async fn deliver_webhooks(
     store: Store,
     policy: crate::webhooks::deliver::RetryPolicy,
     allow_private: bool,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
-        let delivered = match crate::webhooks::deliver::Deliverer::new(store.clone(), policy, allow_private) {
+        let deliverer =
+            crate::webhooks::deliver::Deliverer::new(store.clone(), policy, allow_private, metrics.clone());
+        let delivered = match deliverer {
             Ok(deliverer) => deliverer.run(stop.clone()).await,
             Err(error) => Err(error),
         };

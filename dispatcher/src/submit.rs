@@ -34,7 +34,9 @@ pub async fn compile(store: &Store, source: &str, file: &Path) -> Result<Compile
         .map(|op| RegisteredOp { name: op.name.to_string(), version: op.version })
         .collect();
     let (source, file) = (source.to_owned(), file.to_path_buf());
-    tokio::task::spawn_blocking(move || plan::compile(&source, &file, &registered))
+    // The blocking thread is outside the caller's span: the compile span goes with it.
+    let span = tracing::info_span!("compile", bytes = source.len());
+    tokio::task::spawn_blocking(move || span.in_scope(|| plan::compile(&source, &file, &registered)))
         .await
         .map_err(|panic| SubmitError::Compiler(panic.to_string()))?
         .map_err(SubmitError::Plan)
@@ -64,7 +66,9 @@ pub async fn submit(
 }
 
 /// As [`submit`], with the run's own webhook target stored with the run (`notify` in
-/// `POST /v1/runs`; its URL checked by the caller).
+/// `POST /v1/runs`; its URL checked by the caller). Its `submit` span (with `compile`
+/// inside) records the run it made or found.
+#[tracing::instrument(name = "submit", skip_all, fields(keyed = key.is_some(), run_id = tracing::field::Empty))]
 pub async fn submit_notifying(
     store: &Store,
     source: &str,
@@ -75,12 +79,15 @@ pub async fn submit_notifying(
     if let Some(key) = key {
         check_key(key)?;
         if let Some(existing) = store.run_by_key(key, source).await? {
+            tracing::Span::current().record("run_id", tracing::field::display(existing.run_id));
             return Ok(existing);
         }
     }
     let compiled = compile(store, source, file).await?;
     let file = crate::store::storable::short_text(&file.display().to_string());
-    Ok(store.submit_run_notifying(&compiled, &file, source, key, notify).await?)
+    let submitted = store.submit_run_notifying(&compiled, &file, source, key, notify).await?;
+    tracing::Span::current().record("run_id", tracing::field::display(submitted.run_id));
+    Ok(submitted)
 }
 
 #[cfg(test)]

@@ -304,6 +304,17 @@ async fn webhooks_are_delivered_once_per_run_end_after_refusals() -> anyhow::Res
     assert_eq!(listed["items"], json!([]));
     let (status, _) = http(&api, "DELETE", &format!("/v1/webhooks/{subscription}"), None, None).await?;
     assert_eq!(status, 404);
+
+    // /metrics counted every attempt by outcome: three refusals then a success for each of
+    // the three messages, and the redelivery.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = reqwest::get(format!("http://{api}/metrics")).await?.text().await?;
+    let count = |outcome: &str| -> Option<f64> {
+        let prefix = format!("opflow_webhook_deliveries_total{{outcome=\"{outcome}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok())
+    };
+    assert_eq!(count("retrying"), Some(9.0), "{metrics}");
+    assert_eq!(count("delivered"), Some(4.0), "{metrics}");
     Ok(())
 }
 

@@ -19,3 +19,11 @@ pub use redact::redact_url;
 pub use secret::SecretUrl;
 pub use shutdown::{cancel_on_signal, cancel_on_signals};
 pub use telemetry::{LogFormat, TelemetryGuard, init};
+
+/// Installs rustls' ring provider as the process's TLS crypto. reqwest is built without a
+/// provider of its own (so no aws-lc and no OpenSSL are compiled), and every HTTP client
+/// (the OTLP exporter, the CLI's, the webhook sender's) fails to build until one is
+/// installed; [`init`] does this first. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

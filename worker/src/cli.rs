@@ -59,8 +59,11 @@ impl Op {
                 return ExitCode::FAILURE;
             }
         };
+        // Exported spans name the op as their service, so each op is its own service in a
+        // trace viewer.
+        let service = spec.op.name.to_string();
         let exit = runtime.block_on(async move {
-            let _telemetry = opflow_process::init("opflow-worker", args.settings.log_format, "info");
+            let _telemetry = opflow_process::init(service, args.settings.log_format, "info");
             let shutdown = CancellationToken::new();
             tokio::spawn(opflow_process::cancel_on_signal(shutdown.clone()));
             match crate::session::run(Arc::new(spec), args.settings, shutdown).await {

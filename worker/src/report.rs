@@ -4,6 +4,7 @@
 //! published once it *and every event before it* are confirmed.
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
+use lapin::types::FieldTable;
 use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
 use opflow_protocol::{Event, queue};
 use tokio::sync::{mpsc, oneshot};
@@ -15,9 +16,9 @@ const QUEUE_DEPTH: usize = 1024;
 
 enum Command {
     /// Publish, collect the confirm in the background.
-    Send(Event),
+    Send(Event, FieldTable),
     /// Publish, then answer once it and everything before it are confirmed.
-    Flush(Event, oneshot::Sender<Result<(), PublishError>>),
+    Flush(Event, FieldTable, oneshot::Sender<Result<(), PublishError>>),
 }
 
 /// A cheap handle for queueing events; see the module docs.
@@ -38,7 +39,7 @@ impl Reporter {
     /// Queues a non-terminal event without waiting. Dropped, with a log line, if the queue
     /// is full or the publisher is gone.
     pub fn send(&self, event: Event) {
-        if let Err(error) = self.commands.try_send(Command::Send(event)) {
+        if let Err(error) = self.commands.try_send(Command::Send(event, trace::current_context_headers())) {
             tracing::debug!(%error, "event dropped: the event queue is full or closed");
         }
     }
@@ -53,7 +54,8 @@ impl Reporter {
             cause: Box::new(lapin::Error::from(std::io::Error::other("the event publisher has stopped"))),
         };
         let (done, confirmed) = oneshot::channel();
-        if self.commands.send(Command::Flush(event, done)).await.is_err() {
+        let headers = trace::current_context_headers();
+        if self.commands.send(Command::Flush(event, headers, done)).await.is_err() {
             return Err(stopped());
         }
         confirmed.await.unwrap_or_else(|_| Err(stopped()))
@@ -75,12 +77,12 @@ async fn publish_loop(publisher: Publisher, mut commands: mpsc::Receiver<Command
             () = stop.cancelled() => break,
         };
         match command {
-            Command::Send(event) => match send(&publisher, &event).await {
+            Command::Send(event, headers) => match send(&publisher, &event, headers).await {
                 Ok(pending) => in_flight.push(pending.wait()),
                 Err(error) => tracing::warn!(%error, event = event.kind.name(), "could not publish an event"),
             },
-            Command::Flush(event, done) => {
-                let result = match send(&publisher, &event).await {
+            Command::Flush(event, headers, done) => {
+                let result = match send(&publisher, &event, headers).await {
                     Ok(pending) => {
                         // Everything before the terminal event must be confirmed before we
                         // let the caller ack: its events are part of the step's record.
@@ -101,7 +103,13 @@ async fn publish_loop(publisher: Publisher, mut commands: mpsc::Receiver<Command
     }
 }
 
-async fn send(publisher: &Publisher, event: &Event) -> Result<opflow_amqp::PendingConfirm, PublishError> {
+/// Publishes `event` with `headers`: the trace context of the step that reported it, taken
+/// when it was queued (this task runs outside every step's span).
+async fn send(
+    publisher: &Publisher,
+    event: &Event,
+    headers: FieldTable,
+) -> Result<opflow_amqp::PendingConfirm, PublishError> {
     let payload = event.encode();
     let routing_key = queue::event_routing_key(event.kind.name());
     publisher
@@ -110,7 +118,7 @@ async fn send(publisher: &Publisher, event: &Event) -> Result<opflow_amqp::Pendi
             routing_key: &routing_key,
             payload: &payload,
             message_type: queue::EVENT_MESSAGE_TYPE,
-            headers: trace::current_context_headers(),
+            headers,
         })
         .await
 }

@@ -113,12 +113,16 @@ impl Worker {
             lease.dead_letter().await.map_err(|e| StepEnd::Broker(e.into()))?;
             return Ok(Settled { recycle: false });
         }
+        // The step's span covers its execution and its reports (their headers carry its
+        // context), and continues the trace of the dispatcher's `publish` span, whose
+        // context the message's headers carry.
         let span = tracing::info_span!(
             "step",
             run_id = %message.run_id,
             step_id = %message.step_id,
             attempt = message.attempt,
-            op = %message.op,
+            op = %message.op.name,
+            version = %message.op.version,
             step = %message.label(),
         );
         trace::adopt_parent(&span, delivery.properties.headers().as_ref());
@@ -271,18 +275,23 @@ impl Worker {
         let (reporter, worker, every) = (self.reporter.clone(), self.id.clone(), self.heartbeat);
         let (run_id, step_id, attempt) = (ctx.run_id(), ctx.step_id(), ctx.attempt());
         let op = self.spec.op.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(REPORT_START_AFTER).await;
-            let mut started = Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Started { op });
-            started.at = started_at;
-            reporter.send(started);
-            let mut ticks = tokio::time::interval(every);
-            ticks.tick().await; // The first tick is immediate; `started` just said we are alive.
-            loop {
-                ticks.tick().await;
-                reporter.send(Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Heartbeat));
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(REPORT_START_AFTER).await;
+                let mut started =
+                    Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Started { op });
+                started.at = started_at;
+                reporter.send(started);
+                let mut ticks = tokio::time::interval(every);
+                ticks.tick().await; // The first tick is immediate; `started` just said we are alive.
+                loop {
+                    ticks.tick().await;
+                    reporter.send(Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Heartbeat));
+                }
             }
-        })
+            // In the step's span, so its events carry the step's trace context.
+            .in_current_span(),
+        )
     }
 }
 

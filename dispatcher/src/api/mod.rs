@@ -44,6 +44,8 @@ pub struct ApiState {
     pub followers: events::Followers,
     /// The `webhooks_allow_private` setting: whether webhook targets may be internal addresses.
     pub webhooks_allow_private: bool,
+    /// What `/metrics` serves; shared with the parts of the service that count.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What `/readyz` reports besides the database: set by the service as it takes or loses
@@ -121,6 +123,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/openapi.json", get(openapi::serve))
+        .route("/metrics", get(crate::metrics::scrape))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -159,6 +162,7 @@ mod tests {
             readiness: Readiness::default(),
             followers: events::Followers::polling_only(Default::default()),
             webhooks_allow_private: false,
+            metrics: Arc::default(),
         })
     }
 
@@ -195,6 +199,7 @@ mod tests {
             readiness: Readiness::default(),
             followers: events::Followers::polling_only(Default::default()),
             webhooks_allow_private: false,
+            metrics: Arc::default(),
         });
         let response =
             app.clone().oneshot(Request::get("/v1/ops").body(Body::empty()).unwrap()).await.unwrap();

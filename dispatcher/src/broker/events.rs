@@ -12,9 +12,11 @@ use lapin::{
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
     types::FieldTable,
 };
+use opflow_amqp::trace;
 use opflow_protocol::{Event, queue};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{isolation::Applier, store::storable::StorableEvent};
 
@@ -106,7 +108,8 @@ impl EventConsumer {
                 }
             }
             busy = deliveries.len() > 1;
-            if !self.apply(deliveries, wake, cancel).await {
+            let span = apply_span(&deliveries);
+            if !self.apply(deliveries, wake, cancel).instrument(span).await {
                 return Ok(());
             }
         }
@@ -170,6 +173,22 @@ impl EventConsumer {
         }
         true
     }
+}
+
+/// The `apply` span of one batch: it continues the trace of the batch's first event (the
+/// worker's `step` span, from the headers; a lone event, as in a chain of steps, keeps its
+/// whole trace) and, when spans are exported, links the others' (one span can have one
+/// parent). One span per batch, none per event: the hot path stays cheap.
+fn apply_span(deliveries: &[Delivery]) -> tracing::Span {
+    let span = tracing::info_span!("apply", events = deliveries.len());
+    let mut headers = deliveries.iter().map(|d| d.properties.headers().as_ref());
+    trace::adopt_parent(&span, headers.next().flatten());
+    if opflow_process::telemetry::exporting() {
+        for headers in headers {
+            trace::link(&span, headers);
+        }
+    }
+    span
 }
 
 /// A channel with `prefetch` and a consumer of `queue` on it; shared by the dispatcher's

@@ -215,12 +215,17 @@ impl StepPublisher {
                     continue;
                 }
             };
+            // One span per step message, the root of that step's trace: the headers are
+            // built inside it, so the message carries this span's context and the worker's
+            // `step` span becomes its child. (It covers the send; confirms are awaited for
+            // the whole window at once, see `ConfirmWindow`.)
             let span = tracing::info_span!(
-                "publish_step",
+                "publish",
                 run_id = %entry.run_id,
                 step_id = %entry.step_id,
                 attempt = entry.attempt,
-                op = %op,
+                op = %op.name,
+                version = %op.version,
             );
             let routing_key = queue::op_queue(&op);
             let pending = async {

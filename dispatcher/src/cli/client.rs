@@ -44,9 +44,8 @@ pub enum StreamItem {
 
 impl ApiClient {
     pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Self> {
-        // reqwest is built without a default crypto provider (see Cargo.toml); installing
-        // one twice is harmless, so every client just asks.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // `opflow_process::init` installed it already; tests build clients without it.
+        opflow_process::install_tls_provider();
         let server = server.trim_end_matches('/').to_owned();
         if !(server.starts_with("http://") || server.starts_with("https://")) {
             return Err(InvalidInput(format!(

@@ -9,12 +9,22 @@
 //! the batch. Every event is also appended to `events` once (keyed by its id), after the
 //! transitions, with `applied` saying whether it changed its step: each row is written once.
 //!
+//! Every step this batch moved to a terminal state (succeeded, failed for good, skipped)
+//! is listed in [`ApplyOutcome::terminal`], taken from the rows the guarded statements
+//! changed (their `RETURNING`), never from the events: a duplicate or late event that
+//! changed nothing is not listed, so the metrics counting them (`crate::metrics`) count each
+//! step once. Its op version comes from the run's cached plan ([`RunPlan::op`]), which the
+//! batch loads anyway to unlock and skip, so no query is added for it.
+//!
 //! A success unlocks downstream steps by decrementing their `pending_upstream`; the step
 //! whose count reaches zero is queued and written to the outbox in the same statement. A
 //! final failure skips every step downstream of it. A run ends when all its steps are
 //! succeeded, failed or skipped.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use opflow_protocol::{Event, EventKind, RunId, StepId};
@@ -23,7 +33,7 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    run_plan::{DepGroup, PlanCache, StepRange, Unlock, UnlockMode},
+    run_plan::{DepGroup, PlanCache, RunPlan, StepRange, Unlock, UnlockMode},
     runs::RunStatus,
     storable::StorableEvent,
 };
@@ -40,7 +50,50 @@ pub struct ApplyOutcome {
     pub newly_queued: u64,
     /// Runs that ended with this batch.
     pub finished: Vec<(RunId, RunStatus)>,
+    /// Steps this batch moved to a terminal state, each once (see the module docs).
+    pub terminal: Vec<TerminalStep>,
 }
+
+/// The terminal states a step reaches by applying events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TerminalStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl TerminalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminalStatus::Succeeded => "succeeded",
+            TerminalStatus::Failed => "failed",
+            TerminalStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// A step that reached a terminal state in an applied batch.
+#[derive(Debug, Clone)]
+pub struct TerminalStep {
+    /// Its run's plan, which names the step's op version ([`TerminalStep::op`]); shared,
+    /// so listing a step copies no names.
+    pub plan: Arc<RunPlan>,
+    pub step: StepId,
+    pub status: TerminalStatus,
+    /// How long its last attempt ran (the result's `finished_at − started_at`), when the
+    /// result came from a worker; `None` for a failure the dispatcher decided and for a skip.
+    pub seconds: Option<f64>,
+}
+
+impl TerminalStep {
+    pub fn op(&self) -> &opflow_protocol::OpRef {
+        self.plan.op(self.step)
+    }
+}
+
+/// A step row a guarded statement moved to a terminal state: run, step, and how long its
+/// attempt ran (see [`TerminalStep::seconds`]).
+type Finished = (Uuid, StepId, Option<f64>);
 
 /// Per-run changes to the counters on `runs`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -93,12 +146,18 @@ impl Store {
         apply_progress(&mut tx, &candidates).await?;
         let succeeded = apply_succeeded(&mut tx, &candidates, &mut deltas, &mut applied).await?;
         let failed = apply_failed(&mut tx, &candidates, plans, self, &mut deltas, &mut applied).await?;
+        for (rows, status) in [(&succeeded, TerminalStatus::Succeeded), (&failed, TerminalStatus::Failed)] {
+            for &(run, step, seconds) in rows {
+                let plan = plans.get(self, RunId::from_uuid(run)).await?;
+                outcome.terminal.push(TerminalStep { plan, step, status, seconds });
+            }
+        }
 
         // Unlock what the successes unblocked: count down their dependency groups, and
         // decrement the steps waiting on the groups that emptied (see `plan::graph`).
         let mut unlocks: BTreeMap<(Uuid, StepRange), i32> = BTreeMap::new();
         let mut groups: BTreeMap<(Uuid, DepGroup), i32> = BTreeMap::new();
-        for (run, step) in &succeeded {
+        for (run, step, _) in &succeeded {
             let plan = plans.get(self, RunId::from_uuid(*run)).await?;
             match plan.mode() {
                 UnlockMode::Groups => {
@@ -126,13 +185,20 @@ impl Store {
 
         // Skip everything downstream of a final failure.
         let mut skips: Vec<(Uuid, StepRange, String)> = Vec::new();
-        for (run, step) in &failed {
+        for (run, step, _) in &failed {
             let plan = plans.get(self, RunId::from_uuid(*run)).await?;
             let reason = format!("skipped: upstream step {} failed", plan.label(*step));
             skips.extend(plan.skip_ranges(*step).into_iter().map(|range| (*run, range, reason.clone())));
         }
-        for run in skip(&mut tx, &skips).await? {
+        for (run, step) in skip(&mut tx, &skips).await? {
             deltas.entry(run).or_default().skipped += 1;
+            let plan = plans.get(self, RunId::from_uuid(run)).await?;
+            outcome.terminal.push(TerminalStep {
+                plan,
+                step,
+                status: TerminalStatus::Skipped,
+                seconds: None,
+            });
         }
 
         outcome.finished = update_runs(&mut tx, &deltas).await?;
@@ -344,13 +410,13 @@ async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Resul
     Ok(())
 }
 
-/// Marks steps succeeded; returns the (run, step) pairs that changed.
+/// Marks steps succeeded; returns the steps that changed.
 async fn apply_succeeded(
     tx: &mut sqlx::PgConnection,
     events: &[&Event],
     deltas: &mut HashMap<Uuid, RunDelta>,
     applied: &mut HashSet<Uuid>,
-) -> Result<Vec<(Uuid, StepId)>, StoreError> {
+) -> Result<Vec<Finished>, StoreError> {
     let mut cols = StepColumns::default();
     let mut outputs = Vec::new();
     for e in events {
@@ -364,7 +430,7 @@ async fn apply_succeeded(
     }
     // Two successes of one step in a batch join the same row; PostgreSQL updates it once,
     // with one of them, and RETURNING names that one.
-    let rows: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
+    let rows: Vec<(Uuid, i32, Uuid, Option<f64>)> = sqlx::query_as(
         "UPDATE steps s SET status = 'succeeded', output = u.output, output_bytes = octet_length(u.output::text),
                             finished_at = u.at, progress = 1,
                             worker = u.worker, error = NULL,
@@ -374,7 +440,10 @@ async fn apply_succeeded(
               AS u(run_id, step_id, attempt, at, worker, output, event_id, started_at)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
            AND s.status IN ('queued', 'running')
-         RETURNING s.run_id, s.id, u.event_id",
+         RETURNING s.run_id, s.id, u.event_id,
+                   -- How long the attempt ran, if a worker said when it started.
+                   CASE WHEN u.started_at IS NOT NULL
+                        THEN extract(epoch FROM s.finished_at - s.started_at)::float8 END",
     )
     .bind(&cols.runs)
     .bind(&cols.steps)
@@ -386,17 +455,16 @@ async fn apply_succeeded(
     .bind(&cols.started_ats)
     .fetch_all(&mut *tx)
     .await?;
-    applied.extend(rows.iter().map(|(_, _, event)| *event));
-    for (run, _, _) in &rows {
+    applied.extend(rows.iter().map(|(_, _, event, _)| *event));
+    for (run, _, _, _) in &rows {
         let delta = deltas.entry(*run).or_default();
         delta.succeeded += 1;
         delta.started = true;
     }
-    Ok(rows.into_iter().map(|(run, step, _)| (run, StepId(step as u32))).collect())
+    Ok(rows.into_iter().map(|(run, step, _, seconds)| (run, StepId(step as u32), seconds)).collect())
 }
 
-/// Schedules retries or fails steps for good; returns the (run, step) pairs that failed
-/// for good. A retryable failure of attempt `n` is retried while `n <= max_retries`.
+/// Schedules retries or fails steps for good; returns the steps that failed for good. A retryable failure of attempt `n` is retried while `n <= max_retries`.
 async fn apply_failed(
     tx: &mut sqlx::PgConnection,
     events: &[&Event],
@@ -404,7 +472,7 @@ async fn apply_failed(
     store: &Store,
     deltas: &mut HashMap<Uuid, RunDelta>,
     applied: &mut HashSet<Uuid>,
-) -> Result<Vec<(Uuid, StepId)>, StoreError> {
+) -> Result<Vec<Finished>, StoreError> {
     let mut retry = StepColumns::default();
     let mut retry_at = Vec::new();
     let mut retry_errors = Vec::new();
@@ -457,7 +525,7 @@ async fn apply_failed(
     if fail.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, i32, Uuid)> = sqlx::query_as(
+    let rows: Vec<(Uuid, i32, Uuid, Option<f64>)> = sqlx::query_as(
         "UPDATE steps s SET status = 'failed', error = u.error, finished_at = u.at, worker = u.worker,
                             started_at = coalesce(u.started_at, s.started_at, u.at)
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[], $7::uuid[],
@@ -465,7 +533,10 @@ async fn apply_failed(
               AS u(run_id, step_id, attempt, at, worker, error, event_id, started_at)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
            AND s.status IN ('queued', 'running')
-         RETURNING s.run_id, s.id, u.event_id",
+         RETURNING s.run_id, s.id, u.event_id,
+                   -- How long the attempt ran, if a worker said when it started.
+                   CASE WHEN u.started_at IS NOT NULL
+                        THEN extract(epoch FROM s.finished_at - s.started_at)::float8 END",
     )
     .bind(&fail.runs)
     .bind(&fail.steps)
@@ -477,13 +548,13 @@ async fn apply_failed(
     .bind(&fail.started_ats)
     .fetch_all(&mut *tx)
     .await?;
-    applied.extend(rows.iter().map(|(_, _, event)| *event));
-    for (run, _, _) in &rows {
+    applied.extend(rows.iter().map(|(_, _, event, _)| *event));
+    for (run, _, _, _) in &rows {
         let delta = deltas.entry(*run).or_default();
         delta.failed += 1;
         delta.started = true;
     }
-    Ok(rows.into_iter().map(|(run, step, _)| (run, StepId(step as u32))).collect())
+    Ok(rows.into_iter().map(|(run, step, _, seconds)| (run, StepId(step as u32), seconds)).collect())
 }
 
 /// When a retry `delay` from `now` is due. Delays are capped (`retry::MAX_RETRY_DELAY`), so
@@ -603,11 +674,11 @@ async fn unlock(
     Ok(queued as u64)
 }
 
-/// Skips waiting steps in the given ranges; returns the run of every skipped step.
+/// Skips waiting steps in the given ranges; returns every skipped step.
 async fn skip(
     tx: &mut sqlx::PgConnection,
     skips: &[(Uuid, StepRange, String)],
-) -> Result<Vec<Uuid>, StoreError> {
+) -> Result<Vec<(Uuid, StepId)>, StoreError> {
     if skips.is_empty() {
         return Ok(Vec::new());
     }
@@ -618,11 +689,11 @@ async fn skip(
         lasts.push(range.last as i32);
         reasons.push(reason.clone());
     }
-    let skipped: Vec<Uuid> = sqlx::query_scalar(
+    let skipped: Vec<(Uuid, i32)> = sqlx::query_as(
         "UPDATE steps s SET status = 'skipped', finished_at = now(), error = r.reason
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::text[]) AS r(run_id, lo, hi, reason)
          WHERE s.run_id = r.run_id AND s.id BETWEEN r.lo AND r.hi AND s.status = 'waiting'
-         RETURNING s.run_id",
+         RETURNING s.run_id, s.id",
     )
     .bind(&runs)
     .bind(&firsts)
@@ -630,7 +701,7 @@ async fn skip(
     .bind(&reasons)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(skipped)
+    Ok(skipped.into_iter().map(|(run, step)| (run, StepId(step as u32))).collect())
 }
 
 /// Adds the batch's counts to each run, marks runs running, and ends the runs whose steps
@@ -702,32 +773,63 @@ impl Store {
     /// dropping its unpublished outbox rows, in one plain statement that needs neither the
     /// run's plan nor its events. The last resort when an event of the run cannot be
     /// applied at all: the run ends instead of waiting forever. Returns whether the run was
-    /// still going (a finished run is left as it is).
-    pub async fn fail_run(&self, run: RunId, reason: &str, plans: &PlanCache) -> Result<bool, StoreError> {
+    /// still going (a finished run is left as it is) and how many steps of each op version
+    /// it failed (from `run_assets`, not the plan, which may be what cannot be read).
+    pub async fn fail_run(
+        &self,
+        run: RunId,
+        reason: &str,
+        plans: &PlanCache,
+    ) -> Result<FailedRun, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM outbox WHERE run_id = $1").bind(run.as_uuid()).execute(&mut *tx).await?;
-        let ended: Option<Uuid> = sqlx::query_scalar(
+        let (ended, names, versions, counts): (bool, Vec<String>, Vec<String>, Vec<i64>) = sqlx::query_as(
             "WITH failed AS (
                  UPDATE steps SET status = 'failed', error = $2, finished_at = now()
                  WHERE run_id = $1 AND status IN ('waiting', 'queued', 'running', 'retrying')
-                 RETURNING 1
+                 RETURNING asset
              ), ended AS (
                  UPDATE runs SET status = 'failed', finished_at = now(),
                                  steps_failed = steps_failed + (SELECT count(*) FROM failed)
                  WHERE id = $1 AND status IN ('queued', 'running')
                  RETURNING id
+             ), announced AS (
+                 SELECT id, pg_notify($3, id::text) FROM ended
+             ), per_op AS (
+                 SELECT a.op_name, a.op_version, count(*) AS n
+                 FROM failed f JOIN run_assets a ON a.run_id = $1 AND a.idx = f.asset
+                 GROUP BY a.op_name, a.op_version
              )
-             SELECT id FROM (SELECT id, pg_notify($3, id::text) FROM ended) announced",
+             SELECT (SELECT count(*) FROM announced) > 0,
+                    coalesce((SELECT array_agg(op_name ORDER BY op_name, op_version) FROM per_op), '{}'),
+                    coalesce((SELECT array_agg(op_version ORDER BY op_name, op_version) FROM per_op), '{}'),
+                    coalesce((SELECT array_agg(n ORDER BY op_name, op_version) FROM per_op), '{}')",
         )
         .bind(run.as_uuid())
         .bind(super::storable::text(reason))
         .bind(super::RUNS_CHANNEL)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         plans.forget(run);
-        Ok(ended.is_some())
+        let mut failed = Vec::with_capacity(names.len());
+        for ((name, version), count) in names.into_iter().zip(versions).zip(counts) {
+            // Counting is all these are for: an op name that no longer parses is left out.
+            if let Ok(op) = format!("{name}@{version}").parse::<opflow_protocol::OpRef>() {
+                failed.push((op, count.max(0) as u64));
+            }
+        }
+        Ok(FailedRun { ended, failed })
     }
+}
+
+/// What [`Store::fail_run`] did.
+#[derive(Debug, Default)]
+pub struct FailedRun {
+    /// The run was still going, and ended now.
+    pub ended: bool,
+    /// Steps it failed, per op version.
+    pub failed: Vec<(opflow_protocol::OpRef, u64)>,
 }
 
 #[cfg(test)]
@@ -841,6 +943,18 @@ mod tests {
         let op = "noop@1.0.0".parse().unwrap();
         db.store.apply_events(&[event(run, 1, EventKind::Started { op })], &plans).await.unwrap();
         assert_eq!(state(&db, run).await, ("succeeded".into(), 1, "succeeded".into(), 1, 0, 2, 1));
+    }
+
+    #[tokio::test]
+    async fn failing_a_run_says_how_many_steps_of_each_op_it_failed() {
+        let db = TestDb::new("fail_run_counts").await;
+        let run = one_step_run(&db, 0).await;
+        let plans = PlanCache::default();
+        let failed = db.store.fail_run(run, "cannot apply", &plans).await.unwrap();
+        assert!(failed.ended);
+        assert_eq!(failed.failed, [("noop@1.0.0".parse().unwrap(), 1)]);
+        let again = db.store.fail_run(run, "cannot apply", &plans).await.unwrap();
+        assert!(!again.ended && again.failed.is_empty(), "{again:?}");
     }
 
     /// Row updates of `steps` so far, as PostgreSQL's statistics count them.

@@ -48,7 +48,56 @@ pub struct OpDemand {
     pub forecast: u64,
 }
 
+/// What one registered op version's queue holds, as `/metrics` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub op: OpRef,
+    /// Steps queued and published (no longer in the outbox): on the queue, not yet taken.
+    pub ready: u64,
+    /// Steps running on a worker of the op (their messages are unacked).
+    pub running: u64,
+}
+
 impl Store {
+    /// Every registered op version's [`QueueDepth`], in one statement: what `/metrics`
+    /// reads at each scrape. It counts queued and running steps through their partial
+    /// indexes (migration 0007) and the outbox, never every step.
+    pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "WITH active AS (
+                 SELECT a.op_name, a.op_version,
+                        count(*) FILTER (WHERE s.status = 'queued') AS queued,
+                        count(*) FILTER (WHERE s.status = 'running') AS running
+                 FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                 WHERE s.status IN ('queued', 'running')
+                 GROUP BY a.op_name, a.op_version
+             ), unpublished AS (
+                 SELECT a.op_name, a.op_version, count(*) AS n FROM outbox o
+                 JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id AND s.attempt = o.attempt
+                 JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                 WHERE s.status = 'queued'
+                 GROUP BY a.op_name, a.op_version
+             )
+             SELECT o.name, o.version,
+                    greatest(coalesce(a.queued, 0) - coalesce(u.n, 0), 0)::bigint,
+                    coalesce(a.running, 0)::bigint
+             FROM ops o
+             LEFT JOIN active a ON a.op_name = o.name AND a.op_version = o.version
+             LEFT JOIN unpublished u ON u.op_name = o.name AND u.op_version = o.version
+             ORDER BY o.name, o.version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(name, version, ready, running)| {
+                let op = format!("{name}@{version}")
+                    .parse::<OpRef>()
+                    .map_err(|e| StoreError::Corrupt("ops".into(), e.to_string()))?;
+                Ok(QueueDepth { op, ready: ready.max(0) as u64, running: running.max(0) as u64 })
+            })
+            .collect()
+    }
+
     /// See [`OpDemand`].
     pub async fn op_demand(&self, op: &OpRef) -> Result<OpDemand, StoreError> {
         let (running, busy_workers, forecast): (i64, Vec<String>, i64) = sqlx::query_as(
@@ -300,6 +349,33 @@ mod tests {
         .await;
         let demand = db.store.op_demand(&op).await.unwrap();
         assert_eq!(demand, OpDemand { running: 1, busy_workers: vec!["noop@1.0.0/h/9".into()], forecast: 1 });
+    }
+
+    #[tokio::test]
+    async fn queue_depths_name_every_registered_op_and_leave_out_the_outbox() {
+        let db = TestDb::new("queue_depths").await;
+        for version in ["1.0.0", "2.0.0"] {
+            sqlx::query(
+                "INSERT INTO ops (name, version, queue, queue_type, delivery_limit, description)
+                 VALUES ('noop', $1, 'q', 'quorum', 5, '{}')",
+            )
+            .bind(version)
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+        }
+        let depth = |version: &str, ready, running| QueueDepth {
+            op: format!("noop@{version}").parse().unwrap(),
+            ready,
+            running,
+        };
+        let run = chain(&db).await;
+        // `a` is queued but still in the outbox: not on the queue yet.
+        assert_eq!(db.store.queue_depths().await.unwrap(), [depth("1.0.0", 0, 0), depth("2.0.0", 0, 0)]);
+        exec(&db, "DELETE FROM outbox WHERE run_id = $1", run).await;
+        assert_eq!(db.store.queue_depths().await.unwrap(), [depth("1.0.0", 1, 0), depth("2.0.0", 0, 0)]);
+        exec(&db, "UPDATE steps SET status = 'running' WHERE run_id = $1 AND id = 0", run).await;
+        assert_eq!(db.store.queue_depths().await.unwrap(), [depth("1.0.0", 0, 1), depth("2.0.0", 0, 0)]);
     }
 
     #[tokio::test]

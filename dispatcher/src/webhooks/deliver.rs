@@ -101,11 +101,18 @@ pub struct Deliverer {
     client: reqwest::Client,
     policy: RetryPolicy,
     allow_private: bool,
+    /// Counts every attempt's outcome (`opflow_webhook_deliveries_total`).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Deliverer {
-    pub fn new(store: Store, policy: RetryPolicy, allow_private: bool) -> Result<Self, DeliveryError> {
-        Ok(Self { store, client: target::client(allow_private)?, policy, allow_private })
+    pub fn new(
+        store: Store,
+        policy: RetryPolicy,
+        allow_private: bool,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, DeliveryError> {
+        Ok(Self { store, client: target::client(allow_private)?, policy, allow_private, metrics })
     }
 
     /// Delivers until `stop`, then waits for the attempts in flight (each bounded by the
@@ -191,7 +198,7 @@ impl Deliverer {
                 Err(error) => (None, Some(error)),
             };
             let attempt = AttemptRecord { started_at, duration: clock.elapsed(), http_status, error };
-            record_attempt(&self.store, &self.policy, &delivery, attempt).await;
+            record_attempt(&self.store, &self.policy, &self.metrics, &delivery, attempt).await;
         }
         .instrument(span)
         .await
@@ -221,11 +228,12 @@ impl Deliverer {
     }
 }
 
-/// The one place every attempt's outcome goes: recorded with what follows from it, and
-/// logged. (A metrics counter of webhook outcomes belongs here.)
+/// The one place every attempt's outcome goes: recorded with what follows from it, counted
+/// (`opflow_webhook_deliveries_total{outcome}`: `delivered`, `retrying`, `failed`) and logged.
 pub async fn record_attempt(
     store: &Store,
     policy: &RetryPolicy,
+    metrics: &crate::metrics::Metrics,
     delivery: &DueDelivery,
     attempt: AttemptRecord,
 ) {
@@ -252,6 +260,11 @@ pub async fn record_attempt(
             return;
         }
     }
+    metrics.webhook_delivery(match next {
+        NextStep::Delivered => "delivered",
+        NextStep::RetryAt(_) => "retrying",
+        NextStep::Failed => "failed",
+    });
     match next {
         NextStep::Delivered => tracing::info!(status, took_ms, "webhook delivered"),
         NextStep::RetryAt(at) => {

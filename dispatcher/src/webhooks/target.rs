@@ -194,8 +194,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// The client every delivery uses: the guarded resolver, no redirects (a redirect could
 /// point anywhere), no proxy, the attempt timeout, rustls with the ring provider.
 pub fn client(allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
-    // Another part of the process may have installed it already; either way ring is in place.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // `opflow_process::init` installed it already; tests build clients without it.
+    opflow_process::install_tls_provider();
     reqwest::Client::builder()
         .dns_resolver(Arc::new(GuardedResolver { allow_private }))
         .redirect(reqwest::redirect::Policy::none())

@@ -1,0 +1,352 @@
+//! The dispatcher's Prometheus metrics, served at `GET /metrics` (outside the token guard,
+//! like `/healthz`: a scraper holds no API token, and nothing here names a run or a plan).
+//! Written with `prometheus-client`, the official Rust client, in its text exposition
+//! (OpenMetrics text, which Prometheus scrapes; see docs/observability.md).
+//!
+//! One [`Metrics`] is made by the dispatcher service and handed to the parts that count
+//! (the [`Applier`](crate::isolation::Applier) and the API state) rather than kept in a
+//! process global: each test, and each service in one process, counts on its own, and what
+//! is counted is plain from the types.
+//!
+//! Counters count from process start (Prometheus convention: `rate()` and `increase()`
+//! handle the reset when a dispatcher restarts), and they count what *this* dispatcher
+//! applied: with a leader and a standby, the leader counts; after a failover the new
+//! leader counts from then on. Summing over instances gives the whole.
+//!
+//! - `opflow_steps_total{op,version,status}`: steps that reached a terminal state as this
+//!   dispatcher applied events (`succeeded`, `failed` for good, `skipped` after an upstream
+//!   failure). Taken from the store's guarded transitions, so a duplicate or late event
+//!   that changed nothing is not counted, and a batch rolled back is not counted either.
+//!   Steps a run's last-resort failure ends ([`Store::fail_run`]) count as `failed`.
+//!   Steps canceled with their run are not counted here: cancel is one statement in
+//!   whichever process served it (API or CLI), not an applied event.
+//! - `opflow_step_duration_seconds{op,version,status}`: how long each succeeded or failed
+//!   step's last attempt ran, from its result event (finished at − started at, both the
+//!   worker's clock); dispatcher-made failures (nothing ran) and skips are not observed.
+//! - `opflow_queue_ready{queue,op,version}`, `opflow_queue_running{…}`: per registered op
+//!   version, steps published and waiting on its queue, and steps its workers hold
+//!   (unacked), read from the run store when scraped, in one bounded query (see
+//!   [`QUEUE_READ_TIMEOUT`]); the same numbers `GET /v1/queues` gives as `ready`/`unacked`.
+//! - `opflow_event_apply_seconds`, `opflow_event_apply_batch_events`: each committed
+//!   batch's transaction time and event count.
+//! - `opflow_webhook_deliveries_total{outcome}`: [`Metrics::webhook_delivery`], for the
+//!   webhook sender to call per delivery attempt outcome.
+
+use std::{collections::HashMap, time::Duration};
+
+use axum::{extract::State, http::header, response::IntoResponse};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::{
+    api::ApiState,
+    store::{
+        Store,
+        apply::{TerminalStatus, TerminalStep},
+    },
+};
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The longest a scrape waits for the queue depths; past it they are left out of that
+/// scrape (and the miss is logged) rather than hold the scraper.
+pub const QUEUE_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Step duration buckets, seconds: from a noop's milliseconds to an hour-long op.
+const STEP_SECONDS: [f64; 16] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+/// Apply transaction buckets, seconds: 0.5 ms to about 4 s.
+const APPLY_SECONDS: [f64; 14] =
+    [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096];
+
+/// Events per batch buckets: 1 to 1,024 (the batch size is a setting).
+const BATCH_EVENTS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    op: String,
+    version: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+    op: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The dispatcher's metrics; see the module docs. Cheap to share (`Arc`); every method
+/// takes `&self`.
+pub struct Metrics {
+    registry: Registry,
+    steps: Family<StepLabels, Counter>,
+    step_seconds: HistogramFamily<StepLabels>,
+    apply_seconds: Histogram,
+    apply_events: Histogram,
+    webhook_deliveries: Family<OutcomeLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("opflow");
+        let steps = Family::<StepLabels, Counter>::default();
+        registry.register(
+            "steps",
+            "Steps that reached a terminal state (succeeded, failed, skipped) as this dispatcher applied events, \
+             since it started",
+            steps.clone(),
+        );
+        let step_seconds: HistogramFamily<StepLabels> =
+            Family::new_with_constructor(|| Histogram::new(STEP_SECONDS));
+        registry.register(
+            "step_duration_seconds",
+            "How long succeeded and failed steps' last attempts ran (finished at - started at, from the worker's result)",
+            step_seconds.clone(),
+        );
+        let apply_seconds = Histogram::new(APPLY_SECONDS);
+        registry.register(
+            "event_apply_seconds",
+            "Time of each committed transaction applying a batch of events",
+            apply_seconds.clone(),
+        );
+        let apply_events = Histogram::new(BATCH_EVENTS);
+        registry.register("event_apply_batch_events", "Events in each committed batch", apply_events.clone());
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            webhook_deliveries.clone(),
+        );
+        Self { registry, steps, step_seconds, apply_seconds, apply_events, webhook_deliveries }
+    }
+
+    /// Records one committed batch of `events` events that took `elapsed`, and the steps it
+    /// moved to a terminal state. Call only after the commit: a rolled-back batch is
+    /// applied again, and would be counted twice.
+    pub fn applied(&self, events: usize, elapsed: Duration, terminal: &[TerminalStep]) {
+        self.apply_seconds.observe(elapsed.as_secs_f64());
+        self.apply_events.observe(events as f64);
+        if terminal.is_empty() {
+            return;
+        }
+        // One label set (two strings) per op version and status in the batch, not per step.
+        let mut by_label: HashMap<(&opflow_protocol::OpRef, TerminalStatus), Vec<Option<f64>>> =
+            HashMap::new();
+        for step in terminal {
+            by_label.entry((step.op(), step.status)).or_default().push(step.seconds);
+        }
+        for ((op, status), seconds) in by_label {
+            let labels = StepLabels {
+                op: op.name.to_string(),
+                version: op.version.to_string(),
+                status: status.as_str(),
+            };
+            self.steps.get_or_create(&labels).inc_by(seconds.len() as u64);
+            let observed: Vec<f64> = seconds.into_iter().flatten().collect();
+            if !observed.is_empty() {
+                let histogram = self.step_seconds.get_or_create(&labels);
+                for seconds in observed {
+                    histogram.observe(seconds.max(0.0));
+                }
+            }
+        }
+    }
+
+    /// Counts steps failed for good without an event: [`Store::fail_run`], the last resort
+    /// when an event of the run cannot be applied at all (its transaction is committed).
+    pub fn failed_without_event(&self, failed: &[(opflow_protocol::OpRef, u64)]) {
+        for (op, count) in failed {
+            let labels = StepLabels {
+                op: op.name.to_string(),
+                version: op.version.to_string(),
+                status: TerminalStatus::Failed.as_str(),
+            };
+            self.steps.get_or_create(&labels).inc_by(*count);
+        }
+    }
+
+    /// Counts one webhook delivery attempt by its outcome (`delivered`, `retrying`, or
+    /// `failed`: given up): `opflow_webhook_deliveries_total{outcome}`, from
+    /// `webhooks::deliver::record_attempt`. The outcomes are a small fixed set: each is a series.
+    pub fn webhook_delivery(&self, outcome: &str) {
+        self.webhook_deliveries.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+    }
+
+    /// The exposition text: every metric, with the queue depths read from `store` now
+    /// (left out if that takes longer than [`QUEUE_READ_TIMEOUT`] or fails).
+    pub async fn render(&self, store: &Store) -> String {
+        let queues = match tokio::time::timeout(QUEUE_READ_TIMEOUT, store.queue_depths()).await {
+            Ok(Ok(depths)) => Some(depths),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "reading queue depths for /metrics failed; leaving them out");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?QUEUE_READ_TIMEOUT, "reading queue depths for /metrics timed out; leaving them out");
+                None
+            }
+        };
+        let mut out = String::new();
+        // Writing to a String cannot fail; the encoder's `fmt::Error` only reports a writer's.
+        let _ = text::encode_registry(&mut out, &self.registry);
+        if let Some(queues) = queues {
+            let _ = text::encode_registry(&mut out, &queue_registry(&queues));
+        }
+        let _ = text::encode_eof(&mut out);
+        out
+    }
+}
+
+/// `GET /metrics`: see the module docs.
+pub async fn scrape(State(state): State<ApiState>) -> impl IntoResponse {
+    let body = state.metrics.render(&state.store).await;
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], body)
+}
+
+/// The queue depths of one scrape, as gauges of a registry of their own: an op version
+/// no longer registered simply stops appearing.
+fn queue_registry(depths: &[crate::store::in_flight::QueueDepth]) -> Registry {
+    let mut registry = Registry::with_prefix("opflow");
+    let ready = Family::<QueueLabels, Gauge>::default();
+    let running = Family::<QueueLabels, Gauge>::default();
+    for depth in depths {
+        let labels = QueueLabels {
+            queue: opflow_protocol::queue::op_queue(&depth.op),
+            op: depth.op.name.to_string(),
+            version: depth.op.version.to_string(),
+        };
+        ready.get_or_create(&labels).set(i64::try_from(depth.ready).unwrap_or(i64::MAX));
+        running.get_or_create(&labels).set(i64::try_from(depth.running).unwrap_or(i64::MAX));
+    }
+    registry.register("queue_ready", "Steps published and waiting on the op version's queue", ready);
+    registry.register("queue_running", "Steps the op version's workers hold (unacked messages)", running);
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use opflow_protocol::{Event, EventKind, RunId, StepId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        plan::{self, RegisteredOp},
+        store::{run_plan::PlanCache, storable::StorableEvent, testing::TestDb},
+    };
+
+    fn samples(text: &str, name: &str) -> Vec<String> {
+        text.lines().filter(|l| l.starts_with(name)).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn webhook_outcomes_are_counted_by_outcome() {
+        let metrics = Metrics::new();
+        metrics.webhook_delivery("delivered");
+        metrics.webhook_delivery("delivered");
+        metrics.webhook_delivery("failed");
+        let mut text = String::new();
+        text::encode(&mut text, &metrics.registry).unwrap();
+        let mut got = samples(&text, "opflow_webhook_deliveries_total");
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "opflow_webhook_deliveries_total{outcome=\"delivered\"} 2",
+                "opflow_webhook_deliveries_total{outcome=\"failed\"} 1"
+            ],
+            "{text}"
+        );
+    }
+
+    /// The counters follow the store's transitions: a duplicate success counts nothing, a
+    /// final failure counts its step and the steps it skips, each once.
+    #[tokio::test]
+    async fn steps_are_counted_once_per_terminal_transition() {
+        let db = TestDb::new("metrics_steps").await;
+        let registered = [RegisteredOp { name: "noop".into(), version: "1.2.0".parse().unwrap() }];
+        let source = "name: p\nassets:\n  - name: a\n    op: noop@1.2.0\n    sweep: {k: {from: 1, to: 2}}\n  \
+                      - name: b\n    op: noop@1.2.0\n    deps: [a]\n";
+        let compiled = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
+        let run: RunId = db.store.submit_run(&compiled, "p.yaml", source, None).await.unwrap().run_id;
+        let plans = PlanCache::default();
+        let metrics = Metrics::new();
+        let started = chrono::Utc::now() - chrono::Duration::milliseconds(250);
+        let ok = |step| -> StorableEvent {
+            Event::new(run, StepId(step), 1, "w", EventKind::Succeeded { output: json!(1) })
+                .with_started_at(started)
+                .into()
+        };
+        let success = ok(0);
+        for batch in [vec![success.clone()], vec![success]] {
+            let outcome = db.store.apply_events(&batch, &plans).await.unwrap();
+            metrics.applied(batch.len(), Duration::from_millis(1), &outcome.terminal);
+        }
+        let failure: StorableEvent =
+            Event::new(run, StepId(1), 1, "w", EventKind::Failed { error: "boom".into(), retryable: false })
+                .with_started_at(started)
+                .into();
+        let outcome = db.store.apply_events(std::slice::from_ref(&failure), &plans).await.unwrap();
+        metrics.applied(1, Duration::from_millis(1), &outcome.terminal);
+
+        let text = metrics.render(&db.store).await;
+        let mut steps = samples(&text, "opflow_steps_total");
+        steps.sort();
+        assert_eq!(
+            steps,
+            [
+                "opflow_steps_total{op=\"noop\",version=\"1.2.0\",status=\"failed\"} 1",
+                "opflow_steps_total{op=\"noop\",version=\"1.2.0\",status=\"skipped\"} 1",
+                "opflow_steps_total{op=\"noop\",version=\"1.2.0\",status=\"succeeded\"} 1",
+            ],
+            "{text}"
+        );
+        let counts = samples(&text, "opflow_step_duration_seconds_count");
+        assert!(
+            counts.contains(
+                &"opflow_step_duration_seconds_count{op=\"noop\",version=\"1.2.0\",status=\"succeeded\"} 1"
+                    .to_owned()
+            ),
+            "{text}"
+        );
+        assert!(
+            counts.contains(
+                &"opflow_step_duration_seconds_count{op=\"noop\",version=\"1.2.0\",status=\"failed\"} 1"
+                    .to_owned()
+            ),
+            "{text}"
+        );
+        assert!(
+            samples(&text, "opflow_event_apply_batch_events_count")
+                .contains(&"opflow_event_apply_batch_events_count 3".to_owned()),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
