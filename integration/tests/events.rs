@@ -153,26 +153,6 @@ async fn the_api_lists_runs_and_steps_and_serves_the_openapi_document_kept_in_th
         let output = env.opflow_ok(&["run", plan.to_str().context("utf-8")?, "--wait", "--json"]).await?;
         runs.push(parse_summary(&output)?["run_id"].as_str().context("run_id")?.to_owned());
     }
-    // An Idempotency-Key header gives one run for two requests.
-    let body = serde_json::json!({ "plan": "name: k\nassets:\n  - name: a\n    op: noop@1.1.0\n" });
-    let keyed = |key: &'static str| {
-        let (api, body) = (api.clone(), body.clone());
-        async move {
-            let response = client()
-                .post(format!("http://{api}/v1/runs"))
-                .header("idempotency-key", key)
-                .json(&body)
-                .send()
-                .await?;
-            anyhow::Ok((response.status().as_u16(), response.json::<Value>().await?))
-        }
-    };
-    let (first_status, first) = keyed("nightly-1").await?;
-    let (again_status, again) = keyed("nightly-1").await?;
-    assert_eq!((first_status, again_status), (201, 200));
-    assert_eq!(first["run_id"], again["run_id"]);
-    assert_eq!(again["existing"], true);
-
     // Newest first, paged by cursor.
     let (status, page) =
         opflow_integration::http(&api, "GET", "/v1/runs?status=succeeded&limit=2", None, None).await?;
@@ -213,6 +193,26 @@ async fn the_api_lists_runs_and_steps_and_serves_the_openapi_document_kept_in_th
     assert_eq!(items.len(), 3);
     assert!(items.iter().all(|s| s["op"] == "noop@1.1.0" && s["status"] == "succeeded"), "{steps}");
     assert_eq!(steps["next_cursor"], "2");
+
+    // An Idempotency-Key header gives one run for two requests.
+    let body = serde_json::json!({ "plan": "name: k\nassets:\n  - name: a\n    op: noop@1.1.0\n" });
+    let keyed = |key: &'static str| {
+        let (api, body) = (api.clone(), body.clone());
+        async move {
+            let response = client()
+                .post(format!("http://{api}/v1/runs"))
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::Ok((response.status().as_u16(), response.json::<Value>().await?))
+        }
+    };
+    let (first_status, first) = keyed("nightly-1").await?;
+    let (again_status, again) = keyed("nightly-1").await?;
+    assert_eq!((first_status, again_status), (201, 200));
+    assert_eq!(first["run_id"], again["run_id"]);
+    assert_eq!(again["existing"], true);
 
     let (status, served) = opflow_integration::http(&api, "GET", "/openapi.json", None, None).await?;
     assert_eq!(status, 200);
