@@ -139,7 +139,7 @@ impl Store {
         let redacted = url.redacted();
         let options = PgConnectOptions::from_str(url.expose())
             .map_err(|source| StoreError::BadUrl { url: redacted.clone(), cause: source })?;
-        let options = options.application_name("opflow");
+        let options = plain_on_loopback(options.application_name("opflow"), url.expose());
         let connect = || async {
             // One plain connection first: it fails at once with the real cause (refused,
             // no such database), where a pool would wait out its acquire timeout and then
@@ -213,6 +213,27 @@ fn sql_state(error: &sqlx::Error) -> Option<String> {
 }
 
 /// Creates the database named in `options` through the server's `postgres` database.
+/// TLS off for a server on this machine, unless the URL (or `PGSSLMODE`) asks for it.
+///
+/// sqlx's default, `sslmode=prefer`, encrypts whenever the server offers TLS, as Debian's
+/// PostgreSQL does with its own certificate. On a loopback connection that protects
+/// nothing, and costs CPU on both ends of every statement: encrypting and decrypting each
+/// batch of steps and events in the dispatcher (rustls) and in PostgreSQL (OpenSSL).
+fn plain_on_loopback(options: PgConnectOptions, url: &str) -> PgConnectOptions {
+    let asked = url.contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    if asked || !is_loopback(options.get_host()) {
+        return options;
+    }
+    options.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+}
+
+/// Whether `host` is this machine: a loopback address, `localhost`, or a socket directory.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.starts_with('/')
+        || host.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn create_database(options: &PgConnectOptions, redacted: &str) -> Result<(), StoreError> {
     let database = options.get_database().unwrap_or("opflow").to_owned();
     let failed = |source| StoreError::CreateDatabase {
@@ -293,5 +314,30 @@ pub(crate) mod testing {
                 .stderr(std::process::Stdio::null())
                 .status();
         }
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use std::str::FromStr;
+
+    use sqlx::postgres::PgSslMode;
+
+    use super::*;
+
+    fn mode(url: &str) -> String {
+        format!("{:?}", plain_on_loopback(PgConnectOptions::from_str(url).unwrap(), url).get_ssl_mode())
+    }
+
+    #[test]
+    fn loopback_servers_are_spoken_to_without_tls_unless_the_url_asks() {
+        if std::env::var_os("PGSSLMODE").is_some() {
+            return; // the environment decides; nothing of ours to test
+        }
+        assert_eq!(mode("postgres://u@127.0.0.1:5432/db"), format!("{:?}", PgSslMode::Disable));
+        assert_eq!(mode("postgres://u@localhost/db"), format!("{:?}", PgSslMode::Disable));
+        assert_eq!(mode("postgres://u@[::1]:5432/db"), format!("{:?}", PgSslMode::Disable));
+        assert_eq!(mode("postgres://u@127.0.0.1/db?sslmode=require"), format!("{:?}", PgSslMode::Require));
+        assert_eq!(mode("postgres://u@db.example.com/db"), format!("{:?}", PgSslMode::Prefer));
     }
 }
