@@ -27,7 +27,9 @@ struct Inner {
 }
 
 impl StepContext {
-    pub(crate) fn new(
+    /// Public for benches only, not an API: the runtime makes a step's context.
+    #[doc(hidden)]
+    pub fn new(
         message: StepMessage,
         reporter: Reporter,
         worker: String,

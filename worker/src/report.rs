@@ -62,6 +62,29 @@ impl Reporter {
     }
 }
 
+/// For benches only, not an API: a [`Reporter`] without a broker, and what it queued.
+#[doc(hidden)]
+pub fn detached() -> (Reporter, Detached) {
+    let (commands, receiver) = mpsc::channel(QUEUE_DEPTH);
+    (Reporter { commands }, Detached(receiver))
+}
+
+/// The events a [`detached`] reporter queued.
+#[doc(hidden)]
+pub struct Detached(mpsc::Receiver<Command>);
+
+impl Detached {
+    /// Takes the queued events and encodes each with its routing key, as publishing
+    /// would; returns how many bytes.
+    pub fn drain(&mut self) -> usize {
+        let mut bytes = 0;
+        while let Ok(Command::Send(event, _) | Command::Flush(event, _, _)) = self.0.try_recv() {
+            bytes += event.encode().len() + queue::event_routing_key(event.kind.name()).len();
+        }
+        bytes
+    }
+}
+
 async fn publish_loop(publisher: Publisher, mut commands: mpsc::Receiver<Command>, stop: CancellationToken) {
     let mut in_flight = FuturesUnordered::new();
     loop {

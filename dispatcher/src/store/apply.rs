@@ -212,6 +212,25 @@ impl Store {
     }
 }
 
+/// For `benches/apply.rs` only, not an API: the pure part of applying a batch, grouping
+/// `events` into the columns the bulk statements of [`Store::apply_events`] bind (`started`,
+/// progress, `succeeded`, and the `events` insert with every event flagged as applied), by
+/// the same functions. Failures are left out: grouping them needs each run's retry policy,
+/// which comes from the store.
+#[doc(hidden)]
+pub fn bench_columns(events: &[StorableEvent]) -> impl Sized {
+    let events: Vec<&Event> = events.iter().map(|e| &**e).collect();
+    let applied: HashSet<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
+    let recorded: Vec<&Event> =
+        events.iter().copied().filter(|e| !matches!(e.kind, EventKind::Heartbeat)).collect();
+    (
+        started_columns(&events),
+        progress_columns(&events),
+        succeeded_columns(&events),
+        event_rows(&recorded, &applied),
+    )
+}
+
 /// Appends the events not recorded before, each flagged with whether it took effect;
 /// returns how many were meant to be recorded and how many of those were new. Heartbeats
 /// are not recorded: they only move `steps.heartbeat_at`, so a long step does not add a row
@@ -226,26 +245,8 @@ async fn insert_events(
     if events.is_empty() {
         return Ok((0, 0));
     }
-    let mut ids = Vec::with_capacity(events.len());
-    let mut runs = Vec::with_capacity(events.len());
-    let mut steps = Vec::with_capacity(events.len());
-    let mut attempts = Vec::with_capacity(events.len());
-    let mut kinds = Vec::with_capacity(events.len());
-    let mut bodies = Vec::with_capacity(events.len());
-    let mut workers = Vec::with_capacity(events.len());
-    let mut ats = Vec::with_capacity(events.len());
-    let mut flags = Vec::with_capacity(events.len());
-    for e in &events {
-        ids.push(e.id.as_uuid());
-        runs.push(e.run_id.as_uuid());
-        steps.push(e.step_id.0 as i32);
-        attempts.push(e.attempt as i32);
-        kinds.push(e.kind.name().to_owned());
-        bodies.push(serde_json::to_value(&e.kind).unwrap_or(Value::Null));
-        workers.push(e.worker.clone());
-        ats.push(e.at);
-        flags.push(applied.contains(&e.id.as_uuid()));
-    }
+    let EventRows { ids, runs, steps, attempts, kinds, bodies, workers, ats, flags } =
+        event_rows(&events, applied);
     // Each run's `event_seq` is bumped by its number of events and the events numbered
     // after the old value, in batch order. The bump locks the run's row until commit, so a
     // reader sees a run's numbers appear in order (migration 0011). A duplicate (same id,
@@ -289,6 +290,43 @@ async fn insert_events(
     Ok((events.len(), inserted.rows_affected() as usize))
 }
 
+/// The columns of the `events` insert, one row per event (pure; see [`bench_columns`]).
+struct EventRows {
+    ids: Vec<Uuid>,
+    runs: Vec<Uuid>,
+    steps: Vec<i32>,
+    attempts: Vec<i32>,
+    kinds: Vec<String>,
+    bodies: Vec<Value>,
+    workers: Vec<String>,
+    ats: Vec<DateTime<Utc>>,
+    flags: Vec<bool>,
+}
+
+fn event_rows(events: &[&Event], applied: &HashSet<Uuid>) -> EventRows {
+    let mut ids = Vec::with_capacity(events.len());
+    let mut runs = Vec::with_capacity(events.len());
+    let mut steps = Vec::with_capacity(events.len());
+    let mut attempts = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    let mut workers = Vec::with_capacity(events.len());
+    let mut ats = Vec::with_capacity(events.len());
+    let mut flags = Vec::with_capacity(events.len());
+    for e in events {
+        ids.push(e.id.as_uuid());
+        runs.push(e.run_id.as_uuid());
+        steps.push(e.step_id.0 as i32);
+        attempts.push(e.attempt as i32);
+        kinds.push(e.kind.name().to_owned());
+        bodies.push(serde_json::to_value(&e.kind).unwrap_or(Value::Null));
+        workers.push(e.worker.clone());
+        ats.push(e.at);
+        flags.push(applied.contains(&e.id.as_uuid()));
+    }
+    EventRows { ids, runs, steps, attempts, kinds, bodies, workers, ats, flags }
+}
+
 /// Columns shared by the per-kind bulk statements.
 #[derive(Default)]
 struct StepColumns {
@@ -318,16 +356,22 @@ impl StepColumns {
     }
 }
 
+/// The columns of the `started` statement: the batch's `started` events.
+fn started_columns(events: &[&Event]) -> StepColumns {
+    let mut cols = StepColumns::default();
+    for e in events.iter().filter(|e| matches!(e.kind, EventKind::Started { .. })) {
+        cols.push(e);
+    }
+    cols
+}
+
 async fn apply_started(
     tx: &mut sqlx::PgConnection,
     events: &[&Event],
     deltas: &mut HashMap<Uuid, RunDelta>,
     applied: &mut HashSet<Uuid>,
 ) -> Result<(), StoreError> {
-    let mut cols = StepColumns::default();
-    for e in events.iter().filter(|e| matches!(e.kind, EventKind::Started { .. })) {
-        cols.push(e);
-    }
+    let cols = started_columns(events);
     if cols.is_empty() {
         return Ok(());
     }
@@ -360,8 +404,9 @@ struct LatestProgress<'a> {
     message: Option<&'a str>,
 }
 
-/// Progress and heartbeats: the latest of each step's events in the batch wins.
-async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result<(), StoreError> {
+/// The columns of the progress statement: the latest progress (or heartbeat) of each step
+/// attempt in the batch, its fraction and its message.
+fn progress_columns(events: &[&Event]) -> (StepColumns, Vec<Option<f32>>, Vec<Option<String>>) {
     let mut latest: HashMap<(Uuid, u32, u32), LatestProgress> = HashMap::new();
     for e in events {
         let (fraction, message) = match &e.kind {
@@ -379,9 +424,6 @@ async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Resul
             };
         }
     }
-    if latest.is_empty() {
-        return Ok(());
-    }
     let mut cols = StepColumns::default();
     let mut fractions: Vec<Option<f32>> = Vec::with_capacity(latest.len());
     let mut messages: Vec<Option<String>> = Vec::with_capacity(latest.len());
@@ -389,6 +431,15 @@ async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Resul
         cols.push(latest.event);
         fractions.push(latest.fraction.map(|f| f as f32));
         messages.push(latest.message.map(str::to_owned));
+    }
+    (cols, fractions, messages)
+}
+
+/// Progress and heartbeats: the latest of each step's events in the batch wins.
+async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Result<(), StoreError> {
+    let (cols, fractions, messages) = progress_columns(events);
+    if cols.is_empty() {
+        return Ok(());
     }
     sqlx::query(
         "UPDATE steps s SET progress = coalesce(u.fraction, s.progress),
@@ -410,13 +461,8 @@ async fn apply_progress(tx: &mut sqlx::PgConnection, events: &[&Event]) -> Resul
     Ok(())
 }
 
-/// Marks steps succeeded; returns the steps that changed.
-async fn apply_succeeded(
-    tx: &mut sqlx::PgConnection,
-    events: &[&Event],
-    deltas: &mut HashMap<Uuid, RunDelta>,
-    applied: &mut HashSet<Uuid>,
-) -> Result<Vec<Finished>, StoreError> {
+/// The columns of the `succeeded` statement: the batch's successes and their outputs.
+fn succeeded_columns(events: &[&Event]) -> (StepColumns, Vec<Value>) {
     let mut cols = StepColumns::default();
     let mut outputs = Vec::new();
     for e in events {
@@ -425,6 +471,17 @@ async fn apply_succeeded(
             outputs.push(output.clone());
         }
     }
+    (cols, outputs)
+}
+
+/// Marks steps succeeded; returns the steps that changed.
+async fn apply_succeeded(
+    tx: &mut sqlx::PgConnection,
+    events: &[&Event],
+    deltas: &mut HashMap<Uuid, RunDelta>,
+    applied: &mut HashSet<Uuid>,
+) -> Result<Vec<Finished>, StoreError> {
+    let (cols, outputs) = succeeded_columns(events);
     if cols.is_empty() {
         return Ok(Vec::new());
     }
@@ -955,6 +1012,32 @@ mod tests {
         assert_eq!(failed.failed, [("noop@1.0.0".parse().unwrap(), 1)]);
         let again = db.store.fail_run(run, "cannot apply", &plans).await.unwrap();
         assert!(!again.ended && again.failed.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn a_batch_is_grouped_into_the_columns_its_statements_bind() {
+        let run = RunId::new();
+        let at = |step, kind| Event::new(run, StepId(step), 1, "w", kind);
+        let started = at(0, EventKind::Started { op: "noop@1.0.0".parse().unwrap() });
+        let progress = at(1, EventKind::Progress { fraction: 0.5, message: Some("half".into()) });
+        let mut heartbeat = at(1, EventKind::Heartbeat);
+        heartbeat.at = progress.at + chrono::Duration::seconds(1);
+        let succeeded = at(2, EventKind::Succeeded { output: json!({"x": 1}) });
+        let log = at(3, EventKind::Log { level: opflow_protocol::LogLevel::Info, message: "hi".into() });
+        let batch = [&started, &progress, &heartbeat, &succeeded, &log];
+
+        assert_eq!(started_columns(&batch).steps, [0]);
+        // The heartbeat is later and wins, keeping the progress's fraction and message.
+        let (cols, fractions, messages) = progress_columns(&batch);
+        assert_eq!((cols.steps, cols.ats), (vec![1], vec![heartbeat.at]));
+        assert_eq!((fractions, messages), (vec![Some(0.5)], vec![Some("half".to_owned())]));
+        let (cols, outputs) = succeeded_columns(&batch);
+        assert_eq!((cols.steps, outputs), (vec![2], vec![json!({"x": 1})]));
+        let applied = HashSet::from([succeeded.id.as_uuid()]);
+        let rows = event_rows(&[&started, &succeeded, &log], &applied);
+        assert_eq!(rows.kinds, ["started", "succeeded", "log"]);
+        assert_eq!(rows.flags, [false, true, false]);
+        assert_eq!(rows.bodies[1], serde_json::to_value(&succeeded.kind).unwrap());
     }
 
     /// Row updates of `steps` so far, as PostgreSQL's statistics count them.
