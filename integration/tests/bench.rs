@@ -34,15 +34,36 @@ async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() 
         assert!(line["steps"].as_f64().unwrap_or(0.0) > 0.0, "{line}");
     }
     for (name, fields) in [
-        ("raw", &["publish_per_s", "consume_per_s", "chain_ms_per_step"][..]),
-        ("w1", &["ratio_to_raw_consume"][..]),
-        ("w2", &["ms_per_step"][..]),
-        ("w3", &["efficiency"][..]),
+        ("raw", &["publish_per_s", "consume_per_s", "cycle_per_s", "chain_ms_per_step"][..]),
+        ("w1", &["ratio_to_raw_consume", "ratio_to_raw_cycle"][..]),
+        ("w2", &["ms_per_step", "ratio_to_raw_chain"][..]),
+        ("w3", &["efficiency", "ratio_to_raw_cycle"][..]),
+        ("w6", &["ratio_to_raw_consume", "ratio_to_raw_cycle"][..]),
     ] {
         let line = workload(name)?;
         for field in fields {
             assert!(line[*field].as_f64().is_some_and(|v| v > 0.0), "{name}: {field} missing in {line}");
         }
+    }
+    // w2's deep chain: a tenth of 10,000 links, verified like every run.
+    let deep = &workload("w2")?["deep"];
+    assert_eq!(deep["steps"], 1_000, "w2: {deep}");
+    assert_eq!(deep["verified"], true, "w2: {deep}");
+    for field in ["ms_per_step", "ratio_to_shallow"] {
+        assert!(deep[field].as_f64().is_some_and(|v| v > 0.0), "w2: deep.{field} missing in {deep}");
+    }
+    // CPU per step by component, read from the processes' counters: every component was
+    // found and read (the bench runs on the broker's machine, as root here), and the total
+    // is their sum.
+    for name in ["w1", "w3", "w6"] {
+        let cpu = &workload(name)?["cpu_us_per_step"];
+        let parts: Vec<f64> = ["dispatcher", "postgres", "broker", "workers"]
+            .iter()
+            .map(|part| cpu[*part].as_f64().with_context(|| format!("{name}: {part} missing in {cpu}")))
+            .collect::<anyhow::Result<_>>()?;
+        assert!(parts.iter().all(|us| *us > 0.0), "{name}: {cpu}");
+        let total = cpu["total"].as_f64().with_context(|| format!("{name}: total missing in {cpu}"))?;
+        assert!(total > 0.0 && (total - parts.iter().sum::<f64>()).abs() < 1.0, "{name}: {cpu}");
     }
     let w4 = workload("w4")?;
     for field in ["cold_start_ms_median", "cold_start_ms_max"] {

@@ -1,6 +1,7 @@
 //! Watching benchmark runs: start a run's workers, submit its plan, time it to the store's
 //! announcement that it ended (nothing polls while it goes), sample the dispatcher's
-//! memory, verify that every step succeeded exactly once; and time a worker's cold start.
+//! memory and every component's CPU time, verify that every step succeeded exactly once;
+//! and time a worker's cold start.
 
 use std::{
     path::Path,
@@ -13,7 +14,13 @@ use serde_json::{Value, json};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
-use super::{memory, plans::sweep_plan, round, sandbox::Sandbox};
+use super::{
+    cpu::{self, Component, CpuPerStep, Snapshot},
+    memory,
+    plans::sweep_plan,
+    round,
+    sandbox::Sandbox,
+};
 use crate::store::Store;
 
 /// What watching a run needs: the sandbox, its store, and the noop op and queue.
@@ -23,12 +30,18 @@ pub struct Bed<'a> {
     pub noop: &'a Path,
     pub noop_queue: &'a str,
     pub cancel: &'a CancellationToken,
+    /// The benchmark's dispatcher, whose CPU time each run reports.
+    pub dispatcher_pid: Option<u32>,
 }
 
 /// One finished benchmark run.
 pub struct PlanRun {
     pub steps: i64,
     pub wall: Duration,
+    /// Of `wall`: compiling and storing the plan.
+    pub submit: Duration,
+    /// CPU time per step of each component, from submit to the run's end.
+    pub cpu: CpuPerStep,
     pub verified: bool,
     /// (fraction of steps done, dispatcher VmRSS in MiB), sampled while the run went on.
     pub dispatcher_rss: Vec<(f64, f64)>,
@@ -50,6 +63,18 @@ impl PlanRun {
             "verified": self.verified,
         })
     }
+
+    /// `cpu_us_per_step` as printed: µs rounded to one decimal, `null` if not measured.
+    pub fn cpu_figures(&self) -> Value {
+        let us = |value: Option<f64>| value.map(|us| round(us, 1));
+        json!({
+            "dispatcher": us(self.cpu.dispatcher),
+            "postgres": us(self.cpu.postgres),
+            "broker": us(self.cpu.broker),
+            "workers": us(self.cpu.workers),
+            "total": round(self.cpu.total, 1),
+        })
+    }
 }
 
 impl Bed<'_> {
@@ -68,10 +93,22 @@ impl Bed<'_> {
         self.wait_for_consumers(workers).await?;
 
         let mut ends = self.store.listen_for_run_ends().await?;
+        let workers_pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
+        let components = |postgres: Vec<u32>| {
+            [
+                ("dispatcher", Component::new(self.dispatcher_pid)),
+                ("postgres", Component::new(postgres)),
+                ("broker", Component::new(cpu::rabbitmq_node_pids())),
+                ("workers", Component::new(workers_pids.iter().copied())),
+            ]
+        };
+        let backends_at_start = self.postgres_backends().await?;
+        let cpu_at_start = Snapshot::take(&components(backends_at_start.clone()));
         let started = Instant::now();
         let submission = crate::submit::submit(self.store, plan, Path::new("bench.yaml"), None)
             .await
             .context("submitting the benchmark plan")?;
+        let submit = started.elapsed();
         let run = submission.run_id;
         let mut dispatcher_rss = Vec::new();
         let mut sample_every = tokio::time::interval(Duration::from_millis(250));
@@ -92,15 +129,26 @@ impl Bed<'_> {
             }
         };
         let wall = started.elapsed();
+        // Backends that served the run, whether there at the start or opened since.
+        let mut backends = self.postgres_backends().await?;
+        for pid in backends_at_start {
+            if !backends.contains(&pid) {
+                backends.push(pid);
+            }
+        }
+        let cpu_at_end = Snapshot::take(&components(backends));
         let worker_rss_mb = children.first().and_then(Child::id).and_then(memory::peak_rss_mb);
         for child in &mut children {
             crate::supervise::drain(child, "noop", Duration::from_secs(30)).await;
         }
         let counted = self.store.exactly_once(run).await?.context("the benchmark run vanished")?;
         let succeeded = status == crate::store::runs::RunStatus::Succeeded;
+        let cpu = cpu::per_step(&cpu_at_start, &cpu_at_end, counted.steps.max(0) as u64);
         Ok(PlanRun {
             steps: counted.steps,
             wall,
+            submit,
+            cpu,
             verified: counted.holds() && succeeded,
             dispatcher_rss,
             worker_rss_mb,
@@ -139,6 +187,18 @@ impl Bed<'_> {
         let to_start =
             to_start.to_std().context("the step started before it was submitted: are the clocks sane?")?;
         Ok((to_start, verified && status == crate::store::runs::RunStatus::Succeeded))
+    }
+
+    /// The PostgreSQL client backends connected to the benchmark's database: the
+    /// dispatcher's, and the benchmark's own listener and progress reads.
+    async fn postgres_backends(&self) -> anyhow::Result<Vec<u32>> {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'",
+        )
+        .fetch_all(self.store.pool())
+        .await
+        .context("listing the benchmark database's backends")?;
+        Ok(pids.into_iter().filter_map(|pid| u32::try_from(pid).ok()).collect())
     }
 
     /// Waits until the noop queue has `workers` consumers.

@@ -36,17 +36,24 @@ pub struct RawFigures {
     pub publish_per_s: f64,
     /// Deliveries per second to two consumers on separate connections, prefetch 1, ack-late.
     pub consume_per_s: f64,
+    pub cycle_messages: usize,
+    /// A worker's cycle, without a database: deliveries per second (over both) to two
+    /// consumers on separate connections, prefetch 1, each publishing a result with a
+    /// confirm for every delivery and acking only once it is confirmed. Under prefetch 1
+    /// and ack-late this is the broker's own limit for two workers.
+    pub cycle_per_s: f64,
     pub chain_steps: usize,
     /// One hop there and back: consume a step, publish its completion with a confirm, ack;
     /// consume the completion, publish the next step with a confirm, ack.
     pub chain_ms_per_step: f64,
 }
 
-/// Runs the three measurements on queues named `opflow.bench.raw.*`, deleted afterwards.
+/// Runs the four measurements on queues named `opflow.bench.raw.*`, deleted afterwards.
 pub async fn measure(
     amqp_url: &str,
     kind: QueueKind,
     messages: usize,
+    cycle_messages: usize,
     chain_steps: usize,
     cancel: &CancellationToken,
 ) -> anyhow::Result<RawFigures> {
@@ -55,31 +62,24 @@ pub async fn measure(
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let queue = "opflow.bench.raw";
     let (step_queue, done_queue) = ("opflow.bench.raw.step", "opflow.bench.raw.done");
-    for name in [queue, step_queue, done_queue] {
+    let results_queue = "opflow.bench.raw.results";
+    let queues = [queue, step_queue, done_queue, results_queue];
+    for name in queues {
         declare(&channel, name, kind).await?;
     }
 
     let payload = vec![b'x'; PAYLOAD_BYTES];
     let started = Instant::now();
-    for window in 0..messages.div_ceil(CONFIRM_WINDOW) {
-        let count = CONFIRM_WINDOW.min(messages - window * CONFIRM_WINDOW);
-        let mut confirms = Vec::with_capacity(count);
-        for _ in 0..count {
-            confirms.push(publish(&channel, queue, &payload).await?);
-        }
-        for confirm in confirms {
-            confirm.await?;
-        }
-        if cancel.is_cancelled() {
-            anyhow::bail!("cancelled");
-        }
-    }
+    publish_in_windows(&channel, queue, &payload, messages, cancel).await?;
     let publish_per_s = messages as f64 / started.elapsed().as_secs_f64();
 
-    let consume_per_s = consume_with_two(amqp_url, queue, messages, cancel).await?;
+    let consume_per_s = consume_with_two(amqp_url, queue, messages, None, cancel).await?;
+    // The queue is empty again: fill it for the cycle (untimed).
+    publish_in_windows(&channel, queue, &payload, cycle_messages, cancel).await?;
+    let cycle_per_s = consume_with_two(amqp_url, queue, cycle_messages, Some(results_queue), cancel).await?;
     let chain_ms_per_step = chain(amqp_url, step_queue, done_queue, chain_steps, &payload, cancel).await?;
 
-    for name in [queue, step_queue, done_queue] {
+    for name in queues {
         channel.queue_delete(name.into(), QueueDeleteOptions::default()).await?;
     }
     close(connection.close(200, "bench done".into()).await);
@@ -88,9 +88,36 @@ pub async fn measure(
         messages,
         publish_per_s,
         consume_per_s,
+        cycle_messages,
+        cycle_per_s,
         chain_steps,
         chain_ms_per_step,
     })
+}
+
+/// Publishes `count` persistent messages to `queue`, awaiting the confirms of each window
+/// of [`CONFIRM_WINDOW`] before the next.
+async fn publish_in_windows(
+    channel: &Channel,
+    queue: &str,
+    payload: &[u8],
+    count: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    for window in 0..count.div_ceil(CONFIRM_WINDOW) {
+        let in_window = CONFIRM_WINDOW.min(count - window * CONFIRM_WINDOW);
+        let mut confirms = Vec::with_capacity(in_window);
+        for _ in 0..in_window {
+            confirms.push(publish(channel, queue, payload).await?);
+        }
+        for confirm in confirms {
+            confirm.await?;
+        }
+        if cancel.is_cancelled() {
+            anyhow::bail!("cancelled");
+        }
+    }
+    Ok(())
 }
 
 async fn connect(amqp_url: &str, name: &str) -> anyhow::Result<Connection> {
@@ -135,11 +162,15 @@ async fn consumer(connection: &Connection, queue: &str, tag: &str) -> anyhow::Re
     Ok((channel, consumer))
 }
 
-/// Two consumers, each on its own connection, prefetch 1, acking each delivery.
+/// Two consumers, each on its own connection, prefetch 1, acking each delivery; with
+/// `results`, each first publishes a result there (on a confirming channel of its own
+/// connection) and acks once the broker confirmed it, as a worker does. Deliveries per
+/// second over both.
 async fn consume_with_two(
     amqp_url: &str,
     queue: &str,
     messages: usize,
+    results: Option<&'static str>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<f64> {
     let consumed = Arc::new(AtomicUsize::new(0));
@@ -149,7 +180,12 @@ async fn consume_with_two(
     for n in 0..2 {
         let connection = connect(amqp_url, &format!("opflow-bench-raw-consumer-{n}")).await?;
         let (channel, mut consumer) = consumer(&connection, queue, &format!("raw-{n}")).await?;
+        let out = match results {
+            Some(_) => Some(confirming_channel(&connection).await?),
+            None => None,
+        };
         let (consumed, done, cancel) = (consumed.clone(), done.clone(), cancel.clone());
+        let result = vec![b'r'; PAYLOAD_BYTES];
         tasks.push(tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -158,12 +194,19 @@ async fn consume_with_two(
                     () = cancel.cancelled() => break,
                 };
                 let Some(delivery) = next else { break };
-                delivery?.ack(BasicAckOptions::default()).await?;
+                let delivery = delivery?;
+                if let (Some(out), Some(results)) = (&out, results) {
+                    publish(out, results, &result).await?.await?;
+                }
+                delivery.ack(BasicAckOptions::default()).await?;
                 if consumed.fetch_add(1, Ordering::Relaxed) + 1 >= messages {
                     done.cancel();
                 }
             }
             close(channel.close(200, "bench done".into()).await);
+            if let Some(out) = out {
+                close(out.close(200, "bench done".into()).await);
+            }
             close(connection.close(200, "bench done".into()).await);
             anyhow::Ok(())
         }));

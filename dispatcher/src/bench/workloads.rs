@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{
     BenchOptions, memory,
-    observe::Bed,
+    observe::{Bed, PlanRun},
     plans::{chain_plan, fan_in_plan, sweep_plan},
     raw::RawFigures,
     round,
@@ -23,11 +23,24 @@ pub async fn w1(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyh
     let steps = options.scaled(10_000);
     let run = bed.run_plan(2, &sweep_plan("w1", steps, ""), None).await?;
     let mut figures = run.figures("w1");
-    figures["ratio_to_raw_consume"] = json!(round(run.steps_per_s() / raw.consume_per_s, 3));
+    add_ratios_and_cpu(&mut figures, &run, raw);
     Ok(figures)
 }
 
-/// w2: a chain of 200 dependent steps on 1 worker; the cost of each link.
+/// The figures w1, w3 and w6 share: throughput as a ratio to `raw`'s consume (kept for
+/// continuity) and to its cycle (the worker's true limit), and CPU per step by component.
+fn add_ratios_and_cpu(figures: &mut Value, run: &PlanRun, raw: &RawFigures) {
+    figures["ratio_to_raw_consume"] = json!(round(run.steps_per_s() / raw.consume_per_s, 3));
+    figures["ratio_to_raw_cycle"] = json!(round(run.steps_per_s() / raw.cycle_per_s, 3));
+    figures["cpu_us_per_step"] = run.cpu_figures();
+    if run.cpu.exited > 0 {
+        // Their CPU time since the start is missing from the figures.
+        figures["cpu_processes_exited"] = json!(run.cpu.exited);
+    }
+}
+
+/// w2: a chain of 200 dependent steps on 1 worker, the cost of each link; and a chain of
+/// 10,000, which costs as much per link if nothing grows with the plan's size.
 pub async fn w2(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyhow::Result<Value> {
     let steps = options.scaled(200).max(2);
     let run = bed.run_plan(1, &chain_plan(steps), None).await?;
@@ -35,11 +48,26 @@ pub async fn w2(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyh
     let mut figures = run.figures("w2");
     figures["ms_per_step"] = json!(round(ms_per_step, 2));
     figures["ratio_to_raw_chain"] = json!(round(ms_per_step / raw.chain_ms_per_step, 2));
+    figures["submit_s"] = json!(round(run.submit.as_secs_f64(), 3));
+
+    let deep_steps = options.scaled(10_000).max(2);
+    let deep = bed.run_plan(1, &chain_plan(deep_steps), None).await?;
+    let deep_ms_per_step = deep.wall.as_secs_f64() * 1000.0 / deep_steps as f64;
+    figures["deep"] = json!({
+        "steps": deep.steps,
+        "wall_s": round(deep.wall.as_secs_f64(), 3),
+        "submit_s": round(deep.submit.as_secs_f64(), 3),
+        "ms_per_step": round(deep_ms_per_step, 2),
+        "ratio_to_shallow": round(deep_ms_per_step / ms_per_step, 2),
+        "ratio_to_raw_chain": round(deep_ms_per_step / raw.chain_ms_per_step, 2),
+        "verified": deep.verified,
+    });
+    figures["verified"] = json!(run.verified && deep.verified);
     Ok(figures)
 }
 
 /// w3: 1,000 steps of 10 ms of CPU on 2 workers; how close to the ideal wall time.
-pub async fn w3(bed: &Bed<'_>, options: &BenchOptions) -> anyhow::Result<Value> {
+pub async fn w3(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyhow::Result<Value> {
     let steps = options.scaled(1_000);
     let run = bed.run_plan(2, &sweep_plan("w3", steps, "    config: {burn_ms: 10}\n"), None).await?;
     // 10 ms of CPU per step over 2 workers: the ideal wall time.
@@ -47,6 +75,7 @@ pub async fn w3(bed: &Bed<'_>, options: &BenchOptions) -> anyhow::Result<Value> 
     let mut figures = run.figures("w3");
     figures["ideal_s"] = json!(round(ideal, 3));
     figures["efficiency"] = json!(round(ideal / run.wall.as_secs_f64(), 3));
+    add_ratios_and_cpu(&mut figures, &run, raw);
     Ok(figures)
 }
 
@@ -134,7 +163,12 @@ pub async fn w5(
 
 /// w6: 100,000 steps end to end on 2 workers; the dispatcher's memory as the run goes on,
 /// and the database's growth per step.
-pub async fn w6(bed: &Bed<'_>, options: &BenchOptions, dispatcher_pid: Option<u32>) -> anyhow::Result<Value> {
+pub async fn w6(
+    bed: &Bed<'_>,
+    raw: &RawFigures,
+    options: &BenchOptions,
+    dispatcher_pid: Option<u32>,
+) -> anyhow::Result<Value> {
     let steps = options.scaled(100_000);
     let size_before = bed.store.database_bytes().await?;
     let run = bed.run_plan(2, &sweep_plan("w6", steps, ""), dispatcher_pid).await?;
@@ -151,5 +185,6 @@ pub async fn w6(bed: &Bed<'_>, options: &BenchOptions, dispatcher_pid: Option<u3
     figures["dispatcher_rss_mb_at_end"] = json!(run.dispatcher_rss.last().map(|(_, mb)| round(*mb, 1)));
     figures["worker_rss_mb"] = json!(run.worker_rss_mb.map(|mb| round(mb, 1)));
     figures["db_bytes_per_step"] = json!(((size_after - size_before) as f64 / steps as f64).round());
+    add_ratios_and_cpu(&mut figures, &run, raw);
     Ok(figures)
 }

@@ -16,7 +16,7 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Workloads: raw (the broker alone), w1 (10,000 independent steps), w2 (a 200-step chain),
+    /// Workloads: raw (the broker alone), w1 (10,000 independent steps), w2 (chains of 200 and 10,000 steps),
     /// w3 (1,000 steps of 10 ms CPU), w4 (cold start), w5 (compile and store 50,000 and 200,000
     /// steps), w6 (100,000 steps, memory and database size), or all
     #[arg(value_name = "WORKLOAD", default_value = "all")]
@@ -61,8 +61,17 @@ fn print(figures: &Value, json: bool) {
     }
     let Value::Object(fields) = figures else { return };
     let mut line = format!("{:<4}", fields.get("workload").and_then(Value::as_str).unwrap_or("?"));
-    for (key, value) in fields.iter().filter(|(k, _)| k.as_str() != "workload") {
-        line.push_str(&format!("  {key}={value}"));
-    }
+    push_fields(&mut line, "", fields);
     println!("{line}");
+}
+
+/// `  key=value` for each field but the workload's name; a nested object's fields as
+/// `  key.field=value` (`cpu_us_per_step.broker=…`, `deep.ms_per_step=…`).
+fn push_fields(line: &mut String, prefix: &str, fields: &serde_json::Map<String, Value>) {
+    for (key, value) in fields.iter().filter(|(k, _)| !(prefix.is_empty() && k.as_str() == "workload")) {
+        match value {
+            Value::Object(nested) => push_fields(line, &format!("{prefix}{key}."), nested),
+            value => line.push_str(&format!("  {prefix}{key}={value}")),
+        }
+    }
 }
