@@ -231,7 +231,10 @@ fn plain_on_loopback(options: PgConnectOptions, url: &str) -> PgConnectOptions {
 fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host.starts_with('/')
-        || host.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn create_database(options: &PgConnectOptions, redacted: &str) -> Result<(), StoreError> {
