@@ -45,6 +45,11 @@ async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() 
             assert!(line[*field].as_f64().is_some_and(|v| v > 0.0), "{name}: {field} missing in {line}");
         }
     }
+    // The cycle's own CPU per message: what a worker's CPU per step is compared with.
+    let cycle_cpu = &workload("raw")?["cycle_cpu_us_per_message"];
+    for part in ["consumers", "broker"] {
+        assert!(cycle_cpu[part].as_f64().is_some_and(|v| v > 0.0), "raw: {part} missing in {cycle_cpu}");
+    }
     // w2's deep chain: a tenth of 10,000 links, verified like every run.
     let deep = &workload("w2")?["deep"];
     assert_eq!(deep["steps"], 1_000, "w2: {deep}");

@@ -87,6 +87,13 @@ pub fn per_step(start: &Snapshot, end: &Snapshot, steps: u64) -> CpuPerStep {
     CpuPerStep { dispatcher, postgres, broker, workers, total, exited }
 }
 
+/// The CPU time `pids` have used so far, in microseconds (those that cannot be read count
+/// nothing); `None` when none can be read.
+pub fn micros(pids: &[u32]) -> Option<u64> {
+    let ticks: Vec<u64> = pids.iter().filter_map(|pid| cpu_ticks(*pid)).collect();
+    (!ticks.is_empty()).then(|| ticks.iter().sum::<u64>() * 1_000_000 / clock_ticks_per_s())
+}
+
 /// `utime + stime` of `pid` in clock ticks; `None` off Linux, once it exited, or if not
 /// permitted.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {

@@ -175,6 +175,10 @@ async fn run_in(
             "chain_ms_per_step": round(raw.chain_ms_per_step, 3),
             "cycle_messages": raw.cycle_messages,
             "cycle_per_s": round(raw.cycle_per_s, 1),
+            "cycle_cpu_us_per_message": {
+                "consumers": raw.cycle_cpu_us_per_message.consumers.map(|us| round(us, 0)),
+                "broker": raw.cycle_cpu_us_per_message.broker.map(|us| round(us, 0)),
+            },
         }));
     }
     let mut platform: Vec<Workload> = workloads.iter().copied().filter(|w| *w != Workload::Raw).collect();

@@ -42,10 +42,21 @@ pub struct RawFigures {
     /// confirm for every delivery and acking only once it is confirmed. Under prefetch 1
     /// and ack-late this is the broker's own limit for two workers.
     pub cycle_per_s: f64,
+    /// CPU per delivery of the cycle: `consumers` is this process (both consumers, lapin
+    /// alone, doing a worker's broker work and nothing else), `broker` the RabbitMQ node.
+    /// What a worker's own CPU per step is compared with.
+    pub cycle_cpu_us_per_message: CycleCpu,
     pub chain_steps: usize,
     /// One hop there and back: consume a step, publish its completion with a confirm, ack;
     /// consume the completion, publish the next step with a confirm, ack.
     pub chain_ms_per_step: f64,
+}
+
+/// CPU per message of the cycle, from the processes' own counters; `None` if unreadable.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CycleCpu {
+    pub consumers: Option<f64>,
+    pub broker: Option<f64>,
 }
 
 /// Runs the four measurements on queues named `opflow.bench.raw.*`, deleted afterwards.
@@ -76,7 +87,15 @@ pub async fn measure(
     let consume_per_s = consume_with_two(amqp_url, queue, messages, None, cancel).await?;
     // The queue is empty again: fill it for the cycle (untimed).
     publish_in_windows(&channel, queue, &payload, cycle_messages, cancel).await?;
+    let (me, broker) = (vec![std::process::id()], super::cpu::rabbitmq_node_pids());
+    let before = (super::cpu::micros(&me), super::cpu::micros(&broker));
     let cycle_per_s = consume_with_two(amqp_url, queue, cycle_messages, Some(results_queue), cancel).await?;
+    let after = (super::cpu::micros(&me), super::cpu::micros(&broker));
+    let per_message = |from: Option<u64>, to: Option<u64>| {
+        Some((to?.saturating_sub(from?)) as f64 / cycle_messages.max(1) as f64)
+    };
+    let cycle_cpu_us_per_message =
+        CycleCpu { consumers: per_message(before.0, after.0), broker: per_message(before.1, after.1) };
     let chain_ms_per_step = chain(amqp_url, step_queue, done_queue, chain_steps, &payload, cancel).await?;
 
     for name in queues {
@@ -90,6 +109,7 @@ pub async fn measure(
         consume_per_s,
         cycle_messages,
         cycle_per_s,
+        cycle_cpu_us_per_message,
         chain_steps,
         chain_ms_per_step,
     })
