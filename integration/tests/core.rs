@@ -329,3 +329,39 @@ async fn two_versions_of_an_op_serve_exactly_the_steps_that_pinned_them() -> any
     }
     Ok(())
 }
+
+/// A step running longer than `lost_step_after` is kept alive by its heartbeats: it is
+/// reported started, never taken for lost, and succeeds on its first attempt.
+#[tokio::test]
+async fn heartbeats_keep_a_long_step_from_being_taken_for_lost() -> anyhow::Result<()> {
+    let mut env = Env::new("heartbeats").await?;
+    env.register("noop").await?;
+    // The harness's workers beat every second; a step silent for 3 s is lost.
+    let _dispatcher = env.spawn_dispatcher_with(&[("OPFLOW_LOST_STEP_AFTER_SECS", "3")]).await?;
+    let _worker = env.spawn_worker("noop")?;
+    let plan = env.plan_file(
+        "long",
+        "name: long\nassets:\n  - name: a\n    op: noop@1.1.0\n    config: {sleep_ms: 8000}\n",
+    )?;
+    let output = env.opflow(&["run", plan.to_str().context("utf-8")?, "--wait", "--json"]).await?;
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let run = parse_summary(&output)?;
+    let run_id = run["run_id"].as_str().context("run_id")?;
+    let db = env.db().await?;
+    let (attempt, started, failed): (i32, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT attempt FROM steps WHERE run_id = $1::uuid),
+                (SELECT count(*) FROM events WHERE run_id = $1::uuid AND kind = 'started'),
+                (SELECT count(*) FROM events WHERE run_id = $1::uuid AND kind = 'failed')",
+    )
+    .bind(run_id)
+    .fetch_one(&db)
+    .await?;
+    assert_eq!((attempt, started, failed), (1, 1, 0), "one attempt, reported started once, never failed");
+    let beats: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT heartbeat_at FROM steps WHERE run_id = $1::uuid")
+            .bind(run_id)
+            .fetch_one(&db)
+            .await?;
+    assert!(beats.is_some(), "the step's heartbeats were recorded");
+    Ok(())
+}

@@ -233,6 +233,9 @@ impl Worker {
     /// it returns, or until it must stop: its timeout passed, its run was canceled, or the
     /// consume channel closed under it. Then the handler is told to stop (through
     /// `StepContext::cancelled`) and given the stop grace to return by itself.
+    ///
+    /// The heartbeats are a timer in this loop rather than a task of their own: a quick
+    /// step (most of a sweep) then costs no extra task, spawn and abort, only one timer.
     async fn execute(
         &self,
         message: StepMessage,
@@ -249,7 +252,7 @@ impl Worker {
             self.shutdown.child_token(),
             stop_step.clone(),
         );
-        let _heartbeat = AbortOnDropHandle::new(self.spawn_heartbeat(&ctx, started_at));
+        let mut heartbeats = Heartbeats::new(self, &ctx, started_at);
         let mut task = AbortOnDropHandle::new(tokio::spawn((self.spec.handler)(ctx).in_current_span()));
         let deadline = async {
             match timeout {
@@ -257,41 +260,72 @@ impl Worker {
                 None => std::future::pending().await,
             }
         };
-        let why = tokio::select! {
-            joined = &mut task => return Executed::Finished(handler_result(joined)),
-            () = deadline => Stop::TimedOut(timeout.unwrap_or_default()),
-            () = run_canceled.cancelled() => Stop::Canceled,
-            Ok(reason) = channel_closed => Stop::ChannelClosed(reason),
+        tokio::pin!(deadline);
+        // The consume loop keeps the sender while it watches the channel; once it drops
+        // it, there is nothing more to hear from this branch.
+        let mut watching_channel = true;
+        let why = loop {
+            tokio::select! {
+                joined = &mut task => return Executed::Finished(handler_result(joined)),
+                () = &mut deadline => break Stop::TimedOut(timeout.unwrap_or_default()),
+                () = run_canceled.cancelled() => break Stop::Canceled,
+                closed = &mut *channel_closed, if watching_channel => match closed {
+                    Ok(reason) => break Stop::ChannelClosed(reason),
+                    Err(_) => watching_channel = false,
+                },
+                () = tokio::time::sleep_until(heartbeats.next) => heartbeats.beat(),
+            }
         };
         stop_step.cancel();
         let handler_stopped = tokio::time::timeout(self.stop_grace, &mut task).await.is_ok();
         Executed::Stopped { why, handler_stopped }
     }
+}
 
-    /// Reports `started` once the step has run for [`REPORT_START_AFTER`], then a heartbeat
-    /// every `heartbeat` interval. A step that ends sooner aborts this task before it says
-    /// anything: its result carries `started_at`, and the step costs one event, not two.
-    fn spawn_heartbeat(&self, ctx: &StepContext, started_at: DateTime<Utc>) -> tokio::task::JoinHandle<()> {
-        let (reporter, worker, every) = (self.reporter.clone(), self.id.clone(), self.heartbeat);
-        let (run_id, step_id, attempt) = (ctx.run_id(), ctx.step_id(), ctx.attempt());
-        let op = self.spec.op.clone();
-        tokio::spawn(
-            async move {
-                tokio::time::sleep(REPORT_START_AFTER).await;
-                let mut started =
-                    Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Started { op });
-                started.at = started_at;
-                reporter.send(started);
-                let mut ticks = tokio::time::interval(every);
-                ticks.tick().await; // The first tick is immediate; `started` just said we are alive.
-                loop {
-                    ticks.tick().await;
-                    reporter.send(Event::new(run_id, step_id, attempt, worker.clone(), EventKind::Heartbeat));
-                }
-            }
-            // In the step's span, so its events carry the step's trace context.
-            .in_current_span(),
-        )
+/// A running step's signs of life: `started` once it has run for [`REPORT_START_AFTER`]
+/// (a step that ends sooner says nothing: its result carries `started_at`, and the step
+/// costs one event, not two), then a heartbeat every interval. Sent from the step's span,
+/// so the events carry its trace context.
+struct Heartbeats {
+    reporter: Reporter,
+    worker: String,
+    op: opflow_protocol::OpRef,
+    step: (opflow_protocol::RunId, opflow_protocol::StepId, u32),
+    started_at: DateTime<Utc>,
+    every: Duration,
+    /// When the next one is due.
+    next: tokio::time::Instant,
+    started_sent: bool,
+}
+
+impl Heartbeats {
+    fn new(worker: &Worker, ctx: &StepContext, started_at: DateTime<Utc>) -> Self {
+        Self {
+            reporter: worker.reporter.clone(),
+            worker: worker.id.clone(),
+            op: worker.spec.op.clone(),
+            step: (ctx.run_id(), ctx.step_id(), ctx.attempt()),
+            started_at,
+            every: worker.heartbeat,
+            next: tokio::time::Instant::now() + REPORT_START_AFTER,
+            started_sent: false,
+        }
+    }
+
+    fn beat(&mut self) {
+        let (run_id, step_id, attempt) = self.step;
+        let kind = if self.started_sent {
+            EventKind::Heartbeat
+        } else {
+            self.started_sent = true;
+            EventKind::Started { op: self.op.clone() }
+        };
+        let mut event = Event::new(run_id, step_id, attempt, self.worker.clone(), kind);
+        if matches!(event.kind, EventKind::Started { .. }) {
+            event.at = self.started_at;
+        }
+        self.reporter.send(event);
+        self.next = tokio::time::Instant::now() + self.every;
     }
 }
 
