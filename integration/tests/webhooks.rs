@@ -69,6 +69,15 @@ impl Receiver {
         Self { log: Arc::default(), refuse_first }
     }
 
+    /// A receiver serving on a port of its own on 127.0.0.1; it and its address.
+    async fn listening(refuse_first: usize) -> anyhow::Result<(Self, std::net::SocketAddr)> {
+        let receiver = Self::new(refuse_first);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        receiver.serve(listener);
+        Ok((receiver, addr))
+    }
+
     /// Serves on `listener` until the test ends.
     fn serve(&self, listener: tokio::net::TcpListener) {
         let router = Router::new().fallback(receive).with_state(self.clone());
@@ -195,10 +204,7 @@ async fn webhooks_are_delivered_once_per_run_end_after_refusals() -> anyhow::Res
         .await?;
     let dispatcher = std::cell::RefCell::new(dispatcher);
     let _worker = env.spawn_worker("noop")?;
-    let receiver = Receiver::new(3);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    receiver.serve(listener);
+    let (receiver, addr) = Receiver::listening(3).await?;
 
     let created =
         subscribe(&api, &format!("http://{addr}/sub"), &["run.succeeded", "run.canceled"], Some(SUB_SECRET))
@@ -427,10 +433,8 @@ async fn webhooks_to_private_addresses_are_refused_without_the_setting() -> anyh
     let (_, listed) = http(&api, "GET", "/v1/webhooks", None, None).await?;
     assert_eq!(listed["items"], json!([]), "nothing was subscribed");
 
-    let receiver = Receiver::new(0);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    receiver.serve(listener);
+    let (receiver, addr) = Receiver::listening(0).await?;
+    let port = addr.port();
     let request = json!({ "plan": OK_PLAN, "notify": { "url": format!("http://127.0.0.1:{port}/notify") } });
     let (status, body) = http(&api, "POST", "/v1/runs", None, Some(&request)).await?;
     assert_eq!(status, 400, "{body}");
@@ -481,10 +485,7 @@ async fn webhook_latency_from_run_end_to_receiver() -> anyhow::Result<()> {
     let (dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_WEBHOOKS_ALLOW_PRIVATE", "true")]).await?;
     let dispatcher = std::cell::RefCell::new(dispatcher);
     let _worker = env.spawn_worker("noop")?;
-    let receiver = Receiver::new(0);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    receiver.serve(listener);
+    let (receiver, addr) = Receiver::listening(0).await?;
     subscribe(&api, &format!("http://{addr}/sub"), &["run.succeeded"], Some(SUB_SECRET)).await?;
     let mut latencies = Vec::new();
     for n in 1..=7 {
@@ -560,10 +561,7 @@ async fn webhooks_to_a_hung_receiver_hold_up_no_other_receiver() -> anyhow::Resu
     let hung_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hung_addr = hung_listener.local_addr()?;
     hung.serve(hung_listener);
-    let healthy = Receiver::new(0);
-    let healthy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let healthy_addr = healthy_listener.local_addr()?;
-    healthy.serve(healthy_listener);
+    let (healthy, healthy_addr) = Receiver::listening(0).await?;
     // The hung receiver subscribes first, so its deliveries are claimed first too.
     subscribe(&api, &format!("http://{hung_addr}/hung"), &["run.succeeded"], Some(SUB_SECRET)).await?;
     subscribe(&api, &format!("http://{healthy_addr}/ok"), &["run.succeeded"], Some(SUB_SECRET)).await?;
@@ -615,10 +613,7 @@ async fn the_webhooks_cli_subscribes_lists_redelivers_and_removes() -> anyhow::R
     env.register("noop").await?;
     let _dispatcher = env.spawn_dispatcher_with(&[("OPFLOW_WEBHOOKS_ALLOW_PRIVATE", "true")]).await?;
     let _worker = env.spawn_worker("noop")?;
-    let receiver = Receiver::new(0);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    receiver.serve(listener);
+    let (receiver, addr) = Receiver::listening(0).await?;
 
     let sub_url = format!("http://{addr}/sub");
     let added = env.opflow_ok(&["webhooks", "add", &sub_url, "--events", "run.succeeded", "--json"]).await?;

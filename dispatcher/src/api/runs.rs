@@ -20,8 +20,8 @@ use super::{
     ApiState, MAX_BODY_BYTES,
     error::{ApiError, ErrorBody},
     types::{
-        AssetInfo, CancelResponse, OpVersion, Page, RunListItem, RunSummary, StepInfo, StepOutput,
-        SubmitResponse,
+        AssetInfo, CancelResponse, OpVersion, Page, RunListItem, RunStatus, RunSummary, StepInfo, StepOutput,
+        StepStatus, SubmitResponse,
     },
 };
 use crate::store::{
@@ -115,35 +115,11 @@ pub async fn status(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RunsQuery {
-    pub status: Option<RunStatusParam>,
+    pub status: Option<RunStatus>,
     /// 1–1000, default 100.
     pub limit: Option<u32>,
     /// `next_cursor` of the page before.
     pub cursor: Option<String>,
-}
-
-/// `?status=` of `GET /v1/runs`.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatusParam {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Canceled,
-}
-
-impl From<RunStatusParam> for store::runs::RunStatus {
-    fn from(s: RunStatusParam) -> Self {
-        use store::runs::RunStatus as S;
-        match s {
-            RunStatusParam::Queued => S::Queued,
-            RunStatusParam::Running => S::Running,
-            RunStatusParam::Succeeded => S::Succeeded,
-            RunStatusParam::Failed => S::Failed,
-            RunStatusParam::Canceled => S::Canceled,
-        }
-    }
 }
 
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", params(RunsQuery),
@@ -182,41 +158,11 @@ fn parse_run_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiErro
 #[into_params(parameter_in = Query)]
 pub struct StepsQuery {
     pub asset: Option<String>,
-    pub status: Option<StepStatusParam>,
+    pub status: Option<StepStatus>,
     /// 1–1000, default 100.
     pub limit: Option<u32>,
     /// `next_cursor` of the page before.
     pub cursor: Option<String>,
-}
-
-/// `?status=` of `GET /v1/runs/{id}/steps`.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatusParam {
-    Waiting,
-    Queued,
-    Running,
-    Retrying,
-    Succeeded,
-    Failed,
-    Skipped,
-    Canceled,
-}
-
-impl From<StepStatusParam> for store::runs::StepStatus {
-    fn from(s: StepStatusParam) -> Self {
-        use store::runs::StepStatus as S;
-        match s {
-            StepStatusParam::Waiting => S::Waiting,
-            StepStatusParam::Queued => S::Queued,
-            StepStatusParam::Running => S::Running,
-            StepStatusParam::Retrying => S::Retrying,
-            StepStatusParam::Succeeded => S::Succeeded,
-            StepStatusParam::Failed => S::Failed,
-            StepStatusParam::Skipped => S::Skipped,
-            StepStatusParam::Canceled => S::Canceled,
-        }
-    }
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/steps", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), StepsQuery),

@@ -33,6 +33,20 @@ impl RunStatus {
     }
 }
 
+/// `?status=` of `GET /v1/runs`: the API's name, the store's value.
+impl From<RunStatus> for store::runs::RunStatus {
+    fn from(status: RunStatus) -> Self {
+        use store::runs::RunStatus as S;
+        match status {
+            RunStatus::Queued => S::Queued,
+            RunStatus::Running => S::Running,
+            RunStatus::Succeeded => S::Succeeded,
+            RunStatus::Failed => S::Failed,
+            RunStatus::Canceled => S::Canceled,
+        }
+    }
+}
+
 impl From<store::runs::RunStatus> for RunStatus {
     fn from(status: store::runs::RunStatus) -> Self {
         use store::runs::RunStatus as S;
@@ -58,6 +72,23 @@ pub enum StepStatus {
     Failed,
     Skipped,
     Canceled,
+}
+
+/// `?status=` of `GET /v1/runs/{id}/steps`: the API's name, the store's value.
+impl From<StepStatus> for store::runs::StepStatus {
+    fn from(status: StepStatus) -> Self {
+        use store::runs::StepStatus as S;
+        match status {
+            StepStatus::Waiting => S::Waiting,
+            StepStatus::Queued => S::Queued,
+            StepStatus::Running => S::Running,
+            StepStatus::Retrying => S::Retrying,
+            StepStatus::Succeeded => S::Succeeded,
+            StepStatus::Failed => S::Failed,
+            StepStatus::Skipped => S::Skipped,
+            StepStatus::Canceled => S::Canceled,
+        }
+    }
 }
 
 impl From<store::runs::StepStatus> for StepStatus {
