@@ -347,7 +347,11 @@ impl Shared {
             let (wake, stop) = (self.wake.clone(), parts_stop.clone());
             async move { ("outbox publisher", publisher.run(wake, stop).await.map_err(Into::into)) }
         });
-        let events = EventConsumer { applier: applier.clone(), batch_size: self.settings.event_batch.max(1) };
+        let events = EventConsumer {
+            applier: applier.clone(),
+            batch_size: self.settings.event_batch.max(1),
+            linger: self.settings.event_linger(),
+        };
         parts.spawn({
             let (connection, wake, stop) = (connection.clone(), self.wake.clone(), parts_stop.clone());
             async move { ("events consumer", events.run(&connection, wake, stop).await.map_err(Into::into)) }

@@ -20,11 +20,6 @@ use tracing::Instrument;
 
 use crate::{isolation::Applier, store::storable::StorableEvent};
 
-/// How long a batch waits for more events when the previous batch showed they arrive
-/// faster than they are applied. Short against a worker's step cycle (a few ms): it costs
-/// a busy system little latency and saves it most of its per-transaction work.
-const BUSY_LINGER: Duration = Duration::from_millis(3);
-
 /// A batch stops gathering once its events hold this many bytes: a batch is held in memory
 /// several times over while it is applied (decoded, bound, encoded), and events carrying
 /// 64 KiB outputs must not multiply into hundreds of megabytes.
@@ -41,6 +36,13 @@ pub enum EventsError {
 pub struct EventConsumer {
     pub applier: Applier,
     pub batch_size: u32,
+    /// How long a batch waits for more events when the previous batch showed they arrive
+    /// faster than they are applied (`event_linger_ms`). Each transaction has a fixed cost
+    /// (its statements' planning, the commit's WAL flush, the notifications), which a
+    /// longer batch spreads over more events: under w1's load, 3 ms gave batches of ~5
+    /// events and ~430 us of dispatcher and PostgreSQL CPU per step, 20 ms ~200 us (see
+    /// docs/benchmarks.md). A lone event (a chain, a quiet system) never waits.
+    pub linger: Duration,
 }
 
 impl EventConsumer {
@@ -82,11 +84,11 @@ impl EventConsumer {
             };
             // Whatever else has already arrived joins the batch. A lone event (a chain of
             // steps, a quiet system) is applied at once. When the last batch held more than
-            // one, events are arriving faster than they are applied: linger a little so
-            // each transaction carries more of them (see docs/benchmarks.md, w1).
+            // one, events are arriving faster than they are applied: linger so each
+            // transaction carries more of them (see `EventConsumer::linger`).
             let mut bytes = first.data.len();
             let mut deliveries = vec![first];
-            let linger_until = busy.then(|| tokio::time::Instant::now() + BUSY_LINGER);
+            let linger_until = busy.then(|| tokio::time::Instant::now() + self.linger);
             while deliveries.len() < self.batch_size as usize && bytes < MAX_BATCH_BYTES {
                 let next = match consumer.next().now_or_never() {
                     Some(next) => next,
