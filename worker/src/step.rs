@@ -215,11 +215,14 @@ impl Worker {
             }
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        // A success is a debug line: the run store records every step's result (`opflow
+        // logs`, `opflow status`), and a line per step cost a worker ~10 % of its CPU on a
+        // sweep of quick steps (docs/benchmarks.md). A failure is worth a worker's log.
         match &kind {
             EventKind::Failed { error, retryable } => {
                 tracing::warn!(elapsed_ms, %error, retryable, "step failed")
             }
-            _ => tracing::info!(elapsed_ms, "step succeeded"),
+            _ => tracing::debug!(elapsed_ms, "step succeeded"),
         }
         let result = event(kind).with_started_at(started_at);
         lease.complete(&self.reporter, result).await.map_err(|e| StepEnd::Broker(e.into()))?;
