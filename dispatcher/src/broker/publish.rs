@@ -362,8 +362,8 @@ fn fail_confirm(op: &OpRef, error: &PublishError) -> Option<(String, bool)> {
     }
 }
 /// Upstream outputs already read in this batch, per (run, range): fan-in steps of the same
-/// partition share them. Sizes are learned first, from the store, and outputs are loaded
-/// only for a step whose inputs are within the limit.
+/// partition share them. A range's size is learned with its outputs, which are loaded only
+/// while the step's inputs so far are within the limit.
 #[derive(Default)]
 struct InputsCache {
     sizes: HashMap<(RunId, StepRange), u64>,
@@ -383,13 +383,17 @@ impl InputsCache {
     ) -> Result<Result<Vec<StepInput>, String>, StoreError> {
         let ranges = plan.input_ranges(entry.step_id);
         let mut bytes = 0u64;
-        for (_, range) in &ranges {
+        for (upstream, range) in &ranges {
             let key = (entry.run_id, *range);
             let size = match self.sizes.get(&key) {
                 Some(size) => *size,
                 None => {
-                    let size = batch.outputs_size(entry.run_id, *range).await?;
+                    let budget = (max_bytes as u64).saturating_sub(bytes);
+                    let (size, rows) = batch.outputs_within(entry.run_id, *range, budget).await?;
                     self.sizes.insert(key, size);
+                    if let Some(rows) = rows {
+                        self.keep(key, plan, *upstream, rows, size);
+                    }
                     size
                 }
             };
@@ -409,31 +413,44 @@ impl InputsCache {
             let key = (entry.run_id, range);
             let outputs = match self.ranges.get(&key) {
                 Some(outputs) => outputs.clone(),
+                // Forgotten by `keep_within` since its size was learned.
                 None => {
-                    let rows = batch.outputs(entry.run_id, range).await?;
-                    let asset = &plan.asset(upstream).name;
-                    let outputs: Vec<StepInput> = rows
-                        .into_iter()
-                        .map(|(step_id, output)| {
-                            let (partition, point) = plan.partition_and_point(step_id);
-                            StepInput {
-                                asset: asset.clone(),
-                                step_id,
-                                partition: partition.map(str::to_owned),
-                                point,
-                                output,
-                            }
-                        })
-                        .collect();
-                    self.held += self.sizes.get(&key).copied().unwrap_or_default();
-                    let outputs = Arc::new(outputs);
-                    self.ranges.insert(key, outputs.clone());
-                    outputs
+                    let (size, rows) = batch.outputs_within(entry.run_id, range, u64::MAX).await?;
+                    self.keep(key, plan, upstream, rows.unwrap_or_default(), size)
                 }
             };
             inputs.extend(outputs.iter().cloned());
         }
         Ok(Ok(inputs))
+    }
+
+    /// Keeps a range's outputs, as inputs naming their asset, partition and point.
+    fn keep(
+        &mut self,
+        key: (RunId, StepRange),
+        plan: &RunPlan,
+        upstream: usize,
+        rows: Vec<(opflow_protocol::StepId, serde_json::Value)>,
+        size: u64,
+    ) -> Arc<Vec<StepInput>> {
+        let asset = &plan.asset(upstream).name;
+        let outputs: Vec<StepInput> = rows
+            .into_iter()
+            .map(|(step_id, output)| {
+                let (partition, point) = plan.partition_and_point(step_id);
+                StepInput {
+                    asset: asset.clone(),
+                    step_id,
+                    partition: partition.map(str::to_owned),
+                    point,
+                    output,
+                }
+            })
+            .collect();
+        self.held += size;
+        let outputs = Arc::new(outputs);
+        self.ranges.insert(key, outputs.clone());
+        outputs
     }
 
     /// Forgets the loaded outputs once they hold more than `limit` bytes (sizes are kept).

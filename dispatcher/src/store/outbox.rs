@@ -30,8 +30,16 @@ pub struct OutboxBatch {
 impl Store {
     /// Takes up to `limit` rows, oldest first, skipping rows another publisher holds, and
     /// learns in the same statement which of them are still current.
+    ///
+    /// The batch commits without waiting for its WAL flush (`synchronous_commit = off`):
+    /// losing its removal to a database crash only means its steps are published again,
+    /// which the outbox exists to tolerate (a step no longer queued is dropped, a repeated
+    /// attempt is applied once), and anything later that must be durable, such as the
+    /// step's result, flushes the WAL past it. A chain of steps waits for one flush per step
+    /// instead of two.
     pub async fn take_outbox(&self, limit: u32) -> Result<OutboxBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
         let rows: Vec<(Uuid, i32, i32, bool)> = sqlx::query_as(
             "DELETE FROM outbox o WHERE seq IN (
                  SELECT seq FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
@@ -71,38 +79,40 @@ impl OutboxBatch {
         self.entries.iter().zip(&self.current).filter(|(_, current)| **current).map(|(e, _)| *e).collect()
     }
 
-    /// The total size in bytes of the outputs of the succeeded steps in `range`, without
-    /// loading them: what the inputs limit is checked against first.
-    pub async fn outputs_size(&mut self, run: RunId, range: StepRange) -> Result<u64, StoreError> {
-        let bytes: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(coalesce(output_bytes, octet_length(output::text))), 0)::bigint FROM steps
-             WHERE run_id = $1 AND id BETWEEN $2 AND $3 AND status = 'succeeded'",
-        )
-        .bind(run.as_uuid())
-        .bind(range.first as i32)
-        .bind(range.last as i32)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(bytes.max(0) as u64)
-    }
-
-    /// The outputs of the succeeded steps in `range`, by step id.
-    pub async fn outputs(
+    /// The total size in bytes of the outputs of the succeeded steps in `range`, and the
+    /// outputs themselves (by step id) only when that size is within `budget`: the inputs
+    /// limit is checked before anything large is loaded, in one round trip.
+    pub async fn outputs_within(
         &mut self,
         run: RunId,
         range: StepRange,
-    ) -> Result<Vec<(StepId, Value)>, StoreError> {
-        let rows: Vec<(i32, Option<Value>)> = sqlx::query_as(
-            "SELECT id, output FROM steps
-             WHERE run_id = $1 AND id BETWEEN $2 AND $3 AND status = 'succeeded'
-             ORDER BY id",
+        budget: u64,
+    ) -> Result<(u64, Option<Vec<(StepId, Value)>>), StoreError> {
+        let rows: Vec<(i64, Option<i32>, Option<Value>)> = sqlx::query_as(
+            "WITH size AS (
+                 SELECT coalesce(sum(coalesce(output_bytes, octet_length(output::text))), 0)::bigint AS bytes
+                 FROM steps WHERE run_id = $1 AND id BETWEEN $2 AND $3 AND status = 'succeeded'
+             )
+             SELECT size.bytes, s.id, s.output FROM size
+             LEFT JOIN steps s ON size.bytes <= $4
+                  AND s.run_id = $1 AND s.id BETWEEN $2 AND $3 AND s.status = 'succeeded'
+             ORDER BY s.id",
         )
         .bind(run.as_uuid())
         .bind(range.first as i32)
         .bind(range.last as i32)
+        .bind(i64::try_from(budget).unwrap_or(i64::MAX))
         .fetch_all(&mut *self.tx)
         .await?;
-        Ok(rows.into_iter().map(|(id, output)| (StepId(id as u32), output.unwrap_or(Value::Null))).collect())
+        let bytes = rows.first().map_or(0, |(bytes, _, _)| (*bytes).max(0) as u64);
+        if bytes > budget {
+            return Ok((bytes, None));
+        }
+        let outputs = rows
+            .into_iter()
+            .filter_map(|(_, id, output)| Some((StepId(id? as u32), output.unwrap_or(Value::Null))))
+            .collect();
+        Ok((bytes, Some(outputs)))
     }
 
     /// Makes the batch's removal from the outbox permanent.
@@ -160,5 +170,47 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(queued as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        plan::{self, RegisteredOp},
+        store::testing::TestDb,
+    };
+
+    #[tokio::test]
+    async fn outputs_are_loaded_only_within_the_budget_and_their_size_always_said() {
+        let db = TestDb::new("outputs_within").await;
+        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+        let source = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: {from: 1, to: 3}}\n";
+        let plan = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
+        let run = db.store.submit_run(&plan, "p.yaml", source, None).await.unwrap().run_id;
+        // Steps 0 and 2 succeeded with outputs of 8 bytes each (`{"k": 0}`); step 1 is still queued.
+        sqlx::query(
+            "UPDATE steps SET status = 'succeeded', output = jsonb_build_object('k', id),
+                              output_bytes = octet_length(jsonb_build_object('k', id)::text)
+             WHERE run_id = $1 AND id <> 1",
+        )
+        .bind(run.as_uuid())
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+        let range = StepRange { first: 0, last: 2 };
+        let mut batch = db.store.take_outbox(10).await.unwrap();
+
+        let (bytes, outputs) = batch.outputs_within(run, range, 16).await.unwrap();
+        assert_eq!(bytes, 16);
+        assert_eq!(outputs.unwrap(), [(StepId(0), json!({"k": 0})), (StepId(2), json!({"k": 2}))]);
+        let (bytes, outputs) = batch.outputs_within(run, range, 15).await.unwrap();
+        assert_eq!((bytes, outputs), (16, None), "over the budget, only the size");
+        let (bytes, outputs) = batch.outputs_within(run, StepRange { first: 1, last: 1 }, 0).await.unwrap();
+        assert_eq!((bytes, outputs), (0, Some(Vec::new())), "a range with no output yet");
     }
 }
