@@ -201,9 +201,9 @@ impl Store {
             });
         }
 
-        outcome.finished = update_runs(&mut tx, &deltas).await?;
-        let (recorded, inserted) = insert_events(&mut tx, &candidates, &applied).await?;
-        outcome.duplicates = recorded - inserted;
+        let recorded = record(&mut tx, &deltas, &candidates, &applied).await?;
+        outcome.finished = recorded.finished;
+        outcome.duplicates = recorded.events - recorded.inserted;
         tx.commit().await?;
         for (run, _) in &outcome.finished {
             plans.forget(*run);
@@ -229,65 +229,6 @@ pub fn bench_columns(events: &[StorableEvent]) -> impl Sized {
         succeeded_columns(&events),
         event_rows(&recorded, &applied),
     )
-}
-
-/// Appends the events not recorded before, each flagged with whether it took effect;
-/// returns how many were meant to be recorded and how many of those were new. Heartbeats
-/// are not recorded: they only move `steps.heartbeat_at`, so a long step does not add a row
-/// every few seconds.
-async fn insert_events(
-    tx: &mut sqlx::PgConnection,
-    events: &[&Event],
-    applied: &HashSet<Uuid>,
-) -> Result<(usize, usize), StoreError> {
-    let events: Vec<&Event> =
-        events.iter().copied().filter(|e| !matches!(e.kind, EventKind::Heartbeat)).collect();
-    if events.is_empty() {
-        return Ok((0, 0));
-    }
-    let EventRows { ids, runs, steps, attempts, kinds, bodies, workers, ats, flags } =
-        event_rows(&events, applied);
-    // Each run's `event_seq` is bumped by its number of events and the events numbered
-    // after the old value, in batch order. The bump locks the run's row until commit, so a
-    // reader sees a run's numbers appear in order (migration 0011). A duplicate (same id,
-    // already recorded) leaves a gap, which readers never rely on. The runs whose events
-    // were recorded are announced on `EVENTS_CHANNEL`, for the events stream.
-    let inserted = sqlx::query(
-        "WITH e AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::int[], $4::int[], $5::text[], $6::jsonb[],
-                                  $7::text[], $8::timestamptz[], $9::bool[])
-                 WITH ORDINALITY AS e(id, run_id, step_id, attempt, kind, body, worker, at, applied, ord)
-         ), counts AS (
-             SELECT run_id, count(*) AS n FROM e GROUP BY run_id
-         ), bumped AS (
-             UPDATE runs r SET event_seq = r.event_seq + c.n
-             FROM counts c WHERE r.id = c.run_id
-             RETURNING r.id, r.event_seq - c.n AS base
-         ), announced AS (
-             SELECT pg_notify($10, CASE WHEN count(*) <= 100 THEN string_agg(id::text, ',') ELSE '' END)
-             FROM bumped HAVING count(*) > 0
-         )
-         INSERT INTO events (id, run_id, step_id, attempt, kind, body, worker, at, applied, seq)
-         SELECT e.id, e.run_id, e.step_id, e.attempt, e.kind, e.body, e.worker, e.at, e.applied,
-                b.base + row_number() OVER (PARTITION BY e.run_id ORDER BY e.ord)
-         FROM e JOIN bumped b ON b.id = e.run_id
-         -- Referenced so that it runs (a SELECT in WITH runs only when used).
-         WHERE (SELECT count(*) FROM announced) >= 0
-         ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&runs)
-    .bind(&steps)
-    .bind(&attempts)
-    .bind(&kinds)
-    .bind(&bodies)
-    .bind(&workers)
-    .bind(&ats)
-    .bind(&flags)
-    .bind(super::EVENTS_CHANNEL)
-    .execute(&mut *tx)
-    .await?;
-    Ok((events.len(), inserted.rows_affected() as usize))
 }
 
 /// The columns of the `events` insert, one row per event (pure; see [`bench_columns`]).
@@ -761,14 +702,40 @@ async fn skip(
     Ok(skipped.into_iter().map(|(run, step)| (run, StepId(step as u32))).collect())
 }
 
-/// Adds the batch's counts to each run, marks runs running, and ends the runs whose steps
-/// are all done. Returns the runs that ended.
-async fn update_runs(
+/// What [`record`] did.
+struct Recorded {
+    /// Runs that ended with this batch.
+    finished: Vec<(RunId, RunStatus)>,
+    /// Events meant to be recorded (all but heartbeats), and how many of them were new.
+    events: usize,
+    inserted: usize,
+}
+
+/// The batch's last statement, on each run it touched: adds its counts to the run, marks
+/// it running, ends it when its steps are all done, numbers its events and appends those
+/// not recorded before (each flagged with whether it took effect). One statement, so the
+/// run's row is updated once per batch, not once for its counters and again for its
+/// event numbers.
+///
+/// Each run's `event_seq` is bumped by its number of events and the events numbered after
+/// the old value, in batch order. The bump locks the run's row until commit, so a reader
+/// sees a run's numbers appear in order (migration 0011). A duplicate (same id, already
+/// recorded) leaves a gap, which readers never rely on. Runs that ended are announced on
+/// `RUNS_CHANNEL`, runs whose events were recorded on `EVENTS_CHANNEL` (for the events
+/// stream). A run ended here has `finished_at` = this transaction's `now()`.
+///
+/// Heartbeats are not recorded: they only move `steps.heartbeat_at`, so a long step does
+/// not add a row every few seconds.
+async fn record(
     tx: &mut sqlx::PgConnection,
     deltas: &HashMap<Uuid, RunDelta>,
-) -> Result<Vec<(RunId, RunStatus)>, StoreError> {
-    if deltas.is_empty() {
-        return Ok(Vec::new());
+    events: &[&Event],
+    applied: &HashSet<Uuid>,
+) -> Result<Recorded, StoreError> {
+    let events: Vec<&Event> =
+        events.iter().copied().filter(|e| !matches!(e.kind, EventKind::Heartbeat)).collect();
+    if deltas.is_empty() && events.is_empty() {
+        return Ok(Recorded { finished: Vec::new(), events: 0, inserted: 0 });
     }
     let (mut runs, mut succeeded, mut failed, mut skipped, mut started) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -779,13 +746,24 @@ async fn update_runs(
         skipped.push(d.skipped);
         started.push(d.started);
     }
-    // One statement: add the counts, mark runs running, end the runs whose steps are all
-    // done (only from queued or running, so a run ends once) and announce them on
-    // `RUNS_CHANNEL`. A run ended here has `finished_at` = this transaction's `now()`.
-    let finished: Vec<(Uuid, RunStatus)> = sqlx::query_as(
-        "WITH u AS (
+    let EventRows { ids, runs: event_runs, steps, attempts, kinds, bodies, workers, ats, flags } =
+        event_rows(&events, applied);
+    let rows: Vec<(Option<Uuid>, Option<RunStatus>, Option<i64>)> = sqlx::query_as(
+        "WITH d AS (
              SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[], $5::bool[])
-                 AS u(run_id, succeeded, failed, skipped, started)
+                 AS d(run_id, succeeded, failed, skipped, started)
+         ), e AS (
+             SELECT * FROM UNNEST($6::uuid[], $7::uuid[], $8::int[], $9::int[], $10::text[], $11::jsonb[],
+                                  $12::text[], $13::timestamptz[], $14::bool[])
+                 WITH ORDINALITY AS e(id, run_id, step_id, attempt, kind, body, worker, at, applied, ord)
+         ), counts AS (
+             SELECT run_id, count(*)::int AS n FROM e GROUP BY run_id
+         ), u AS (
+             SELECT coalesce(d.run_id, c.run_id) AS run_id,
+                    coalesce(d.succeeded, 0) AS succeeded, coalesce(d.failed, 0) AS failed,
+                    coalesce(d.skipped, 0) AS skipped, coalesce(d.started, false) AS started,
+                    coalesce(c.n, 0) AS n
+             FROM d FULL JOIN counts c ON c.run_id = d.run_id
          ), changed AS (
              UPDATE runs r
              SET steps_succeeded = r.steps_succeeded + u.succeeded,
@@ -804,25 +782,58 @@ async fn update_runs(
                      WHEN r.status IN ('queued', 'running')
                           AND r.steps_succeeded + u.succeeded + r.steps_failed + u.failed
                               + r.steps_skipped + u.skipped = r.steps_total
-                     THEN now() ELSE r.finished_at END
+                     THEN now() ELSE r.finished_at END,
+                 event_seq = r.event_seq + u.n
              FROM u
              WHERE r.id = u.run_id
-             RETURNING r.id, r.status, r.finished_at = now() AS ended
+             RETURNING r.id, r.status, r.finished_at = now() AS ended, r.event_seq - u.n AS base, u.n
+         ), ended AS (
+             -- A volatile output is never pruned: each ended run is announced once.
+             SELECT id, status, pg_notify($15, id::text) AS announced FROM changed WHERE ended
+         ), events_announced AS (
+             SELECT pg_notify($16, CASE WHEN count(*) <= 100 THEN string_agg(id::text, ',') ELSE '' END)
+             FROM changed WHERE n > 0 HAVING count(*) > 0
+         ), inserted AS (
+             INSERT INTO events (id, run_id, step_id, attempt, kind, body, worker, at, applied, seq)
+             SELECT e.id, e.run_id, e.step_id, e.attempt, e.kind, e.body, e.worker, e.at, e.applied,
+                    b.base + row_number() OVER (PARTITION BY e.run_id ORDER BY e.ord)
+             FROM e JOIN changed b ON b.id = e.run_id
+             -- Referenced so that it runs (a SELECT in WITH runs only when used).
+             WHERE (SELECT count(*) FROM events_announced) >= 0
+             ON CONFLICT (id) DO NOTHING
+             RETURNING 1
          )
-         -- A volatile output is never pruned: each ended run is announced once.
-         SELECT id, status FROM (
-             SELECT id, status, pg_notify($6, id::text) AS announced FROM changed WHERE ended
-         ) ended",
+         SELECT id, status, NULL::bigint FROM ended
+         UNION ALL
+         SELECT NULL::uuid, NULL::run_status, count(*) FROM inserted",
     )
     .bind(&runs)
     .bind(&succeeded)
     .bind(&failed)
     .bind(&skipped)
     .bind(&started)
+    .bind(&ids)
+    .bind(&event_runs)
+    .bind(&steps)
+    .bind(&attempts)
+    .bind(&kinds)
+    .bind(&bodies)
+    .bind(&workers)
+    .bind(&ats)
+    .bind(&flags)
     .bind(super::RUNS_CHANNEL)
+    .bind(super::EVENTS_CHANNEL)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(finished.into_iter().map(|(run, status)| (RunId::from_uuid(run), status)).collect())
+    let mut recorded = Recorded { finished: Vec::new(), events: events.len(), inserted: 0 };
+    for row in rows {
+        match row {
+            (Some(run), Some(status), _) => recorded.finished.push((RunId::from_uuid(run), status)),
+            (_, _, Some(inserted)) => recorded.inserted = inserted as usize,
+            _ => {}
+        }
+    }
+    Ok(recorded)
 }
 
 impl Store {
