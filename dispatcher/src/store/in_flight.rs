@@ -61,29 +61,26 @@ pub struct QueueDepth {
 impl Store {
     /// Every registered op version's [`QueueDepth`], in one statement: what `/metrics`
     /// reads at each scrape. It counts queued and running steps through their partial
-    /// indexes (migration 0007) and the outbox, never every step.
+    /// indexes (migration 0007), looking each queued one up in the outbox by its key
+    /// (migration 0013), never every step.
     pub async fn queue_depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "WITH active AS (
                  SELECT a.op_name, a.op_version,
-                        count(*) FILTER (WHERE s.status = 'queued') AS queued,
+                        count(*) FILTER (
+                            WHERE s.status = 'queued' AND NOT EXISTS (
+                                SELECT 1 FROM outbox o
+                                WHERE o.run_id = s.run_id AND o.step_id = s.id AND o.attempt = s.attempt
+                            )
+                        ) AS ready,
                         count(*) FILTER (WHERE s.status = 'running') AS running
                  FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
                  WHERE s.status IN ('queued', 'running')
                  GROUP BY a.op_name, a.op_version
-             ), unpublished AS (
-                 SELECT a.op_name, a.op_version, count(*) AS n FROM outbox o
-                 JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id AND s.attempt = o.attempt
-                 JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-                 WHERE s.status = 'queued'
-                 GROUP BY a.op_name, a.op_version
              )
-             SELECT o.name, o.version,
-                    greatest(coalesce(a.queued, 0) - coalesce(u.n, 0), 0)::bigint,
-                    coalesce(a.running, 0)::bigint
+             SELECT o.name, o.version, coalesce(a.ready, 0)::bigint, coalesce(a.running, 0)::bigint
              FROM ops o
              LEFT JOIN active a ON a.op_name = o.name AND a.op_version = o.version
-             LEFT JOIN unpublished u ON u.op_name = o.name AND u.op_version = o.version
              ORDER BY o.name, o.version",
         )
         .fetch_all(&self.pool)
@@ -152,25 +149,27 @@ impl Store {
 
     /// How many steps of `op` are queued and published (not in the outbox), counting no
     /// further than `up_to`: the caller only needs to know whether there are more than
-    /// the broker holds.
+    /// the broker holds. Each queued step is looked up in the outbox by its key
+    /// (`outbox_by_step`), so the work is bounded by `up_to` lookups plus the outbox rows
+    /// it passes, whatever the tables' statistics say.
     pub async fn published_queued_steps(&self, op: &OpRef, up_to: u64) -> Result<u64, StoreError> {
-        let (queued, in_outbox): (i64, i64) = sqlx::query_as(
-            "SELECT
-                 (SELECT count(*) FROM (
-                      SELECT 1 FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-                      WHERE s.status = 'queued' AND a.op_name = $1 AND a.op_version = $2
-                      LIMIT $3) q),
-                 (SELECT count(*) FROM outbox o
-                  JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id AND s.attempt = o.attempt
-                  JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-                  WHERE s.status = 'queued' AND a.op_name = $1 AND a.op_version = $2)",
+        let published: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (
+                 SELECT 1 FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                 WHERE s.status = 'queued' AND a.op_name = $1 AND a.op_version = $2
+                   AND NOT EXISTS (
+                       SELECT 1 FROM outbox o
+                       WHERE o.run_id = s.run_id AND o.step_id = s.id AND o.attempt = s.attempt
+                   )
+                 LIMIT $3
+             ) published",
         )
         .bind(op.name.as_str())
         .bind(op.version.to_string())
         .bind(i64::try_from(up_to).unwrap_or(i64::MAX))
         .fetch_one(&self.pool)
         .await?;
-        Ok((queued - in_outbox).max(0) as u64)
+        Ok(published.max(0) as u64)
     }
 
     /// The `limit` published queued steps of `op` queued longest ago, if before `older_than`.
@@ -185,7 +184,9 @@ impl Store {
              JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
              WHERE s.status = 'queued' AND a.op_name = $1 AND a.op_version = $2
                AND s.queued_at < now() - $3::interval
-               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = s.run_id AND o.step_id = s.id)
+               AND NOT EXISTS (
+                   SELECT 1 FROM outbox o WHERE o.run_id = s.run_id AND o.step_id = s.id AND o.attempt = s.attempt
+               )
              ORDER BY s.queued_at LIMIT $4",
         )
         .bind(op.name.as_str())
@@ -265,6 +266,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use opflow_process::SecretUrl;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::{
@@ -389,5 +393,42 @@ mod tests {
         assert_eq!(db.store.published_queued_steps(&op, 100).await.unwrap(), 1);
         let oldest = db.store.oldest_published_queued_steps(&op, Duration::ZERO, 10).await.unwrap();
         assert_eq!(oldest, [StepAttempt { run_id: run, step_id: StepId(0), attempt: 1 }]);
+    }
+
+    /// Regression: with 20,000 steps just queued (all in the outbox, the tables not yet
+    /// analyzed), counting the published ones once joined each outbox row to a scan of the
+    /// run's queued steps, 20,000 × 20,000 rows: during a 100,000-step run the lost-step
+    /// check's count ran for the whole run, a PostgreSQL core busy and vacuum held back.
+    /// The statement timeout turns such a plan into a failure instead of a hang.
+    #[tokio::test]
+    async fn counting_published_steps_of_a_large_fresh_run_stays_cheap() {
+        let db = TestDb::new("published_large").await;
+        sqlx::query(
+            "INSERT INTO ops (name, version, queue, queue_type, delivery_limit, description)
+             VALUES ('noop', '1.0.0', 'q', 'quorum', 5, '{}')",
+        )
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+        let source =
+            "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: {from: 1, to: 20000}}\n";
+        let plan = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
+        let run = db.store.submit_run(&plan, "p.yaml", source, None).await.unwrap().run_id;
+        let url = format!("{}/{}?options=-c%20statement_timeout%3D10000", db.server, db.name);
+        let store = Store::connect(&SecretUrl::new(url), &CancellationToken::new()).await.unwrap();
+        let op: OpRef = "noop@1.0.0".parse().unwrap();
+        assert_eq!(store.published_queued_steps(&op, 30_000).await.unwrap(), 0);
+        let ready = |depths: Vec<QueueDepth>| depths.iter().map(|d| d.ready).collect::<Vec<_>>();
+        assert_eq!(ready(store.queue_depths().await.unwrap()), [0]);
+        let oldest = store.oldest_published_queued_steps(&op, Duration::ZERO, 10).await.unwrap();
+        assert!(oldest.is_empty(), "{oldest:?}");
+        exec(&db, "DELETE FROM outbox WHERE run_id = $1 AND step_id >= 10000", run).await;
+        assert_eq!(store.published_queued_steps(&op, 30_000).await.unwrap(), 10_000);
+        assert_eq!(store.published_queued_steps(&op, 100).await.unwrap(), 100);
+        assert_eq!(ready(store.queue_depths().await.unwrap()), [10_000]);
+        let oldest = store.oldest_published_queued_steps(&op, Duration::ZERO, 10).await.unwrap();
+        assert_eq!(oldest.len(), 10);
+        assert!(oldest.iter().all(|s| s.step_id.0 >= 10_000), "{oldest:?}");
     }
 }
