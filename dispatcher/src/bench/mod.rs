@@ -120,11 +120,23 @@ pub async fn run(
     cancel: &CancellationToken,
     mut emit: impl FnMut(&Value),
 ) -> anyhow::Result<bool> {
+    // Every op binary the chosen workloads need is checked before the first one runs, so a
+    // missing one is said at once rather than after minutes of other workloads.
     let noop = options.bin_dir.join("noop");
-    if !noop.exists() {
+    let mut needed = vec![("noop", noop.clone())];
+    if workloads.contains(&Workload::W7) {
+        needed.push(("price-paths", options.bin_dir.join("price-paths")));
+    }
+    let missing: Vec<&(&str, PathBuf)> = needed.iter().filter(|(_, path)| !path.exists()).collect();
+    if !missing.is_empty() {
+        let paths: Vec<String> = missing.iter().map(|(_, path)| path.display().to_string()).collect();
+        let packages: Vec<String> = missing.iter().map(|(name, _)| format!("-p {name}")).collect();
         bail!(
-            "{} is missing: opflow bench runs the noop op; build it with `cargo build --release -p noop`",
-            noop.display()
+            "{} {}: the chosen workloads run {}; build with `cargo build --release {}`",
+            paths.join(" and "),
+            if missing.len() == 1 { "is missing" } else { "are missing" },
+            if missing.len() == 1 { "this op" } else { "these ops" },
+            packages.join(" ")
         );
     }
     let sandbox = Sandbox::create(settings).await?;
