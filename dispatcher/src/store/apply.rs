@@ -117,6 +117,7 @@ impl Store {
             return Ok(outcome);
         }
         let mut tx = self.pool.begin().await?;
+        plan_for_these_arrays(&mut tx).await?;
 
         // Runs whose plan is cached are known; only the others are looked up.
         let runs: HashSet<Uuid> = events.iter().map(|e| e.run_id.as_uuid()).collect();
@@ -583,6 +584,19 @@ impl Store {
         .await?
         .flatten())
     }
+}
+
+/// Has the statements after it in this transaction planned for their own arrays. Every
+/// statement of a batch joins the batch's arrays to `steps` (or `dep_groups`); a cached
+/// generic plan cannot know how few rows an array holds nor which ranges it names, so
+/// once PostgreSQL settles on one it hash-joins every batch to a full scan of the table,
+/// which grows with the table: a 10,000-step chain spent 1.8–2.6 ms of each link in the
+/// unlock's scan alone and cost twice the 200-step chain per link (docs/benchmarks.md,
+/// w2). A custom plan sees the arrays and probes the primary key. Planning each statement
+/// costs PostgreSQL a little CPU per batch, which batching spreads.
+async fn plan_for_these_arrays(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await?;
+    Ok(())
 }
 
 /// Counts the groups down by their successes; returns the groups that emptied.
