@@ -117,7 +117,6 @@ impl Store {
             return Ok(outcome);
         }
         let mut tx = self.pool.begin().await?;
-        plan_for_these_arrays(&mut tx).await?;
 
         // Runs whose plan is cached are known; only the others are looked up.
         let runs: HashSet<Uuid> = events.iter().map(|e| e.run_id.as_uuid()).collect();
@@ -586,14 +585,15 @@ impl Store {
     }
 }
 
-/// Has the statements after it in this transaction planned for their own arrays. Every
-/// statement of a batch joins the batch's arrays to `steps` (or `dep_groups`); a cached
-/// generic plan cannot know how few rows an array holds nor which ranges it names, so
-/// once PostgreSQL settles on one it hash-joins every batch to a full scan of the table,
-/// which grows with the table: a 10,000-step chain spent 1.8–2.6 ms of each link in the
-/// unlock's scan alone and cost twice the 200-step chain per link (docs/benchmarks.md,
-/// w2). A custom plan sees the arrays and probes the primary key. Planning each statement
-/// costs PostgreSQL a little CPU per batch, which batching spreads.
+/// Has the statements after it in this transaction planned for their own arrays: called
+/// before the statements that join a batch's *ranges* to `steps` (unlock, skip) or its
+/// groups to `dep_groups` (count-down). A cached generic plan cannot know how few ranges
+/// a batch names, estimates each `BETWEEN` to match a share of the whole table, and so
+/// hash-joined every chain link to a full scan of its run's steps, which grows with the
+/// run: a 10,000-step chain spent 1.8–2.6 ms of each link there and cost twice the
+/// 200-step chain per link (docs/benchmarks.md, w2). A custom plan sees the arrays and
+/// probes the primary key. The per-event statements before them keep their cached plans,
+/// so a batch with nothing to unlock (a sweep) plans nothing.
 async fn plan_for_these_arrays(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
     sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await?;
     Ok(())
@@ -607,6 +607,7 @@ async fn count_down(
     if groups.is_empty() {
         return Ok(Vec::new());
     }
+    plan_for_these_arrays(tx).await?;
     let (mut runs, mut upstream, mut parts, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((run, group), count) in groups {
         runs.push(*run);
@@ -646,6 +647,7 @@ async fn unlock(
     if unlocks.is_empty() {
         return Ok(0);
     }
+    plan_for_these_arrays(tx).await?;
     let (mut runs, mut firsts, mut lasts, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((run, range), count) in unlocks {
         runs.push(*run);
@@ -694,6 +696,7 @@ async fn skip(
     if skips.is_empty() {
         return Ok(Vec::new());
     }
+    plan_for_these_arrays(tx).await?;
     let (mut runs, mut firsts, mut lasts, mut reasons) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (run, range, reason) in skips {
         runs.push(*run);
