@@ -214,34 +214,7 @@ impl Store {
             super::webhooks::insert_run_notify(&mut tx, run_id, notify).await?;
         }
 
-        for (idx, asset) in plan.assets.iter().enumerate() {
-            let row = AssetRow::from_asset(idx, asset);
-            sqlx::query(
-                "INSERT INTO run_assets (run_id, idx, name, op_name, op_version, op_requirement, config,
-                                         partitions, partition_keys, sweep, deps, retry_max, retry_backoff_ms,
-                                         timeout_ms, first_step, step_count, line)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-            )
-            .bind(run_id.as_uuid())
-            .bind(row.idx)
-            .bind(row.name)
-            .bind(row.op_name)
-            .bind(row.op_version)
-            .bind(row.op_requirement)
-            .bind(row.config)
-            .bind(row.partitions)
-            .bind(row.partition_keys)
-            .bind(row.sweep)
-            .bind(row.deps)
-            .bind(row.retry_max)
-            .bind(row.retry_backoff_ms)
-            .bind(row.timeout_ms)
-            .bind(row.first_step)
-            .bind(row.step_count)
-            .bind(row.line)
-            .execute(&mut *tx)
-            .await?;
-        }
+        insert_run_assets(&mut tx, run_id, plan).await?;
 
         let graph = PlanGraph::new(plan.clone());
         insert_dep_groups(&mut tx, run_id, &graph).await?;
@@ -546,6 +519,49 @@ async fn insert_dep_groups(
     Ok(())
 }
 
+/// Assets per `run_assets` insert: 17 parameters a row, well under PostgreSQL's 65,535.
+const ASSET_INSERT_CHUNK: usize = 1_000;
+
+/// One multi-row insert per chunk of assets: a plan of 10,000 assets (a long chain) is ten
+/// statements, not 10,000 round trips.
+async fn insert_run_assets(
+    tx: &mut sqlx::PgConnection,
+    run_id: RunId,
+    plan: &CompiledPlan,
+) -> Result<(), StoreError> {
+    let rows: Vec<AssetRow> =
+        plan.assets.iter().enumerate().map(|(idx, asset)| AssetRow::from_asset(idx, asset)).collect();
+    for chunk in rows.chunks(ASSET_INSERT_CHUNK) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO run_assets (run_id, idx, name, op_name, op_version, op_requirement, config, partitions, \
+             partition_keys, sweep, deps, retry_max, retry_backoff_ms, timeout_ms, first_step, step_count, line) ",
+        );
+        insert.push_values(chunk, |mut values, row| {
+            values
+                .push_bind(run_id.as_uuid())
+                .push_bind(row.idx)
+                .push_bind(&row.name)
+                .push_bind(&row.op_name)
+                .push_bind(&row.op_version)
+                .push_bind(&row.op_requirement)
+                .push_bind(&row.config)
+                .push_bind(&row.partitions)
+                .push_bind(&row.partition_keys)
+                .push_bind(&row.sweep)
+                .push_bind(&row.deps)
+                .push_bind(row.retry_max)
+                .push_bind(row.retry_backoff_ms)
+                .push_bind(row.timeout_ms)
+                .push_bind(row.first_step)
+                .push_bind(row.step_count)
+                .push_bind(row.line);
+        });
+        // Not kept as a prepared statement: its text depends on the chunk's length.
+        insert.build().persistent(false).execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
 async fn insert_steps(
     tx: &mut sqlx::PgConnection,
     run_id: RunId,
@@ -577,4 +593,38 @@ async fn insert_steps(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use opflow_protocol::StepId;
+
+    use crate::{
+        plan::{self, RegisteredOp},
+        store::{run_plan::PlanCache, testing::TestDb},
+    };
+
+    #[tokio::test]
+    async fn a_plan_of_more_assets_than_one_insert_takes_is_stored_whole_and_reads_back() {
+        let db = TestDb::new("many_assets").await;
+        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+        let mut source = "name: p\nassets:\n  - name: a0\n    op: noop@1.0.0\n".to_owned();
+        for i in 1..2_500 {
+            source.push_str(&format!("  - name: a{i}\n    op: noop@1.0.0\n    deps: [a{}]\n", i - 1));
+        }
+        let compiled = plan::compile(&source, Path::new("p.yaml"), &registered).unwrap();
+        let run = db.store.submit_run(&compiled, "p.yaml", &source, None).await.unwrap().run_id;
+        let (assets, last): (i64, i32) =
+            sqlx::query_as("SELECT count(*), max(idx) FROM run_assets WHERE run_id = $1")
+                .bind(run.as_uuid())
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+        assert_eq!((assets, last), (2_500, 2_499));
+        let stored = PlanCache::default().get(&db.store, run).await.unwrap();
+        assert_eq!(stored.label(StepId(2_499)), compiled.assets[2_499].name);
+        assert_eq!(stored.asset(2_499).deps.len(), 1);
+    }
 }
