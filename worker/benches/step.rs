@@ -49,19 +49,16 @@ struct Params {
     spot: f64,
 }
 
-/// The `step` span a worker opens for a delivery, continuing the trace in its headers.
-fn step_span(message: &StepMessage, headers: &FieldTable) -> tracing::Span {
-    let span = tracing::info_span!(
-        "step",
-        run_id = %message.run_id,
-        step_id = %message.step_id,
-        attempt = message.attempt,
-        op = %message.op.name,
-        version = %message.op.version,
-        step = %message.label(),
-    );
-    trace::adopt_parent(&span, Some(headers));
-    span
+/// A `succeeded` event as the worker builds and publishes it: encoded, with its routing
+/// key and the current trace context.
+fn encoded_success(
+    (run_id, step_id, attempt): (RunId, StepId, u32),
+    output: serde_json::Value,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> (Vec<u8>, String, FieldTable) {
+    let event = Event::new(run_id, step_id, attempt, WORKER.to_owned(), EventKind::Succeeded { output })
+        .with_started_at(started_at);
+    (event.encode(), queue::event_routing_key(event.kind.name()), trace::current_context_headers())
 }
 
 /// A no-op handler that reads its parameters, as a real op's first line does.
@@ -100,7 +97,7 @@ fn step(c: &mut Criterion) {
         b.iter(|| {
             let message = StepMessage::decode(black_box(&bytes)).expect("decodes");
             assert!(message.op == this_op, "a step of this worker's op");
-            step_span(&message, &headers)
+            opflow_worker::step_span(&message, Some(&headers))
         })
     });
     c.bench_function("worker/context/new", |b| {
@@ -112,7 +109,7 @@ fn step(c: &mut Criterion) {
     });
 
     // Each event built in the step's span, with its headers, encoded as published.
-    let span = step_span(&message, &headers);
+    let span = opflow_worker::step_span(&message, Some(&headers));
     let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
     let sent = |kind: EventKind| {
         let event = Event::new(run_id, step_id, attempt, WORKER.to_owned(), kind);
@@ -139,15 +136,7 @@ fn step(c: &mut Criterion) {
         c.bench_function("worker/event/succeeded", |b| {
             b.iter(|| {
                 let output = json!({"mean": 1.02, "p05": 0.71, "p95": 1.41, "paths": 2000});
-                let started_at = chrono::Utc::now();
-                let event =
-                    Event::new(run_id, step_id, attempt, WORKER.to_owned(), EventKind::Succeeded { output })
-                        .with_started_at(started_at);
-                (
-                    event.encode(),
-                    queue::event_routing_key(event.kind.name()),
-                    trace::current_context_headers(),
-                )
+                encoded_success((run_id, step_id, attempt), output, chrono::Utc::now())
             })
         });
     });
@@ -158,7 +147,7 @@ fn step(c: &mut Criterion) {
         b.iter(|| {
             let message = StepMessage::decode(black_box(&bytes)).expect("decodes");
             assert!(message.op == this_op, "a step of this worker's op");
-            let span = step_span(&message, &headers);
+            let span = opflow_worker::step_span(&message, Some(&headers));
             span.in_scope(|| {
                 let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
                 let started_at = chrono::Utc::now();
@@ -166,14 +155,7 @@ fn step(c: &mut Criterion) {
                 let output = noop(ctx).now_or_never().expect("a no-op is ready").expect("succeeds");
                 let size = serde_json::to_vec(&output).map_or(usize::MAX, |v| v.len());
                 assert!(size <= opflow_worker::MAX_OUTPUT_BYTES);
-                let event =
-                    Event::new(run_id, step_id, attempt, WORKER.to_owned(), EventKind::Succeeded { output })
-                        .with_started_at(started_at);
-                (
-                    event.encode(),
-                    queue::event_routing_key(event.kind.name()),
-                    trace::current_context_headers(),
-                )
+                encoded_success((run_id, step_id, attempt), output, started_at)
             })
         })
     });

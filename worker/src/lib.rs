@@ -59,6 +59,8 @@ pub use context::StepContext;
 pub use error::StepError;
 pub use op::{Op, WorkerSettings};
 pub use opflow_protocol::{LogLevel, StepInput};
+#[doc(hidden)]
+pub use step::step_span;
 
 /// The largest output a step may return. Outputs travel inside downstream step messages
 /// and live in the run store; large data belongs in the op's own storage, referenced here.

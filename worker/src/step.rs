@@ -116,16 +116,7 @@ impl Worker {
         // The step's span covers its execution and its reports (their headers carry its
         // context), and continues the trace of the dispatcher's `publish` span, whose
         // context the message's headers carry.
-        let span = tracing::info_span!(
-            "step",
-            run_id = %message.run_id,
-            step_id = %message.step_id,
-            attempt = message.attempt,
-            op = %message.op.name,
-            version = %message.op.version,
-            step = %message.label(),
-        );
-        trace::adopt_parent(&span, delivery.properties.headers().as_ref());
+        let span = step_span(&message, delivery.properties.headers().as_ref());
         let deliveries = delivery_count(delivery.properties.headers().as_ref());
         self.run_step(message, lease, delivery.redelivered, deliveries, channel_closed).instrument(span).await
     }
@@ -330,6 +321,23 @@ impl Heartbeats {
         self.reporter.send(event);
         self.next = tokio::time::Instant::now() + self.every;
     }
+}
+
+/// The `step` span of a delivery, continuing the trace its headers carry. Public only for
+/// `benches/step.rs`, which measures it.
+#[doc(hidden)]
+pub fn step_span(message: &StepMessage, headers: Option<&FieldTable>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "step",
+        run_id = %message.run_id,
+        step_id = %message.step_id,
+        attempt = message.attempt,
+        op = %message.op.name,
+        version = %message.op.version,
+        step = %message.label(),
+    );
+    trace::adopt_parent(&span, headers);
+    span
 }
 
 /// An output over [`MAX_OUTPUT_BYTES`] fails the step with a message saying what to do.

@@ -175,6 +175,11 @@ impl Store {
                 }
             }
         }
+        // Once per transaction, before the first statement that joins ranges or groups.
+        let planned_for_arrays = !groups.is_empty() || !unlocks.is_empty();
+        if planned_for_arrays {
+            plan_for_these_arrays(&mut tx).await?;
+        }
         for (run, group) in count_down(&mut tx, &groups).await? {
             let plan = plans.get(self, RunId::from_uuid(run)).await?;
             for range in plan.group_ranges(group) {
@@ -189,6 +194,9 @@ impl Store {
             let plan = plans.get(self, RunId::from_uuid(*run)).await?;
             let reason = format!("skipped: upstream step {} failed", plan.label(*step));
             skips.extend(plan.skip_ranges(*step).into_iter().map(|range| (*run, range, reason.clone())));
+        }
+        if !skips.is_empty() && !planned_for_arrays {
+            plan_for_these_arrays(&mut tx).await?;
         }
         for (run, step) in skip(&mut tx, &skips).await? {
             deltas.entry(run).or_default().skipped += 1;
@@ -586,7 +594,7 @@ impl Store {
 }
 
 /// Has the statements after it in this transaction planned for their own arrays: called
-/// before the statements that join a batch's *ranges* to `steps` (unlock, skip) or its
+/// once, before the first of the statements that join a batch's *ranges* to `steps` (unlock, skip) or its
 /// groups to `dep_groups` (count-down). A cached generic plan cannot know how few ranges
 /// a batch names, estimates each `BETWEEN` to match a share of the whole table, and so
 /// hash-joined every chain link to a full scan of its run's steps, which grows with the
@@ -607,7 +615,6 @@ async fn count_down(
     if groups.is_empty() {
         return Ok(Vec::new());
     }
-    plan_for_these_arrays(tx).await?;
     let (mut runs, mut upstream, mut parts, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((run, group), count) in groups {
         runs.push(*run);
@@ -647,7 +654,6 @@ async fn unlock(
     if unlocks.is_empty() {
         return Ok(0);
     }
-    plan_for_these_arrays(tx).await?;
     let (mut runs, mut firsts, mut lasts, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((run, range), count) in unlocks {
         runs.push(*run);
@@ -696,7 +702,6 @@ async fn skip(
     if skips.is_empty() {
         return Ok(Vec::new());
     }
-    plan_for_these_arrays(tx).await?;
     let (mut runs, mut firsts, mut lasts, mut reasons) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (run, range, reason) in skips {
         runs.push(*run);
