@@ -368,6 +368,16 @@ impl Store {
     /// All in one transaction; a finished run is left as it is. `None` for an unknown run.
     pub async fn cancel_run(&self, run: RunId) -> Result<Option<Cancellation>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The run's unfinished steps are locked before its row, as the applier takes them
+        // (steps, then the run): a cancel that locked the run first deadlocked with a batch
+        // holding one of its steps (seen in CI; the batch was retried 185 ms later).
+        sqlx::query(
+            "SELECT 1 FROM steps WHERE run_id = $1 AND status IN ('waiting', 'queued', 'running', 'retrying')
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(run.as_uuid())
+        .execute(&mut *tx)
+        .await?;
         let status: Option<RunStatus> =
             sqlx::query_scalar("SELECT status FROM runs WHERE id = $1 FOR UPDATE")
                 .bind(run.as_uuid())
