@@ -9,40 +9,9 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use serde::Deserialize;
 
 use super::{ApiState, error::ApiError};
 use crate::store::tokens::Scope;
-
-/// The `api_auth` setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ApiAuth {
-    /// Open on a loopback address (only this machine can call it), required on any other.
-    #[default]
-    Auto,
-    Required,
-    Off,
-}
-
-impl ApiAuth {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApiAuth::Auto => "auto",
-            ApiAuth::Required => "required",
-            ApiAuth::Off => "off",
-        }
-    }
-
-    /// Whether requests to an API served on `addr` need a token.
-    pub fn required_on(self, addr: std::net::SocketAddr) -> bool {
-        match self {
-            ApiAuth::Auto => !addr.ip().is_loopback(),
-            ApiAuth::Required => true,
-            ApiAuth::Off => false,
-        }
-    }
-}
 
 /// The scope a request needs: managing webhooks (`/v1/webhooks…`) is `admin`, as their
 /// secrets and targets are the installation's; otherwise reading is `read`, anything else
@@ -98,6 +67,7 @@ pub async fn require_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::ApiAuth;
 
     #[test]
     fn auto_is_open_on_loopback_only() {

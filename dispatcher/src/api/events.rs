@@ -7,10 +7,10 @@
 //! it follows a live one; it ends, after the last event, with an `end` event carrying the
 //! run's summary (no `id:`, so it is not something to resume after).
 //!
-//! Followers do not poll the database in a loop: one `LISTEN` per process ([`Followers`])
+//! Followers do not poll the database in a loop: one `LISTEN` per process (`api::followers`)
 //! tells each stream when its run got events, with a slow poll as a safety net.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, time::Duration};
 
 use axum::{
     extract::{Path, Query, State, rejection::QueryRejection},
@@ -20,23 +20,21 @@ use axum::{
 use futures_util::Stream;
 use opflow_protocol::RunId;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 use utoipa::IntoParams;
 
 use super::{
     ApiState,
     error::{ApiError, ErrorBody},
-    runs::parse_run_id,
+    followers::SAFETY_POLL,
+    params::run_id,
     types::RunEvent,
 };
-use crate::store::{Store, following::EventFilter};
+use crate::store::following::EventFilter;
 
 /// Events read per query; a stream catching up reads page after page.
 const PAGE: u32 = 500;
-/// How often a stream looks without being told: only matters if a notification is lost.
-const SAFETY_POLL: Duration = Duration::from_secs(10);
 /// How often an idle stream sends a comment, so proxies keep the connection open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events a slow client may fall behind by before the stream waits for it.
@@ -45,65 +43,6 @@ const STREAM_BUFFER: usize = 256;
 /// The kinds a client may ask for with `?kinds=`.
 pub const EVENT_KINDS: [&str; 8] =
     ["started", "progress", "log", "materialized", "check_result", "succeeded", "failed", "abandoned"];
-
-/// Tells streams that a run got events: fed by one `LISTEN` on the store's events channel.
-/// Cheap to clone.
-#[derive(Clone)]
-pub struct Followers {
-    /// The runs of each recorded batch; `None` means "any run" (a batch of many runs, or
-    /// notifications lost while the listener reconnected).
-    wakeups: broadcast::Sender<Option<Arc<str>>>,
-    /// Ends every stream when the API shuts down, so draining does not wait on them.
-    shutdown: CancellationToken,
-}
-
-impl Followers {
-    /// Listens on the store's events channel until `shutdown`, reconnecting as needed.
-    pub fn start(store: Store, shutdown: CancellationToken) -> Self {
-        let (wakeups, _) = broadcast::channel(1024);
-        let followers = Self { wakeups: wakeups.clone(), shutdown: shutdown.clone() };
-        tokio::spawn(async move {
-            while !shutdown.is_cancelled() {
-                let mut listener = match store.listen_for_events().await {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot listen for recorded events; streams poll until it can");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(SAFETY_POLL) => continue,
-                        }
-                    }
-                };
-                // Anything recorded while not listening: every stream looks.
-                let _ = wakeups.send(None);
-                loop {
-                    let notification = tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        notification = listener.recv() => notification,
-                    };
-                    match notification {
-                        Ok(n) if n.payload().is_empty() => {
-                            let _ = wakeups.send(None);
-                        }
-                        Ok(n) => {
-                            let _ = wakeups.send(Some(Arc::from(n.payload())));
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "lost the events listener; reconnecting");
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        followers
-    }
-
-    /// No listener: streams find events by their safety poll alone (for tests of the router).
-    pub fn polling_only(shutdown: CancellationToken) -> Self {
-        Self { wakeups: broadcast::channel(1).0, shutdown }
-    }
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -138,7 +77,7 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(query) = query?;
-    let run = parse_run_id(&id)?;
+    let run = run_id(&id)?;
     let after = match headers.get("last-event-id") {
         Some(value) => value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
             ApiError::BadRequest(format!(
@@ -189,8 +128,7 @@ async fn produce(
     tx: mpsc::Sender<SseEvent>,
 ) {
     let followers = state.followers.clone();
-    let mut wakeups = followers.wakeups.subscribe();
-    let run_text = run.to_string();
+    let mut wakeups = followers.watch(run);
     loop {
         // The status is read before the events: a run that had ended by then has every
         // event it ended with already visible to the read that follows.
@@ -205,7 +143,7 @@ async fn produce(
             Err(error) => {
                 tracing::warn!(%error, %run, "reading a run's events failed; retrying");
                 tokio::select! {
-                    () = followers.shutdown.cancelled() => return,
+                    () = followers.shutdown().cancelled() => return,
                     () = tokio::time::sleep(SAFETY_POLL) => continue,
                 }
             }
@@ -237,19 +175,10 @@ async fn produce(
             return;
         }
         // Wait for this run's next events (or any run's, when the notice names none).
-        let woken = async {
-            loop {
-                match wakeups.recv().await {
-                    Ok(Some(runs)) if !runs.split(',').any(|r| r == run_text) => continue,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-                }
-            }
-        };
         tokio::select! {
-            () = followers.shutdown.cancelled() => return,
+            () = followers.shutdown().cancelled() => return,
             () = tx.closed() => return,
-            () = woken => {}
+            () = wakeups.next() => {}
             () = tokio::time::sleep(SAFETY_POLL) => {}
         }
     }

@@ -14,100 +14,28 @@
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod followers;
+pub mod metrics;
 pub mod openapi;
+pub mod ops;
+pub mod params;
+pub mod probes;
 pub mod queues;
 pub mod runs;
+pub mod state;
 pub mod types;
 pub mod webhooks;
 
-use std::sync::{Arc, Mutex};
+use axum::{Router, extract::DefaultBodyLimit, routing::get};
 
-use axum::{Json, Router, extract::DefaultBodyLimit, extract::State, http::StatusCode, routing::get};
-use serde_json::{Value, json};
-
-use crate::store::Store;
+pub use state::{ApiState, Readiness, Role};
 
 /// Largest request body: a plan of a few megabytes is already a very large plan.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// What handlers share.
-#[derive(Clone)]
-pub struct ApiState {
-    /// On a pool of the API's own: however many requests come, they cannot take the
-    /// connections that publishing steps and applying events need.
-    pub store: Store,
-    /// Whether `/v1/*` needs a token (the `api_auth` setting, resolved for the address).
-    pub auth_required: bool,
-    /// For readiness: whether this dispatcher leads, and whether its broker session is up.
-    pub readiness: Readiness,
-    /// Wakes the events streams when their runs get events; ends them on shutdown.
-    pub followers: events::Followers,
-    /// The `webhooks_allow_private` setting: whether webhook targets may be internal addresses.
-    pub webhooks_allow_private: bool,
-    /// What `/metrics` serves; shared with the parts of the service that count.
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// What `/readyz` reports besides the database: set by the service as it takes or loses
-/// the lease and its broker connection. Cheap to clone; clones share the state.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<Mutex<ReadinessState>>);
-
-#[derive(Default)]
-struct ReadinessState {
-    role: Role,
-    /// `None` while connected; otherwise why not.
-    broker_problem: Option<String>,
-}
-
-/// Whether this dispatcher publishes and applies (the leader) or stands by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Role {
-    #[default]
-    Standby,
-    Leader,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Standby => "standby",
-            Role::Leader => "leader",
-        }
-    }
-}
-
-impl Readiness {
-    fn with<T>(&self, f: impl FnOnce(&mut ReadinessState) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
-    }
-
-    pub fn set_role(&self, role: Role) {
-        self.with(|state| {
-            state.role = role;
-            if role == Role::Standby {
-                state.broker_problem = None;
-            }
-        });
-    }
-
-    pub fn broker_up(&self) {
-        self.with(|state| state.broker_problem = None);
-    }
-
-    pub fn broker_down(&self, why: impl Into<String>) {
-        let why = why.into();
-        self.with(|state| state.broker_problem = Some(why));
-    }
-
-    fn snapshot(&self) -> (Role, Option<String>) {
-        self.with(|state| (state.role, state.broker_problem.clone()))
-    }
-}
-
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
-        .route("/v1/ops", get(runs::list_ops))
+        .route("/v1/ops", get(ops::list))
         .route("/v1/runs", axum::routing::post(runs::submit).get(runs::list))
         .route("/v1/runs/{id}", get(runs::status))
         .route("/v1/runs/{id}/events", get(events::stream))
@@ -120,29 +48,13 @@ pub fn router(state: ApiState) -> Router {
         .merge(webhooks::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+        .route("/healthz", get(probes::health))
+        .route("/readyz", get(probes::ready))
         .route("/openapi.json", get(openapi::serve))
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(probes::metrics))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-/// 200 when PostgreSQL answers and, on the leader, the broker session is up; 503 (saying
-/// what is wrong) otherwise. A standby is ready: it serves the API while it waits.
-async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
-    let database = state.store.ping().await.map_err(|e| e.to_string());
-    let (role, broker_problem) = state.readiness.snapshot();
-    let broker = match (role, broker_problem) {
-        (Role::Standby, _) => "not used while standing by".to_owned(),
-        (Role::Leader, None) => "ok".to_owned(),
-        (Role::Leader, Some(problem)) => problem,
-    };
-    let ready = database.is_ok() && (role == Role::Standby || broker == "ok");
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let database = database.err().unwrap_or_else(|| "ok".into());
-    (status, Json(json!({ "role": role.as_str(), "database": database, "broker": broker })))
 }
 
 #[cfg(test)]
@@ -151,16 +63,21 @@ mod tests {
         body::{Body, to_bytes},
         http::{Request, header},
     };
+    use std::sync::Arc;
+
+    use axum::http::StatusCode;
+    use serde_json::{Value, json};
     use tower::ServiceExt;
 
     use super::*;
+    use crate::store::Store;
 
     fn app() -> Router {
         router(ApiState {
             store: Store::unconnected(),
             auth_required: false,
             readiness: Readiness::default(),
-            followers: events::Followers::polling_only(Default::default()),
+            followers: followers::Followers::polling_only(Default::default()),
             webhooks_allow_private: false,
             metrics: Arc::default(),
         })
@@ -197,7 +114,7 @@ mod tests {
             store: Store::unconnected(),
             auth_required: true,
             readiness: Readiness::default(),
-            followers: events::Followers::polling_only(Default::default()),
+            followers: followers::Followers::polling_only(Default::default()),
             webhooks_allow_private: false,
             metrics: Arc::default(),
         });

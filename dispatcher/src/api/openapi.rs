@@ -27,7 +27,7 @@ use utoipa::{
         super::runs::outputs,
         super::runs::cancel,
         super::events::stream,
-        super::runs::list_ops,
+        super::ops::list,
         super::queues::list,
         super::queues::one,
         super::webhooks::add,

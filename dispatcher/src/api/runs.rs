@@ -19,8 +19,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     ApiState, MAX_BODY_BYTES,
     error::{ApiError, ErrorBody},
+    params::{bad_cursor, number_cursor, page_limit, run_id},
     types::{
-        AssetInfo, CancelResponse, OpVersion, Page, RunListItem, RunStatus, RunSummary, StepInfo, StepOutput,
+        AssetInfo, CancelResponse, Page, RunListItem, RunStatus, RunSummary, StepInfo, StepOutput,
         StepStatus, SubmitResponse,
     },
 };
@@ -109,7 +110,7 @@ pub async fn status(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<RunSummary>, ApiError> {
-    Ok(Json(summary(&state, parse_run_id(&id)?).await?))
+    Ok(Json(summary(&state, run_id(&id)?).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -130,7 +131,7 @@ pub async fn list(
     query: Result<Query<RunsQuery>, QueryRejection>,
 ) -> Result<Json<Page<RunListItem>>, ApiError> {
     let Query(query) = query?;
-    let limit = Paging::limit_of(query.limit)?;
+    let limit = page_limit(query.limit)?;
     let after = query.cursor.as_deref().map(parse_run_cursor).transpose()?;
     let items: Vec<RunListItem> = state
         .store
@@ -149,9 +150,7 @@ fn parse_run_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiErro
     let parsed = cursor.split_once('_').and_then(|(micros, id)| {
         Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
     });
-    parsed.ok_or_else(|| {
-        ApiError::BadRequest(format!("cursor `{cursor}` is not one this API gave out; start without one"))
-    })
+    parsed.ok_or_else(|| bad_cursor(cursor))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -174,9 +173,9 @@ pub async fn steps(
     query: Result<Query<StepsQuery>, QueryRejection>,
 ) -> Result<Json<Page<StepInfo>>, ApiError> {
     let Query(query) = query?;
-    let run = parse_run_id(&id)?;
-    let limit = Paging::limit_of(query.limit)?;
-    let after = parse_step_cursor(query.cursor.as_deref())?;
+    let run = run_id(&id)?;
+    let limit = page_limit(query.limit)?;
+    let after = number_cursor(query.cursor.as_deref())?;
     exists(&state, run).await?;
     let items: Vec<StepInfo> = state
         .store
@@ -197,7 +196,7 @@ pub async fn assets(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<AssetInfo>>, ApiError> {
-    let run = parse_run_id(&id)?;
+    let run = run_id(&id)?;
     exists(&state, run).await?;
     Ok(Json(state.store.asset_sizes(run).await?.into_iter().map(AssetInfo::from).collect()))
 }
@@ -205,46 +204,6 @@ pub async fn assets(
 /// 404 unless the run exists.
 async fn exists(state: &ApiState, run: RunId) -> Result<store::runs::RunStatus, ApiError> {
     state.store.run_status(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))
-}
-
-fn parse_step_cursor(cursor: Option<&str>) -> Result<Option<u32>, ApiError> {
-    cursor
-        .map(|cursor| {
-            cursor.parse::<u32>().map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "cursor `{cursor}` is not one this API gave out; start without one"
-                ))
-            })
-        })
-        .transpose()
-}
-
-/// The most items a page may hold, and how many it holds without `limit`.
-pub const MAX_PAGE: u32 = 1000;
-pub const DEFAULT_PAGE: u32 = 100;
-
-/// `limit` and `cursor` of a paged list.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct Paging {
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-}
-
-// Not `#[serde(flatten)]`ed into the other queries: with flatten, a query string's values
-// reach the inner struct as strings and `limit=20` fails to parse as a number.
-impl Paging {
-    fn limit(&self) -> Result<u32, ApiError> {
-        Self::limit_of(self.limit)
-    }
-
-    fn limit_of(limit: Option<u32>) -> Result<u32, ApiError> {
-        match limit {
-            None => Ok(DEFAULT_PAGE),
-            Some(n @ 1..=MAX_PAGE) => Ok(n),
-            Some(n) => Err(ApiError::BadRequest(format!("limit {n} is not between 1 and {MAX_PAGE}"))),
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -268,9 +227,9 @@ pub async fn outputs(
     query: Result<Query<OutputsQuery>, QueryRejection>,
 ) -> Result<Json<Page<StepOutput>>, ApiError> {
     let Query(query) = query?;
-    let run = parse_run_id(&id)?;
-    let limit = Paging::limit_of(query.limit)?;
-    let after = parse_step_cursor(query.cursor.as_deref())?;
+    let run = run_id(&id)?;
+    let limit = page_limit(query.limit)?;
+    let after = number_cursor(query.cursor.as_deref())?;
     exists(&state, run).await?;
     let rows = state.store.step_outputs(run, query.asset.as_deref(), after, limit).await?;
     let plan = if rows.is_empty() {
@@ -301,37 +260,11 @@ pub async fn cancel(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<CancelResponse>, ApiError> {
-    let run = parse_run_id(&id)?;
+    let run = run_id(&id)?;
     let cancellation =
         state.store.cancel_run(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))?;
     let summary = summary(&state, run).await?;
     Ok(Json(CancelResponse::new(cancellation, summary)))
-}
-
-#[utoipa::path(get, path = "/v1/ops", tag = "ops", params(Paging),
-    responses((status = 200, description = "Registered op versions", body = Page<OpVersion>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody)))]
-/// `GET /v1/ops`.
-///
-/// Paged: `?limit=` (1–1000, default 100) and `?cursor=` from the last page.
-pub async fn list_ops(
-    State(state): State<ApiState>,
-    paging: Result<Query<Paging>, QueryRejection>,
-) -> Result<Json<Page<OpVersion>>, ApiError> {
-    let Query(paging) = paging?;
-    let limit = paging.limit()? as usize;
-    let ops = state.store.list_ops().await?;
-    let start = match paging.cursor.as_deref() {
-        None => 0,
-        Some(cursor) => ops
-            .iter()
-            .position(|op| format!("{}@{}", op.name, op.version) == cursor)
-            .map_or(ops.len(), |i| i + 1),
-    };
-    let items: Vec<OpVersion> = ops.into_iter().skip(start).take(limit + 1).map(OpVersion::from).collect();
-    let more = items.len() > limit;
-    let items: Vec<OpVersion> = items.into_iter().take(limit).collect();
-    let next_cursor = more.then(|| items.last().map(|op| format!("{}@{}", op.name, op.version))).flatten();
-    Ok(Json(Page { items, next_cursor }))
 }
 
 async fn summary(state: &ApiState, run: RunId) -> Result<RunSummary, ApiError> {
@@ -350,8 +283,4 @@ fn body_rejection(rejection: JsonRejection) -> ApiError {
         ));
     }
     ApiError::BadRequest(rejection.body_text())
-}
-
-pub(super) fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
-    id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a run id (a UUID)")))
 }

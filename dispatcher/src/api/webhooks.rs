@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::{
     ApiState,
     error::{ApiError, ErrorBody},
-    runs::{DEFAULT_PAGE, MAX_PAGE},
+    params::{self, number_cursor, page_limit},
     types::Page,
 };
 use crate::{
@@ -245,7 +245,7 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<WebhookView
     responses((status = 204, description = "Removed; its pending deliveries are given up"), (status = 404, description = "No such subscription", body = ErrorBody), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
 /// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries are given up.
 pub async fn remove(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id, "webhook")?;
+    let id = params::uuid(&id, "webhook")?;
     if state.store.remove_webhook(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -273,17 +273,8 @@ pub async fn deliveries(
     query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<DeliveryView>>, ApiError> {
     let Query(query) = query?;
-    let limit = match query.limit {
-        None => DEFAULT_PAGE,
-        Some(n @ 1..=MAX_PAGE) => n,
-        Some(n) => return Err(ApiError::BadRequest(format!("limit {n} is not between 1 and {MAX_PAGE}"))),
-    };
-    let before = match query.cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(cursor.parse::<i64>().map_err(|_| {
-            ApiError::BadRequest(format!("cursor `{cursor}` is not one this API gave out; start without one"))
-        })?),
-    };
+    let limit = page_limit(query.limit)?;
+    let before = number_cursor::<i64>(query.cursor.as_deref())?;
     let rows = state.store.webhook_deliveries(query.failed, before, limit).await?;
     let next_cursor =
         (rows.len() == limit as usize).then(|| rows.last().map(|r| r.seq.to_string())).flatten();
@@ -297,7 +288,7 @@ pub async fn delivery(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
-    let id = parse_id(&id, "delivery")?;
+    let id = params::uuid(&id, "delivery")?;
     let (row, attempts) = state
         .store
         .webhook_delivery(id)
@@ -316,7 +307,7 @@ pub async fn redeliver(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    let id = parse_id(&id, "delivery")?;
+    let id = params::uuid(&id, "delivery")?;
     match state.store.redeliver_webhook(id).await? {
         Redelivery::Queued(row) => Ok(Json((*row).into())),
         Redelivery::NotFound => Err(ApiError::NotFound(format!("no delivery {id}"))),
@@ -324,8 +315,4 @@ pub async fn redeliver(
             "delivery {id} was for a subscription that has been removed; subscribe the URL again"
         ))),
     }
-}
-
-fn parse_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
-    id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a {what} id (a UUID)")))
 }

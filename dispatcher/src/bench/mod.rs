@@ -28,7 +28,7 @@ use opflow_amqp::QueueKind;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Settings, store::Store};
+use crate::{settings::Settings, store::Store};
 use observe::Bed;
 use sandbox::Sandbox;
 
@@ -260,7 +260,7 @@ async fn run_in(
             emit(&figures);
         }
     }
-    crate::supervise::drain(&mut dispatcher, "dispatcher", std::time::Duration::from_secs(30)).await;
+    crate::up::fleet::drain(&mut dispatcher, "dispatcher", std::time::Duration::from_secs(30)).await;
     store.pool().close().await;
     Ok(all_verified)
 }

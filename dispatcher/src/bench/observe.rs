@@ -139,7 +139,7 @@ impl Bed<'_> {
         let cpu_at_end = Snapshot::take(&components(backends));
         let worker_rss_mb = children.first().and_then(Child::id).and_then(memory::peak_rss_mb);
         for child in &mut children {
-            crate::supervise::drain(child, "noop", Duration::from_secs(30)).await;
+            crate::up::fleet::drain(child, "noop", Duration::from_secs(30)).await;
         }
         let counted = self.store.exactly_once(run).await?.context("the benchmark run vanished")?;
         let succeeded = status == crate::store::runs::RunStatus::Succeeded;
@@ -180,7 +180,7 @@ impl Bed<'_> {
                 bail!("the cold-start step did not finish within 2 minutes");
             }
         };
-        crate::supervise::drain(&mut worker, "noop", Duration::from_secs(30)).await;
+        crate::up::fleet::drain(&mut worker, "noop", Duration::from_secs(30)).await;
         let step_started = self.store.first_step_started_at(run).await?;
         let verified = self.store.exactly_once(run).await?.is_some_and(|c| c.holds());
         let to_start = step_started.context("the step finished without a recorded start")? - submitted_at;

@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 use opflow_amqp::QueueKind;
 use opflow_process::SecretUrl;
 
-use crate::config::Settings;
+use crate::settings::Settings;
 
 /// The sandbox: URLs for the benchmark's processes, and what to remove afterwards.
 pub struct Sandbox {

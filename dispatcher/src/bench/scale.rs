@@ -17,7 +17,7 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use super::{BenchOptions, plans::sweep_plan, round, sandbox::Sandbox};
-use crate::{config::Settings, store::Store};
+use crate::{settings::Settings, store::Store};
 
 /// The alternating chain's length, and how long each of its noop steps sleeps.
 const CHAIN: usize = 8;
@@ -164,7 +164,7 @@ impl Up {
             if !added.success() {
                 bail!("registering {} failed; see {}", binary.display(), sandbox.log_dir.display());
             }
-            let op = crate::register::describe(binary).await?.op;
+            let op = crate::ops::register::describe(binary).await?.op;
             let scaled = sandbox
                 .command(&opflow, &format!("ops-scale-{n}"))?
                 .args(["ops", "scale", &op.to_string(), "--cooldown", "0s", "--max", "1"])
@@ -244,7 +244,7 @@ impl Up {
     }
 
     async fn stop(mut self) {
-        crate::supervise::drain(&mut self.process, "opflow up", Duration::from_secs(60)).await;
+        crate::up::fleet::drain(&mut self.process, "opflow up", Duration::from_secs(60)).await;
         self.store.pool().close().await;
         self.sandbox.remove(false).await;
     }

@@ -120,7 +120,7 @@ pub async fn w5(
     let url =
         SecretUrl::new(sandbox::with_path(sandbox.database_url.expose(), &format!("{}_w5", sandbox.name)));
     let store = Store::connect(&url, cancel).await.context("creating the w5 database")?;
-    let description = crate::register::describe(noop).await?;
+    let description = crate::ops::register::describe(noop).await?;
     store.register_op(&description, opflow_amqp::OpQueueSettings::default()).await?;
     // Compiling reads the op registry: time it with the registry's statement prepared and
     // a connection open, as in a dispatcher that has been running.

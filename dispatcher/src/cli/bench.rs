@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::InvalidInput;
 use crate::{
     bench::{self, BenchOptions, Workload},
-    config::Settings,
+    settings::Settings,
 };
 
 #[derive(Debug, Args)]

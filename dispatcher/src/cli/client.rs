@@ -22,8 +22,8 @@ use crate::api::types::{RunEvent, RunSummary};
 /// `opflow dispatcher`'s default `api_addr`.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7600";
 
-/// How long to wait before reconnecting a dropped events stream, at most.
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How many times in a row an events stream may fail to open before the command gives up.
+const MAX_RECONNECTS: u32 = 20;
 
 /// A client of one dispatcher's API.
 #[derive(Clone)]
@@ -163,12 +163,22 @@ impl ApiClient {
                 std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<eventsource_stream::Event>> + Send>>,
             >,
             failures: u32,
+            /// Pauses between reconnects (`opflow_process::backoff::reconnect`), started
+            /// over once events flow again.
+            pauses: backon::ExponentialBackoff,
             done: bool,
         }
         let separator = if query.is_empty() { "" } else { "&" };
         let path = format!("/v1/runs/{run}/events?follow={follow}{separator}{query}");
-        let cursor =
-            Cursor { client: self.clone(), path, last: after, stream: None, failures: 0, done: false };
+        let cursor = Cursor {
+            client: self.clone(),
+            path,
+            last: after,
+            stream: None,
+            failures: 0,
+            pauses: reconnect_pauses(),
+            done: false,
+        };
         futures_util::stream::unfold(cursor, |mut c| async move {
             loop {
                 if c.done {
@@ -191,13 +201,17 @@ impl ApiClient {
                             c.stream = Some(Box::pin(events));
                         }
                         // A mistake (no such run, no token) will not mend by retrying.
-                        Err(error) if error.chain().any(|e| e.is::<InvalidInput>()) || c.failures >= 20 => {
+                        Err(error)
+                            if error.chain().any(|e| e.is::<InvalidInput>())
+                                || c.failures >= MAX_RECONNECTS =>
+                        {
                             c.done = true;
                             return Some((Err(error), c));
                         }
                         Err(_) => {
                             c.failures += 1;
-                            tokio::time::sleep(backoff(c.failures)).await;
+                            tokio::time::sleep(c.pauses.next().unwrap_or(opflow_process::backoff::MAX_DELAY))
+                                .await;
                         }
                     }
                     continue;
@@ -211,7 +225,10 @@ impl ApiClient {
                     }
                     Some(Ok(event)) if event.data.is_empty() => continue,
                     Some(Ok(event)) => {
-                        c.failures = 0;
+                        if c.failures > 0 {
+                            c.failures = 0;
+                            c.pauses = reconnect_pauses();
+                        }
                         match serde_json::from_str::<RunEvent>(&event.data) {
                             Ok(parsed) => {
                                 c.last = parsed.seq;
@@ -230,7 +247,8 @@ impl ApiClient {
                     Some(Err(_)) | None => {
                         c.stream = None;
                         c.failures += 1;
-                        tokio::time::sleep(backoff(c.failures)).await;
+                        tokio::time::sleep(c.pauses.next().unwrap_or(opflow_process::backoff::MAX_DELAY))
+                            .await;
                     }
                 }
             }
@@ -238,9 +256,29 @@ impl ApiClient {
     }
 }
 
-/// The wait before reconnect number `n` (from 1): 100 ms doubling, at most [`RECONNECT_MAX`].
-fn backoff(n: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << n.min(10).saturating_sub(1))).min(RECONNECT_MAX)
+/// The pauses before reconnecting a dropped events stream: the one formula every reconnect
+/// of opflow uses (0.1 s doubling to 5 s, jittered).
+fn reconnect_pauses() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    opflow_process::backoff::reconnect().build()
+}
+
+/// A run id (or anything a user typed) made safe for one path segment.
+pub fn path_segment(text: &str) -> String {
+    query_value(text)
+}
+
+/// Percent-encodes everything but unreserved characters.
+pub fn query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// An error with its causes, for one line.
@@ -263,10 +301,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reconnects_back_off_to_a_ceiling() {
-        assert_eq!(backoff(1), Duration::from_millis(100));
-        assert_eq!(backoff(2), Duration::from_millis(200));
-        assert_eq!(backoff(30), RECONNECT_MAX);
+    fn user_text_cannot_escape_its_path_segment_or_query_value() {
+        assert_eq!(query_value("prices"), "prices");
+        assert_eq!(query_value("a b&c=d/../e"), "a%20b%26c%3Dd%2F..%2Fe");
+        assert_eq!(path_segment("0190aa-Bb"), "0190aa-Bb");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `opflow gc`: deletes finished runs past their retention now, rather than waiting for the
-//! dispatcher's background pass (`scheduler::apply_retention`). An administrator's command:
+//! dispatcher's background pass (`service::retention`). An administrator's command:
 //! it uses the database directly.
 
 use std::{process::ExitCode, time::Duration};
@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::InvalidInput;
 use crate::{
     api::types::{self, ExpiredRun},
-    config::Settings,
+    settings::Settings,
     store::retention::Deleted,
 };
 
@@ -38,7 +38,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
         Some(text) => humantime::parse_duration(text).map_err(|e| {
             InvalidInput(format!("--older-than `{text}` is not a duration like 7d or 12h: {e}"))
         })?,
-        None => settings.retention(),
+        None => settings.retention,
     };
     let store = super::store(settings, cancel).await?;
     let age = humantime::format_duration(Duration::from_secs(older_than.as_secs()));

@@ -28,11 +28,17 @@ use clap::{Parser, Subcommand};
 use opflow_process::LogFormat;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::settings::Settings;
 
 pub const EXIT_RUN_FAILED: u8 = 1;
 pub const EXIT_INVALID_INPUT: u8 = 2;
 pub const EXIT_UNAVAILABLE: u8 = 3;
+
+/// The exit code of a command that followed a run: 0 if it succeeded, else [`EXIT_RUN_FAILED`].
+pub fn exit_code(status: crate::api::types::RunStatus) -> ExitCode {
+    use crate::api::types::RunStatus;
+    if status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_FAILED) }
+}
 
 /// Where a user command finds the API: every such command takes these.
 #[derive(Debug, Clone, clap::Args)]

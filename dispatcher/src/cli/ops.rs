@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::{InvalidInput, render};
 use crate::{
-    config::Settings,
-    consumer_timeout,
-    register::{self, RegisterError},
+    ops::{
+        consumer_timeout,
+        register::{self, RegisterError},
+    },
+    settings::Settings,
     store::ops::{Registration, ScaleSettings},
 };
 

@@ -7,7 +7,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{InvalidInput, render};
-use crate::{config::Settings, plan::Partitions, submit};
+use crate::{plan::Partitions, settings::Settings, submit};
 
 #[derive(Debug, Subcommand)]
 pub enum PlanCommand {

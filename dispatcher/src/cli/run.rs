@@ -6,7 +6,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::{
-    EXIT_RUN_FAILED, ServerArgs, render,
+    ServerArgs,
+    client::{path_segment, query_value},
+    render,
     watch::{self, WatchOptions},
 };
 use crate::api::types::{AssetInfo, CancelResponse, Page, RunStatus, RunSummary, StepOutput, SubmitResponse};
@@ -107,11 +109,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.json && summary.status == RunStatus::Succeeded {
         print_leaf_outputs(&client, &run_id).await?;
     }
-    Ok(exit_code(summary.status))
-}
-
-pub fn exit_code(status: RunStatus) -> ExitCode {
-    if status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_FAILED) }
+    Ok(super::exit_code(summary.status))
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -168,7 +166,7 @@ async fn all_outputs(
     let mut rows = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut path = format!("/v1/runs/{run}/outputs?limit={}", crate::api::runs::MAX_PAGE);
+        let mut path = format!("/v1/runs/{run}/outputs?limit={}", crate::api::params::MAX_PAGE);
         if let Some(asset) = asset {
             path.push_str(&format!("&asset={}", query_value(asset)));
         }
@@ -207,34 +205,4 @@ pub async fn print_leaf_outputs(client: &super::client::ApiClient, run: &str) ->
         }
     }
     Ok(())
-}
-
-/// A run id (or anything a user typed) made safe for one path segment.
-pub fn path_segment(text: &str) -> String {
-    query_value(text)
-}
-
-/// Percent-encodes everything but unreserved characters.
-pub fn query_value(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_text_cannot_escape_its_path_segment_or_query_value() {
-        assert_eq!(query_value("prices"), "prices");
-        assert_eq!(query_value("a b&c=d/../e"), "a%20b%26c%3Dd%2F..%2Fe");
-        assert_eq!(path_segment("0190aa-Bb"), "0190aa-Bb");
-    }
 }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
 use super::{InvalidInput, render};
-use crate::{config::Settings, store::tokens::Scope};
+use crate::{settings::Settings, store::tokens::Scope};
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {

@@ -12,11 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{InvalidInput, render, run};
 use crate::{
-    autoscale::{Autoscaler, Mode, Wakeups},
-    config::Settings,
-    register, service,
+    ops::register,
+    service::{self, publisher::Wakeups},
+    settings::Settings,
     submit::{self, SubmitError},
-    supervise::{Fleet, WorkerEnv, WorkerGroup},
+    up::{
+        autoscale::{Autoscaler, Mode},
+        fleet::{Fleet, WorkerEnv, WorkerGroup},
+    },
 };
 
 /// The example ops `opflow up` runs when given none.
@@ -162,14 +165,14 @@ async fn run_plan(
         if summary.status == crate::api::types::RunStatus::Succeeded {
             run::print_leaf_outputs(&client, &run).await?;
         }
-        return Ok(run::exit_code(summary.status));
+        return Ok(super::exit_code(summary.status));
     }
     let summary = wait_for(store, submission.run_id).await?;
     render::summary(&crate::api::types::RunSummary::from(summary.clone()));
     if summary.status == crate::store::runs::RunStatus::Succeeded {
         print_leaf_outputs(store, submission.run_id).await?;
     }
-    Ok(run::exit_code(summary.status.into()))
+    Ok(super::exit_code(summary.status.into()))
 }
 
 /// The example op binaries, from the directory this `opflow` binary is in.

@@ -21,9 +21,8 @@ use serde_json::Value;
 
 use super::{
     ServerArgs,
-    client::{ApiClient, StreamItem},
-    render,
-    run::{exit_code, path_segment, query_value},
+    client::{ApiClient, StreamItem, path_segment, query_value},
+    exit_code, render,
 };
 use crate::api::types::{AssetInfo, RunEvent, RunSummary};
 

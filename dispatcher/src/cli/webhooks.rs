@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{ServerArgs, render, run::path_segment};
+use super::{ServerArgs, client::path_segment, render};
 
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {

@@ -35,6 +35,7 @@ mod error;
 mod expand;
 pub mod graph;
 mod parse;
+pub mod retry;
 mod validate;
 
 use std::{path::Path, time::Duration};
@@ -44,6 +45,7 @@ use serde_json::{Map, Value};
 
 pub use error::{PlanError, PlanErrorKind, PlanErrors};
 pub use parse::MAX_PLAN_BYTES;
+pub use retry::StepRetryPolicy;
 
 /// The most steps one plan may expand to.
 pub const MAX_STEPS: u64 = 1_000_000;
@@ -52,8 +54,8 @@ pub const MAX_STEPS: u64 = 1_000_000;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The longest `retry.backoff` an asset may set: the cap of every retry delay
-/// (`retry::MAX_RETRY_DELAY`), so a longer one would mean nothing.
-pub const MAX_RETRY_BACKOFF: Duration = crate::retry::MAX_RETRY_DELAY;
+/// ([`retry::MAX_RETRY_DELAY`]), so a longer one would mean nothing.
+pub const MAX_RETRY_BACKOFF: Duration = retry::MAX_RETRY_DELAY;
 
 /// The largest `config` of one asset, as serialized JSON. Every step message of the asset
 /// carries its config, so a large one is multiplied by the step count on the broker.
@@ -91,7 +93,7 @@ pub struct CompiledAsset {
     pub partition_keys: Vec<String>,
     pub sweep: Vec<SweepParam>,
     pub deps: Vec<AssetDep>,
-    pub retry: RetryPolicy,
+    pub retry: StepRetryPolicy,
     pub timeout: Option<Duration>,
     /// Step ids are global indices `0..step_count`; an asset's steps are contiguous.
     pub first_step: u32,
@@ -166,21 +168,6 @@ pub struct AssetDep {
     pub upstream: usize,
     /// Same partitions on both sides: partition `p` waits only for upstream partition `p`.
     pub partition_mapped: bool,
-}
-
-/// How a step's retryable failures are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt (so `max_retries + 1` attempts in all).
-    pub max_retries: u32,
-    /// The delay before the first retry; it doubles for each later one.
-    pub backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self { max_retries: 2, backoff: Duration::from_secs(1) }
-    }
 }
 
 /// One step of an asset: its partition and sweep point.

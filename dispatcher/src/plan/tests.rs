@@ -144,11 +144,11 @@ fn settings_are_read() {
         "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    retry: {max: 5, backoff: 250ms}\n    timeout: 2m\n",
     );
     let a = &plan.assets[0];
-    assert_eq!(a.retry, RetryPolicy { max_retries: 5, backoff: std::time::Duration::from_millis(250) });
+    assert_eq!(a.retry, StepRetryPolicy { max_retries: 5, backoff: std::time::Duration::from_millis(250) });
     assert_eq!(a.timeout, Some(std::time::Duration::from_secs(120)));
     assert_eq!(
         compile_ok("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n").assets[0].retry,
-        RetryPolicy::default()
+        StepRetryPolicy::default()
     );
 }
 

@@ -16,7 +16,7 @@ use serde_saphyr::Spanned;
 
 use super::{
     AssetDep, CompiledAsset, CompiledPlan, MAX_CONFIG_BYTES, MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT,
-    Partitions, RegisteredOp, RetryPolicy, SweepParam, SweepValues,
+    Partitions, RegisteredOp, StepRetryPolicy, SweepParam, SweepValues,
     error::{PlanError, PlanErrorKind, PlanErrors},
     parse::{Ordered, RawAsset, RawPlan},
 };
@@ -64,7 +64,7 @@ struct Checked {
     partitions: Partitions,
     partition_count: u64,
     sweep: Vec<SweepParam>,
-    retry: RetryPolicy,
+    retry: StepRetryPolicy,
     timeout: Option<Duration>,
 }
 
@@ -220,8 +220,8 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         None => Some(Vec::new()),
         Some(spanned) => check_sweep(&spanned.value, line(spanned), name, problems),
     };
-    let retry = asset.retry.as_ref().map_or(Some(RetryPolicy::default()), |spanned| {
-        let defaults = RetryPolicy::default();
+    let retry = asset.retry.as_ref().map_or(Some(StepRetryPolicy::default()), |spanned| {
+        let defaults = StepRetryPolicy::default();
         let max = spanned.value.max.unwrap_or(defaults.max_retries);
         let mut ok = true;
         if max > MAX_RETRIES {
@@ -267,7 +267,7 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
             },
         };
         match (ok, backoff) {
-            (true, Some(backoff)) => Some(RetryPolicy { max_retries: max, backoff }),
+            (true, Some(backoff)) => Some(StepRetryPolicy { max_retries: max, backoff }),
             _ => None,
         }
     });

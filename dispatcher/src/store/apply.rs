@@ -12,7 +12,7 @@
 //! Every step this batch moved to a terminal state (succeeded, failed for good, skipped)
 //! is listed in [`ApplyOutcome::terminal`], taken from the rows the guarded statements
 //! changed (their `RETURNING`), never from the events: a duplicate or late event that
-//! changed nothing is not listed, so the metrics counting them (`crate::metrics`) count each
+//! changed nothing is not listed, so the metrics counting them (`api::metrics`) count each
 //! step once. Its op version comes from the run's cached plan ([`RunPlan::op`]), which the
 //! batch loads anyway to unlock and skip, so no query is added for it.
 //!
@@ -37,7 +37,7 @@ use super::{
     runs::RunStatus,
     storable::StorableEvent,
 };
-use crate::retry::retry_delay;
+use crate::plan::retry::retry_delay;
 
 /// What applying a batch did.
 #[derive(Debug, Default)]

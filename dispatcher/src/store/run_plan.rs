@@ -17,7 +17,8 @@ use serde_json::{Map, Value};
 use super::{Store, StoreError};
 pub use crate::plan::graph::{DepGroup, StepRange, Unlock};
 use crate::plan::{
-    AssetDep, CompiledAsset, CompiledPlan, Partitions, RetryPolicy, SweepParam, SweepValues, graph::PlanGraph,
+    AssetDep, CompiledAsset, CompiledPlan, Partitions, StepRetryPolicy, SweepParam, SweepValues,
+    graph::PlanGraph,
 };
 
 /// How a stored run counts what its steps wait on.
@@ -60,7 +61,7 @@ impl RunPlan {
         self.mode
     }
 
-    pub fn retry_policy(&self, step: StepId) -> RetryPolicy {
+    pub fn retry_policy(&self, step: StepId) -> StepRetryPolicy {
         self.plan().assets[self.asset_index(step)].retry
     }
 
@@ -332,7 +333,7 @@ impl AssetRow {
                 .into_iter()
                 .map(|d| AssetDep { upstream: d.upstream, partition_mapped: d.partition_mapped })
                 .collect(),
-            retry: RetryPolicy {
+            retry: StepRetryPolicy {
                 max_retries: self.retry_max.max(0) as u32,
                 backoff: Duration::from_millis(self.retry_backoff_ms.max(0) as u64),
             },

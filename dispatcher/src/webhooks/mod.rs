@@ -6,13 +6,13 @@
 //! - **Enqueue** in one place only: a trigger on `runs` (migration 0012) inserts a delivery
 //!   per matching subscription and one for the run's own notify URL, in the transaction
 //!   that ends the run, whichever code path ends it (applying events, recovery, cancel).
-//! - **Deliver** from that PostgreSQL outbox ([`deliver`]), at least once, with capped,
-//!   jittered exponential backoff for a configurable time; every attempt is recorded.
+//! - **Deliver** from that PostgreSQL outbox (`service::webhooks`, while this dispatcher
+//!   leads), at least once, with capped, jittered exponential backoff for a configurable
+//!   time; every attempt is recorded.
 //! - **Sign** ([`sign`]): pure, checked against the specification's test vector.
 //! - **Where to** ([`target`]): private and internal ranges are refused unless allowed,
 //!   at subscription time and, through the client's resolver, on every attempt.
 
-pub mod deliver;
 pub mod sign;
 pub mod target;
 

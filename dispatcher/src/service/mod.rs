@@ -12,16 +12,26 @@ use opflow_amqp::{Publisher, connect::ConnectRetry, topology};
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
+pub mod applier;
+pub mod dead_letter;
+pub mod events;
+pub mod leader;
+pub mod publisher;
+pub mod recovery;
+pub mod retention;
+pub mod retries;
+pub mod webhooks;
+
+use applier::Applier;
+use dead_letter::DeadLetterConsumer;
+use events::EventConsumer;
+use leader::Lease;
+use publisher::{StepPublisher, Wakeups};
+use recovery::Recovery;
+
 use crate::{
-    api::{self, ApiState, Readiness, Role},
-    autoscale::Wakeups,
-    broker::{dead_letter::DeadLetterConsumer, events::EventConsumer, publish::StepPublisher},
-    config::Settings,
-    isolation::Applier,
-    leader::Lease,
-    metrics::Metrics,
-    recovery::Recovery,
-    scheduler,
+    api::{self, ApiState, Readiness, Role, metrics::Metrics},
+    settings::Settings,
     store::{Store, run_plan::PlanCache},
 };
 
@@ -117,7 +127,7 @@ pub async fn run_connected(
     let api_store = store.with_own_pool(settings.api_pool_size);
     let router = api::router(ApiState {
         // The listener holds a connection for good: one of the dispatcher's, not of the API's few.
-        followers: api::events::Followers::start(store.clone(), api_stop.clone()),
+        followers: api::followers::Followers::start(store.clone(), api_stop.clone()),
         store: api_store,
         auth_required,
         readiness: readiness.clone(),
@@ -227,21 +237,24 @@ impl Shared {
     /// Leads until `stop`: the retry scheduler for the whole time, the broker parts for
     /// one connection after another.
     async fn lead(&self, first: &mut Option<Connection>, stop: &CancellationToken) -> anyhow::Result<()> {
-        let scheduler = tokio::spawn(scheduler::release_retries(
+        let scheduler = tokio::spawn(retries::release_retries(
             self.store.clone(),
             self.wake.clone(),
             self.settings.retry_poll(),
             stop.clone(),
         ));
-        let retention = tokio::spawn(scheduler::apply_retention(
+        let retention = tokio::spawn(retention::apply_retention(
             self.store.clone(),
             self.plans.clone(),
-            self.settings.retention(),
+            self.settings.retention,
             stop.clone(),
         ));
-        let webhooks = tokio::spawn(deliver_webhooks(
+        let webhooks = tokio::spawn(webhooks::deliver_while_leading(
             self.store.clone(),
-            self.settings.webhook_retry_policy(),
+            webhooks::DeliveryRetryPolicy {
+                retry_for: self.settings.webhooks_retry_for,
+                max_backoff: self.settings.webhooks_max_backoff,
+            },
             self.settings.webhooks_allow_private,
             self.metrics.clone(),
             stop.clone(),
@@ -396,32 +409,6 @@ impl Shared {
             parts.abort_all();
         }
         failure.map_or(Ok(()), Err)
-    }
-}
-
-/// Delivers webhooks while leading. It needs no broker, so it runs for the whole lease; a
-/// failure is logged and the task started again (pending deliveries wait in the outbox).
-async fn deliver_webhooks(
-    store: Store,
-    policy: crate::webhooks::deliver::RetryPolicy,
-    allow_private: bool,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    while !stop.is_cancelled() {
-        let deliverer =
-            crate::webhooks::deliver::Deliverer::new(store.clone(), policy, allow_private, metrics.clone());
-        let delivered = match deliverer {
-            Ok(deliverer) => deliverer.run(stop.clone()).await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = delivered {
-            tracing::error!(%error, "webhook delivery stopped; starting it again in 5 s");
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-            }
-        }
     }
 }
 

@@ -1,13 +1,13 @@
 //! The dispatcher's settings, in one place: every default in `Default`, layered
-//! built-in default < config file (TOML or YAML) < `OPFLOW_*` environment.
+//! built-in default < config file (TOML or YAML) < `OPFLOW_*` environment, and checked
+//! once, at load: a value that loaded is one the services can use as it is. A leaf: the
+//! parts these settings configure read them; nothing here depends on those parts.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use opflow_amqp::QueueKind;
 use opflow_process::SecretUrl;
-use serde::Deserialize;
-
-use crate::api::auth::ApiAuth;
+use serde::{Deserialize, Deserializer, de::Error as _};
 
 /// Settings of the `opflow` binary. A config file uses these names as keys; the
 /// environment uses them upper-cased with an `OPFLOW_` prefix (`OPFLOW_AMQP_URL`).
@@ -52,7 +52,8 @@ pub struct Settings {
     pub lost_step_after_secs: u64,
     /// How long a finished run is kept (a duration: `30d`, `12h`); older ones are deleted
     /// with all their rows, in the background.
-    pub retention: String,
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
     /// `opflow up`'s autoscaler looks at an op the moment steps are published to it (rather
     /// than at its next poll). Off only to measure what it saves.
     pub autoscale_wakeup: bool,
@@ -65,9 +66,11 @@ pub struct Settings {
     pub webhooks_allow_private: bool,
     /// How long a webhook delivery is retried before it is given up as failed (a duration:
     /// `24h`, `30m`), counted from the run's end or its redelivery.
-    pub webhooks_retry_for: String,
+    #[serde(deserialize_with = "duration")]
+    pub webhooks_retry_for: Duration,
     /// The longest pause between two attempts of a webhook delivery (a duration: `5m`, `3s`).
-    pub webhooks_max_backoff: String,
+    #[serde(deserialize_with = "duration")]
+    pub webhooks_max_backoff: Duration,
 }
 
 impl Default for Settings {
@@ -87,12 +90,12 @@ impl Default for Settings {
             drain_timeout_secs: 60,
             consumer_timeout_ms: 1_800_000,
             lost_step_after_secs: 60,
-            retention: "30d".into(),
+            retention: Duration::from_secs(30 * 24 * 3600),
             autoscale_wakeup: true,
             autoscale_forecast: true,
             webhooks_allow_private: false,
-            webhooks_retry_for: "24h".into(),
-            webhooks_max_backoff: "5m".into(),
+            webhooks_retry_for: Duration::from_secs(24 * 3600),
+            webhooks_max_backoff: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -168,30 +171,15 @@ impl Settings {
         builder = builder
             .add_source(config::Environment::with_prefix("OPFLOW").source(Some(env)).try_parsing(true));
         let settings: Settings = builder.build()?.try_deserialize()?;
-        if let Err(reason) = humantime::parse_duration(&settings.retention) {
-            return Err(SettingsError::Invalid {
-                key: "retention",
-                reason: format!("`{}` is not a duration like 30d or 12h: {reason}", settings.retention),
-            });
-        }
         for (key, value) in [
-            ("webhooks_retry_for", &settings.webhooks_retry_for),
-            ("webhooks_max_backoff", &settings.webhooks_max_backoff),
+            ("webhooks_retry_for", settings.webhooks_retry_for),
+            ("webhooks_max_backoff", settings.webhooks_max_backoff),
         ] {
-            match humantime::parse_duration(value) {
-                Ok(duration) if !duration.is_zero() => {}
-                Ok(_) => {
-                    return Err(SettingsError::Invalid {
-                        key,
-                        reason: format!("`{value}` is zero; give a duration like 24h or 5m"),
-                    });
-                }
-                Err(reason) => {
-                    return Err(SettingsError::Invalid {
-                        key,
-                        reason: format!("`{value}` is not a duration like 24h or 5m: {reason}"),
-                    });
-                }
+            if value.is_zero() {
+                return Err(SettingsError::Invalid {
+                    key,
+                    reason: "is zero; give a duration like 24h or 5m".to_owned(),
+                });
             }
         }
         if settings.event_linger_ms > MAX_EVENT_LINGER_MS {
@@ -225,29 +213,6 @@ impl Settings {
         Duration::from_millis(self.retry_poll_ms.max(10))
     }
 
-    /// How long finished runs are kept.
-    ///
-    /// # Panics
-    ///
-    /// Never for settings made by [`Settings::load`], which checked the value.
-    pub fn retention(&self) -> Duration {
-        humantime::parse_duration(&self.retention).expect("checked when the settings were loaded")
-    }
-
-    /// How long webhook deliveries are retried, and how far apart at most.
-    ///
-    /// # Panics
-    ///
-    /// Never for settings made by [`Settings::load`], which checked the values.
-    pub fn webhook_retry_policy(&self) -> crate::webhooks::deliver::RetryPolicy {
-        let parse =
-            |value: &str| humantime::parse_duration(value).expect("checked when the settings were loaded");
-        crate::webhooks::deliver::RetryPolicy {
-            retry_for: parse(&self.webhooks_retry_for),
-            max_backoff: parse(&self.webhooks_max_backoff),
-        }
-    }
-
     pub fn lost_step_after(&self) -> Duration {
         Duration::from_secs(self.lost_step_after_secs.max(1))
     }
@@ -255,6 +220,45 @@ impl Settings {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
+}
+
+/// The `api_auth` setting: whether the HTTP API needs a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiAuth {
+    /// Open on a loopback address (only this machine can call it), required on any other.
+    #[default]
+    Auto,
+    Required,
+    Off,
+}
+
+impl ApiAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiAuth::Auto => "auto",
+            ApiAuth::Required => "required",
+            ApiAuth::Off => "off",
+        }
+    }
+
+    /// Whether requests to an API served on `addr` need a token.
+    pub fn required_on(self, addr: std::net::SocketAddr) -> bool {
+        match self {
+            ApiAuth::Auto => !addr.ip().is_loopback(),
+            ApiAuth::Required => true,
+            ApiAuth::Off => false,
+        }
+    }
+}
+
+/// A duration setting, written for people (`30d`, `12h`, `5m`), parsed once as it loads.
+/// (`humantime-serde` does the same with a vaguer message: this one names an example.)
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|reason| {
+        D::Error::custom(format!("`{text}` is not a duration like 30d, 12h or 5m: {reason}"))
+    })
 }
 
 #[cfg(test)]
@@ -308,18 +312,37 @@ mod tests {
     fn webhook_settings_default_and_are_checked() {
         let s = Settings::load_from(None, env(&[])).unwrap();
         assert!(!s.webhooks_allow_private);
-        let policy = s.webhook_retry_policy();
-        assert_eq!(policy.retry_for, Duration::from_secs(24 * 3600));
-        assert_eq!(policy.max_backoff, Duration::from_secs(300));
+        assert_eq!(s.webhooks_retry_for, Duration::from_secs(24 * 3600));
+        assert_eq!(s.webhooks_max_backoff, Duration::from_secs(300));
         let s = Settings::load_from(
             None,
             env(&[("OPFLOW_WEBHOOKS_ALLOW_PRIVATE", "true"), ("OPFLOW_WEBHOOKS_MAX_BACKOFF", "3s")]),
         )
         .unwrap();
         assert!(s.webhooks_allow_private);
-        assert_eq!(s.webhook_retry_policy().max_backoff, Duration::from_secs(3));
+        assert_eq!(s.webhooks_max_backoff, Duration::from_secs(3));
         let err = Settings::load_from(None, env(&[("OPFLOW_WEBHOOKS_RETRY_FOR", "soon")])).unwrap_err();
         assert!(err.to_string().contains("webhooks_retry_for") && err.to_string().contains("soon"), "{err}");
+        let err = Settings::load_from(None, env(&[("OPFLOW_WEBHOOKS_MAX_BACKOFF", "0s")])).unwrap_err();
+        assert!(
+            err.to_string().contains("webhooks_max_backoff") && err.to_string().contains("zero"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retention_is_a_duration_read_once() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.retention, Duration::from_secs(30 * 24 * 3600));
+        let s = Settings::load_from(None, env(&[("OPFLOW_RETENTION", "12h")])).unwrap();
+        assert_eq!(s.retention, Duration::from_secs(12 * 3600));
+        let file = tempfile_with(".toml", "retention = \"7d\"\n");
+        assert_eq!(
+            Settings::load_from(Some(file.path()), env(&[])).unwrap().retention,
+            Duration::from_secs(7 * 86400)
+        );
+        let err = Settings::load_from(None, env(&[("OPFLOW_RETENTION", "forever")])).unwrap_err();
+        assert!(err.to_string().contains("retention") && err.to_string().contains("30d, 12h or 5m"), "{err}");
     }
 
     #[test]

@@ -1,9 +1,24 @@
-//! Retry timing: exponential backoff with jitter from the asset's base delay, so retries
-//! of many steps that failed together do not all come back at the same instant.
+//! Step retries: how often an asset's retryable failures are retried
+//! ([`StepRetryPolicy`], from the plan's `retry`), and how long each retry waits: exponential
+//! backoff with jitter from the asset's base delay (`opflow_process::backoff`'s formula),
+//! so retries of many steps that failed together do not all come back at the same instant.
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+/// How a step's retryable failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepRetryPolicy {
+    /// Retries after the first attempt (so `max_retries + 1` attempts in all).
+    pub max_retries: u32,
+    /// The delay before the first retry; it doubles for each later one.
+    pub backoff: Duration,
+}
+
+impl Default for StepRetryPolicy {
+    fn default() -> Self {
+        Self { max_retries: 2, backoff: Duration::from_secs(1) }
+    }
+}
 
 /// The exponential part of a retry delay never grows past this, however many attempts came
 /// before; with jitter a retry waits at most twice this. A plan's `retry.backoff` may not
@@ -14,18 +29,8 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10 * 60);
 /// `backoff · 2^(failed_attempt − 1)`, capped at [`MAX_RETRY_DELAY`], plus up to as much
 /// again of random jitter. Never more than `2 · MAX_RETRY_DELAY`, whatever `backoff` is.
 pub fn retry_delay(backoff: Duration, failed_attempt: u32) -> Duration {
-    // Past 64 doublings any non-zero backoff has long reached the cap.
-    let nth = failed_attempt.saturating_sub(1).min(64) as usize;
-    let delay = ExponentialBuilder::default()
-        .with_min_delay(backoff.min(MAX_RETRY_DELAY))
-        .with_factor(2.0)
-        .with_max_delay(MAX_RETRY_DELAY)
-        .with_jitter()
-        .without_max_times()
-        .build()
-        .nth(nth)
-        .unwrap_or(MAX_RETRY_DELAY);
-    delay.min(MAX_RETRY_DELAY * 2)
+    opflow_process::backoff::pause(backoff.min(MAX_RETRY_DELAY), MAX_RETRY_DELAY, failed_attempt)
+        .min(MAX_RETRY_DELAY * 2)
 }
 
 #[cfg(test)]

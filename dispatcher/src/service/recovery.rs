@@ -32,7 +32,7 @@ use opflow_protocol::{OpRef, queue};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    isolation::{Applier, dispatcher_failure},
+    service::applier::{Applier, dispatcher_failure},
     store::{StoreError, in_flight::StepAttempt, storable::StorableEvent},
 };
 

@@ -1,10 +1,8 @@
-//! Time-driven scheduling: steps waiting out a retry backoff are queued again once it has
-//! elapsed, and finished runs past their retention are deleted. (Event-driven scheduling,
-//! unlocking downstream steps, happens where events are applied: `store::apply`.)
+//! Retention: finished runs past the `retention` setting are deleted, a few at a time, while
+//! this dispatcher leads.
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, run_plan::PlanCache};
@@ -50,27 +48,6 @@ pub async fn apply_retention(
                     tracing::warn!(run_id = %run.run_id, %error, "deleting a run failed; trying again later")
                 }
             }
-        }
-    }
-}
-
-/// Queues due retries every `every` until cancelled, waking the publisher when it did.
-pub async fn release_retries(store: Store, wake: Arc<Notify>, every: Duration, cancel: CancellationToken) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        match store.release_due_retries().await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::debug!(steps = n, "retries due; queued");
-                wake.notify_one();
-            }
-            // Nothing is lost: the steps stay `retrying` and are picked up on a later tick.
-            Err(error) => tracing::warn!(%error, "queueing due retries failed; trying again"),
         }
     }
 }

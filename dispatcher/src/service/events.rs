@@ -1,7 +1,7 @@
 //! The events consumer: reads what workers report, applies it to the run store in batches
 //! (one transaction each), and acks a batch only after its transaction committed. A crash
 //! in between redelivers the batch, which applies idempotently. An event that cannot be
-//! applied fails only its own step (see `isolation`).
+//! applied fails only its own step (see `service::applier`).
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{isolation::Applier, store::storable::StorableEvent};
+use crate::{service::applier::Applier, store::storable::StorableEvent};
 
 /// A batch stops gathering once its events hold this many bytes: a batch is held in memory
 /// several times over while it is applied (decoded, bound, encoded), and events carrying

@@ -16,20 +16,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{
-    sign::{Secret, message_id},
-    target,
-};
 use crate::store::{
     Store, StoreError,
     webhooks::{AttemptRecord, DueDelivery, NextStep},
+};
+use crate::webhooks::{
+    sign::{Secret, message_id},
+    target,
 };
 
 /// Most attempts in flight at once.
@@ -45,27 +44,18 @@ const MAX_ERROR_CHARS: usize = 500;
 
 /// How long deliveries are retried, and how far apart at most.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub struct DeliveryRetryPolicy {
     pub retry_for: Duration,
     pub max_backoff: Duration,
 }
 
-impl RetryPolicy {
+impl DeliveryRetryPolicy {
     /// The pause before the retry that follows `attempts_made` failed attempts: exponential
-    /// from [`FIRST_RETRY`] with jitter (backon's: up to as much again), capped at
+    /// from [`FIRST_RETRY`] with jitter (`opflow_process::backoff::pause`), never more than
     /// `max_backoff`.
     pub fn backoff(&self, attempts_made: u32) -> Duration {
         let max = self.max_backoff.max(FIRST_RETRY);
-        ExponentialBuilder::default()
-            .with_min_delay(FIRST_RETRY)
-            .with_max_delay(max)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
-            .nth(attempts_made.saturating_sub(1).min(64) as usize)
-            .unwrap_or(max)
-            .min(max)
+        opflow_process::backoff::pause(FIRST_RETRY, max, attempts_made).min(max)
     }
 
     /// What follows an attempt: delivered on success; otherwise a retry, unless it would
@@ -99,18 +89,18 @@ pub enum DeliveryError {
 pub struct Deliverer {
     store: Store,
     client: reqwest::Client,
-    policy: RetryPolicy,
+    policy: DeliveryRetryPolicy,
     allow_private: bool,
     /// Counts every attempt's outcome (`opflow_webhook_deliveries_total`).
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::api::metrics::Metrics>,
 }
 
 impl Deliverer {
     pub fn new(
         store: Store,
-        policy: RetryPolicy,
+        policy: DeliveryRetryPolicy,
         allow_private: bool,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::api::metrics::Metrics>,
     ) -> Result<Self, DeliveryError> {
         Ok(Self { store, client: target::client(allow_private)?, policy, allow_private, metrics })
     }
@@ -232,8 +222,8 @@ impl Deliverer {
 /// (`opflow_webhook_deliveries_total{outcome}`: `delivered`, `retrying`, `failed`) and logged.
 pub async fn record_attempt(
     store: &Store,
-    policy: &RetryPolicy,
-    metrics: &crate::metrics::Metrics,
+    policy: &DeliveryRetryPolicy,
+    metrics: &crate::api::metrics::Metrics,
     delivery: &DueDelivery,
     attempt: AttemptRecord,
 ) {
@@ -297,12 +287,37 @@ fn truncate(mut text: String, chars: usize) -> String {
     text
 }
 
+/// Delivers webhooks while leading. It needs no broker, so it runs for the whole lease; a
+/// failure is logged and the task started again (pending deliveries wait in the outbox).
+pub async fn deliver_while_leading(
+    store: Store,
+    policy: DeliveryRetryPolicy,
+    allow_private: bool,
+    metrics: Arc<crate::api::metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let deliverer = Deliverer::new(store.clone(), policy, allow_private, metrics.clone());
+        let delivered = match deliverer {
+            Ok(deliverer) => deliverer.run(stop.clone()).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = delivered {
+            tracing::error!(%error, "webhook delivery stopped; starting it again in 5 s");
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn policy(max_backoff_secs: u64) -> RetryPolicy {
-        RetryPolicy {
+    fn policy(max_backoff_secs: u64) -> DeliveryRetryPolicy {
+        DeliveryRetryPolicy {
             retry_for: Duration::from_secs(24 * 3600),
             max_backoff: Duration::from_secs(max_backoff_secs),
         }
@@ -324,7 +339,8 @@ mod tests {
 
     #[test]
     fn webhook_next_step_retries_within_the_window_then_fails() {
-        let policy = RetryPolicy { retry_for: Duration::from_secs(60), max_backoff: Duration::from_secs(5) };
+        let policy =
+            DeliveryRetryPolicy { retry_for: Duration::from_secs(60), max_backoff: Duration::from_secs(5) };
         let start = Utc::now();
         assert_eq!(policy.next_step(true, 7, start, start), NextStep::Delivered);
         assert!(matches!(policy.next_step(false, 1, start, start), NextStep::RetryAt(at) if at > start));

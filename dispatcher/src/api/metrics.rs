@@ -4,7 +4,7 @@
 //! (OpenMetrics text, which Prometheus scrapes; see docs/observability.md).
 //!
 //! One [`Metrics`] is made by the dispatcher service and handed to the parts that count
-//! (the [`Applier`](crate::isolation::Applier) and the API state) rather than kept in a
+//! (the service's applier and webhook delivery, and the API state) rather than kept in a
 //! process global: each test, and each service in one process, counts on its own, and what
 //! is counted is plain from the types.
 //!
@@ -34,19 +34,15 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use axum::{extract::State, http::header, response::IntoResponse};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
-use crate::{
-    api::ApiState,
-    store::{
-        Store,
-        apply::{TerminalStatus, TerminalStep},
-    },
+use crate::store::{
+    Store,
+    apply::{TerminalStatus, TerminalStep},
 };
 
 /// The content type of [`Metrics::render`]'s output.
@@ -192,7 +188,7 @@ impl Metrics {
 
     /// Counts one webhook delivery attempt by its outcome (`delivered`, `retrying`, or
     /// `failed`: given up): `opflow_webhook_deliveries_total{outcome}`, from
-    /// `webhooks::deliver::record_attempt`. The outcomes are a small fixed set: each is a series.
+    /// `service::webhooks::record_attempt`. The outcomes are a small fixed set: each is a series.
     pub fn webhook_delivery(&self, outcome: &str) {
         self.webhook_deliveries.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
     }
@@ -220,12 +216,6 @@ impl Metrics {
         let _ = text::encode_eof(&mut out);
         out
     }
-}
-
-/// `GET /metrics`: see the module docs.
-pub async fn scrape(State(state): State<ApiState>) -> impl IntoResponse {
-    let body = state.metrics.render(&state.store).await;
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], body)
 }
 
 /// The queue depths of one scrape, as gauges of a registry of their own: an op version

@@ -2,7 +2,12 @@
 //! their upstream outputs), publishes them all, waits for every confirm, and only then
 //! commits their removal from the outbox.
 
-use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures_util::FutureExt;
 use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
@@ -12,15 +17,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::applier::{Applier, dispatcher_failure};
 use crate::store::{
     CANCELS_CHANNEL, OUTBOX_CHANNEL, Store, StoreError,
     outbox::{OutboxBatch, OutboxEntry},
     run_plan::{PlanCache, RunPlan, StepRange},
-};
-use crate::{
-    autoscale::Wakeups,
-    isolation::{Applier, dispatcher_failure},
-    store::storable::StorableEvent,
+    storable::StorableEvent,
 };
 
 /// How often the outbox is checked even without a wake-up, in case a notification was
@@ -36,6 +38,39 @@ pub enum PublisherError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+}
+
+/// Ops the outbox publisher has just published to, for whoever sizes their workers in this
+/// process (`opflow up`'s autoscaler), so it looks at them at once.
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    ops: Mutex<HashSet<OpRef>>,
+    notify: Notify,
+}
+
+impl Wakeups {
+    /// Says that steps were just published to `op`.
+    pub fn published(&self, op: &OpRef) {
+        let fresh = self.lock().insert(op.clone());
+        if fresh {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Takes the ops published to since the last take.
+    pub fn take(&self) -> HashSet<OpRef> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Waits until an op is published to that was not yet taken.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<OpRef>> {
+        // Inserts and takes only: a poisoned set is still a set.
+        self.ops.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// Publishes steps from the outbox.

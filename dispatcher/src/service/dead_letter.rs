@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::events::{EventsError, open_consumer};
 use crate::{
-    isolation::{Applier, dispatcher_failure},
+    service::applier::{Applier, dispatcher_failure},
     store::storable::StorableEvent,
 };
 

@@ -27,7 +27,7 @@ use opflow_protocol::{Event, EventKind, RunId, StepId};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    metrics::Metrics,
+    api::metrics::Metrics,
     store::{Store, StoreError, apply::ApplyOutcome, run_plan::PlanCache, storable::StorableEvent},
 };
 

@@ -5,7 +5,7 @@
 //! Every `pollingInterval` (5 s by default, per op) it reads the op's messages, ready (from
 //! the broker) plus unacknowledged (the op's running steps, from the store: a busy worker's
 //! step counts), and the demand forecast, decides, and starts or stops workers
-//! (`supervise::Fleet`). The outbox publisher wakes it at once when it publishes, so an op
+//! (`up::fleet::Fleet`). The outbox publisher wakes it at once when it publishes, so an op
 //! at zero replicas does not wait for its next poll, and an op whose steps are about to be
 //! ready (downstream of what was just published) starts a worker before they are. Each
 //! change is logged once: the op, from → to, and why.
@@ -16,7 +16,6 @@ pub mod rule;
 
 use std::{
     collections::HashSet,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -24,43 +23,17 @@ use lapin::Connection;
 use opflow_amqp::{connect::ConnectRetry, topology};
 use opflow_process::SecretUrl;
 use opflow_protocol::{OpRef, queue};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::fleet::{Fleet, Recycling};
 use crate::{
+    service::publisher::Wakeups,
     store::{Store, ops::ScaleSettings},
-    supervise::{Fleet, Recycling},
 };
 use rule::{Decision, History, Observed};
 
 /// How often fleets are checked for exited workers, and targets applied.
 const TICK: Duration = Duration::from_millis(200);
-
-/// Ops the outbox publisher has just published to: the autoscaler looks at them at once.
-#[derive(Debug, Default)]
-pub struct Wakeups {
-    ops: Mutex<HashSet<OpRef>>,
-    notify: Notify,
-}
-
-impl Wakeups {
-    /// Says that steps were just published to `op`.
-    pub fn published(&self, op: &OpRef) {
-        let fresh = self.lock().insert(op.clone());
-        if fresh {
-            self.notify.notify_one();
-        }
-    }
-
-    fn take(&self) -> HashSet<OpRef> {
-        std::mem::take(&mut *self.lock())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<OpRef>> {
-        // Inserts and takes only: a poisoned set is still a set.
-        self.ops.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
 
 /// How the fleets are sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +84,7 @@ impl Autoscaler {
         loop {
             let woken = tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wakeups.notify.notified() => self.wakeups.take(),
+                () = self.wakeups.notified() => self.wakeups.take(),
                 () = tokio::time::sleep(TICK) => HashSet::new(),
             };
             let now = Instant::now();

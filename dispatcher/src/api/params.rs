@@ -1,0 +1,75 @@
+//! What requests carry besides their bodies, read the same way by every handler: ids in
+//! paths, and the page limit and cursor of paged lists (`?limit=`, `?cursor=`).
+
+use opflow_protocol::RunId;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::error::ApiError;
+
+/// The most items a page may hold, and how many it holds without `limit`.
+pub const MAX_PAGE: u32 = 1000;
+pub const DEFAULT_PAGE: u32 = 100;
+
+/// `limit` and `cursor` of a paged list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Paging {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+// Not `#[serde(flatten)]`ed into the other queries: with flatten, a query string's values
+// reach the inner struct as strings and `limit=20` fails to parse as a number.
+
+/// A page's size from `?limit=`: [`DEFAULT_PAGE`] when absent, refused outside
+/// 1–[`MAX_PAGE`].
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n @ 1..=MAX_PAGE) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!("limit {n} is not between 1 and {MAX_PAGE}"))),
+    }
+}
+
+/// The answer to a cursor this API did not give out.
+pub fn bad_cursor(cursor: &str) -> ApiError {
+    ApiError::BadRequest(format!("cursor `{cursor}` is not one this API gave out; start without one"))
+}
+
+/// A cursor that is a number (a step id, a sequence number).
+pub fn number_cursor<T: std::str::FromStr>(cursor: Option<&str>) -> Result<Option<T>, ApiError> {
+    cursor.map(|cursor| cursor.parse::<T>().map_err(|_| bad_cursor(cursor))).transpose()
+}
+
+/// The run id in a path.
+pub fn run_id(id: &str) -> Result<RunId, ApiError> {
+    id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a run id (a UUID)")))
+}
+
+/// Another id in a path: `what` names it in the error (`webhook`, `delivery`).
+pub fn uuid(id: &str, what: &str) -> Result<Uuid, ApiError> {
+    id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a {what} id (a UUID)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_default_and_are_bounded() {
+        assert_eq!(page_limit(None).unwrap(), DEFAULT_PAGE);
+        assert_eq!(page_limit(Some(MAX_PAGE)).unwrap(), MAX_PAGE);
+        assert!(page_limit(Some(0)).is_err());
+        assert!(page_limit(Some(MAX_PAGE + 1)).unwrap_err().to_string().contains("between 1 and 1000"));
+    }
+
+    #[test]
+    fn cursors_and_ids_that_do_not_parse_are_bad_requests() {
+        assert_eq!(number_cursor::<u32>(Some("42")).unwrap(), Some(42));
+        assert!(number_cursor::<u32>(Some("x")).unwrap_err().to_string().contains("start without one"));
+        assert!(run_id("nope").unwrap_err().to_string().contains("not a run id"));
+        assert!(uuid("nope", "delivery").unwrap_err().to_string().contains("not a delivery id"));
+    }
+}

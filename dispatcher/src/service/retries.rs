@@ -1,0 +1,31 @@
+//! Due retries: steps waiting out a retry backoff are queued again once it has elapsed.
+//! (Event-driven scheduling, unlocking downstream steps, happens where events are applied:
+//! `store::apply`.)
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Queues due retries every `every` until cancelled, waking the publisher when it did.
+pub async fn release_retries(store: Store, wake: Arc<Notify>, every: Duration, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match store.release_due_retries().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(steps = n, "retries due; queued");
+                wake.notify_one();
+            }
+            // Nothing is lost: the steps stay `retrying` and are picked up on a later tick.
+            Err(error) => tracing::warn!(%error, "queueing due retries failed; trying again"),
+        }
+    }
+}
