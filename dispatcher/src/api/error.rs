@@ -6,19 +6,9 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use opflow_api_model::ErrorBody;
 
 use crate::{plan::PlanErrors, store::StoreError, submit::SubmitError};
-
-/// The body of every error answer.
-#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// What was wrong and what to do.
-    pub error: String,
-    /// For an invalid plan: each problem, with the file, line and asset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub problems: Option<Vec<String>>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -72,23 +62,23 @@ impl IntoResponse for ApiError {
         let (status, body) = match &self {
             ApiError::InvalidPlan(errors) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                json!({ "error": "invalid plan", "problems": errors.messages() }),
+                ErrorBody { error: "invalid plan".to_owned(), problems: Some(errors.messages()) },
             ),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({ "error": m })),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({ "error": m })),
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({ "error": m })),
-            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({ "error": m })),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, ErrorBody::new(m)),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, ErrorBody::new(m)),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, ErrorBody::new(m)),
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorBody::new(m)),
             ApiError::Unauthorized(m) => {
-                let body = Json(json!({ "error": m }));
+                let body = Json(ErrorBody::new(m));
                 return (StatusCode::UNAUTHORIZED, [(axum::http::header::WWW_AUTHENTICATE, "Bearer")], body)
                     .into_response();
             }
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({ "error": m })),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, ErrorBody::new(m)),
             ApiError::Internal(error) => {
                 tracing::error!(%error, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({ "error": "internal error; see the dispatcher's log" }),
+                    ErrorBody::new("internal error; see the dispatcher's log"),
                 )
             }
         };

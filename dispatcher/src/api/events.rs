@@ -18,19 +18,11 @@ use axum::{
     response::sse::{Event as SseEvent, KeepAlive, Sse},
 };
 use futures_util::Stream;
+use opflow_api_model::{EVENT_KINDS, ErrorBody, EventsQuery, RunEvent, RunSummary};
 use opflow_protocol::RunId;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use utoipa::IntoParams;
-
-use super::{
-    ApiState,
-    error::{ApiError, ErrorBody},
-    followers::SAFETY_POLL,
-    params::run_id,
-    types::RunEvent,
-};
+use super::{ApiState, error::ApiError, followers::SAFETY_POLL, from_rows::run_event, params::run_id};
 use crate::store::following::EventFilter;
 
 /// Events read per query; a stream catching up reads page after page.
@@ -39,23 +31,6 @@ const PAGE: u32 = 500;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events a slow client may fall behind by before the stream waits for it.
 const STREAM_BUFFER: usize = 256;
-
-/// The kinds a client may ask for with `?kinds=`.
-pub const EVENT_KINDS: [&str; 8] =
-    ["started", "progress", "log", "materialized", "check_result", "succeeded", "failed", "abandoned"];
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct EventsQuery {
-    /// Comma-separated kinds to send (all when absent).
-    pub kinds: Option<String>,
-    /// Only this step's events.
-    pub step: Option<u32>,
-    /// Start after this sequence number (as `Last-Event-ID`, which wins when both are given).
-    pub after: Option<i64>,
-    /// `false`: send what is recorded now and end, even if the run goes on.
-    pub follow: Option<bool>,
-}
 
 /// `GET /v1/runs/{id}/events`.
 #[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs",
@@ -152,7 +127,7 @@ async fn produce(
         for event in events {
             after = event.seq;
             let kind = event.kind.clone();
-            let data = RunEvent::from_recorded(run, event);
+            let data = run_event(run, event);
             let Ok(sse) = SseEvent::default().id(after.to_string()).event(kind).json_data(&data) else {
                 continue;
             };
@@ -167,7 +142,7 @@ async fn produce(
             let end = match state.store.run_summary(run).await {
                 Ok(Some(summary)) => SseEvent::default()
                     .event("end")
-                    .json_data(super::types::RunSummary::from(summary))
+                    .json_data(RunSummary::from(summary))
                     .unwrap_or_else(|_| SseEvent::default().event("end").data("{}")),
                 _ => SseEvent::default().event("end").data("{}"),
             };

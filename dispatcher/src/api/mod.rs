@@ -1,20 +1,25 @@
 //! The HTTP API: submit a run, read its state and outputs, list ops, and health and
 //! readiness for probes. `router` is apart from serving so tests can call it directly.
 //!
+//! What every request and answer holds is `opflow_api_model`, the contract this module
+//! serves and the CLI reads; store rows become those types in [`from_rows`].
+//!
 //! - [`runs`]: `POST /v1/runs`, `GET /v1/runs`, `GET /v1/runs/{id}`, `…/steps`, `…/assets`,
 //!   `…/outputs`, `POST /v1/runs/{id}/cancel`.
-//! - [`events`]: `GET /v1/runs/{id}/events`, a run's events as resumable Server-Sent Events.
-//! - [`queues`]: `GET /v1/queues[/{queue}]`: each op queue's demand, with a forecast.
-//! - [`openapi`]: `GET /openapi.json`, generated from the handlers (also `docs/openapi.json`).
+//! - [`events`]: `GET /v1/runs/{id}/events`, a run's events as resumable Server-Sent Events,
+//!   woken by [`followers`].
+//! - [`ops`]: `GET /v1/ops`; [`queues`]: `GET /v1/queues[/{queue}]`, each op queue's demand.
 //! - [`webhooks`]: `/v1/webhooks[/…]`: subscriptions, deliveries, redelivery (admin scope).
-//! - [`auth`]: API tokens and their scopes.
-//! - [`error`]: [`error::ApiError`], the one error type every handler returns.
-//! - [`types`]: the JSON the API answers (and the CLI prints): its own types, not the store's rows.
+//! - [`openapi`]: `GET /openapi.json`, generated from the handlers (also `docs/openapi.json`).
+//! - [`probes`]: `/healthz`, `/readyz` and `/metrics` (the registry is [`metrics`]).
+//! - [`auth`]: API tokens and their scopes; [`params`]: ids, page limits and cursors.
+//! - [`state`]: what handlers share; [`error`]: [`error::ApiError`], the one error type.
 
 pub mod auth;
 pub mod error;
 pub mod events;
 pub mod followers;
+pub mod from_rows;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
@@ -23,7 +28,6 @@ pub mod probes;
 pub mod queues;
 pub mod runs;
 pub mod state;
-pub mod types;
 pub mod webhooks;
 
 use axum::{Router, extract::DefaultBodyLimit, routing::get};

@@ -37,7 +37,7 @@ use utoipa::{
         super::webhooks::delivery,
         super::webhooks::redeliver,
     ),
-    components(schemas(super::types::RunSummary)),
+    components(schemas(opflow_api_model::RunSummary)),
     modifiers(&BearerToken),
     security(("bearer" = [])),
 )]

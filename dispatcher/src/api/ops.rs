@@ -5,12 +5,9 @@ use axum::{
     extract::{Query, State, rejection::QueryRejection},
 };
 
-use super::{
-    ApiState,
-    error::{ApiError, ErrorBody},
-    params::{Paging, page_limit},
-    types::{OpVersion, Page},
-};
+use opflow_api_model::{ErrorBody, OpVersion, Page, Paging};
+
+use super::{ApiState, error::ApiError, params::page_limit};
 
 #[utoipa::path(get, path = "/v1/ops", tag = "ops", operation_id = "list_ops", params(Paging),
     responses((status = 200, description = "Registered op versions", body = Page<OpVersion>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody)))]

@@ -2,26 +2,11 @@
 //! paths, and the page limit and cursor of paged lists (`?limit=`, `?cursor=`).
 
 use opflow_protocol::RunId;
-use serde::Deserialize;
-use utoipa::IntoParams;
+
+pub use opflow_api_model::{DEFAULT_PAGE, MAX_PAGE, Paging};
 use uuid::Uuid;
 
 use super::error::ApiError;
-
-/// The most items a page may hold, and how many it holds without `limit`.
-pub const MAX_PAGE: u32 = 1000;
-pub const DEFAULT_PAGE: u32 = 100;
-
-/// `limit` and `cursor` of a paged list.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct Paging {
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-}
-
-// Not `#[serde(flatten)]`ed into the other queries: with flatten, a query string's values
-// reach the inner struct as strings and `limit=20` fails to parse as a number.
 
 /// A page's size from `?limit=`: [`DEFAULT_PAGE`] when absent, refused outside
 /// 1–[`MAX_PAGE`].

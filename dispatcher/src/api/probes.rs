@@ -8,7 +8,7 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use serde_json::{Value, json};
+use opflow_api_model::ReadyStatus;
 
 use super::{
     metrics::CONTENT_TYPE,
@@ -22,7 +22,7 @@ pub async fn health() -> &'static str {
 
 /// 200 when PostgreSQL answers and, on the leader, the broker session is up; 503 (saying
 /// what is wrong) otherwise. A standby is ready: it serves the API while it waits.
-pub async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
+pub async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<ReadyStatus>) {
     let database = state.store.ping().await.map_err(|e| e.to_string());
     let (role, broker_problem) = state.readiness.snapshot();
     let broker = match (role, broker_problem) {
@@ -33,7 +33,7 @@ pub async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let ready = database.is_ok() && (role == Role::Standby || broker == "ok");
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let database = database.err().unwrap_or_else(|| "ok".into());
-    (status, Json(json!({ "role": role.as_str(), "database": database, "broker": broker })))
+    (status, Json(ReadyStatus { role: role.as_str().to_owned(), database, broker }))
 }
 
 /// `GET /metrics`: every metric, with the queue depths read now (`api::metrics`).

@@ -8,11 +8,9 @@ use axum::{
     extract::{Path, State},
 };
 
-use super::{
-    ApiState,
-    error::{ApiError, ErrorBody},
-    types::{Page, QueueDemand},
-};
+use opflow_api_model::{ErrorBody, Page, QueueDemand};
+
+use super::{ApiState, error::ApiError};
 use crate::store::Store;
 
 /// `GET /v1/queues`: every registered op version's queue.

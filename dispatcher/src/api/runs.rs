@@ -12,42 +12,22 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use chrono::{DateTime, Utc};
+use opflow_api_model::{
+    AssetInfo, CancelResponse, ErrorBody, IDEMPOTENCY_KEY, OutputsQuery, Page, RunListItem, RunSummary,
+    RunsQuery, StepInfo, StepOutput, StepsQuery, SubmitRequest, SubmitResponse,
+};
 use opflow_protocol::RunId;
-use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
 
 use super::{
     ApiState, MAX_BODY_BYTES,
-    error::{ApiError, ErrorBody},
+    error::ApiError,
+    from_rows::cancel_response,
     params::{bad_cursor, number_cursor, page_limit, run_id},
-    types::{
-        AssetInfo, CancelResponse, Page, RunListItem, RunStatus, RunSummary, StepInfo, StepOutput,
-        StepStatus, SubmitResponse,
-    },
 };
 use crate::store::{
     self,
     run_plan::{RunPlan, UnlockMode},
 };
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
-    /// The plan, as YAML text.
-    pub plan: String,
-    /// A name for the plan in messages; defaults to `request`.
-    #[serde(default)]
-    pub file: Option<String>,
-    /// Idempotency key: the same key returns the same run.
-    #[serde(default)]
-    pub key: Option<String>,
-    /// Where to send a webhook when this run ends (`{"url", "secret"?}`).
-    #[serde(default)]
-    pub notify: Option<super::webhooks::NotifyRequest>,
-}
-
-/// The header that makes a submit idempotent, as the body's `key` does.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 #[utoipa::path(post, path = "/v1/runs", tag = "runs",
     params(("Idempotency-Key" = Option<String>, Header, description = "Submitting the same key again returns the same run")),
@@ -113,16 +93,6 @@ pub async fn status(
     Ok(Json(summary(&state, run_id(&id)?).await?))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct RunsQuery {
-    pub status: Option<RunStatus>,
-    /// 1–1000, default 100.
-    pub limit: Option<u32>,
-    /// `next_cursor` of the page before.
-    pub cursor: Option<String>,
-}
-
 #[utoipa::path(get, path = "/v1/runs", tag = "runs", params(RunsQuery),
     responses((status = 200, description = "Runs, newest first", body = Page<RunListItem>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody)))]
 /// `GET /v1/runs[?status=]`: runs newest first, paged (`?limit=`, `?cursor=`).
@@ -151,17 +121,6 @@ fn parse_run_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiErro
         Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
     });
     parsed.ok_or_else(|| bad_cursor(cursor))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StepsQuery {
-    pub asset: Option<String>,
-    pub status: Option<StepStatus>,
-    /// 1–1000, default 100.
-    pub limit: Option<u32>,
-    /// `next_cursor` of the page before.
-    pub cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/steps", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), StepsQuery),
@@ -204,16 +163,6 @@ pub async fn assets(
 /// 404 unless the run exists.
 async fn exists(state: &ApiState, run: RunId) -> Result<store::runs::RunStatus, ApiError> {
     state.store.run_status(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct OutputsQuery {
-    pub asset: Option<String>,
-    /// 1–1000, default 100.
-    pub limit: Option<u32>,
-    /// `next_cursor` of the page before.
-    pub cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/outputs", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), OutputsQuery),
@@ -264,7 +213,7 @@ pub async fn cancel(
     let cancellation =
         state.store.cancel_run(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))?;
     let summary = summary(&state, run).await?;
-    Ok(Json(CancelResponse::new(cancellation, summary)))
+    Ok(Json(cancel_response(cancellation, summary)))
 }
 
 async fn summary(state: &ApiState, run: RunId) -> Result<RunSummary, ApiError> {

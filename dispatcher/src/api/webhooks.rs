@@ -1,7 +1,6 @@
 //! The webhooks resource (admin scope): subscribe a URL to how runs end, list and remove
 //! subscriptions, list deliveries (with their attempts) and send one again. Also the
-//! `notify` part of `POST /v1/runs` (a run's own target). Its JSON types live here, apart
-//! from `types.rs`, as this resource is its own.
+//! `notify` part of `POST /v1/runs` (a run's own target).
 //!
 //! - `POST /v1/webhooks` `{"url", "events": [...], "secret"?}`: 201; the secret (given or
 //!   generated) is in this answer only.
@@ -17,21 +16,21 @@ use axum::{
     http::StatusCode,
     routing::{delete, get, post},
 };
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use opflow_api_model::{
+    AddWebhookRequest, AttemptView, CreatedWebhook, DeliveriesQuery, DeliveryDetail, DeliveryView, ErrorBody,
+    NotifyRequest, Page, WebhookView,
+};
 
 use super::{
     ApiState,
-    error::{ApiError, ErrorBody},
+    error::ApiError,
     params::{self, number_cursor, page_limit},
-    types::Page,
 };
 use crate::{
-    store::webhooks::{AttemptRow, DeliveryRow, Redelivery, RunNotify, WebhookRow},
+    store::webhooks::{Redelivery, RunNotify},
     webhooks::{
         EVENTS,
-        sign::{Secret, message_id},
+        sign::{Secret, SecretError},
         target,
     },
 };
@@ -43,131 +42,6 @@ pub fn routes() -> Router<ApiState> {
         .route("/v1/webhooks/deliveries/{id}", get(delivery))
         .route("/v1/webhooks/deliveries/{id}/redeliver", post(redeliver))
         .route("/v1/webhooks/{id}", delete(remove))
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AddWebhookRequest {
-    pub url: String,
-    /// Any of `run.succeeded`, `run.failed`, `run.canceled`.
-    pub events: Vec<String>,
-    /// `whsec_<base64 key>`; generated when absent.
-    #[serde(default)]
-    pub secret: Option<String>,
-}
-
-/// A subscription as listed.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct WebhookView {
-    pub id: Uuid,
-    pub url: String,
-    pub events: Vec<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<WebhookRow> for WebhookView {
-    fn from(row: WebhookRow) -> Self {
-        Self { id: row.id, url: row.url, events: row.events, created_at: row.created_at }
-    }
-}
-
-/// What `POST /v1/webhooks` answers: the subscription and, this once, its secret.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct CreatedWebhook {
-    #[serde(flatten)]
-    pub webhook: WebhookView,
-    pub secret: String,
-}
-
-/// A delivery as listed: one message to one target about one run's end.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DeliveryView {
-    pub id: Uuid,
-    /// The `webhook-id` header: the same on every attempt.
-    pub webhook_id: String,
-    pub run_id: Uuid,
-    /// The subscription, or absent for a run's own notify URL (or a removed subscription).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subscription: Option<Uuid>,
-    /// `subscription` or `notify`.
-    pub source: String,
-    pub event: String,
-    pub url: String,
-    /// `pending`, `delivered` or `failed`.
-    pub status: &'static str,
-    pub attempts: i32,
-    pub created_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivered_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_http_status: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
-impl From<DeliveryRow> for DeliveryView {
-    fn from(row: DeliveryRow) -> Self {
-        let pending = row.status == crate::store::webhooks::DeliveryStatus::Pending;
-        Self {
-            id: row.id,
-            webhook_id: message_id(row.id),
-            run_id: row.run_id,
-            subscription: row.webhook,
-            source: row.source,
-            event: row.event,
-            url: row.url,
-            status: row.status.as_str(),
-            attempts: row.attempts,
-            created_at: row.created_at,
-            next_attempt_at: pending.then_some(row.next_attempt_at),
-            delivered_at: row.delivered_at,
-            last_http_status: row.last_http_status,
-            last_error: row.last_error,
-        }
-    }
-}
-
-/// One attempt: when, how long, and the receiver's status or why there was none.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AttemptView {
-    pub attempt: i32,
-    pub started_at: DateTime<Utc>,
-    pub duration_ms: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http_status: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl From<AttemptRow> for AttemptView {
-    fn from(row: AttemptRow) -> Self {
-        Self {
-            attempt: row.attempt,
-            started_at: row.started_at,
-            duration_ms: row.duration_ms,
-            http_status: row.http_status,
-            error: row.error,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DeliveryDetail {
-    #[serde(flatten)]
-    pub delivery: DeliveryView,
-    pub attempt_log: Vec<AttemptView>,
-}
-
-/// `notify` in `POST /v1/runs`: where to tell of this run's end.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NotifyRequest {
-    pub url: String,
-    /// `whsec_<base64 key>`; generated (and answered as `notify_secret`) when absent.
-    #[serde(default)]
-    pub secret: Option<String>,
 }
 
 /// A run's notify target, checked (URL and addresses, secret), and the secret to answer
@@ -187,7 +61,7 @@ pub async fn prepare_notify(
     ))
 }
 
-fn secret_or_generated(given: Option<&str>) -> Result<(Secret, bool), crate::webhooks::sign::SecretError> {
+fn secret_or_generated(given: Option<&str>) -> Result<(Secret, bool), SecretError> {
     match given {
         Some(text) => Ok((Secret::parse(text)?, false)),
         None => Ok((Secret::generate(), true)),
@@ -251,18 +125,6 @@ pub async fn remove(State(state): State<ApiState>, Path(id): Path<String>) -> Re
     } else {
         Err(ApiError::NotFound(format!("no webhook {id}; `GET /v1/webhooks` lists them")))
     }
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct DeliveriesQuery {
-    /// Only deliveries given up (failed).
-    #[serde(default)]
-    failed: bool,
-    /// 1–1000, default 100.
-    limit: Option<u32>,
-    /// `next_cursor` of the page before.
-    cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/webhooks/deliveries", tag = "webhooks", params(DeliveriesQuery),

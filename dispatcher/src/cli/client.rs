@@ -11,12 +11,11 @@ use std::time::Duration;
 use anyhow::Context;
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
+use opflow_api_model::{ErrorBody, EventsQuery, RunEvent, RunSummary};
 use reqwest::{Method, StatusCode, header};
 use serde::{Serialize, de::DeserializeOwned};
-use serde_json::Value;
 
 use super::InvalidInput;
-use crate::api::types::{RunEvent, RunSummary};
 
 /// Where the API is when `--server` and `OPFLOW_SERVER` say nothing: `opflow up`'s and
 /// `opflow dispatcher`'s default `api_addr`.
@@ -77,6 +76,15 @@ impl ApiClient {
         self.send(self.request(Method::GET, path).timeout(Duration::from_secs(60)), path).await
     }
 
+    /// `GET path?query` as JSON, the query one of the API's typed queries.
+    pub async fn get_with<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> anyhow::Result<T> {
+        self.send(self.request(Method::GET, path).query(query).timeout(Duration::from_secs(60)), path).await
+    }
+
     /// `POST path` with a JSON body and extra headers.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -89,6 +97,11 @@ impl ApiClient {
             request = request.header(*name, *value);
         }
         self.send(request, path).await
+    }
+
+    /// `POST path` without a body (an action on a resource: cancel, redeliver).
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.request(Method::POST, path).timeout(Duration::from_secs(120)), path).await
     }
 
     /// `DELETE path`, for an answer without a body (204).
@@ -125,13 +138,11 @@ impl ApiClient {
         if status.is_success() {
             return Ok(response);
         }
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        let mut message = body["error"].as_str().map_or_else(|| format!("{status}"), str::to_owned);
-        if let Some(problems) = body["problems"].as_array() {
-            for problem in problems.iter().filter_map(Value::as_str) {
-                message.push_str("\n  ");
-                message.push_str(problem);
-            }
+        let body: Option<ErrorBody> = response.json().await.ok();
+        let mut message = body.as_ref().map_or_else(|| format!("{status}"), |b| b.error.clone());
+        for problem in body.iter().flat_map(|b| b.problems.iter().flatten()) {
+            message.push_str("\n  ");
+            message.push_str(problem);
         }
         match status {
             StatusCode::UNAUTHORIZED => Err(InvalidInput(format!(
@@ -145,19 +156,19 @@ impl ApiClient {
         }
     }
 
-    /// A run's events from after `after`, following the run until it ends (or only what is
-    /// recorded now, without `follow`). A dropped connection is resumed with
-    /// `Last-Event-ID`, so no event is missed or repeated.
+    /// A run's events after `query.after` (0: from the first), following the run until it
+    /// ends (or only what is recorded now, with `follow: Some(false)`). A dropped connection
+    /// is resumed with `Last-Event-ID`, so no event is missed or repeated.
     pub fn events(
         &self,
         run: &str,
-        after: i64,
-        query: &str,
-        follow: bool,
+        query: EventsQuery,
     ) -> impl Stream<Item = anyhow::Result<StreamItem>> + Send + 'static {
         struct Cursor {
             client: ApiClient,
             path: String,
+            /// Sent with every (re)connect; where to start is `Last-Event-ID`'s.
+            query: EventsQuery,
             last: i64,
             stream: Option<
                 std::pin::Pin<Box<dyn Stream<Item = anyhow::Result<eventsource_stream::Event>> + Send>>,
@@ -168,12 +179,13 @@ impl ApiClient {
             pauses: backon::ExponentialBackoff,
             done: bool,
         }
-        let separator = if query.is_empty() { "" } else { "&" };
-        let path = format!("/v1/runs/{run}/events?follow={follow}{separator}{query}");
+        let path = format!("/v1/runs/{run}/events");
+        let last = query.after.unwrap_or(0);
         let cursor = Cursor {
             client: self.clone(),
             path,
-            last: after,
+            query: EventsQuery { after: None, ..query },
+            last,
             stream: None,
             failures: 0,
             pauses: reconnect_pauses(),
@@ -188,6 +200,7 @@ impl ApiClient {
                     let request = c
                         .client
                         .request(Method::GET, &c.path)
+                        .query(&c.query)
                         .header(header::ACCEPT, "text/event-stream")
                         .header("last-event-id", c.last.to_string());
                     let opened = match request.send().await {
@@ -263,13 +276,10 @@ fn reconnect_pauses() -> backon::ExponentialBackoff {
     opflow_process::backoff::reconnect().build()
 }
 
-/// A run id (or anything a user typed) made safe for one path segment.
+/// A run id (or anything a user typed) made safe for one path segment: everything but
+/// unreserved characters percent-encoded. (Query strings are the typed queries', encoded by
+/// the HTTP client.)
 pub fn path_segment(text: &str) -> String {
-    query_value(text)
-}
-
-/// Percent-encodes everything but unreserved characters.
-pub fn query_value(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -301,9 +311,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_text_cannot_escape_its_path_segment_or_query_value() {
-        assert_eq!(query_value("prices"), "prices");
-        assert_eq!(query_value("a b&c=d/../e"), "a%20b%26c%3Dd%2F..%2Fe");
+    fn user_text_cannot_escape_its_path_segment() {
+        assert_eq!(path_segment("prices"), "prices");
+        assert_eq!(path_segment("a b&c=d/../e"), "a%20b%26c%3Dd%2F..%2Fe");
         assert_eq!(path_segment("0190aa-Bb"), "0190aa-Bb");
     }
 

@@ -8,11 +8,11 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::InvalidInput;
-use crate::{
-    api::types::{self, ExpiredRun},
-    settings::Settings,
-    store::retention::Deleted,
-};
+use chrono::{DateTime, Utc};
+use opflow_protocol::RunId;
+use serde::Serialize;
+
+use crate::{settings::Settings, store::retention::Deleted};
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
@@ -45,7 +45,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
     if args.dry_run {
         let expired = store.expired_runs(older_than, DRY_RUN_LIST).await?;
         if args.json {
-            let expired: Vec<ExpiredRun> = expired.iter().cloned().map(ExpiredRun::from).collect();
+            let expired: Vec<ExpiredRunJson> = expired.iter().cloned().map(ExpiredRunJson::from).collect();
             println!("{}", serde_json::to_string(&serde_json::json!({ "would_delete": expired }))?);
         } else if expired.is_empty() {
             println!("no finished run is older than {age}; nothing would be deleted");
@@ -85,7 +85,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string(&types::Deleted::from(total))?);
+        println!("{}", serde_json::to_string(&DeletedJson::from(total))?);
     } else {
         println!(
             "deleted {} run(s) that finished more than {age} ago: {} steps, {} events",
@@ -93,4 +93,34 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A finished run retention would delete: `opflow gc --dry-run --json`.
+#[derive(Debug, Clone, Serialize)]
+struct ExpiredRunJson {
+    pub run_id: RunId,
+    pub plan: String,
+    pub status: String,
+    pub finished_at: DateTime<Utc>,
+    pub steps: i64,
+}
+
+impl From<crate::store::retention::Expired> for ExpiredRunJson {
+    fn from(e: crate::store::retention::Expired) -> Self {
+        Self { run_id: e.run_id, plan: e.plan, status: e.status, finished_at: e.finished_at, steps: e.steps }
+    }
+}
+
+/// What `opflow gc --json` deleted.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct DeletedJson {
+    pub runs: u64,
+    pub steps: u64,
+    pub events: u64,
+}
+
+impl From<Deleted> for DeletedJson {
+    fn from(d: Deleted) -> Self {
+        Self { runs: d.runs, steps: d.steps, events: d.events }
+    }
 }

@@ -35,8 +35,8 @@ pub const EXIT_INVALID_INPUT: u8 = 2;
 pub const EXIT_UNAVAILABLE: u8 = 3;
 
 /// The exit code of a command that followed a run: 0 if it succeeded, else [`EXIT_RUN_FAILED`].
-pub fn exit_code(status: crate::api::types::RunStatus) -> ExitCode {
-    use crate::api::types::RunStatus;
+pub fn exit_code(status: opflow_api_model::RunStatus) -> ExitCode {
+    use opflow_api_model::RunStatus;
     if status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_FAILED) }
 }
 

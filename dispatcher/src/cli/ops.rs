@@ -167,7 +167,7 @@ pub async fn run(
             let store = super::store(settings, cancel).await?;
             let ops = store.list_ops().await?;
             if json {
-                let ops: Vec<crate::api::types::OpVersion> = ops.into_iter().map(Into::into).collect();
+                let ops: Vec<opflow_api_model::OpVersion> = ops.into_iter().map(Into::into).collect();
                 println!("{}", serde_json::to_string_pretty(&ops)?);
             } else if ops.is_empty() {
                 println!("no ops registered; register one with `opflow ops add <op binary>`");

@@ -6,7 +6,9 @@ use std::{io::IsTerminal, path::Path, time::Duration};
 use serde_json::Value;
 
 use super::InvalidInput;
-use crate::{api::types::RunSummary, store::runs::RunProgress};
+use opflow_api_model::RunSummary;
+
+use crate::store::runs::RunProgress;
 
 /// Reads a plan file; a missing or unreadable file is invalid input.
 pub fn read_plan(file: &Path) -> Result<String, InvalidInput> {

@@ -3,15 +3,17 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
-use serde_json::json;
+use opflow_api_model::{
+    AssetInfo, CancelResponse, IDEMPOTENCY_KEY, MAX_PAGE, NotifyRequest, OutputsQuery, Page, RunStatus,
+    RunSummary, StepOutput, SubmitRequest, SubmitResponse,
+};
 
 use super::{
     ServerArgs,
-    client::{path_segment, query_value},
+    client::{ApiClient, path_segment},
     render,
     watch::{self, WatchOptions},
 };
-use crate::api::types::{AssetInfo, CancelResponse, Page, RunStatus, RunSummary, StepOutput, SubmitResponse};
 
 /// Leaf assets with at most this many steps have their outputs printed after `--wait`.
 const SHOW_OUTPUTS_UP_TO: i64 = 20;
@@ -76,13 +78,15 @@ pub struct OutputsArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let client = args.server.client()?;
     let plan = render::read_plan(&args.file)?;
-    let mut body = json!({ "plan": plan, "file": args.file.display().to_string() });
-    if let Some(url) = &args.notify {
-        body["notify"] = json!({ "url": url });
-    }
+    let body = SubmitRequest {
+        plan,
+        file: Some(args.file.display().to_string()),
+        key: None,
+        notify: args.notify.clone().map(|url| NotifyRequest { url, secret: None }),
+    };
     let mut headers = Vec::new();
     if let Some(key) = &args.key {
-        headers.push(("idempotency-key", key.as_str()));
+        headers.push((IDEMPOTENCY_KEY, key.as_str()));
     }
     let submitted: SubmitResponse = client.post("/v1/runs", &body, &headers).await?;
     let run_id = submitted.run.run_id.to_string();
@@ -124,7 +128,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
     let client = args.server.client()?;
     let response: CancelResponse =
-        client.post(&format!("/v1/runs/{}/cancel", path_segment(&args.run)), &json!({}), &[]).await?;
+        client.post_empty(&format!("/v1/runs/{}/cancel", path_segment(&args.run))).await?;
     if args.json {
         println!("{}", serde_json::to_string(&response)?);
     } else {
@@ -158,25 +162,14 @@ pub async fn outputs(args: OutputsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Every output of a run (of one asset), page after page.
-async fn all_outputs(
-    client: &super::client::ApiClient,
-    run: &str,
-    asset: Option<&str>,
-) -> anyhow::Result<Vec<StepOutput>> {
+async fn all_outputs(client: &ApiClient, run: &str, asset: Option<&str>) -> anyhow::Result<Vec<StepOutput>> {
     let mut rows = Vec::new();
-    let mut cursor: Option<String> = None;
+    let mut query = OutputsQuery { asset: asset.map(str::to_owned), limit: Some(MAX_PAGE), cursor: None };
     loop {
-        let mut path = format!("/v1/runs/{run}/outputs?limit={}", crate::api::params::MAX_PAGE);
-        if let Some(asset) = asset {
-            path.push_str(&format!("&asset={}", query_value(asset)));
-        }
-        if let Some(cursor) = &cursor {
-            path.push_str(&format!("&cursor={}", query_value(cursor)));
-        }
-        let page: Page<StepOutput> = client.get(&path).await?;
+        let page: Page<StepOutput> = client.get_with(&format!("/v1/runs/{run}/outputs"), &query).await?;
         rows.extend(page.items);
         match page.next_cursor {
-            Some(next) => cursor = Some(next),
+            Some(next) => query.cursor = Some(next),
             None => return Ok(rows),
         }
     }
@@ -192,13 +185,16 @@ fn print_summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
 }
 
 /// Prints the outputs of the plan's final assets (those nothing depends on), when small.
-pub async fn print_leaf_outputs(client: &super::client::ApiClient, run: &str) -> anyhow::Result<()> {
+pub async fn print_leaf_outputs(client: &ApiClient, run: &str) -> anyhow::Result<()> {
     let assets: Vec<AssetInfo> = client.get(&format!("/v1/runs/{run}/assets")).await?;
     for asset in assets.iter().filter(|a| a.leaf && a.steps <= SHOW_OUTPUTS_UP_TO) {
         println!("outputs of `{}`:", asset.name);
-        let path =
-            format!("/v1/runs/{run}/outputs?asset={}&limit={SHOW_OUTPUTS_UP_TO}", query_value(&asset.name));
-        let page: Page<StepOutput> = client.get(&path).await?;
+        let query = OutputsQuery {
+            asset: Some(asset.name.clone()),
+            limit: Some(SHOW_OUTPUTS_UP_TO as u32),
+            cursor: None,
+        };
+        let page: Page<StepOutput> = client.get_with(&format!("/v1/runs/{run}/outputs"), &query).await?;
         for row in page.items {
             let output = row.output.as_ref().map(render::output_line).unwrap_or_default();
             println!("  {}  {output}", row.label);

@@ -3,7 +3,9 @@
 
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use clap::Subcommand;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{InvalidInput, render};
@@ -62,8 +64,7 @@ pub async fn run(
         TokensCommand::List { json } => {
             let tokens = store.list_tokens().await?;
             if json {
-                let tokens: Vec<crate::api::types::TokenInfo> =
-                    tokens.iter().cloned().map(Into::into).collect();
+                let tokens: Vec<TokenJson> = tokens.iter().cloned().map(Into::into).collect();
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
             } else if tokens.is_empty() {
                 println!(
@@ -99,4 +100,26 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An API token as `opflow tokens list --json` prints it, never its secret.
+#[derive(Debug, Clone, Serialize)]
+struct TokenJson {
+    pub name: String,
+    pub scope: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<crate::store::tokens::TokenInfo> for TokenJson {
+    fn from(t: crate::store::tokens::TokenInfo) -> Self {
+        Self {
+            name: t.name,
+            scope: t.scope.as_str(),
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+        }
+    }
 }

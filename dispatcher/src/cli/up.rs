@@ -162,13 +162,13 @@ async fn run_plan(
         let options = super::watch::WatchOptions { json_events: false, quiet: false };
         let summary = super::watch::follow(&client, &run, options).await?;
         render::summary(&summary);
-        if summary.status == crate::api::types::RunStatus::Succeeded {
+        if summary.status == opflow_api_model::RunStatus::Succeeded {
             run::print_leaf_outputs(&client, &run).await?;
         }
         return Ok(super::exit_code(summary.status));
     }
     let summary = wait_for(store, submission.run_id).await?;
-    render::summary(&crate::api::types::RunSummary::from(summary.clone()));
+    render::summary(&opflow_api_model::RunSummary::from(summary.clone()));
     if summary.status == crate::store::runs::RunStatus::Succeeded {
         print_leaf_outputs(store, submission.run_id).await?;
     }

@@ -21,10 +21,10 @@ use serde_json::Value;
 
 use super::{
     ServerArgs,
-    client::{ApiClient, StreamItem, path_segment, query_value},
+    client::{ApiClient, StreamItem, path_segment},
     exit_code, render,
 };
-use crate::api::types::{AssetInfo, RunEvent, RunSummary};
+use opflow_api_model::{AssetInfo, EventsQuery, RunEvent, RunSummary};
 
 /// How often plain (non-terminal) output prints a progress line.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
@@ -108,7 +108,7 @@ pub async fn follow(client: &ApiClient, run: &str, options: WatchOptions) -> any
     } else {
         Some(View::Plain(PlainView::new(&start, &assets)))
     };
-    let mut events = Box::pin(client.events(run, 0, "", true));
+    let mut events = Box::pin(client.events(run, EventsQuery::default()));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let item = tokio::select! {
@@ -156,8 +156,13 @@ pub async fn follow(client: &ApiClient, run: &str, options: WatchOptions) -> any
 pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let client = args.server.client()?;
     let run = path_segment(&args.run);
-    let query = args.kinds.as_deref().map(|k| format!("kinds={}", query_value(k))).unwrap_or_default();
-    let mut events = Box::pin(client.events(&run, args.after, &query, args.follow));
+    let query = EventsQuery {
+        kinds: args.kinds.clone(),
+        after: Some(args.after),
+        follow: Some(args.follow),
+        ..EventsQuery::default()
+    };
+    let mut events = Box::pin(client.events(&run, query));
     while let Some(item) = events.next().await {
         match item? {
             StreamItem::Event(event) if args.json => println!("{}", serde_json::to_string(&event)?),
@@ -181,11 +186,13 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
 pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let client = args.server.client()?;
     let run = path_segment(&args.run);
-    let mut query = "kinds=log".to_owned();
-    if let Some(step) = args.step {
-        query.push_str(&format!("&step={step}"));
-    }
-    let mut events = Box::pin(client.events(&run, 0, &query, args.follow));
+    let query = EventsQuery {
+        kinds: Some("log".to_owned()),
+        step: args.step,
+        follow: Some(args.follow),
+        ..EventsQuery::default()
+    };
+    let mut events = Box::pin(client.events(&run, query));
     while let Some(item) = events.next().await {
         match item? {
             StreamItem::Event(event) => println!(

@@ -3,8 +3,9 @@
 
 use std::process::ExitCode;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use opflow_api_model::{AddWebhookRequest, CreatedWebhook, DeliveriesQuery, DeliveryView, Page, WebhookView};
 
 use super::{ServerArgs, client::path_segment, render};
 
@@ -84,33 +85,25 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
     match command {
         WebhooksCommand::Add(args) => {
             let client = args.server.client()?;
-            let mut body = json!({ "url": args.url, "events": args.events });
-            if let Some(secret) = &args.secret {
-                body["secret"] = json!(secret);
-            }
-            let created: Value = client.post("/v1/webhooks", &body, &[]).await?;
+            let body = AddWebhookRequest { url: args.url, events: args.events, secret: args.secret };
+            let created: CreatedWebhook = client.post("/v1/webhooks", &body, &[]).await?;
             if args.json {
-                println!("{created}");
+                println!("{}", serde_json::to_string(&created)?);
             } else {
-                println!(
-                    "subscribed {} to {} as {}",
-                    text(&created["url"]),
-                    list(&created["events"]),
-                    text(&created["id"])
-                );
-                eprintln!(
-                    "signing secret (shown once; receivers verify with it): {}",
-                    text(&created["secret"])
-                );
+                let webhook = &created.webhook;
+                println!("subscribed {} to {} as {}", webhook.url, webhook.events.join(","), webhook.id);
+                eprintln!("signing secret (shown once; receivers verify with it): {}", created.secret);
             }
         }
         WebhooksCommand::List(args) => {
-            let page: Value = args.server.client()?.get("/v1/webhooks").await?;
+            let page: Page<WebhookView> = args.server.client()?.get("/v1/webhooks").await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&page["items"])?);
+                println!("{}", serde_json::to_string_pretty(&page.items)?);
             } else {
-                let rows: Vec<[String; 4]> = items(&page)
-                    .map(|w| [text(&w["id"]), text(&w["url"]), list(&w["events"]), text(&w["created_at"])])
+                let rows: Vec<[String; 4]> = page
+                    .items
+                    .iter()
+                    .map(|w| [w.id.to_string(), w.url.clone(), w.events.join(","), time(w.created_at)])
                     .collect();
                 render::table(&["ID", "URL", "EVENTS", "CREATED"], &rows);
             }
@@ -121,25 +114,28 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
             println!("removed webhook {}", args.id);
         }
         WebhooksCommand::Deliveries(args) => {
-            let path = format!("/v1/webhooks/deliveries?failed={}&limit={}", args.failed, args.limit);
-            let page: Value = args.server.client()?.get(&path).await?;
+            let query = DeliveriesQuery { failed: args.failed, limit: Some(args.limit), cursor: None };
+            let page: Page<DeliveryView> =
+                args.server.client()?.get_with("/v1/webhooks/deliveries", &query).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&page["items"])?);
+                println!("{}", serde_json::to_string_pretty(&page.items)?);
             } else {
-                let rows: Vec<[String; 7]> = items(&page)
+                let rows: Vec<[String; 7]> = page
+                    .items
+                    .iter()
                     .map(|d| {
-                        let outcome = match (&d["last_http_status"], &d["last_error"]) {
-                            (Value::Number(status), _) => format!("HTTP {status}"),
-                            (_, Value::String(error)) => error.chars().take(60).collect(),
-                            _ => String::new(),
+                        let outcome = match (d.last_http_status, &d.last_error) {
+                            (Some(status), _) => format!("HTTP {status}"),
+                            (None, Some(error)) => error.chars().take(60).collect(),
+                            (None, None) => String::new(),
                         };
                         [
-                            text(&d["id"]),
-                            text(&d["event"]),
-                            text(&d["run_id"]),
-                            text(&d["url"]),
-                            text(&d["status"]),
-                            d["attempts"].to_string(),
+                            d.id.to_string(),
+                            d.event.clone(),
+                            d.run_id.to_string(),
+                            d.url.clone(),
+                            d.status.clone(),
+                            d.attempts.to_string(),
                             outcome,
                         ]
                     })
@@ -150,26 +146,14 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
         WebhooksCommand::Redeliver(args) => {
             let client = args.server.client()?;
             let path = format!("/v1/webhooks/deliveries/{}/redeliver", path_segment(&args.delivery));
-            let delivery: Value = client.post(&path, &json!({}), &[]).await?;
-            println!("delivery {} queued again to {}", text(&delivery["id"]), text(&delivery["url"]));
+            let delivery: DeliveryView = client.post_empty(&path).await?;
+            println!("delivery {} queued again to {}", delivery.id, delivery.url);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn items(page: &Value) -> impl Iterator<Item = &Value> {
-    page["items"].as_array().into_iter().flatten()
-}
-
-/// A JSON string as text, anything else as JSON.
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn list(value: &Value) -> String {
-    value.as_array().map(|a| a.iter().map(text).collect::<Vec<_>>().join(",")).unwrap_or_default()
+/// A time as the API writes it (RFC 3339, UTC).
+fn time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }

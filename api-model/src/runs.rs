@@ -1,0 +1,284 @@
+//! Runs: submitting a plan (idempotent by key), listing runs, a run's state, steps,
+//! assets, outputs and events, and canceling it.
+
+use chrono::{DateTime, Utc};
+use opflow_protocol::{RunId, StepId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::webhooks::NotifyRequest;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The plan, as YAML text.
+    pub plan: String,
+    /// A name for the plan in messages; defaults to `request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Idempotency key: the same key returns the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Where to send a webhook when this run ends (`{"url", "secret"?}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyRequest>,
+}
+
+/// The header that makes a submit idempotent, as the body's `key` does.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// What `POST /v1/runs` answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResponse {
+    /// True when the key named an existing run.
+    pub existing: bool,
+    /// The secret the run's own notification (`notify`) is signed with, when the request
+    /// gave a URL and no secret: shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_secret: Option<String>,
+    #[serde(flatten)]
+    pub run: RunSummary,
+}
+
+/// A run's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Canceled => "canceled",
+        }
+    }
+}
+
+/// A step's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Waiting,
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Skipped,
+    Canceled,
+}
+
+/// Step counts by status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepCounts {
+    pub total: i64,
+    pub waiting: i64,
+    pub queued: i64,
+    pub running: i64,
+    pub retrying: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub skipped: i64,
+    pub canceled: i64,
+}
+
+/// A run's state: `GET /v1/runs/{id}`, `opflow status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunSummary {
+    #[schema(value_type = String, format = "uuid")]
+    pub run_id: RunId,
+    pub key: Option<String>,
+    pub plan: String,
+    pub plan_file: String,
+    pub status: RunStatus,
+    pub steps: StepCounts,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The first failed steps, with their errors.
+    pub failures: Vec<StepFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepFailure {
+    #[schema(value_type = u32)]
+    pub step_id: StepId,
+    pub asset: String,
+    pub attempt: i32,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RunsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    /// 1–1000, default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the page before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// A run in `GET /v1/runs`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunListItem {
+    #[schema(value_type = String, format = "uuid")]
+    pub run_id: RunId,
+    pub key: Option<String>,
+    pub plan: String,
+    pub status: RunStatus,
+    pub steps_total: i32,
+    pub steps_succeeded: i32,
+    pub steps_failed: i32,
+    pub steps_skipped: i32,
+    pub steps_canceled: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StepsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StepStatus>,
+    /// 1–1000, default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the page before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// A step in `GET /v1/runs/{id}/steps`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepInfo {
+    #[schema(value_type = u32)]
+    pub step_id: StepId,
+    pub asset: String,
+    /// The op version that runs it, `name@version`.
+    pub op: String,
+    pub status: StepStatus,
+    pub attempt: i32,
+    /// The last progress its worker reported, in `[0, 1]`, and its message.
+    pub progress: Option<f32>,
+    pub progress_message: Option<String>,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An asset of a run and its number of steps: `GET /v1/runs/{id}/assets`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AssetInfo {
+    pub name: String,
+    pub steps: i64,
+    /// Nothing in the plan depends on it: its outputs are the run's results.
+    pub leaf: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OutputsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    /// 1–1000, default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the page before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// One step's result: `GET /v1/runs/{id}/outputs`, `opflow outputs --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepOutput {
+    #[schema(value_type = u32)]
+    pub step_id: StepId,
+    pub asset: String,
+    /// `asset[partition]{sweep point}`: which step this is, for people.
+    #[serde(default)]
+    pub label: String,
+    pub status: StepStatus,
+    pub attempt: i32,
+    pub worker: Option<String>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// The kinds a client may ask for with `?kinds=`.
+pub const EVENT_KINDS: [&str; 8] =
+    ["started", "progress", "log", "materialized", "check_result", "succeeded", "failed", "abandoned"];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Comma-separated kinds to send (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<String>,
+    /// Only this step's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// Start after this sequence number (as `Last-Event-ID`, which wins when both are given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    /// `false`: send what is recorded now and end, even if the run goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<bool>,
+}
+
+/// One event of a run: the `data` of each Server-Sent Event of `GET /v1/runs/{id}/events`,
+/// and a line of `opflow events --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunEvent {
+    /// Its number within the run (the SSE `id:`); resume after it with `Last-Event-ID`.
+    pub seq: i64,
+    #[schema(value_type = String, format = "uuid")]
+    pub run_id: RunId,
+    #[schema(value_type = u32)]
+    pub step_id: StepId,
+    pub asset: String,
+    pub attempt: i32,
+    /// `started`, `progress`, `log`, `materialized`, `check_result`, `succeeded`, `failed`
+    /// or `abandoned` (also the SSE `event:` name).
+    pub kind: String,
+    /// When the worker emitted it.
+    pub at: DateTime<Utc>,
+    pub worker: String,
+    /// Whether it changed its step: false for a late event of an attempt already retried.
+    pub applied: bool,
+    /// The kind's fields: `{"fraction": 0.5, "message": "…"}` for progress, `{"level":
+    /// "info", "message": "…"}` for a log line, `{"output": …}` for a success, `{"error":
+    /// "…", "retryable": false}` for a failure.
+    pub data: Value,
+}
+
+/// What `POST /v1/runs/{id}/cancel` and `opflow cancel --json` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CancelResponse {
+    /// False when the run had already finished: nothing changed.
+    pub canceled: bool,
+    /// What happened, in words.
+    pub message: String,
+    /// Steps that will never start (queued, waiting or retrying when canceled).
+    pub not_started: i64,
+    /// Steps that were running; their workers are told to stop them.
+    pub running: i64,
+    pub run: RunSummary,
+}
