@@ -263,6 +263,27 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Why a worker last gave up on this step attempt without a result (an `abandoned`
+    /// event), if one did: it explains a later dead-letter.
+    pub async fn last_abandon_reason(
+        &self,
+        message: &opflow_protocol::StepMessage,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT body->'abandoned'->>'reason' FROM events
+             WHERE run_id = $1 AND step_id = $2 AND attempt = $3 AND kind = 'abandoned'
+             ORDER BY at DESC LIMIT 1",
+        )
+        .bind(message.run_id.as_uuid())
+        .bind(message.step_id.0 as i32)
+        .bind(message.attempt as i32)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
