@@ -28,7 +28,8 @@ pub enum SubmitError {
 /// while, and must not hold up the async tasks that apply events and serve the API.
 pub async fn compile(store: &Store, source: &str, file: &Path) -> Result<CompiledPlan, SubmitError> {
     let registered: Vec<RegisteredOp> = store
-        .registered_ops()
+        .ops()
+        .registered()
         .await?
         .into_iter()
         .map(|op| RegisteredOp { name: op.name.to_string(), version: op.version })
@@ -78,14 +79,14 @@ pub async fn submit_notifying(
 ) -> Result<Submission, SubmitError> {
     if let Some(key) = key {
         check_key(key)?;
-        if let Some(existing) = store.run_by_key(key, source).await? {
+        if let Some(existing) = store.runs().by_key(key, source).await? {
             tracing::Span::current().record("run_id", tracing::field::display(existing.run_id));
             return Ok(existing);
         }
     }
     let compiled = compile(store, source, file).await?;
     let file = crate::store::storable::short_text(&file.display().to_string());
-    let submitted = store.submit_run_notifying(&compiled, &file, source, key, notify).await?;
+    let submitted = store.runs().submit_notifying(&compiled, &file, source, key, notify).await?;
     tracing::Span::current().record("run_id", tracing::field::display(submitted.run_id));
     Ok(submitted)
 }

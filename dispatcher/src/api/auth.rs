@@ -45,7 +45,7 @@ pub async fn require_token(
                 .into(),
         ));
     };
-    let Some(caller) = state.store.check_token(token).await? else {
+    let Some(caller) = state.store.tokens().check(token).await? else {
         return Err(ApiError::Unauthorized(
             "the API token is unknown or revoked; ask for a new one (`opflow tokens create`)".into(),
         ));

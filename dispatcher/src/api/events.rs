@@ -64,7 +64,7 @@ pub async fn stream(
     };
     let filter =
         EventFilter { kinds: parse_kinds(query.kinds.as_deref())?, step: query.step.map(|s| s as i32) };
-    if state.store.run_status(run).await?.is_none() {
+    if state.store.following().status(run).await?.is_none() {
         return Err(ApiError::NotFound(format!("no run {run}")));
     }
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -108,8 +108,8 @@ async fn produce(
         // The status is read before the events: a run that had ended by then has every
         // event it ended with already visible to the read that follows.
         let read = async {
-            let status = state.store.run_status(run).await?;
-            let events = state.store.events_after(run, after, &filter, PAGE).await?;
+            let status = state.store.following().status(run).await?;
+            let events = state.store.following().events_after(run, after, &filter, PAGE).await?;
             Ok::<_, crate::store::StoreError>((status, events))
         };
         let (status, events) = match read.await {
@@ -139,7 +139,7 @@ async fn produce(
             continue;
         }
         if status.is_finished() || !follow {
-            let end = match state.store.run_summary(run).await {
+            let end = match state.store.runs().summary(run).await {
                 Ok(Some(summary)) => SseEvent::default()
                     .event("end")
                     .json_data(RunSummary::from(summary))

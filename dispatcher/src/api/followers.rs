@@ -31,7 +31,7 @@ impl Followers {
         let followers = Self { wakeups: wakeups.clone(), shutdown: shutdown.clone() };
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
-                let mut listener = match store.listen_for_events().await {
+                let mut listener = match store.following().listen().await {
                     Ok(listener) => listener,
                     Err(error) => {
                         tracing::warn!(%error, "cannot listen for recorded events; streams poll until it can");

@@ -20,7 +20,7 @@ pub async fn list(
 ) -> Result<Json<Page<OpVersion>>, ApiError> {
     let Query(paging) = paging?;
     let limit = page_limit(paging.limit)? as usize;
-    let ops = state.store.list_ops().await?;
+    let ops = state.store.ops().list().await?;
     let start = match paging.cursor.as_deref() {
         None => 0,
         Some(cursor) => ops

@@ -18,7 +18,7 @@ use crate::store::Store;
     responses((status = 200, description = "Every registered op version's queue", body = Page<QueueDemand>)))]
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<QueueDemand>>, ApiError> {
     let mut items = Vec::new();
-    for op in state.store.registered_ops().await? {
+    for op in state.store.ops().registered().await? {
         items.push(demand(&state.store, &op).await?);
     }
     Ok(Json(Page { items, next_cursor: None }))
@@ -33,7 +33,7 @@ pub async fn one(
     State(state): State<ApiState>,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueDemand>, ApiError> {
-    for op in state.store.registered_ops().await? {
+    for op in state.store.ops().registered().await? {
         if opflow_protocol::queue::op_queue(&op) == queue {
             return Ok(Json(demand(&state.store, &op).await?));
         }
@@ -44,8 +44,8 @@ pub async fn one(
 }
 
 async fn demand(store: &Store, op: &opflow_protocol::OpRef) -> Result<QueueDemand, ApiError> {
-    let in_flight = store.op_demand(op).await?;
-    let ready = store.published_queued_steps(op, u64::MAX).await?;
+    let in_flight = store.queues().demand(op).await?;
+    let ready = store.queues().published(op, u64::MAX).await?;
     Ok(QueueDemand {
         queue: opflow_protocol::queue::op_queue(op),
         op: op.to_string(),

@@ -105,7 +105,8 @@ pub async fn list(
     let after = query.cursor.as_deref().map(parse_run_cursor).transpose()?;
     let items: Vec<RunListItem> = state
         .store
-        .list_runs(query.status.map(Into::into), after, limit)
+        .following()
+        .runs(query.status.map(Into::into), after, limit)
         .await?
         .into_iter()
         .map(RunListItem::from)
@@ -138,7 +139,8 @@ pub async fn steps(
     exists(&state, run).await?;
     let items: Vec<StepInfo> = state
         .store
-        .list_steps(run, query.asset.as_deref(), query.status.map(Into::into), after, limit)
+        .following()
+        .steps(run, query.asset.as_deref(), query.status.map(Into::into), after, limit)
         .await?
         .into_iter()
         .map(StepInfo::from)
@@ -157,12 +159,12 @@ pub async fn assets(
 ) -> Result<Json<Vec<AssetInfo>>, ApiError> {
     let run = run_id(&id)?;
     exists(&state, run).await?;
-    Ok(Json(state.store.asset_sizes(run).await?.into_iter().map(AssetInfo::from).collect()))
+    Ok(Json(state.store.following().assets(run).await?.into_iter().map(AssetInfo::from).collect()))
 }
 
 /// 404 unless the run exists.
 async fn exists(state: &ApiState, run: RunId) -> Result<store::runs::RunStatus, ApiError> {
-    state.store.run_status(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))
+    state.store.following().status(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}/outputs", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), OutputsQuery),
@@ -180,11 +182,11 @@ pub async fn outputs(
     let limit = page_limit(query.limit)?;
     let after = number_cursor(query.cursor.as_deref())?;
     exists(&state, run).await?;
-    let rows = state.store.step_outputs(run, query.asset.as_deref(), after, limit).await?;
+    let rows = state.store.runs().outputs(run, query.asset.as_deref(), after, limit).await?;
     let plan = if rows.is_empty() {
         None
     } else {
-        let compiled = state.store.load_run_plan(run).await?;
+        let compiled = state.store.runs().load_plan(run).await?;
         Some(RunPlan::new(compiled, UnlockMode::Groups).map_err(|e: String| ApiError::Internal(e.into()))?)
     };
     let items: Vec<StepOutput> = rows
@@ -211,14 +213,14 @@ pub async fn cancel(
 ) -> Result<Json<CancelResponse>, ApiError> {
     let run = run_id(&id)?;
     let cancellation =
-        state.store.cancel_run(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))?;
+        state.store.runs().cancel(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))?;
     let summary = summary(&state, run).await?;
     Ok(Json(cancel_response(cancellation, summary)))
 }
 
 async fn summary(state: &ApiState, run: RunId) -> Result<RunSummary, ApiError> {
     let summary =
-        state.store.run_summary(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))?;
+        state.store.runs().summary(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))?;
     Ok(summary.into())
 }
 

@@ -100,7 +100,7 @@ pub async fn add(
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (secret, _) =
         secret_or_generated(request.secret.as_deref()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let row = state.store.add_webhook(url.as_str(), &events, secret.expose()).await?;
+    let row = state.store.webhooks().add(url.as_str(), &events, secret.expose()).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedWebhook { webhook: row.into(), secret: secret.expose().to_owned() }),
@@ -111,7 +111,7 @@ pub async fn add(
     responses((status = 200, description = "Every subscription", body = Page<WebhookView>), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
 /// `GET /v1/webhooks`.
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<WebhookView>>, ApiError> {
-    let items = state.store.list_webhooks().await?.into_iter().map(WebhookView::from).collect();
+    let items = state.store.webhooks().list().await?.into_iter().map(WebhookView::from).collect();
     Ok(Json(Page { items, next_cursor: None }))
 }
 
@@ -120,7 +120,7 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<WebhookView
 /// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries are given up.
 pub async fn remove(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let id = params::uuid(&id, "webhook")?;
-    if state.store.remove_webhook(id).await? {
+    if state.store.webhooks().remove(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("no webhook {id}; `GET /v1/webhooks` lists them")))
@@ -137,7 +137,7 @@ pub async fn deliveries(
     let Query(query) = query?;
     let limit = page_limit(query.limit)?;
     let before = number_cursor::<i64>(query.cursor.as_deref())?;
-    let rows = state.store.webhook_deliveries(query.failed, before, limit).await?;
+    let rows = state.store.webhooks().deliveries(query.failed, before, limit).await?;
     let next_cursor =
         (rows.len() == limit as usize).then(|| rows.last().map(|r| r.seq.to_string())).flatten();
     Ok(Json(Page { items: rows.into_iter().map(DeliveryView::from).collect(), next_cursor }))
@@ -153,7 +153,8 @@ pub async fn delivery(
     let id = params::uuid(&id, "delivery")?;
     let (row, attempts) = state
         .store
-        .webhook_delivery(id)
+        .webhooks()
+        .delivery(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no delivery {id}")))?;
     Ok(Json(DeliveryDetail {
@@ -170,7 +171,7 @@ pub async fn redeliver(
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryView>, ApiError> {
     let id = params::uuid(&id, "delivery")?;
-    match state.store.redeliver_webhook(id).await? {
+    match state.store.webhooks().redeliver(id).await? {
         Redelivery::Queued(row) => Ok(Json((*row).into())),
         Redelivery::NotFound => Err(ApiError::NotFound(format!("no delivery {id}"))),
         Redelivery::SubscriptionRemoved => Err(ApiError::Conflict(format!(

@@ -217,7 +217,8 @@ async fn run_in(
         .await
         .context("connecting to the benchmark database")?;
     let noop_queue = store
-        .registered_ops()
+        .ops()
+        .registered()
         .await?
         .into_iter()
         .find(|op| op.name.to_string() == "noop")
@@ -261,7 +262,7 @@ async fn run_in(
         }
     }
     crate::up::fleet::drain(&mut dispatcher, "dispatcher", std::time::Duration::from_secs(30)).await;
-    store.pool().close().await;
+    store.close().await;
     Ok(all_verified)
 }
 

@@ -92,7 +92,7 @@ impl Bed<'_> {
             .collect::<anyhow::Result<_>>()?;
         self.wait_for_consumers(workers).await?;
 
-        let mut ends = self.store.listen_for_run_ends().await?;
+        let mut ends = self.store.runs().listen_for_ends().await?;
         let workers_pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
         let components = |postgres: Vec<u32>| {
             [
@@ -114,7 +114,7 @@ impl Bed<'_> {
         let mut sample_every = tokio::time::interval(Duration::from_millis(250));
         let status = loop {
             next_look(&mut ends, run, &mut sample_every, self.cancel).await?;
-            let progress = self.store.run_progress(run).await?.context("the benchmark run vanished")?;
+            let progress = self.store.runs().progress(run).await?.context("the benchmark run vanished")?;
             if let Some(pid) = dispatcher_pid
                 && let Some(mb) = memory::rss_mb(pid)
             {
@@ -141,7 +141,7 @@ impl Bed<'_> {
         for child in &mut children {
             crate::up::fleet::drain(child, "noop", Duration::from_secs(30)).await;
         }
-        let counted = self.store.exactly_once(run).await?.context("the benchmark run vanished")?;
+        let counted = self.store.checks().exactly_once(run).await?.context("the benchmark run vanished")?;
         let succeeded = status == crate::store::runs::RunStatus::Succeeded;
         let cpu = cpu::per_step(&cpu_at_start, &cpu_at_end, counted.steps.max(0) as u64);
         Ok(PlanRun {
@@ -158,7 +158,7 @@ impl Bed<'_> {
     /// One cold start: submit a one-step plan with no worker running, start a worker (what
     /// `opflow up` or KEDA does), and time submit → the step has started.
     pub async fn cold_start(&self, sample: usize) -> anyhow::Result<(Duration, bool)> {
-        let mut ends = self.store.listen_for_run_ends().await?;
+        let mut ends = self.store.runs().listen_for_ends().await?;
         // The step's `started_at` is the worker's own timestamp of its start (same machine,
         // same clock), so nothing polls while the worker starts.
         let submitted_at = chrono::Utc::now();
@@ -172,7 +172,7 @@ impl Bed<'_> {
         let mut poll_every = tokio::time::interval(Duration::from_millis(250));
         let status = loop {
             next_look(&mut ends, run, &mut poll_every, self.cancel).await?;
-            let progress = self.store.run_progress(run).await?.context("the cold-start run vanished")?;
+            let progress = self.store.runs().progress(run).await?.context("the cold-start run vanished")?;
             if progress.status.is_finished() {
                 break progress.status;
             }
@@ -181,8 +181,8 @@ impl Bed<'_> {
             }
         };
         crate::up::fleet::drain(&mut worker, "noop", Duration::from_secs(30)).await;
-        let step_started = self.store.first_step_started_at(run).await?;
-        let verified = self.store.exactly_once(run).await?.is_some_and(|c| c.holds());
+        let step_started = self.store.checks().first_step_started_at(run).await?;
+        let verified = self.store.checks().exactly_once(run).await?.is_some_and(|c| c.holds());
         let to_start = step_started.context("the step finished without a recorded start")? - submitted_at;
         let to_start =
             to_start.to_std().context("the step started before it was submitted: are the clocks sane?")?;
@@ -192,12 +192,12 @@ impl Bed<'_> {
     /// The PostgreSQL client backends connected to the benchmark's database: the
     /// dispatcher's, and the benchmark's own listener and progress reads.
     async fn postgres_backends(&self) -> anyhow::Result<Vec<u32>> {
-        let pids: Vec<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'",
-        )
-        .fetch_all(self.store.pool())
-        .await
-        .context("listing the benchmark database's backends")?;
+        let pids = self
+            .store
+            .checks()
+            .client_backends()
+            .await
+            .context("listing the benchmark database's backends")?;
         Ok(pids.into_iter().filter_map(|pid| u32::try_from(pid).ok()).collect())
     }
 

@@ -78,7 +78,8 @@ async fn cold_starts(
             up.wait_for_zero(cancel).await?;
             let submitted_at = chrono::Utc::now();
             let run = up.run(&sweep_plan("w7", 1, ""), cancel).await?;
-            let first = up.store.first_step_started_at(run.0).await?.context("the step never started")?;
+            let first =
+                up.store.checks().first_step_started_at(run.0).await?.context("the step never started")?;
             cold.push(
                 (first - submitted_at)
                     .to_std()
@@ -190,7 +191,7 @@ impl Up {
     async fn wait_for_zero(&self, cancel: &CancellationToken) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            let ops = self.store.list_ops().await?;
+            let ops = self.store.ops().list().await?;
             let idle = ops
                 .iter()
                 .filter(|op| self.ops.iter().any(|o| o.name.as_str() == op.name))
@@ -214,19 +215,20 @@ impl Up {
         plan: &str,
         cancel: &CancellationToken,
     ) -> anyhow::Result<(opflow_protocol::RunId, bool)> {
-        let mut ends = self.store.listen_for_run_ends().await?;
+        let mut ends = self.store.runs().listen_for_ends().await?;
         let run = crate::submit::submit(&self.store, plan, Path::new("bench-w7.yaml"), None)
             .await
             .context("submitting the w7 plan")?
             .run_id;
         let started = Instant::now();
         loop {
-            let progress = self.store.run_progress(run).await?.context("the w7 run vanished")?;
+            let progress = self.store.runs().progress(run).await?.context("the w7 run vanished")?;
             if progress.status.is_finished() {
-                let counted = self.store.exactly_once(run).await?;
+                let counted = self.store.checks().exactly_once(run).await?;
                 let verified = counted.is_some_and(|c| c.holds());
                 if !verified || progress.status != crate::store::runs::RunStatus::Succeeded {
-                    let failures = self.store.run_summary(run).await?.map(|s| s.failures).unwrap_or_default();
+                    let failures =
+                        self.store.runs().summary(run).await?.map(|s| s.failures).unwrap_or_default();
                     let first = failures.first().map(|f| f.error.as_str()).unwrap_or("no failed step");
                     eprintln!("w7: run {run} ended {} ({counted:?}): {first}", progress.status.as_str());
                 }
@@ -245,7 +247,7 @@ impl Up {
 
     async fn stop(mut self) {
         crate::up::fleet::drain(&mut self.process, "opflow up", Duration::from_secs(60)).await;
-        self.store.pool().close().await;
+        self.store.close().await;
         self.sandbox.remove(false).await;
     }
 }

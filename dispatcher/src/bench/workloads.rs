@@ -121,7 +121,7 @@ pub async fn w5(
         SecretUrl::new(sandbox::with_path(sandbox.database_url.expose(), &format!("{}_w5", sandbox.name)));
     let store = Store::connect(&url, cancel).await.context("creating the w5 database")?;
     let description = crate::ops::register::describe(noop).await?;
-    store.register_op(&description, opflow_amqp::OpQueueSettings::default()).await?;
+    store.ops().register(&description, opflow_amqp::OpQueueSettings::default()).await?;
     // Compiling reads the op registry: time it with the registry's statement prepared and
     // a connection open, as in a dispatcher that has been running.
     crate::submit::compile(&store, &sweep_plan("w5-warm-up", 1, ""), Path::new("bench-w5.yaml"))
@@ -137,13 +137,13 @@ pub async fn w5(
             .context("compiling the w5 plan")?;
         let compile = started.elapsed();
         let stored_at = Instant::now();
-        let submission = store.submit_run(&compiled, "bench-w5.yaml", &plan, None).await?;
+        let submission = store.runs().submit(&compiled, "bench-w5.yaml", &plan, None).await?;
         let store_time = stored_at.elapsed();
         let peak = measured.then(|| memory::peak_rss_mb(std::process::id())).flatten();
         let steps = i64::from(
-            store.run_progress(submission.run_id).await?.context("the w5 run vanished")?.steps_total,
+            store.runs().progress(submission.run_id).await?.context("the w5 run vanished")?.steps_total,
         );
-        let stored = store.stored_steps(submission.run_id).await?;
+        let stored = store.checks().stored_steps(submission.run_id).await?;
         let wall = compile + store_time;
         results.push(json!({
             "workload": "w5",
@@ -157,7 +157,7 @@ pub async fn w5(
         }));
         drop(compiled);
     }
-    store.pool().close().await;
+    store.close().await;
     Ok(results)
 }
 
@@ -170,9 +170,9 @@ pub async fn w6(
     dispatcher_pid: Option<u32>,
 ) -> anyhow::Result<Value> {
     let steps = options.scaled(100_000);
-    let size_before = bed.store.database_bytes().await?;
+    let size_before = bed.store.checks().database_bytes().await?;
     let run = bed.run_plan(2, &sweep_plan("w6", steps, ""), dispatcher_pid).await?;
-    let size_after = bed.store.database_bytes().await?;
+    let size_after = bed.store.checks().database_bytes().await?;
     let mut figures = run.figures("w6");
     let peak = run.dispatcher_rss.iter().map(|(_, mb)| *mb).fold(0.0, f64::max);
     // Memory at a quarter of the run and at its end: equal if it does not grow with

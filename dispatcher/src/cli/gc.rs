@@ -43,7 +43,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
     let store = super::store(settings, cancel).await?;
     let age = humantime::format_duration(Duration::from_secs(older_than.as_secs()));
     if args.dry_run {
-        let expired = store.expired_runs(older_than, DRY_RUN_LIST).await?;
+        let expired = store.retention().expired(older_than, DRY_RUN_LIST).await?;
         if args.json {
             let expired: Vec<ExpiredRunJson> = expired.iter().cloned().map(ExpiredRunJson::from).collect();
             println!("{}", serde_json::to_string(&serde_json::json!({ "would_delete": expired }))?);
@@ -66,7 +66,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
     }
     let mut total = Deleted::default();
     loop {
-        let expired = store.expired_runs(older_than, BATCH).await?;
+        let expired = store.retention().expired(older_than, BATCH).await?;
         if expired.is_empty() {
             break;
         }
@@ -74,7 +74,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
             if cancel.is_cancelled() {
                 return Err(anyhow::anyhow!("stopped; {} run(s) deleted so far", total.runs));
             }
-            let deleted = store.delete_run(run.run_id).await?;
+            let deleted = store.retention().delete(run.run_id).await?;
             if !args.json {
                 eprintln!(
                     "deleted run {} ({}, {} steps, {} events)",

@@ -114,7 +114,7 @@ pub async fn run(
                     eprintln!("warning: {warning}");
                 }
             }
-            let settings = store.op_queue_settings(&description.op).await?.unwrap_or_default();
+            let settings = store.ops().queue_settings(&description.op).await?.unwrap_or_default();
             let verb = match registration {
                 Registration::New => "registered",
                 Registration::Updated => "already registered; description refreshed:",
@@ -134,7 +134,7 @@ pub async fn run(
         OpsCommand::Scale { op, min, max, value, activation, polling, cooldown, max_steps, max_rss_mb } => {
             let op: OpRef = op.parse().map_err(|e| InvalidInput(format!("`{op}`: {e}")))?;
             let store = super::store(settings, cancel).await?;
-            let Some(mut scaling) = store.scale_settings(&op).await? else {
+            let Some(mut scaling) = store.ops().scale_settings(&op).await? else {
                 return Err(InvalidInput(format!(
                     "op {op} is not registered; `opflow ops list` shows the registered versions"
                 ))
@@ -159,13 +159,13 @@ pub async fn run(
             optional(max_steps, &mut scaling.max_steps);
             optional(max_rss_mb, &mut scaling.max_rss_mb);
             check_scaling(&scaling).map_err(InvalidInput)?;
-            store.set_scale_settings(&op, scaling).await?;
+            store.ops().set_scale_settings(&op, scaling).await?;
             println!("{op}: {}", describe_scaling(&scaling));
             Ok(ExitCode::SUCCESS)
         }
         OpsCommand::List { json } => {
             let store = super::store(settings, cancel).await?;
-            let ops = store.list_ops().await?;
+            let ops = store.ops().list().await?;
             if json {
                 let ops: Vec<opflow_api_model::OpVersion> = ops.into_iter().map(Into::into).collect();
                 println!("{}", serde_json::to_string_pretty(&ops)?);

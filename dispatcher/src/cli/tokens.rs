@@ -49,7 +49,7 @@ pub async fn run(
                 ))
                 .into());
             }
-            let Some(token) = store.create_token(&name, scope).await? else {
+            let Some(token) = store.tokens().create(&name, scope).await? else {
                 return Err(InvalidInput(format!(
                     "a token named `{name}` exists; pick another name, or revoke it first with `opflow tokens revoke {name}`"
                 ))
@@ -62,7 +62,7 @@ pub async fn run(
             println!("{token}");
         }
         TokensCommand::List { json } => {
-            let tokens = store.list_tokens().await?;
+            let tokens = store.tokens().list().await?;
             if json {
                 let tokens: Vec<TokenJson> = tokens.iter().cloned().map(Into::into).collect();
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
@@ -90,7 +90,7 @@ pub async fn run(
             }
         }
         TokensCommand::Revoke { name } => {
-            if !store.revoke_token(&name).await? {
+            if !store.tokens().revoke(&name).await? {
                 return Err(InvalidInput(format!(
                     "no live token named `{name}`; `opflow tokens list` shows them"
                 ))

@@ -234,7 +234,7 @@ async fn wait_for(
 ) -> anyhow::Result<crate::store::runs::RunSummary> {
     let mut progress = render::Progress::new(false);
     loop {
-        let Some(p) = store.run_progress(run).await? else {
+        let Some(p) = store.runs().progress(run).await? else {
             return Err(InvalidInput(format!("no run {run}")).into());
         };
         progress.update(&p, false);
@@ -244,20 +244,20 @@ async fn wait_for(
         tokio::time::sleep(POLL).await;
     }
     progress.finish();
-    store.run_summary(run).await?.ok_or_else(|| InvalidInput(format!("no run {run}")).into())
+    store.runs().summary(run).await?.ok_or_else(|| InvalidInput(format!("no run {run}")).into())
 }
 
 /// Prints the outputs of the plan's final assets (those nothing depends on), when small.
 async fn print_leaf_outputs(store: &crate::store::Store, run: opflow_protocol::RunId) -> anyhow::Result<()> {
     use crate::store::run_plan::{RunPlan, UnlockMode};
     let plan =
-        RunPlan::new(store.load_run_plan(run).await?, UnlockMode::Groups).map_err(anyhow::Error::msg)?;
-    for asset in store.asset_sizes(run).await? {
+        RunPlan::new(store.runs().load_plan(run).await?, UnlockMode::Groups).map_err(anyhow::Error::msg)?;
+    for asset in store.following().assets(run).await? {
         if !asset.leaf || asset.steps > i64::from(SHOW_OUTPUTS_UP_TO) {
             continue;
         }
         println!("outputs of `{}`:", asset.name);
-        for row in store.step_outputs(run, Some(&asset.name), None, SHOW_OUTPUTS_UP_TO).await? {
+        for row in store.runs().outputs(run, Some(&asset.name), None, SHOW_OUTPUTS_UP_TO).await? {
             let output = row.output.as_ref().map(render::output_line).unwrap_or_default();
             println!("  {}  {output}", plan.label(opflow_protocol::StepId(row.step_id as u32)));
         }

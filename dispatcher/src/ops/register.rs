@@ -77,11 +77,11 @@ pub async fn register(
         });
     }
     // An already registered version keeps the queue settings it was declared with.
-    let settings = store.op_queue_settings(&description.op).await?.unwrap_or(settings);
+    let settings = store.ops().queue_settings(&description.op).await?.unwrap_or(settings);
     // Queue first: a registered op always has its queue.
     topology::declare_op_queue(channel, &description.op, settings)
         .await
         .map_err(|source| RegisterError::Queue { op: description.op.to_string(), cause: source })?;
-    let registration = store.register_op(&description, settings).await?;
+    let registration = store.ops().register(&description, settings).await?;
     Ok((description, registration))
 }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::metrics::Metrics,
-    store::{Store, StoreError, apply::ApplyOutcome, run_plan::PlanCache, storable::StorableEvent},
+    store::{LeaderStore, StoreError, apply::ApplyOutcome, run_plan::PlanCache, storable::StorableEvent},
 };
 
 /// The `worker` field of events the dispatcher makes up itself.
@@ -54,7 +54,7 @@ const TRANSIENT_TRIES: u32 = 3;
 /// Applies events; see the module docs. Cheap to clone.
 #[derive(Clone)]
 pub struct Applier {
-    pub store: Store,
+    pub store: LeaderStore,
     pub plans: Arc<PlanCache>,
     /// Counts each committed batch and the steps it ended. Every event the dispatcher
     /// applies goes through here, so this is the one place they are counted.
@@ -143,7 +143,8 @@ impl Applier {
 
     async fn try_apply(&self, events: &[StorableEvent]) -> Result<ApplyOutcome, Failure> {
         let started = std::time::Instant::now();
-        let attempt = AssertUnwindSafe(self.store.apply_events(events, &self.plans)).catch_unwind();
+        let store = self.store.events();
+        let attempt = AssertUnwindSafe(store.apply(events, &self.plans)).catch_unwind();
         match attempt.await {
             Ok(Ok(mut outcome)) => {
                 // Committed: counted here once. A refused or rolled-back attempt is not.
@@ -185,7 +186,7 @@ impl Applier {
         let run_reason =
             format!("{reason}; failing the step failed too ({also}), so the whole run is failed");
         loop {
-            match AssertUnwindSafe(self.store.fail_run(event.run_id, &run_reason, &self.plans))
+            match AssertUnwindSafe(self.store.events().fail_run(event.run_id, &run_reason, &self.plans))
                 .catch_unwind()
                 .await
             {
@@ -231,97 +232,4 @@ fn merge(into: &mut ApplyOutcome, more: ApplyOutcome, offset: usize) {
     into.duplicates += more.duplicates;
     into.newly_queued += more.newly_queued;
     into.finished.extend(more.finished);
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use opflow_protocol::{EventKind, LogLevel, RunId, StepId};
-    use serde_json::json;
-
-    use super::*;
-    use crate::{
-        plan::{self, RegisteredOp},
-        store::testing::TestDb,
-    };
-
-    async fn run_of_five(db: &TestDb) -> RunId {
-        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
-        let source = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: {from: 0, to: 4}}\n";
-        let plan = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
-        db.store.submit_run(&plan, "p.yaml", source, None).await.unwrap().run_id
-    }
-
-    fn event(run: RunId, step: u32, kind: EventKind) -> StorableEvent {
-        Event::new(run, StepId(step), 1, "noop@1.0.0/test/1", kind).into()
-    }
-
-    #[tokio::test]
-    async fn a_refused_event_fails_only_its_own_step() {
-        let db = TestDb::new("refused_event").await;
-        let run = run_of_five(&db).await;
-        // The store refuses one log line, as it would a value it cannot hold.
-        sqlx::raw_sql(
-            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-                 IF NEW.kind = 'log' AND NEW.body::text LIKE '%poison%' THEN
-                     RAISE EXCEPTION 'refusing the poison';
-                 END IF;
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse();",
-        )
-        .execute(db.store.pool())
-        .await
-        .unwrap();
-        let ok = || EventKind::Succeeded { output: json!({"ok": true}) };
-        let events = vec![
-            event(run, 0, ok()),
-            event(run, 1, ok()),
-            event(run, 3, EventKind::Log { level: LogLevel::Info, message: "poison".into() }),
-            event(run, 2, ok()),
-            event(run, 4, ok()),
-        ];
-        let metrics = Arc::new(Metrics::new());
-        let applier = Applier {
-            store: db.store.clone(),
-            plans: Arc::new(PlanCache::default()),
-            metrics: metrics.clone(),
-        };
-        let applied = applier.apply(&events, &CancellationToken::new()).await.unwrap();
-        assert!(applied.given_up.is_empty());
-        // The refused halves rolled back and were applied again: each step counts once.
-        let text = metrics.render(&db.store).await;
-        let mut steps: Vec<&str> = text.lines().filter(|l| l.starts_with("opflow_steps_total")).collect();
-        steps.sort();
-        assert_eq!(
-            steps,
-            [
-                "opflow_steps_total{op=\"noop\",version=\"1.0.0\",status=\"failed\"} 1",
-                "opflow_steps_total{op=\"noop\",version=\"1.0.0\",status=\"succeeded\"} 4",
-            ],
-            "{text}"
-        );
-
-        let steps: Vec<(i32, String, Option<String>)> =
-            sqlx::query_as("SELECT id, status::text, error FROM steps WHERE run_id = $1 ORDER BY id")
-                .bind(run.as_uuid())
-                .fetch_all(db.store.pool())
-                .await
-                .unwrap();
-        for (id, status, error) in &steps {
-            if *id == 3 {
-                assert_eq!(status, "failed");
-                let error = error.as_deref().unwrap_or_default();
-                assert!(
-                    error.contains("could not apply a `log` event") && error.contains("refusing the poison"),
-                    "{error}"
-                );
-                assert!(error.contains("poison"), "the event's own text is kept: {error}");
-            } else {
-                assert_eq!(status, "succeeded", "step {id}");
-            }
-        }
-        assert_eq!(applied.outcome.finished.len(), 1, "the run ended: {:?}", applied.outcome);
-    }
 }

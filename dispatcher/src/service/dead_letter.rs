@@ -101,14 +101,14 @@ impl DeadLetterConsumer {
     /// Fails the step of a step message the broker gave up on.
     async fn fail_step(&self, message: StepMessage, death: &Death, cancel: &CancellationToken) -> bool {
         let store = &self.applier.store;
-        let abandoned = match store.last_abandon_reason(&message).await {
+        let abandoned = match store.in_flight().last_abandon_reason(&message).await {
             Ok(reason) => reason,
             Err(error) => {
                 tracing::debug!(%error, "could not read why workers abandoned the step");
                 None
             }
         };
-        let delivery_limit = match store.op_queue_settings(&message.op).await {
+        let delivery_limit = match store.ops().queue_settings(&message.op).await {
             Ok(settings) => settings.map(|s| s.delivery_limit),
             Err(error) => {
                 tracing::debug!(%error, "could not read the op's delivery limit");

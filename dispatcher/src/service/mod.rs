@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 pub mod applier;
 pub mod dead_letter;
 pub mod events;
-pub mod leader;
 pub mod publisher;
 pub mod recovery;
 pub mod retention;
@@ -25,14 +24,13 @@ pub mod webhooks;
 use applier::Applier;
 use dead_letter::DeadLetterConsumer;
 use events::EventConsumer;
-use leader::Lease;
 use publisher::{StepPublisher, Wakeups};
 use recovery::Recovery;
 
 use crate::{
     api::{self, ApiState, Readiness, Role, metrics::Metrics},
     settings::Settings,
-    store::{Store, run_plan::PlanCache},
+    store::{LeaderStore, Lease, Store, run_plan::PlanCache},
 };
 
 /// Connects to both services and declares what the dispatcher needs on the broker.
@@ -64,8 +62,8 @@ async fn declare_topology(settings: &Settings, store: &Store, connection: &Conne
         tracing::warn!("{warning}");
     }
     let channel = connection.create_channel().await.context("opening a channel")?;
-    for op in store.registered_ops().await.context("reading the op registry")? {
-        let queue_settings = store.op_queue_settings(&op).await?.unwrap_or_default();
+    for op in store.ops().registered().await.context("reading the op registry")? {
+        let queue_settings = store.ops().queue_settings(&op).await?.unwrap_or_default();
         topology::declare_op_queue(&channel, &op, queue_settings)
             .await
             .with_context(|| format!("declaring the queue of {op}"))?;
@@ -206,7 +204,7 @@ impl Shared {
             self.readiness.set_role(Role::Leader);
             let stop = CancellationToken::new();
             let led = {
-                let lead = self.lead(&mut connection, &stop);
+                let lead = self.lead(lease.store(), &mut connection, &stop);
                 tokio::pin!(lead);
                 tokio::select! {
                     // Leading ended by itself: a fatal error.
@@ -236,9 +234,14 @@ impl Shared {
 
     /// Leads until `stop`: the retry scheduler for the whole time, the broker parts for
     /// one connection after another.
-    async fn lead(&self, first: &mut Option<Connection>, stop: &CancellationToken) -> anyhow::Result<()> {
+    async fn lead(
+        &self,
+        leader: LeaderStore,
+        first: &mut Option<Connection>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let scheduler = tokio::spawn(retries::release_retries(
-            self.store.clone(),
+            leader.clone(),
             self.wake.clone(),
             self.settings.retry_poll(),
             stop.clone(),
@@ -250,7 +253,7 @@ impl Shared {
             stop.clone(),
         ));
         let webhooks = tokio::spawn(webhooks::deliver_while_leading(
-            self.store.clone(),
+            leader.clone(),
             webhooks::DeliveryRetryPolicy {
                 retry_for: self.settings.webhooks_retry_for,
                 max_backoff: self.settings.webhooks_max_backoff,
@@ -272,7 +275,7 @@ impl Shared {
             };
             reconnect.session_started();
             let connection = Arc::new(connection);
-            let session = self.broker_session(&connection, stop).await;
+            let session = self.broker_session(&leader, &connection, stop).await;
             close_connection(&connection).await;
             match session {
                 Ok(()) => break,
@@ -334,6 +337,7 @@ impl Shared {
     /// the caller reconnects). Either way the others drain first.
     async fn broker_session(
         &self,
+        leader: &LeaderStore,
         connection: &Arc<Connection>,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
@@ -346,9 +350,9 @@ impl Shared {
         let parts_stop = stop.child_token();
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         let applier =
-            Applier { store: self.store.clone(), plans: self.plans.clone(), metrics: self.metrics.clone() };
+            Applier { store: leader.clone(), plans: self.plans.clone(), metrics: self.metrics.clone() };
         let publisher = StepPublisher {
-            store: self.store.clone(),
+            store: leader.clone(),
             plans: self.plans.clone(),
             wakeups: self.wakeups.clone(),
             applier: applier.clone(),

@@ -12,14 +12,14 @@ use std::{
 use futures_util::FutureExt;
 use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
 use opflow_protocol::{CancelRecord, OpRef, RunId, StepInput, queue};
-use sqlx::postgres::PgListener;
+
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::applier::{Applier, dispatcher_failure};
 use crate::store::{
-    CANCELS_CHANNEL, OUTBOX_CHANNEL, Store, StoreError,
+    CANCELS_CHANNEL, LeaderStore, StoreError,
     outbox::{OutboxBatch, OutboxEntry},
     run_plan::{PlanCache, RunPlan, StepRange},
     storable::StorableEvent,
@@ -75,7 +75,7 @@ impl Wakeups {
 
 /// Publishes steps from the outbox.
 pub struct StepPublisher {
-    pub store: Store,
+    pub store: LeaderStore,
     pub plans: Arc<PlanCache>,
     /// Told of every op published to, when an autoscaler runs in this process.
     pub wakeups: Option<Arc<Wakeups>>,
@@ -102,14 +102,8 @@ impl StepPublisher {
         wake: Arc<Notify>,
         cancel: CancellationToken,
     ) -> Result<(), PublisherError> {
-        let mut listener = match PgListener::connect_with(self.store.pool()).await {
-            Ok(mut listener) => match listener.listen_all([CANCELS_CHANNEL, OUTBOX_CHANNEL]).await {
-                Ok(()) => Some(listener),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot LISTEN for outbox notifications; polling instead");
-                    None
-                }
-            },
+        let mut listener = match self.store.outbox().listen().await {
+            Ok(listener) => Some(listener),
             Err(error) => {
                 tracing::warn!(%error, "cannot LISTEN for outbox notifications; polling instead");
                 None
@@ -169,7 +163,7 @@ impl StepPublisher {
     /// Appends the runs canceled since the last call to the cancels stream, and removes
     /// them from the cancel outbox once the broker confirmed them.
     async fn publish_cancels(&self) -> Result<(), PublisherError> {
-        let batch = self.store.take_cancels(CANCELS_PER_ROUND).await?;
+        let batch = self.store.outbox().take_cancels(CANCELS_PER_ROUND).await?;
         if batch.runs.is_empty() {
             return Ok(());
         }
@@ -211,7 +205,7 @@ impl StepPublisher {
     /// policy) is failed on its own; only a store outage or a lost channel fails the batch,
     /// which then rolls back and is taken again.
     pub async fn publish_batch(&self, cancel: &CancellationToken) -> Result<usize, PublisherError> {
-        let mut batch = self.store.take_outbox(self.batch_size).await?;
+        let mut batch = self.store.outbox().take(self.batch_size).await?;
         if batch.is_empty() {
             return Ok(0);
         }

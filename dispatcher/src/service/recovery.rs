@@ -97,7 +97,7 @@ impl Recovery {
         let events = probe.counts(queue::DISPATCHER_EVENTS_QUEUE).await?.unwrap_or_default();
         let mut failures: Vec<StorableEvent> = Vec::new();
         if events.ready == 0 {
-            for silent in store.silent_running_steps(self.lost_after, PER_CHECK).await? {
+            for silent in store.in_flight().silent_steps(self.lost_after, PER_CHECK).await? {
                 let reason = format!(
                     "lost: its worker {} has not been heard from since {} (no heartbeat for over {}): it hangs, \
                      or lost its broker connection and the broker did not give the step to another worker",
@@ -108,7 +108,7 @@ impl Recovery {
                 failures.push(failure(silent.step, reason));
             }
         }
-        for op in store.registered_ops().await? {
+        for op in store.ops().registered().await? {
             let name = queue::op_queue(&op);
             let on_broker = probe.counts(&name).await?;
             let QueueCounts { ready, consumers } = on_broker.unwrap_or_default();
@@ -116,14 +116,15 @@ impl Recovery {
             // a step started or ended. (A message a worker holds unacked is in neither for
             // the moment until it reports; the second check clears it.)
             let accounted = u64::from(ready) + u64::from(events.ready);
-            let published = store.published_queued_steps(&op, accounted + PER_CHECK as u64).await?;
+            let published = store.queues().published(&op, accounted + PER_CHECK as u64).await?;
             let missing = published.saturating_sub(accounted);
             let previous = suspects.remove(&op).unwrap_or_default();
             if missing == 0 {
                 continue;
             }
             let candidates: HashSet<StepAttempt> = store
-                .oldest_published_queued_steps(&op, self.lost_after, missing.min(PER_CHECK as u64))
+                .in_flight()
+                .oldest_published(&op, self.lost_after, missing.min(PER_CHECK as u64))
                 .await?
                 .into_iter()
                 .collect();
@@ -146,11 +147,11 @@ impl Recovery {
                 return Ok(());
             }
         }
-        for run in store.runs_with_nothing_in_flight(self.lost_after).await? {
+        for run in store.in_flight().runs_with_nothing_in_flight(self.lost_after).await? {
             let reason = "its upstream steps all ended, yet it was never unlocked: an inconsistency in the run \
                           store, which opflow cannot explain (please report it); the run is ended so that it \
                           does not wait forever";
-            if store.settle_run(run, reason).await? {
+            if store.in_flight().settle_run(run, reason).await? {
                 self.applier.plans.forget(run);
                 tracing::error!(run_id = %run, "a run had nothing in flight but had not ended; ended it");
             }

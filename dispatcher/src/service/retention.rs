@@ -27,7 +27,7 @@ pub async fn apply_retention(
             () = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let expired = match store.expired_runs(retention, RETENTION_RUNS).await {
+        let expired = match store.retention().expired(retention, RETENTION_RUNS).await {
             Ok(expired) => expired,
             Err(error) => {
                 tracing::warn!(%error, "looking for runs past their retention failed; trying again later");
@@ -38,7 +38,7 @@ pub async fn apply_retention(
             if cancel.is_cancelled() {
                 return;
             }
-            match store.delete_run(run.run_id).await {
+            match store.retention().delete(run.run_id).await {
                 Ok(deleted) => {
                     plans.forget(run.run_id);
                     tracing::info!(run_id = %run.run_id, steps = deleted.steps, events = deleted.events,

@@ -7,10 +7,15 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::store::LeaderStore;
 
 /// Queues due retries every `every` until cancelled, waking the publisher when it did.
-pub async fn release_retries(store: Store, wake: Arc<Notify>, every: Duration, cancel: CancellationToken) {
+pub async fn release_retries(
+    store: LeaderStore,
+    wake: Arc<Notify>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -18,7 +23,7 @@ pub async fn release_retries(store: Store, wake: Arc<Notify>, every: Duration, c
             () = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        match store.release_due_retries().await {
+        match store.outbox().release_due_retries().await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::debug!(steps = n, "retries due; queued");

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::store::{
-    Store, StoreError,
+    LeaderStore, StoreError,
     webhooks::{AttemptRecord, DueDelivery, NextStep},
 };
 use crate::webhooks::{
@@ -87,7 +87,7 @@ pub enum DeliveryError {
 
 /// Sends due deliveries; see the module docs.
 pub struct Deliverer {
-    store: Store,
+    store: LeaderStore,
     client: reqwest::Client,
     policy: DeliveryRetryPolicy,
     allow_private: bool,
@@ -97,7 +97,7 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(
-        store: Store,
+        store: LeaderStore,
         policy: DeliveryRetryPolicy,
         allow_private: bool,
         metrics: Arc<crate::api::metrics::Metrics>,
@@ -109,7 +109,7 @@ impl Deliverer {
     /// attempt timeout); an attempt cut short is simply due again later.
     pub async fn run(self, stop: CancellationToken) -> Result<(), DeliveryError> {
         let this = Arc::new(self);
-        let mut listener = match this.store.listen_for_webhooks().await {
+        let mut listener = match this.store.webhook_outbox().listen().await {
             Ok(listener) => Some(listener),
             Err(error) => {
                 tracing::warn!(%error, "cannot LISTEN for webhook deliveries; polling instead");
@@ -122,7 +122,7 @@ impl Deliverer {
             let free = slots.available_permits();
             let mut more_due = false;
             if free > 0 {
-                match this.store.claim_due_webhooks(free, CLAIM_LEASE).await {
+                match this.store.webhook_outbox().claim_due(free, CLAIM_LEASE).await {
                     Ok(due) => {
                         more_due = due.len() == free;
                         for delivery in due {
@@ -221,7 +221,7 @@ impl Deliverer {
 /// The one place every attempt's outcome goes: recorded with what follows from it, counted
 /// (`opflow_webhook_deliveries_total{outcome}`: `delivered`, `retrying`, `failed`) and logged.
 pub async fn record_attempt(
-    store: &Store,
+    store: &LeaderStore,
     policy: &DeliveryRetryPolicy,
     metrics: &crate::api::metrics::Metrics,
     delivery: &DueDelivery,
@@ -235,7 +235,7 @@ pub async fn record_attempt(
     let error = attempt.error.clone();
     let took_ms = attempt.duration.as_millis() as u64;
     // A lost write leaves the delivery claimed until its lease runs out, then it is sent again.
-    match store.record_webhook_attempt(delivery.id, &attempt, next).await {
+    match store.webhook_outbox().record_attempt(delivery.id, &attempt, next).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::info!(
@@ -290,7 +290,7 @@ fn truncate(mut text: String, chars: usize) -> String {
 /// Delivers webhooks while leading. It needs no broker, so it runs for the whole lease; a
 /// failure is logged and the task started again (pending deliveries wait in the outbox).
 pub async fn deliver_while_leading(
-    store: Store,
+    store: LeaderStore,
     policy: DeliveryRetryPolicy,
     allow_private: bool,
     metrics: Arc<crate::api::metrics::Metrics>,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    Store, StoreError,
+    StoreError,
     runs::{RunStatus, StepStatus},
 };
 
@@ -82,12 +82,18 @@ pub struct AssetSize {
     pub leaf: bool,
 }
 
-impl Store {
+/// What clients read as they follow runs (`store.following()`).
+#[derive(Clone, Copy)]
+pub struct Following<'a> {
+    pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Following<'_> {
     /// The run's status, or `None` for an unknown run.
-    pub async fn run_status(&self, run: RunId) -> Result<Option<RunStatus>, StoreError> {
+    pub async fn status(&self, run: RunId) -> Result<Option<RunStatus>, StoreError> {
         Ok(sqlx::query_scalar("SELECT status FROM runs WHERE id = $1")
             .bind(run.as_uuid())
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool)
             .await?)
     }
 
@@ -114,20 +120,20 @@ impl Store {
         .bind(filter.kinds.as_deref())
         .bind(filter.step)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?)
     }
 
     /// A listener told of every batch of recorded events, on [`super::EVENTS_CHANNEL`].
-    pub async fn listen_for_events(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+    pub async fn listen(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(self.pool).await?;
         listener.listen(super::EVENTS_CHANNEL).await?;
         Ok(listener)
     }
 
     /// Runs newest first, optionally of one status; one page after `after` (the
     /// `(created_at, id)` of the last run of the page before).
-    pub async fn list_runs(
+    pub async fn runs(
         &self,
         status: Option<RunStatus>,
         after: Option<(DateTime<Utc>, Uuid)>,
@@ -146,12 +152,12 @@ impl Store {
         .bind(after_at)
         .bind(after_id)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?)
     }
 
     /// A run's steps by id, optionally of one asset and one status; one page after step `after`.
-    pub async fn list_steps(
+    pub async fn steps(
         &self,
         run: RunId,
         asset: Option<&str>,
@@ -173,12 +179,12 @@ impl Store {
         .bind(status)
         .bind(after.map_or(-1, |a| a as i64))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?)
     }
 
     /// Each asset of a run with its number of steps, in plan order.
-    pub async fn asset_sizes(&self, run: RunId) -> Result<Vec<AssetSize>, StoreError> {
+    pub async fn assets(&self, run: RunId) -> Result<Vec<AssetSize>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT a.name, a.step_count::bigint AS steps,
                     NOT EXISTS (SELECT 1 FROM run_assets b, jsonb_array_elements(b.deps) d
@@ -186,7 +192,7 @@ impl Store {
              FROM run_assets a WHERE a.run_id = $1 ORDER BY a.idx",
         )
         .bind(run.as_uuid())
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?)
     }
 }

@@ -2,27 +2,41 @@
 //! event log. Everything that outlives a dispatcher process lives here; the schema is in
 //! `dispatcher/migrations/` and is applied on connect.
 //!
-//! - [`ops`]: the registry of op versions.
-//! - [`runs`]: submitting a run (bulk inserts) and reading its state.
-//! - [`outbox`]: taking steps to publish, transactionally.
-//! - [`apply`]: applying worker events to steps and runs.
-//! - [`in_flight`]: what is in flight, for lost-step recovery.
-//! - [`storable`]: what an op sends, made storable.
-//! - [`tokens`]: API tokens.
+//! The surface is grouped by concern, each a handle borrowed from the store (below,
+//! [`Store::runs`] and the rest). What only the leader may do (publish from the outbox,
+//! apply events, recover lost steps, deliver webhooks) is on a [`LeaderStore`], which only
+//! a held [`Lease`] hands out, so the API and the CLI, which hold a plain [`Store`], cannot
+//! reach it.
+//!
+//! - [`runs`]: submitting a run (bulk inserts) and reading its state; [`run_plan`]: a
+//!   stored run's plan, and the cache of them.
+//! - [`following`]: what clients read as they follow runs.
+//! - [`ops`]: the registry of op versions; [`queues`]: what their queues hold.
+//! - [`tokens`]: API tokens; [`webhooks`]: webhook subscriptions, a run's notify URL, the
+//!   delivery outbox.
 //! - [`retention`]: deleting finished runs past their retention.
-//! - [`webhooks`]: webhook subscriptions, a run's notify URL, the delivery outbox.
+//! - [`checks`]: reads that verify a run from outside (`opflow bench`).
+//! - [`lease`]: leadership, and the [`LeaderStore`] it grants: [`outbox`] (taking steps to
+//!   publish), [`apply`] (worker events applied to steps and runs), [`in_flight`] (lost-step
+//!   recovery).
+//! - [`storable`]: what an op sends, made storable.
 
 pub mod apply;
+pub mod checks;
 pub mod following;
 pub mod in_flight;
+pub mod lease;
 pub mod ops;
 pub mod outbox;
+pub mod queues;
 pub mod retention;
 pub mod run_plan;
 pub mod runs;
 pub mod storable;
 pub mod tokens;
 pub mod webhooks;
+
+pub use lease::{LeaderStore, Lease};
 
 use std::{str::FromStr, time::Duration};
 
@@ -181,6 +195,8 @@ impl Store {
         Self { pool: PgPoolOptions::new().connect_lazy_with(options) }
     }
 
+    /// The connection pool, for tests that check rows directly. Everything else goes
+    /// through the handles below: only `store/` writes SQL against opflow's tables.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -205,6 +221,54 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Closes every connection, waiting for those in use to be given back.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The store's surface, by concern.
+impl Store {
+    /// Submitting runs and reading their state, outputs and plans.
+    pub fn runs(&self) -> runs::Runs<'_> {
+        runs::Runs { pool: &self.pool }
+    }
+
+    /// What clients read as they follow runs: events by number, runs and steps paged.
+    pub fn following(&self) -> following::Following<'_> {
+        following::Following { pool: &self.pool }
+    }
+
+    /// The op registry: op versions, their queues and scaling settings.
+    pub fn ops(&self) -> ops::Ops<'_> {
+        ops::Ops { pool: &self.pool }
+    }
+
+    /// What each op version's queue holds and what waits for its workers.
+    pub fn queues(&self) -> queues::Queues<'_> {
+        queues::Queues { pool: &self.pool }
+    }
+
+    /// API tokens.
+    pub fn tokens(&self) -> tokens::Tokens<'_> {
+        tokens::Tokens { pool: &self.pool }
+    }
+
+    /// Webhook subscriptions and their deliveries.
+    pub fn webhooks(&self) -> webhooks::Webhooks<'_> {
+        webhooks::Webhooks { pool: &self.pool }
+    }
+
+    /// Finished runs past their retention.
+    pub fn retention(&self) -> retention::Retention<'_> {
+        retention::Retention { pool: &self.pool }
+    }
+
+    /// Reads that verify a run from outside, for `opflow bench`.
+    pub fn checks(&self) -> checks::Checks<'_> {
+        checks::Checks { pool: &self.pool }
     }
 }
 
@@ -261,62 +325,6 @@ async fn create_database(options: &PgConnectOptions, redacted: &str) -> Result<(
             Ok(())
         }
         Err(error) => Err(failed(error)),
-    }
-}
-
-/// A database of its own for a store test, on the server the integration tests use
-/// (`OPFLOW_TEST_PG`, default `postgres://postgres@127.0.0.1:5432`), dropped afterwards.
-#[cfg(test)]
-pub(crate) mod testing {
-    use super::*;
-
-    pub(crate) struct TestDb {
-        pub store: Store,
-        pub(crate) name: String,
-        pub(crate) server: String,
-    }
-
-    impl TestDb {
-        pub(crate) async fn new(test: &str) -> TestDb {
-            let server = std::env::var("OPFLOW_TEST_PG")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-            let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-            let name = format!("opflow_u_{test}_{suffix}");
-            let store =
-                Store::connect(&SecretUrl::new(format!("{server}/{name}")), &CancellationToken::new())
-                    .await
-                    .unwrap_or_else(|e| panic!("a test database on {server} (is PostgreSQL running?): {e}"));
-            TestDb { store, name, server }
-        }
-    }
-
-    #[tokio::test]
-    async fn processes_using_a_fresh_database_at_once_all_get_it() {
-        let server =
-            std::env::var("OPFLOW_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        let name = format!("opflow_u_race_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let url = SecretUrl::new(format!("{server}/{name}"));
-        let connects = (0..6).map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { Store::connect(&url, &CancellationToken::new()).await.map(|_| ()) })
-        });
-        let results = futures_util::future::join_all(connects).await;
-        let _cleanup = TestDb { store: Store::unconnected(), name, server };
-        for result in results {
-            result.unwrap().unwrap_or_else(|e| panic!("{e}"));
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            // Drop runs outside async context: use psql, synchronously.
-            let _ = std::process::Command::new("psql")
-                .args([&format!("{}/postgres", self.server), "-q", "-c"])
-                .arg(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
     }
 }
 

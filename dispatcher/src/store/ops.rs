@@ -4,7 +4,7 @@
 use opflow_amqp::{OpQueueSettings, QueueKind};
 use opflow_protocol::{OpDescription, OpRef, queue};
 
-use super::{Store, StoreError};
+use super::StoreError;
 
 /// One registered op version, as listed by `opflow ops list`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -71,10 +71,16 @@ pub enum Registration {
     Updated,
 }
 
-impl Store {
+/// The op registry (`store.ops()`).
+#[derive(Clone, Copy)]
+pub struct Ops<'a> {
+    pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Ops<'_> {
     /// Records an op version. Re-registering a version refreshes its description but keeps
     /// its queue settings: a durable queue cannot change type in place.
-    pub async fn register_op(
+    pub async fn register(
         &self,
         description: &OpDescription,
         settings: OpQueueSettings,
@@ -94,18 +100,18 @@ impl Store {
         .bind(settings.kind.as_str())
         .bind(settings.delivery_limit as i32)
         .bind(json)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool)
         .await?;
         Ok(if inserted { Registration::New } else { Registration::Updated })
     }
 
     /// The queue settings an op version was registered with.
-    pub async fn op_queue_settings(&self, op: &OpRef) -> Result<Option<OpQueueSettings>, StoreError> {
+    pub async fn queue_settings(&self, op: &OpRef) -> Result<Option<OpQueueSettings>, StoreError> {
         let row: Option<(String, i32)> =
             sqlx::query_as("SELECT queue_type, delivery_limit FROM ops WHERE name = $1 AND version = $2")
                 .bind(op.name.as_str())
                 .bind(op.version.to_string())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.pool)
                 .await?;
         row.map(|(kind, limit)| {
             let kind: QueueKind = kind.parse().map_err(|e| StoreError::Corrupt(op.to_string(), e))?;
@@ -123,7 +129,7 @@ impl Store {
         )
         .bind(op.name.as_str())
         .bind(op.version.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool)
         .await?)
     }
 
@@ -144,7 +150,7 @@ impl Store {
         .bind(s.cooldown_secs)
         .bind(s.max_steps)
         .bind(s.max_rss_mb)
-        .execute(&self.pool)
+        .execute(self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
     }
@@ -158,13 +164,13 @@ impl Store {
         .bind(op.version.to_string())
         .bind(replicas as i32)
         .bind(desired as i32)
-        .execute(&self.pool)
+        .execute(self.pool)
         .await?;
         Ok(())
     }
 
     /// Every registered op version, by name then version.
-    pub async fn list_ops(&self) -> Result<Vec<RegisteredOpRow>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<RegisteredOpRow>, StoreError> {
         let mut rows: Vec<RegisteredOpRow> = sqlx::query_as(
             "SELECT name, version, queue, queue_type, delivery_limit,
                     coalesce(description->>'summary', '') AS summary, registered_at,
@@ -172,7 +178,7 @@ impl Store {
                     max_steps, max_rss_mb, replicas, desired, scaled_at
              FROM ops",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?;
         rows.sort_by(|a, b| {
             let version = |v: &str| semver::Version::parse(v).ok();
@@ -182,9 +188,9 @@ impl Store {
     }
 
     /// Every registered op version as an `OpRef`, for resolving plans.
-    pub async fn registered_ops(&self) -> Result<Vec<OpRef>, StoreError> {
+    pub async fn registered(&self) -> Result<Vec<OpRef>, StoreError> {
         let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, version FROM ops").fetch_all(&self.pool).await?;
+            sqlx::query_as("SELECT name, version FROM ops").fetch_all(self.pool).await?;
         rows.into_iter()
             .map(|(name, version)| {
                 format!("{name}@{version}")

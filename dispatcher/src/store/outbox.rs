@@ -9,7 +9,9 @@ use serde_json::Value;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{Store, StoreError, run_plan::StepRange};
+use sqlx::postgres::PgListener;
+
+use super::{StoreError, run_plan::StepRange};
 
 /// One step attempt to publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +29,22 @@ pub struct OutboxBatch {
     current: Vec<bool>,
 }
 
-impl Store {
+/// The outbox as the leader's publisher and retry scheduler work it (`leader.outbox()`):
+/// only a [`LeaderStore`](super::LeaderStore) hands it out.
+#[derive(Clone, Copy)]
+pub struct Outbox<'a> {
+    pub(in crate::store) pool: &'a sqlx::PgPool,
+}
+
+impl Outbox<'_> {
+    /// A listener on the outbox's notifications: steps written to it (`OUTBOX_CHANNEL`) and
+    /// cancels to append to the cancels stream (`CANCELS_CHANNEL`).
+    pub async fn listen(&self) -> Result<PgListener, StoreError> {
+        let mut listener = PgListener::connect_with(self.pool).await?;
+        listener.listen_all([super::CANCELS_CHANNEL, super::OUTBOX_CHANNEL]).await?;
+        Ok(listener)
+    }
+
     /// Takes up to `limit` rows, oldest first, skipping rows another publisher holds, and
     /// learns in the same statement which of them are still current.
     ///
@@ -37,7 +54,7 @@ impl Store {
     /// attempt is applied once), and anything later that must be durable, such as the
     /// step's result, flushes the WAL past it. A chain of steps waits for one flush per step
     /// instead of two.
-    pub async fn take_outbox(&self, limit: u32) -> Result<OutboxBatch, StoreError> {
+    pub async fn take(&self, limit: u32) -> Result<OutboxBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
         let rows: Vec<(Uuid, i32, i32, bool)> = sqlx::query_as(
@@ -64,6 +81,40 @@ impl Store {
             })
             .unzip();
         Ok(OutboxBatch { tx, entries, current })
+    }
+
+    /// Takes up to `limit` cancels to append to the cancels stream, oldest first.
+    pub async fn take_cancels(&self, limit: u32) -> Result<CancelBatch, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let runs: Vec<Uuid> = sqlx::query_scalar(
+            "DELETE FROM cancel_outbox WHERE run_id IN (
+                 SELECT run_id FROM cancel_outbox ORDER BY requested_at LIMIT $1 FOR UPDATE SKIP LOCKED
+             )
+             RETURNING run_id",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(CancelBatch { tx, runs: runs.into_iter().map(RunId::from_uuid).collect() })
+    }
+
+    /// Queues every retry whose backoff has elapsed; returns how many.
+    pub async fn release_due_retries(&self) -> Result<u64, StoreError> {
+        let queued: i64 = sqlx::query_scalar(
+            "WITH due AS (
+                 UPDATE steps SET status = 'queued', queued_at = now(), next_attempt_at = NULL
+                 WHERE status = 'retrying' AND next_attempt_at <= now()
+                 RETURNING run_id, id, attempt
+             ), queued AS (
+                 INSERT INTO outbox (run_id, step_id, attempt)
+                 SELECT run_id, id, attempt FROM due ORDER BY run_id, id
+                 RETURNING 1
+             )
+             SELECT count(*) FROM queued",
+        )
+        .fetch_one(self.pool)
+        .await?;
+        Ok(queued as u64)
     }
 }
 
@@ -134,83 +185,5 @@ impl CancelBatch {
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
         Ok(())
-    }
-}
-
-impl Store {
-    /// Takes up to `limit` cancels to append to the cancels stream, oldest first.
-    pub async fn take_cancels(&self, limit: u32) -> Result<CancelBatch, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let runs: Vec<Uuid> = sqlx::query_scalar(
-            "DELETE FROM cancel_outbox WHERE run_id IN (
-                 SELECT run_id FROM cancel_outbox ORDER BY requested_at LIMIT $1 FOR UPDATE SKIP LOCKED
-             )
-             RETURNING run_id",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        Ok(CancelBatch { tx, runs: runs.into_iter().map(RunId::from_uuid).collect() })
-    }
-
-    /// Queues every retry whose backoff has elapsed; returns how many.
-    pub async fn release_due_retries(&self) -> Result<u64, StoreError> {
-        let queued: i64 = sqlx::query_scalar(
-            "WITH due AS (
-                 UPDATE steps SET status = 'queued', queued_at = now(), next_attempt_at = NULL
-                 WHERE status = 'retrying' AND next_attempt_at <= now()
-                 RETURNING run_id, id, attempt
-             ), queued AS (
-                 INSERT INTO outbox (run_id, step_id, attempt)
-                 SELECT run_id, id, attempt FROM due ORDER BY run_id, id
-                 RETURNING 1
-             )
-             SELECT count(*) FROM queued",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(queued as u64)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use serde_json::json;
-
-    use super::*;
-    use crate::{
-        plan::{self, RegisteredOp},
-        store::testing::TestDb,
-    };
-
-    #[tokio::test]
-    async fn outputs_are_loaded_only_within_the_budget_and_their_size_always_said() {
-        let db = TestDb::new("outputs_within").await;
-        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
-        let source = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: {from: 1, to: 3}}\n";
-        let plan = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
-        let run = db.store.submit_run(&plan, "p.yaml", source, None).await.unwrap().run_id;
-        // Steps 0 and 2 succeeded with outputs of 8 bytes each (`{"k": 0}`); step 1 is still queued.
-        sqlx::query(
-            "UPDATE steps SET status = 'succeeded', output = jsonb_build_object('k', id),
-                              output_bytes = octet_length(jsonb_build_object('k', id)::text)
-             WHERE run_id = $1 AND id <> 1",
-        )
-        .bind(run.as_uuid())
-        .execute(db.store.pool())
-        .await
-        .unwrap();
-        let range = StepRange { first: 0, last: 2 };
-        let mut batch = db.store.take_outbox(10).await.unwrap();
-
-        let (bytes, outputs) = batch.outputs_within(run, range, 16).await.unwrap();
-        assert_eq!(bytes, 16);
-        assert_eq!(outputs.unwrap(), [(StepId(0), json!({"k": 0})), (StepId(2), json!({"k": 2}))]);
-        let (bytes, outputs) = batch.outputs_within(run, range, 15).await.unwrap();
-        assert_eq!((bytes, outputs), (16, None), "over the budget, only the size");
-        let (bytes, outputs) = batch.outputs_within(run, StepRange { first: 1, last: 1 }, 0).await.unwrap();
-        assert_eq!((bytes, outputs), (0, Some(Vec::new())), "a range with no output yet");
     }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use opflow_protocol::RunId;
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::StoreError;
 
 /// Rows deleted per statement (and transaction).
 const CHUNK: i64 = 5_000;
@@ -46,9 +46,16 @@ fn interval(d: Duration) -> String {
     format!("{} milliseconds", d.as_millis())
 }
 
-impl Store {
+/// Finished runs past their retention (`store.retention()`): the leader's background pass
+/// and `opflow gc` both delete them.
+#[derive(Clone, Copy)]
+pub struct Retention<'a> {
+    pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Retention<'_> {
     /// Up to `limit` finished runs that ended more than `older_than` ago, oldest first.
-    pub async fn expired_runs(&self, older_than: Duration, limit: u32) -> Result<Vec<Expired>, StoreError> {
+    pub async fn expired(&self, older_than: Duration, limit: u32) -> Result<Vec<Expired>, StoreError> {
         type Row = (Uuid, String, String, DateTime<Utc>, i32);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, plan_name, status::text, finished_at, steps_total FROM runs
@@ -57,7 +64,7 @@ impl Store {
         )
         .bind(interval(older_than))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?;
         Ok(rows
             .into_iter()
@@ -73,12 +80,12 @@ impl Store {
 
     /// Deletes a finished run and everything it owns, in chunks; see the module docs. A run
     /// that is still going (or gone) is left alone, with nothing deleted.
-    pub async fn delete_run(&self, run: RunId) -> Result<Deleted, StoreError> {
+    pub async fn delete(&self, run: RunId) -> Result<Deleted, StoreError> {
         let finished: Option<bool> = sqlx::query_scalar(
             "SELECT status IN ('succeeded', 'failed', 'canceled') FROM runs WHERE id = $1",
         )
         .bind(run.as_uuid())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool)
         .await?;
         if finished != Some(true) {
             return Ok(Deleted::default());
@@ -99,7 +106,7 @@ impl Store {
                 let gone = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
                     .bind(run.as_uuid())
                     .bind(CHUNK)
-                    .execute(&self.pool)
+                    .execute(self.pool)
                     .await?
                     .rows_affected();
                 total += gone;
@@ -113,63 +120,8 @@ impl Store {
         }
         // The run's assets go with it (their foreign key cascades).
         let gone =
-            sqlx::query("DELETE FROM runs WHERE id = $1").bind(run.as_uuid()).execute(&self.pool).await?;
+            sqlx::query("DELETE FROM runs WHERE id = $1").bind(run.as_uuid()).execute(self.pool).await?;
         deleted.runs = gone.rows_affected();
         Ok(deleted)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::{
-        plan::{self, RegisteredOp},
-        store::testing::TestDb,
-    };
-
-    #[tokio::test]
-    async fn only_finished_runs_are_deleted_and_all_their_rows_go() {
-        let db = TestDb::new("retention").await;
-        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
-        let source = "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: {from: 1, to: 12000}}\n  \
-                      - name: b\n    op: noop@1.0.0\n    deps: [a]\n";
-        let plan = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
-        let done = db.store.submit_run(&plan, "p.yaml", source, Some("done")).await.unwrap().run_id;
-        let going = db.store.submit_run(&plan, "p.yaml", source, Some("going")).await.unwrap().run_id;
-        sqlx::query(
-            "UPDATE runs SET status = 'succeeded', finished_at = now() - interval '1 day' WHERE id = $1",
-        )
-        .bind(done.as_uuid())
-        .execute(db.store.pool())
-        .await
-        .unwrap();
-        let expired = db.store.expired_runs(Duration::from_secs(3600), 10).await.unwrap();
-        assert_eq!(expired.iter().map(|e| e.run_id).collect::<Vec<_>>(), [done]);
-        assert_eq!(
-            db.store.delete_run(going).await.unwrap(),
-            Deleted::default(),
-            "a run still going is kept"
-        );
-        let deleted = db.store.delete_run(done).await.unwrap();
-        assert_eq!((deleted.runs, deleted.steps), (1, 12_001));
-        for table in ["runs", "run_assets", "steps", "outbox", "dep_groups", "events"] {
-            let column = if table == "runs" { "id" } else { "run_id" };
-            let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT count(*) FROM {table} WHERE {column} = $1"
-            )))
-            .bind(done.as_uuid())
-            .fetch_one(db.store.pool())
-            .await
-            .unwrap();
-            assert_eq!(left, 0, "{table} rows of the deleted run");
-        }
-        let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM steps WHERE run_id = $1")
-            .bind(going.as_uuid())
-            .fetch_one(db.store.pool())
-            .await
-            .unwrap();
-        assert_eq!(kept, 12_001);
     }
 }

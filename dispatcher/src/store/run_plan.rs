@@ -151,7 +151,7 @@ impl PlanCache {
         if let Some((plan, _)) = self.lock().plans.get(&run) {
             return Ok(plan.clone());
         }
-        let (plan, mode) = store.load_run_plan_for_dispatch(run).await?;
+        let (plan, mode) = store.runs().load_plan_for_dispatch(run).await?;
         let plan = Arc::new(RunPlan::new(plan, mode).map_err(|e| StoreError::Corrupt(run.to_string(), e))?);
         let weight = plan.weight();
         let mut cached = self.lock();

@@ -7,7 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    Store, StoreError,
+    StoreError,
     run_plan::{AssetRow, UnlockMode},
 };
 use crate::plan::{CompiledPlan, graph::PlanGraph};
@@ -113,23 +113,6 @@ pub struct RunProgress {
     pub steps_canceled: i32,
 }
 
-/// How a run's results were counted: every step succeeded exactly once when all three
-/// are equal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExactlyOnce {
-    pub steps: i64,
-    /// Steps that succeeded with an output.
-    pub with_output: i64,
-    /// Steps with exactly one applied success.
-    pub counted_once: i64,
-}
-
-impl ExactlyOnce {
-    pub fn holds(&self) -> bool {
-        self.with_output == self.steps && self.counted_once == self.steps
-    }
-}
-
 /// What canceling a run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancellation {
@@ -156,23 +139,29 @@ pub struct StepOutput {
     pub error: Option<String>,
 }
 
-impl Store {
+/// Runs: submitting one and reading its state, outputs and plan (`store.runs()`).
+#[derive(Clone, Copy)]
+pub struct Runs<'a> {
+    pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Runs<'_> {
     /// Stores a compiled plan as a new run and queues its ready steps, all in one
     /// transaction. With a `key` that an earlier run used, returns that run instead,
     /// unless the plan text differs, which is a [`StoreError::KeyConflict`].
-    pub async fn submit_run(
+    pub async fn submit(
         &self,
         plan: &CompiledPlan,
         plan_file: &str,
         plan_source: &str,
         key: Option<&str>,
     ) -> Result<Submission, StoreError> {
-        self.submit_run_notifying(plan, plan_file, plan_source, key, None).await
+        self.submit_notifying(plan, plan_file, plan_source, key, None).await
     }
 
     /// As [`Store::submit_run`], storing the run's own webhook target (`notify`) in the
     /// same transaction. A run returned for its key keeps the target it was submitted with.
-    pub async fn submit_run_notifying(
+    pub async fn submit_notifying(
         &self,
         plan: &CompiledPlan,
         plan_file: &str,
@@ -181,7 +170,7 @@ impl Store {
         notify: Option<&super::webhooks::RunNotify>,
     ) -> Result<Submission, StoreError> {
         if let Some(key) = key
-            && let Some(existing) = self.run_by_key(key, plan_source).await?
+            && let Some(existing) = self.by_key(key, plan_source).await?
         {
             return Ok(existing);
         }
@@ -206,7 +195,7 @@ impl Store {
             tx.rollback().await?;
             let key = key.unwrap_or_default();
             return self
-                .run_by_key(key, plan_source)
+                .by_key(key, plan_source)
                 .await?
                 .ok_or_else(|| StoreError::Corrupt(key.to_owned(), "key conflict without a run".into()));
         }
@@ -243,10 +232,10 @@ impl Store {
 
     /// The run submitted with `key`, if any; a [`StoreError::KeyConflict`] if it was
     /// submitted with different plan text.
-    pub async fn run_by_key(&self, key: &str, plan_source: &str) -> Result<Option<Submission>, StoreError> {
+    pub async fn by_key(&self, key: &str, plan_source: &str) -> Result<Option<Submission>, StoreError> {
         let row: Option<(Uuid, String)> = sqlx::query_as("SELECT id, plan_source FROM runs WHERE key = $1")
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool)
             .await?;
         match row {
             None => Ok(None),
@@ -258,18 +247,18 @@ impl Store {
     }
 
     /// A run's counters, from its row alone: cheap enough to poll.
-    pub async fn run_progress(&self, run: RunId) -> Result<Option<RunProgress>, StoreError> {
+    pub async fn progress(&self, run: RunId) -> Result<Option<RunProgress>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT status, steps_total, steps_succeeded, steps_failed, steps_skipped, steps_canceled
              FROM runs WHERE id = $1",
         )
         .bind(run.as_uuid())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool)
         .await?)
     }
 
     /// A run's full state, or `None` for an unknown run.
-    pub async fn run_summary(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
+    pub async fn summary(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
         type Row = (
             Option<String>,
             String,
@@ -285,7 +274,7 @@ impl Store {
              FROM runs WHERE id = $1",
         )
         .bind(run.as_uuid())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool)
         .await?;
         let Some((key, plan, plan_file, status, created_at, started_at, finished_at, total)) = row else {
             return Ok(None);
@@ -293,7 +282,7 @@ impl Store {
         let counts: Vec<(StepStatus, i64)> =
             sqlx::query_as("SELECT status, count(*) FROM steps WHERE run_id = $1 GROUP BY status")
                 .bind(run.as_uuid())
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool)
                 .await?;
         let mut steps = StepCounts { total: i64::from(total), ..StepCounts::default() };
         for (status, n) in counts {
@@ -314,7 +303,7 @@ impl Store {
              WHERE s.run_id = $1 AND s.status = 'failed' ORDER BY s.id LIMIT 10",
         )
         .bind(run.as_uuid())
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?;
         Ok(Some(RunSummary {
             run_id: run,
@@ -341,7 +330,7 @@ impl Store {
     /// The outputs (or errors) of a run's steps, optionally of one asset only.
     ///
     /// One page: at most `limit` steps, by step id, after step `after` when given.
-    pub async fn step_outputs(
+    pub async fn outputs(
         &self,
         run: RunId,
         asset: Option<&str>,
@@ -358,7 +347,7 @@ impl Store {
         .bind(asset)
         .bind(after.map_or(-1, |a| a as i64))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?)
     }
 
@@ -366,7 +355,7 @@ impl Store {
     /// start), its unpublished outbox rows go, and the cancel is queued for the cancels
     /// stream, which tells workers to drop its queued messages and stop its running steps.
     /// All in one transaction; a finished run is left as it is. `None` for an unknown run.
-    pub async fn cancel_run(&self, run: RunId) -> Result<Option<Cancellation>, StoreError> {
+    pub async fn cancel(&self, run: RunId) -> Result<Option<Cancellation>, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The run's unfinished steps are locked before its row, as the applier takes them
         // (steps, then the run): a cancel that locked the run first deadlocked with a batch
@@ -425,63 +414,23 @@ impl Store {
     }
 
     /// A listener told of every run that ends: its id arrives on [`super::RUNS_CHANNEL`].
-    pub async fn listen_for_run_ends(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+    pub async fn listen_for_ends(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(self.pool).await?;
         listener.listen(super::RUNS_CHANNEL).await?;
         Ok(listener)
     }
 
-    /// When the first of a run's steps started, as its worker said.
-    pub async fn first_step_started_at(&self, run: RunId) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT min(started_at) FROM steps WHERE run_id = $1")
-            .bind(run.as_uuid())
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    /// How many step rows a run has (against `steps_total`: all of them were stored).
-    pub async fn stored_steps(&self, run: RunId) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM steps WHERE run_id = $1")
-            .bind(run.as_uuid())
-            .fetch_one(&self.pool)
-            .await?)
-    }
-
-    /// Whether every step of a run succeeded with an output and had exactly one success
-    /// applied; `None` for an unknown run.
-    pub async fn exactly_once(&self, run: RunId) -> Result<Option<ExactlyOnce>, StoreError> {
-        let row: Option<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT r.steps_total::bigint,
-                    (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status = 'succeeded' AND s.output IS NOT NULL),
-                    (SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.run_id = r.id AND e.kind = 'succeeded' AND e.applied
-                                           GROUP BY e.step_id HAVING count(*) = 1) once)
-             FROM runs r WHERE r.id = $1",
-        )
-        .bind(run.as_uuid())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(steps, with_output, counted_once)| ExactlyOnce { steps, with_output, counted_once }))
-    }
-
-    /// The size of the store's database, in bytes.
-    pub async fn database_bytes(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT pg_database_size(current_database())").fetch_one(&self.pool).await?)
-    }
-
     /// Reads a run's compiled plan back from `run_assets`.
-    pub async fn load_run_plan(&self, run: RunId) -> Result<CompiledPlan, StoreError> {
-        Ok(self.load_run_plan_for_dispatch(run).await?.0)
+    pub async fn load_plan(&self, run: RunId) -> Result<CompiledPlan, StoreError> {
+        Ok(self.load_plan_for_dispatch(run).await?.0)
     }
 
     /// Reads a run's compiled plan back, with how its steps are unlocked.
-    pub async fn load_run_plan_for_dispatch(
-        &self,
-        run: RunId,
-    ) -> Result<(CompiledPlan, UnlockMode), StoreError> {
+    pub async fn load_plan_for_dispatch(&self, run: RunId) -> Result<(CompiledPlan, UnlockMode), StoreError> {
         let row: Option<(String, bool)> =
             sqlx::query_as("SELECT plan_name, dep_groups FROM runs WHERE id = $1")
                 .bind(run.as_uuid())
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.pool)
                 .await?;
         let (name, groups) = row.ok_or_else(|| StoreError::Corrupt(run.to_string(), "no such run".into()))?;
         let mode = if groups { UnlockMode::Groups } else { UnlockMode::Steps };
@@ -491,7 +440,7 @@ impl Store {
              FROM run_assets WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run.as_uuid())
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?;
         let assets = rows
             .into_iter()
@@ -603,38 +552,4 @@ async fn insert_steps(
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use opflow_protocol::StepId;
-
-    use crate::{
-        plan::{self, RegisteredOp},
-        store::{run_plan::PlanCache, testing::TestDb},
-    };
-
-    #[tokio::test]
-    async fn a_plan_of_more_assets_than_one_insert_takes_is_stored_whole_and_reads_back() {
-        let db = TestDb::new("many_assets").await;
-        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
-        let mut source = "name: p\nassets:\n  - name: a0\n    op: noop@1.0.0\n".to_owned();
-        for i in 1..2_500 {
-            source.push_str(&format!("  - name: a{i}\n    op: noop@1.0.0\n    deps: [a{}]\n", i - 1));
-        }
-        let compiled = plan::compile(&source, Path::new("p.yaml"), &registered).unwrap();
-        let run = db.store.submit_run(&compiled, "p.yaml", &source, None).await.unwrap().run_id;
-        let (assets, last): (i64, i32) =
-            sqlx::query_as("SELECT count(*), max(idx) FROM run_assets WHERE run_id = $1")
-                .bind(run.as_uuid())
-                .fetch_one(db.store.pool())
-                .await
-                .unwrap();
-        assert_eq!((assets, last), (2_500, 2_499));
-        let stored = PlanCache::default().get(&db.store, run).await.unwrap();
-        assert_eq!(stored.label(StepId(2_499)), compiled.assets[2_499].name);
-        assert_eq!(stored.asset(2_499).deps.len(), 1);
-    }
 }

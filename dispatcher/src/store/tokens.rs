@@ -6,7 +6,7 @@ use rand::{RngExt, distr::Alphanumeric};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Store, StoreError};
+use super::StoreError;
 
 /// What a token may do; each scope includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -75,10 +75,16 @@ fn split(token: &str) -> Option<(&str, &str)> {
     (id.len() == ID_LEN && !secret.is_empty()).then_some((id, secret))
 }
 
-impl Store {
+/// API tokens (`store.tokens()`).
+#[derive(Clone, Copy)]
+pub struct Tokens<'a> {
+    pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Tokens<'_> {
     /// Creates a token named `name`; returns it, the only time it is ever shown. `None`
     /// if the name is taken.
-    pub async fn create_token(&self, name: &str, scope: Scope) -> Result<Option<String>, StoreError> {
+    pub async fn create(&self, name: &str, scope: Scope) -> Result<Option<String>, StoreError> {
         let (id, secret) = (random(ID_LEN).to_ascii_lowercase(), random(SECRET_LEN));
         let inserted = sqlx::query(
             "INSERT INTO api_tokens (name, id, secret_hash, scope) VALUES ($1, $2, $3, $4)
@@ -88,17 +94,17 @@ impl Store {
         .bind(&id)
         .bind(hash(&secret))
         .bind(scope.as_str())
-        .execute(&self.pool)
+        .execute(self.pool)
         .await?;
         Ok((inserted.rows_affected() == 1).then(|| format!("{PREFIX}{id}_{secret}")))
     }
 
-    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<TokenInfo>, StoreError> {
         type Row = (String, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT name, scope, created_at, last_used_at, revoked_at FROM api_tokens ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?;
         rows.into_iter()
             .map(|(name, scope, created_at, last_used_at, revoked_at)| {
@@ -109,18 +115,18 @@ impl Store {
     }
 
     /// Revokes the token named `name`; false if there is none (or it was revoked before).
-    pub async fn revoke_token(&self, name: &str) -> Result<bool, StoreError> {
+    pub async fn revoke(&self, name: &str) -> Result<bool, StoreError> {
         let revoked =
             sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL")
                 .bind(name)
-                .execute(&self.pool)
+                .execute(self.pool)
                 .await?;
         Ok(revoked.rows_affected() == 1)
     }
 
     /// Who `token` belongs to, if it is a live token. The secret's hash is compared in
     /// constant time; a malformed, unknown or revoked token is `None` alike.
-    pub async fn check_token(&self, token: &str) -> Result<Option<Caller>, StoreError> {
+    pub async fn check(&self, token: &str) -> Result<Option<Caller>, StoreError> {
         let Some((id, secret)) = split(token) else { return Ok(None) };
         type Row = (String, Vec<u8>, String, bool, bool);
         let row: Option<Row> = sqlx::query_as(
@@ -129,7 +135,7 @@ impl Store {
              FROM api_tokens WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool)
         .await?;
         let Some((name, stored, scope, revoked, stale)) = row else { return Ok(None) };
         if !bool::from(stored.as_slice().ct_eq(&hash(secret))) || revoked {
@@ -140,7 +146,7 @@ impl Store {
             // At most one write a minute per token, however busy it is.
             sqlx::query("UPDATE api_tokens SET last_used_at = now() WHERE id = $1")
                 .bind(id)
-                .execute(&self.pool)
+                .execute(self.pool)
                 .await?;
         }
         Ok(Some(Caller { name, scope }))
@@ -150,34 +156,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::TestDb;
-
-    #[tokio::test]
-    async fn a_token_works_until_revoked_and_only_its_hash_is_kept() {
-        let db = TestDb::new("tokens").await;
-        let token = db.store.create_token("ci", Scope::Submit).await.unwrap().unwrap();
-        assert!(token.starts_with("opf_"), "{token}");
-        assert!(db.store.create_token("ci", Scope::Read).await.unwrap().is_none(), "names are unique");
-        let caller = db.store.check_token(&token).await.unwrap().unwrap();
-        assert_eq!((caller.name.as_str(), caller.scope), ("ci", Scope::Submit));
-        let (_, secret) = split(&token).unwrap();
-        let stored: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM api_tokens WHERE secret_hash::text LIKE '%' || $1 || '%'",
-        )
-        .bind(secret)
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap();
-        assert_eq!(stored, 0, "the secret itself is not stored");
-        let wrong = format!("{}x", token);
-        assert!(db.store.check_token(&wrong).await.unwrap().is_none());
-        assert!(db.store.check_token("opf_nope").await.unwrap().is_none());
-        assert!(db.store.revoke_token("ci").await.unwrap());
-        assert!(db.store.check_token(&token).await.unwrap().is_none());
-        assert!(!db.store.revoke_token("ci").await.unwrap());
-        let listed = db.store.list_tokens().await.unwrap();
-        assert!(listed[0].revoked_at.is_some() && listed[0].last_used_at.is_some());
-    }
 
     #[test]
     fn scopes_are_ordered() {

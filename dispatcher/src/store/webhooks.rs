@@ -10,7 +10,7 @@ use opflow_protocol::RunId;
 use sqlx::{PgConnection, postgres::PgListener};
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::StoreError;
 
 /// Where the trigger announces new deliveries (and redeliveries are announced).
 pub const WEBHOOKS_CHANNEL: &str = "opflow_webhooks";
@@ -135,13 +135,15 @@ pub enum Redelivery {
     Queued(Box<DeliveryRow>),
 }
 
-impl Store {
-    pub async fn add_webhook(
-        &self,
-        url: &str,
-        events: &[String],
-        secret: &str,
-    ) -> Result<WebhookRow, StoreError> {
+/// Webhook subscriptions and their deliveries, as administrators see them
+/// (`store.webhooks()`).
+#[derive(Clone, Copy)]
+pub struct Webhooks<'a> {
+    pub(in crate::store) pool: &'a sqlx::PgPool,
+}
+
+impl Webhooks<'_> {
+    pub async fn add(&self, url: &str, events: &[String], secret: &str) -> Result<WebhookRow, StoreError> {
         Ok(sqlx::query_as(
             "INSERT INTO webhooks (id, url, events, secret) VALUES ($1, $2, $3, $4)
              RETURNING id, url, events, created_at",
@@ -150,19 +152,19 @@ impl Store {
         .bind(url)
         .bind(events)
         .bind(secret)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool)
         .await?)
     }
 
-    pub async fn list_webhooks(&self) -> Result<Vec<WebhookRow>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<WebhookRow>, StoreError> {
         Ok(sqlx::query_as("SELECT id, url, events, created_at FROM webhooks ORDER BY created_at, id")
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool)
             .await?)
     }
 
     /// Removes a subscription; its pending deliveries are given up (failed, saying why),
     /// its past ones kept. False if there was no such subscription.
-    pub async fn remove_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
+    pub async fn remove(&self, id: Uuid) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE webhook_deliveries SET status = 'failed', last_error = 'its subscription was removed'
@@ -178,7 +180,7 @@ impl Store {
 
     /// Deliveries newest first, `limit` of them after the cursor `before_seq`; only failed
     /// ones with `failed_only`.
-    pub async fn webhook_deliveries(
+    pub async fn deliveries(
         &self,
         failed_only: bool,
         before_seq: Option<i64>,
@@ -193,18 +195,15 @@ impl Store {
             .bind(failed_only)
             .bind(before_seq)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool)
             .await?)
     }
 
     /// One delivery and its attempts, oldest first.
-    pub async fn webhook_delivery(
-        &self,
-        id: Uuid,
-    ) -> Result<Option<(DeliveryRow, Vec<AttemptRow>)>, StoreError> {
+    pub async fn delivery(&self, id: Uuid) -> Result<Option<(DeliveryRow, Vec<AttemptRow>)>, StoreError> {
         let statement = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1");
         let Some(row) =
-            sqlx::query_as(sqlx::AssertSqlSafe(statement)).bind(id).fetch_optional(&self.pool).await?
+            sqlx::query_as(sqlx::AssertSqlSafe(statement)).bind(id).fetch_optional(self.pool).await?
         else {
             return Ok(None);
         };
@@ -213,13 +212,13 @@ impl Store {
              WHERE delivery_id = $1 ORDER BY attempt",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?;
         Ok(Some((row, attempts)))
     }
 
     /// Sends a delivery again (same `webhook-id`, same body), now, with a fresh retry window.
-    pub async fn redeliver_webhook(&self, id: Uuid) -> Result<Redelivery, StoreError> {
+    pub async fn redeliver(&self, id: Uuid) -> Result<Redelivery, StoreError> {
         let mut tx = self.pool.begin().await?;
         let found: Option<(String, Option<Uuid>)> =
             sqlx::query_as("SELECT source, webhook FROM webhook_deliveries WHERE id = $1 FOR UPDATE")
@@ -241,14 +240,19 @@ impl Store {
         tx.commit().await?;
         Ok(Redelivery::Queued(Box::new(row)))
     }
+}
 
+/// The delivery outbox as the leader's delivery task works it (`leader.webhook_outbox()`):
+/// only a [`LeaderStore`](super::LeaderStore) hands it out.
+#[derive(Clone, Copy)]
+pub struct WebhookOutbox<'a> {
+    pub(in crate::store) pool: &'a sqlx::PgPool,
+}
+
+impl WebhookOutbox<'_> {
     /// Claims up to `limit` due deliveries for an attempt: each is pushed `lease` ahead, so
     /// no other dispatcher takes it meanwhile, and it is due again if this one dies.
-    pub async fn claim_due_webhooks(
-        &self,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<DueDelivery>, StoreError> {
+    pub async fn claim_due(&self, limit: usize, lease: Duration) -> Result<Vec<DueDelivery>, StoreError> {
         Ok(sqlx::query_as(
             "UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2)
              FROM (SELECT id FROM webhook_deliveries
@@ -259,14 +263,14 @@ impl Store {
         )
         .bind(limit as i64)
         .bind(lease.as_secs_f64())
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool)
         .await?)
     }
 
     /// Records an attempt and what follows from it, in one statement. An attempt on a
     /// delivery that is no longer pending (its subscription was removed meanwhile) is not
     /// recorded; false then.
-    pub async fn record_webhook_attempt(
+    pub async fn record_attempt(
         &self,
         delivery: Uuid,
         attempt: &AttemptRecord,
@@ -295,14 +299,14 @@ impl Store {
         .bind(attempt.error.as_deref())
         .bind(attempt.started_at)
         .bind(i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX))
-        .execute(&self.pool)
+        .execute(self.pool)
         .await?;
         Ok(recorded.rows_affected() == 1)
     }
 
     /// A listener told of new deliveries on [`WEBHOOKS_CHANNEL`].
-    pub async fn listen_for_webhooks(&self) -> Result<PgListener, StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+    pub async fn listen(&self) -> Result<PgListener, StoreError> {
+        let mut listener = PgListener::connect_with(self.pool).await?;
         listener.listen(WEBHOOKS_CHANNEL).await?;
         Ok(listener)
     }
@@ -321,99 +325,4 @@ pub(super) async fn insert_run_notify(
         .execute(tx)
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::{
-        plan::{self, RegisteredOp},
-        store::testing::TestDb,
-    };
-
-    async fn run(db: &TestDb, notify: Option<&RunNotify>) -> RunId {
-        let source = "name: p\nassets:\n  - name: a\n    op: noop@^1\n";
-        let ops = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
-        let plan = plan::compile(source, Path::new("p.yaml"), &ops).unwrap();
-        db.store.submit_run_notifying(&plan, "p.yaml", source, None, notify).await.unwrap().run_id
-    }
-
-    async fn end(db: &TestDb, run: RunId, status: &str) {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE runs SET status = '{status}', finished_at = now() WHERE id = $1"
-        )))
-        .bind(run.as_uuid())
-        .execute(db.store.pool())
-        .await
-        .unwrap();
-    }
-
-    #[tokio::test]
-    async fn webhook_trigger_enqueues_matching_subscriptions_and_notify_once_per_run_end() {
-        let db = TestDb::new("webhook_trigger").await;
-        let events = ["run.succeeded".to_owned(), "run.canceled".to_owned()];
-        db.store.add_webhook("http://a.example/", &events, "whsec_x").await.unwrap();
-        db.store.add_webhook("http://b.example/", &["run.failed".to_owned()], "whsec_y").await.unwrap();
-        let notify = RunNotify { url: "http://n.example/".into(), secret: "whsec_n".into() };
-        let succeeded = run(&db, Some(&notify)).await;
-        let failed = run(&db, None).await;
-        end(&db, succeeded, "running").await;
-        end(&db, succeeded, "succeeded").await;
-        // A terminal status written again enqueues nothing more.
-        end(&db, succeeded, "failed").await;
-        end(&db, failed, "failed").await;
-        let rows = db.store.webhook_deliveries(false, None, 100).await.unwrap();
-        let mut seen: Vec<(Uuid, &str, &str)> =
-            rows.iter().map(|r| (r.run_id, r.url.as_str(), r.event.as_str())).collect();
-        seen.sort();
-        let mut expected = vec![
-            (succeeded.as_uuid(), "http://a.example/", "run.succeeded"),
-            (succeeded.as_uuid(), "http://n.example/", "run.succeeded"),
-            (failed.as_uuid(), "http://b.example/", "run.failed"),
-        ];
-        expected.sort();
-        assert_eq!(seen, expected);
-
-        // Claimed once (the lease hides it from a second claim), retried, delivered.
-        let due = db.store.claim_due_webhooks(10, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(due.len(), 3);
-        let due: Vec<&DueDelivery> = due.iter().filter(|d| d.run_id == succeeded.as_uuid()).collect();
-        let body: serde_json::Value = serde_json::from_str(&due[0].body).unwrap();
-        assert!(body["data"]["links"]["outputs"].as_str().unwrap().ends_with("/outputs"), "{body}");
-        assert!(db.store.claim_due_webhooks(10, Duration::from_secs(60)).await.unwrap().is_empty());
-        let attempt = AttemptRecord {
-            started_at: Utc::now(),
-            duration: Duration::from_millis(3),
-            http_status: Some(500),
-            error: None,
-        };
-        assert!(
-            db.store
-                .record_webhook_attempt(due[0].id, &attempt, NextStep::RetryAt(Utc::now()))
-                .await
-                .unwrap()
-        );
-        let again = db.store.claim_due_webhooks(10, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(again.len(), 1);
-        assert_eq!((again[0].id, again[0].attempts), (due[0].id, 1));
-        let ok = AttemptRecord { http_status: Some(204), ..attempt };
-        assert!(db.store.record_webhook_attempt(due[0].id, &ok, NextStep::Delivered).await.unwrap());
-        let (row, attempts) = db.store.webhook_delivery(due[0].id).await.unwrap().unwrap();
-        assert_eq!((row.status, row.attempts, attempts.len()), (DeliveryStatus::Delivered, 2, 2));
-
-        // Retention takes the deliveries and attempts with the run.
-        db.store.delete_run(succeeded).await.unwrap();
-        let left: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM webhook_deliveries WHERE run_id = $1)
-                  + (SELECT count(*) FROM run_notify WHERE run_id = $1)
-                  + (SELECT count(*) FROM webhook_attempts)",
-        )
-        .bind(succeeded.as_uuid())
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap();
-        assert_eq!(left, 0);
-    }
 }

@@ -115,7 +115,7 @@ impl Autoscaler {
     /// Reads an op's demand and decides its target; returns how long until the next look.
     async fn look(&self, op: &mut Scaled, broker: &mut Option<Connection>, now: Instant) -> Duration {
         let name = op.fleet.op().clone();
-        let settings = match self.store.scale_settings(&name).await {
+        let settings = match self.store.ops().scale_settings(&name).await {
             Ok(Some(settings)) => settings,
             Ok(None) => {
                 tracing::warn!(op = %name, "the op is no longer registered; keeping its workers as they are");
@@ -132,7 +132,7 @@ impl Autoscaler {
             op.desired = replicas;
             return polling;
         }
-        let demand = match self.store.op_demand(&name).await {
+        let demand = match self.store.queues().demand(&name).await {
             Ok(demand) => demand,
             Err(error) => {
                 tracing::warn!(op = %name, %error, "cannot read the op's demand; trying again");
@@ -142,7 +142,7 @@ impl Autoscaler {
         let ready = match self.ready(broker, &name).await {
             Some(ready) => ready,
             // Without the broker, what the store knows was published and not started.
-            None => self.store.published_queued_steps(&name, u64::MAX).await.unwrap_or(0),
+            None => self.store.queues().published(&name, u64::MAX).await.unwrap_or(0),
         };
         let forecast = if self.forecast { demand.forecast } else { 0 };
         let seen = Observed { messages: ready + demand.running, forecast };
@@ -190,7 +190,7 @@ impl Autoscaler {
         if op.recorded == Some(now) {
             return;
         }
-        match self.store.record_scale(op.fleet.op(), now.0, now.1).await {
+        match self.store.ops().record_scale(op.fleet.op(), now.0, now.1).await {
             Ok(()) => op.recorded = Some(now),
             Err(error) => tracing::debug!(op = %op.fleet.op(), %error, "cannot record the op's scale"),
         }

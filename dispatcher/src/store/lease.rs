@@ -4,13 +4,17 @@
 //! does: a killed or partitioned leader loses it without anyone having to notice first.
 //!
 //! Advisory locks are per database, so dispatchers of different databases never contend.
+//!
+//! A held [`Lease`] hands out the [`LeaderStore`]: the store with what only the leader may
+//! do (the outbox, applying events, lost-step recovery, the webhook outbox). Nothing else
+//! makes one, so a part that holds only a [`Store`] (the API, the CLI) cannot reach it.
 
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use super::{Store, apply::Events, in_flight::InFlight, outbox::Outbox, webhooks::WebhookOutbox};
 
 /// The advisory lock key: "opflow" in ASCII.
 const LEASE_KEY: i64 = 0x6f70_666c_6f77;
@@ -23,6 +27,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A held lease. [`Lease::lost`] is cancelled when it is no longer held.
 pub struct Lease {
+    store: Store,
     lost: CancellationToken,
     release: CancellationToken,
     watchdog: tokio::task::JoinHandle<()>,
@@ -38,7 +43,7 @@ impl Lease {
                     tracing::info!("took the dispatcher lease; publishing steps and applying events");
                     let (lost, release) = (CancellationToken::new(), CancellationToken::new());
                     let watchdog = tokio::spawn(watch(connection, lost.clone(), release.clone()));
-                    return Some(Lease { lost, release, watchdog });
+                    return Some(Lease { store: store.clone(), lost, release, watchdog });
                 }
                 Ok(None) if !said_standby => {
                     tracing::info!("another dispatcher holds the lease; standing by to take over");
@@ -61,6 +66,13 @@ impl Lease {
         &self.lost
     }
 
+    /// The store, with what only the leader may do. The leader stops its parts when the
+    /// lease is lost (within a second, see [`Lease::lost`]); in that second a new leader may
+    /// overlap it, which the guarded transitions make harmless.
+    pub fn store(&self) -> LeaderStore {
+        LeaderStore { store: self.store.clone() }
+    }
+
     /// Gives the lease up so a standby can take it at once.
     pub async fn release(self) {
         self.release.cancel();
@@ -70,13 +82,13 @@ impl Lease {
     }
 }
 
-/// The lease connection's options: the server's own TCP keepalives and user timeout make
+/// The lease connection's options (public for the test that checks them): the server's own TCP keepalives and user timeout make
 /// it drop a leader cut off from it within about 25 s (the kernel's defaults take hours),
 /// which frees the advisory lock for a standby. The leader itself notices within
 /// [`CHECK_TIMEOUT`] that its pings go unanswered, and stops.
-fn lease_options(store: &Store) -> sqlx::postgres::PgConnectOptions {
+pub fn connect_options(store: &Store) -> sqlx::postgres::PgConnectOptions {
     store
-        .pool()
+        .pool
         .connect_options()
         .as_ref()
         .clone()
@@ -90,7 +102,7 @@ fn lease_options(store: &Store) -> sqlx::postgres::PgConnectOptions {
 }
 
 async fn try_acquire(store: &Store) -> Result<Option<PgConnection>, sqlx::Error> {
-    let options = lease_options(store);
+    let options = connect_options(store);
     let mut connection = PgConnection::connect_with(&options).await?;
     let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(LEASE_KEY)
@@ -141,26 +153,39 @@ async fn watch(mut connection: PgConnection, lost: CancellationToken, release: C
     lost.cancel();
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::testing::TestDb;
+/// The store as the leader uses it: everything a [`Store`] does (it derefs to one), and
+/// what only the leader may do. Made only by [`Lease::store`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct LeaderStore {
+    store: Store,
+}
 
-    #[tokio::test]
-    async fn the_lease_connection_asks_the_server_to_drop_it_soon_when_cut_off() {
-        let db = TestDb::new("lease").await;
-        let mut connection = PgConnection::connect_with(&lease_options(&db.store)).await.unwrap();
-        for (setting, value) in [
-            ("tcp_keepalives_idle", "10"),
-            ("tcp_keepalives_interval", "5"),
-            ("tcp_keepalives_count", "3"),
-            ("tcp_user_timeout", "20000"),
-        ] {
-            let shown: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
-                .fetch_one(&mut connection)
-                .await
-                .unwrap();
-            assert_eq!(shown, value, "{setting}");
-        }
+impl Deref for LeaderStore {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl LeaderStore {
+    /// Steps and cancels to publish, and retries that came due.
+    pub fn outbox(&self) -> Outbox<'_> {
+        Outbox { pool: &self.store.pool }
+    }
+
+    /// Applying worker events, and failing a run whose events cannot be.
+    pub fn events(&self) -> Events<'_> {
+        Events { pool: &self.store.pool, store: &self.store }
+    }
+
+    /// What lost-step recovery reads, and the runs it ends.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        InFlight { pool: &self.store.pool }
+    }
+
+    /// Webhook deliveries to send, and their attempts.
+    pub fn webhook_outbox(&self) -> WebhookOutbox<'_> {
+        WebhookOutbox { pool: &self.store.pool }
     }
 }
