@@ -10,7 +10,7 @@ use axum::{
     response::Response,
 };
 
-use super::{ApiState, error::ApiError};
+use super::{error::ApiError, state::ApiState};
 use crate::store::tokens::Scope;
 
 /// The scope a request needs: managing webhooks (`/v1/webhooks…`) is `admin`, as their

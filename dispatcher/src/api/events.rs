@@ -22,7 +22,7 @@ use opflow_api_model::{EVENT_KINDS, ErrorBody, EventsQuery, RunEvent, RunSummary
 use opflow_protocol::RunId;
 use tokio::sync::mpsc;
 
-use super::{ApiState, error::ApiError, followers::SAFETY_POLL, from_rows::run_event, params::run_id};
+use super::{error::ApiError, followers::SAFETY_POLL, from_rows::run_event, params::run_id, state::ApiState};
 use crate::store::following::EventFilter;
 
 /// Events read per query; a stream catching up reads page after page.

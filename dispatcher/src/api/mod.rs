@@ -32,10 +32,8 @@ pub mod webhooks;
 
 use axum::{Router, extract::DefaultBodyLimit, routing::get};
 
+pub use params::MAX_BODY_BYTES;
 pub use state::{ApiState, Readiness, Role};
-
-/// Largest request body: a plan of a few megabytes is already a very large plan.
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()

@@ -1,5 +1,6 @@
-//! What requests carry besides their bodies, read the same way by every handler: ids in
-//! paths, and the page limit and cursor of paged lists (`?limit=`, `?cursor=`).
+//! What requests carry besides what their bodies say, read the same way by every handler:
+//! the largest body, ids in paths, and the page limit and cursor of paged lists
+//! (`?limit=`, `?cursor=`).
 
 use opflow_protocol::RunId;
 
@@ -7,6 +8,9 @@ pub use opflow_api_model::{DEFAULT_PAGE, MAX_PAGE, Paging};
 use uuid::Uuid;
 
 use super::error::ApiError;
+
+/// Largest request body: a plan of a few megabytes is already a very large plan.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// A page's size from `?limit=`: [`DEFAULT_PAGE`] when absent, refused outside
 /// 1–[`MAX_PAGE`].

@@ -10,7 +10,7 @@ use axum::{
 
 use opflow_api_model::{ErrorBody, Page, QueueDemand};
 
-use super::{ApiState, error::ApiError};
+use super::{error::ApiError, state::ApiState};
 use crate::store::Store;
 
 /// `GET /v1/queues`: every registered op version's queue.

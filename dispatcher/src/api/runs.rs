@@ -19,10 +19,10 @@ use opflow_api_model::{
 use opflow_protocol::RunId;
 
 use super::{
-    ApiState, MAX_BODY_BYTES,
     error::ApiError,
     from_rows::cancel_response,
-    params::{bad_cursor, number_cursor, page_limit, run_id},
+    params::{MAX_BODY_BYTES, bad_cursor, number_cursor, page_limit, run_id},
+    state::ApiState,
 };
 use crate::store::{
     self,

@@ -22,9 +22,9 @@ use opflow_api_model::{
 };
 
 use super::{
-    ApiState,
     error::ApiError,
     params::{self, number_cursor, page_limit},
+    state::ApiState,
 };
 use crate::{
     store::webhooks::{Redelivery, RunNotify},

@@ -3,6 +3,7 @@
 //! removed afterwards), is verified (every step succeeded exactly once, outputs present)
 //! and reported as one JSON object per line. See docs/benchmarks.md for the fields.
 //!
+//! - [`options`]: what an invocation runs, and how its figures are rounded.
 //! - [`raw`]: the broker alone, with lapin.
 //! - [`workloads`]: w1–w6, what each runs and reports.
 //! - [`plans`]: the plans they submit.
@@ -15,6 +16,7 @@
 pub mod cpu;
 pub mod memory;
 pub mod observe;
+pub mod options;
 pub mod plans;
 pub mod raw;
 pub mod sandbox;
@@ -24,92 +26,14 @@ pub mod workloads;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use opflow_amqp::QueueKind;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{settings::Settings, store::Store};
 use observe::Bed;
+use options::round;
+pub use options::{BenchOptions, Workload};
 use sandbox::Sandbox;
-
-/// The workloads, in the order `all` runs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Workload {
-    Raw,
-    W1,
-    W2,
-    W3,
-    W4,
-    W5,
-    W6,
-    W7,
-}
-
-impl Workload {
-    pub const ALL: [Workload; 8] = [
-        Workload::Raw,
-        Workload::W1,
-        Workload::W2,
-        Workload::W3,
-        Workload::W4,
-        Workload::W5,
-        Workload::W6,
-        Workload::W7,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::Raw => "raw",
-            Workload::W1 => "w1",
-            Workload::W2 => "w2",
-            Workload::W3 => "w3",
-            Workload::W4 => "w4",
-            Workload::W5 => "w5",
-            Workload::W6 => "w6",
-            Workload::W7 => "w7",
-        }
-    }
-
-    /// `raw`, `w1`…, or `all`.
-    pub fn parse_list(names: &[String]) -> Result<Vec<Workload>, String> {
-        let mut workloads = Vec::new();
-        for name in names {
-            match name.as_str() {
-                "all" => workloads.extend(Self::ALL),
-                other => {
-                    workloads.push(Self::ALL.into_iter().find(|w| w.name() == other).ok_or_else(|| {
-                        format!("unknown workload `{other}`; choose from raw, w1 … w7, or all")
-                    })?)
-                }
-            }
-        }
-        if workloads.is_empty() {
-            workloads.extend(Self::ALL);
-        }
-        workloads.sort();
-        workloads.dedup();
-        Ok(workloads)
-    }
-}
-
-/// How to run the benchmarks.
-#[derive(Debug, Clone)]
-pub struct BenchOptions {
-    /// A tenth of every size; correctness only.
-    pub quick: bool,
-    /// The queue type of the op queue (and of `raw`'s queues, so the ratio is like for like).
-    pub queue_type: QueueKind,
-    /// Keep the processes' logs (their directory is printed).
-    pub keep_logs: bool,
-    /// Where `opflow` and `noop` are.
-    pub bin_dir: PathBuf,
-}
-
-impl BenchOptions {
-    pub(crate) fn scaled(&self, full: usize) -> usize {
-        if self.quick { (full / 10).max(1) } else { full }
-    }
-}
 
 /// Runs `workloads` in a fresh sandbox and hands each result to `emit` as it is known.
 /// Returns false if a workload could not be verified.
@@ -264,11 +188,6 @@ async fn run_in(
     crate::up::fleet::drain(&mut dispatcher, "dispatcher", std::time::Duration::from_secs(30)).await;
     store.close().await;
     Ok(all_verified)
-}
-
-fn round(value: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (value * scale).round() / scale
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     cpu::{self, Component, CpuPerStep, Snapshot},
     memory,
+    options::round,
     plans::sweep_plan,
-    round,
     sandbox::Sandbox,
 };
 use crate::store::Store;

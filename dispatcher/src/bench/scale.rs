@@ -16,7 +16,11 @@ use serde_json::{Value, json};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchOptions, plans::sweep_plan, round, sandbox::Sandbox};
+use super::{
+    options::{BenchOptions, round},
+    plans::sweep_plan,
+    sandbox::Sandbox,
+};
 use crate::{settings::Settings, store::Store};
 
 /// The alternating chain's length, and how long each of its noop steps sleeps.

@@ -9,11 +9,11 @@ use opflow_process::SecretUrl;
 use serde_json::{Value, json};
 
 use super::{
-    BenchOptions, memory,
+    memory,
     observe::{Bed, PlanRun},
+    options::{BenchOptions, round},
     plans::{chain_plan, fan_in_plan, sweep_plan},
     raw::RawFigures,
-    round,
     sandbox::{self, Sandbox},
 };
 use crate::store::Store;

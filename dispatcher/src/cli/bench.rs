@@ -8,7 +8,7 @@ use opflow_amqp::QueueKind;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::InvalidInput;
+use super::exit::InvalidInput;
 use crate::{
     bench::{self, BenchOptions, Workload},
     settings::Settings,
@@ -51,7 +51,7 @@ pub async fn bench(
     tokio::spawn(opflow_process::cancel_on_signal(cancel.clone()));
     let json = args.json;
     let verified = bench::run(&workloads, &options, settings, cancel, |figures| print(figures, json)).await?;
-    Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_RUN_FAILED) })
+    Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(super::exit::EXIT_RUN_FAILED) })
 }
 
 fn print(figures: &Value, json: bool) {

@@ -15,7 +15,7 @@ use opflow_api_model::{ErrorBody, EventsQuery, RunEvent, RunSummary};
 use reqwest::{Method, StatusCode, header};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::InvalidInput;
+use super::exit::InvalidInput;
 
 /// Where the API is when `--server` and `OPFLOW_SERVER` say nothing: `opflow up`'s and
 /// `opflow dispatcher`'s default `api_addr`.
@@ -23,6 +23,22 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7600";
 
 /// How many times in a row an events stream may fail to open before the command gives up.
 const MAX_RECONNECTS: u32 = 20;
+
+/// Where a user command finds the API: every such command takes these.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The dispatcher's HTTP API (its api_addr)
+    #[arg(long, env = "OPFLOW_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
+    pub server: String,
+}
+
+impl ServerArgs {
+    /// A client for the API, with the token from `OPFLOW_TOKEN` if set. The token is read
+    /// from the environment only: a command line is visible to every user of the machine.
+    pub fn client(&self) -> anyhow::Result<ApiClient> {
+        ApiClient::new(&self.server, std::env::var("OPFLOW_TOKEN").ok())
+    }
+}
 
 /// A client of one dispatcher's API.
 #[derive(Clone)]

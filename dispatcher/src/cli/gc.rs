@@ -7,7 +7,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::InvalidInput;
+use super::exit::InvalidInput;
 use chrono::{DateTime, Utc};
 use opflow_protocol::RunId;
 use serde::Serialize;
@@ -40,7 +40,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
         })?,
         None => settings.retention,
     };
-    let store = super::store(settings, cancel).await?;
+    let store = super::admin::store(settings, cancel).await?;
     let age = humantime::format_duration(Duration::from_secs(older_than.as_secs()));
     if args.dry_run {
         let expired = store.retention().expired(older_than, DRY_RUN_LIST).await?;

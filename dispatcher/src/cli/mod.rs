@@ -10,8 +10,10 @@
 //! 2 invalid input (a bad plan, file or argument; nothing was changed); 3 opflow could not
 //! do its work (a service unreachable, an internal error).
 
+mod admin;
 mod bench;
 pub mod client;
+pub mod exit;
 mod gc;
 mod ops;
 mod plan;
@@ -28,38 +30,9 @@ use clap::{Parser, Subcommand};
 use opflow_process::LogFormat;
 use tokio_util::sync::CancellationToken;
 
+use exit::{EXIT_INVALID_INPUT, EXIT_UNAVAILABLE, InvalidInput};
+
 use crate::settings::Settings;
-
-pub const EXIT_RUN_FAILED: u8 = 1;
-pub const EXIT_INVALID_INPUT: u8 = 2;
-pub const EXIT_UNAVAILABLE: u8 = 3;
-
-/// The exit code of a command that followed a run: 0 if it succeeded, else [`EXIT_RUN_FAILED`].
-pub fn exit_code(status: opflow_api_model::RunStatus) -> ExitCode {
-    use opflow_api_model::RunStatus;
-    if status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_FAILED) }
-}
-
-/// Where a user command finds the API: every such command takes these.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerArgs {
-    /// The dispatcher's HTTP API (its api_addr)
-    #[arg(long, env = "OPFLOW_SERVER", default_value = client::DEFAULT_SERVER, value_name = "URL")]
-    pub server: String,
-}
-
-impl ServerArgs {
-    /// A client for the API, with the token from `OPFLOW_TOKEN` if set. The token is read
-    /// from the environment only: a command line is visible to every user of the machine.
-    pub fn client(&self) -> anyhow::Result<client::ApiClient> {
-        client::ApiClient::new(&self.server, std::env::var("OPFLOW_TOKEN").ok())
-    }
-}
-
-/// A mistake in what the user gave us: a plan, a file, an argument. Exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidInput(pub String);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -206,13 +179,4 @@ fn restore_default_sigpipe() {
     if let Err(error) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
         eprintln!("warning: cannot restore the default SIGPIPE handler: {error}");
     }
-}
-
-/// Connects to the run store for a one-shot command.
-pub(crate) async fn store(
-    settings: &Settings,
-    cancel: &CancellationToken,
-) -> anyhow::Result<crate::store::Store> {
-    use anyhow::Context;
-    crate::store::Store::connect(&settings.database_url, cancel).await.context("connecting to the run store")
 }

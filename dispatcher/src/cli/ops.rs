@@ -8,7 +8,7 @@ use opflow_amqp::{OpQueueSettings, QueueKind, connect::ConnectRetry};
 use opflow_protocol::{OpRef, queue};
 use tokio_util::sync::CancellationToken;
 
-use super::{InvalidInput, render};
+use super::{exit::InvalidInput, render};
 use crate::{
     ops::{
         consumer_timeout,
@@ -84,7 +84,7 @@ pub async fn run(
                 ))
                 .into());
             }
-            let store = super::store(settings, cancel).await?;
+            let store = super::admin::store(settings, cancel).await?;
             let connection =
                 opflow_amqp::connect(&settings.amqp_url, "opflow-cli", ConnectRetry::default(), cancel)
                     .await
@@ -133,7 +133,7 @@ pub async fn run(
         }
         OpsCommand::Scale { op, min, max, value, activation, polling, cooldown, max_steps, max_rss_mb } => {
             let op: OpRef = op.parse().map_err(|e| InvalidInput(format!("`{op}`: {e}")))?;
-            let store = super::store(settings, cancel).await?;
+            let store = super::admin::store(settings, cancel).await?;
             let Some(mut scaling) = store.ops().scale_settings(&op).await? else {
                 return Err(InvalidInput(format!(
                     "op {op} is not registered; `opflow ops list` shows the registered versions"
@@ -164,7 +164,7 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         OpsCommand::List { json } => {
-            let store = super::store(settings, cancel).await?;
+            let store = super::admin::store(settings, cancel).await?;
             let ops = store.ops().list().await?;
             if json {
                 let ops: Vec<opflow_api_model::OpVersion> = ops.into_iter().map(Into::into).collect();

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{InvalidInput, render};
+use super::{exit::InvalidInput, render};
 use crate::{plan::Partitions, settings::Settings, submit};
 
 #[derive(Debug, Subcommand)]
@@ -28,7 +28,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let PlanCommand::Check { file, json } = command;
     let source = render::read_plan(&file)?;
-    let store = super::store(settings, cancel).await?;
+    let store = super::admin::store(settings, cancel).await?;
     let plan = match submit::compile(&store, &source, &file).await {
         Ok(plan) => plan,
         Err(submit::SubmitError::Plan(errors)) => return Err(InvalidInput(errors.to_string()).into()),

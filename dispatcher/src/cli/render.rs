@@ -5,7 +5,7 @@ use std::{io::IsTerminal, path::Path, time::Duration};
 
 use serde_json::Value;
 
-use super::InvalidInput;
+use super::exit::InvalidInput;
 use opflow_api_model::RunSummary;
 
 use crate::store::runs::RunProgress;

@@ -9,8 +9,7 @@ use opflow_api_model::{
 };
 
 use super::{
-    ServerArgs,
-    client::{ApiClient, path_segment},
+    client::{ApiClient, ServerArgs, path_segment},
     render,
     watch::{self, WatchOptions},
 };
@@ -113,7 +112,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.json && summary.status == RunStatus::Succeeded {
         print_leaf_outputs(&client, &run_id).await?;
     }
-    Ok(super::exit_code(summary.status))
+    Ok(super::exit::exit_code(summary.status))
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -144,7 +143,7 @@ pub async fn outputs(args: OutputsArgs) -> anyhow::Result<ExitCode> {
     if let Some(asset) = &args.asset
         && rows.is_empty()
     {
-        return Err(super::InvalidInput(format!("run {run} has no asset `{asset}`")).into());
+        return Err(super::exit::InvalidInput(format!("run {run} has no asset `{asset}`")).into());
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{InvalidInput, render};
+use super::{exit::InvalidInput, render};
 use crate::{settings::Settings, store::tokens::Scope};
 
 #[derive(Debug, Subcommand)]
@@ -39,7 +39,7 @@ pub async fn run(
     settings: &Settings,
     cancel: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let store = super::store(settings, cancel).await?;
+    let store = super::admin::store(settings, cancel).await?;
     match command {
         TokensCommand::Create { name, scope } => {
             if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace())

@@ -10,7 +10,7 @@ use clap::Args;
 use opflow_amqp::OpQueueSettings;
 use tokio_util::sync::CancellationToken;
 
-use super::{InvalidInput, render, run};
+use super::{exit::InvalidInput, render, run};
 use crate::{
     ops::register,
     service::{self, publisher::Wakeups},
@@ -165,14 +165,14 @@ async fn run_plan(
         if summary.status == opflow_api_model::RunStatus::Succeeded {
             run::print_leaf_outputs(&client, &run).await?;
         }
-        return Ok(super::exit_code(summary.status));
+        return Ok(super::exit::exit_code(summary.status));
     }
     let summary = wait_for(store, submission.run_id).await?;
     render::summary(&opflow_api_model::RunSummary::from(summary.clone()));
     if summary.status == crate::store::runs::RunStatus::Succeeded {
         print_leaf_outputs(store, submission.run_id).await?;
     }
-    Ok(super::exit_code(summary.status.into()))
+    Ok(super::exit::exit_code(summary.status.into()))
 }
 
 /// The example op binaries, from the directory this `opflow` binary is in.

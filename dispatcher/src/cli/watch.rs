@@ -19,12 +19,13 @@ use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
-use super::{
-    ServerArgs,
-    client::{ApiClient, StreamItem, path_segment},
-    exit_code, render,
-};
 use opflow_api_model::{AssetInfo, EventsQuery, RunEvent, RunSummary};
+
+use super::{
+    client::{ApiClient, ServerArgs, StreamItem, path_segment},
+    exit::exit_code,
+    render,
+};
 
 /// How often plain (non-terminal) output prints a progress line.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);

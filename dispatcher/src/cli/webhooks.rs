@@ -7,7 +7,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use opflow_api_model::{AddWebhookRequest, CreatedWebhook, DeliveriesQuery, DeliveryView, Page, WebhookView};
 
-use super::{ServerArgs, client::path_segment, render};
+use super::{
+    client::{ServerArgs, path_segment},
+    render,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum WebhooksCommand {

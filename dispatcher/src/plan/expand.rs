@@ -4,7 +4,7 @@
 
 use serde_json::Map;
 
-use super::{CompiledAsset, StepSpec};
+use super::compiled::{CompiledAsset, StepSpec};
 
 impl CompiledAsset {
     /// Points in the sweep's cartesian product; 1 without a sweep.

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 
 use opflow_protocol::StepId;
 
-use super::{CompiledAsset, CompiledPlan};
+use super::compiled::{CompiledAsset, CompiledPlan};
 
 /// An inclusive range of step ids within one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

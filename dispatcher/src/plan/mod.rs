@@ -31,6 +31,8 @@
 //! Dependency rule: two assets with the same partitions depend partition to partition;
 //! otherwise a step depends on every step of its upstream asset.
 
+mod compiled;
+mod dimensions;
 mod error;
 mod expand;
 pub mod graph;
@@ -38,144 +40,15 @@ mod parse;
 pub mod retry;
 mod validate;
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
-use chrono::NaiveDate;
-use serde_json::{Map, Value};
-
+pub use compiled::{
+    AssetDep, CompiledAsset, CompiledPlan, MAX_CONFIG_BYTES, MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT,
+    Partitions, RegisteredOp, StepSpec, SweepParam, SweepValues,
+};
 pub use error::{PlanError, PlanErrorKind, PlanErrors};
 pub use parse::MAX_PLAN_BYTES;
 pub use retry::StepRetryPolicy;
-
-/// The most steps one plan may expand to.
-pub const MAX_STEPS: u64 = 1_000_000;
-
-/// The longest `timeout` an asset may set.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// The longest `retry.backoff` an asset may set: the cap of every retry delay
-/// ([`retry::MAX_RETRY_DELAY`]), so a longer one would mean nothing.
-pub const MAX_RETRY_BACKOFF: Duration = retry::MAX_RETRY_DELAY;
-
-/// The largest `config` of one asset, as serialized JSON. Every step message of the asset
-/// carries its config, so a large one is multiplied by the step count on the broker.
-pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
-
-/// An op version known to the registry, as the compiler resolves against it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegisteredOp {
-    pub name: String,
-    pub version: semver::Version,
-}
-
-/// A valid plan with every op resolved to one registered version.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompiledPlan {
-    pub name: String,
-    pub description: Option<String>,
-    /// In topological order: every asset comes after the assets it needs; ties keep file order.
-    pub assets: Vec<CompiledAsset>,
-    pub step_count: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompiledAsset {
-    pub name: String,
-    pub op_name: String,
-    /// The registered version the requirement resolved to.
-    pub op_version: semver::Version,
-    /// The op version or requirement as written in the plan.
-    pub op_requirement: String,
-    /// The plan's `config`, as JSON; `Null` when absent.
-    pub config: Value,
-    pub partitions: Partitions,
-    /// The partition keys, expanded; empty when unpartitioned.
-    pub partition_keys: Vec<String>,
-    pub sweep: Vec<SweepParam>,
-    pub deps: Vec<AssetDep>,
-    pub retry: StepRetryPolicy,
-    pub timeout: Option<Duration>,
-    /// Step ids are global indices `0..step_count`; an asset's steps are contiguous.
-    pub first_step: u32,
-    /// Line of the asset's `name:` in the plan file.
-    pub line: usize,
-}
-
-/// How an asset is partitioned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Partitions {
-    None,
-    Static(Vec<String>),
-    /// Every day from `start` to `end`, inclusive.
-    Daily {
-        start: NaiveDate,
-        end: NaiveDate,
-    },
-}
-
-/// One sweep parameter and its values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SweepParam {
-    pub name: String,
-    pub values: SweepValues,
-}
-
-/// A sweep parameter's values. A range is kept as its bounds, never as a list: a plan of a
-/// few lines may ask for millions of values, and the step count is known (and checked
-/// against [`MAX_STEPS`]) from its size alone.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SweepValues {
-    /// Values listed in the plan.
-    List(Vec<Value>),
-    /// `from, from + step, …`: `count` integers.
-    Range { from: i64, step: i64, count: u32 },
-}
-
-impl SweepValues {
-    pub fn len(&self) -> u32 {
-        match self {
-            SweepValues::List(values) => values.len() as u32,
-            SweepValues::Range { count, .. } => *count,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Value `i`.
-    ///
-    /// # Panics
-    ///
-    /// If `i >= self.len()`.
-    pub fn get(&self, i: u32) -> Value {
-        match self {
-            SweepValues::List(values) => values[i as usize].clone(),
-            SweepValues::Range { from, step, count } => {
-                assert!(i < *count, "sweep value {i} out of {count}");
-                // In i128: `i * step` alone may overflow i64 although every value lies
-                // between the range's bounds.
-                Value::from((i128::from(*from) + i128::from(i) * i128::from(*step)) as i64)
-            }
-        }
-    }
-}
-
-/// An edge to an upstream asset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AssetDep {
-    /// Index into `CompiledPlan::assets`.
-    pub upstream: usize,
-    /// Same partitions on both sides: partition `p` waits only for upstream partition `p`.
-    pub partition_mapped: bool,
-}
-
-/// One step of an asset: its partition and sweep point.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepSpec<'a> {
-    pub partition: Option<&'a str>,
-    pub point: Map<String, Value>,
-}
 
 /// Compiles a plan: parse, validate against the `registered` op versions, resolve. `file`
 /// names the plan in messages.

@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::metrics::Metrics,
-    store::{LeaderStore, StoreError, apply::ApplyOutcome, run_plan::PlanCache, storable::StorableEvent},
+    store::{
+        StoreError, apply::ApplyOutcome, lease::LeaderStore, run_plan::PlanCache, storable::StorableEvent,
+    },
 };
 
 /// The `worker` field of events the dispatcher makes up itself.

@@ -30,7 +30,11 @@ use recovery::Recovery;
 use crate::{
     api::{self, ApiState, Readiness, Role, metrics::Metrics},
     settings::Settings,
-    store::{LeaderStore, Lease, Store, run_plan::PlanCache},
+    store::{
+        Store,
+        lease::{LeaderStore, Lease},
+        run_plan::PlanCache,
+    },
 };
 
 /// Connects to both services and declares what the dispatcher needs on the broker.

@@ -19,7 +19,8 @@ use tracing::Instrument;
 
 use super::applier::{Applier, dispatcher_failure};
 use crate::store::{
-    CANCELS_CHANNEL, LeaderStore, StoreError,
+    CANCELS_CHANNEL, StoreError,
+    lease::LeaderStore,
     outbox::{OutboxBatch, OutboxEntry},
     run_plan::{PlanCache, RunPlan, StepRange},
     storable::StorableEvent,

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::LeaderStore;
+use crate::store::lease::LeaderStore;
 
 /// Queues due retries every `every` until cancelled, waking the publisher when it did.
 pub async fn release_retries(

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::store::{
-    LeaderStore, StoreError,
+    StoreError,
+    lease::LeaderStore,
     webhooks::{AttemptRecord, DueDelivery, NextStep},
 };
 use crate::webhooks::{

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use opflow_protocol::RunId;
 
-use super::StoreError;
+use super::{Store, StoreError};
 
 /// How a run's results were counted: every step succeeded exactly once when all three
 /// are equal.
@@ -30,6 +30,13 @@ impl ExactlyOnce {
 #[derive(Clone, Copy)]
 pub struct Checks<'a> {
     pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Store {
+    /// Reads that verify a run from outside, for `opflow bench`.
+    pub fn checks(&self) -> Checks<'_> {
+        Checks { pool: &self.pool }
+    }
 }
 
 impl Checks<'_> {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    StoreError,
+    Store, StoreError,
     runs::{RunStatus, StepStatus},
 };
 
@@ -86,6 +86,13 @@ pub struct AssetSize {
 #[derive(Clone, Copy)]
 pub struct Following<'a> {
     pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Store {
+    /// What clients read as they follow runs: events by number, runs and steps paged.
+    pub fn following(&self) -> Following<'_> {
+        Following { pool: &self.pool }
+    }
 }
 
 impl Following<'_> {

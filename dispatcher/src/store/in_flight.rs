@@ -36,7 +36,7 @@ fn interval(d: Duration) -> String {
 }
 
 /// What lost-step recovery reads and does (`leader.in_flight()`): only a
-/// [`LeaderStore`](super::LeaderStore) hands it out.
+/// `LeaderStore` hands it out.
 #[derive(Clone, Copy)]
 pub struct InFlight<'a> {
     pub(in crate::store) pool: &'a sqlx::PgPool,

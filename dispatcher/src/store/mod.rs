@@ -36,8 +36,6 @@ pub mod storable;
 pub mod tokens;
 pub mod webhooks;
 
-pub use lease::{LeaderStore, Lease};
-
 use std::{str::FromStr, time::Duration};
 
 use backon::Retryable;
@@ -226,49 +224,6 @@ impl Store {
     /// Closes every connection, waiting for those in use to be given back.
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-/// The store's surface, by concern.
-impl Store {
-    /// Submitting runs and reading their state, outputs and plans.
-    pub fn runs(&self) -> runs::Runs<'_> {
-        runs::Runs { pool: &self.pool }
-    }
-
-    /// What clients read as they follow runs: events by number, runs and steps paged.
-    pub fn following(&self) -> following::Following<'_> {
-        following::Following { pool: &self.pool }
-    }
-
-    /// The op registry: op versions, their queues and scaling settings.
-    pub fn ops(&self) -> ops::Ops<'_> {
-        ops::Ops { pool: &self.pool }
-    }
-
-    /// What each op version's queue holds and what waits for its workers.
-    pub fn queues(&self) -> queues::Queues<'_> {
-        queues::Queues { pool: &self.pool }
-    }
-
-    /// API tokens.
-    pub fn tokens(&self) -> tokens::Tokens<'_> {
-        tokens::Tokens { pool: &self.pool }
-    }
-
-    /// Webhook subscriptions and their deliveries.
-    pub fn webhooks(&self) -> webhooks::Webhooks<'_> {
-        webhooks::Webhooks { pool: &self.pool }
-    }
-
-    /// Finished runs past their retention.
-    pub fn retention(&self) -> retention::Retention<'_> {
-        retention::Retention { pool: &self.pool }
-    }
-
-    /// Reads that verify a run from outside, for `opflow bench`.
-    pub fn checks(&self) -> checks::Checks<'_> {
-        checks::Checks { pool: &self.pool }
     }
 }
 

@@ -4,7 +4,7 @@
 use opflow_amqp::{OpQueueSettings, QueueKind};
 use opflow_protocol::{OpDescription, OpRef, queue};
 
-use super::StoreError;
+use super::{Store, StoreError};
 
 /// One registered op version, as listed by `opflow ops list`.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -75,6 +75,13 @@ pub enum Registration {
 #[derive(Clone, Copy)]
 pub struct Ops<'a> {
     pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Store {
+    /// The op registry: op versions, their queues and scaling settings.
+    pub fn ops(&self) -> Ops<'_> {
+        Ops { pool: &self.pool }
+    }
 }
 
 impl Ops<'_> {

@@ -30,7 +30,7 @@ pub struct OutboxBatch {
 }
 
 /// The outbox as the leader's publisher and retry scheduler work it (`leader.outbox()`):
-/// only a [`LeaderStore`](super::LeaderStore) hands it out.
+/// only a `LeaderStore` hands it out.
 #[derive(Clone, Copy)]
 pub struct Outbox<'a> {
     pub(in crate::store) pool: &'a sqlx::PgPool,

@@ -6,7 +6,7 @@
 
 use opflow_protocol::OpRef;
 
-use super::StoreError;
+use super::{Store, StoreError};
 
 /// What an op version's queue does not show by itself: its steps that workers hold, and
 /// those about to be queued. For the autoscaler and the demand forecast.
@@ -36,6 +36,13 @@ pub struct QueueDepth {
 #[derive(Clone, Copy)]
 pub struct Queues<'a> {
     pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Store {
+    /// What each op version's queue holds and what waits for its workers.
+    pub fn queues(&self) -> Queues<'_> {
+        Queues { pool: &self.pool }
+    }
 }
 
 impl Queues<'_> {

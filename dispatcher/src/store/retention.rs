@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use opflow_protocol::RunId;
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{Store, StoreError};
 
 /// Rows deleted per statement (and transaction).
 const CHUNK: i64 = 5_000;
@@ -51,6 +51,13 @@ fn interval(d: Duration) -> String {
 #[derive(Clone, Copy)]
 pub struct Retention<'a> {
     pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Store {
+    /// Finished runs past their retention.
+    pub fn retention(&self) -> Retention<'_> {
+        Retention { pool: &self.pool }
+    }
 }
 
 impl Retention<'_> {

@@ -7,7 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    StoreError,
+    Store, StoreError,
     run_plan::{AssetRow, UnlockMode},
 };
 use crate::plan::{CompiledPlan, graph::PlanGraph};
@@ -143,6 +143,13 @@ pub struct StepOutput {
 #[derive(Clone, Copy)]
 pub struct Runs<'a> {
     pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Store {
+    /// Submitting runs and reading their state, outputs and plans.
+    pub fn runs(&self) -> Runs<'_> {
+        Runs { pool: &self.pool }
+    }
 }
 
 impl Runs<'_> {

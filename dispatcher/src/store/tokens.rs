@@ -6,7 +6,7 @@ use rand::{RngExt, distr::Alphanumeric};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::StoreError;
+use super::{Store, StoreError};
 
 /// What a token may do; each scope includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -79,6 +79,13 @@ fn split(token: &str) -> Option<(&str, &str)> {
 #[derive(Clone, Copy)]
 pub struct Tokens<'a> {
     pub(super) pool: &'a sqlx::PgPool,
+}
+
+impl Store {
+    /// API tokens.
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens { pool: &self.pool }
+    }
 }
 
 impl Tokens<'_> {

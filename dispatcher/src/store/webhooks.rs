@@ -10,7 +10,7 @@ use opflow_protocol::RunId;
 use sqlx::{PgConnection, postgres::PgListener};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{Store, StoreError};
 
 /// Where the trigger announces new deliveries (and redeliveries are announced).
 pub const WEBHOOKS_CHANNEL: &str = "opflow_webhooks";
@@ -142,6 +142,13 @@ pub struct Webhooks<'a> {
     pub(in crate::store) pool: &'a sqlx::PgPool,
 }
 
+impl Store {
+    /// Webhook subscriptions and their deliveries.
+    pub fn webhooks(&self) -> Webhooks<'_> {
+        Webhooks { pool: &self.pool }
+    }
+}
+
 impl Webhooks<'_> {
     pub async fn add(&self, url: &str, events: &[String], secret: &str) -> Result<WebhookRow, StoreError> {
         Ok(sqlx::query_as(
@@ -243,7 +250,7 @@ impl Webhooks<'_> {
 }
 
 /// The delivery outbox as the leader's delivery task works it (`leader.webhook_outbox()`):
-/// only a [`LeaderStore`](super::LeaderStore) hands it out.
+/// only a `LeaderStore` hands it out.
 #[derive(Clone, Copy)]
 pub struct WebhookOutbox<'a> {
     pub(in crate::store) pool: &'a sqlx::PgPool,

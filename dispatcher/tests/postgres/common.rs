@@ -5,7 +5,10 @@ use std::path::Path;
 
 use opflow_dispatcher::{
     plan::{self, CompiledPlan, RegisteredOp},
-    store::{LeaderStore, Lease, Store},
+    store::{
+        Store,
+        lease::{LeaderStore, Lease},
+    },
 };
 use opflow_process::SecretUrl;
 use opflow_protocol::RunId;

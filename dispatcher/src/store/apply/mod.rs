@@ -98,7 +98,7 @@ impl TerminalStep {
 }
 
 /// Applying events, as the leader's applier does (`leader.events()`): only a
-/// [`LeaderStore`](super::LeaderStore) hands it out.
+/// `LeaderStore` hands it out.
 #[derive(Clone, Copy)]
 pub struct Events<'a> {
     pub(in crate::store) pool: &'a sqlx::PgPool,
