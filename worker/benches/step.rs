@@ -16,7 +16,7 @@ use lapin::types::FieldTable;
 use opflow_amqp::trace;
 use opflow_process::LogFormat;
 use opflow_protocol::{Event, EventKind, OpRef, RunId, StepId, StepMessage, queue};
-use opflow_worker::{LogLevel, StepContext, StepError, report};
+use opflow_worker::{LogLevel, StepContext, StepError, bench_hooks, report};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +68,7 @@ async fn noop(ctx: StepContext) -> Result<Value, StepError> {
 }
 
 fn context(message: StepMessage, reporter: &report::Reporter, shutdown: &CancellationToken) -> StepContext {
-    StepContext::new(
+    bench_hooks::step_context(
         message,
         reporter.clone(),
         WORKER.to_owned(),
@@ -89,7 +89,7 @@ fn step(c: &mut Criterion) {
             "warning: no traceparent header (is RUST_LOG below info?); the benches run without trace context"
         );
     }
-    let (reporter, mut queued) = report::detached();
+    let (reporter, mut queued) = bench_hooks::detached_reporter();
     let shutdown = CancellationToken::new();
 
     let this_op = op();
@@ -97,7 +97,7 @@ fn step(c: &mut Criterion) {
         b.iter(|| {
             let message = StepMessage::decode(black_box(&bytes)).expect("decodes");
             assert!(message.op == this_op, "a step of this worker's op");
-            opflow_worker::step_span(&message, Some(&headers))
+            bench_hooks::step_span(&message, Some(&headers))
         })
     });
     c.bench_function("worker/context/new", |b| {
@@ -109,7 +109,7 @@ fn step(c: &mut Criterion) {
     });
 
     // Each event built in the step's span, with its headers, encoded as published.
-    let span = opflow_worker::step_span(&message, Some(&headers));
+    let span = bench_hooks::step_span(&message, Some(&headers));
     let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
     let sent = |kind: EventKind| {
         let event = Event::new(run_id, step_id, attempt, WORKER.to_owned(), kind);
@@ -147,7 +147,7 @@ fn step(c: &mut Criterion) {
         b.iter(|| {
             let message = StepMessage::decode(black_box(&bytes)).expect("decodes");
             assert!(message.op == this_op, "a step of this worker's op");
-            let span = opflow_worker::step_span(&message, Some(&headers));
+            let span = bench_hooks::step_span(&message, Some(&headers));
             span.in_scope(|| {
                 let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
                 let started_at = chrono::Utc::now();

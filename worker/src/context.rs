@@ -27,9 +27,8 @@ struct Inner {
 }
 
 impl StepContext {
-    /// Public for benches only, not an API: the runtime makes a step's context.
-    #[doc(hidden)]
-    pub fn new(
+    /// The runtime makes a step's context (and `bench_hooks`, for the criterion bench).
+    pub(crate) fn new(
         message: StepMessage,
         reporter: Reporter,
         worker: String,

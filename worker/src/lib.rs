@@ -43,6 +43,8 @@
 //! - [`lease`]: [`lease::StepLease`], ack-late as a type.
 //! - [`report`]: publishing events in order, with confirms.
 
+#[doc(hidden)]
+pub mod bench_hooks;
 mod cancel;
 mod cli;
 mod consume;
@@ -59,8 +61,6 @@ pub use context::StepContext;
 pub use error::StepError;
 pub use op::{Op, WorkerSettings};
 pub use opflow_protocol::{LogLevel, StepInput};
-#[doc(hidden)]
-pub use step::step_span;
 
 /// The largest output a step may return. Outputs travel inside downstream step messages
 /// and live in the run store; large data belongs in the op's own storage, referenced here.

@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Non-terminal events queued beyond this are dropped (and logged): a handler that reports
 /// progress in a tight loop must not grow memory without bound.
-const QUEUE_DEPTH: usize = 1024;
+pub(crate) const QUEUE_DEPTH: usize = 1024;
 
-enum Command {
+pub(crate) enum Command {
     /// Publish, collect the confirm in the background.
     Send(Event, FieldTable),
     /// Publish, then answer once it and everything before it are confirmed.
@@ -24,7 +24,7 @@ enum Command {
 /// A cheap handle for queueing events; see the module docs.
 #[derive(Clone)]
 pub struct Reporter {
-    commands: mpsc::Sender<Command>,
+    pub(crate) commands: mpsc::Sender<Command>,
 }
 
 impl Reporter {
@@ -59,29 +59,6 @@ impl Reporter {
             return Err(stopped());
         }
         confirmed.await.unwrap_or_else(|_| Err(stopped()))
-    }
-}
-
-/// For benches only, not an API: a [`Reporter`] without a broker, and what it queued.
-#[doc(hidden)]
-pub fn detached() -> (Reporter, Detached) {
-    let (commands, receiver) = mpsc::channel(QUEUE_DEPTH);
-    (Reporter { commands }, Detached(receiver))
-}
-
-/// The events a [`detached`] reporter queued.
-#[doc(hidden)]
-pub struct Detached(mpsc::Receiver<Command>);
-
-impl Detached {
-    /// Takes the queued events and encodes each with its routing key, as publishing
-    /// would; returns how many bytes.
-    pub fn drain(&mut self) -> usize {
-        let mut bytes = 0;
-        while let Ok(Command::Send(event, _) | Command::Flush(event, _, _)) = self.0.try_recv() {
-            bytes += event.encode().len() + queue::event_routing_key(event.kind.name()).len();
-        }
-        bytes
     }
 }
 

@@ -323,10 +323,8 @@ impl Heartbeats {
     }
 }
 
-/// The `step` span of a delivery, continuing the trace its headers carry. Public only for
-/// `benches/step.rs`, which measures it.
-#[doc(hidden)]
-pub fn step_span(message: &StepMessage, headers: Option<&FieldTable>) -> tracing::Span {
+/// The `step` span of a delivery, continuing the trace its headers carry.
+pub(crate) fn step_span(message: &StepMessage, headers: Option<&FieldTable>) -> tracing::Span {
     let span = tracing::info_span!(
         "step",
         run_id = %message.run_id,

@@ -70,8 +70,8 @@ impl From<store::runs::StepStatus> for StepStatus {
     }
 }
 
-impl From<store::runs::RunSummary> for RunSummary {
-    fn from(s: store::runs::RunSummary) -> Self {
+impl From<store::runs::RunSummaryRow> for RunSummary {
+    fn from(s: store::runs::RunSummaryRow) -> Self {
         let c = s.steps;
         Self {
             run_id: s.run_id,
@@ -107,8 +107,8 @@ impl From<store::runs::RunSummary> for RunSummary {
     }
 }
 
-impl From<store::runs::StepOutput> for StepOutput {
-    fn from(o: store::runs::StepOutput) -> Self {
+impl From<store::runs::StepOutputRow> for StepOutput {
+    fn from(o: store::runs::StepOutputRow) -> Self {
         Self {
             step_id: StepId(o.step_id.max(0) as u32),
             label: o.asset.clone(),
@@ -175,7 +175,7 @@ pub fn cancel_response(cancellation: Cancellation, run: RunSummary) -> CancelRes
 }
 
 /// A recorded event as the events stream sends it.
-pub fn run_event(run_id: RunId, e: store::following::RecordedEvent) -> RunEvent {
+pub fn run_event(run_id: RunId, e: store::following::EventRow) -> RunEvent {
     // Stored as the protocol's externally tagged enum: `{"<kind>": {fields}}`.
     let data = match e.body {
         Value::Object(mut tagged) if tagged.len() == 1 && tagged.contains_key(&e.kind) => {
@@ -197,8 +197,8 @@ pub fn run_event(run_id: RunId, e: store::following::RecordedEvent) -> RunEvent 
     }
 }
 
-impl From<store::following::RunListItem> for RunListItem {
-    fn from(r: store::following::RunListItem) -> Self {
+impl From<store::following::RunRow> for RunListItem {
+    fn from(r: store::following::RunRow) -> Self {
         Self {
             run_id: RunId::from_uuid(r.id),
             key: r.key,
@@ -235,8 +235,8 @@ impl From<store::following::StepRow> for StepInfo {
     }
 }
 
-impl From<store::following::AssetSize> for AssetInfo {
-    fn from(a: store::following::AssetSize) -> Self {
+impl From<store::following::AssetStepsRow> for AssetInfo {
+    fn from(a: store::following::AssetStepsRow) -> Self {
         Self { name: a.name, steps: a.steps, leaf: a.leaf }
     }
 }

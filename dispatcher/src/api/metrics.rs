@@ -220,7 +220,7 @@ impl Metrics {
 
 /// The queue depths of one scrape, as gauges of a registry of their own: an op version
 /// no longer registered simply stops appearing.
-fn queue_registry(depths: &[crate::store::queues::QueueDepth]) -> Registry {
+fn queue_registry(depths: &[crate::store::queues::QueueDepthRow]) -> Registry {
     let mut registry = Registry::with_prefix("opflow");
     let ready = Family::<QueueLabels, Gauge>::default();
     let running = Family::<QueueLabels, Gauge>::default();

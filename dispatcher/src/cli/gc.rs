@@ -105,8 +105,8 @@ struct ExpiredRunJson {
     pub steps: i64,
 }
 
-impl From<crate::store::retention::Expired> for ExpiredRunJson {
-    fn from(e: crate::store::retention::Expired) -> Self {
+impl From<crate::store::retention::ExpiredRunRow> for ExpiredRunJson {
+    fn from(e: crate::store::retention::ExpiredRunRow) -> Self {
         Self { run_id: e.run_id, plan: e.plan, status: e.status, finished_at: e.finished_at, steps: e.steps }
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::exit::InvalidInput;
 use opflow_api_model::RunSummary;
 
-use crate::store::runs::RunProgress;
+use crate::store::runs::RunProgressRow;
 
 /// Reads a plan file; a missing or unreadable file is invalid input.
 pub fn read_plan(file: &Path) -> Result<String, InvalidInput> {
@@ -115,7 +115,7 @@ impl Progress {
         Self { bar, last_line: std::time::Instant::now() }
     }
 
-    pub fn update(&mut self, p: &RunProgress, quiet: bool) {
+    pub fn update(&mut self, p: &RunProgressRow, quiet: bool) {
         let done = (p.steps_succeeded + p.steps_failed + p.steps_skipped + p.steps_canceled) as u64;
         let msg = if p.steps_failed > 0 { format!("({} failed)", p.steps_failed) } else { String::new() };
         match &self.bar {

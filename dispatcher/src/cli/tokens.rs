@@ -112,8 +112,8 @@ struct TokenJson {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-impl From<crate::store::tokens::TokenInfo> for TokenJson {
-    fn from(t: crate::store::tokens::TokenInfo) -> Self {
+impl From<crate::store::tokens::TokenRow> for TokenJson {
+    fn from(t: crate::store::tokens::TokenRow) -> Self {
         Self {
             name: t.name,
             scope: t.scope.as_str(),

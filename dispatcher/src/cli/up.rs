@@ -231,7 +231,7 @@ const SHOW_OUTPUTS_UP_TO: u32 = 20;
 async fn wait_for(
     store: &crate::store::Store,
     run: opflow_protocol::RunId,
-) -> anyhow::Result<crate::store::runs::RunSummary> {
+) -> anyhow::Result<crate::store::runs::RunSummaryRow> {
     let mut progress = render::Progress::new(false);
     loop {
         let Some(p) = store.runs().progress(run).await? else {

@@ -21,7 +21,7 @@ use super::applier::{Applier, dispatcher_failure};
 use crate::store::{
     CANCELS_CHANNEL, StoreError,
     lease::LeaderStore,
-    outbox::{OutboxBatch, OutboxEntry},
+    outbox::{OutboxBatch, OutboxRow},
     run_plan::{PlanCache, RunPlan, StepRange},
     storable::StorableEvent,
 };
@@ -295,7 +295,7 @@ impl StepPublisher {
         &self,
         batch: &mut OutboxBatch,
         inputs_cache: &mut InputsCache,
-        entry: OutboxEntry,
+        entry: OutboxRow,
     ) -> Result<Result<(OpRef, Vec<u8>), String>, StoreError> {
         let plan = self.plans.get(&self.store, entry.run_id).await?;
         let mut message = plan.message(entry.run_id, entry.step_id, entry.attempt);
@@ -328,7 +328,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Sent messages whose confirms are still to come.
 #[derive(Default)]
 struct ConfirmWindow {
-    pending: Vec<(OutboxEntry, OpRef, opflow_amqp::PendingConfirm)>,
+    pending: Vec<(OutboxRow, OpRef, opflow_amqp::PendingConfirm)>,
     bytes: usize,
 }
 
@@ -337,7 +337,7 @@ struct ConfirmWindow {
 type FailConfirm = fn(&OpRef, &PublishError) -> Option<(String, bool)>;
 
 impl ConfirmWindow {
-    fn push(&mut self, entry: OutboxEntry, op: OpRef, bytes: usize, pending: opflow_amqp::PendingConfirm) {
+    fn push(&mut self, entry: OutboxRow, op: OpRef, bytes: usize, pending: opflow_amqp::PendingConfirm) {
         self.bytes += bytes;
         self.pending.push((entry, op, pending));
     }
@@ -408,7 +408,7 @@ impl InputsCache {
         &mut self,
         batch: &mut OutboxBatch,
         plan: &RunPlan,
-        entry: OutboxEntry,
+        entry: OutboxRow,
         max_bytes: usize,
     ) -> Result<Result<Vec<StepInput>, String>, StoreError> {
         let ranges = plan.input_ranges(entry.step_id);

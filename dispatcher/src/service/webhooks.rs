@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::store::{
     StoreError,
     lease::LeaderStore,
-    webhooks::{AttemptRecord, DueDelivery, NextStep},
+    webhooks::{AttemptRecord, DueDeliveryRow, NextStep},
 };
 use crate::webhooks::{
     sign::{Secret, message_id},
@@ -176,7 +176,7 @@ impl Deliverer {
     }
 
     /// One attempt at one delivery, recorded whatever happens.
-    async fn attempt(&self, delivery: DueDelivery) {
+    async fn attempt(&self, delivery: DueDeliveryRow) {
         let span = tracing::info_span!("webhook.deliver", delivery = %delivery.id, url = %delivery.url,
             run_id = %delivery.run_id, attempt = delivery.attempts + 1);
         async {
@@ -196,7 +196,7 @@ impl Deliverer {
     }
 
     /// Signs and posts the delivery's body; the receiver's status, or why there was none.
-    async fn send(&self, delivery: &DueDelivery, timestamp: i64) -> Result<reqwest::StatusCode, String> {
+    async fn send(&self, delivery: &DueDeliveryRow, timestamp: i64) -> Result<reqwest::StatusCode, String> {
         let url =
             reqwest::Url::parse(&delivery.url).map_err(|e| format!("the stored URL is invalid: {e}"))?;
         target::check_literal(&url, self.allow_private).map_err(|e| e.to_string())?;
@@ -225,7 +225,7 @@ pub async fn record_attempt(
     store: &LeaderStore,
     policy: &DeliveryRetryPolicy,
     metrics: &crate::api::metrics::Metrics,
-    delivery: &DueDelivery,
+    delivery: &DueDeliveryRow,
     attempt: AttemptRecord,
 ) {
     let attempts_made = u32::try_from(delivery.attempts + 1).unwrap_or(u32::MAX);

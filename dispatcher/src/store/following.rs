@@ -14,7 +14,7 @@ use super::{
 
 /// One recorded event of a run, with its asset.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct RecordedEvent {
+pub struct EventRow {
     /// Its number within the run, from 1; increasing in the order events were recorded.
     pub seq: i64,
     pub step_id: i32,
@@ -40,7 +40,7 @@ pub struct EventFilter {
 
 /// A run in a list.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct RunListItem {
+pub struct RunRow {
     pub id: Uuid,
     pub key: Option<String>,
     pub plan_name: String,
@@ -75,7 +75,7 @@ pub struct StepRow {
 
 /// How many steps an asset of a run has, for progress bars.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AssetSize {
+pub struct AssetStepsRow {
     pub name: String,
     pub steps: i64,
     /// No asset of the run depends on it.
@@ -111,7 +111,7 @@ impl Following<'_> {
         after: i64,
         filter: &EventFilter,
         limit: u32,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
+    ) -> Result<Vec<EventRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT e.seq, e.step_id, a.name AS asset, e.attempt, e.kind, e.body, e.worker, e.at, e.applied
              FROM events e
@@ -145,7 +145,7 @@ impl Following<'_> {
         status: Option<RunStatus>,
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: u32,
-    ) -> Result<Vec<RunListItem>, StoreError> {
+    ) -> Result<Vec<RunRow>, StoreError> {
         let (after_at, after_id) = after.unzip();
         Ok(sqlx::query_as(
             "SELECT id, key, plan_name, status, steps_total, steps_succeeded, steps_failed,
@@ -191,7 +191,7 @@ impl Following<'_> {
     }
 
     /// Each asset of a run with its number of steps, in plan order.
-    pub async fn assets(&self, run: RunId) -> Result<Vec<AssetSize>, StoreError> {
+    pub async fn assets(&self, run: RunId) -> Result<Vec<AssetStepsRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT a.name, a.step_count::bigint AS steps,
                     NOT EXISTS (SELECT 1 FROM run_assets b, jsonb_array_elements(b.deps) d

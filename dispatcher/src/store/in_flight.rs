@@ -21,7 +21,7 @@ pub struct StepAttempt {
 
 /// A running step that has not shown life for a while.
 #[derive(Debug, Clone)]
-pub struct SilentStep {
+pub struct SilentStepRow {
     pub step: StepAttempt,
     pub worker: String,
     pub last_seen: DateTime<Utc>,
@@ -48,7 +48,7 @@ impl InFlight<'_> {
         &self,
         silent_for: Duration,
         limit: u32,
-    ) -> Result<Vec<SilentStep>, StoreError> {
+    ) -> Result<Vec<SilentStepRow>, StoreError> {
         type Row = (Uuid, i32, i32, Option<String>, DateTime<Utc>);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT run_id, id, attempt, worker, coalesce(heartbeat_at, started_at, queued_at) FROM steps
@@ -62,7 +62,7 @@ impl InFlight<'_> {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(run, step, n, worker, last_seen)| SilentStep {
+            .map(|(run, step, n, worker, last_seen)| SilentStepRow {
                 step: attempt(run, step, n),
                 worker: worker.unwrap_or_default(),
                 last_seen,

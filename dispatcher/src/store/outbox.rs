@@ -15,7 +15,7 @@ use super::{StoreError, run_plan::StepRange};
 
 /// One step attempt to publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutboxEntry {
+pub struct OutboxRow {
     pub run_id: RunId,
     pub step_id: StepId,
     pub attempt: u32,
@@ -24,7 +24,7 @@ pub struct OutboxEntry {
 /// A batch taken from the outbox, held in an open transaction until [`OutboxBatch::commit`].
 pub struct OutboxBatch {
     tx: Transaction<'static, Postgres>,
-    pub entries: Vec<OutboxEntry>,
+    pub entries: Vec<OutboxRow>,
     /// Per entry: its step is still queued at that attempt.
     current: Vec<bool>,
 }
@@ -72,7 +72,7 @@ impl Outbox<'_> {
         let (entries, current) = rows
             .into_iter()
             .map(|(run, step, attempt, current)| {
-                let entry = OutboxEntry {
+                let entry = OutboxRow {
                     run_id: RunId::from_uuid(run),
                     step_id: StepId(step as u32),
                     attempt: attempt as u32,
@@ -126,7 +126,7 @@ impl OutboxBatch {
     /// The entries whose step is still queued at that attempt. The others are stale (the
     /// step was published before a crash and has since started or finished) and are
     /// dropped with the batch.
-    pub fn still_queued(&self) -> Vec<OutboxEntry> {
+    pub fn still_queued(&self) -> Vec<OutboxRow> {
         self.entries.iter().zip(&self.current).filter(|(_, current)| **current).map(|(e, _)| *e).collect()
     }
 

@@ -23,7 +23,7 @@ pub struct OpDemand {
 
 /// What one registered op version's queue holds, as `/metrics` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueDepth {
+pub struct QueueDepthRow {
     pub op: OpRef,
     /// Steps queued and published (no longer in the outbox): on the queue, not yet taken.
     pub ready: u64,
@@ -46,11 +46,11 @@ impl Store {
 }
 
 impl Queues<'_> {
-    /// Every registered op version's [`QueueDepth`], in one statement: what `/metrics`
+    /// Every registered op version's [`QueueDepthRow`], in one statement: what `/metrics`
     /// reads at each scrape. It counts queued and running steps through their partial
     /// indexes (migration 0007), looking each queued one up in the outbox by its key
     /// (migration 0013), never every step.
-    pub async fn depths(&self) -> Result<Vec<QueueDepth>, StoreError> {
+    pub async fn depths(&self) -> Result<Vec<QueueDepthRow>, StoreError> {
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "WITH active AS (
                  SELECT a.op_name, a.op_version,
@@ -77,7 +77,7 @@ impl Queues<'_> {
                 let op = format!("{name}@{version}")
                     .parse::<OpRef>()
                     .map_err(|e| StoreError::Corrupt("ops".into(), e.to_string()))?;
-                Ok(QueueDepth { op, ready: ready.max(0) as u64, running: running.max(0) as u64 })
+                Ok(QueueDepthRow { op, ready: ready.max(0) as u64, running: running.max(0) as u64 })
             })
             .collect()
     }

@@ -18,7 +18,7 @@ const CHUNK: i64 = 5_000;
 
 /// A finished run that retention would delete.
 #[derive(Debug, Clone)]
-pub struct Expired {
+pub struct ExpiredRunRow {
     pub run_id: RunId,
     pub plan: String,
     pub status: String,
@@ -62,7 +62,7 @@ impl Store {
 
 impl Retention<'_> {
     /// Up to `limit` finished runs that ended more than `older_than` ago, oldest first.
-    pub async fn expired(&self, older_than: Duration, limit: u32) -> Result<Vec<Expired>, StoreError> {
+    pub async fn expired(&self, older_than: Duration, limit: u32) -> Result<Vec<ExpiredRunRow>, StoreError> {
         type Row = (Uuid, String, String, DateTime<Utc>, i32);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, plan_name, status::text, finished_at, steps_total FROM runs
@@ -75,7 +75,7 @@ impl Retention<'_> {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, plan, status, finished_at, steps)| Expired {
+            .map(|(id, plan, status, finished_at, steps)| ExpiredRunRow {
                 run_id: RunId::from_uuid(id),
                 plan,
                 status,

@@ -250,7 +250,7 @@ struct StoredDep {
 
 /// One `run_assets` row.
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct AssetRow {
+pub(crate) struct RunAssetRow {
     pub idx: i32,
     pub name: String,
     pub op_name: String,
@@ -269,7 +269,7 @@ pub(crate) struct AssetRow {
     pub line: i32,
 }
 
-impl AssetRow {
+impl RunAssetRow {
     pub(crate) fn from_asset(idx: usize, a: &CompiledAsset) -> Self {
         let partitions = match &a.partitions {
             Partitions::None => StoredPartitions::None,

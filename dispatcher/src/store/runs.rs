@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
-    run_plan::{AssetRow, UnlockMode},
+    run_plan::{RunAssetRow, UnlockMode},
 };
 use crate::plan::{CompiledPlan, graph::PlanGraph};
 
@@ -80,7 +80,7 @@ pub struct StepCounts {
 
 /// A run's state, as `opflow status --json` and `GET /v1/runs/{id}` show it.
 #[derive(Debug, Clone)]
-pub struct RunSummary {
+pub struct RunSummaryRow {
     pub run_id: RunId,
     pub key: Option<String>,
     pub plan: String,
@@ -91,11 +91,11 @@ pub struct RunSummary {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     /// The first failed steps, with their errors.
-    pub failures: Vec<StepFailure>,
+    pub failures: Vec<StepFailureRow>,
 }
 
 #[derive(Debug, Clone)]
-pub struct StepFailure {
+pub struct StepFailureRow {
     pub step_id: StepId,
     pub asset: String,
     pub attempt: i32,
@@ -104,7 +104,7 @@ pub struct StepFailure {
 
 /// The cheap part of a run's state: the counters kept on its row.
 #[derive(Debug, Clone, Copy, sqlx::FromRow)]
-pub struct RunProgress {
+pub struct RunProgressRow {
     pub status: RunStatus,
     pub steps_total: i32,
     pub steps_succeeded: i32,
@@ -129,7 +129,7 @@ pub enum Cancellation {
 
 /// One step's result.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StepOutput {
+pub struct StepOutputRow {
     pub step_id: i32,
     pub asset: String,
     pub status: StepStatus,
@@ -254,7 +254,7 @@ impl Runs<'_> {
     }
 
     /// A run's counters, from its row alone: cheap enough to poll.
-    pub async fn progress(&self, run: RunId) -> Result<Option<RunProgress>, StoreError> {
+    pub async fn progress(&self, run: RunId) -> Result<Option<RunProgressRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT status, steps_total, steps_succeeded, steps_failed, steps_skipped, steps_canceled
              FROM runs WHERE id = $1",
@@ -265,7 +265,7 @@ impl Runs<'_> {
     }
 
     /// A run's full state, or `None` for an unknown run.
-    pub async fn summary(&self, run: RunId) -> Result<Option<RunSummary>, StoreError> {
+    pub async fn summary(&self, run: RunId) -> Result<Option<RunSummaryRow>, StoreError> {
         type Row = (
             Option<String>,
             String,
@@ -312,7 +312,7 @@ impl Runs<'_> {
         .bind(run.as_uuid())
         .fetch_all(self.pool)
         .await?;
-        Ok(Some(RunSummary {
+        Ok(Some(RunSummaryRow {
             run_id: run,
             key,
             plan,
@@ -324,7 +324,7 @@ impl Runs<'_> {
             finished_at,
             failures: failures
                 .into_iter()
-                .map(|(id, asset, attempt, error)| StepFailure {
+                .map(|(id, asset, attempt, error)| StepFailureRow {
                     step_id: StepId(id as u32),
                     asset,
                     attempt,
@@ -343,7 +343,7 @@ impl Runs<'_> {
         asset: Option<&str>,
         after: Option<u32>,
         limit: u32,
-    ) -> Result<Vec<StepOutput>, StoreError> {
+    ) -> Result<Vec<StepOutputRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT s.id AS step_id, a.name AS asset, s.status, s.attempt, s.worker, s.output, s.error
              FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
@@ -441,7 +441,7 @@ impl Runs<'_> {
                 .await?;
         let (name, groups) = row.ok_or_else(|| StoreError::Corrupt(run.to_string(), "no such run".into()))?;
         let mode = if groups { UnlockMode::Groups } else { UnlockMode::Steps };
-        let rows: Vec<AssetRow> = sqlx::query_as(
+        let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
                     deps, retry_max, retry_backoff_ms, timeout_ms, first_step, step_count, line
              FROM run_assets WHERE run_id = $1 ORDER BY idx",
@@ -451,7 +451,7 @@ impl Runs<'_> {
         .await?;
         let assets = rows
             .into_iter()
-            .map(AssetRow::into_asset)
+            .map(RunAssetRow::into_asset)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Corrupt(run.to_string(), e))?;
         let step_count = assets.iter().map(|a| a.step_count()).sum();
@@ -495,8 +495,8 @@ async fn insert_run_assets(
     run_id: RunId,
     plan: &CompiledPlan,
 ) -> Result<(), StoreError> {
-    let rows: Vec<AssetRow> =
-        plan.assets.iter().enumerate().map(|(idx, asset)| AssetRow::from_asset(idx, asset)).collect();
+    let rows: Vec<RunAssetRow> =
+        plan.assets.iter().enumerate().map(|(idx, asset)| RunAssetRow::from_asset(idx, asset)).collect();
     for chunk in rows.chunks(ASSET_INSERT_CHUNK) {
         let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "INSERT INTO run_assets (run_id, idx, name, op_name, op_version, op_requirement, config, partitions, \

@@ -40,7 +40,7 @@ impl Scope {
 
 /// A token as `opflow tokens list` shows it: never its secret.
 #[derive(Debug, Clone)]
-pub struct TokenInfo {
+pub struct TokenRow {
     pub name: String,
     pub scope: Scope,
     pub created_at: DateTime<Utc>,
@@ -106,7 +106,7 @@ impl Tokens<'_> {
         Ok((inserted.rows_affected() == 1).then(|| format!("{PREFIX}{id}_{secret}")))
     }
 
-    pub async fn list(&self) -> Result<Vec<TokenInfo>, StoreError> {
+    pub async fn list(&self) -> Result<Vec<TokenRow>, StoreError> {
         type Row = (String, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT name, scope, created_at, last_used_at, revoked_at FROM api_tokens ORDER BY name",
@@ -116,7 +116,7 @@ impl Tokens<'_> {
         rows.into_iter()
             .map(|(name, scope, created_at, last_used_at, revoked_at)| {
                 let scope = Scope::parse(&scope).ok_or_else(|| StoreError::Corrupt(name.clone(), scope))?;
-                Ok(TokenInfo { name, scope, created_at, last_used_at, revoked_at })
+                Ok(TokenRow { name, scope, created_at, last_used_at, revoked_at })
             })
             .collect()
     }

@@ -85,7 +85,7 @@ pub struct AttemptRow {
 /// A delivery claimed for an attempt: everything needed to send it. (`Debug` leaves the
 /// secret out.)
 #[derive(Clone, sqlx::FromRow)]
-pub struct DueDelivery {
+pub struct DueDeliveryRow {
     pub id: Uuid,
     pub run_id: Uuid,
     pub url: String,
@@ -96,9 +96,9 @@ pub struct DueDelivery {
     pub retry_from: DateTime<Utc>,
 }
 
-impl std::fmt::Debug for DueDelivery {
+impl std::fmt::Debug for DueDeliveryRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DueDelivery")
+        f.debug_struct("DueDeliveryRow")
             .field("id", &self.id)
             .field("run_id", &self.run_id)
             .field("url", &self.url)
@@ -259,7 +259,7 @@ pub struct WebhookOutbox<'a> {
 impl WebhookOutbox<'_> {
     /// Claims up to `limit` due deliveries for an attempt: each is pushed `lease` ahead, so
     /// no other dispatcher takes it meanwhile, and it is due again if this one dies.
-    pub async fn claim_due(&self, limit: usize, lease: Duration) -> Result<Vec<DueDelivery>, StoreError> {
+    pub async fn claim_due(&self, limit: usize, lease: Duration) -> Result<Vec<DueDeliveryRow>, StoreError> {
         Ok(sqlx::query_as(
             "UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2)
              FROM (SELECT id FROM webhook_deliveries

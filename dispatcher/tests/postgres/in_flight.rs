@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use opflow_dispatcher::store::{
     in_flight::StepAttempt,
-    queues::{OpDemand, QueueDepth},
+    queues::{OpDemand, QueueDepthRow},
 };
 use opflow_protocol::{OpRef, RunId, StepId};
 
@@ -101,7 +101,7 @@ async fn queue_depths_name_every_registered_op_and_leave_out_the_outbox() {
         .await
         .unwrap();
     }
-    let depth = |version: &str, ready, running| QueueDepth {
+    let depth = |version: &str, ready, running| QueueDepthRow {
         op: format!("noop@{version}").parse().unwrap(),
         ready,
         running,
@@ -149,7 +149,7 @@ async fn counting_published_steps_of_a_large_fresh_run_stays_cheap() {
     let (store, leader) = (&db.store, &db.leader);
     let op: OpRef = "noop@1.0.0".parse().unwrap();
     assert_eq!(store.queues().published(&op, 30_000).await.unwrap(), 0);
-    let ready = |depths: Vec<QueueDepth>| depths.iter().map(|d| d.ready).collect::<Vec<_>>();
+    let ready = |depths: Vec<QueueDepthRow>| depths.iter().map(|d| d.ready).collect::<Vec<_>>();
     assert_eq!(ready(store.queues().depths().await.unwrap()), [0]);
     let oldest = leader.in_flight().oldest_published(&op, Duration::ZERO, 10).await.unwrap();
     assert!(oldest.is_empty(), "{oldest:?}");

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use opflow_dispatcher::store::webhooks::{AttemptRecord, DeliveryStatus, DueDelivery, NextStep, RunNotify};
+use opflow_dispatcher::store::webhooks::{
+    AttemptRecord, DeliveryStatus, DueDeliveryRow, NextStep, RunNotify,
+};
 use opflow_protocol::RunId;
 use uuid::Uuid;
 
@@ -54,7 +56,7 @@ async fn webhook_trigger_enqueues_matching_subscriptions_and_notify_once_per_run
     // Claimed once (the lease hides it from a second claim), retried, delivered.
     let due = db.leader.webhook_outbox().claim_due(10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(due.len(), 3);
-    let due: Vec<&DueDelivery> = due.iter().filter(|d| d.run_id == succeeded.as_uuid()).collect();
+    let due: Vec<&DueDeliveryRow> = due.iter().filter(|d| d.run_id == succeeded.as_uuid()).collect();
     let body: serde_json::Value = serde_json::from_str(&due[0].body).unwrap();
     assert!(body["data"]["links"]["outputs"].as_str().unwrap().ends_with("/outputs"), "{body}");
     assert!(db.leader.webhook_outbox().claim_due(10, Duration::from_secs(60)).await.unwrap().is_empty());
