@@ -33,3 +33,37 @@ pub use webhooks::{
     AddWebhookRequest, AttemptView, CreatedWebhook, DeliveriesQuery, DeliveryDetail, DeliveryView,
     NotifyRequest, WebhookView,
 };
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    #[test]
+    fn what_the_cli_sends_is_what_the_handlers_accept() {
+        let request =
+            SubmitRequest { plan: "name: p".into(), file: Some("p.yaml".into()), key: None, notify: None };
+        let body = serde_json::to_value(&request).unwrap();
+        assert_eq!(
+            body,
+            json!({"plan": "name: p", "file": "p.yaml"}),
+            "absent fields are left out, not null"
+        );
+        let back: SubmitRequest = serde_json::from_value(body).unwrap();
+        assert_eq!(back.file.as_deref(), Some("p.yaml"));
+        let unknown = serde_json::from_value::<SubmitRequest>(json!({"plan": "x", "plans": "y"}));
+        assert!(unknown.unwrap_err().to_string().contains("plans"), "a misspelt field is refused");
+    }
+
+    #[test]
+    fn queries_carry_only_what_was_asked() {
+        assert_eq!(serde_json::to_value(EventsQuery::default()).unwrap(), json!({}));
+        let query = DeliveriesQuery { failed: false, limit: Some(50), cursor: None };
+        assert_eq!(serde_json::to_value(query).unwrap(), json!({"limit": 50}));
+        let query = OutputsQuery { asset: Some("var".into()), limit: None, cursor: Some("7".into()) };
+        assert_eq!(serde_json::to_value(query).unwrap(), json!({"asset": "var", "cursor": "7"}));
+        let page: Page<Value> = serde_json::from_value(json!({"items": [1]})).unwrap();
+        assert!(page.next_cursor.is_none(), "the last page has no cursor");
+    }
+}
