@@ -60,14 +60,32 @@ fn sources() -> Vec<Source> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     walk(&root, &mut files);
-    files
+    let all: Vec<(String, String)> = files
         .into_iter()
         .filter(|path| path.file_name().is_some_and(|name| name != "main.rs"))
         .map(|path| {
             let file = path.strip_prefix(&root).unwrap().to_string_lossy().replace('\\', "/");
-            let text = std::fs::read_to_string(&path).unwrap();
-            Source { module: module_of(&file), code: code_of(&text), file }
+            (file, std::fs::read_to_string(&path).unwrap())
         })
+        .collect();
+    // Modules declared `#[cfg(test)] mod x;` live in files of their own: tests, left out.
+    let mut test_modules = BTreeSet::new();
+    for (file, text) in &all {
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if line.trim() == "#[cfg(test)]"
+                && let Some(name) =
+                    lines.next().and_then(|l| l.trim().strip_prefix("mod ")?.strip_suffix(';'))
+            {
+                let mut module = module_of(file);
+                module.push(name.to_owned());
+                test_modules.insert(module);
+            }
+        }
+    }
+    all.into_iter()
+        .filter(|(file, _)| !test_modules.contains(&module_of(file)))
+        .map(|(file, text)| Source { module: module_of(&file), code: code_of(&text), file })
         .collect()
 }
 
@@ -375,6 +393,24 @@ fn only_the_store_writes_sql() {
             assert!(
                 !source.code.contains(word),
                 "{} runs a statement ({word}): SQL against opflow's tables belongs in store/",
+                source.file
+            );
+        }
+    }
+}
+
+#[test]
+fn only_the_cli_prints_and_through_one_door() {
+    // stdout is written in one place, `cli/out.rs`, which ends a command whose reader went
+    // away; SIGPIPE stays ignored, so a peer hanging up never kills a process.
+    let (sources, _) = uses();
+    for source in &sources {
+        for word in ["println!", "print!(", "SIGPIPE"] {
+            // `eprintln!` and `eprint!` (stderr) are not stdout.
+            let on_stdout = source.code.match_indices(word).any(|(at, _)| !source.code[..at].ends_with('e'));
+            assert!(
+                !on_stdout,
+                "{} uses {word}: the CLI prints with say! (cli/out.rs), and SIGPIPE stays ignored",
                 source.file
             );
         }

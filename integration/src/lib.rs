@@ -355,7 +355,13 @@ impl Drop for Env {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.name));
+        // `OPFLOW_TEST_KEEP_LOGS=1` keeps each test's process logs to look at afterwards.
+        let dir = std::env::temp_dir().join(&self.name);
+        if std::env::var_os("OPFLOW_TEST_KEEP_LOGS").is_some() {
+            eprintln!("logs kept in {}", dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

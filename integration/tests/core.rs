@@ -255,6 +255,28 @@ async fn the_same_key_gives_one_run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `opflow ops list | head -0`: a command whose reader went away stops quietly, exit 0 and
+/// no panic, as any Unix tool does. (SIGPIPE stays ignored in every opflow process, so that
+/// a client hanging up never kills the dispatcher; stdout's closed pipe is handled instead.)
+#[tokio::test]
+async fn a_command_whose_reader_went_away_stops_quietly() -> anyhow::Result<()> {
+    let env = Env::new("closed_pipe").await?;
+    env.register("noop").await?;
+    let mut child = env
+        .command(&binary("opflow")?)
+        .args(["ops", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // The reader goes away before the first line is written (the command connects first).
+    drop(child.stdout.take());
+    let output = child.wait_with_output().await?;
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {errors}", output.status);
+    assert!(!errors.contains("panicked"), "{errors}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn invalid_plans_exit_2_name_the_problem_and_change_nothing() -> anyhow::Result<()> {
     let mut env = Env::new("invalid").await?;

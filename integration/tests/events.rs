@@ -59,6 +59,39 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// A client that hangs up in the middle of a stream is a client gone, nothing more: the
+/// dispatcher's next write to that socket must fail the write, not kill the process (a
+/// SIGPIPE would: the API's HTTP writes are `writev`, which cannot ask not to be signalled).
+#[tokio::test]
+async fn clients_that_hang_up_mid_stream_do_not_take_the_dispatcher_down() -> anyhow::Result<()> {
+    let env = Env::new("sse_hangups").await?;
+    env.register("noop").await?;
+    let (mut dispatcher, api) = env.spawn_dispatcher_api(&[]).await?;
+    let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
+    // A finished run's events replay as fast as the socket takes them: many writes follow
+    // each hang-up.
+    let plan = "name: chatty\nassets:\n  - name: work\n    op: noop@1.1.0\n    sweep: {i: {from: 1, to: 300}}\n    \
+                config: {chatty: true}\n";
+    let (status, body) =
+        opflow_integration::http(&api, "POST", "/v1/runs", None, Some(&serde_json::json!({ "plan": plan })))
+            .await?;
+    assert_eq!(status, 201, "{body}");
+    let run = body["run_id"].as_str().context("run_id")?.to_owned();
+    let path = format!("/v1/runs/{run}/events");
+    let client = client();
+    let ended = read_sse(&client, &api, &path, None, None).await?;
+    assert_eq!(ended.last().map(|r| r.event.as_str()), Some("end"), "the run ends before the hang-ups");
+    for _ in 0..30 {
+        let read = read_sse(&client, &api, &path, None, Some(5)).await?;
+        assert_eq!(read.len(), 5);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        dispatcher.check_alive().context("a client hung up mid-stream")?;
+    }
+    let (status, _) = opflow_integration::http(&api, "GET", "/healthz", None, None).await?;
+    assert_eq!(status, 200);
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_sse_client_dropped_mid_run_and_resumed_gets_every_event_of_a_2000_step_run_once_in_order()
 -> anyhow::Result<()> {

@@ -56,13 +56,13 @@ pub async fn bench(
 
 fn print(figures: &Value, json: bool) {
     if json {
-        println!("{figures}");
+        say!("{figures}");
         return;
     }
     let Value::Object(fields) = figures else { return };
     let mut line = format!("{:<4}", fields.get("workload").and_then(Value::as_str).unwrap_or("?"));
     push_fields(&mut line, "", fields);
-    println!("{line}");
+    say!("{line}");
 }
 
 /// `  key=value` for each field but the workload's name; a nested object's fields as

@@ -46,12 +46,12 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
         let expired = store.retention().expired(older_than, DRY_RUN_LIST).await?;
         if args.json {
             let expired: Vec<ExpiredRunJson> = expired.iter().cloned().map(ExpiredRunJson::from).collect();
-            println!("{}", serde_json::to_string(&serde_json::json!({ "would_delete": expired }))?);
+            say!("{}", serde_json::to_string(&serde_json::json!({ "would_delete": expired }))?);
         } else if expired.is_empty() {
-            println!("no finished run is older than {age}; nothing would be deleted");
+            say!("no finished run is older than {age}; nothing would be deleted");
         } else {
             for run in &expired {
-                println!(
+                say!(
                     "{}  {}  {}  {} steps  finished {}",
                     run.run_id,
                     run.plan,
@@ -60,7 +60,7 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
                     run.finished_at.format("%Y-%m-%d %H:%M")
                 );
             }
-            println!("would delete {} run(s) that finished more than {age} ago", expired.len());
+            say!("would delete {} run(s) that finished more than {age} ago", expired.len());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -85,11 +85,13 @@ pub async fn gc(args: GcArgs, settings: &Settings, cancel: &CancellationToken) -
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string(&DeletedJson::from(total))?);
+        say!("{}", serde_json::to_string(&DeletedJson::from(total))?);
     } else {
-        println!(
+        say!(
             "deleted {} run(s) that finished more than {age} ago: {} steps, {} events",
-            total.runs, total.steps, total.events
+            total.runs,
+            total.steps,
+            total.events
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -10,12 +10,21 @@
 //! 2 invalid input (a bad plan, file or argument; nothing was changed); 3 opflow could not
 //! do its work (a service unreachable, an internal error).
 
+/// `println!` for the CLI's output: a closed stdout (`opflow ops list | head`) ends the
+/// command quietly, exit 0, as it would any Unix tool (see [`out`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::out::line(format_args!($($arg)*))
+    };
+}
+
 mod admin;
 mod bench;
 pub mod client;
 pub mod exit;
 mod gc;
 mod ops;
+mod out;
 mod plan;
 mod render;
 mod run;
@@ -115,7 +124,6 @@ enum Command {
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
-    restore_default_sigpipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -167,16 +175,5 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             gc::gc(args, &settings, &cancel).await
         }
         Command::Bench(args) => bench::bench(args, &settings, &cancel).await,
-    }
-}
-
-/// Rust ignores SIGPIPE, so `opflow ops list | head` would panic on the closed pipe; a
-/// command-line tool should just stop, as every other Unix tool does.
-fn restore_default_sigpipe() {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: called first thing in `main`, before any thread exists, and the default
-    // disposition involves no Rust handler code.
-    if let Err(error) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
-        eprintln!("warning: cannot restore the default SIGPIPE handler: {error}");
     }
 }

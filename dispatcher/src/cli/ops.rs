@@ -119,7 +119,7 @@ pub async fn run(
                 Registration::New => "registered",
                 Registration::Updated => "already registered; description refreshed:",
             };
-            println!(
+            say!(
                 "{verb} {} (queue {}, {}, delivery limit {})",
                 description.op,
                 queue::op_queue(&description.op),
@@ -160,7 +160,7 @@ pub async fn run(
             optional(max_rss_mb, &mut scaling.max_rss_mb);
             check_scaling(&scaling).map_err(InvalidInput)?;
             store.ops().set_scale_settings(&op, scaling).await?;
-            println!("{op}: {}", describe_scaling(&scaling));
+            say!("{op}: {}", describe_scaling(&scaling));
             Ok(ExitCode::SUCCESS)
         }
         OpsCommand::List { json } => {
@@ -168,9 +168,9 @@ pub async fn run(
             let ops = store.ops().list().await?;
             if json {
                 let ops: Vec<opflow_api_model::OpVersion> = ops.into_iter().map(Into::into).collect();
-                println!("{}", serde_json::to_string_pretty(&ops)?);
+                say!("{}", serde_json::to_string_pretty(&ops)?);
             } else if ops.is_empty() {
-                println!("no ops registered; register one with `opflow ops add <op binary>`");
+                say!("no ops registered; register one with `opflow ops add <op binary>`");
             } else {
                 let count = |n: Option<i32>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
                 let rows: Vec<[String; 6]> = ops

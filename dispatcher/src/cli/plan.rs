@@ -53,7 +53,7 @@ pub async fn run(
                 })
             })
             .collect();
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({ "plan": plan.name, "steps": plan.step_count, "assets": assets })
@@ -61,7 +61,7 @@ pub async fn run(
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("plan `{}` ({}): {} steps, valid", plan.name, file.display(), plan.step_count);
+    say!("plan `{}` ({}): {} steps, valid", plan.name, file.display(), plan.step_count);
     let rows: Vec<[String; 6]> = plan
         .assets
         .iter()

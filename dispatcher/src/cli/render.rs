@@ -26,7 +26,7 @@ pub fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     }
     let line = |cells: Vec<&str>| {
         let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}")).collect();
-        println!("  {}", padded.join("  ").trim_end());
+        say!("  {}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
     for row in rows {
@@ -40,16 +40,24 @@ pub fn summary(s: &RunSummary) {
         (Some(end), start) => format!(" in {:.2}s", (end - start).num_milliseconds() as f64 / 1000.0),
         _ => String::new(),
     };
-    println!("run {}: {}{took}", s.run_id, s.status.as_str());
+    say!("run {}: {}{took}", s.run_id, s.status.as_str());
     let key = s.key.as_deref().map(|k| format!(", key {k}")).unwrap_or_default();
-    println!("  plan   {} ({}){key}", s.plan, s.plan_file);
+    say!("  plan   {} ({}){key}", s.plan, s.plan_file);
     let c = &s.steps;
-    println!(
+    say!(
         "  steps  {} total: {} succeeded, {} failed, {} skipped, {} canceled, {} running, {} queued, {} waiting, {} retrying",
-        c.total, c.succeeded, c.failed, c.skipped, c.canceled, c.running, c.queued, c.waiting, c.retrying
+        c.total,
+        c.succeeded,
+        c.failed,
+        c.skipped,
+        c.canceled,
+        c.running,
+        c.queued,
+        c.waiting,
+        c.retrying
     );
     for f in &s.failures {
-        println!("  failed step {} ({}), attempt {}: {}", f.step_id, f.asset, f.attempt, f.error);
+        say!("  failed step {} ({}), attempt {}: {}", f.step_id, f.asset, f.attempt, f.error);
     }
 }
 

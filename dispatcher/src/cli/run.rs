@@ -129,9 +129,9 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
     let response: CancelResponse =
         client.post_empty(&format!("/v1/runs/{}/cancel", path_segment(&args.run))).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&response)?);
+        say!("{}", serde_json::to_string(&response)?);
     } else {
-        println!("{}", response.message);
+        say!("{}", response.message);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -146,15 +146,15 @@ pub async fn outputs(args: OutputsArgs) -> anyhow::Result<ExitCode> {
         return Err(super::exit::InvalidInput(format!("run {run} has no asset `{asset}`")).into());
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        say!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     for row in rows {
         let label = &row.label;
         match (&row.output, &row.error) {
-            (Some(output), _) => println!("{label}  {}", render::output_line(output)),
-            (None, Some(error)) => println!("{label}  [{:?}] {error}", row.status),
-            (None, None) => println!("{label}  [{:?}]", row.status),
+            (Some(output), _) => say!("{label}  {}", render::output_line(output)),
+            (None, Some(error)) => say!("{label}  [{:?}] {error}", row.status),
+            (None, None) => say!("{label}  [{:?}]", row.status),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -176,7 +176,7 @@ async fn all_outputs(client: &ApiClient, run: &str, asset: Option<&str>) -> anyh
 
 fn print_summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(summary)?);
+        say!("{}", serde_json::to_string(summary)?);
     } else {
         render::summary(summary);
     }
@@ -187,7 +187,7 @@ fn print_summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
 pub async fn print_leaf_outputs(client: &ApiClient, run: &str) -> anyhow::Result<()> {
     let assets: Vec<AssetInfo> = client.get(&format!("/v1/runs/{run}/assets")).await?;
     for asset in assets.iter().filter(|a| a.leaf && a.steps <= SHOW_OUTPUTS_UP_TO) {
-        println!("outputs of `{}`:", asset.name);
+        say!("outputs of `{}`:", asset.name);
         let query = OutputsQuery {
             asset: Some(asset.name.clone()),
             limit: Some(SHOW_OUTPUTS_UP_TO as u32),
@@ -196,7 +196,7 @@ pub async fn print_leaf_outputs(client: &ApiClient, run: &str) -> anyhow::Result
         let page: Page<StepOutput> = client.get_with(&format!("/v1/runs/{run}/outputs"), &query).await?;
         for row in page.items {
             let output = row.output.as_ref().map(render::output_line).unwrap_or_default();
-            println!("  {}  {output}", row.label);
+            say!("  {}  {output}", row.label);
         }
     }
     Ok(())

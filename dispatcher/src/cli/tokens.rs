@@ -59,17 +59,15 @@ pub async fn run(
                 "created token `{name}` with scope {}; it is shown only now, so keep it safe:",
                 scope.as_str()
             );
-            println!("{token}");
+            say!("{token}");
         }
         TokensCommand::List { json } => {
             let tokens = store.tokens().list().await?;
             if json {
                 let tokens: Vec<TokenJson> = tokens.iter().cloned().map(Into::into).collect();
-                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                say!("{}", serde_json::to_string_pretty(&tokens)?);
             } else if tokens.is_empty() {
-                println!(
-                    "no tokens; create one with `opflow tokens create <name> --scope read|submit|admin`"
-                );
+                say!("no tokens; create one with `opflow tokens create <name> --scope read|submit|admin`");
             } else {
                 let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
                     t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
@@ -96,7 +94,7 @@ pub async fn run(
                 ))
                 .into());
             }
-            println!("revoked token `{name}`");
+            say!("revoked token `{name}`");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -256,10 +256,10 @@ async fn print_leaf_outputs(store: &crate::store::Store, run: opflow_protocol::R
         if !asset.leaf || asset.steps > i64::from(SHOW_OUTPUTS_UP_TO) {
             continue;
         }
-        println!("outputs of `{}`:", asset.name);
+        say!("outputs of `{}`:", asset.name);
         for row in store.runs().outputs(run, Some(&asset.name), None, SHOW_OUTPUTS_UP_TO).await? {
             let output = row.output.as_ref().map(render::output_line).unwrap_or_default();
-            println!("  {}  {output}", plan.label(opflow_protocol::StepId(row.step_id as u32)));
+            say!("  {}  {output}", plan.label(opflow_protocol::StepId(row.step_id as u32)));
         }
     }
     Ok(())

@@ -91,7 +91,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let run = path_segment(&args.run);
     let summary = follow(&client, &run, WatchOptions { json_events: args.json, quiet: false }).await?;
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        say!("{}", serde_json::to_string(&summary)?);
     } else {
         render::summary(&summary);
     }
@@ -124,7 +124,7 @@ pub async fn follow(client: &ApiClient, run: &str, options: WatchOptions) -> any
         match item {
             Some(Ok(StreamItem::Event(event))) => {
                 if options.json_events {
-                    println!("{}", serde_json::to_string(&event)?);
+                    say!("{}", serde_json::to_string(&event)?);
                 }
                 if let Some(view) = view.as_mut() {
                     view.event(&event);
@@ -166,8 +166,8 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let mut events = Box::pin(client.events(&run, query));
     while let Some(item) = events.next().await {
         match item? {
-            StreamItem::Event(event) if args.json => println!("{}", serde_json::to_string(&event)?),
-            StreamItem::Event(event) => println!(
+            StreamItem::Event(event) if args.json => say!("{}", serde_json::to_string(&event)?),
+            StreamItem::Event(event) => say!(
                 "{:>6}  {}  {:<12} {} step {} attempt {}  {}",
                 event.seq,
                 event.at.format("%H:%M:%S%.3f"),
@@ -196,7 +196,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let mut events = Box::pin(client.events(&run, query));
     while let Some(item) = events.next().await {
         match item? {
-            StreamItem::Event(event) => println!(
+            StreamItem::Event(event) => say!(
                 "{} {:<5} {} step {}: {}",
                 event.at.format("%H:%M:%S%.3f"),
                 event.data["level"].as_str().unwrap_or("info"),
@@ -421,7 +421,7 @@ struct PlainView {
 
 impl PlainView {
     fn new(start: &RunSummary, assets: &[AssetInfo]) -> Self {
-        println!("following run {} ({}): {} steps", start.run_id, start.plan, start.steps.total);
+        say!("following run {} ({}): {} steps", start.run_id, start.plan, start.steps.total);
         Self {
             tally: Tally::new(assets),
             names: assets.iter().map(|a| a.name.clone()).collect(),
@@ -437,7 +437,7 @@ impl PlainView {
                 self.changed = true;
                 let done = self.tally.done(asset);
                 if done == self.tally.totals[asset] {
-                    println!(
+                    say!(
                         "{:>8}  done {} {done}/{done}",
                         render::seconds(self.started.elapsed().as_secs_f64()),
                         self.names[asset]
@@ -446,7 +446,7 @@ impl PlainView {
             }
             Change::Failed { final_failure } => {
                 self.changed = true;
-                println!(
+                say!(
                     "{:>8}  {}",
                     render::seconds(self.started.elapsed().as_secs_f64()),
                     failure_line(event, final_failure)
@@ -466,7 +466,7 @@ impl PlainView {
         let parts: Vec<String> = (0..self.names.len())
             .map(|i| format!("{} {}/{}", self.names[i], self.tally.done(i), self.tally.totals[i]))
             .collect();
-        println!("{:>8}  {}", render::seconds(self.started.elapsed().as_secs_f64()), parts.join("  "));
+        say!("{:>8}  {}", render::seconds(self.started.elapsed().as_secs_f64()), parts.join("  "));
         self.last_line = Instant::now();
         self.changed = false;
     }

@@ -91,17 +91,17 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
             let body = AddWebhookRequest { url: args.url, events: args.events, secret: args.secret };
             let created: CreatedWebhook = client.post("/v1/webhooks", &body, &[]).await?;
             if args.json {
-                println!("{}", serde_json::to_string(&created)?);
+                say!("{}", serde_json::to_string(&created)?);
             } else {
                 let webhook = &created.webhook;
-                println!("subscribed {} to {} as {}", webhook.url, webhook.events.join(","), webhook.id);
+                say!("subscribed {} to {} as {}", webhook.url, webhook.events.join(","), webhook.id);
                 eprintln!("signing secret (shown once; receivers verify with it): {}", created.secret);
             }
         }
         WebhooksCommand::List(args) => {
             let page: Page<WebhookView> = args.server.client()?.get("/v1/webhooks").await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&page.items)?);
+                say!("{}", serde_json::to_string_pretty(&page.items)?);
             } else {
                 let rows: Vec<[String; 4]> = page
                     .items
@@ -114,14 +114,14 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
         WebhooksCommand::Remove(args) => {
             let client = args.server.client()?;
             client.delete_empty(&format!("/v1/webhooks/{}", path_segment(&args.id))).await?;
-            println!("removed webhook {}", args.id);
+            say!("removed webhook {}", args.id);
         }
         WebhooksCommand::Deliveries(args) => {
             let query = DeliveriesQuery { failed: args.failed, limit: Some(args.limit), cursor: None };
             let page: Page<DeliveryView> =
                 args.server.client()?.get_with("/v1/webhooks/deliveries", &query).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&page.items)?);
+                say!("{}", serde_json::to_string_pretty(&page.items)?);
             } else {
                 let rows: Vec<[String; 7]> = page
                     .items
@@ -150,7 +150,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<ExitCode> {
             let client = args.server.client()?;
             let path = format!("/v1/webhooks/deliveries/{}/redeliver", path_segment(&args.delivery));
             let delivery: DeliveryView = client.post_empty(&path).await?;
-            println!("delivery {} queued again to {}", delivery.id, delivery.url);
+            say!("delivery {} queued again to {}", delivery.id, delivery.url);
         }
     }
     Ok(ExitCode::SUCCESS)
