@@ -496,6 +496,19 @@ pub fn children_of(pid: u32) -> Vec<(u32, String)> {
     children
 }
 
+/// The worker processes among `pid`'s children: the children, less the short-lived
+/// `<op> --describe` that registering an op runs (`opflow up` registers its ops first, and
+/// a test that took that process for a worker would kill the registration instead).
+pub fn workers_of(pid: u32) -> Vec<(u32, String)> {
+    children_of(pid)
+        .into_iter()
+        .filter(|(child, _)| {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            !cmdline.split(|b| *b == 0).any(|arg| arg == b"--describe")
+        })
+        .collect()
+}
+
 /// One HTTP/1.1 request to `addr` (`host:port`), spoken by hand: the status and the body as
 /// JSON (`Null` when empty or not JSON). `token` goes in `Authorization: Bearer`.
 pub async fn http(

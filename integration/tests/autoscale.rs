@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context;
-use opflow_integration::{Env, binary, children_of, parse_summary, sigterm, stderr, wait_for};
+use opflow_integration::{Env, binary, parse_summary, sigterm, stderr, wait_for, workers_of};
 use tokio::process::Child;
 
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -37,7 +37,7 @@ async fn listed(env: &Env) -> anyhow::Result<serde_json::Value> {
 }
 
 fn noop_workers(up: u32) -> Vec<u32> {
-    children_of(up).into_iter().filter(|(_, name)| name == "noop").map(|(pid, _)| pid).collect()
+    workers_of(up).into_iter().filter(|(_, name)| name == "noop").map(|(pid, _)| pid).collect()
 }
 
 /// Samples the number of noop workers of `up` until stopped; returns the highest seen.

@@ -324,8 +324,7 @@ async fn spawn_up(env: &Env, env_vars: &[(&str, &str)]) -> anyhow::Result<Child>
 async fn wait_for_workers(up: &Child) -> anyhow::Result<Vec<u32>> {
     let pid = up.id().context("opflow up runs")?;
     wait_for("opflow up to start its workers", DEADLINE, || async {
-        let workers: Vec<u32> =
-            opflow_integration::children_of(pid).into_iter().map(|(pid, _)| pid).collect();
+        let workers: Vec<u32> = opflow_integration::workers_of(pid).into_iter().map(|(pid, _)| pid).collect();
         Ok((workers.len() >= 2).then_some(workers))
     })
     .await

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use opflow_integration::{Env, binary, children_of, parse_summary, sigterm, stderr, wait_for};
+use opflow_integration::{Env, binary, parse_summary, sigterm, stderr, wait_for, workers_of};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -18,7 +18,7 @@ async fn a_worker_that_dies_is_restarted_and_ctrl_c_drains_everything() -> anyho
         .spawn()?;
     let up_pid = up.id().context("opflow up is running")?;
     let noop_workers =
-        || children_of(up_pid).into_iter().filter(|(_, name)| name == "noop").map(|(pid, _)| pid);
+        || workers_of(up_pid).into_iter().filter(|(_, name)| name == "noop").map(|(pid, _)| pid);
 
     let first =
         wait_for("opflow up to start a noop worker", DEADLINE, || async { Ok(noop_workers().next()) })
@@ -41,7 +41,7 @@ async fn a_worker_that_dies_is_restarted_and_ctrl_c_drains_everything() -> anyho
     assert_eq!(parse_summary(&output)?["status"], "succeeded");
 
     // SIGTERM (what Ctrl-C sends the process group, too) drains workers, then the dispatcher.
-    let workers: Vec<u32> = children_of(up_pid).into_iter().map(|(pid, _)| pid).collect();
+    let workers: Vec<u32> = workers_of(up_pid).into_iter().map(|(pid, _)| pid).collect();
     assert!(!workers.is_empty());
     sigterm(&up)?;
     let status = tokio::time::timeout(DEADLINE, up.wait()).await.context("opflow up did not stop")??;
@@ -68,7 +68,7 @@ async fn a_second_signal_stops_everything_at_once() -> anyhow::Result<()> {
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(up.stderr.take().context("piped")?));
     let up_pid = up.id().context("opflow up is running")?;
     let worker = wait_for("opflow up to start a worker", DEADLINE, || async {
-        Ok(children_of(up_pid).into_iter().find(|(_, name)| name == "noop").map(|(pid, _)| pid))
+        Ok(workers_of(up_pid).into_iter().find(|(_, name)| name == "noop").map(|(pid, _)| pid))
     })
     .await?;
     let plan = env.plan_file(
