@@ -59,24 +59,38 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// This env's dispatcher (with its API) and two noop workers, and a run of `steps` chatty
+/// steps (each logs, reports progress and succeeds) submitted over the API: the dispatcher,
+/// the workers, the API's address and the run's id.
+async fn chatty_run(
+    env: &Env,
+    steps: u32,
+    sleep_ms: u32,
+) -> anyhow::Result<(opflow_integration::Service, [tokio::process::Child; 2], String, String)> {
+    env.register("noop").await?;
+    let (dispatcher, api) = env.spawn_dispatcher_api(&[]).await?;
+    let workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
+    let plan = format!(
+        "name: chatty\nassets:\n  - name: work\n    op: noop@1.1.0\n    sweep: {{i: {{from: 1, to: {steps}}}}}\n    \
+         config: {{chatty: true, sleep_ms: {sleep_ms}}}\n"
+    );
+    let (status, body) =
+        opflow_integration::http(&api, "POST", "/v1/runs", None, Some(&serde_json::json!({ "plan": plan })))
+            .await?;
+    anyhow::ensure!(status == 201, "submitting the chatty run: {status} {body}");
+    let run = body["run_id"].as_str().context("run_id")?.to_owned();
+    Ok((dispatcher, workers, api, run))
+}
+
 /// A client that hangs up in the middle of a stream is a client gone, nothing more: the
 /// dispatcher's next write to that socket must fail the write, not kill the process (a
 /// SIGPIPE would: the API's HTTP writes are `writev`, which cannot ask not to be signalled).
 #[tokio::test]
 async fn clients_that_hang_up_mid_stream_do_not_take_the_dispatcher_down() -> anyhow::Result<()> {
     let env = Env::new("sse_hangups").await?;
-    env.register("noop").await?;
-    let (mut dispatcher, api) = env.spawn_dispatcher_api(&[]).await?;
-    let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
     // A finished run's events replay as fast as the socket takes them: many writes follow
     // each hang-up.
-    let plan = "name: chatty\nassets:\n  - name: work\n    op: noop@1.1.0\n    sweep: {i: {from: 1, to: 300}}\n    \
-                config: {chatty: true}\n";
-    let (status, body) =
-        opflow_integration::http(&api, "POST", "/v1/runs", None, Some(&serde_json::json!({ "plan": plan })))
-            .await?;
-    assert_eq!(status, 201, "{body}");
-    let run = body["run_id"].as_str().context("run_id")?.to_owned();
+    let (mut dispatcher, _workers, api, run) = chatty_run(&env, 300, 0).await?;
     let path = format!("/v1/runs/{run}/events");
     let client = client();
     let ended = read_sse(&client, &api, &path, None, None).await?;
@@ -96,17 +110,8 @@ async fn clients_that_hang_up_mid_stream_do_not_take_the_dispatcher_down() -> an
 async fn an_sse_client_dropped_mid_run_and_resumed_gets_every_event_of_a_2000_step_run_once_in_order()
 -> anyhow::Result<()> {
     let mut env = Env::new("sse_resume").await?;
-    env.register("noop").await?;
-    let (_dispatcher, api) = env.spawn_dispatcher_api(&[]).await?;
-    let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
     // Each step logs, reports progress and succeeds: about 6,000 events.
-    let plan = "name: chatty\nassets:\n  - name: work\n    op: noop@1.1.0\n    sweep: {i: {from: 1, to: 2000}}\n    \
-                config: {chatty: true, sleep_ms: 3}\n";
-    let (status, body) =
-        opflow_integration::http(&api, "POST", "/v1/runs", None, Some(&serde_json::json!({ "plan": plan })))
-            .await?;
-    assert_eq!(status, 201, "{body}");
-    let run = body["run_id"].as_str().context("run_id")?.to_owned();
+    let (_dispatcher, _workers, api, run) = chatty_run(&env, 2000, 3).await?;
     let path = format!("/v1/runs/{run}/events");
     let client = client();
 

@@ -2,9 +2,8 @@
 //! the largest body, ids in paths, and the page limit and cursor of paged lists
 //! (`?limit=`, `?cursor=`).
 
+use opflow_api_model::{DEFAULT_PAGE, MAX_PAGE};
 use opflow_protocol::RunId;
-
-pub use opflow_api_model::{DEFAULT_PAGE, MAX_PAGE, Paging};
 use uuid::Uuid;
 
 use super::error::ApiError;

@@ -176,7 +176,7 @@ impl LeaderStore {
 
     /// Applying worker events, and failing a run whose events cannot be.
     pub fn events(&self) -> Events<'_> {
-        Events { pool: &self.store.pool, store: &self.store }
+        Events { store: &self.store }
     }
 
     /// What lost-step recovery reads, and the runs it ends.

@@ -101,8 +101,7 @@ impl TerminalStep {
 /// `LeaderStore` hands it out.
 #[derive(Clone, Copy)]
 pub struct Events<'a> {
-    pub(in crate::store) pool: &'a sqlx::PgPool,
-    /// Whose plans the batch loads (`PlanCache::get`).
+    /// Its pool runs the transaction; its plans are what the batch loads (`PlanCache::get`).
     pub(in crate::store) store: &'a Store,
 }
 
@@ -118,7 +117,7 @@ impl Events<'_> {
         if events.is_empty() {
             return Ok(outcome);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.store.pool.begin().await?;
 
         // Events of runs this store does not know are set aside. Runs whose plan is cached
         // are known; only the others are looked up.
@@ -255,7 +254,7 @@ impl Events<'_> {
         reason: &str,
         plans: &PlanCache,
     ) -> Result<FailedRun, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.store.pool.begin().await?;
         sqlx::query("DELETE FROM outbox WHERE run_id = $1").bind(run.as_uuid()).execute(&mut *tx).await?;
         let (ended, names, versions, counts): (bool, Vec<String>, Vec<String>, Vec<i64>) = sqlx::query_as(
             "WITH failed AS (
