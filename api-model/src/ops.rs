@@ -36,7 +36,8 @@ pub struct OpVersion {
 pub struct QueueDemand {
     pub queue: String,
     pub op: String,
-    /// Steps published and not started (the queue's ready messages, as the store knows them).
+    /// Steps queued and not started: the queue's ready messages, and those about to be
+    /// published from the outbox.
     pub ready: u64,
     /// Steps running on a worker (its unacknowledged messages).
     pub unacked: u64,

@@ -79,7 +79,7 @@ pub enum StepStatus {
 }
 
 /// Step counts by status.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StepCounts {
     pub total: i64,
     pub waiting: i64,
@@ -102,6 +102,12 @@ pub struct RunSummary {
     pub plan_file: String,
     pub status: RunStatus,
     pub steps: StepCounts,
+    #[serde(default)]
+    pub assets: AssetCounts,
+    /// The number (`seq`) of the run's last recorded event: follow its events stream with
+    /// `?after=` this to see only what happens next.
+    #[serde(default)]
+    pub last_event: i64,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -184,13 +190,73 @@ pub struct StepInfo {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// An asset of a run and its number of steps: `GET /v1/runs/{id}/assets`.
+/// An asset of a run with its steps counted by status: `GET /v1/runs/{id}/assets`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AssetInfo {
     pub name: String,
+    /// Its position in the plan, from 0.
+    pub index: u32,
+    /// The op version that runs its steps, `name@version`.
+    pub op: String,
+    /// How many steps it has.
     pub steps: i64,
     /// Nothing in the plan depends on it: its outputs are the run's results.
     pub leaf: bool,
+    pub state: AssetState,
+    pub counts: StepCounts,
+}
+
+/// Where an asset of a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetState {
+    /// Nothing queued, running or retrying; its steps wait on upstream work.
+    Waiting,
+    /// Some step is queued, running or retrying.
+    Running,
+    /// Every step finished: succeeded, failed, skipped or canceled.
+    Done,
+}
+
+/// The order of `GET /v1/runs/{id}/assets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetOrder {
+    /// Plan order, paged.
+    Plan,
+    /// Most running steps first, then most queued or retrying: one page (no cursor), as
+    /// what is busiest changes from one moment to the next.
+    Busiest,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AssetsQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<AssetState>,
+    /// Only the leaves (`true`), or only the others (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaf: Option<bool>,
+    /// `plan` (the default) or `busiest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<AssetOrder>,
+    /// 1–1000, default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the page before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// A run's assets counted by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AssetCounts {
+    pub total: i64,
+    pub waiting: i64,
+    pub running: i64,
+    pub done: i64,
+    /// Assets with at least one failed step, done or not.
+    pub failed: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]

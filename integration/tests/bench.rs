@@ -27,9 +27,14 @@ async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() 
     let workload =
         |name: &str| lines.iter().find(|l| l["workload"] == name).with_context(|| format!("no {name} line"));
     for line in &lines {
-        for field in ["workload", "steps", "wall_s", "steps_per_s", "verified"] {
+        for field in ["workload", "steps", "wall_s", "verified"] {
             assert!(line.get(field).is_some(), "{field} missing in {line}");
         }
+        // Every workload but `api` (which times answers, not steps) runs steps.
+        assert!(
+            line["workload"] == "api" || line.get("steps_per_s").is_some(),
+            "steps_per_s missing in {line}"
+        );
         assert_eq!(line["verified"], true, "{line}");
         assert!(line["steps"].as_f64().unwrap_or(0.0) > 0.0, "{line}");
     }
@@ -95,6 +100,14 @@ async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() 
     ] {
         assert!(w7[field].as_f64().is_some_and(|v| v > 0.0), "w7: {field} missing in {w7}");
     }
+    // api: each endpoint's first (and middle) page timed, and opflow watch's first frame.
+    let api = workload("api")?;
+    let endpoints = api["endpoints"].as_array().context("api: endpoints")?;
+    assert!(endpoints.len() >= 20, "{api}");
+    for endpoint in endpoints {
+        assert!(endpoint["p99_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{endpoint}");
+    }
+    assert!(api["watch_first_frame_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{api}");
     // Every platform line says which queue types the steps and events went through.
     for name in ["w1", "w2", "w3", "w4", "w6"] {
         let line = workload(name)?;

@@ -330,3 +330,101 @@ async fn opflow_watch_draws_bars_on_a_terminal_and_plain_lines_in_a_pipe() -> an
     assert_eq!(String::from_utf8_lossy(&failed.stdout).lines().count(), 1);
     Ok(())
 }
+
+/// A run of many assets is followed in pages: `run --wait` in a pipe shows the busiest
+/// assets and sums up the rest, and exits as the run ended; the asset list pages in plan
+/// order and filters by state; steps and outputs of an unknown asset are a 404.
+#[tokio::test]
+async fn a_run_of_many_assets_is_followed_in_pages_with_the_rest_summed_up() -> anyhow::Result<()> {
+    let env = Env::new("many_assets").await?;
+    env.register("noop").await?;
+    let (_dispatcher, api) = env.spawn_dispatcher_api(&[]).await?;
+    let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
+    // A chain of 120 assets of 3 steps each beside 30 independent assets: 390 steps.
+    let mut plan = String::from("name: many\nassets:\n");
+    for i in 1..=120 {
+        plan.push_str(&format!(
+            "  - name: c{i:03}\n    op: noop@1.1.0\n    sweep: {{k: {{from: 1, to: 3}}}}\n"
+        ));
+        if i > 1 {
+            plan.push_str(&format!("    deps: [c{:03}]\n", i - 1));
+        }
+    }
+    for i in 1..=30 {
+        plan.push_str(&format!("  - name: w{i:02}\n    op: noop@1.1.0\n"));
+    }
+    let plan = env.plan_file("many", &plan)?;
+    let output = env.opflow(&["run", plan.to_str().context("utf-8")?, "--wait"]).await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}\n{}", stderr(&output));
+    assert!(text.contains("150 assets"), "the first line names the run's size:\n{text}");
+    assert!(text.contains("more assets: ") || text.contains("… and 150 assets: "), "{text}");
+    assert!(text.contains("390/390 steps"), "the last frame counts every step:\n{text}");
+    assert!(text.contains(": succeeded"), "{text}");
+    let run = text
+        .lines()
+        .find_map(|l| l.strip_prefix("following run "))
+        .and_then(|l| l.split_whitespace().next())
+        .context("the run id")?
+        .to_owned();
+
+    // The asset list: paged in plan order, with each asset's counts.
+    let (status, page) =
+        opflow_integration::http(&api, "GET", &format!("/v1/runs/{run}/assets?limit=100"), None, None)
+            .await?;
+    assert_eq!(status, 200, "{page}");
+    let items = page["items"].as_array().context("items")?;
+    assert_eq!(items.len(), 100);
+    assert_eq!((items[0]["name"].as_str(), items[0]["index"].as_u64()), (Some("c001"), Some(0)));
+    assert_eq!(items[0]["counts"]["succeeded"], 3, "{}", items[0]);
+    assert_eq!(items[0]["state"], "done");
+    assert_eq!(items[0]["leaf"], false);
+    assert_eq!(page["next_cursor"], "99");
+    let (_, rest) = opflow_integration::http(
+        &api,
+        "GET",
+        &format!("/v1/runs/{run}/assets?limit=100&cursor=99"),
+        None,
+        None,
+    )
+    .await?;
+    let rest = rest["items"].as_array().context("items")?;
+    assert_eq!(rest.len(), 50);
+    assert!(rest.iter().all(|a| a["state"] == "done"), "every asset ended");
+    let leaves: Vec<&str> =
+        rest.iter().filter(|a| a["leaf"] == true).filter_map(|a| a["name"].as_str()).collect();
+    assert_eq!(leaves.len(), 31, "c120 and the 30 independent assets: {leaves:?}");
+    let (_, waiting) =
+        opflow_integration::http(&api, "GET", &format!("/v1/runs/{run}/assets?state=waiting"), None, None)
+            .await?;
+    assert_eq!(waiting["items"].as_array().map(Vec::len), Some(0));
+    let (status, busiest) = opflow_integration::http(
+        &api,
+        "GET",
+        &format!("/v1/runs/{run}/assets?order=busiest&cursor=3"),
+        None,
+        None,
+    )
+    .await?;
+    assert_eq!(status, 400, "busiest is one page: {busiest}");
+
+    // The summary counts assets by state; an unknown asset is named in a 404.
+    let (_, summary) = opflow_integration::http(&api, "GET", &format!("/v1/runs/{run}"), None, None).await?;
+    assert_eq!(summary["assets"]["total"], 150);
+    assert_eq!(summary["assets"]["done"], 150);
+    assert!(summary["last_event"].as_i64().is_some_and(|n| n >= 390), "{summary}");
+    for list in ["steps", "outputs"] {
+        let (status, missing) =
+            opflow_integration::http(&api, "GET", &format!("/v1/runs/{run}/{list}?asset=nope"), None, None)
+                .await?;
+        assert_eq!(status, 404, "{missing}");
+        assert!(missing["error"].as_str().is_some_and(|m| m.contains("no asset `nope`")), "{missing}");
+    }
+    let (_, outputs) =
+        opflow_integration::http(&api, "GET", &format!("/v1/runs/{run}/outputs?asset=c120"), None, None)
+            .await?;
+    let labels: Vec<&str> =
+        outputs["items"].as_array().into_iter().flatten().filter_map(|o| o["label"].as_str()).collect();
+    assert_eq!(labels, ["c120{k=1}", "c120{k=2}", "c120{k=3}"]);
+    Ok(())
+}

@@ -27,13 +27,17 @@ use crate::store::following::EventFilter;
 
 /// Events read per query; a stream catching up reads page after page.
 const PAGE: u32 = 500;
+/// Event numbers one query looks through: with `?kinds=` or `?step=` that match few of a
+/// run's events, a query passes at most this many rows, and the stream moves on window by
+/// window, never reading a long run's whole history at once.
+const SCAN_WINDOW: i64 = 5_000;
 /// How often an idle stream sends a comment, so proxies keep the connection open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Events a slow client may fall behind by before the stream waits for it.
 const STREAM_BUFFER: usize = 256;
 
 /// `GET /v1/runs/{id}/events`.
-#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs",
+#[utoipa::path(get, path = "/v1/runs/{id}/events", operation_id = "stream_events", tag = "runs",
     params(
         ("id" = String, Path, description = "The run id (a UUID)"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event (the `id:` of the last one received)"),
@@ -105,16 +109,25 @@ async fn produce(
     let followers = state.followers.clone();
     let mut wakeups = followers.watch(run);
     loop {
-        // The status is read before the events: a run that had ended by then has every
-        // event it ended with already visible to the read that follows.
+        // The status and the last event's number are read before the events: every event
+        // numbered up to it is visible to the read that follows, and a run that had ended
+        // by then has all its events among them.
         let read = async {
-            let status = state.store.following().status(run).await?;
-            let events = state.store.following().events_after(run, after, &filter, PAGE).await?;
-            Ok::<_, crate::store::StoreError>((status, events))
+            let following = state.store.following();
+            let Some((status, last)) = following.status_and_last_event(run).await? else {
+                return Ok(None);
+            };
+            let upto = last.min(after.saturating_add(SCAN_WINDOW));
+            let events = if upto > after {
+                following.events_between(run, after, upto, &filter, PAGE).await?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, crate::store::StoreError>(Some((status, last, upto, events)))
         };
-        let (status, events) = match read.await {
-            Ok((Some(status), events)) => (status, events),
-            Ok((None, _)) => return, // deleted (retention) while followed
+        let (status, last, upto, events) = match read.await {
+            Ok(Some(read)) => read,
+            Ok(None) => return, // deleted (retention) while followed
             Err(error) => {
                 tracing::warn!(%error, %run, "reading a run's events failed; retrying");
                 tokio::select! {
@@ -135,7 +148,11 @@ async fn produce(
                 return; // the client went away
             }
         }
-        if full {
+        if !full {
+            // Every event of the window that the filter matches was sent.
+            after = after.max(upto);
+        }
+        if after < last {
             continue;
         }
         if status.is_finished() || !follow {

@@ -2,8 +2,9 @@
 //! in the store is not an API change, and the contract depends on nothing of the store.
 
 use opflow_api_model::{
-    AssetInfo, AttemptView, CancelResponse, DeliveryView, OpVersion, RunEvent, RunListItem, RunStatus,
-    RunSummary, StepCounts, StepFailure, StepInfo, StepOutput, StepStatus, WebhookView,
+    AssetCounts, AssetInfo, AssetState, AttemptView, CancelResponse, DeliveryView, OpVersion, RunEvent,
+    RunListItem, RunStatus, RunSummary, StepCounts, StepFailure, StepInfo, StepOutput, StepStatus,
+    WebhookView,
 };
 use opflow_protocol::{RunId, StepId};
 use serde_json::Value;
@@ -90,6 +91,14 @@ impl From<store::runs::RunSummaryRow> for RunSummary {
                 skipped: c.skipped,
                 canceled: c.canceled,
             },
+            assets: AssetCounts {
+                total: s.assets.total,
+                waiting: s.assets.waiting,
+                running: s.assets.running,
+                done: s.assets.done,
+                failed: s.assets.failed,
+            },
+            last_event: s.last_event,
             created_at: s.created_at,
             started_at: s.started_at,
             finished_at: s.finished_at,
@@ -235,9 +244,45 @@ impl From<store::following::StepRow> for StepInfo {
     }
 }
 
-impl From<store::following::AssetStepsRow> for AssetInfo {
-    fn from(a: store::following::AssetStepsRow) -> Self {
-        Self { name: a.name, steps: a.steps, leaf: a.leaf }
+impl From<store::following::AssetProgressRow> for AssetInfo {
+    fn from(a: store::following::AssetProgressRow) -> Self {
+        use store::following::AssetState as S;
+        let state = match a.state() {
+            S::Waiting => AssetState::Waiting,
+            S::Running => AssetState::Running,
+            S::Done => AssetState::Done,
+        };
+        let n = i64::from;
+        Self {
+            index: a.idx.max(0) as u32,
+            op: a.op,
+            steps: n(a.steps),
+            leaf: a.downstream == 0,
+            state,
+            counts: StepCounts {
+                total: n(a.steps),
+                waiting: n(a.waiting),
+                queued: n(a.queued),
+                running: n(a.running),
+                retrying: n(a.retrying),
+                succeeded: n(a.succeeded),
+                failed: n(a.failed),
+                skipped: n(a.skipped),
+                canceled: n(a.canceled),
+            },
+            name: a.name,
+        }
+    }
+}
+
+/// `?state=` of `GET /v1/runs/{id}/assets`: the API's name, the store's value.
+impl From<AssetState> for store::following::AssetState {
+    fn from(state: AssetState) -> Self {
+        match state {
+            AssetState::Waiting => Self::Waiting,
+            AssetState::Running => Self::Running,
+            AssetState::Done => Self::Done,
+        }
     }
 }
 

@@ -24,7 +24,7 @@
 //!   step's last attempt ran, from its result event (finished at − started at, both the
 //!   worker's clock); dispatcher-made failures (nothing ran) and skips are not observed.
 //! - `opflow_queue_ready{queue,op,version}`, `opflow_queue_running{…}`: per registered op
-//!   version, steps published and waiting on its queue, and steps its workers hold
+//!   version, steps queued for it (on its queue or about to be published), and steps its workers hold
 //!   (unacked), read from the run store when scraped, in one bounded query (see
 //!   [`QUEUE_READ_TIMEOUT`]); the same numbers `GET /v1/queues` gives as `ready`/`unacked`.
 //! - `opflow_event_apply_seconds`, `opflow_event_apply_batch_events`: each committed
@@ -233,7 +233,11 @@ fn queue_registry(depths: &[crate::store::queues::QueueDepthRow]) -> Registry {
         ready.get_or_create(&labels).set(i64::try_from(depth.ready).unwrap_or(i64::MAX));
         running.get_or_create(&labels).set(i64::try_from(depth.running).unwrap_or(i64::MAX));
     }
-    registry.register("queue_ready", "Steps published and waiting on the op version's queue", ready);
+    registry.register(
+        "queue_ready",
+        "Steps queued for the op version: on its queue or about to be published",
+        ready,
+    );
     registry.register("queue_running", "Steps the op version's workers hold (unacked messages)", running);
     registry
 }

@@ -37,7 +37,7 @@ use utoipa::{
         super::webhooks::delivery,
         super::webhooks::redeliver,
     ),
-    components(schemas(opflow_api_model::RunSummary)),
+    components(schemas(opflow_api_model::RunSummary, opflow_api_model::AssetState, opflow_api_model::AssetOrder)),
     modifiers(&BearerToken),
     security(("bearer" = [])),
 )]
@@ -91,6 +91,24 @@ mod tests {
              intended, regenerate it with `OPFLOW_WRITE_OPENAPI=1 cargo test -p opflow-dispatcher openapi` \
              and review the diff"
         );
+    }
+
+    /// Client generators name a method after its operationId, and OpenAPI validators refuse
+    /// a document in which two operations share one.
+    #[test]
+    fn every_operation_has_an_id_of_its_own() {
+        let document: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let mut seen = std::collections::BTreeMap::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let id = operation["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+                if let Some(other) = seen.insert(id.to_owned(), format!("{method} {path}")) {
+                    panic!("operationId `{id}` of {method} {path} is also {other}'s");
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use opflow_api_model::{ErrorBody, OpVersion, Page, Paging};
 
 use super::{error::ApiError, params::page_limit, state::ApiState};
 
-#[utoipa::path(get, path = "/v1/ops", tag = "ops", operation_id = "list_ops", params(Paging),
+#[utoipa::path(get, path = "/v1/ops", operation_id = "list_ops", tag = "ops", params(Paging),
     responses((status = 200, description = "Registered op versions", body = Page<OpVersion>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody)))]
 /// `GET /v1/ops`.
 ///

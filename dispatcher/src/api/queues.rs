@@ -14,7 +14,7 @@ use super::{error::ApiError, state::ApiState};
 use crate::store::Store;
 
 /// `GET /v1/queues`: every registered op version's queue.
-#[utoipa::path(get, path = "/v1/queues", tag = "queues",
+#[utoipa::path(get, path = "/v1/queues", operation_id = "list_queues", tag = "queues",
     responses((status = 200, description = "Every registered op version's queue", body = Page<QueueDemand>)))]
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<QueueDemand>>, ApiError> {
     let mut items = Vec::new();
@@ -24,7 +24,7 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<QueueDemand
     Ok(Json(Page { items, next_cursor: None }))
 }
 
-#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "queues",
+#[utoipa::path(get, path = "/v1/queues/{queue}", operation_id = "get_queue", tag = "queues",
     params(("queue" = String, Path, description = "A queue name, e.g. `opflow.op.noop.1.1.0`")),
     responses((status = 200, body = QueueDemand), (status = 404, description = "No registered op version has this queue", body = ErrorBody)))]
 /// `GET /v1/queues/{queue}`: one queue, e.g. `opflow.op.noop.1.1.0`. KEDA's `metrics-api`
@@ -45,7 +45,7 @@ pub async fn one(
 
 async fn demand(store: &Store, op: &opflow_protocol::OpRef) -> Result<QueueDemand, ApiError> {
     let in_flight = store.queues().demand(op).await?;
-    let ready = store.queues().published(op, u64::MAX).await?;
+    let ready = in_flight.queued;
     Ok(QueueDemand {
         queue: opflow_protocol::queue::op_queue(op),
         op: op.to_string(),

@@ -13,8 +13,8 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use opflow_api_model::{
-    AssetInfo, CancelResponse, ErrorBody, IDEMPOTENCY_KEY, OutputsQuery, Page, RunListItem, RunSummary,
-    RunsQuery, StepInfo, StepOutput, StepsQuery, SubmitRequest, SubmitResponse,
+    AssetInfo, AssetOrder, AssetsQuery, CancelResponse, ErrorBody, IDEMPOTENCY_KEY, OutputsQuery, Page,
+    RunListItem, RunSummary, RunsQuery, StepInfo, StepOutput, StepsQuery, SubmitRequest, SubmitResponse,
 };
 use opflow_protocol::RunId;
 
@@ -24,12 +24,9 @@ use super::{
     params::{MAX_BODY_BYTES, bad_cursor, number_cursor, page_limit, run_id},
     state::ApiState,
 };
-use crate::store::{
-    self,
-    run_plan::{RunPlan, UnlockMode},
-};
+use crate::store::{self, following::AssetQuery};
 
-#[utoipa::path(post, path = "/v1/runs", tag = "runs",
+#[utoipa::path(post, path = "/v1/runs", operation_id = "submit_run", tag = "runs",
     params(("Idempotency-Key" = Option<String>, Header, description = "Submitting the same key again returns the same run")),
     request_body = SubmitRequest,
     responses(
@@ -83,7 +80,7 @@ pub async fn submit(
     Ok((status, Json(SubmitResponse { existing: submission.existing, notify_secret, run })))
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),
+#[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "get_run", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),
     responses((status = 200, body = RunSummary), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
 /// `GET /v1/runs/{id}`.
 pub async fn status(
@@ -93,7 +90,7 @@ pub async fn status(
     Ok(Json(summary(&state, run_id(&id)?).await?))
 }
 
-#[utoipa::path(get, path = "/v1/runs", tag = "runs", params(RunsQuery),
+#[utoipa::path(get, path = "/v1/runs", operation_id = "list_runs", tag = "runs", params(RunsQuery),
     responses((status = 200, description = "Runs, newest first", body = Page<RunListItem>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody)))]
 /// `GET /v1/runs[?status=]`: runs newest first, paged (`?limit=`, `?cursor=`).
 pub async fn list(
@@ -124,8 +121,8 @@ fn parse_run_cursor(cursor: &str) -> Result<(DateTime<Utc>, uuid::Uuid), ApiErro
     parsed.ok_or_else(|| bad_cursor(cursor))
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/steps", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), StepsQuery),
-    responses((status = 200, description = "The run's steps by id", body = Page<StepInfo>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/runs/{id}/steps", operation_id = "list_steps", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), StepsQuery),
+    responses((status = 200, description = "The run's steps by id", body = Page<StepInfo>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run, or no such asset in it", body = ErrorBody)))]
 /// `GET /v1/runs/{id}/steps[?asset=&status=]`: the run's steps by id, paged.
 pub async fn steps(
     State(state): State<ApiState>,
@@ -137,10 +134,11 @@ pub async fn steps(
     let limit = page_limit(query.limit)?;
     let after = number_cursor(query.cursor.as_deref())?;
     exists(&state, run).await?;
+    let range = asset_steps(&state, run, query.asset.as_deref()).await?;
     let items: Vec<StepInfo> = state
         .store
         .following()
-        .steps(run, query.asset.as_deref(), query.status.map(Into::into), after, limit)
+        .steps(run, range, query.status.map(Into::into), after, limit)
         .await?
         .into_iter()
         .map(StepInfo::from)
@@ -150,16 +148,54 @@ pub async fn steps(
     Ok(Json(Page { items, next_cursor }))
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/assets", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),
-    responses((status = 200, description = "The run's assets in plan order", body = Vec<AssetInfo>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
-/// `GET /v1/runs/{id}/assets`: the run's assets in plan order, with their step counts.
+/// The step ids of `?asset=`, or `None` for every step; 404 when the run has no such asset.
+async fn asset_steps(
+    state: &ApiState,
+    run: RunId,
+    asset: Option<&str>,
+) -> Result<Option<(i32, i32)>, ApiError> {
+    let Some(asset) = asset else { return Ok(None) };
+    match state.store.following().asset_steps(run, asset).await? {
+        Some(range) => Ok(Some(range)),
+        None => Err(ApiError::NotFound(format!(
+            "run {run} has no asset `{asset}`; `GET /v1/runs/{run}/assets` lists its assets"
+        ))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/runs/{id}/assets", operation_id = "list_assets", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), AssetsQuery),
+    responses((status = 200, description = "The run's assets with their steps counted by status, in plan order or busiest first", body = Page<AssetInfo>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
+/// `GET /v1/runs/{id}/assets[?state=&leaf=&order=]`: the run's assets with their step
+/// counts, paged in plan order; `order=busiest` answers one page, busiest first.
 pub async fn assets(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<Vec<AssetInfo>>, ApiError> {
+    query: Result<Query<AssetsQuery>, QueryRejection>,
+) -> Result<Json<Page<AssetInfo>>, ApiError> {
+    let Query(query) = query?;
     let run = run_id(&id)?;
+    let limit = page_limit(query.limit)?;
+    let busiest = query.order == Some(AssetOrder::Busiest);
+    let after = number_cursor(query.cursor.as_deref())?;
+    if busiest && after.is_some() {
+        return Err(ApiError::BadRequest(
+            "`order=busiest` answers one page; ask for a larger `limit`, or page in plan order".to_owned(),
+        ));
+    }
     exists(&state, run).await?;
-    Ok(Json(state.store.following().assets(run).await?.into_iter().map(AssetInfo::from).collect()))
+    let asset_query = AssetQuery { state: query.state.map(Into::into), leaf: query.leaf, busiest };
+    let items: Vec<AssetInfo> = state
+        .store
+        .following()
+        .assets(run, asset_query, after, limit)
+        .await?
+        .into_iter()
+        .map(AssetInfo::from)
+        .collect();
+    let next_cursor = (!busiest && items.len() == limit as usize)
+        .then(|| items.last().map(|a| a.index.to_string()))
+        .flatten();
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// 404 unless the run exists.
@@ -167,11 +203,12 @@ async fn exists(state: &ApiState, run: RunId) -> Result<store::runs::RunStatus, 
     state.store.following().status(run).await?.ok_or_else(|| ApiError::NotFound(format!("no run {run}")))
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/outputs", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), OutputsQuery),
-    responses((status = 200, description = "The steps' outputs or errors by step id", body = Page<StepOutput>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/runs/{id}/outputs", operation_id = "list_outputs", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)"), OutputsQuery),
+    responses((status = 200, description = "The steps' outputs or errors by step id", body = Page<StepOutput>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run, or no such asset in it", body = ErrorBody)))]
 /// `GET /v1/runs/{id}/outputs[?asset=name]`.
 ///
 /// Paged by step id: `?limit=` (1–1000, default 100) and `?cursor=` from the last page.
+/// Labels come from the definitions of the page's assets only, not the whole plan.
 pub async fn outputs(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -182,19 +219,17 @@ pub async fn outputs(
     let limit = page_limit(query.limit)?;
     let after = number_cursor(query.cursor.as_deref())?;
     exists(&state, run).await?;
-    let rows = state.store.runs().outputs(run, query.asset.as_deref(), after, limit).await?;
-    let plan = if rows.is_empty() {
-        None
-    } else {
-        let compiled = state.store.runs().load_plan(run).await?;
-        Some(RunPlan::new(compiled, UnlockMode::Groups).map_err(|e: String| ApiError::Internal(e.into()))?)
-    };
+    let range = asset_steps(&state, run, query.asset.as_deref()).await?;
+    let rows = state.store.runs().outputs(run, range, after, limit).await?;
+    let steps: Vec<(i32, i32)> = rows.iter().map(|row| (row.step_id, row.asset_index)).collect();
+    let mut labels = state.store.runs().step_labels(run, &steps).await?;
     let items: Vec<StepOutput> = rows
         .into_iter()
         .map(|row| {
+            let label = labels.remove(&row.step_id);
             let mut output = StepOutput::from(row);
-            if let Some(plan) = &plan {
-                output.label = plan.label(output.step_id);
+            if let Some(label) = label {
+                output.label = label;
             }
             output
         })
@@ -204,7 +239,7 @@ pub async fn outputs(
     Ok(Json(Page { items, next_cursor }))
 }
 
-#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", operation_id = "cancel_run", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),
     responses((status = 200, description = "`canceled` says whether anything changed", body = CancelResponse), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody), (status = 404, description = "No such run", body = ErrorBody)))]
 /// `POST /v1/runs/{id}/cancel`: 200 either way; `canceled` says whether anything changed.
 pub async fn cancel(

@@ -72,7 +72,7 @@ fn body_rejection(rejection: JsonRejection) -> ApiError {
     ApiError::BadRequest(rejection.body_text())
 }
 
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = AddWebhookRequest,
+#[utoipa::path(post, path = "/v1/webhooks", operation_id = "add_webhook", tag = "webhooks", request_body = AddWebhookRequest,
     responses((status = 201, description = "The subscription and, this once, its secret", body = CreatedWebhook), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
 /// `POST /v1/webhooks`.
 pub async fn add(
@@ -107,7 +107,7 @@ pub async fn add(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+#[utoipa::path(get, path = "/v1/webhooks", operation_id = "list_webhooks", tag = "webhooks",
     responses((status = 200, description = "Every subscription", body = Page<WebhookView>), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
 /// `GET /v1/webhooks`.
 pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<WebhookView>>, ApiError> {
@@ -115,7 +115,7 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Page<WebhookView
     Ok(Json(Page { items, next_cursor: None }))
 }
 
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "The subscription id")),
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", operation_id = "remove_webhook", tag = "webhooks", params(("id" = String, Path, description = "The subscription id")),
     responses((status = 204, description = "Removed; its pending deliveries are given up"), (status = 404, description = "No such subscription", body = ErrorBody), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
 /// `DELETE /v1/webhooks/{id}`: 204; its pending deliveries are given up.
 pub async fn remove(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
@@ -127,7 +127,7 @@ pub async fn remove(State(state): State<ApiState>, Path(id): Path<String>) -> Re
     }
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/deliveries", tag = "webhooks", params(DeliveriesQuery),
+#[utoipa::path(get, path = "/v1/webhooks/deliveries", operation_id = "list_deliveries", tag = "webhooks", params(DeliveriesQuery),
     responses((status = 200, description = "Deliveries, newest first", body = Page<DeliveryView>), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
 /// `GET /v1/webhooks/deliveries?failed=true&limit=&cursor=`.
 pub async fn deliveries(
@@ -143,7 +143,7 @@ pub async fn deliveries(
     Ok(Json(Page { items: rows.into_iter().map(DeliveryView::from).collect(), next_cursor }))
 }
 
-#[utoipa::path(get, path = "/v1/webhooks/deliveries/{id}", tag = "webhooks", params(("id" = String, Path, description = "The delivery id")),
+#[utoipa::path(get, path = "/v1/webhooks/deliveries/{id}", operation_id = "get_delivery", tag = "webhooks", params(("id" = String, Path, description = "The delivery id")),
     responses((status = 200, description = "The delivery with every attempt", body = DeliveryDetail), (status = 404, description = "No such delivery", body = ErrorBody), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
 /// `GET /v1/webhooks/deliveries/{id}`.
 pub async fn delivery(
@@ -163,7 +163,7 @@ pub async fn delivery(
     }))
 }
 
-#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/redeliver", tag = "webhooks", params(("id" = String, Path, description = "The delivery id")),
+#[utoipa::path(post, path = "/v1/webhooks/deliveries/{id}/redeliver", operation_id = "redeliver", tag = "webhooks", params(("id" = String, Path, description = "The delivery id")),
     responses((status = 200, description = "Queued again, with the same webhook-id and body", body = DeliveryView), (status = 404, description = "No such delivery", body = ErrorBody), (status = 409, description = "Its subscription was removed", body = ErrorBody), (status = 400, description = "A malformed request", body = ErrorBody), (status = 401, description = "No valid token", body = ErrorBody), (status = 403, description = "The token lacks the admin scope", body = ErrorBody)))]
 /// `POST /v1/webhooks/deliveries/{id}/redeliver`.
 pub async fn redeliver(

@@ -9,10 +9,12 @@
 //! - [`plans`]: the plans they submit.
 //! - [`observe`]: watching a run: timing, memory, verification, cold starts.
 //! - [`scale`]: w7, scale from zero under `opflow up`'s autoscaler.
+//! - [`api`]: the HTTP API's answers against a large store.
 //! - [`sandbox`]: the benchmark's own database and vhost.
 //! - [`memory`]: resident memory from `/proc`.
 //! - [`cpu`]: CPU time per step by component, from `/proc`.
 
+pub mod api;
 pub mod cpu;
 pub mod memory;
 pub mod observe;
@@ -83,6 +85,16 @@ async fn run_in(
     cancel: &CancellationToken,
     emit: &mut impl FnMut(&Value),
 ) -> anyhow::Result<bool> {
+    // The API's answers need the database only: before anything else runs in it.
+    let mut all_verified = true;
+    if workloads.contains(&Workload::Api) {
+        let figures = api::api(sandbox, options, cancel).await.context("the api workload")?;
+        all_verified &= figures["verified"] == true;
+        emit(&figures);
+        if workloads.iter().all(|w| *w == Workload::Api) {
+            return Ok(all_verified);
+        }
+    }
     // Every figure is a ratio to the broker's own, measured first, in this invocation.
     let raw = raw::measure(
         sandbox.amqp_url.expose(),
@@ -117,12 +129,13 @@ async fn run_in(
             },
         }));
     }
-    let mut platform: Vec<Workload> = workloads.iter().copied().filter(|w| *w != Workload::Raw).collect();
+    let mut platform: Vec<Workload> =
+        workloads.iter().copied().filter(|w| !matches!(w, Workload::Raw | Workload::Api)).collect();
     // w2 last: its 10,000-asset plan leaves memory in the allocators of this process and of
     // the dispatcher, which would show in w5's and w6's resident memory if they came after.
     platform.sort_by_key(|workload| *workload == Workload::W2);
     if platform.is_empty() {
-        return Ok(true);
+        return Ok(all_verified);
     }
 
     let opflow = options.bin_dir.join("opflow");
@@ -151,7 +164,6 @@ async fn run_in(
     let dispatcher_pid = dispatcher.id();
     let bed = Bed { sandbox, store: &store, noop, noop_queue: &noop_queue, cancel, dispatcher_pid };
 
-    let mut all_verified = true;
     for workload in platform {
         if let Some(status) = dispatcher.try_wait()? {
             bail!(
@@ -175,7 +187,7 @@ async fn run_in(
             Workload::W6 => vec![workloads::w6(&bed, &raw, options, dispatcher_pid).await?],
             // `opflow up` in sandboxes of its own.
             Workload::W7 => vec![scale::w7(settings, options, cancel).await?],
-            Workload::Raw => unreachable!("raw ran first"),
+            Workload::Raw | Workload::Api => unreachable!("raw and api ran first"),
         };
         for mut figures in results {
             // Like for like: the queue types the steps and the events went through.
@@ -201,8 +213,8 @@ mod tests {
             Workload::parse_list(&names(&["w2", "raw", "w2"])).unwrap(),
             vec![Workload::Raw, Workload::W2]
         );
-        assert_eq!(Workload::parse_list(&names(&["all"])).unwrap().len(), 8);
-        assert_eq!(Workload::parse_list(&[]).unwrap().len(), 8);
+        assert_eq!(Workload::parse_list(&names(&["all"])).unwrap().len(), 9);
+        assert_eq!(Workload::parse_list(&[]).unwrap().len(), 9);
         let unknown = Workload::parse_list(&names(&["w9"])).unwrap_err();
         assert!(unknown.contains("unknown workload `w9`"), "{unknown}");
     }

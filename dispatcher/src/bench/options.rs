@@ -16,10 +16,12 @@ pub enum Workload {
     W5,
     W6,
     W7,
+    /// The HTTP API against a large store.
+    Api,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Raw,
         Workload::W1,
         Workload::W2,
@@ -28,6 +30,7 @@ impl Workload {
         Workload::W5,
         Workload::W6,
         Workload::W7,
+        Workload::Api,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,10 +43,11 @@ impl Workload {
             Workload::W5 => "w5",
             Workload::W6 => "w6",
             Workload::W7 => "w7",
+            Workload::Api => "api",
         }
     }
 
-    /// `raw`, `w1`…, or `all`.
+    /// `raw`, `w1`…, `api`, or `all`.
     pub fn parse_list(names: &[String]) -> Result<Vec<Workload>, String> {
         let mut workloads = Vec::new();
         for name in names {
@@ -51,7 +55,7 @@ impl Workload {
                 "all" => workloads.extend(Self::ALL),
                 other => {
                     workloads.push(Self::ALL.into_iter().find(|w| w.name() == other).ok_or_else(|| {
-                        format!("unknown workload `{other}`; choose from raw, w1 … w7, or all")
+                        format!("unknown workload `{other}`; choose from raw, w1 … w7, api, or all")
                     })?)
                 }
             }

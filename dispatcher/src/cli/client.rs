@@ -21,8 +21,11 @@ use super::exit::InvalidInput;
 /// `opflow dispatcher`'s default `api_addr`.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7600";
 
-/// How many times in a row an events stream may fail to open before the command gives up.
+/// How many times in a row an events stream may fail to open, or a read of a followed run
+/// may fail, before the command gives up.
 const MAX_RECONNECTS: u32 = 20;
+/// How long one read of a followed run may take before it is asked again.
+const PATIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where a user command finds the API: every such command takes these.
 #[derive(Debug, Clone, clap::Args)]
@@ -99,6 +102,26 @@ impl ApiClient {
         query: &Q,
     ) -> anyhow::Result<T> {
         self.send(self.request(Method::GET, path).query(query).timeout(Duration::from_secs(60)), path).await
+    }
+
+    /// `GET path?query` as JSON, for a command that follows a run: an answer that is slow
+    /// (over [`PATIENT_TIMEOUT`]), dropped, or a 5xx is asked again with the shared backoff,
+    /// up to [`MAX_RECONNECTS`] times in a row, so one slow answer never ends the watch.
+    /// The user's mistakes (4xx) are not retried.
+    pub async fn get_patiently<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> anyhow::Result<T> {
+        use backon::Retryable;
+        let attempt = || async {
+            self.send(self.request(Method::GET, path).query(query).timeout(PATIENT_TIMEOUT), path).await
+        };
+        attempt
+            .retry(opflow_process::backoff::reconnect().with_max_times(MAX_RECONNECTS as usize))
+            .when(|error: &anyhow::Error| !error.chain().any(|e| e.is::<InvalidInput>()))
+            .notify(|error, pause| tracing::debug!(%error, ?pause, path, "asking the API again"))
+            .await
     }
 
     /// `POST path` with a JSON body and extra headers.

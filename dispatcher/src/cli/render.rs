@@ -56,9 +56,36 @@ pub fn summary(s: &RunSummary) {
         c.waiting,
         c.retrying
     );
+    let a = &s.assets;
+    if a.total > 1 {
+        say!(
+            "  assets {} total: {} done, {} running, {} waiting; {} with failed steps",
+            count(a.total),
+            count(a.done),
+            count(a.running),
+            count(a.waiting),
+            count(a.failed)
+        );
+    }
     for f in &s.failures {
         say!("  failed step {} ({}), attempt {}: {}", f.step_id, f.asset, f.attempt, f.error);
     }
+}
+
+/// A count for people, in groups of three: `9,120`.
+pub fn count(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
 
 /// Seconds for people: `0.84s`, `12.3s`, `4m05s`, `2h03m`.
@@ -152,6 +179,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn counts_read_in_groups_of_three() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(870), "870");
+        assert_eq!(count(9_120), "9,120");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(count(-12_000), "-12,000");
+    }
 
     #[test]
     fn durations_read_at_a_glance() {

@@ -4,8 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
 use opflow_api_model::{
-    AssetInfo, CancelResponse, IDEMPOTENCY_KEY, MAX_PAGE, NotifyRequest, OutputsQuery, Page, RunStatus,
-    RunSummary, StepOutput, SubmitRequest, SubmitResponse,
+    AssetInfo, AssetsQuery, CancelResponse, IDEMPOTENCY_KEY, MAX_PAGE, NotifyRequest, OutputsQuery, Page,
+    RunStatus, RunSummary, StepOutput, SubmitRequest, SubmitResponse,
 };
 
 use super::{
@@ -16,6 +16,8 @@ use super::{
 
 /// Leaf assets with at most this many steps have their outputs printed after `--wait`.
 const SHOW_OUTPUTS_UP_TO: i64 = 20;
+/// The outputs of at most this many leaf assets are printed (a plan may have thousands).
+const SHOW_LEAVES: u32 = 10;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -183,10 +185,12 @@ fn print_summary(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints the outputs of the plan's final assets (those nothing depends on), when small.
+/// Prints the outputs of the plan's final assets (those nothing depends on), when small:
+/// of the first [`SHOW_LEAVES`] leaves.
 pub async fn print_leaf_outputs(client: &ApiClient, run: &str) -> anyhow::Result<()> {
-    let assets: Vec<AssetInfo> = client.get(&format!("/v1/runs/{run}/assets")).await?;
-    for asset in assets.iter().filter(|a| a.leaf && a.steps <= SHOW_OUTPUTS_UP_TO) {
+    let leaves = AssetsQuery { leaf: Some(true), limit: Some(SHOW_LEAVES), ..AssetsQuery::default() };
+    let assets: Page<AssetInfo> = client.get_with(&format!("/v1/runs/{run}/assets"), &leaves).await?;
+    for asset in assets.items.iter().filter(|a| a.steps <= SHOW_OUTPUTS_UP_TO) {
         say!("outputs of `{}`:", asset.name);
         let query = OutputsQuery {
             asset: Some(asset.name.clone()),

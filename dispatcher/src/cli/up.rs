@@ -226,6 +226,8 @@ async fn wait_until_answering(client: &super::client::ApiClient) -> anyhow::Resu
 const POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// Leaf assets with at most this many steps have their outputs printed at the end.
 const SHOW_OUTPUTS_UP_TO: u32 = 20;
+/// The outputs of at most this many leaf assets are printed (a plan may have thousands).
+const SHOW_LEAVES: u32 = 10;
 
 /// Waits until the run ends, with a progress bar on a terminal.
 async fn wait_for(
@@ -247,19 +249,24 @@ async fn wait_for(
     store.runs().summary(run).await?.ok_or_else(|| InvalidInput(format!("no run {run}")).into())
 }
 
-/// Prints the outputs of the plan's final assets (those nothing depends on), when small.
+/// Prints the outputs of the plan's final assets (those nothing depends on), when small:
+/// of the first [`SHOW_LEAVES`] leaves.
 async fn print_leaf_outputs(store: &crate::store::Store, run: opflow_protocol::RunId) -> anyhow::Result<()> {
-    use crate::store::run_plan::{RunPlan, UnlockMode};
-    let plan =
-        RunPlan::new(store.runs().load_plan(run).await?, UnlockMode::Groups).map_err(anyhow::Error::msg)?;
-    for asset in store.following().assets(run).await? {
-        if !asset.leaf || asset.steps > i64::from(SHOW_OUTPUTS_UP_TO) {
+    use crate::store::following::AssetQuery;
+    let leaves = AssetQuery { leaf: Some(true), ..AssetQuery::default() };
+    for asset in store.following().assets(run, leaves, None, SHOW_LEAVES).await? {
+        if i64::from(asset.steps) > i64::from(SHOW_OUTPUTS_UP_TO) {
             continue;
         }
         say!("outputs of `{}`:", asset.name);
-        for row in store.runs().outputs(run, Some(&asset.name), None, SHOW_OUTPUTS_UP_TO).await? {
+        let range = store.following().asset_steps(run, &asset.name).await?;
+        let rows = store.runs().outputs(run, range, None, SHOW_OUTPUTS_UP_TO).await?;
+        let steps: Vec<(i32, i32)> = rows.iter().map(|row| (row.step_id, row.asset_index)).collect();
+        let labels = store.runs().step_labels(run, &steps).await?;
+        for row in rows {
             let output = row.output.as_ref().map(render::output_line).unwrap_or_default();
-            say!("  {}  {output}", plan.label(opflow_protocol::StepId(row.step_id as u32)));
+            let label = labels.get(&row.step_id).map_or(row.asset.as_str(), String::as_str);
+            say!("  {label}  {output}");
         }
     }
     Ok(())

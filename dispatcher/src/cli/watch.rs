@@ -1,14 +1,19 @@
-//! Following a run from its events stream: `opflow watch`, `opflow run --wait`, `opflow
-//! events` and `opflow logs`. The live view is a bar per asset (done / total, rate, ETA),
-//! the latest progress message, failures as they happen and the elapsed time; plain lines
-//! when stdout is not a terminal; with `--json`, one event per line.
+//! Following a run: `opflow watch`, `opflow run --wait`, `opflow events` and `opflow logs`.
+//! The live view is a header (elapsed time, steps done), a bar per asset (done / total,
+//! rate, ETA) for runs of a few assets, or for the busiest assets of a large run with the
+//! rest summed up on one line (`… and 9,990 more assets: 9,120 done, 870 waiting`), the
+//! latest progress message, and failures as they happen; plain lines when stdout is not a
+//! terminal; with `--json`, one event per line.
 //!
-//! Everything here reads the stream (`GET /v1/runs/{id}/events`) through
-//! [`ApiClient::events`], which resumes a dropped connection where it left off, so a long
-//! run can be watched across network blips, and watched again later from the start.
+//! The counts come from the API's per-asset counts, polled a page at a time, so a view of a
+//! 100,000-step run costs what one of a 10-step run does. Failures and progress messages
+//! come from the events stream (`GET /v1/runs/{id}/events`) from the moment the watch
+//! starts, through [`ApiClient::events`], which resumes a dropped connection where it left
+//! off. A slow or failed read is asked again ([`ApiClient::get_patiently`]): the watch ends
+//! when the run does, and exits as the run ended.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     io::IsTerminal,
     process::ExitCode,
     time::{Duration, Instant},
@@ -19,7 +24,10 @@ use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
-use opflow_api_model::{AssetInfo, EventsQuery, RunEvent, RunSummary};
+use opflow_api_model::{
+    AssetInfo, AssetOrder, AssetState, AssetsQuery, EventsQuery, Page, RunEvent, RunSummary, StepCounts,
+};
+use tokio::sync::watch as latest;
 
 use super::{
     client::{ApiClient, ServerArgs, StreamItem, path_segment},
@@ -29,6 +37,10 @@ use super::{
 
 /// How often plain (non-terminal) output prints a progress line.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
+/// Bars drawn at most: a run with more assets shows its busiest and sums up the rest.
+const MAX_BARS: u32 = 10;
+/// How often a view asks the API for the run's counts.
+const POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -98,22 +110,44 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(summary.status))
 }
 
-/// Follows the run's events until it ends, showing them as `options` says; its final state.
+/// Follows the run until it ends, showing it as `options` says; its final state.
 pub async fn follow(client: &ApiClient, run: &str, options: WatchOptions) -> anyhow::Result<RunSummary> {
-    let start: RunSummary = client.get(&format!("/v1/runs/{run}")).await?;
-    let assets: Vec<AssetInfo> = client.get(&format!("/v1/runs/{run}/assets")).await?;
+    let start: RunSummary = client.get_patiently(&format!("/v1/runs/{run}"), &()).await?;
     let mut view = if options.quiet || options.json_events {
         None
     } else if std::io::stdout().is_terminal() {
-        Some(View::Live(LiveView::new(&start, &assets)))
+        Some(View::Live(LiveView::new(&start)))
     } else {
-        Some(View::Plain(PlainView::new(&start, &assets)))
+        Some(View::Plain(PlainView::new(&start)))
     };
-    let mut events = Box::pin(client.events(run, EventsQuery::default()));
+    // With --json every event from the first; otherwise what happens from now on that the
+    // counts do not show: failures and progress messages.
+    let query = if options.json_events {
+        EventsQuery::default()
+    } else {
+        EventsQuery {
+            kinds: Some("failed,progress".to_owned()),
+            after: Some(start.last_event),
+            ..EventsQuery::default()
+        }
+    };
+    let mut events = Box::pin(client.events(run, query));
+    // The counts are polled in a task of their own: a slow answer holds up neither the
+    // stream nor the spinner.
+    let (snapshots_tx, mut snapshots) = latest::channel(None);
+    let poller = view.is_some().then(|| tokio::spawn(poll(client.clone(), run.to_owned(), snapshots_tx)));
+    let _poller = poller.map(AbortOnDrop);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         let item = tokio::select! {
             item = events.next() => item,
+            changed = snapshots.changed(), if view.is_some() => {
+                let snapshot = snapshots.borrow_and_update().clone();
+                if let (Ok(()), Some(snapshot), Some(view)) = (changed, snapshot, view.as_mut()) {
+                    view.snapshot(&snapshot);
+                }
+                continue;
+            }
             _ = tick.tick() => {
                 if let Some(view) = view.as_mut() {
                     view.tick();
@@ -131,7 +165,11 @@ pub async fn follow(client: &ApiClient, run: &str, options: WatchOptions) -> any
                 }
             }
             Some(Ok(StreamItem::End(summary))) => {
-                if let Some(view) = view.take() {
+                if let Some(mut view) = view.take() {
+                    // The counts as the run ended, not as last polled.
+                    if let Ok(last) = snapshot(client, run).await {
+                        view.snapshot(&last);
+                    }
                     view.finish(&summary);
                 }
                 return Ok(*summary);
@@ -147,9 +185,61 @@ pub async fn follow(client: &ApiClient, run: &str, options: WatchOptions) -> any
                 if let Some(view) = view.take() {
                     view.abandon();
                 }
-                return client.get(&format!("/v1/runs/{run}")).await;
+                return client.get_patiently(&format!("/v1/runs/{run}"), &()).await;
             }
         }
+    }
+}
+
+/// What a view draws, as last read: the run's counts, and the assets to draw bars for
+/// (all of them, or the busiest), in plan order.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    summary: RunSummary,
+    assets: Vec<AssetInfo>,
+}
+
+/// Reads a [`Snapshot`]: two requests of one page each, whatever the run's size.
+async fn snapshot(client: &ApiClient, run: &str) -> anyhow::Result<Snapshot> {
+    let summary: RunSummary = client.get_patiently(&format!("/v1/runs/{run}"), &()).await?;
+    let query = if summary.assets.total <= i64::from(MAX_BARS) {
+        AssetsQuery { limit: Some(MAX_BARS), ..AssetsQuery::default() }
+    } else {
+        AssetsQuery {
+            state: Some(AssetState::Running),
+            order: Some(AssetOrder::Busiest),
+            limit: Some(MAX_BARS),
+            ..AssetsQuery::default()
+        }
+    };
+    let page: Page<AssetInfo> = client.get_patiently(&format!("/v1/runs/{run}/assets"), &query).await?;
+    let mut assets = page.items;
+    assets.sort_by_key(|a| a.index);
+    Ok(Snapshot { summary, assets })
+}
+
+/// Reads a snapshot every [`POLL`] until the view goes away. A read that failed after its
+/// retries is tried again at the next poll: the events stream decides when to give up.
+async fn poll(client: ApiClient, run: String, snapshots: latest::Sender<Option<Snapshot>>) {
+    loop {
+        match snapshot(&client, &run).await {
+            Ok(read) => {
+                if snapshots.send(Some(read)).is_err() {
+                    return;
+                }
+            }
+            Err(error) => tracing::debug!(%error, %run, "reading the run's counts failed; asking again"),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Aborts a task when dropped: the poller ends with the watch, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -226,54 +316,56 @@ fn compact(data: &Value) -> String {
     }
 }
 
-/// Counts done steps per asset from the events: a step is done once its success (or final
-/// failure) was applied; a step counts once however many times the stream shows it.
-struct Tally {
-    /// Asset name → its index in the view.
-    index: HashMap<String, usize>,
-    totals: Vec<u64>,
-    done: Vec<HashSet<u32>>,
+/// Steps finished, whichever way.
+fn done(counts: &StepCounts) -> i64 {
+    counts.succeeded + counts.failed + counts.skipped + counts.canceled
 }
 
-/// What one event changed.
-enum Change {
-    None,
-    Done { asset: usize },
-    Failed { final_failure: bool },
-    Progress,
+/// The header's line: elapsed time and steps done.
+fn header_line(run: &str, elapsed: f64, summary: Option<&RunSummary>) -> String {
+    let mut line = format!("run {run}  {}", render::seconds(elapsed));
+    if let Some(s) = summary {
+        line.push_str(&format!("  {}/{} steps", render::count(done(&s.steps)), render::count(s.steps.total)));
+        if s.steps.failed > 0 {
+            line.push_str(&format!(", {} failed", render::count(s.steps.failed)));
+        }
+    }
+    line
 }
 
-impl Tally {
-    fn new(assets: &[AssetInfo]) -> Self {
-        Self {
-            index: assets.iter().enumerate().map(|(i, a)| (a.name.clone(), i)).collect(),
-            totals: assets.iter().map(|a| a.steps.max(0) as u64).collect(),
-            done: vec![HashSet::new(); assets.len()],
-        }
+/// The assets without a bar, summed up: `… and 9,990 more assets: 9,120 done, 870
+/// waiting`; `None` when every asset has a bar.
+fn rest_line(snapshot: &Snapshot) -> Option<String> {
+    let all = snapshot.summary.assets;
+    let shown = snapshot.assets.len() as i64;
+    if all.total <= shown {
+        return None;
     }
+    let shown_in = |state: AssetState| snapshot.assets.iter().filter(|a| a.state == state).count() as i64;
+    let parts: Vec<String> = [
+        (all.done - shown_in(AssetState::Done), "done"),
+        (all.running - shown_in(AssetState::Running), "running"),
+        (all.waiting - shown_in(AssetState::Waiting), "waiting"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{} {what}", render::count(n)))
+    .collect();
+    let more = if shown == 0 { "" } else { " more" };
+    Some(format!("… and {}{more} assets: {}", render::count(all.total - shown), parts.join(", ")))
+}
 
-    fn apply(&mut self, event: &RunEvent) -> Change {
-        let Some(&asset) = self.index.get(&event.asset) else { return Change::None };
-        match event.kind.as_str() {
-            "succeeded" if event.applied => {
-                self.done[asset].insert(event.step_id.0);
-                Change::Done { asset }
-            }
-            "failed" if event.applied => {
-                let final_failure = event.data["retryable"] == Value::Bool(false);
-                if final_failure {
-                    self.done[asset].insert(event.step_id.0);
-                }
-                Change::Failed { final_failure }
-            }
-            "progress" => Change::Progress,
-            _ => Change::None,
-        }
+/// What a bar says beside its counts: running and failed steps.
+fn bar_message(asset: &AssetInfo) -> String {
+    let c = &asset.counts;
+    let mut parts = Vec::new();
+    if c.running > 0 {
+        parts.push(format!("{} running", render::count(c.running)));
     }
-
-    fn done(&self, asset: usize) -> u64 {
-        self.done[asset].len() as u64
+    if c.failed > 0 {
+        parts.push(format!("✗ {} failed", render::count(c.failed)));
     }
+    parts.join(", ")
 }
 
 /// The two ways of showing a run to a person.
@@ -287,6 +379,13 @@ impl View {
         match self {
             View::Live(v) => v.event(event),
             View::Plain(v) => v.event(event),
+        }
+    }
+
+    fn snapshot(&mut self, snapshot: &Snapshot) {
+        match self {
+            View::Live(v) => v.snapshot(snapshot),
+            View::Plain(v) => v.snapshot(snapshot),
         }
     }
 
@@ -318,6 +417,11 @@ fn failure_line(event: &RunEvent, final_failure: bool) -> String {
     format!("✗ {} step {} attempt {} {what}: {error}", event.asset, event.step_id, event.attempt)
 }
 
+/// Whether a `failed` event ended its step (it will not be retried).
+fn is_final_failure(event: &RunEvent) -> bool {
+    event.data["retryable"] == Value::Bool(false)
+}
+
 /// The latest progress as one line.
 fn progress_line(event: &RunEvent) -> String {
     let fraction = event.data["fraction"].as_f64().unwrap_or(0.0);
@@ -329,79 +433,118 @@ fn progress_line(event: &RunEvent) -> String {
 struct LiveView {
     multi: MultiProgress,
     header: ProgressBar,
-    bars: Vec<ProgressBar>,
+    /// The assets drawn as bars, in plan order, by their index.
+    bars: Vec<(u32, ProgressBar)>,
+    style: ProgressStyle,
+    rest: ProgressBar,
     latest: ProgressBar,
-    tally: Tally,
     run: String,
     created_at: chrono::DateTime<chrono::Utc>,
+    summary: Option<RunSummary>,
 }
 
 impl LiveView {
-    fn new(start: &RunSummary, assets: &[AssetInfo]) -> Self {
+    fn new(start: &RunSummary) -> Self {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        let line =
+            || ProgressStyle::with_template("  {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
         let header = multi.add(ProgressBar::new_spinner());
         header.set_style(
             ProgressStyle::with_template("{spinner} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
-        let width = assets.iter().map(|a| a.name.chars().count()).max().unwrap_or(5).min(32);
-        let style = ProgressStyle::with_template(&format!(
-            "  {{prefix:<{width}}} {{bar:30.cyan/blue}} {{pos:>7}}/{{len:<7}} {{rate:>9}}  ETA {{eta:>3}} {{msg}}"
-        ))
+        let style = ProgressStyle::with_template(
+            "  {prefix:<24} {bar:30.cyan/blue} {pos:>7}/{len:<7} {rate:>9}  ETA {eta:>3} {msg}",
+        )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
             let _ = write!(w, "{:.1}/s", state.per_sec());
         })
         .progress_chars("█▉▊▋▌▍▎▏ ");
-        let bars = assets
-            .iter()
-            .map(|asset| {
-                let bar = multi.add(ProgressBar::new(asset.steps.max(0) as u64));
-                bar.set_style(style.clone());
-                bar.set_prefix(asset.name.clone());
-                bar
-            })
-            .collect();
+        let rest = multi.add(ProgressBar::new_spinner());
+        rest.set_style(line());
         let latest = multi.add(ProgressBar::new_spinner());
-        latest.set_style(
-            ProgressStyle::with_template("  {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
+        latest.set_style(line());
         let view = Self {
             multi,
             header,
-            bars,
+            bars: Vec::new(),
+            style,
+            rest,
             latest,
-            tally: Tally::new(assets),
             run: start.run_id.to_string(),
             created_at: start.created_at,
+            summary: Some(start.clone()),
         };
+        for failure in &start.failures {
+            let _ = view.multi.println(format!(
+                "✗ {} step {} attempt {} failed: {}",
+                failure.asset, failure.step_id, failure.attempt, failure.error
+            ));
+        }
         view.tick();
         view
     }
 
     fn event(&mut self, event: &RunEvent) {
-        match self.tally.apply(event) {
-            Change::Done { asset } => self.bars[asset].set_position(self.tally.done(asset)),
-            Change::Failed { final_failure } => {
-                if let Some(&asset) = self.tally.index.get(&event.asset) {
-                    self.bars[asset].set_position(self.tally.done(asset));
-                }
-                let _ = self.multi.println(failure_line(event, final_failure));
+        match event.kind.as_str() {
+            "failed" if event.applied => {
+                let _ = self.multi.println(failure_line(event, is_final_failure(event)));
             }
-            Change::Progress => self.latest.set_message(progress_line(event)),
-            Change::None => {}
+            "progress" => self.latest.set_message(progress_line(event)),
+            _ => {}
         }
+    }
+
+    fn snapshot(&mut self, snapshot: &Snapshot) {
+        let wanted: Vec<u32> = snapshot.assets.iter().map(|a| a.index).collect();
+        // Bars of assets no longer shown go; new ones are placed in plan order.
+        self.bars.retain(|(index, bar)| {
+            let keep = wanted.contains(index);
+            if !keep {
+                self.multi.remove(bar);
+            }
+            keep
+        });
+        for asset in &snapshot.assets {
+            let position = self.bars.iter().position(|(index, _)| *index >= asset.index);
+            let bar = match position {
+                Some(i) if self.bars[i].0 == asset.index => self.bars[i].1.clone(),
+                _ => {
+                    let before = position.map_or(&self.rest, |i| &self.bars[i].1);
+                    let bar = self.multi.insert_before(before, ProgressBar::new(asset.steps.max(0) as u64));
+                    bar.set_style(self.style.clone());
+                    bar.set_prefix(truncate(&asset.name, 24));
+                    bar.set_position(done(&asset.counts).max(0) as u64);
+                    // Its rate counts from now, not from the run's start.
+                    bar.reset_eta();
+                    self.bars.insert(position.unwrap_or(self.bars.len()), (asset.index, bar.clone()));
+                    bar
+                }
+            };
+            bar.set_length(asset.steps.max(0) as u64);
+            bar.set_position(done(&asset.counts).max(0) as u64);
+            bar.set_message(bar_message(asset));
+        }
+        self.rest.set_message(rest_line(snapshot).unwrap_or_default());
+        self.summary = Some(snapshot.summary.clone());
+        self.tick();
     }
 
     fn tick(&self) {
         let elapsed = (chrono::Utc::now() - self.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-        self.header.set_message(format!("run {}  {}", self.run, render::seconds(elapsed)));
+        self.header.set_message(header_line(&self.run, elapsed, self.summary.as_ref()));
         self.header.tick();
     }
 
     fn finish(self, _summary: &RunSummary) {
-        for bar in &self.bars {
+        for (_, bar) in &self.bars {
             bar.abandon();
+        }
+        if self.rest.message().is_empty() {
+            self.rest.finish_and_clear();
+        } else {
+            self.rest.abandon();
         }
         self.latest.finish_and_clear();
         // The summary printed next says how the run ended.
@@ -409,50 +552,83 @@ impl LiveView {
     }
 }
 
-/// Lines for logs and pipes: failures as they happen, an asset when it completes, and a
-/// progress line every few seconds.
+/// `name` cut to `width` characters, with `…` when cut.
+fn truncate(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
+        return name.to_owned();
+    }
+    let mut cut: String = name.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Lines for logs and pipes: failures as they happen, an asset when it completes (runs of
+/// a few assets), and a progress line every few seconds.
 struct PlainView {
-    tally: Tally,
-    names: Vec<String>,
     started: Instant,
     last_line: Instant,
     changed: bool,
+    latest: Option<Snapshot>,
+    /// Assets already reported done, by index.
+    reported: HashSet<u32>,
 }
 
 impl PlainView {
-    fn new(start: &RunSummary, assets: &[AssetInfo]) -> Self {
-        say!("following run {} ({}): {} steps", start.run_id, start.plan, start.steps.total);
+    fn new(start: &RunSummary) -> Self {
+        say!(
+            "following run {} ({}): {} steps, {} assets",
+            start.run_id,
+            start.plan,
+            render::count(start.steps.total),
+            render::count(start.assets.total)
+        );
+        for failure in &start.failures {
+            say!(
+                "  ✗ {} step {} attempt {} failed: {}",
+                failure.asset,
+                failure.step_id,
+                failure.attempt,
+                failure.error
+            );
+        }
         Self {
-            tally: Tally::new(assets),
-            names: assets.iter().map(|a| a.name.clone()).collect(),
             started: Instant::now(),
             last_line: Instant::now(),
             changed: false,
+            latest: None,
+            reported: HashSet::new(),
         }
     }
 
+    fn elapsed(&self) -> String {
+        render::seconds(self.started.elapsed().as_secs_f64())
+    }
+
     fn event(&mut self, event: &RunEvent) {
-        match self.tally.apply(event) {
-            Change::Done { asset } => {
-                self.changed = true;
-                let done = self.tally.done(asset);
-                if done == self.tally.totals[asset] {
-                    say!(
-                        "{:>8}  done {} {done}/{done}",
-                        render::seconds(self.started.elapsed().as_secs_f64()),
-                        self.names[asset]
-                    );
-                }
+        if event.kind == "failed" && event.applied {
+            self.changed = true;
+            say!("{:>8}  {}", self.elapsed(), failure_line(event, is_final_failure(event)));
+        }
+    }
+
+    fn snapshot(&mut self, snapshot: &Snapshot) {
+        let every_asset = snapshot.summary.assets.total <= snapshot.assets.len() as i64;
+        for asset in &snapshot.assets {
+            if every_asset && asset.state == AssetState::Done && self.reported.insert(asset.index) {
+                let n = render::count(asset.steps);
+                say!("{:>8}  done {} {}/{n}", self.elapsed(), asset.name, render::count(done(&asset.counts)));
             }
-            Change::Failed { final_failure } => {
-                self.changed = true;
-                say!(
-                    "{:>8}  {}",
-                    render::seconds(self.started.elapsed().as_secs_f64()),
-                    failure_line(event, final_failure)
-                );
-            }
-            Change::Progress | Change::None => {}
+        }
+        let first = self.latest.is_none();
+        let moved = self
+            .latest
+            .as_ref()
+            .is_none_or(|last| done(&last.summary.steps) != done(&snapshot.summary.steps));
+        self.changed |= moved;
+        self.latest = Some(snapshot.clone());
+        // The first frame at once: where the run stands, without waiting for a change.
+        if first {
+            self.progress_line();
         }
     }
 
@@ -463,10 +639,27 @@ impl PlainView {
     }
 
     fn progress_line(&mut self) {
-        let parts: Vec<String> = (0..self.names.len())
-            .map(|i| format!("{} {}/{}", self.names[i], self.tally.done(i), self.tally.totals[i]))
-            .collect();
-        say!("{:>8}  {}", render::seconds(self.started.elapsed().as_secs_f64()), parts.join("  "));
+        let Some(snapshot) = &self.latest else { return };
+        let steps = &snapshot.summary.steps;
+        let mut line = format!(
+            "{:>8}  {}/{} steps",
+            self.elapsed(),
+            render::count(done(steps)),
+            render::count(steps.total)
+        );
+        for asset in &snapshot.assets {
+            line.push_str(&format!(
+                "  {} {}/{}",
+                asset.name,
+                render::count(done(&asset.counts)),
+                render::count(asset.steps)
+            ));
+        }
+        if let Some(rest) = rest_line(snapshot) {
+            line.push_str("  ");
+            line.push_str(&rest);
+        }
+        say!("{line}");
         self.last_line = Instant::now();
         self.changed = false;
     }
@@ -479,6 +672,7 @@ impl PlainView {
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
+    use opflow_api_model::{AssetCounts, RunStatus};
     use opflow_protocol::{RunId, StepId};
     use serde_json::json;
 
@@ -499,23 +693,85 @@ mod tests {
         }
     }
 
+    fn counts(total: i64, succeeded: i64, running: i64) -> StepCounts {
+        StepCounts {
+            total,
+            succeeded,
+            running,
+            waiting: total - succeeded - running,
+            ..StepCounts::default()
+        }
+    }
+
+    fn asset(index: u32, state: AssetState, counts: StepCounts) -> AssetInfo {
+        AssetInfo {
+            name: format!("a{index}"),
+            index,
+            op: "noop@1.0.0".into(),
+            steps: counts.total,
+            leaf: false,
+            state,
+            counts,
+        }
+    }
+
+    fn summary(assets: AssetCounts) -> RunSummary {
+        RunSummary {
+            run_id: RunId::new(),
+            key: None,
+            plan: "p".into(),
+            plan_file: "p.yaml".into(),
+            status: RunStatus::Running,
+            steps: counts(100_000, 91_200, 10),
+            assets,
+            last_event: 0,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            failures: Vec::new(),
+        }
+    }
+
     #[test]
-    fn a_step_is_counted_done_once_and_only_when_its_result_was_applied() {
-        let mut tally = Tally::new(&[AssetInfo { name: "prices".into(), steps: 3, leaf: true }]);
-        tally.apply(&event("succeeded", 0, true, json!({"output": 1})));
-        tally.apply(&event("succeeded", 0, true, json!({"output": 1})));
-        tally.apply(&event("succeeded", 1, false, json!({"output": 1})));
-        tally.apply(&event("failed", 2, true, json!({"error": "x", "retryable": true})));
-        assert_eq!(tally.done(0), 1);
-        tally.apply(&event("failed", 2, true, json!({"error": "x", "retryable": false})));
-        assert_eq!(tally.done(0), 2);
+    fn a_large_run_shows_its_busiest_assets_and_sums_up_the_rest() {
+        let all = AssetCounts { total: 10_000, waiting: 870, running: 10, done: 9_120, failed: 0 };
+        let shown: Vec<AssetInfo> =
+            (0..10).map(|i| asset(9_120 + i, AssetState::Running, counts(10, 5, 1))).collect();
+        let snapshot = Snapshot { summary: summary(all), assets: shown };
+        assert_eq!(rest_line(&snapshot).unwrap(), "… and 9,990 more assets: 9,120 done, 870 waiting");
+    }
+
+    #[test]
+    fn a_run_whose_assets_all_have_bars_has_no_rest_line() {
+        let all = AssetCounts { total: 2, waiting: 1, running: 1, done: 0, failed: 0 };
+        let shown = vec![
+            asset(0, AssetState::Running, counts(10, 5, 1)),
+            asset(1, AssetState::Waiting, counts(1, 0, 0)),
+        ];
+        assert_eq!(rest_line(&Snapshot { summary: summary(all), assets: shown }), None);
+        // Nothing running in a large run: no bars, every asset summed up.
+        let all = AssetCounts { total: 10_000, waiting: 0, running: 0, done: 10_000, failed: 0 };
+        let snapshot = Snapshot { summary: summary(all), assets: Vec::new() };
+        assert_eq!(rest_line(&snapshot).unwrap(), "… and 10,000 assets: 10,000 done");
+    }
+
+    #[test]
+    fn the_header_counts_steps_done_and_failed() {
+        let mut s = summary(AssetCounts::default());
+        assert_eq!(header_line("r", 2.5, Some(&s)), "run r  2.50s  91,200/100,000 steps");
+        s.steps.failed = 3;
+        assert_eq!(header_line("r", 2.5, Some(&s)), "run r  2.50s  91,203/100,000 steps, 3 failed");
     }
 
     #[test]
     fn lines_name_the_step_and_what_happened() {
         let failed = event("failed", 7, true, json!({"error": "boom", "retryable": true}));
+        assert!(!is_final_failure(&failed));
         assert_eq!(failure_line(&failed, false), "✗ prices step 7 attempt 1 failed (will retry): boom");
         let progress = event("progress", 7, false, json!({"fraction": 0.42, "message": "paths"}));
         assert_eq!(progress_line(&progress), "prices step 7: 42% paths");
+        assert_eq!(truncate("a_very_long_asset_name_indeed", 10), "a_very_lo…");
+        let bar = asset(0, AssetState::Running, StepCounts { failed: 2, ..counts(10, 5, 3) });
+        assert_eq!(bar_message(&bar), "3 running, ✗ 2 failed");
     }
 }

@@ -73,13 +73,60 @@ pub struct StepRow {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// How many steps an asset of a run has, for progress bars.
+/// An asset of a run with its step counts, for progress bars: one `asset_progress` row
+/// (migration 0014), kept as its steps change.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AssetStepsRow {
+pub struct AssetProgressRow {
+    /// Its position in the plan, from 0.
+    pub idx: i32,
     pub name: String,
-    pub steps: i64,
-    /// No asset of the run depends on it.
-    pub leaf: bool,
+    /// `name@version` of the op that runs it.
+    pub op: String,
+    /// Assets of the run that read it; 0 for a leaf.
+    pub downstream: i32,
+    pub steps: i32,
+    pub waiting: i32,
+    pub queued: i32,
+    pub running: i32,
+    pub retrying: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub skipped: i32,
+    pub canceled: i32,
+}
+
+impl AssetProgressRow {
+    pub fn state(&self) -> AssetState {
+        if self.queued + self.running + self.retrying > 0 {
+            AssetState::Running
+        } else if self.waiting > 0 {
+            AssetState::Waiting
+        } else {
+            AssetState::Done
+        }
+    }
+}
+
+/// Where an asset of a run is, from its step counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssetState {
+    /// Nothing queued, running or retrying; steps wait on upstream work.
+    Waiting,
+    /// Some step queued, running or retrying.
+    Running,
+    /// Every step finished (succeeded, failed, skipped or canceled).
+    Done,
+}
+
+/// Which assets of a run to list, and in which order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AssetQuery {
+    pub state: Option<AssetState>,
+    /// Only the leaves (`Some(true)`) or only the others.
+    pub leaf: Option<bool>,
+    /// Busiest first (most running, then most queued or retrying) instead of plan order;
+    /// one page, as busyness changes between pages.
+    pub busiest: bool,
 }
 
 /// What clients read as they follow runs (`store.following()`).
@@ -104,31 +151,45 @@ impl Following<'_> {
             .await?)
     }
 
-    /// Up to `limit` of the run's events numbered after `after`, in order.
-    pub async fn events_after(
+    /// The run's status and the number of its last recorded event, or `None` for an
+    /// unknown run. Every event numbered up to it is visible once this is read: the number
+    /// is bumped in the transaction that records them.
+    pub async fn status_and_last_event(&self, run: RunId) -> Result<Option<(RunStatus, i64)>, StoreError> {
+        Ok(sqlx::query_as("SELECT status, event_seq FROM runs WHERE id = $1")
+            .bind(run.as_uuid())
+            .fetch_optional(self.pool)
+            .await?)
+    }
+
+    /// Up to `limit` of the run's events numbered after `after` and up to `upto`, in order.
+    /// The caller bounds `upto - after` (a window of numbers): with a filter that matches
+    /// few events, a read passes at most that many, never the run's whole history.
+    pub async fn events_between(
         &self,
         run: RunId,
         after: i64,
+        upto: i64,
         filter: &EventFilter,
         limit: u32,
     ) -> Result<Vec<EventRow>, StoreError> {
-        Ok(sqlx::query_as(
+        let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "SELECT e.seq, e.step_id, a.name AS asset, e.attempt, e.kind, e.body, e.worker, e.at, e.applied
              FROM events e
              JOIN steps s ON s.run_id = e.run_id AND s.id = e.step_id
              JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-             WHERE e.run_id = $1 AND e.seq > $2
-               AND ($3::text[] IS NULL OR e.kind = ANY($3))
-               AND ($4::int IS NULL OR e.step_id = $4)
-             ORDER BY e.seq LIMIT $5",
-        )
-        .bind(run.as_uuid())
-        .bind(after)
-        .bind(filter.kinds.as_deref())
-        .bind(filter.step)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool)
-        .await?)
+             WHERE e.run_id = ",
+        );
+        sql.push_bind(run.as_uuid());
+        sql.push(" AND e.seq > ").push_bind(after);
+        sql.push(" AND e.seq <= ").push_bind(upto);
+        if let Some(kinds) = &filter.kinds {
+            sql.push(" AND e.kind = ANY(").push_bind(kinds.clone()).push(")");
+        }
+        if let Some(step) = filter.step {
+            sql.push(" AND e.step_id = ").push_bind(step);
+        }
+        sql.push(" ORDER BY e.seq LIMIT ").push_bind(i64::from(limit));
+        Ok(sql.build_query_as().fetch_all(self.pool).await?)
     }
 
     /// A listener told of every batch of recorded events, on [`super::EVENTS_CHANNEL`].
@@ -139,67 +200,118 @@ impl Following<'_> {
     }
 
     /// Runs newest first, optionally of one status; one page after `after` (the
-    /// `(created_at, id)` of the last run of the page before).
+    /// `(created_at, id)` of the last run of the page before). Each filter has a statement
+    /// of its own, so the planner reads the index that serves it (`runs_by_status` or
+    /// `runs_by_created`), not one plan for both.
     pub async fn runs(
         &self,
         status: Option<RunStatus>,
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: u32,
     ) -> Result<Vec<RunRow>, StoreError> {
-        let (after_at, after_id) = after.unzip();
-        Ok(sqlx::query_as(
+        let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "SELECT id, key, plan_name, status, steps_total, steps_succeeded, steps_failed,
                     steps_skipped, steps_canceled, created_at, started_at, finished_at
-             FROM runs
-             WHERE ($1::run_status IS NULL OR status = $1)
-               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-             ORDER BY created_at DESC, id DESC LIMIT $4",
-        )
-        .bind(status)
-        .bind(after_at)
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool)
-        .await?)
+             FROM runs WHERE true",
+        );
+        if let Some(status) = status {
+            sql.push(" AND status = ").push_bind(status);
+        }
+        if let Some((at, id)) = after {
+            sql.push(" AND (created_at, id) < (").push_bind(at).push(", ").push_bind(id).push(")");
+        }
+        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(limit));
+        Ok(sql.build_query_as().fetch_all(self.pool).await?)
     }
 
-    /// A run's steps by id, optionally of one asset and one status; one page after step `after`.
+    /// A run's steps by id within `[range.0, range.1)` (an asset's, from
+    /// [`Self::asset_steps`], or every step), optionally of one status; one page after step
+    /// `after`. A status is read from `steps_by_status`: a page of failed steps is found
+    /// without passing the run's other steps.
     pub async fn steps(
         &self,
         run: RunId,
-        asset: Option<&str>,
+        range: Option<(i32, i32)>,
         status: Option<StepStatus>,
         after: Option<u32>,
         limit: u32,
     ) -> Result<Vec<StepRow>, StoreError> {
-        Ok(sqlx::query_as(
+        let (first, end) = range.unwrap_or((0, i32::MAX));
+        let from = after.map_or(i64::from(first), |a| (a as i64 + 1).max(i64::from(first)));
+        let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "SELECT s.id AS step_id, a.name AS asset, a.op_name, a.op_version, s.status, s.attempt,
                     s.progress, s.progress_message, s.worker, s.error, s.queued_at, s.started_at,
                     s.finished_at
              FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-             WHERE s.run_id = $1 AND ($2::text IS NULL OR a.name = $2)
-               AND ($3::step_status IS NULL OR s.status = $3) AND s.id > $4
-             ORDER BY s.id LIMIT $5",
-        )
-        .bind(run.as_uuid())
-        .bind(asset)
-        .bind(status)
-        .bind(after.map_or(-1, |a| a as i64))
-        .bind(i64::from(limit))
-        .fetch_all(self.pool)
-        .await?)
+             WHERE s.run_id = ",
+        );
+        sql.push_bind(run.as_uuid());
+        if let Some(status) = status {
+            sql.push(" AND s.status = ").push_bind(status);
+        }
+        sql.push(" AND s.id >= ").push_bind(from);
+        sql.push(" AND s.id < ").push_bind(i64::from(end));
+        sql.push(" ORDER BY s.id LIMIT ").push_bind(i64::from(limit));
+        Ok(sql.build_query_as().fetch_all(self.pool).await?)
     }
 
-    /// Each asset of a run with its number of steps, in plan order.
-    pub async fn assets(&self, run: RunId) -> Result<Vec<AssetStepsRow>, StoreError> {
+    /// A page of the run's assets with their step counts: in plan order after asset
+    /// `after`, or the busiest. Each state and the leaves are read from their own partial
+    /// index (migration 0014), so a page costs a page whatever the other assets are doing.
+    pub async fn assets(
+        &self,
+        run: RunId,
+        query: AssetQuery,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<AssetProgressRow>, StoreError> {
+        // The page is taken from `asset_progress` first, then each of its assets' names
+        // looked up, one by one (the `LIMIT 1` keeps the lookup from being flattened into a
+        // join): joined before the limit, the planner merged the whole of the run's
+        // `run_assets` into a middle page (5,301 rows read for 100).
+        let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "SELECT p.asset AS idx, a.name, p.op, p.downstream, p.steps, p.waiting, p.queued, p.running,
+                    p.retrying, p.succeeded, p.failed, p.skipped, p.canceled
+             FROM (SELECT * FROM asset_progress p WHERE p.run_id = ",
+        );
+        sql.push_bind(run.as_uuid());
+        // The conditions are the partial indexes' predicates, written as they are.
+        sql.push(match query.state {
+            None => "",
+            Some(AssetState::Running) => " AND p.queued + p.running + p.retrying > 0",
+            Some(AssetState::Waiting) => " AND p.queued + p.running + p.retrying = 0 AND p.waiting > 0",
+            Some(AssetState::Done) => " AND p.waiting + p.queued + p.running + p.retrying = 0",
+        });
+        sql.push(match query.leaf {
+            None => "",
+            Some(true) => " AND p.downstream = 0",
+            Some(false) => " AND p.downstream > 0",
+        });
+        let order = if query.busiest {
+            " ORDER BY p.running DESC, p.queued + p.retrying DESC, p.asset"
+        } else {
+            sql.push(" AND p.asset > ").push_bind(after.map_or(-1, i64::from));
+            " ORDER BY p.asset"
+        };
+        sql.push(order).push(" LIMIT ").push_bind(i64::from(limit));
+        sql.push(
+            ") p CROSS JOIN LATERAL (
+                 SELECT a.name FROM run_assets a WHERE a.run_id = p.run_id AND a.idx = p.asset LIMIT 1
+             ) a",
+        );
+        sql.push(order);
+        Ok(sql.build_query_as().fetch_all(self.pool).await?)
+    }
+
+    /// The step ids of the run's asset `name`, `[first, end)`: steps of an asset are the id
+    /// range it was compiled to. `None` when the run has no such asset.
+    pub async fn asset_steps(&self, run: RunId, name: &str) -> Result<Option<(i32, i32)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT a.name, a.step_count::bigint AS steps,
-                    NOT EXISTS (SELECT 1 FROM run_assets b, jsonb_array_elements(b.deps) d
-                                WHERE b.run_id = a.run_id AND (d->>'upstream')::int = a.idx) AS leaf
-             FROM run_assets a WHERE a.run_id = $1 ORDER BY a.idx",
+            "SELECT first_step, first_step + step_count FROM run_assets WHERE run_id = $1 AND name = $2",
         )
         .bind(run.as_uuid())
-        .fetch_all(self.pool)
+        .bind(name)
+        .fetch_optional(self.pool)
         .await?)
     }
 }

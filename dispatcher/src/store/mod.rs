@@ -20,11 +20,14 @@
 //!   publish), [`apply`] (worker events applied to steps and runs), [`in_flight`] (lost-step
 //!   recovery).
 //! - [`storable`]: what an op sends, made storable.
+//! - [`large_fixture`]: a store of a 100,000-step run and 10,000 runs, for `opflow bench
+//!   api` and the tests that every read of a followed run costs a page.
 
 pub mod apply;
 pub mod checks;
 pub mod following;
 pub mod in_flight;
+pub mod large_fixture;
 pub mod lease;
 pub mod ops;
 pub mod outbox;

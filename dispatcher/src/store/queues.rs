@@ -1,8 +1,9 @@
 //! What each op version's queue holds and what waits for its workers, from the run store:
-//! steps published and not started (ready), steps its workers hold (unacked), and steps
+//! steps queued and not started (ready), steps its workers hold (unacked), and steps
 //! about to become ready (the forecast). `/metrics`, `GET /v1/queues`, `opflow up`'s
-//! autoscaler and lost-step recovery read it. Each query reads partial indexes of queued,
-//! running or waiting steps (migration 0007), never every step of every run.
+//! autoscaler and lost-step recovery read it. Counts come from the per-asset counts kept
+//! as steps change (migration 0014), so a read costs the assets with work in flight,
+//! never the steps of every run.
 
 use opflow_protocol::OpRef;
 
@@ -12,6 +13,8 @@ use super::{Store, StoreError};
 /// those about to be queued. For the autoscaler and the demand forecast.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpDemand {
+    /// Steps queued: on the queue, or in the outbox about to be published.
+    pub queued: u64,
     /// Steps running on a worker of the op (their messages are unacked).
     pub running: u64,
     /// The workers running them (`name@version/host/pid`).
@@ -47,27 +50,16 @@ impl Store {
 
 impl Queues<'_> {
     /// Every registered op version's [`QueueDepthRow`], in one statement: what `/metrics`
-    /// reads at each scrape. It counts queued and running steps through their partial
-    /// indexes (migration 0007), looking each queued one up in the outbox by its key
-    /// (migration 0013), never every step.
+    /// reads at each scrape. It sums the counts of the assets with steps in flight
+    /// (`asset_progress_busy_by_op`, migration 0014), never a step. `ready` counts queued
+    /// steps on the queue or about to be published from the outbox.
     pub async fn depths(&self) -> Result<Vec<QueueDepthRow>, StoreError> {
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            "WITH active AS (
-                 SELECT a.op_name, a.op_version,
-                        count(*) FILTER (
-                            WHERE s.status = 'queued' AND NOT EXISTS (
-                                SELECT 1 FROM outbox o
-                                WHERE o.run_id = s.run_id AND o.step_id = s.id AND o.attempt = s.attempt
-                            )
-                        ) AS ready,
-                        count(*) FILTER (WHERE s.status = 'running') AS running
-                 FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-                 WHERE s.status IN ('queued', 'running')
-                 GROUP BY a.op_name, a.op_version
-             )
-             SELECT o.name, o.version, coalesce(a.ready, 0)::bigint, coalesce(a.running, 0)::bigint
+            "SELECT o.name, o.version, coalesce(sum(p.queued), 0)::bigint, coalesce(sum(p.running), 0)::bigint
              FROM ops o
-             LEFT JOIN active a ON a.op_name = o.name AND a.op_version = o.version
+             LEFT JOIN asset_progress p ON p.op = o.name || '@' || o.version
+                 AND p.queued + p.running + p.retrying > 0
+             GROUP BY o.name, o.version
              ORDER BY o.name, o.version",
         )
         .fetch_all(self.pool)
@@ -82,29 +74,36 @@ impl Queues<'_> {
             .collect()
     }
 
-    /// See [`OpDemand`].
+    /// See [`OpDemand`]. From the counts of the op's assets with steps in flight (and the
+    /// running steps of those, for their workers), and of its assets with waiting steps for
+    /// the forecast: bounded by the op's unfinished assets, never by the steps stored.
     pub async fn demand(&self, op: &OpRef) -> Result<OpDemand, StoreError> {
-        let (running, busy_workers, forecast): (i64, Vec<String>, i64) = sqlx::query_as(
-            "WITH running AS (
-                 SELECT s.worker FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-                 WHERE s.status = 'running' AND a.op_name = $1 AND a.op_version = $2
-             ), waiting AS (
-                 SELECT run_id, asset, count(*) AS n FROM steps WHERE status = 'waiting' GROUP BY run_id, asset
+        let (queued, running, busy_workers, forecast): (i64, i64, Vec<String>, i64) = sqlx::query_as(
+            "WITH busy AS (
+                 SELECT p.run_id, p.asset, p.queued, p.running FROM asset_progress p
+                 WHERE p.op = $1 AND p.queued + p.running + p.retrying > 0
              )
-             SELECT (SELECT count(*) FROM running),
-                    (SELECT coalesce(array_agg(DISTINCT worker) FILTER (WHERE worker IS NOT NULL), '{}') FROM running),
-                    (SELECT coalesce(sum(w.n), 0)::bigint FROM waiting w
-                     JOIN run_assets a ON a.run_id = w.run_id AND a.idx = w.asset
-                     WHERE a.op_name = $1 AND a.op_version = $2
-                       AND NOT EXISTS (
-                           SELECT 1 FROM jsonb_array_elements(a.deps) d
-                           JOIN waiting u ON u.run_id = w.run_id AND u.asset = (d->>'upstream')::int))",
+             SELECT coalesce((SELECT sum(queued) FROM busy), 0)::bigint,
+                    coalesce((SELECT sum(running) FROM busy), 0)::bigint,
+                    (SELECT coalesce(array_agg(DISTINCT s.worker) FILTER (WHERE s.worker IS NOT NULL), '{}')
+                     FROM busy b JOIN steps s ON s.run_id = b.run_id AND s.status = 'running' AND s.asset = b.asset
+                     WHERE b.running > 0),
+                    coalesce((SELECT sum(w.waiting) FROM asset_progress w
+                     JOIN run_assets ra ON ra.run_id = w.run_id AND ra.idx = w.asset
+                     WHERE w.op = $1 AND w.waiting > 0 AND NOT EXISTS (
+                         SELECT 1 FROM jsonb_array_elements(ra.deps) d
+                         WHERE (SELECT u.waiting FROM asset_progress u
+                                WHERE u.run_id = w.run_id AND u.asset = (d->>'upstream')::int) > 0)), 0)::bigint",
         )
-        .bind(op.name.as_str())
-        .bind(op.version.to_string())
+        .bind(op.to_string())
         .fetch_one(self.pool)
         .await?;
-        Ok(OpDemand { running: running.max(0) as u64, busy_workers, forecast: forecast.max(0) as u64 })
+        Ok(OpDemand {
+            queued: queued.max(0) as u64,
+            running: running.max(0) as u64,
+            busy_workers,
+            forecast: forecast.max(0) as u64,
+        })
     }
 
     /// How many steps of `op` are queued and published (not in the outbox), counting no

@@ -78,6 +78,24 @@ pub struct StepCounts {
     pub canceled: i64,
 }
 
+/// A run's assets by state (see [`super::following::AssetState`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AssetCounts {
+    pub total: i64,
+    pub waiting: i64,
+    pub running: i64,
+    pub done: i64,
+    /// Assets with at least one failed step (done or not).
+    pub failed: i64,
+}
+
+/// A run's steps and assets counted by state: the sums of its `asset_progress` rows.
+#[derive(Debug, Clone, Default)]
+pub struct AssetTotals {
+    pub steps: StepCounts,
+    pub assets: AssetCounts,
+}
+
 /// A run's state, as `opflow status --json` and `GET /v1/runs/{id}` show it.
 #[derive(Debug, Clone)]
 pub struct RunSummaryRow {
@@ -87,6 +105,9 @@ pub struct RunSummaryRow {
     pub plan_file: String,
     pub status: RunStatus,
     pub steps: StepCounts,
+    pub assets: AssetCounts,
+    /// The number of its last recorded event.
+    pub last_event: i64,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -132,6 +153,8 @@ pub enum Cancellation {
 pub struct StepOutputRow {
     pub step_id: i32,
     pub asset: String,
+    /// The asset's position in the plan.
+    pub asset_index: i32,
     pub status: StepStatus,
     pub attempt: i32,
     pub worker: Option<String>,
@@ -211,6 +234,7 @@ impl Runs<'_> {
         }
 
         insert_run_assets(&mut tx, run_id, plan).await?;
+        insert_asset_progress(&mut tx, run_id).await?;
 
         let graph = PlanGraph::new(plan.clone());
         insert_dep_groups(&mut tx, run_id, &graph).await?;
@@ -275,35 +299,22 @@ impl Runs<'_> {
             Option<DateTime<Utc>>,
             Option<DateTime<Utc>>,
             i32,
+            i64,
         );
         let row: Option<Row> = sqlx::query_as(
-            "SELECT key, plan_name, plan_file, status, created_at, started_at, finished_at, steps_total
+            "SELECT key, plan_name, plan_file, status, created_at, started_at, finished_at, steps_total, event_seq
              FROM runs WHERE id = $1",
         )
         .bind(run.as_uuid())
         .fetch_optional(self.pool)
         .await?;
-        let Some((key, plan, plan_file, status, created_at, started_at, finished_at, total)) = row else {
+        let Some((key, plan, plan_file, status, created_at, started_at, finished_at, total, last_event)) =
+            row
+        else {
             return Ok(None);
         };
-        let counts: Vec<(StepStatus, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM steps WHERE run_id = $1 GROUP BY status")
-                .bind(run.as_uuid())
-                .fetch_all(self.pool)
-                .await?;
-        let mut steps = StepCounts { total: i64::from(total), ..StepCounts::default() };
-        for (status, n) in counts {
-            *match status {
-                StepStatus::Waiting => &mut steps.waiting,
-                StepStatus::Queued => &mut steps.queued,
-                StepStatus::Running => &mut steps.running,
-                StepStatus::Retrying => &mut steps.retrying,
-                StepStatus::Succeeded => &mut steps.succeeded,
-                StepStatus::Failed => &mut steps.failed,
-                StepStatus::Skipped => &mut steps.skipped,
-                StepStatus::Canceled => &mut steps.canceled,
-            } = n;
-        }
+        let counts = self.asset_totals(run).await?;
+        let steps = StepCounts { total: i64::from(total), ..counts.steps };
         let failures: Vec<(i32, String, i32, Option<String>)> = sqlx::query_as(
             "SELECT s.id, a.name, s.attempt, s.error FROM steps s
              JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
@@ -319,6 +330,8 @@ impl Runs<'_> {
             plan_file,
             status,
             steps,
+            assets: counts.assets,
+            last_event,
             created_at,
             started_at,
             finished_at,
@@ -334,28 +347,117 @@ impl Runs<'_> {
         }))
     }
 
-    /// The outputs (or errors) of a run's steps, optionally of one asset only.
+    /// The run's steps and assets counted by state, from its assets' counts: as many rows
+    /// as the run has assets, none of its steps.
+    pub async fn asset_totals(&self, run: RunId) -> Result<AssetTotals, StoreError> {
+        type Row = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+        let row: Row = sqlx::query_as(
+            "SELECT coalesce(sum(steps), 0)::bigint, coalesce(sum(waiting), 0)::bigint,
+                    coalesce(sum(queued), 0)::bigint, coalesce(sum(running), 0)::bigint,
+                    coalesce(sum(retrying), 0)::bigint, coalesce(sum(succeeded), 0)::bigint,
+                    coalesce(sum(failed), 0)::bigint, coalesce(sum(skipped), 0)::bigint,
+                    coalesce(sum(canceled), 0)::bigint,
+                    count(*),
+                    count(*) FILTER (WHERE queued + running + retrying = 0 AND waiting > 0),
+                    count(*) FILTER (WHERE queued + running + retrying > 0),
+                    count(*) FILTER (WHERE waiting + queued + running + retrying = 0),
+                    count(*) FILTER (WHERE failed > 0)
+             FROM asset_progress WHERE run_id = $1",
+        )
+        .bind(run.as_uuid())
+        .fetch_one(self.pool)
+        .await?;
+        let (total, waiting, queued, running, retrying, succeeded, failed, skipped, canceled) =
+            (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8);
+        Ok(AssetTotals {
+            steps: StepCounts {
+                total,
+                waiting,
+                queued,
+                running,
+                retrying,
+                succeeded,
+                failed,
+                skipped,
+                canceled,
+            },
+            assets: AssetCounts {
+                total: row.9,
+                waiting: row.10,
+                running: row.11,
+                done: row.12,
+                failed: row.13,
+            },
+        })
+    }
+
+    /// The outputs (or errors) of a run's steps within `[range.0, range.1)` (an asset's
+    /// steps, from `following().asset_steps`), or of every step.
     ///
     /// One page: at most `limit` steps, by step id, after step `after` when given.
     pub async fn outputs(
         &self,
         run: RunId,
-        asset: Option<&str>,
+        range: Option<(i32, i32)>,
         after: Option<u32>,
         limit: u32,
     ) -> Result<Vec<StepOutputRow>, StoreError> {
+        let (first, end) = range.unwrap_or((0, i32::MAX));
+        let from = after.map_or(i64::from(first), |a| (a as i64 + 1).max(i64::from(first)));
         Ok(sqlx::query_as(
-            "SELECT s.id AS step_id, a.name AS asset, s.status, s.attempt, s.worker, s.output, s.error
+            "SELECT s.id AS step_id, a.name AS asset, s.asset AS asset_index, s.status, s.attempt, s.worker,
+                    s.output, s.error
              FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-             WHERE s.run_id = $1 AND ($2::text IS NULL OR a.name = $2) AND s.id > $3
+             WHERE s.run_id = $1 AND s.id >= $2 AND s.id < $3
              ORDER BY s.id LIMIT $4",
         )
         .bind(run.as_uuid())
-        .bind(asset)
-        .bind(after.map_or(-1, |a| a as i64))
+        .bind(from)
+        .bind(i64::from(end))
         .bind(i64::from(limit))
         .fetch_all(self.pool)
         .await?)
+    }
+
+    /// `asset[partition]{point}` of each `(step, asset index)`, from the definitions of
+    /// those assets only: a page of outputs costs its assets, not the run's plan.
+    pub async fn step_labels(
+        &self,
+        run: RunId,
+        steps: &[(i32, i32)],
+    ) -> Result<std::collections::HashMap<i32, String>, StoreError> {
+        let mut indexes: Vec<i32> = steps.iter().map(|(_, asset)| *asset).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        if indexes.is_empty() {
+            return Ok(Default::default());
+        }
+        let rows: Vec<RunAssetRow> = sqlx::query_as(
+            "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
+                    deps, retry_max, retry_backoff_ms, timeout_ms, first_step, step_count, line
+             FROM run_assets WHERE run_id = $1 AND idx = ANY($2)",
+        )
+        .bind(run.as_uuid())
+        .bind(&indexes)
+        .fetch_all(self.pool)
+        .await?;
+        let mut assets = std::collections::HashMap::new();
+        for row in rows {
+            let idx = row.idx;
+            let asset = row.into_asset().map_err(|e| StoreError::Corrupt(run.to_string(), e))?;
+            assets.insert(idx, asset);
+        }
+        Ok(steps
+            .iter()
+            .filter_map(|&(step, idx)| {
+                let asset = assets.get(&idx)?;
+                let within = u32::try_from(step).ok()?.checked_sub(asset.first_step)?;
+                (within < asset.step_count()).then(|| {
+                    let spec = asset.step(within);
+                    (step, opflow_protocol::step::step_label(&asset.name, spec.partition, &spec.point))
+                })
+            })
+            .collect())
     }
 
     /// Cancels a run: its unfinished steps end `canceled` (queued and waiting ones never
@@ -525,6 +627,27 @@ async fn insert_run_assets(
         // Not kept as a prepared statement: its text depends on the chunk's length.
         insert.build().persistent(false).execute(&mut *tx).await?;
     }
+    Ok(())
+}
+
+/// One counts row per asset of the run (migration 0014), before its steps: the steps'
+/// insert trigger counts them into it. Its downstream counts come from the assets' deps,
+/// in one grouped pass.
+async fn insert_asset_progress(tx: &mut sqlx::PgConnection, run_id: RunId) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO asset_progress (run_id, asset, op, downstream, steps)
+         SELECT a.run_id, a.idx, a.op_name || '@' || a.op_version, coalesce(d.n, 0), a.step_count
+         FROM run_assets a
+         LEFT JOIN (
+             SELECT (dep->>'upstream')::int AS asset, count(DISTINCT b.idx) AS n
+             FROM run_assets b, jsonb_array_elements(b.deps) dep
+             WHERE b.run_id = $1 GROUP BY 1
+         ) d ON d.asset = a.idx
+         WHERE a.run_id = $1",
+    )
+    .bind(run_id.as_uuid())
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

@@ -76,7 +76,7 @@ async fn demand_counts_running_steps_their_workers_and_steps_about_to_be_ready()
     // `a` is queued, `b` waits on it: `b` is forecast.
     assert_eq!(
         db.store.queues().demand(&op).await.unwrap(),
-        OpDemand { running: 0, busy_workers: vec![], forecast: 1 }
+        OpDemand { queued: 1, running: 0, busy_workers: vec![], forecast: 1 }
     );
     exec(
         &db,
@@ -85,11 +85,14 @@ async fn demand_counts_running_steps_their_workers_and_steps_about_to_be_ready()
     )
     .await;
     let demand = db.store.queues().demand(&op).await.unwrap();
-    assert_eq!(demand, OpDemand { running: 1, busy_workers: vec!["noop@1.0.0/h/9".into()], forecast: 1 });
+    assert_eq!(
+        demand,
+        OpDemand { queued: 0, running: 1, busy_workers: vec!["noop@1.0.0/h/9".into()], forecast: 1 }
+    );
 }
 
 #[tokio::test]
-async fn queue_depths_name_every_registered_op_and_leave_out_the_outbox() {
+async fn queue_depths_name_every_registered_op_and_count_its_queued_and_running_steps() {
     let db = TestDb::new("queue_depths").await;
     for version in ["1.0.0", "2.0.0"] {
         sqlx::query(
@@ -107,8 +110,8 @@ async fn queue_depths_name_every_registered_op_and_leave_out_the_outbox() {
         running,
     };
     let run = chain(&db).await;
-    // `a` is queued but still in the outbox: not on the queue yet.
-    assert_eq!(db.store.queues().depths().await.unwrap(), [depth("1.0.0", 0, 0), depth("2.0.0", 0, 0)]);
+    // `a` is queued, in the outbox or on the queue: ready either way (it is about to be).
+    assert_eq!(db.store.queues().depths().await.unwrap(), [depth("1.0.0", 1, 0), depth("2.0.0", 0, 0)]);
     exec(&db, "DELETE FROM outbox WHERE run_id = $1", run).await;
     assert_eq!(db.store.queues().depths().await.unwrap(), [depth("1.0.0", 1, 0), depth("2.0.0", 0, 0)]);
     exec(&db, "UPDATE steps SET status = 'running' WHERE run_id = $1 AND id = 0", run).await;
@@ -150,13 +153,14 @@ async fn counting_published_steps_of_a_large_fresh_run_stays_cheap() {
     let op: OpRef = "noop@1.0.0".parse().unwrap();
     assert_eq!(store.queues().published(&op, 30_000).await.unwrap(), 0);
     let ready = |depths: Vec<QueueDepthRow>| depths.iter().map(|d| d.ready).collect::<Vec<_>>();
-    assert_eq!(ready(store.queues().depths().await.unwrap()), [0]);
+    // Queued, in the outbox: ready for `/metrics` (about to be published), not published.
+    assert_eq!(ready(store.queues().depths().await.unwrap()), [20_000]);
     let oldest = leader.in_flight().oldest_published(&op, Duration::ZERO, 10).await.unwrap();
     assert!(oldest.is_empty(), "{oldest:?}");
     exec(&db, "DELETE FROM outbox WHERE run_id = $1 AND step_id >= 10000", run).await;
     assert_eq!(store.queues().published(&op, 30_000).await.unwrap(), 10_000);
     assert_eq!(store.queues().published(&op, 100).await.unwrap(), 100);
-    assert_eq!(ready(store.queues().depths().await.unwrap()), [10_000]);
+    assert_eq!(ready(store.queues().depths().await.unwrap()), [20_000]);
     let oldest = leader.in_flight().oldest_published(&op, Duration::ZERO, 10).await.unwrap();
     assert_eq!(oldest.len(), 10);
     assert!(oldest.iter().all(|s| s.step_id.0 >= 10_000), "{oldest:?}");

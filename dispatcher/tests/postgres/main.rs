@@ -8,6 +8,7 @@ mod common;
 
 mod applier;
 mod apply;
+mod bounded;
 mod connect;
 mod in_flight;
 mod lease;

@@ -141,8 +141,8 @@ impl Autoscaler {
         };
         let ready = match self.ready(broker, &name).await {
             Some(ready) => ready,
-            // Without the broker, what the store knows was published and not started.
-            None => self.store.queues().published(&name, u64::MAX).await.unwrap_or(0),
+            // Without the broker, what the store knows is queued and not started.
+            None => demand.queued,
         };
         let forecast = if self.forecast { demand.forecast } else { 0 };
         let seen = Observed { messages: ready + demand.running, forecast };
