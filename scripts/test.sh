@@ -13,6 +13,11 @@ status=0
 # schemas kept in the repository.
 scripts/validate-manifests.sh || status=$?
 
+# The OpenAPI validator and client generator the contract tests run (integration/tests/
+# openapi.rs), in a virtualenv of their own.
+OPFLOW_API_TOOLS="$(scripts/python-venv.sh api-tools openapi-spec-validator==0.7.1 openapi-python-client==0.24.3)"
+export OPFLOW_API_TOOLS
+
 # One target dir outside the clone, so repeated runs (and CI) reuse what was built.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/opflow/target}"
 

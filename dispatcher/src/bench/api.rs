@@ -19,7 +19,13 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchOptions, options::round, sandbox::Sandbox};
+use opflow_process::SecretUrl;
+
+use super::{
+    BenchOptions,
+    options::round,
+    sandbox::{self, Sandbox},
+};
 use crate::{
     api::{self, state::ApiState},
     store::{
@@ -48,9 +54,10 @@ pub async fn api(
     } else {
         FixtureSize::FULL
     };
-    let store = Store::connect(&sandbox.database_url, cancel)
-        .await
-        .context("connecting to the benchmark database")?;
+    // A database of its own: the fixture's runs and op would be in the other workloads' way.
+    let url =
+        SecretUrl::new(sandbox::with_path(sandbox.database_url.expose(), &format!("{}_api", sandbox.name)));
+    let store = Store::connect(&url, cancel).await.context("creating the api database")?;
     let built = Instant::now();
     let fixture = large_fixture::build(&store, size).await.context("building the large store")?;
     let build_s = built.elapsed().as_secs_f64();

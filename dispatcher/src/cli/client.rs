@@ -356,6 +356,56 @@ mod tests {
         assert_eq!(path_segment("0190aa-Bb"), "0190aa-Bb");
     }
 
+    /// A server on loopback that answers each connection with the next of `answers`: `None`
+    /// hangs up without a word; `Some((status, body))` answers. Counts the connections.
+    async fn scripted_server(
+        answers: Vec<Option<(u16, &'static str)>>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::{Arc, atomic::AtomicUsize};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            for answer in answers {
+                let Ok((mut socket, _)) = listener.accept().await else { return };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                if let Some((status, body)) = answer {
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                }
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_or_failed_read_of_a_followed_run_is_asked_again() {
+        let (server, seen) =
+            scripted_server(vec![None, Some((503, r#"{"error":"busy"}"#)), Some((200, r#"{"n":7}"#))]).await;
+        let client = ApiClient::new(&server, None).unwrap();
+        let answer: serde_json::Value = client.get_patiently("/v1/runs/x", &()).await.unwrap();
+        assert_eq!(answer["n"], 7);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn the_users_mistake_is_not_asked_again() {
+        let (server, seen) =
+            scripted_server(vec![Some((404, r#"{"error":"no run x"}"#)), Some((200, "{}"))]).await;
+        let client = ApiClient::new(&server, None).unwrap();
+        let error = client.get_patiently::<_, serde_json::Value>("/v1/runs/x", &()).await.unwrap_err();
+        assert!(error.chain().any(|e| e.is::<InvalidInput>()), "{error:#}");
+        assert!(error.to_string().contains("no run x"), "{error:#}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn a_server_must_be_an_http_address() {
         let error = ApiClient::new("127.0.0.1:7600", None).err().expect("no scheme");
