@@ -107,20 +107,11 @@ CREATE TRIGGER asset_progress_inserted AFTER INSERT ON steps
     FOR EACH STATEMENT EXECUTE FUNCTION asset_progress_inserted();
 
 -- A status change moves one step from one count to another. Statements that change no
--- status (progress, heartbeats) find nothing moved and write nothing. The rows are locked
--- in key order first, so two statements moving steps of the same assets cannot deadlock
--- on them.
+-- status (progress, heartbeats) find nothing moved and write nothing. The deltas are
+-- applied in key order, so two statements moving steps of the same assets lock their
+-- rows in the same order.
 CREATE FUNCTION asset_progress_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM 1 FROM asset_progress p
-    WHERE (p.run_id, p.asset) IN (
-        SELECT n.run_id, n.asset FROM old_steps o JOIN new_steps n ON n.run_id = o.run_id AND n.id = o.id
-        WHERE o.status <> n.status
-    )
-    ORDER BY p.run_id, p.asset FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
     UPDATE asset_progress p
     SET waiting = p.waiting + c.waiting, queued = p.queued + c.queued, running = p.running + c.running,
         retrying = p.retrying + c.retrying, succeeded = p.succeeded + c.succeeded,
@@ -138,6 +129,7 @@ BEGIN
         FROM old_steps o JOIN new_steps n ON n.run_id = o.run_id AND n.id = o.id
         WHERE o.status <> n.status
         GROUP BY n.run_id, n.asset
+        ORDER BY n.run_id, n.asset
     ) c
     WHERE p.run_id = c.run_id AND p.asset = c.asset;
     RETURN NULL;

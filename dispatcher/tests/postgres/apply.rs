@@ -1,10 +1,10 @@
 //! Applying events: duplicates, late and reordered results, run ends, fan-in linearity.
 
-use opflow_dispatcher::store::{run_plan::PlanCache, storable::StorableEvent};
+use opflow_dispatcher::store::{run_plan::PlanCache, runs::Cancellation, storable::StorableEvent};
 use opflow_protocol::{Event, EventKind, RunId, StepId};
 use serde_json::json;
 
-use crate::common::{TestDb, submit};
+use crate::common::{TestDb, assert_counts_kept, submit};
 
 async fn one_step_run(db: &TestDb, retry_max: u32) -> RunId {
     let source = format!(
@@ -72,6 +72,8 @@ async fn a_late_result_of_a_retried_attempt_is_ignored() {
     assert_eq!(db.leader.outbox().release_due_retries().await.unwrap(), 1);
     db.leader.events().apply(&[event(run, 2, ok())], &plans).await.unwrap();
     assert_eq!(state(&db, run).await, ("succeeded".into(), 2, "succeeded".into(), 1, 0, 4, 2));
+    // Queued → retrying → queued (the due retry released) → succeeded, each counted.
+    assert_counts_kept(&db).await;
 }
 
 #[tokio::test]
@@ -114,6 +116,42 @@ async fn failing_a_run_says_how_many_steps_of_each_op_it_failed() {
     assert_eq!(failed.failed, [("noop@1.0.0".parse().unwrap(), 1)]);
     let again = db.leader.events().fail_run(run, "cannot apply", &plans).await.unwrap();
     assert!(!again.ended && again.failed.is_empty(), "{again:?}");
+    assert_counts_kept(&db).await;
+}
+
+/// Every statement that changes a step's status keeps its asset's counts: submitting,
+/// starts, successes and the unlocks they make, a final failure and the skips it makes,
+/// and a cancel.
+#[tokio::test]
+async fn every_status_change_is_counted_in_its_assets_counts() {
+    let db = TestDb::new("counts_kept").await;
+    let run = submit(
+        &db,
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: [1, 2, 3]}\n  \
+         - name: b\n    op: noop@1.0.0\n    deps: [a]\n  - name: c\n    op: noop@1.0.0\n    deps: [b]\n  \
+         - name: d\n    op: noop@1.0.0\n    sweep: {k: [1, 2]}\n",
+    )
+    .await;
+    assert_counts_kept(&db).await;
+    let plans = PlanCache::default();
+    let at = |step: u32, kind: EventKind| -> StorableEvent {
+        Event::new(run, StepId(step), 1, "noop@1.0.0/h/1", kind).into()
+    };
+    let started = || EventKind::Started { op: "noop@1.0.0".parse().unwrap() };
+    db.leader.events().apply(&[at(0, started()), at(1, started())], &plans).await.unwrap();
+    assert_counts_kept(&db).await;
+    db.leader.events().apply(&[at(0, ok()), at(1, ok()), at(2, ok())], &plans).await.unwrap();
+    assert_counts_kept(&db).await; // `b` unlocked: waiting → queued
+    let fatal = EventKind::Failed { error: "boom".into(), retryable: false };
+    db.leader.events().apply(&[at(3, fatal)], &plans).await.unwrap();
+    assert_counts_kept(&db).await; // `b` failed, `c` skipped
+    let canceled = db.store.runs().cancel(run).await.unwrap().expect("the run");
+    assert!(matches!(canceled, Cancellation::Canceled { not_started: 2, running: 0 }), "{canceled:?}");
+    assert_counts_kept(&db).await; // `d` canceled
+    let summary = db.store.runs().summary(run).await.unwrap().unwrap();
+    let s = &summary.steps;
+    assert_eq!((s.succeeded, s.failed, s.skipped, s.canceled, s.total), (3, 1, 1, 2, 7));
+    assert_eq!((summary.assets.done, summary.assets.failed, summary.assets.total), (4, 1, 4));
 }
 
 /// Row updates of `steps` so far, as PostgreSQL's statistics count them.

@@ -80,3 +80,45 @@ pub fn compile(source: &str) -> CompiledPlan {
 pub async fn submit(db: &TestDb, source: &str) -> RunId {
     db.store.runs().submit(&compile(source), "p.yaml", source, None).await.unwrap().run_id
 }
+
+/// Fails unless every asset's counts (`asset_progress`, kept by triggers on `steps`) are
+/// its steps counted by status, for every run of the database: whatever changed a status.
+pub async fn assert_counts_kept(db: &TestDb) {
+    let wrong: Vec<(uuid::Uuid, i32, String, String)> = sqlx::query_as(
+        "WITH counted AS (
+             SELECT run_id, asset,
+                    jsonb_build_object(
+                        'waiting', count(*) FILTER (WHERE status = 'waiting'),
+                        'queued', count(*) FILTER (WHERE status = 'queued'),
+                        'running', count(*) FILTER (WHERE status = 'running'),
+                        'retrying', count(*) FILTER (WHERE status = 'retrying'),
+                        'succeeded', count(*) FILTER (WHERE status = 'succeeded'),
+                        'failed', count(*) FILTER (WHERE status = 'failed'),
+                        'skipped', count(*) FILTER (WHERE status = 'skipped'),
+                        'canceled', count(*) FILTER (WHERE status = 'canceled')) AS counts,
+                    count(*) AS steps
+             FROM steps GROUP BY run_id, asset
+         )
+         SELECT p.run_id, p.asset, c.counts::text,
+                jsonb_build_object('waiting', p.waiting, 'queued', p.queued, 'running', p.running,
+                                   'retrying', p.retrying, 'succeeded', p.succeeded, 'failed', p.failed,
+                                   'skipped', p.skipped, 'canceled', p.canceled)::text
+         FROM asset_progress p JOIN counted c ON c.run_id = p.run_id AND c.asset = p.asset
+         WHERE c.counts <> jsonb_build_object('waiting', p.waiting, 'queued', p.queued, 'running', p.running,
+                                              'retrying', p.retrying, 'succeeded', p.succeeded,
+                                              'failed', p.failed, 'skipped', p.skipped, 'canceled', p.canceled)
+            OR c.steps <> p.steps",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert!(wrong.is_empty(), "asset counts (run, asset, counted, kept) differ from the steps: {wrong:?}");
+    let missing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM run_assets a
+         WHERE NOT EXISTS (SELECT 1 FROM asset_progress p WHERE p.run_id = a.run_id AND p.asset = a.idx)",
+    )
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(missing, 0, "every asset of every run has its counts");
+}

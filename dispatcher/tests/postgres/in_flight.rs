@@ -48,6 +48,7 @@ async fn a_run_left_with_nothing_in_flight_is_found_and_ended_with_the_reason() 
         .unwrap();
     assert_eq!(error, "stuck for the test");
     assert!(!db.leader.in_flight().settle_run(run, "again").await.unwrap(), "an ended run is left alone");
+    crate::common::assert_counts_kept(&db).await;
 }
 
 #[tokio::test]
