@@ -146,6 +146,118 @@ pub const MAX_INPUTS_BYTES_LIMIT: usize = 32 * 1024 * 1024;
 /// The longest `event_linger_ms`.
 pub const MAX_EVENT_LINGER_MS: u64 = 1_000;
 
+/// The range of a number setting, and why it ends where it does.
+pub struct Range {
+    pub key: &'static str,
+    pub min: u64,
+    pub max: u64,
+    pub default: &'static str,
+    pub why: &'static str,
+}
+
+/// Every number setting's range (the README's settings table says the same).
+pub const RANGES: &[Range] = &[
+    Range {
+        key: "api_pool_size",
+        min: 1,
+        max: 64,
+        default: "4",
+        why: "the API needs a connection, and PostgreSQL has a limit of them",
+    },
+    Range {
+        key: "publish_batch",
+        min: 1,
+        max: 10_000,
+        default: "500",
+        why: "0 would publish nothing and poll in a busy loop",
+    },
+    Range {
+        key: "event_batch",
+        min: 1,
+        max: 10_000,
+        default: "500",
+        why: "it is the events consumer's prefetch, and 0 means unlimited to the broker",
+    },
+    Range {
+        key: "event_linger_ms",
+        min: 0,
+        max: MAX_EVENT_LINGER_MS,
+        default: "20",
+        why: "every step of a busy system would wait that long to be recorded",
+    },
+    Range {
+        key: "retry_poll_ms",
+        min: 10,
+        max: 60_000,
+        default: "250",
+        why: "below 10 ms it polls in a loop; above a minute retries start late",
+    },
+    Range {
+        key: "max_inputs_bytes",
+        min: 0,
+        max: MAX_INPUTS_BYTES_LIMIT as u64,
+        default: "8388608",
+        why: "a step's message must stay well under the broker's size limit; have upstream ops output references to large data instead",
+    },
+    Range {
+        key: "drain_timeout_secs",
+        min: 1,
+        max: 86_400,
+        default: "60",
+        why: "a drain needs time to finish the steps in hand, and must end",
+    },
+    Range {
+        key: "consumer_timeout_ms",
+        min: 1_000,
+        max: 604_800_000,
+        default: "1800000",
+        why: "it is RabbitMQ's consumer timeout of the op queues, in ms (at most 7 days)",
+    },
+    Range {
+        key: "lost_step_after_secs",
+        min: 1,
+        max: 86_400,
+        default: "60",
+        why: "a lost step must be noticed, and within a day",
+    },
+];
+
+/// The range of a duration setting.
+pub struct DurationRange {
+    pub key: &'static str,
+    pub min: Duration,
+    pub max: Duration,
+    pub default: &'static str,
+    pub why: &'static str,
+}
+
+const DAY: u64 = 24 * 3600;
+
+/// Every duration setting's range.
+pub const DURATION_RANGES: &[DurationRange] = &[
+    DurationRange {
+        key: "retention",
+        min: Duration::from_secs(3600),
+        max: Duration::from_secs(3650 * DAY),
+        default: "30d",
+        why: "finished runs are kept at least an hour, and a cutoff past ten years overflows the database's dates",
+    },
+    DurationRange {
+        key: "webhooks_retry_for",
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(30 * DAY),
+        default: "24h",
+        why: "a delivery is retried for a while, and gives up within a month",
+    },
+    DurationRange {
+        key: "webhooks_max_backoff",
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(DAY),
+        default: "5m",
+        why: "the pause between two attempts at one delivery",
+    },
+];
+
 impl Settings {
     /// Loads defaults, then `file` if given, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
@@ -171,38 +283,59 @@ impl Settings {
         builder = builder
             .add_source(config::Environment::with_prefix("OPFLOW").source(Some(env)).try_parsing(true));
         let settings: Settings = builder.build()?.try_deserialize()?;
-        for (key, value) in [
-            ("webhooks_retry_for", settings.webhooks_retry_for),
-            ("webhooks_max_backoff", settings.webhooks_max_backoff),
-        ] {
-            if value.is_zero() {
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Every number and duration within its range ([`RANGES`], [`DURATION_RANGES`]), so a
+    /// setting that would busy-loop, unbound a prefetch, overflow a timestamp or panic on
+    /// its first use is refused at start, naming the key, the range and the default.
+    fn check(&self) -> Result<(), SettingsError> {
+        let numbers: [(&'static str, u64); 9] = [
+            ("api_pool_size", u64::from(self.api_pool_size)),
+            ("publish_batch", u64::from(self.publish_batch)),
+            ("event_batch", u64::from(self.event_batch)),
+            ("event_linger_ms", self.event_linger_ms),
+            ("retry_poll_ms", self.retry_poll_ms),
+            ("max_inputs_bytes", self.max_inputs_bytes as u64),
+            ("drain_timeout_secs", self.drain_timeout_secs),
+            ("consumer_timeout_ms", self.consumer_timeout_ms),
+            ("lost_step_after_secs", self.lost_step_after_secs),
+        ];
+        for (key, value) in numbers {
+            let range = RANGES.iter().find(|r| r.key == key).expect("every number setting has a range");
+            if value < range.min || value > range.max {
                 return Err(SettingsError::Invalid {
                     key,
-                    reason: "is zero; give a duration like 24h or 5m".to_owned(),
+                    reason: format!(
+                        "{value} is outside {}..={}: {}; the default is {}",
+                        range.min, range.max, range.why, range.default
+                    ),
                 });
             }
         }
-        if settings.event_linger_ms > MAX_EVENT_LINGER_MS {
-            return Err(SettingsError::Invalid {
-                key: "event_linger_ms",
-                reason: format!(
-                    "{} ms is over the limit of {MAX_EVENT_LINGER_MS} ms: every step of a busy system would wait \
-                     that long to be recorded; 20 is the default, 0 applies what has arrived at once",
-                    settings.event_linger_ms
-                ),
-            });
+        let durations: [(&'static str, Duration); 3] = [
+            ("retention", self.retention),
+            ("webhooks_retry_for", self.webhooks_retry_for),
+            ("webhooks_max_backoff", self.webhooks_max_backoff),
+        ];
+        for (key, value) in durations {
+            let range = DURATION_RANGES.iter().find(|r| r.key == key).expect("every duration has a range");
+            if value < range.min || value > range.max {
+                return Err(SettingsError::Invalid {
+                    key,
+                    reason: format!(
+                        "{} is outside {}..={}: {}; the default is {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(range.min),
+                        humantime::format_duration(range.max),
+                        range.why,
+                        range.default
+                    ),
+                });
+            }
         }
-        if settings.max_inputs_bytes > MAX_INPUTS_BYTES_LIMIT {
-            return Err(SettingsError::Invalid {
-                key: "max_inputs_bytes",
-                reason: format!(
-                    "{} is over the limit of {MAX_INPUTS_BYTES_LIMIT}; have upstream ops output references to \
-                     large data instead",
-                    settings.max_inputs_bytes
-                ),
-            });
-        }
-        Ok(settings)
+        Ok(())
     }
 
     pub fn event_linger(&self) -> Duration {
@@ -325,7 +458,7 @@ mod tests {
         assert!(err.to_string().contains("webhooks_retry_for") && err.to_string().contains("soon"), "{err}");
         let err = Settings::load_from(None, env(&[("OPFLOW_WEBHOOKS_MAX_BACKOFF", "0s")])).unwrap_err();
         assert!(
-            err.to_string().contains("webhooks_max_backoff") && err.to_string().contains("zero"),
+            err.to_string().contains("webhooks_max_backoff") && err.to_string().contains("outside 1s..=1day"),
             "{err}"
         );
     }
@@ -352,6 +485,43 @@ mod tests {
         assert_eq!(s.event_linger(), Duration::ZERO);
         let err = Settings::load_from(None, env(&[("OPFLOW_EVENT_LINGER_MS", "5000")])).unwrap_err();
         assert!(err.to_string().contains("event_linger_ms") && err.to_string().contains("5000"), "{err}");
+    }
+
+    /// Each setting that could busy-loop, unbound a prefetch, overflow a date or panic on
+    /// first use is refused at load, naming itself and its range.
+    #[test]
+    fn every_number_and_duration_outside_its_range_is_refused_at_load() {
+        for (key, value) in [
+            ("API_POOL_SIZE", "0"),
+            ("PUBLISH_BATCH", "0"),
+            ("EVENT_BATCH", "0"),
+            ("EVENT_BATCH", "1000000"),
+            ("RETRY_POLL_MS", "0"),
+            ("DRAIN_TIMEOUT_SECS", "0"),
+            ("CONSUMER_TIMEOUT_MS", "10"),
+            ("LOST_STEP_AFTER_SECS", "99999999999"),
+            ("MAX_INPUTS_BYTES", "99999999999"),
+            ("RETENTION", "300000y"),
+            ("RETENTION", "1s"),
+            ("WEBHOOKS_RETRY_FOR", "300000y"),
+            ("WEBHOOKS_MAX_BACKOFF", "400d"),
+        ] {
+            let err = Settings::load_from(None, env(&[(&format!("OPFLOW_{key}"), value)]))
+                .expect_err(&format!("{key}={value} must be refused"));
+            let text = err.to_string();
+            let name = key.to_ascii_lowercase();
+            assert!(text.contains(&format!("`{name}`")) && text.contains("outside"), "{key}={value}: {text}");
+            assert!(text.contains("the default is"), "{text}");
+        }
+        // Every range has its setting, and every default is within its range.
+        let defaults = Settings::default();
+        defaults.check().unwrap();
+        for range in RANGES {
+            assert!(KEYS.contains(&range.key), "{}", range.key);
+        }
+        for range in DURATION_RANGES {
+            assert!(KEYS.contains(&range.key), "{}", range.key);
+        }
     }
 
     #[test]

@@ -476,3 +476,130 @@ async fn requests_without_a_token_or_with_a_weaker_one_are_refused() -> anyhow::
     healthy.succeeded().await?;
     Ok(())
 }
+
+/// Settings that would busy-loop, unbound a prefetch, overflow a date or panic on first use
+/// stop `opflow dispatcher` at start with exit 2, naming the key and its range; scaling
+/// settings that would have been truncated are refused by `opflow ops scale` with exit 2.
+#[tokio::test]
+async fn settings_out_of_range_are_refused_at_start_with_exit_2() -> anyhow::Result<()> {
+    let env = Env::new("hostile_settings").await?;
+    for (key, value) in [
+        ("OPFLOW_PUBLISH_BATCH", "0"),
+        ("OPFLOW_EVENT_BATCH", "0"),
+        ("OPFLOW_API_POOL_SIZE", "0"),
+        ("OPFLOW_RETRY_POLL_MS", "0"),
+        ("OPFLOW_WEBHOOKS_RETRY_FOR", "300000y"),
+        ("OPFLOW_RETENTION", "300000y"),
+        ("OPFLOW_LOST_STEP_AFTER_SECS", "99999999999"),
+        ("OPFLOW_CONSUMER_TIMEOUT_MS", "10"),
+    ] {
+        let mut command = env.command(&opflow_integration::binary("opflow")?);
+        command.arg("dispatcher").env(key, value);
+        let output =
+            tokio::time::timeout(DEADLINE, command.output()).await.context("the dispatcher hung")??;
+        let message = stderr(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{key}={value} must stop the dispatcher at start: {message}"
+        );
+        let name = key.trim_start_matches("OPFLOW_").to_ascii_lowercase();
+        assert!(
+            message.contains(&format!("`{name}`"))
+                && message.contains("outside")
+                && message.contains("the default is"),
+            "{key}={value}: {message}"
+        );
+    }
+    env.register("noop").await?;
+    for args in
+        [["--cooldown", "300000y"], ["--polling", "0s"], ["--max", "0"], ["--max-steps", "4294967295"]]
+    {
+        let output = env.opflow(&[&["ops", "scale", "noop@1.1.0"][..], &args[..]].concat()).await?;
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "ops scale {args:?}: {message}");
+        assert!(message.contains(args[0]) || message.contains(&args[0][2..]), "{args:?}: {message}");
+    }
+    let listed = env.opflow_ok(&["ops", "list", "--json"]).await?;
+    let ops: Value = serde_json::from_slice(&listed.stdout)?;
+    let cooldown = ops[0]["cooldown_secs"].as_i64().with_context(|| format!("cooldown_secs in {ops}"))?;
+    assert_eq!(cooldown, 300, "a refused scale changes nothing");
+    Ok(())
+}
+
+/// A step's liveness is judged by the dispatcher's clock: a heartbeat stamped
+/// `9999-12-31` by a hung step's worker (a forged one here, as any holder of the broker's
+/// credentials could send) keeps the step alive no longer than a true one, so the step is
+/// found silent, retried on another worker, and the run ends.
+#[tokio::test]
+async fn a_heartbeat_from_the_far_future_keeps_a_hung_step_alive_no_longer() -> anyhow::Result<()> {
+    use lapin::{BasicProperties, Connection, ConnectionProperties, options::BasicPublishOptions};
+    use opflow_protocol::{Event, EventKind, RunId, StepId};
+
+    let mut env = Env::new("hostile_future_heartbeat").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher_with(&[("OPFLOW_LOST_STEP_AFTER_SECS", "3")]).await?;
+    let hung = env.spawn_worker("noop")?;
+    let run_id = submit(
+        &env,
+        "hung",
+        "name: hung\nassets:\n  - name: a\n    op: noop@1.1.0\n    config: {sleep_ms: 2000}\n",
+    )
+    .await?;
+    let db = env.db().await?;
+    let worker: String = wait_for("the step to start", DEADLINE, || async {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT worker FROM steps WHERE run_id = $1::uuid AND status = 'running'",
+        )
+        .bind(&run_id)
+        .fetch_optional(&db)
+        .await?)
+    })
+    .await?;
+    // The worker hangs (SIGSTOP: no more heartbeats), and a heartbeat from the far future
+    // arrives in its name.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hung.id().context("the worker's pid")? as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )?;
+    let mut forged = Event::new(
+        run_id.parse::<RunId>().map_err(anyhow::Error::msg)?,
+        StepId(0),
+        1,
+        worker,
+        EventKind::Heartbeat,
+    );
+    forged.at = "9999-12-31T23:59:59Z".parse()?;
+    let connection = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_publish(
+            opflow_protocol::queue::EVENTS_EXCHANGE.into(),
+            opflow_protocol::queue::event_routing_key("heartbeat").as_str().into(),
+            BasicPublishOptions::default(),
+            &forged.encode(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    connection.close(200, "done".into()).await.ok();
+    let _rescuer = env.spawn_worker("noop")?;
+    let status =
+        tokio::time::timeout(DEADLINE, wait_ended(&mut env, &run_id)).await.context("the run hung")??;
+    assert_eq!(status, "succeeded");
+    let (attempt, heartbeat): (i32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT attempt, heartbeat_at FROM steps WHERE run_id = $1::uuid")
+            .bind(&run_id)
+            .fetch_one(&db)
+            .await?;
+    assert!(attempt >= 2, "the silent step was retried: attempt {attempt}");
+    assert!(
+        heartbeat.is_none_or(|at| at < chrono::Utc::now() + chrono::Duration::minutes(1)),
+        "{heartbeat:?}"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hung.id().unwrap_or_default() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    Ok(())
+}

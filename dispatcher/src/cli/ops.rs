@@ -37,28 +37,28 @@ pub enum OpsCommand {
         /// The op version, e.g. noop@1.1.0
         op: String,
         /// minReplicaCount: workers kept even when idle
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000))]
         min: Option<u32>,
         /// maxReplicaCount
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000))]
         max: Option<u32>,
         /// value: ready + unacknowledged messages per replica
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
         value: Option<u32>,
         /// activationValue: more messages than this wake the op at zero
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
         activation: Option<u32>,
-        /// pollingInterval, e.g. 5s
-        #[arg(long, value_parser = duration)]
+        /// pollingInterval, e.g. 5s (1s to 1h)
+        #[arg(long, value_parser = polling)]
         polling: Option<Duration>,
-        /// cooldownPeriod: idle this long before scaling to zero, e.g. 5m
-        #[arg(long, value_parser = duration)]
+        /// cooldownPeriod: idle this long before scaling to zero, e.g. 5m (at most 7d)
+        #[arg(long, value_parser = cooldown)]
         cooldown: Option<Duration>,
         /// A worker exits (and is replaced) after this many steps; 0 clears it
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=i32::MAX as i64))]
         max_steps: Option<u32>,
         /// A worker exits (and is replaced) once its resident memory passes this many MiB; 0 clears it
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
         max_rss_mb: Option<u32>,
     },
     /// List registered op versions, their scaling settings, and their workers
@@ -195,6 +195,28 @@ pub async fn run(
 
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 5s or 5m: {e}"))
+}
+
+/// `text` as a duration of whole seconds within `min..=max`, refused otherwise (a cast
+/// would have truncated a huge one to some other number of seconds).
+fn duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let value = duration(text)?;
+    if value < min || value > max {
+        return Err(format!(
+            "`{text}` is outside {}..={}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(value)
+}
+
+fn polling(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+fn cooldown(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::ZERO, Duration::from_secs(7 * 24 * 3600))
 }
 
 /// Refuses settings no autoscaler could follow.

@@ -29,13 +29,15 @@ pub struct Moved {
     pub seconds: Option<f64>,
 }
 
-/// Marks queued steps running; returns each step's run and the event that did it.
+/// Marks queued steps running; returns each step's run and the event that did it. The
+/// start is stamped with the dispatcher's clock, as are heartbeats (below): a step's
+/// liveness never rests on a worker's clock, fast, slow or forged.
 pub async fn started(tx: &mut PgConnection, cols: &StepColumns) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
     if cols.is_empty() {
         return Ok(Vec::new());
     }
     Ok(sqlx::query_as(
-        "UPDATE steps s SET status = 'running', started_at = u.at, worker = u.worker
+        "UPDATE steps s SET status = 'running', started_at = now(), heartbeat_at = NULL, worker = u.worker
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[])
               AS u(run_id, step_id, attempt, at, worker, event_id)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt AND s.status = 'queued'
@@ -51,7 +53,9 @@ pub async fn started(tx: &mut PgConnection, cols: &StepColumns) -> Result<Vec<(U
     .await?)
 }
 
-/// Progress and heartbeats: the latest of each step's events in the batch wins.
+/// Progress and heartbeats: the latest of each step's events in the batch wins; the step
+/// showed life now, by the dispatcher's clock (a heartbeat stamped `9999-12-31` by its
+/// worker keeps it alive no longer than one stamped with the true time).
 pub async fn progress(tx: &mut PgConnection, cols: &ProgressColumns) -> Result<(), StoreError> {
     if cols.steps.is_empty() {
         return Ok(());
@@ -59,7 +63,7 @@ pub async fn progress(tx: &mut PgConnection, cols: &ProgressColumns) -> Result<(
     sqlx::query(
         "UPDATE steps s SET progress = coalesce(u.fraction, s.progress),
                             progress_message = coalesce(u.message, s.progress_message),
-                            heartbeat_at = greatest(s.heartbeat_at, u.at)
+                            heartbeat_at = now()
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::real[], $6::text[])
               AS u(run_id, step_id, attempt, at, fraction, message)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
@@ -87,8 +91,8 @@ pub async fn results(tx: &mut PgConnection, cols: &ResultColumns) -> Result<Vec<
                             output = u.output, output_bytes = octet_length(u.output::text),
                             error = u.error,
                             progress = CASE WHEN u.status = 'succeeded' THEN 1 ELSE s.progress END,
-                            finished_at = u.at, worker = u.worker,
-                            started_at = coalesce(u.started_at, s.started_at, u.at)
+                            finished_at = least(u.at, now()), worker = u.worker,
+                            started_at = least(coalesce(u.started_at, s.started_at, u.at), now())
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::text[], $7::jsonb[],
                      $8::text[], $9::uuid[], $10::timestamptz[])
               AS u(run_id, step_id, attempt, at, worker, status, output, error, event_id, started_at)
@@ -124,14 +128,16 @@ pub async fn results(tx: &mut PgConnection, cols: &ResultColumns) -> Result<Vec<
 }
 
 /// Puts failed steps back for their next attempt at its time; returns each step's run and
-/// the event that did it.
+/// the event that did it. The attempt's start and last heartbeat go with it: the next
+/// attempt inherited them, and was found silent before its first heartbeat.
 pub async fn retries(tx: &mut PgConnection, cols: &RetryColumns) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
     if cols.steps.is_empty() {
         return Ok(Vec::new());
     }
     Ok(sqlx::query_as(
         "UPDATE steps s SET status = 'retrying', attempt = s.attempt + 1, next_attempt_at = u.next_at,
-                            error = u.error, progress = NULL, progress_message = NULL
+                            error = u.error, progress = NULL, progress_message = NULL,
+                            heartbeat_at = NULL, started_at = NULL
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[])
               AS u(run_id, step_id, attempt, next_at, error, event_id)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
