@@ -603,3 +603,33 @@ async fn a_heartbeat_from_the_far_future_keeps_a_hung_step_alive_no_longer() -> 
     );
     Ok(())
 }
+
+/// A NUL character where none can be stored is the sender's mistake, never a 500: in a
+/// range sweep's parameter name (exit 2, naming it) and anywhere in a URL (400).
+#[tokio::test]
+async fn nul_characters_in_a_sweep_name_or_a_url_are_refused_not_500() -> anyhow::Result<()> {
+    let env = Env::new("hostile_nul_url").await?;
+    env.register("noop").await?;
+    let (_dispatcher, api) = env.spawn_dispatcher_api(&[]).await?;
+    let plan = env.plan_file(
+        "nul",
+        "name: nul\nassets:\n  - name: a\n    op: noop@1.1.0\n    sweep: {\"k\\0\": {from: 1, to: 3}}\n",
+    )?;
+    let output = env.opflow(&["run", plan.to_str().context("utf-8")?]).await?;
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(message.contains("asset `a`: sweep: a parameter name holds a NUL character"), "{message}");
+    let plan = env.plan_file("ok", "name: ok\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
+    let run = parse_summary(&env.opflow_ok(&["run", plan.to_str().context("utf-8")?, "--json"]).await?)?;
+    let run = run["run_id"].as_str().context("run_id")?.to_owned();
+    for path in [
+        format!("/v1/runs/{run}/steps?asset=a%00b"),
+        format!("/v1/runs/{run}/outputs?asset=%00"),
+        format!("/v1/runs/{run}/events?kinds=log%00"),
+    ] {
+        let (status, body) = opflow_integration::http(&api, "GET", &path, None, None).await?;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].as_str().is_some_and(|m| m.contains("NUL")), "{path}: {body}");
+    }
+    Ok(())
+}

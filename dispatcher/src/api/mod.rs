@@ -56,6 +56,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(probes::metrics))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(params::refuse_nul))
         .with_state(state)
 }
 
@@ -129,6 +130,22 @@ mod tests {
         assert!(body["error"].as_str().is_some_and(|m| m.contains("Authorization: Bearer")), "{body}");
         let health = app.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(health.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_nul_anywhere_in_a_url_is_400_before_any_handler() {
+        for uri in [
+            "/v1/runs/01a23c52-4289-75da-8d1b-2fee89712c86/steps?asset=a%00b",
+            "/v1/runs/01a23c52-4289-75da-8d1b-2fee89712c86/outputs?asset=%00",
+            "/v1/queues/opflow.op.x%00",
+            "/v1/runs?cursor=1%00",
+        ] {
+            let response = app().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{uri}");
+            let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            assert!(body["error"].as_str().is_some_and(|m| m.contains("NUL")), "{uri}: {body}");
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! What requests carry besides what their bodies say, read the same way by every handler:
 //! the largest body, ids in paths, and the page limit and cursor of paged lists
-//! (`?limit=`, `?cursor=`).
+//! (`?limit=`, `?cursor=`); and, for every route at once, URLs without NUL characters.
 
 use opflow_api_model::{DEFAULT_PAGE, MAX_PAGE};
 use opflow_protocol::RunId;
@@ -10,6 +10,25 @@ use super::error::ApiError;
 
 /// Largest request body: a plan of a few megabytes is already a very large plan.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Refuses, with 400, a request whose path or query holds a NUL character (`%00`): no
+/// name, id or cursor holds one, and PostgreSQL refuses it in a statement (a 500 before,
+/// e.g. `?asset=a%00b`). One check for every route and parameter.
+pub async fn refuse_nul(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = request.uri();
+    let holds_nul = |text: &str| text.contains('\0') || text.to_ascii_lowercase().contains("%00");
+    if holds_nul(uri.path()) || uri.query().is_some_and(holds_nul) {
+        return ApiError::BadRequest(
+            "the URL holds a NUL character (%00), which no name, id or cursor holds; remove it".to_owned(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
 
 /// A page's size from `?limit=`: [`DEFAULT_PAGE`] when absent, refused outside
 /// 1–[`MAX_PAGE`].

@@ -102,6 +102,10 @@ pub(super) fn check_partitions(value: &Value) -> Result<(Partitions, u64), Strin
 }
 
 pub(super) fn sweep_values(name: &str, value: &Value) -> Result<SweepValues, String> {
+    // The name first, whatever the values' shape: it becomes a key of every step's point.
+    if name.contains('\0') {
+        return Err(format!("a parameter name {NUL_REASON}"));
+    }
     match value {
         Value::Array(items) if items.is_empty() => {
             Err(format!("`{name}` has no values; give at least one or remove the parameter"))
@@ -114,7 +118,7 @@ pub(super) fn sweep_values(name: &str, value: &Value) -> Result<SweepValues, Str
                     "`{name}`: `{bad}` is not a scalar; sweep values are numbers, strings or booleans"
                 ));
             }
-            if items.iter().any(holds_nul) || name.contains('\0') {
+            if items.iter().any(holds_nul) {
                 return Err(format!("`{name}`: a value {NUL_REASON}"));
             }
             Ok(SweepValues::List(items.clone()))

@@ -354,6 +354,12 @@ fn nul_characters_are_refused_where_they_are() {
         &error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {k: [\"\\0\"]}\n"),
         &["asset `a`: sweep: `k`: a value holds a NUL character"],
     );
+    for sweep in ["{\"k\\0\": {from: 1, to: 3}}", "{\"k\\0\": [1, 2]}"] {
+        assert_mentions(
+            &error(&format!("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {sweep}\n")),
+            &["asset `a`: sweep: a parameter name holds a NUL character"],
+        );
+    }
     assert_mentions(
         &error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0 # \0\n"),
         &["plans/bad.yaml:4: asset `a`: the plan holds a NUL character"],
