@@ -6,7 +6,11 @@ use std::path::Path;
 
 use crate::{
     plan::{self, CompiledPlan, PlanErrors, RegisteredOp},
-    store::{Store, StoreError, runs::Submission, webhooks::RunNotify},
+    store::{
+        Store, StoreError,
+        runs::{IdempotencyKey, Submission},
+        webhooks::RunNotify,
+    },
 };
 
 /// The longest idempotency key accepted.
@@ -63,7 +67,7 @@ pub async fn submit(
     file: &Path,
     key: Option<&str>,
 ) -> Result<Submission, SubmitError> {
-    submit_notifying(store, source, file, key, None).await
+    submit_notifying(store, source, file, key.map(|key| IdempotencyKey { owner: "", key }), None).await
 }
 
 /// As [`submit`], with the run's own webhook target stored with the run (`notify` in
@@ -74,11 +78,11 @@ pub async fn submit_notifying(
     store: &Store,
     source: &str,
     file: &Path,
-    key: Option<&str>,
+    key: Option<IdempotencyKey<'_>>,
     notify: Option<&RunNotify>,
 ) -> Result<Submission, SubmitError> {
     if let Some(key) = key {
-        check_key(key)?;
+        check_key(key.key)?;
         if let Some(existing) = store.runs().by_key(key, source).await? {
             tracing::Span::current().record("run_id", tracing::field::display(existing.run_id));
             return Ok(existing);

@@ -633,3 +633,36 @@ async fn nul_characters_in_a_sweep_name_or_a_url_are_refused_not_500() -> anyhow
     }
     Ok(())
 }
+
+/// An idempotency key belongs to the token that used it: a squatter's submission of the
+/// pipeline's next key with its own plan neither blocks the pipeline (no 409) nor hands it
+/// the squatter's run; each token gets its own run for the key, and again the same one.
+#[tokio::test]
+async fn an_idempotency_key_taken_by_another_token_does_not_block_its_owner() -> anyhow::Result<()> {
+    let env = Env::new("hostile_key_squat").await?;
+    env.register("noop").await?;
+    let (_dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_API_AUTH", "required")]).await?;
+    let token = |output: std::process::Output| String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let pipeline = token(env.opflow_ok(&["tokens", "create", "pipeline", "--scope", "submit"]).await?);
+    let squatter = token(env.opflow_ok(&["tokens", "create", "squatter", "--scope", "submit"]).await?);
+    let submit = |token: String, plan: &'static str| {
+        let api = api.clone();
+        async move {
+            let body = serde_json::json!({ "plan": plan, "key": "nightly-2026-11-23" });
+            opflow_integration::http(&api, "POST", "/v1/runs", Some(&token), Some(&body)).await
+        }
+    };
+    let squat = "name: squat\nassets:\n  - name: a\n    op: noop@1.1.0\n";
+    let nightly = "name: nightly\nassets:\n  - name: a\n    op: noop@1.1.0\n    sweep: {k: [1, 2]}\n";
+    let (status, squatted) = submit(squatter.clone(), squat).await?;
+    assert_eq!(status, 201, "{squatted}");
+    let (status, own) = submit(pipeline.clone(), nightly).await?;
+    assert_eq!(status, 201, "the pipeline's key is its own, whoever used the same text: {own}");
+    assert_ne!(own["run_id"], squatted["run_id"]);
+    assert_eq!(own["plan"], "nightly");
+    let (status, again) = submit(pipeline, nightly).await?;
+    assert_eq!((status, &again["run_id"], &again["existing"]), (200, &own["run_id"], &Value::Bool(true)));
+    let (status, conflict) = submit(squatter, nightly).await?;
+    assert_eq!(status, 409, "the squatter's own key still guards its own run: {conflict}");
+    Ok(())
+}

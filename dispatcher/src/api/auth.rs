@@ -2,6 +2,7 @@
 //! needs `Authorization: Bearer <token>` (`opflow tokens create`): reading needs the `read`
 //! scope, submitting and canceling runs `submit`, managing webhooks `admin`. A missing or
 //! unknown token is 401, a token without the scope 403, both in the API's JSON error shape.
+//! A checked token's [`Caller`] goes with the request to its handler.
 
 use axum::{
     extract::{Request, State},
@@ -11,6 +12,7 @@ use axum::{
 };
 
 use super::{error::ApiError, state::ApiState};
+pub use crate::store::tokens::Caller;
 use crate::store::tokens::Scope;
 
 /// The scope a request needs: managing webhooks (`/v1/webhooks…`) is `admin`, as their
@@ -26,7 +28,7 @@ fn needed(method: &Method, path: &str) -> Scope {
 /// Middleware: lets the request through if its token has the scope it needs.
 pub async fn require_token(
     State(state): State<ApiState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if !state.auth_required {
@@ -61,6 +63,8 @@ pub async fn require_token(
             scope.as_str()
         )));
     }
+    // Who called, for what is theirs (the idempotency keys of their submissions).
+    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 

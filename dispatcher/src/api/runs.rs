@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{
         Path, Query, State,
         rejection::{JsonRejection, QueryRejection},
@@ -19,12 +19,13 @@ use opflow_api_model::{
 use opflow_protocol::RunId;
 
 use super::{
+    auth::Caller,
     error::ApiError,
     from_rows::cancel_response,
     params::{MAX_BODY_BYTES, bad_cursor, number_cursor, page_limit, run_id},
     state::ApiState,
 };
-use crate::store::{self, following::AssetQuery};
+use crate::store::{self, following::AssetQuery, runs::IdempotencyKey};
 
 #[utoipa::path(post, path = "/v1/runs", operation_id = "submit_run", tag = "runs",
     params(("Idempotency-Key" = Option<String>, Header, description = "Submitting the same key again returns the same run")),
@@ -41,10 +42,12 @@ use crate::store::{self, following::AssetQuery};
 ///
 /// `Idempotency-Key: K` (or `"key": "K"` in the body; both must agree when both are given):
 /// a request with a key already used for the same plan returns that run, with a
-/// different plan it is 409. A `notify` target is checked first and stored with the run;
+/// different plan it is 409. A key belongs to the token that used it: another token's
+/// equal key makes (or finds) another run. A `notify` target is checked first and stored with the run;
 /// a generated secret is answered as `notify_secret` (only for a new run).
 pub async fn submit(
     State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
@@ -72,6 +75,9 @@ pub async fn submit(
         }
         None => (None, None),
     };
+    // A key is the caller's own: another token's equal key names another run.
+    let owner = caller.as_ref().map_or("", |Extension(caller)| caller.name.as_str());
+    let key = key.map(|key| IdempotencyKey { owner, key });
     let submission =
         crate::submit::submit_notifying(&state.store, &request.plan, &file, key, notify.as_ref()).await?;
     let run = summary(&state, submission.run_id).await?;

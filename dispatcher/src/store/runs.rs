@@ -56,6 +56,15 @@ pub enum StepStatus {
     Canceled,
 }
 
+/// An idempotency key, and whose it is: the name of the API token that used it, or `""`
+/// for a caller without one (`opflow up --run`, an open loopback API). Two owners' equal
+/// keys name two runs (migration 0015).
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKey<'a> {
+    pub owner: &'a str,
+    pub key: &'a str,
+}
+
 /// The outcome of a submission.
 #[derive(Debug, Clone, Copy)]
 pub struct Submission {
@@ -186,6 +195,7 @@ impl Runs<'_> {
         plan_source: &str,
         key: Option<&str>,
     ) -> Result<Submission, StoreError> {
+        let key = key.map(|key| IdempotencyKey { owner: "", key });
         self.submit_notifying(plan, plan_file, plan_source, key, None).await
     }
 
@@ -196,7 +206,7 @@ impl Runs<'_> {
         plan: &CompiledPlan,
         plan_file: &str,
         plan_source: &str,
-        key: Option<&str>,
+        key: Option<IdempotencyKey<'_>>,
         notify: Option<&super::webhooks::RunNotify>,
     ) -> Result<Submission, StoreError> {
         if let Some(key) = key
@@ -207,13 +217,14 @@ impl Runs<'_> {
         let run_id = RunId::new();
         let mut tx = self.pool.begin().await?;
         let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO runs (id, key, plan_name, plan_file, plan_source, steps_total, dep_groups)
-             VALUES ($1, $2, $3, $4, $5, $6, true)
-             ON CONFLICT (key) DO NOTHING
+            "INSERT INTO runs (id, key, key_owner, plan_name, plan_file, plan_source, steps_total, dep_groups)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, true)
+             ON CONFLICT (key_owner, key) DO NOTHING
              RETURNING id",
         )
         .bind(run_id.as_uuid())
-        .bind(key)
+        .bind(key.map(|k| k.key))
+        .bind(key.map_or("", |k| k.owner))
         .bind(&plan.name)
         .bind(plan_file)
         .bind(plan_source)
@@ -223,11 +234,11 @@ impl Runs<'_> {
         if inserted.is_none() {
             // Another submission with the same key won the race; return its run.
             tx.rollback().await?;
-            let key = key.unwrap_or_default();
+            let key = key.unwrap_or(IdempotencyKey { owner: "", key: "" });
             return self
                 .by_key(key, plan_source)
                 .await?
-                .ok_or_else(|| StoreError::Corrupt(key.to_owned(), "key conflict without a run".into()));
+                .ok_or_else(|| StoreError::Corrupt(key.key.to_owned(), "key conflict without a run".into()));
         }
         if let Some(notify) = notify {
             super::webhooks::insert_run_notify(&mut tx, run_id, notify).await?;
@@ -263,11 +274,18 @@ impl Runs<'_> {
 
     /// The run submitted with `key`, if any; a [`StoreError::KeyConflict`] if it was
     /// submitted with different plan text.
-    pub async fn by_key(&self, key: &str, plan_source: &str) -> Result<Option<Submission>, StoreError> {
-        let row: Option<(Uuid, String)> = sqlx::query_as("SELECT id, plan_source FROM runs WHERE key = $1")
-            .bind(key)
-            .fetch_optional(self.pool)
-            .await?;
+    pub async fn by_key(
+        &self,
+        key: IdempotencyKey<'_>,
+        plan_source: &str,
+    ) -> Result<Option<Submission>, StoreError> {
+        let row: Option<(Uuid, String)> =
+            sqlx::query_as("SELECT id, plan_source FROM runs WHERE key_owner = $1 AND key = $2")
+                .bind(key.owner)
+                .bind(key.key)
+                .fetch_optional(self.pool)
+                .await?;
+        let key = key.key;
         match row {
             None => Ok(None),
             Some((id, source)) if source == plan_source => {
