@@ -666,3 +666,37 @@ async fn an_idempotency_key_taken_by_another_token_does_not_block_its_owner() ->
     assert_eq!(status, 409, "the squatter's own key still guards its own run: {conflict}");
     Ok(())
 }
+
+/// What an op sends cannot drive the user's terminal: log lines, progress messages and
+/// errors holding escape sequences (a retitle, a screen clear, a colour) and other control
+/// characters reach `opflow logs`, `events`, `status` and `watch` without them.
+#[tokio::test]
+async fn an_ops_texts_cannot_drive_the_users_terminal() -> anyhow::Result<()> {
+    let env = Env::new("hostile_terminal").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let _worker = env.spawn_worker("noop")?;
+    let plan = env.plan_file(
+        "escapes",
+        "name: escapes\nassets:\n  - name: a\n    op: noop@1.1.0\n    \
+         config: {fail: fatal, say: \"\\e]0;pwned\\a\\e[2J\\e[1;31mred\\e[0m\\rover\\x9b2J\"}\n",
+    )?;
+    let output = env.opflow(&["run", plan.to_str().context("utf-8")?, "--wait"]).await?;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let run = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("following run ").and_then(|l| l.split_whitespace().next()).map(str::to_owned)
+        })
+        .context("the run id")?;
+    let mut shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    for args in [&["logs", &run][..], &["events", &run][..], &["status", &run][..], &["watch", &run][..]] {
+        let output = env.opflow(args).await?;
+        shown.push_str(&String::from_utf8_lossy(&output.stdout));
+    }
+    assert!(shown.contains("red"), "the text itself is shown:\n{shown}");
+    for (control, what) in [('\u{1b}', "ESC"), ('\u{7}', "BEL"), ('\r', "CR"), ('\u{9b}', "CSI")] {
+        assert!(!shown.contains(control), "{what} reached the terminal:\n{shown:?}");
+    }
+    Ok(())
+}

@@ -32,6 +32,7 @@ use tokio::sync::watch as latest;
 use super::{
     client::{ApiClient, ServerArgs, StreamItem, path_segment},
     exit::exit_code,
+    out::clean,
     render,
 };
 
@@ -414,7 +415,7 @@ impl View {
 fn failure_line(event: &RunEvent, final_failure: bool) -> String {
     let error = event.data["error"].as_str().unwrap_or("failed");
     let what = if final_failure { "failed" } else { "failed (will retry)" };
-    format!("✗ {} step {} attempt {} {what}: {error}", event.asset, event.step_id, event.attempt)
+    format!("✗ {} step {} attempt {} {what}: {}", event.asset, event.step_id, event.attempt, clean(error))
 }
 
 /// Whether a `failed` event ended its step (it will not be retried).
@@ -426,7 +427,7 @@ fn is_final_failure(event: &RunEvent) -> bool {
 fn progress_line(event: &RunEvent) -> String {
     let fraction = event.data["fraction"].as_f64().unwrap_or(0.0);
     let message = event.data["message"].as_str().unwrap_or_default();
-    format!("{} step {}: {:.0}% {message}", event.asset, event.step_id, fraction * 100.0)
+    format!("{} step {}: {:.0}% {}", event.asset, event.step_id, fraction * 100.0, clean(message))
 }
 
 /// Bars on a terminal (indicatif).
@@ -479,7 +480,10 @@ impl LiveView {
         for failure in &start.failures {
             let _ = view.multi.println(format!(
                 "✗ {} step {} attempt {} failed: {}",
-                failure.asset, failure.step_id, failure.attempt, failure.error
+                failure.asset,
+                failure.step_id,
+                failure.attempt,
+                clean(&failure.error)
             ));
         }
         view.tick();

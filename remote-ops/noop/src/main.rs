@@ -36,6 +36,10 @@ struct Params {
     /// output, error), as an op relaying a subprocess's raw output might.
     #[serde(default)]
     nul_texts: bool,
+    /// Report this text as a log line and a progress message, and end the error with it
+    /// when failing: an op relaying text it does not control (terminal escapes and all).
+    #[serde(default)]
+    say: Option<String>,
     /// Pad the output to about this many bytes.
     #[serde(default)]
     output_bytes: usize,
@@ -63,6 +67,11 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
         ctx.progress(0.5, format!("half{nul}way"));
         ctx.materialized(json!({ format!("path{nul}"): format!("/tmp/{nul}x") }));
     }
+    if let Some(text) = &params.say {
+        ctx.log(opflow_worker::LogLevel::Warn, text.clone());
+        ctx.progress(0.5, text.clone());
+    }
+    let said = params.say.as_deref().unwrap_or_default();
     if params.chatty {
         ctx.log(opflow_worker::LogLevel::Info, format!("working on attempt {}", ctx.attempt()));
         ctx.progress(0.5, "halfway".to_owned());
@@ -92,7 +101,9 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
         .map_err(StepError::retryable)?;
     }
     match params.fail {
-        Fail::Fatal => return Err(StepError::fatal(format!("failing as configured (fail: fatal){nul}"))),
+        Fail::Fatal => {
+            return Err(StepError::fatal(format!("failing as configured (fail: fatal){nul}{said}")));
+        }
         Fail::Retryable => return Err(StepError::retryable("failing as configured (fail: retryable)")),
         Fail::Panic => panic!("panicking as configured (fail: panic)"),
         Fail::Crash => {
