@@ -420,6 +420,17 @@ async fn a_run_of_many_assets_is_followed_in_pages_with_the_rest_summed_up() -> 
         assert_eq!(status, 404, "{missing}");
         assert!(missing["error"].as_str().is_some_and(|m| m.contains("no asset `nope`")), "{missing}");
     }
+    // A long name is quoted back cut, not whole.
+    let long = "x".repeat(6_000);
+    let (status, missing) =
+        opflow_integration::http(&api, "GET", &format!("/v1/runs/{run}/steps?asset={long}"), None, None)
+            .await?;
+    assert_eq!(status, 404);
+    assert!(
+        missing["error"].as_str().is_some_and(|m| m.len() < 2_000),
+        "{} bytes",
+        missing.to_string().len()
+    );
     let (_, outputs) =
         opflow_integration::http(&api, "GET", &format!("/v1/runs/{run}/outputs?asset=c120"), None, None)
             .await?;

@@ -163,8 +163,10 @@ async fn asset_steps(
     let Some(asset) = asset else { return Ok(None) };
     match state.store.following().asset_steps(run, asset).await? {
         Some(range) => Ok(Some(range)),
+        // The name is the caller's text: quoted back at most 1 KiB of it.
         None => Err(ApiError::NotFound(format!(
-            "run {run} has no asset `{asset}`; `GET /v1/runs/{run}/assets` lists its assets"
+            "run {run} has no asset `{}`; `GET /v1/runs/{run}/assets` lists its assets",
+            crate::store::storable::short_text(asset)
         ))),
     }
 }
