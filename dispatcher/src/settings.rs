@@ -146,19 +146,33 @@ pub const MAX_INPUTS_BYTES_LIMIT: usize = 32 * 1024 * 1024;
 /// The longest `event_linger_ms`.
 pub const MAX_EVENT_LINGER_MS: u64 = 1_000;
 
-/// The range of a number setting, and why it ends where it does.
-pub struct Range {
+/// The range of a setting, where it is read, and why it ends where it does.
+pub struct Range<T: 'static> {
     pub key: &'static str,
-    pub min: u64,
-    pub max: u64,
+    pub value: fn(&Settings) -> T,
+    pub min: T,
+    pub max: T,
     pub default: &'static str,
     pub why: &'static str,
 }
 
+impl<T> Range<T> {
+    fn refused(&self, value: String, min: String, max: String) -> SettingsError {
+        SettingsError::Invalid {
+            key: self.key,
+            reason: format!(
+                "{value} is outside {min}..={max}: {}; the default is {}",
+                self.why, self.default
+            ),
+        }
+    }
+}
+
 /// Every number setting's range (the README's settings table says the same).
-pub const RANGES: &[Range] = &[
+pub const RANGES: &[Range<u64>] = &[
     Range {
         key: "api_pool_size",
+        value: |s| u64::from(s.api_pool_size),
         min: 1,
         max: 64,
         default: "4",
@@ -166,6 +180,7 @@ pub const RANGES: &[Range] = &[
     },
     Range {
         key: "publish_batch",
+        value: |s| u64::from(s.publish_batch),
         min: 1,
         max: 10_000,
         default: "500",
@@ -173,6 +188,7 @@ pub const RANGES: &[Range] = &[
     },
     Range {
         key: "event_batch",
+        value: |s| u64::from(s.event_batch),
         min: 1,
         max: 10_000,
         default: "500",
@@ -180,6 +196,7 @@ pub const RANGES: &[Range] = &[
     },
     Range {
         key: "event_linger_ms",
+        value: |s| s.event_linger_ms,
         min: 0,
         max: MAX_EVENT_LINGER_MS,
         default: "20",
@@ -187,6 +204,7 @@ pub const RANGES: &[Range] = &[
     },
     Range {
         key: "retry_poll_ms",
+        value: |s| s.retry_poll_ms,
         min: 10,
         max: 60_000,
         default: "250",
@@ -194,6 +212,7 @@ pub const RANGES: &[Range] = &[
     },
     Range {
         key: "max_inputs_bytes",
+        value: |s| s.max_inputs_bytes as u64,
         min: 0,
         max: MAX_INPUTS_BYTES_LIMIT as u64,
         default: "8388608",
@@ -201,6 +220,7 @@ pub const RANGES: &[Range] = &[
     },
     Range {
         key: "drain_timeout_secs",
+        value: |s| s.drain_timeout_secs,
         min: 1,
         max: 86_400,
         default: "60",
@@ -208,6 +228,7 @@ pub const RANGES: &[Range] = &[
     },
     Range {
         key: "consumer_timeout_ms",
+        value: |s| s.consumer_timeout_ms,
         min: 1_000,
         max: 604_800_000,
         default: "1800000",
@@ -215,6 +236,7 @@ pub const RANGES: &[Range] = &[
     },
     Range {
         key: "lost_step_after_secs",
+        value: |s| s.lost_step_after_secs,
         min: 1,
         max: 86_400,
         default: "60",
@@ -222,35 +244,29 @@ pub const RANGES: &[Range] = &[
     },
 ];
 
-/// The range of a duration setting.
-pub struct DurationRange {
-    pub key: &'static str,
-    pub min: Duration,
-    pub max: Duration,
-    pub default: &'static str,
-    pub why: &'static str,
-}
-
 const DAY: u64 = 24 * 3600;
 
 /// Every duration setting's range.
-pub const DURATION_RANGES: &[DurationRange] = &[
-    DurationRange {
+pub const DURATION_RANGES: &[Range<Duration>] = &[
+    Range {
         key: "retention",
+        value: |s| s.retention,
         min: Duration::from_secs(3600),
         max: Duration::from_secs(3650 * DAY),
         default: "30d",
         why: "finished runs are kept at least an hour, and a cutoff past ten years overflows the database's dates",
     },
-    DurationRange {
+    Range {
         key: "webhooks_retry_for",
+        value: |s| s.webhooks_retry_for,
         min: Duration::from_secs(1),
         max: Duration::from_secs(30 * DAY),
         default: "24h",
         why: "a delivery is retried for a while, and gives up within a month",
     },
-    DurationRange {
+    Range {
         key: "webhooks_max_backoff",
+        value: |s| s.webhooks_max_backoff,
         min: Duration::from_secs(1),
         max: Duration::from_secs(DAY),
         default: "5m",
@@ -291,48 +307,17 @@ impl Settings {
     /// setting that would busy-loop, unbound a prefetch, overflow a timestamp or panic on
     /// its first use is refused at start, naming the key, the range and the default.
     fn check(&self) -> Result<(), SettingsError> {
-        let numbers: [(&'static str, u64); 9] = [
-            ("api_pool_size", u64::from(self.api_pool_size)),
-            ("publish_batch", u64::from(self.publish_batch)),
-            ("event_batch", u64::from(self.event_batch)),
-            ("event_linger_ms", self.event_linger_ms),
-            ("retry_poll_ms", self.retry_poll_ms),
-            ("max_inputs_bytes", self.max_inputs_bytes as u64),
-            ("drain_timeout_secs", self.drain_timeout_secs),
-            ("consumer_timeout_ms", self.consumer_timeout_ms),
-            ("lost_step_after_secs", self.lost_step_after_secs),
-        ];
-        for (key, value) in numbers {
-            let range = RANGES.iter().find(|r| r.key == key).expect("every number setting has a range");
+        for range in RANGES {
+            let value = (range.value)(self);
             if value < range.min || value > range.max {
-                return Err(SettingsError::Invalid {
-                    key,
-                    reason: format!(
-                        "{value} is outside {}..={}: {}; the default is {}",
-                        range.min, range.max, range.why, range.default
-                    ),
-                });
+                return Err(range.refused(value.to_string(), range.min.to_string(), range.max.to_string()));
             }
         }
-        let durations: [(&'static str, Duration); 3] = [
-            ("retention", self.retention),
-            ("webhooks_retry_for", self.webhooks_retry_for),
-            ("webhooks_max_backoff", self.webhooks_max_backoff),
-        ];
-        for (key, value) in durations {
-            let range = DURATION_RANGES.iter().find(|r| r.key == key).expect("every duration has a range");
+        for range in DURATION_RANGES {
+            let value = (range.value)(self);
             if value < range.min || value > range.max {
-                return Err(SettingsError::Invalid {
-                    key,
-                    reason: format!(
-                        "{} is outside {}..={}: {}; the default is {}",
-                        humantime::format_duration(value),
-                        humantime::format_duration(range.min),
-                        humantime::format_duration(range.max),
-                        range.why,
-                        range.default
-                    ),
-                });
+                let human = |d: Duration| humantime::format_duration(d).to_string();
+                return Err(range.refused(human(value), human(range.min), human(range.max)));
             }
         }
         Ok(())

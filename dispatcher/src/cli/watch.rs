@@ -203,7 +203,17 @@ struct Snapshot {
 /// Reads a [`Snapshot`]: two requests of one page each, whatever the run's size.
 async fn snapshot(client: &ApiClient, run: &str) -> anyhow::Result<Snapshot> {
     let summary: RunSummary = client.get_patiently(&format!("/v1/runs/{run}"), &()).await?;
-    let query = if summary.assets.total <= i64::from(MAX_BARS) {
+    let query = bars_query(summary.assets.total);
+    let page: Page<AssetInfo> = client.get_patiently(&format!("/v1/runs/{run}/assets"), &query).await?;
+    let mut assets = page.items;
+    assets.sort_by_key(|a| a.index);
+    Ok(Snapshot { summary, assets })
+}
+
+/// Which assets get bars: all of a run of at most [`MAX_BARS`] assets, in plan order;
+/// otherwise the busiest of those running.
+fn bars_query(assets: i64) -> AssetsQuery {
+    if assets <= i64::from(MAX_BARS) {
         AssetsQuery { limit: Some(MAX_BARS), ..AssetsQuery::default() }
     } else {
         AssetsQuery {
@@ -212,11 +222,7 @@ async fn snapshot(client: &ApiClient, run: &str) -> anyhow::Result<Snapshot> {
             limit: Some(MAX_BARS),
             ..AssetsQuery::default()
         }
-    };
-    let page: Page<AssetInfo> = client.get_patiently(&format!("/v1/runs/{run}/assets"), &query).await?;
-    let mut assets = page.items;
-    assets.sort_by_key(|a| a.index);
-    Ok(Snapshot { summary, assets })
+    }
 }
 
 /// Reads a snapshot every [`POLL`] until the view goes away. A read that failed after its
@@ -415,7 +421,16 @@ impl View {
 fn failure_line(event: &RunEvent, final_failure: bool) -> String {
     let error = event.data["error"].as_str().unwrap_or("failed");
     let what = if final_failure { "failed" } else { "failed (will retry)" };
-    format!("✗ {} step {} attempt {} {what}: {}", event.asset, event.step_id, event.attempt, clean(error))
+    failure_text(&event.asset, event.step_id, event.attempt, what, error)
+}
+
+/// A failure from before the watch started, as the run's summary lists it.
+fn earlier_failure_line(failure: &opflow_api_model::StepFailure) -> String {
+    failure_text(&failure.asset, failure.step_id, failure.attempt, "failed", &failure.error)
+}
+
+fn failure_text(asset: &str, step: impl std::fmt::Display, attempt: i32, what: &str, error: &str) -> String {
+    format!("✗ {asset} step {step} attempt {attempt} {what}: {}", clean(error))
 }
 
 /// Whether a `failed` event ended its step (it will not be retried).
@@ -478,13 +493,7 @@ impl LiveView {
             summary: Some(start.clone()),
         };
         for failure in &start.failures {
-            let _ = view.multi.println(format!(
-                "✗ {} step {} attempt {} failed: {}",
-                failure.asset,
-                failure.step_id,
-                failure.attempt,
-                clean(&failure.error)
-            ));
+            let _ = view.multi.println(earlier_failure_line(failure));
         }
         view.tick();
         view
@@ -587,13 +596,7 @@ impl PlainView {
             render::count(start.assets.total)
         );
         for failure in &start.failures {
-            say!(
-                "  ✗ {} step {} attempt {} failed: {}",
-                failure.asset,
-                failure.step_id,
-                failure.attempt,
-                failure.error
-            );
+            say!("  {}", earlier_failure_line(failure));
         }
         Self {
             started: Instant::now(),
@@ -757,6 +760,17 @@ mod tests {
         let all = AssetCounts { total: 10_000, waiting: 0, running: 0, done: 10_000, failed: 0 };
         let snapshot = Snapshot { summary: summary(all), assets: Vec::new() };
         assert_eq!(rest_line(&snapshot).unwrap(), "… and 10,000 assets: 10,000 done");
+    }
+
+    #[test]
+    fn a_small_run_has_a_bar_per_asset_and_a_large_one_for_its_busiest() {
+        let small = bars_query(10);
+        assert_eq!((small.state, small.order, small.limit), (None, None, Some(MAX_BARS)));
+        let large = bars_query(11);
+        assert_eq!(
+            (large.state, large.order, large.limit),
+            (Some(AssetState::Running), Some(AssetOrder::Busiest), Some(MAX_BARS))
+        );
     }
 
     #[test]

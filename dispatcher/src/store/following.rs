@@ -315,3 +315,36 @@ impl Following<'_> {
         .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asset(waiting: i32, queued: i32, running: i32, retrying: i32, succeeded: i32) -> AssetProgressRow {
+        AssetProgressRow {
+            idx: 0,
+            name: "a".into(),
+            op: "noop@1.0.0".into(),
+            downstream: 0,
+            steps: waiting + queued + running + retrying + succeeded,
+            waiting,
+            queued,
+            running,
+            retrying,
+            succeeded,
+            failed: 0,
+            skipped: 0,
+            canceled: 0,
+        }
+    }
+
+    #[test]
+    fn an_asset_runs_while_any_step_is_in_flight_waits_while_any_waits_and_is_done_after() {
+        assert_eq!(asset(5, 0, 1, 0, 4).state(), AssetState::Running);
+        assert_eq!(asset(5, 1, 0, 0, 0).state(), AssetState::Running);
+        assert_eq!(asset(5, 0, 0, 1, 0).state(), AssetState::Running);
+        assert_eq!(asset(5, 0, 0, 0, 4).state(), AssetState::Waiting);
+        assert_eq!(asset(0, 0, 0, 0, 4).state(), AssetState::Done);
+        assert_eq!(asset(0, 0, 0, 0, 0).state(), AssetState::Done);
+    }
+}
