@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 pub struct ReadyStatus {
     /// `leader` (publishes and applies) or `standby` (serves the API, waits for the lease).
     pub role: String,
-    /// `ok`, or why the database does not answer.
+    /// `ok`, or that the database does not answer (why is in the dispatcher's log: anyone
+    /// may read this answer).
     pub database: String,
-    /// `ok`, why the leader's broker session is down, or that a standby does not use it.
+    /// `ok`, that the leader's broker session is down, or that a standby does not use it.
     pub broker: String,
 }

@@ -182,6 +182,12 @@ impl Env {
         Ok(output)
     }
 
+    /// Removes this env's RabbitMQ vhost while its processes run: the broker closes their
+    /// connections, as an outage of this env alone would (the vhost is not made again).
+    pub async fn remove_vhost(&self) -> anyhow::Result<()> {
+        rabbitmqctl(&["delete_vhost", &self.vhost]).await
+    }
+
     /// Registers an op binary (by workspace binary name or path).
     pub async fn register(&self, op_binary: &str) -> anyhow::Result<()> {
         let path = binary(op_binary)?;

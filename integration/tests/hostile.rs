@@ -700,3 +700,66 @@ async fn an_ops_texts_cannot_drive_the_users_terminal() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What reaches another system or a caller names nothing internal, and nothing is read
+/// without bound: a submitter's notify URL is not resolved when given (its answer cannot
+/// map the internal network) and addresses that relay to IPv4 space are refused; `/readyz`
+/// says which part is down, never the broker's error text; a plan path that names an
+/// endless file is refused after its limit, not read whole.
+#[tokio::test]
+async fn what_reaches_a_caller_names_nothing_internal_and_reads_nothing_unbounded() -> anyhow::Result<()> {
+    let env = Env::new("hostile_internal").await?;
+    env.register("noop").await?;
+    let (_dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_API_AUTH", "required")]).await?;
+    let token = |output: std::process::Output| String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let submitter = token(env.opflow_ok(&["tokens", "create", "pipeline", "--scope", "submit"]).await?);
+    let plan = "name: p\nassets:\n  - name: a\n    op: noop@1.1.0\n";
+    let notify = |url: &str| serde_json::json!({ "plan": plan, "notify": { "url": url } });
+
+    // A name is not looked up for a submitter: the answer is the same whatever it resolves
+    // to (here, loopback), and names no address; delivery refuses it later (see webhooks.rs).
+    let (status, body) = opflow_integration::http(
+        &api,
+        "POST",
+        "/v1/runs",
+        Some(&submitter),
+        Some(&notify("http://localhost:9/hook")),
+    )
+    .await?;
+    assert_eq!(status, 201, "{body}");
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+    for (url, range) in [
+        ("http://[2002:7f00:1::1]/hook", "6to4"),
+        ("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/hook", "Teredo"),
+        ("http://[64:ff9b:1::a00:1]/hook", "local-use NAT64"),
+        ("http://[::ffff:0:7f00:1]/hook", "IPv4-translated"),
+        ("http://[::ffff:0:0]/hook", "IPv4-mapped"),
+        ("http://192.0.2.1/hook", "documentation"),
+    ] {
+        let (status, body) =
+            opflow_integration::http(&api, "POST", "/v1/runs", Some(&submitter), Some(&notify(url))).await?;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert!(body["error"].as_str().is_some_and(|m| m.contains(range)), "{url}: {body}");
+    }
+
+    // An endless plan file: refused after its limit, with exit 2, in bounded memory.
+    let measured = env.opflow_measured(&["plan", "check", "/dev/zero"]).await?;
+    let message = stderr(&measured.output);
+    assert_eq!(measured.output.status.code(), Some(2), "{message}");
+    assert!(message.contains("over the limit of 4194304 bytes"), "{message}");
+    assert!(measured.peak_rss_kib < 200 * 1024, "peak RSS {} KiB", measured.peak_rss_kib);
+
+    // The broker goes away for this dispatcher alone: /readyz says so, and no more.
+    env.remove_vhost().await?;
+    let body = wait_for("/readyz to report the broker down", DEADLINE, || async {
+        let (status, body) = opflow_integration::http(&api, "GET", "/readyz", None, None).await?;
+        Ok((status == 503).then_some(body))
+    })
+    .await?;
+    assert_eq!(body["broker"], "unavailable; the dispatcher's log says why", "{body}");
+    let text = body.to_string();
+    for secret in ["guest", &env.name, "vhost", "127.0.0.1", "5672"] {
+        assert!(!text.contains(secret), "`{secret}` in the unauthenticated /readyz: {text}");
+    }
+    Ok(())
+}

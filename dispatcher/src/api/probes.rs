@@ -20,20 +20,34 @@ pub async fn health() -> &'static str {
     "ok"
 }
 
-/// 200 when PostgreSQL answers and, on the leader, the broker session is up; 503 (saying
-/// what is wrong) otherwise. A standby is ready: it serves the API while it waits.
+/// 200 when PostgreSQL answers and, on the leader, the broker session is up; 503 otherwise.
+/// A standby is ready: it serves the API while it waits. Anyone may call this, so the answer
+/// says which part is down, never why: error texts name hosts, users and addresses. The why
+/// goes to the dispatcher's log (the service logs the broker's as it happens).
 pub async fn ready(State(state): State<ApiState>) -> (StatusCode, Json<ReadyStatus>) {
-    let database = state.store.ping().await.map_err(|e| e.to_string());
-    let (role, broker_problem) = state.readiness.snapshot();
-    let broker = match (role, broker_problem) {
-        (Role::Standby, _) => "not used while standing by".to_owned(),
-        (Role::Leader, None) => "ok".to_owned(),
-        (Role::Leader, Some(problem)) => problem,
+    let database = match state.store.ping().await {
+        Ok(()) => "ok",
+        Err(error) => {
+            tracing::warn!(error = %error, "readiness: PostgreSQL does not answer");
+            "unavailable; the dispatcher's log says why"
+        }
     };
-    let ready = database.is_ok() && (role == Role::Standby || broker == "ok");
+    let (role, broker_down) = state.readiness.snapshot();
+    let broker = match (role, broker_down) {
+        (Role::Standby, _) => "not used while standing by",
+        (Role::Leader, false) => "ok",
+        (Role::Leader, true) => "unavailable; the dispatcher's log says why",
+    };
+    let ready = database == "ok" && (role == Role::Standby || broker == "ok");
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let database = database.err().unwrap_or_else(|| "ok".into());
-    (status, Json(ReadyStatus { role: role.as_str().to_owned(), database, broker }))
+    (
+        status,
+        Json(ReadyStatus {
+            role: role.as_str().to_owned(),
+            database: database.into(),
+            broker: broker.into(),
+        }),
+    )
 }
 
 /// `GET /metrics`: every metric, with the queue depths read now (`api::metrics`).

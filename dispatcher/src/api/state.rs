@@ -32,8 +32,8 @@ pub struct Readiness(Arc<Mutex<ReadinessState>>);
 #[derive(Default)]
 struct ReadinessState {
     role: Role,
-    /// `None` while connected; otherwise why not.
-    broker_problem: Option<String>,
+    /// Whether the leader's broker session is down (why goes to the log, not here).
+    broker_down: bool,
 }
 
 /// Whether this dispatcher publishes and applies (the leader) or stands by.
@@ -62,21 +62,21 @@ impl Readiness {
         self.with(|state| {
             state.role = role;
             if role == Role::Standby {
-                state.broker_problem = None;
+                state.broker_down = false;
             }
         });
     }
 
     pub fn broker_up(&self) {
-        self.with(|state| state.broker_problem = None);
+        self.with(|state| state.broker_down = false);
     }
 
-    pub fn broker_down(&self, why: impl Into<String>) {
-        let why = why.into();
-        self.with(|state| state.broker_problem = Some(why));
+    pub fn broker_down(&self) {
+        self.with(|state| state.broker_down = true);
     }
 
-    pub(super) fn snapshot(&self) -> (Role, Option<String>) {
-        self.with(|state| (state.role, state.broker_problem.clone()))
+    /// The role, and whether the broker session is down.
+    pub(super) fn snapshot(&self) -> (Role, bool) {
+        self.with(|state| (state.role, state.broker_down))
     }
 }

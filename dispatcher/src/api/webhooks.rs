@@ -50,7 +50,7 @@ pub async fn prepare_notify(
     state: &ApiState,
     notify: &NotifyRequest,
 ) -> Result<(RunNotify, Option<String>), ApiError> {
-    let url = target::check_url(&notify.url, state.webhooks_allow_private)
+    let url = target::check_url(&notify.url, state.webhooks_allow_private, target::Lookup::AtDelivery)
         .await
         .map_err(|e| ApiError::BadRequest(format!("notify: {e}")))?;
     let (secret, generated) = secret_or_generated(notify.secret.as_deref())
@@ -95,7 +95,7 @@ pub async fn add(
     if events.is_empty() {
         return Err(ApiError::BadRequest(format!("no events; subscribe to any of {}", EVENTS.join(", "))));
     }
-    let url = target::check_url(&request.url, state.webhooks_allow_private)
+    let url = target::check_url(&request.url, state.webhooks_allow_private, target::Lookup::Now)
         .await
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (secret, _) =

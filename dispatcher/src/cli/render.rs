@@ -8,12 +8,29 @@ use serde_json::Value;
 use super::exit::InvalidInput;
 use opflow_api_model::RunSummary;
 
-use crate::store::runs::RunProgressRow;
+use crate::{plan::MAX_PLAN_BYTES, store::runs::RunProgressRow};
 
-/// Reads a plan file; a missing or unreadable file is invalid input.
+/// Reads a plan file; a missing or unreadable file is invalid input, and so is one over
+/// [`MAX_PLAN_BYTES`], found without reading more than one byte past the limit (a plan
+/// path may name a device or a file of any size).
 pub fn read_plan(file: &Path) -> Result<String, InvalidInput> {
-    std::fs::read_to_string(file)
-        .map_err(|e| InvalidInput(format!("cannot read plan file {}: {e}", file.display())))
+    use std::io::Read;
+    let unreadable =
+        |e: std::io::Error| InvalidInput(format!("cannot read plan file {}: {e}", file.display()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .map_err(unreadable)?
+        .take(MAX_PLAN_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() > MAX_PLAN_BYTES {
+        return Err(InvalidInput(format!(
+            "plan file {} is over the limit of {MAX_PLAN_BYTES} bytes; use partitions and sweeps instead of listing steps",
+            file.display()
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| InvalidInput(format!("plan file {} is not UTF-8 text", file.display())))
 }
 
 /// Prints rows under a header, columns padded to their widest cell.

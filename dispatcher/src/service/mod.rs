@@ -284,13 +284,13 @@ impl Shared {
             match session {
                 Ok(()) => break,
                 Err(error) if error.is::<Fatal>() => {
-                    self.readiness.broker_down(format!("{error:#}"));
+                    self.readiness.broker_down();
                     outcome = Err(error);
                     break;
                 }
                 Err(error) => {
                     let error = format!("{error:#}");
-                    self.readiness.broker_down(format!("reconnecting: {error}"));
+                    self.readiness.broker_down();
                     if !reconnect.after_loss(error, stop).await {
                         break;
                     }

@@ -5,7 +5,8 @@
 //!
 //! **The one place addresses are checked is [`refused_range`]**, used at two doors:
 //! - when a subscription or a run's notify URL is accepted ([`check_url`]: a clear 400
-//!   naming the address and the setting), and
+//!   naming the setting; an administrator's subscription is resolved at once and the 400
+//!   names the address, a submitter's notify URL is never resolved then, see [`Lookup`]), and
 //! - on every delivery attempt, for every address a name resolves to, by the HTTP client's
 //!   own resolver ([`GuardedResolver`]), so a name that resolved to a public address when it
 //!   was subscribed and to a private one later (DNS rebinding) is still refused. A URL whose
@@ -66,6 +67,9 @@ fn refused_v4(ip: Ipv4Addr) -> Option<&'static str> {
         _ if ip.is_broadcast() || a >= 240 => "reserved (240.0.0.0/4)",
         (192, 0) if ip.octets()[2] == 0 => "IETF protocol assignments (192.0.0.0/24)",
         (198, 18..=19) => "benchmarking (198.18.0.0/15)",
+        (192, 0) if ip.octets()[2] == 2 => "documentation (192.0.2.0/24)",
+        (198, 51) if ip.octets()[2] == 100 => "documentation (198.51.100.0/24)",
+        (203, 0) if ip.octets()[2] == 113 => "documentation (203.0.113.0/24)",
         _ => return None,
     })
 }
@@ -76,11 +80,21 @@ fn refused_v6(ip: Ipv6Addr) -> Option<&'static str> {
         return refused_v4(v4).map(|_| "IPv4-mapped IPv6 (::ffff:0:0/96) of a refused IPv4");
     }
     let segments = ip.segments();
+    let embedded_v4 = Ipv4Addr::from(((segments[6] as u32) << 16) | segments[7] as u32);
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let v4 = Ipv4Addr::from(((segments[6] as u32) << 16) | segments[7] as u32);
-        return refused_v4(v4).map(|_| "NAT64 (64:ff9b::/96) of a refused IPv4");
+        return refused_v4(embedded_v4).map(|_| "NAT64 (64:ff9b::/96) of a refused IPv4");
+    }
+    if segments[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return refused_v4(embedded_v4).map(|_| "IPv4-translated (::ffff:0:0:0/96) of a refused IPv4");
     }
     Some(match segments[0] {
+        // Ranges that carry or reach IPv4 space through a relay or translator the
+        // installation may sit behind: refused whole, as no receiver lives there.
+        0x2002 => "6to4 (2002::/16)",
+        0x2001 if segments[1] == 0 => "Teredo (2001::/32)",
+        0x2001 if segments[1] == 0x0db8 => "documentation (2001:db8::/32)",
+        0x64 if segments[1] == 0xff9b && segments[2] == 1 => "local-use NAT64 (64:ff9b:1::/48)",
+        0x100 if segments[1..4] == [0, 0, 0] => "discard-only (100::/64)",
         _ if ip.is_unspecified() => "unspecified (::)",
         _ if ip.is_loopback() => "loopback (::1)",
         s if s & 0xfe00 == 0xfc00 => "unique-local (fc00::/7)",
@@ -101,11 +115,25 @@ fn check_addr(host: &str, ip: IpAddr, allow_private: bool) -> Result<(), TargetE
     }
 }
 
+/// Whether accepting a URL may resolve its host name now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// An administrator subscribes: the name is resolved, and a refusal names the address
+    /// it resolved to, so a mistake is found at once.
+    Now,
+    /// A submitter gives a run's notify URL: no lookup (an answer naming the address a
+    /// name resolves to would map the internal network for anyone who can submit). An IP
+    /// literal is checked now; a name is checked by the resolver on every attempt.
+    AtDelivery,
+}
+
 /// Parses and checks a target URL when it is subscribed or given as a run's notify URL:
-/// `http` or `https`, a host, no credentials, and every address it resolves to allowed.
-pub async fn check_url(text: &str, allow_private: bool) -> Result<Url, TargetError> {
+/// `http` or `https`, a host, no credentials, and (with [`Lookup::Now`]) every address it
+/// resolves to allowed.
+pub async fn check_url(text: &str, allow_private: bool, lookup: Lookup) -> Result<Url, TargetError> {
     let url = parse(text)?;
     match url.host() {
+        Some(Host::Domain(_)) if lookup == Lookup::AtDelivery => {}
         Some(Host::Domain(name)) => {
             let port = url.port_or_known_default().unwrap_or(443);
             let unresolvable = |reason: String| TargetError::Unresolvable {
@@ -270,7 +298,27 @@ mod tests {
         assert!(range("::ffff:10.1.2.3").unwrap().contains("IPv4-mapped"));
         assert!(range("64:ff9b::a9fe:a9fe").unwrap().contains("NAT64"));
         assert!(range("::127.0.0.1").unwrap().contains("IPv4-compatible"));
+        assert!(range("::ffff:0:0").unwrap().contains("IPv4-mapped"));
+        assert!(range("::ffff:0:7f00:1").unwrap().contains("IPv4-translated"));
         assert_eq!(range("::ffff:8.8.8.8"), None);
+    }
+
+    #[test]
+    fn webhook_target_refuses_ranges_that_relay_to_ipv4() {
+        assert!(range("2002:7f00:1::1").unwrap().contains("6to4"));
+        assert!(range("2002:808:808::1").unwrap().contains("6to4"));
+        assert!(range("2001:0:4136:e378:8000:63bf:3fff:fdd2").unwrap().contains("Teredo"));
+        assert!(range("64:ff9b:1::a00:1").unwrap().contains("local-use NAT64"));
+        assert!(range("100::1").unwrap().contains("discard"));
+        assert_eq!(range("2001:1::1"), None, "2001:1::/32 is not Teredo");
+    }
+
+    #[test]
+    fn webhook_target_refuses_documentation_ranges() {
+        for ip in ["192.0.2.1", "198.51.100.7", "203.0.113.255", "2001:db8::1"] {
+            assert!(range(ip).unwrap().contains("documentation"), "{ip}");
+        }
+        assert_eq!(range("203.0.114.1"), None);
     }
 
     #[test]
@@ -289,19 +337,30 @@ mod tests {
             "http://2130706433/hook",
             "http://localhost/hook",
         ] {
-            let error = check_url(url, false).await.unwrap_err().to_string();
+            let error = check_url(url, false, Lookup::Now).await.unwrap_err().to_string();
             assert!(error.contains("webhooks_allow_private"), "{url}: {error}");
             assert!(
                 error.contains("127.0.0.1") || error.contains("::1") || error.contains("::ffff"),
                 "{error}"
             );
         }
-        assert!(check_url("http://127.0.0.1:8080/hook", true).await.is_ok());
-        let error = check_url("ftp://example.com/", true).await.unwrap_err().to_string();
+        assert!(check_url("http://127.0.0.1:8080/hook", true, Lookup::Now).await.is_ok());
+        let error = check_url("ftp://example.com/", true, Lookup::Now).await.unwrap_err().to_string();
         assert!(error.contains("http://"), "{error}");
-        let error = check_url("http://user:pw@127.0.0.1/", true).await.unwrap_err().to_string();
+        let error = check_url("http://user:pw@127.0.0.1/", true, Lookup::Now).await.unwrap_err().to_string();
         assert!(error.contains("credentials"), "{error}");
-        assert!(matches!(check_url("not a url", true).await, Err(TargetError::NotUrl { .. })));
+        assert!(matches!(check_url("not a url", true, Lookup::Now).await, Err(TargetError::NotUrl { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_notify_url_is_not_resolved_when_it_is_given() {
+        // A name that cannot resolve passes: it is looked up at delivery, by the guarded
+        // resolver, and the submitter learns nothing of what it resolves to.
+        let url = "http://no-such-host.invalid/hook";
+        assert!(check_url(url, false, Lookup::AtDelivery).await.is_ok());
+        // An IP literal is still checked at once: it reveals nothing the caller did not say.
+        let error = check_url("http://[::1]/", false, Lookup::AtDelivery).await.unwrap_err().to_string();
+        assert!(error.contains("loopback"), "{error}");
     }
 
     #[tokio::test]
