@@ -26,6 +26,19 @@ pub struct Settings {
     pub api_auth: ApiAuth,
     /// Database connections the HTTP API may use, apart from the dispatcher's own.
     pub api_pool_size: u32,
+    /// The longest one database statement of an API request may run (a duration: `10s`);
+    /// past it the request is answered 503 and its connection is free again.
+    #[serde(deserialize_with = "duration")]
+    pub api_statement_timeout: Duration,
+    /// The most event streams (`GET /v1/runs/{id}/events`) one token may hold open at once
+    /// (on an API without tokens: one client address).
+    pub api_streams_per_token: u32,
+    /// Where to serve `/metrics` alone, without a token, for a scraper (`0.0.0.0:9600`).
+    /// Unset: `/metrics` is served on the API, behind a `read` token when the API needs one.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The most memory, in MiB, the plans of runs in flight may hold in the dispatcher's
+    /// cache (a plan evicted is read again from the store when next needed).
+    pub plan_cache_mb: u32,
     /// Queue type of the dispatcher's events queue: `quorum` or `classic`.
     pub events_queue_type: QueueKind,
     /// Most steps published per outbox transaction (one confirm window).
@@ -81,6 +94,10 @@ impl Default for Settings {
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7600)),
             api_auth: ApiAuth::Auto,
             api_pool_size: 4,
+            api_statement_timeout: Duration::from_secs(10),
+            api_streams_per_token: 32,
+            metrics_addr: None,
+            plan_cache_mb: 256,
             events_queue_type: QueueKind::Quorum,
             publish_batch: 500,
             event_batch: 500,
@@ -108,6 +125,10 @@ const KEYS: &[&str] = &[
     "api_addr",
     "api_auth",
     "api_pool_size",
+    "api_statement_timeout",
+    "api_streams_per_token",
+    "metrics_addr",
+    "plan_cache_mb",
     "events_queue_type",
     "publish_batch",
     "event_batch",
@@ -179,6 +200,22 @@ pub const RANGES: &[Range<u64>] = &[
         why: "the API needs a connection, and PostgreSQL has a limit of them",
     },
     Range {
+        key: "api_streams_per_token",
+        value: |s| u64::from(s.api_streams_per_token),
+        min: 1,
+        max: 10_000,
+        default: "32",
+        why: "each open stream reads the database as its run moves; one client must not hold them all",
+    },
+    Range {
+        key: "plan_cache_mb",
+        value: |s| u64::from(s.plan_cache_mb),
+        min: 1,
+        max: 65_536,
+        default: "256",
+        why: "the dispatcher's memory for the plans of runs in flight",
+    },
+    Range {
         key: "publish_batch",
         value: |s| u64::from(s.publish_batch),
         min: 1,
@@ -248,6 +285,14 @@ const DAY: u64 = 24 * 3600;
 
 /// Every duration setting's range.
 pub const DURATION_RANGES: &[Range<Duration>] = &[
+    Range {
+        key: "api_statement_timeout",
+        value: |s| s.api_statement_timeout,
+        min: Duration::from_millis(100),
+        max: Duration::from_secs(600),
+        default: "10s",
+        why: "an API request's statement must end, so that its connection serves the next one",
+    },
     Range {
         key: "retention",
         value: |s| s.retention,
@@ -333,6 +378,11 @@ impl Settings {
 
     pub fn lost_step_after(&self) -> Duration {
         Duration::from_secs(self.lost_step_after_secs.max(1))
+    }
+
+    /// The plan cache's budget, in bytes.
+    pub fn plan_cache_bytes(&self) -> usize {
+        self.plan_cache_mb as usize * 1024 * 1024
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -478,6 +528,9 @@ mod tests {
     fn every_number_and_duration_outside_its_range_is_refused_at_load() {
         for (key, value) in [
             ("API_POOL_SIZE", "0"),
+            ("API_STATEMENT_TIMEOUT", "0s"),
+            ("API_STREAMS_PER_TOKEN", "0"),
+            ("PLAN_CACHE_MB", "0"),
             ("PUBLISH_BATCH", "0"),
             ("EVENT_BATCH", "0"),
             ("EVENT_BATCH", "1000000"),

@@ -524,6 +524,18 @@ pub async fn http(
     token: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
+    let (status, payload) = http_text(addr, method, path, token, body).await?;
+    Ok((status, serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null)))
+}
+
+/// As [`http`], with the answer's body as text (`/metrics`, say).
+pub async fn http_text(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream =
         tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
@@ -545,7 +557,7 @@ pub async fn http(
     let status: u16 = head.split_whitespace().nth(1).context("a status")?.parse()?;
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let payload = if chunked { dechunk(payload) } else { payload.to_owned() };
-    Ok((status, serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null)))
+    Ok((status, payload))
 }
 
 fn dechunk(mut text: &str) -> String {

@@ -763,3 +763,158 @@ async fn what_reaches_a_caller_names_nothing_internal_and_reads_nothing_unbounde
     }
     Ok(())
 }
+
+/// The value of an unlabelled metric in a `/metrics` text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The plan cache weighs what plans hold: runs whose sweep values are long (1.6 MB of
+/// values each, 48 bytes each to the old count) fill a 4 MiB cache with two plans at most,
+/// and the dispatcher's memory stays near the budget however many such runs are in flight.
+#[tokio::test]
+async fn the_plan_cache_weighs_the_bytes_of_long_sweep_values() -> anyhow::Result<()> {
+    let mut env = Env::new("hostile_plan_cache").await?;
+    env.register("noop").await?;
+    let (dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_PLAN_CACHE_MB", "4")]).await?;
+    // No worker: each run's root step waits on its queue, its 200 swept steps in the store,
+    // and its plan (loaded to publish the root) in the cache.
+    let value = "v".repeat(8_000);
+    let values: Vec<String> = (0..200).map(|i| format!("\"{i}{value}\"")).collect();
+    let plan = format!(
+        "name: heavy\nassets:\n  - name: root\n    op: noop@1.1.0\n  - name: wide\n    op: noop@1.1.0\n    \
+         deps: [root]\n    sweep: {{k: [{}]}}\n",
+        values.join(", ")
+    );
+    let runs = 8;
+    for _ in 0..runs {
+        let (status, body) = opflow_integration::http(
+            &api,
+            "POST",
+            "/v1/runs",
+            None,
+            Some(&serde_json::json!({ "plan": plan })),
+        )
+        .await?;
+        assert_eq!(status, 201, "{body}");
+    }
+    let db = env.db().await?;
+    wait_for("every root step published", DEADLINE, || async {
+        let published: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM steps WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM outbox)",
+        )
+        .fetch_one(&db)
+        .await?;
+        Ok((published == runs).then_some(()))
+    })
+    .await?;
+    let (status, text) = opflow_integration::http_text(&api, "GET", "/metrics", None, None).await?;
+    assert_eq!(status, 200, "{text}");
+    let bytes = metric(&text, "opflow_plan_cache_bytes").context("opflow_plan_cache_bytes")?;
+    let plans = metric(&text, "opflow_plan_cache_plans").context("opflow_plan_cache_plans")?;
+    assert!(bytes <= 4.0 * 1024.0 * 1024.0, "the cache holds {bytes} bytes, over its 4 MiB");
+    assert!(bytes >= 1.6e6, "a plan of 1.6 MB of values weighs at least that: {bytes}");
+    assert!(plans <= 2.0, "{plans} plans of 1.6 MB each in a 4 MiB cache");
+    let rss = peak_rss_kib(dispatcher.pid().context("the dispatcher's pid")?)?;
+    println!("dispatcher peak RSS with {runs} runs of 1.6 MB plans in flight: {rss} KiB");
+    Ok(())
+}
+
+/// One client cannot hold the API's connections: a token gets `api_streams_per_token`
+/// event streams (429 past it, another token unaffected, a slot back when one closes); a
+/// statement stuck behind a lock gives its connection back after `api_statement_timeout`
+/// (503 naming the setting); `/metrics` needs a token on a guarded API and is served
+/// without one only on `metrics_addr`.
+#[tokio::test]
+async fn one_client_cannot_hold_the_apis_connections() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut env = Env::new("hostile_api_pool").await?;
+    env.register("noop").await?;
+    let metrics_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let (_dispatcher, api) = env
+        .spawn_dispatcher_api(&[
+            ("OPFLOW_API_AUTH", "required"),
+            ("OPFLOW_API_STREAMS_PER_TOKEN", "2"),
+            ("OPFLOW_API_STATEMENT_TIMEOUT", "1s"),
+            ("OPFLOW_METRICS_ADDR", &metrics_addr),
+        ])
+        .await?;
+    let token = |output: std::process::Output| String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let greedy = token(env.opflow_ok(&["tokens", "create", "greedy", "--scope", "submit"]).await?);
+    let other = token(env.opflow_ok(&["tokens", "create", "other", "--scope", "read"]).await?);
+    // A run that stays running (no worker), for streams that stay open.
+    let plan = serde_json::json!({ "plan": "name: p\nassets:\n  - name: a\n    op: noop@1.1.0\n" });
+    let (status, body) =
+        opflow_integration::http(&api, "POST", "/v1/runs", Some(&greedy), Some(&plan)).await?;
+    assert_eq!(status, 201, "{body}");
+    let run = body["run_id"].as_str().context("run_id")?.to_owned();
+    let open = |token: String| {
+        let (api, run) = (api.clone(), run.clone());
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&api).await?;
+            let request = format!(
+                "GET /v1/runs/{run}/events HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {token}\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await?;
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                anyhow::ensure!(stream.read(&mut byte).await? == 1, "the stream closed before its head");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let status: u16 = head.split_whitespace().nth(1).context("a status")?.parse()?;
+            anyhow::Ok((status, stream))
+        }
+    };
+    let (first, first_stream) = open(greedy.clone()).await?;
+    let (second, _second_stream) = open(greedy.clone()).await?;
+    assert_eq!((first, second), (200, 200));
+    let (third, _) = open(greedy.clone()).await?;
+    assert_eq!(third, 429, "a third stream of a token limited to 2");
+    let (others, _others_stream) = open(other.clone()).await?;
+    assert_eq!(others, 200, "another token's streams are its own");
+    drop(first_stream);
+    let reopened = wait_for("a slot back once a stream closes", DEADLINE, || {
+        let open = open(greedy.clone());
+        async move {
+            let (status, stream) = open.await?;
+            Ok((status == 200).then_some(stream))
+        }
+    })
+    .await?;
+    drop(reopened);
+
+    // A statement stuck behind a lock: 503 after the timeout, and the API serves again.
+    let db = env.db().await?;
+    let mut lock = db.begin().await?;
+    sqlx::query("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await?;
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(60),
+        opflow_integration::http(&api, "GET", "/v1/runs", Some(&other), None),
+    )
+    .await
+    .context("a read behind a lock hung past the statement timeout")??;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().is_some_and(|m| m.contains("api_statement_timeout")), "{body}");
+    lock.rollback().await?;
+    let (status, body) = opflow_integration::http(&api, "GET", "/v1/runs", Some(&other), None).await?;
+    assert_eq!(status, 200, "{body}");
+
+    // /metrics: a token on the API, none on metrics_addr.
+    let (status, _) = opflow_integration::http_text(&api, "GET", "/metrics", None, None).await?;
+    assert_eq!(status, 401, "/metrics without a token on a guarded API");
+    let (status, text) = opflow_integration::http_text(&api, "GET", "/metrics", Some(&other), None).await?;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = opflow_integration::http_text(&metrics_addr, "GET", "/metrics", None, None).await?;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("opflow_plan_cache_bytes"), "{text}");
+    let (status, _) = opflow_integration::http_text(&metrics_addr, "GET", "/v1/runs", None, None).await?;
+    assert_eq!(status, 404, "metrics_addr serves /metrics alone");
+    Ok(())
+}

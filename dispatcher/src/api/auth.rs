@@ -1,5 +1,6 @@
-//! Who may call the API. With authentication on, every route but `/healthz` and `/readyz`
-//! needs `Authorization: Bearer <token>` (`opflow tokens create`): reading needs the `read`
+//! Who may call the API. With authentication on, every route but `/healthz`, `/readyz` and
+//! `/openapi.json` needs `Authorization: Bearer <token>` (`opflow tokens create`), `/metrics`
+//! too (a scraper without a token reads it on `metrics_addr`): reading needs the `read`
 //! scope, submitting and canceling runs `submit`, managing webhooks `admin`. A missing or
 //! unknown token is 401, a token without the scope 403, both in the API's JSON error shape.
 //! A checked token's [`Caller`] goes with the request to its handler.

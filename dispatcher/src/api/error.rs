@@ -26,6 +26,10 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    TooManyRequests(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -34,6 +38,11 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::KeyConflict { .. } => ApiError::Conflict(error.to_string()),
+            ref timed_out if timed_out.is_statement_timeout() => ApiError::Unavailable(
+                "the database took longer than this API allows one statement (the setting \
+                 `api_statement_timeout`); try again, or ask for less (a smaller page, a filter)"
+                    .into(),
+            ),
             other => ApiError::Internal(Box::new(other)),
         }
     }
@@ -74,6 +83,8 @@ impl IntoResponse for ApiError {
                     .into_response();
             }
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, ErrorBody::new(m)),
+            ApiError::TooManyRequests(m) => (StatusCode::TOO_MANY_REQUESTS, ErrorBody::new(m)),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, ErrorBody::new(m)),
             ApiError::Internal(error) => {
                 tracing::error!(%error, "request failed");
                 (

@@ -10,10 +10,11 @@
 //! Followers do not poll the database in a loop: one `LISTEN` per process (`api::followers`)
 //! tells each stream when its run got events, with a slow poll as a safety net.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use axum::{
-    extract::{Path, Query, State, rejection::QueryRejection},
+    Extension,
+    extract::{ConnectInfo, Path, Query, State, rejection::QueryRejection},
     http::HeaderMap,
     response::sse::{Event as SseEvent, KeepAlive, Sse},
 };
@@ -22,7 +23,10 @@ use opflow_api_model::{EVENT_KINDS, ErrorBody, EventsQuery, RunEvent, RunSummary
 use opflow_protocol::RunId;
 use tokio::sync::mpsc;
 
-use super::{error::ApiError, followers::SAFETY_POLL, from_rows::run_event, params::run_id, state::ApiState};
+use super::{
+    auth::Caller, error::ApiError, followers::SAFETY_POLL, from_rows::run_event, params::run_id,
+    state::ApiState, stream_limits::StreamSlot,
+};
 use crate::store::following::EventFilter;
 
 /// Events read per query; a stream catching up reads page after page.
@@ -48,15 +52,28 @@ const STREAM_BUFFER: usize = 256;
             after the last event of an ended run, `event: end` with the run's RunSummary", content_type = "text/event-stream", body = RunEvent),
         (status = 400, description = "A malformed id, kind or Last-Event-ID", body = ErrorBody),
         (status = 404, description = "No such run", body = ErrorBody),
+        (status = 429, description = "The caller holds as many streams as it may (`api_streams_per_token`)", body = ErrorBody),
     ))]
 pub async fn stream(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(query) = query?;
     let run = run_id(&id)?;
+    // Counted per token, or per client address on an API without tokens.
+    let slot = match (caller, peer) {
+        (Some(Extension(caller)), _) => {
+            state.streams.take(&format!("token:{}", caller.name), &format!("token `{}`", caller.name))?
+        }
+        (None, Some(Extension(ConnectInfo(peer)))) => {
+            state.streams.take(&format!("address:{}", peer.ip()), &format!("client {}", peer.ip()))?
+        }
+        (None, None) => state.streams.take("anonymous", "this client")?,
+    };
     let after = match headers.get("last-event-id") {
         Some(value) => value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
             ApiError::BadRequest(format!(
@@ -73,7 +90,7 @@ pub async fn stream(
     }
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let follow = query.follow.unwrap_or(true);
-    tokio::spawn(produce(state, run, after, filter, follow, tx));
+    tokio::spawn(produce(state, run, after, filter, follow, tx, slot));
     let events =
         futures_util::stream::unfold(
             rx,
@@ -105,6 +122,8 @@ async fn produce(
     filter: EventFilter,
     follow: bool,
     tx: mpsc::Sender<SseEvent>,
+    // Held while the stream lives: the caller's count goes down when it ends.
+    _slot: StreamSlot,
 ) {
     let followers = state.followers.clone();
     let mut wakeups = followers.watch(run);

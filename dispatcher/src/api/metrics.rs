@@ -1,5 +1,6 @@
-//! The dispatcher's Prometheus metrics, served at `GET /metrics` (outside the token guard,
-//! like `/healthz`: a scraper holds no API token, and nothing here names a run or a plan).
+//! The dispatcher's Prometheus metrics, served at `GET /metrics` (behind the token guard
+//! when the API needs tokens, and without one on `metrics_addr` for a scraper that holds
+//! none; nothing here names a run or a plan).
 //! Written with `prometheus-client`, the official Rust client, in its text exposition
 //! (OpenMetrics text, which Prometheus scrapes; see docs/observability.md).
 //!
@@ -31,6 +32,8 @@
 //!   batch's transaction time and event count.
 //! - `opflow_webhook_deliveries_total{outcome}`: [`Metrics::webhook_delivery`], for the
 //!   webhook sender to call per delivery attempt outcome.
+//! - `opflow_plan_cache_bytes`, `opflow_plan_cache_plans`: what the plan cache holds,
+//!   weighed in real bytes, against its budget (`plan_cache_mb`).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -43,6 +46,7 @@ use prometheus_client::{
 use crate::store::{
     Store,
     apply::{TerminalStatus, TerminalStep},
+    run_plan::CacheGauges,
 };
 
 /// The content type of [`Metrics::render`]'s output.
@@ -93,6 +97,7 @@ pub struct Metrics {
     apply_seconds: Histogram,
     apply_events: Histogram,
     webhook_deliveries: Family<OutcomeLabels, Counter>,
+    plan_cache: CacheGauges,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -138,7 +143,19 @@ impl Metrics {
             "Webhook delivery attempts by outcome",
             webhook_deliveries.clone(),
         );
-        Self { registry, steps, step_seconds, apply_seconds, apply_events, webhook_deliveries }
+        let plan_cache = CacheGauges::default();
+        registry.register(
+            "plan_cache_bytes",
+            "Bytes the plans of runs in flight hold in the dispatcher's cache (at most `plan_cache_mb`)",
+            plan_cache.bytes.clone(),
+        );
+        registry.register("plan_cache_plans", "Plans in the dispatcher's cache", plan_cache.plans.clone());
+        Self { registry, steps, step_seconds, apply_seconds, apply_events, webhook_deliveries, plan_cache }
+    }
+
+    /// The gauges the plan cache keeps current (`opflow_plan_cache_bytes`, `…_plans`).
+    pub fn plan_cache_gauges(&self) -> CacheGauges {
+        self.plan_cache.clone()
     }
 
     /// Records one committed batch of `events` events that took `elapsed`, and the steps it

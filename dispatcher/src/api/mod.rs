@@ -12,7 +12,8 @@
 //! - [`webhooks`]: `/v1/webhooks[/…]`: subscriptions, deliveries, redelivery (admin scope).
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers (also `docs/openapi.json`).
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics` (the registry is [`metrics`]).
-//! - [`auth`]: API tokens and their scopes; [`params`]: ids, page limits and cursors.
+//! - [`auth`]: API tokens and their scopes; [`params`]: ids, page limits and cursors;
+//!   [`stream_limits`]: how many event streams one caller may hold open.
 //! - [`state`]: what handlers share; [`error`]: [`error::ApiError`], the one error type.
 
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod probes;
 pub mod queues;
 pub mod runs;
 pub mod state;
+pub mod stream_limits;
 pub mod webhooks;
 
 use axum::{Router, extract::DefaultBodyLimit, routing::get};
@@ -35,8 +37,11 @@ use axum::{Router, extract::DefaultBodyLimit, routing::get};
 pub use params::MAX_BODY_BYTES;
 pub use state::{ApiState, Readiness, Role};
 
+/// Every route. `/metrics` is behind the token guard (`read`) like `/v1/*`: a scraper
+/// without a token reads it from [`metrics_router`] on `metrics_addr`.
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
+        .route("/metrics", get(probes::metrics))
         .route("/v1/ops", get(ops::list))
         .route("/v1/runs", axum::routing::post(runs::submit).get(runs::list))
         .route("/v1/runs/{id}", get(runs::status))
@@ -53,11 +58,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(probes::health))
         .route("/readyz", get(probes::ready))
         .route("/openapi.json", get(openapi::serve))
-        .route("/metrics", get(probes::metrics))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(params::refuse_nul))
         .with_state(state)
+}
+
+/// `/metrics` alone, without a token: what the dispatcher serves on `metrics_addr`, an
+/// address of its own that only the scraper's network reaches.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new().route("/metrics", get(probes::metrics)).with_state(state)
 }
 
 #[cfg(test)]
@@ -83,6 +93,7 @@ mod tests {
             followers: followers::Followers::polling_only(Default::default()),
             webhooks_allow_private: false,
             metrics: Arc::default(),
+            streams: Default::default(),
         })
     }
 
@@ -120,6 +131,7 @@ mod tests {
             followers: followers::Followers::polling_only(Default::default()),
             webhooks_allow_private: false,
             metrics: Arc::default(),
+            streams: Default::default(),
         });
         let response =
             app.clone().oneshot(Request::get("/v1/ops").body(Body::empty()).unwrap()).await.unwrap();
@@ -128,6 +140,9 @@ mod tests {
         let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap();
         assert!(body["error"].as_str().is_some_and(|m| m.contains("Authorization: Bearer")), "{body}");
+        let metrics =
+            app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(metrics.status(), StatusCode::UNAUTHORIZED, "/metrics is behind the token guard");
         let health = app.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(health.status(), StatusCode::OK);
     }

@@ -1,6 +1,6 @@
-//! What probes and scrapers call, outside the token guard: `/healthz` (the process
-//! answers), `/readyz` (it can do its work) and `/metrics` (Prometheus). Nothing here names
-//! a run or a plan.
+//! What probes and scrapers call: `/healthz` (the process answers) and `/readyz` (it can
+//! do its work), outside the token guard, and `/metrics` (Prometheus), behind it when the
+//! API needs tokens or alone on `metrics_addr`. Nothing here names a run or a plan.
 
 use axum::{
     Json,

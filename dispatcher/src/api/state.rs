@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::{followers::Followers, metrics::Metrics};
+use super::{followers::Followers, metrics::Metrics, stream_limits::StreamLimits};
 use crate::store::Store;
 
 /// What handlers share.
@@ -22,6 +22,8 @@ pub struct ApiState {
     pub webhooks_allow_private: bool,
     /// What `/metrics` serves; shared with the parts of the service that count.
     pub metrics: Arc<Metrics>,
+    /// The event streams each caller holds open, and how many it may.
+    pub streams: StreamLimits,
 }
 
 /// What `/readyz` reports besides the database: set by the service as it takes or loses

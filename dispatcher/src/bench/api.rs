@@ -73,11 +73,12 @@ pub async fn api(
     let addr: SocketAddr = listener.local_addr()?;
     let router = api::router(ApiState {
         followers: api::followers::Followers::start(store.clone(), stop.clone()),
-        store: store.with_own_pool(8),
+        store: store.with_own_pool(8, std::time::Duration::from_secs(60)),
         auth_required: false,
         readiness: Default::default(),
         webhooks_allow_private: false,
         metrics: std::sync::Arc::new(api::metrics::Metrics::new()),
+        streams: Default::default(),
     });
     let server = tokio::spawn({
         let stop = stop.clone();

@@ -126,8 +126,8 @@ pub async fn run_connected(
     let api_addr: SocketAddr = listener.local_addr()?;
     let auth_required = settings.api_auth.required_on(api_addr);
     let api_stop = CancellationToken::new();
-    let api_store = store.with_own_pool(settings.api_pool_size);
-    let router = api::router(ApiState {
+    let api_store = store.with_own_pool(settings.api_pool_size, settings.api_statement_timeout);
+    let state = ApiState {
         // The listener holds a connection for good: one of the dispatcher's, not of the API's few.
         followers: api::followers::Followers::start(store.clone(), api_stop.clone()),
         store: api_store,
@@ -135,11 +135,31 @@ pub async fn run_connected(
         readiness: readiness.clone(),
         webhooks_allow_private: settings.webhooks_allow_private,
         metrics: metrics.clone(),
-    });
+        streams: api::stream_limits::StreamLimits::new(settings.api_streams_per_token),
+    };
+    let metrics_listener = match settings.metrics_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding /metrics to {addr} (the setting `metrics_addr`); is the address in use?")
+        })?),
+        None => None,
+    };
+    if let Some(listener) = metrics_listener {
+        tracing::info!(metrics = %listener.local_addr()?, "serving /metrics without a token");
+        let router = api::metrics_router(state.clone());
+        let stop = api_stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
+            if let Err(error) = served {
+                tracing::error!(%error, "serving /metrics failed");
+            }
+        });
+    }
+    let router = api::router(state);
     let mut api = tokio::spawn({
         let stop = api_stop.clone();
         async move {
-            axum::serve(listener, router)
+            // The client's address counts the event streams of callers without a token.
+            axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
                 .context("serving the HTTP API")
@@ -147,15 +167,9 @@ pub async fn run_connected(
     });
     tracing::info!(api = %api_addr, auth = if auth_required { "token required" } else { "open" }, "dispatcher API listening");
 
-    let shared = Shared {
-        settings,
-        store,
-        plans: Arc::new(PlanCache::default()),
-        wake: Arc::new(Notify::new()),
-        readiness,
-        wakeups,
-        metrics,
-    };
+    let plans = Arc::new(PlanCache::new(settings.plan_cache_bytes(), metrics.plan_cache_gauges()));
+    let shared =
+        Shared { settings, store, plans, wake: Arc::new(Notify::new()), readiness, wakeups, metrics };
     let leading = shared.lead_while_leased(connection, &shutdown);
     tokio::pin!(leading);
     let outcome = tokio::select! {

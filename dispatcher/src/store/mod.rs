@@ -108,6 +108,11 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 }
 
 impl StoreError {
+    /// Whether PostgreSQL canceled the statement for running past `statement_timeout`.
+    pub fn is_statement_timeout(&self) -> bool {
+        matches!(self, StoreError::Database(error) if sql_state(error).as_deref() == Some("57014"))
+    }
+
     /// Whether the same statement may succeed if tried again: the connection, the server's
     /// resources or a concurrent transaction failed, not the data. A refusal (a constraint,
     /// a value out of range, a malformed plan) fails the same way every time.
@@ -202,10 +207,17 @@ impl Store {
         &self.pool
     }
 
-    /// The same store on a pool of its own of at most `connections`, opened as needed: for
-    /// a part (the HTTP API) that must not take the connections the others need.
-    pub fn with_own_pool(&self, connections: u32) -> Store {
-        let options = self.pool.connect_options().as_ref().clone();
+    /// The same store on a pool of its own of at most `connections`, opened as needed, whose
+    /// statements PostgreSQL cancels after `statement_timeout`: for a part (the HTTP API)
+    /// that must neither take the connections the others need nor let one request hold
+    /// one of its own for long (see [`StoreError::is_statement_timeout`]).
+    pub fn with_own_pool(&self, connections: u32, statement_timeout: Duration) -> Store {
+        let options = self
+            .pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .options([("statement_timeout", format!("{}ms", statement_timeout.as_millis().max(1)))]);
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
             .acquire_timeout(Duration::from_secs(10))

@@ -98,40 +98,82 @@ impl RunPlan {
         message
     }
 
-    /// Roughly how many bytes the plan holds, for the cache's budget.
+    /// The bytes the plan holds in memory, for the cache's budget: every string and JSON
+    /// value counted at its size (a sweep list of long values weighs what its values do).
     fn weight(&self) -> usize {
-        self.plan()
+        use std::mem::size_of;
+        let assets: usize = self
+            .plan()
             .assets
             .iter()
             .map(|a| {
-                let config = serde_json::to_vec(&a.config).map_or(0, |v| v.len());
-                let keys: usize = a.partition_keys.iter().map(|k| k.len() + 24).sum();
+                let keys: usize = a.partition_keys.iter().map(|k| size_of::<String>() + k.capacity()).sum();
                 let sweep: usize = a
                     .sweep
                     .iter()
-                    .map(|p| match &p.values {
-                        SweepValues::List(values) => values.len() * 48,
-                        SweepValues::Range { .. } => 32,
+                    .map(|p| {
+                        size_of::<SweepParam>()
+                            + p.name.capacity()
+                            + match &p.values {
+                                SweepValues::List(values) => values.iter().map(json_weight).sum(),
+                                SweepValues::Range { .. } => 0,
+                            }
                     })
                     .sum();
-                512 + config + keys + sweep
+                size_of::<CompiledAsset>()
+                    + a.name.capacity()
+                    + a.op_name.capacity()
+                    + a.op_requirement.capacity()
+                    + json_weight(&a.config)
+                    + keys
+                    + sweep
+                    + a.deps.capacity() * size_of::<AssetDep>()
+                    // The graph's downstream lists and the op of each asset.
+                    + size_of::<Vec<(usize, bool)>>()
+                    + a.deps.len() * size_of::<(usize, bool)>()
+                    + size_of::<OpRef>()
             })
-            .sum()
+            .sum();
+        size_of::<RunPlan>() + assets
     }
 }
 
-/// The most plans the cache holds, and the most bytes they may hold together: runs in
-/// flight are read from the store again when evicted, so the bound costs a query, never
-/// correctness.
+/// The bytes a JSON value holds in memory: the value itself, its strings, and its arrays'
+/// and maps' elements (a map entry also holds its key and a little bookkeeping).
+fn json_weight(value: &Value) -> usize {
+    const MAP_ENTRY: usize = 3 * std::mem::size_of::<usize>();
+    std::mem::size_of::<Value>()
+        + match value {
+            Value::String(text) => text.capacity(),
+            Value::Array(items) => items.iter().map(json_weight).sum(),
+            Value::Object(map) => map.iter().map(|(k, v)| MAP_ENTRY + k.capacity() + json_weight(v)).sum(),
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        }
+}
+
+/// The plan cache as `/metrics` shows it: the bytes its plans hold (by [`RunPlan`]'s
+/// weight) and how many plans it holds.
+#[derive(Debug, Clone, Default)]
+pub struct CacheGauges {
+    pub bytes: prometheus_client::metrics::gauge::Gauge,
+    pub plans: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// The most plans the cache holds, and by default the most bytes they may hold together
+/// (the setting `plan_cache_mb`): runs in flight are read from the store again when
+/// evicted, so the bound costs a query, never correctness.
 const CACHE_PLANS: usize = 1024;
 const CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Runs' plans, loaded once each and kept while they are in use: finished runs are
 /// forgotten, and the least recently used plans go first when the cache is over
-/// [`CACHE_PLANS`] plans or [`CACHE_BYTES`] bytes.
+/// [`CACHE_PLANS`] plans or its budget of bytes. A plan over the whole budget is used and
+/// not kept.
 #[derive(Debug)]
 pub struct PlanCache {
     inner: Mutex<Cached>,
+    budget: usize,
+    gauges: CacheGauges,
 }
 
 #[derive(Debug)]
@@ -142,11 +184,16 @@ struct Cached {
 
 impl Default for PlanCache {
     fn default() -> Self {
-        Self { inner: Mutex::new(Cached { plans: lru::LruCache::unbounded(), bytes: 0 }) }
+        Self::new(CACHE_BYTES, CacheGauges::default())
     }
 }
 
 impl PlanCache {
+    /// A cache of at most `budget` bytes of plans, shown in `gauges`.
+    pub fn new(budget: usize, gauges: CacheGauges) -> Self {
+        Self { inner: Mutex::new(Cached { plans: lru::LruCache::unbounded(), bytes: 0 }), budget, gauges }
+    }
+
     pub async fn get(&self, store: &Store, run: RunId) -> Result<Arc<RunPlan>, StoreError> {
         if let Some((plan, _)) = self.lock().plans.get(&run) {
             return Ok(plan.clone());
@@ -154,18 +201,33 @@ impl PlanCache {
         let (plan, mode) = store.runs().load_plan_for_dispatch(run).await?;
         let plan = Arc::new(RunPlan::new(plan, mode).map_err(|e| StoreError::Corrupt(run.to_string(), e))?);
         let weight = plan.weight();
+        if weight > self.budget {
+            tracing::debug!(%run, weight, budget = self.budget, "a plan over the cache's budget is not kept");
+            return Ok(plan);
+        }
         let mut cached = self.lock();
         if let Some((_, old)) = cached.plans.put(run, (plan.clone(), weight)) {
             cached.bytes -= old;
         }
         cached.bytes += weight;
-        while cached.plans.len() > CACHE_PLANS || (cached.bytes > CACHE_BYTES && cached.plans.len() > 1) {
+        while cached.plans.len() > CACHE_PLANS || cached.bytes > self.budget {
             match cached.plans.pop_lru() {
                 Some((_, (_, evicted))) => cached.bytes -= evicted,
                 None => break,
             }
         }
+        self.show(&cached);
         Ok(plan)
+    }
+
+    /// The bytes the cached plans hold.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn show(&self, cached: &Cached) {
+        self.gauges.bytes.set(i64::try_from(cached.bytes).unwrap_or(i64::MAX));
+        self.gauges.plans.set(i64::try_from(cached.plans.len()).unwrap_or(i64::MAX));
     }
 
     /// Whether `run`'s plan is loaded: if so, the run existed when it was loaded.
@@ -178,6 +240,7 @@ impl PlanCache {
         if let Some((_, weight)) = cached.plans.pop(&run) {
             cached.bytes -= weight;
         }
+        self.show(&cached);
     }
 
     pub fn len(&self) -> usize {
@@ -347,4 +410,35 @@ impl RunAssetRow {
 fn to_json<T: Serialize>(value: &T) -> Value {
     // These are plain structs of strings, numbers and JSON values: serialization cannot fail.
     serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::plan::{RegisteredOp, compile};
+
+    fn plan(source: &str) -> RunPlan {
+        let ops = [RegisteredOp { name: "noop".into(), version: "1.1.0".parse().unwrap() }];
+        let compiled = compile(source, Path::new("plan.yaml"), &ops).unwrap_or_else(|e| panic!("{e}"));
+        RunPlan::new(compiled, UnlockMode::Groups).unwrap()
+    }
+
+    /// A sweep list of long values weighs what its values do, not a fixed size per value,
+    /// so a cache of plans cannot hold many times its budget.
+    #[test]
+    fn a_plan_weighs_the_bytes_its_sweep_values_hold() {
+        let value = "v".repeat(10_000);
+        let values: Vec<String> = (0..100).map(|i| format!("\"{i}{value}\"")).collect();
+        let heavy = plan(&format!(
+            "name: heavy\nassets:\n  - name: a\n    op: noop@1.1.0\n    sweep: {{k: [{}]}}\n",
+            values.join(", ")
+        ));
+        let light = plan(
+            "name: light\nassets:\n  - name: a\n    op: noop@1.1.0\n    sweep: {k: {from: 1, to: 100}}\n",
+        );
+        assert!(heavy.weight() >= 100 * 10_000, "{} bytes", heavy.weight());
+        assert!(light.weight() < 4_096, "{} bytes", light.weight());
+    }
 }

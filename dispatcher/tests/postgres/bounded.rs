@@ -48,7 +48,7 @@ fn within(what: &str, rows: i64, bound: i64) {
 async fn fixture(test: &str) -> (TestDb, Store, LargeFixture) {
     let db = TestDb::new(test).await;
     let fixture = large_fixture::build(&db.store, FixtureSize::FULL).await.unwrap();
-    let single = db.store.with_own_pool(1);
+    let single = db.store.with_own_pool(1, std::time::Duration::from_secs(600));
     (db, single, fixture)
 }
 
