@@ -918,3 +918,105 @@ async fn one_client_cannot_hold_the_apis_connections() -> anyhow::Result<()> {
     assert_eq!(status, 404, "metrics_addr serves /metrics alone");
     Ok(())
 }
+
+/// Webhook delivery is fair per receiver: 300 deliveries due to a blackholed address
+/// (it accepts connections and never answers, so each attempt waits out its timeout), due
+/// before anyone else's, hold a few of the delivery slots; another subscription's delivery
+/// goes out beside them, as soon as its run ends.
+#[tokio::test]
+async fn a_blackholed_receiver_does_not_delay_other_webhooks() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut env = Env::new("hostile_webhook_fair").await?;
+    env.register("noop").await?;
+    let (_dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_WEBHOOKS_ALLOW_PRIVATE", "true")]).await?;
+    let _worker = env.spawn_worker("noop")?;
+    // The blackhole: holds every connection open, answers nothing.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let blackhole_addr = blackhole.local_addr()?;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = blackhole.accept().await {
+            held.push(socket);
+        }
+    });
+    // The live receiver: answers 204 and says when.
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let live_addr = live.local_addr()?;
+    let (hit, mut hits) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = live.accept().await {
+            let hit = hit.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut buffer).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break;
+                        }
+                    }
+                }
+                let _ = hit.send(Instant::now());
+                let _ = socket.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    let db = env.db().await?;
+    // 300 runs' notify deliveries to the blackhole, due now and older than anything else.
+    let backlog =
+        submit(&env, "backlog", "name: backlog\nassets:\n  - name: a\n    op: noop@1.1.0\n").await?;
+    // Ended before the live subscription exists, so its one delivery is the watched run's.
+    assert_eq!(wait_ended(&mut env, &backlog).await?, "succeeded");
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, run_id, source, event, url, secret, body, next_attempt_at)
+         SELECT gen_random_uuid(), $1::uuid, 'notify', 'run.succeeded', $2, 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', '{}',
+                now() - make_interval(mins => 10) + make_interval(secs => i)
+         FROM generate_series(1, 300) AS i",
+    )
+    .bind(&backlog)
+    .bind(format!("http://{blackhole_addr}/hook"))
+    .execute(&db)
+    .await?;
+    let subscribe =
+        serde_json::json!({ "url": format!("http://{live_addr}/hook"), "events": ["run.succeeded"] });
+    let (status, body) =
+        opflow_integration::http(&api, "POST", "/v1/webhooks", None, Some(&subscribe)).await?;
+    assert_eq!(status, 201, "{body}");
+    // Let the blackhole's attempts take their slots first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = submit(&env, "watched", "name: watched\nassets:\n  - name: a\n    op: noop@1.1.0\n").await?;
+    assert_eq!(wait_ended(&mut env, &run).await?, "succeeded");
+    let ended = Instant::now();
+    let delivered =
+        tokio::time::timeout(DEADLINE, hits.recv()).await.context("no delivery to the live receiver")?;
+    let waited = delivered.context("the receiver stopped")?.saturating_duration_since(ended);
+    println!("the live receiver's delivery came {waited:?} after its run ended, beside 300 blackholed ones");
+    assert!(
+        waited < Duration::from_secs(10),
+        "the live delivery waited {waited:?} behind the blackholed ones (an attempt's timeout is 10 s)"
+    );
+    let in_flight: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries WHERE url LIKE $1 AND attempts = 0 AND next_attempt_at > now()",
+    )
+    .bind(format!("http://{blackhole_addr}/%"))
+    .fetch_one(&db)
+    .await?;
+    assert!(in_flight <= 4, "{in_flight} attempts to one target at once");
+    Ok(())
+}

@@ -6,9 +6,12 @@
 //! - **Claiming**: `FOR UPDATE SKIP LOCKED` under a lease (see
 //!   [`Store::claim_due_webhooks`]), so two dispatchers never send one delivery at once, and
 //!   one that dies mid-attempt leaves it due again.
-//! - **Bounded and isolated**: at most [`CONCURRENCY`] attempts at once, each bounded by
-//!   the client's timeout ([`target::ATTEMPT_TIMEOUT`]); only free slots are claimed, so a slow or
-//!   dead receiver holds a slot for at most that long and never holds up another's.
+//! - **Bounded and fair**: at most [`CONCURRENCY`] attempts at once, each bounded by the
+//!   client's timeout ([`target::ATTEMPT_TIMEOUT`]), and at most [`PER_TARGET`] of them to
+//!   one target (host and port); due deliveries are claimed round-robin across targets. So
+//!   a dead or slow receiver, however many deliveries it has due (one submitter's thousands
+//!   of runs notifying a blackholed address), holds [`PER_TARGET`] slots, each for at most
+//!   the attempt timeout, and every other target's deliveries go out beside it.
 //! - **Outcome**: 2xx is delivered; anything else is retried with capped exponential
 //!   backoff and jitter (first retry 1–2 s later, then doubling, at most
 //!   `webhooks_max_backoff`) until `webhooks_retry_for` after the run ended (or the
@@ -34,6 +37,8 @@ use crate::webhooks::{
 
 /// Most attempts in flight at once.
 pub const CONCURRENCY: usize = 32;
+/// Most attempts in flight at once to one target (a URL's host and port).
+pub const PER_TARGET: usize = 4;
 /// How often due deliveries are looked for without a notification.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How long a claimed delivery is hidden from other claims: well over an attempt.
@@ -86,6 +91,44 @@ pub enum DeliveryError {
     Store(#[from] StoreError),
 }
 
+/// Attempts in flight per target, shared with the attempts' tasks, which leave when done.
+#[derive(Clone, Default)]
+struct TargetCounts(Arc<std::sync::Mutex<std::collections::HashMap<String, i32>>>);
+
+/// One attempt counted against its target until dropped.
+struct Counted {
+    counts: TargetCounts,
+    target: String,
+}
+
+impl TargetCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, i32>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn enter(&self, target: String) -> Counted {
+        *self.lock().entry(target.clone()).or_default() += 1;
+        Counted { counts: self.clone(), target }
+    }
+
+    /// Every target with attempts in flight, and how many.
+    fn snapshot(&self) -> Vec<(String, i32)> {
+        self.lock().iter().map(|(target, n)| (target.clone(), *n)).collect()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.target) {
+            *n -= 1;
+            if *n <= 0 {
+                counts.remove(&self.target);
+            }
+        }
+    }
+}
+
 /// Sends due deliveries; see the module docs.
 pub struct Deliverer {
     store: LeaderStore,
@@ -118,21 +161,24 @@ impl Deliverer {
             }
         };
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
+        let per_target = TargetCounts::default();
         let mut in_flight = JoinSet::new();
         while !stop.is_cancelled() {
             let free = slots.available_permits();
             let mut more_due = false;
             if free > 0 {
-                match this.store.webhook_outbox().claim_due(free, CLAIM_LEASE).await {
+                let busy = per_target.snapshot();
+                match this.store.webhook_outbox().claim_due(free, CLAIM_LEASE, PER_TARGET, &busy).await {
                     Ok(due) => {
                         more_due = due.len() == free;
                         for delivery in due {
                             let slot =
                                 slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+                            let counted = per_target.enter(delivery.target.clone().unwrap_or_default());
                             let this = this.clone();
                             in_flight.spawn(async move {
                                 this.attempt(delivery).await;
-                                drop(slot);
+                                drop((slot, counted));
                             });
                         }
                     }
@@ -169,6 +215,8 @@ impl Deliverer {
                 () = stop.cancelled() => break,
                 () = notified => {}
                 () = tokio::time::sleep(POLL_EVERY) => {}
+                // A freed slot of a target at its limit: its next delivery may go now.
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
         }
         while in_flight.join_next().await.is_some() {}

@@ -94,6 +94,8 @@ pub struct DueDeliveryRow {
     /// Attempts made before this one.
     pub attempts: i32,
     pub retry_from: DateTime<Utc>,
+    /// The URL's host and port (migration 0016): what fairness counts attempts by.
+    pub target: Option<String>,
 }
 
 impl std::fmt::Debug for DueDeliveryRow {
@@ -257,19 +259,44 @@ pub struct WebhookOutbox<'a> {
 }
 
 impl WebhookOutbox<'_> {
-    /// Claims up to `limit` due deliveries for an attempt: each is pushed `lease` ahead, so
-    /// no other dispatcher takes it meanwhile, and it is due again if this one dies.
-    pub async fn claim_due(&self, limit: usize, lease: Duration) -> Result<Vec<DueDeliveryRow>, StoreError> {
+    /// Claims up to `limit` due deliveries for an attempt, fairly: at most `per_target`
+    /// attempts in flight per target, counting `in_flight` (target, attempts now), and
+    /// round-robin across targets (every target's first due delivery before any target's
+    /// second). Each is pushed `lease` ahead, so no other dispatcher takes it meanwhile,
+    /// and it is due again if this one dies.
+    pub async fn claim_due(
+        &self,
+        limit: usize,
+        lease: Duration,
+        per_target: usize,
+        in_flight: &[(String, i32)],
+    ) -> Result<Vec<DueDeliveryRow>, StoreError> {
+        let (targets, counts): (Vec<&str>, Vec<i32>) =
+            in_flight.iter().map(|(t, n)| (t.as_str(), *n)).unzip();
+        // Window functions cannot take row locks: the candidates are picked first, then
+        // claimed by an UPDATE that checks each is still due (re-checked under its lock).
         Ok(sqlx::query_as(
-            "UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2)
-             FROM (SELECT id FROM webhook_deliveries
-                   WHERE status = 'pending' AND next_attempt_at <= now()
-                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
-             WHERE d.id = due.id
-             RETURNING d.id, d.run_id, d.url, d.secret, d.body, d.attempts, d.retry_from",
+            "WITH busy AS (SELECT * FROM unnest($3::text[], $4::int[]) AS b (target, in_flight)),
+             candidates AS (
+                 SELECT id FROM (
+                     SELECT d.id, d.next_attempt_at,
+                            coalesce(b.in_flight, 0)
+                              + row_number() OVER (PARTITION BY d.target ORDER BY d.next_attempt_at) AS nth
+                     FROM webhook_deliveries d LEFT JOIN busy b ON b.target = d.target
+                     WHERE d.status = 'pending' AND d.next_attempt_at <= now()) ranked
+                 WHERE nth <= $5
+                 ORDER BY nth, next_attempt_at
+                 LIMIT $1)
+             UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $2)
+             FROM candidates c
+             WHERE d.id = c.id AND d.status = 'pending' AND d.next_attempt_at <= now()
+             RETURNING d.id, d.run_id, d.url, d.secret, d.body, d.attempts, d.retry_from, d.target",
         )
         .bind(limit as i64)
         .bind(lease.as_secs_f64())
+        .bind(targets)
+        .bind(counts)
+        .bind(per_target as i64)
         .fetch_all(self.pool)
         .await?)
     }

@@ -54,12 +54,14 @@ async fn webhook_trigger_enqueues_matching_subscriptions_and_notify_once_per_run
     assert_eq!(seen, expected);
 
     // Claimed once (the lease hides it from a second claim), retried, delivered.
-    let due = db.leader.webhook_outbox().claim_due(10, Duration::from_secs(60)).await.unwrap();
+    let due = db.leader.webhook_outbox().claim_due(10, Duration::from_secs(60), 4, &[]).await.unwrap();
     assert_eq!(due.len(), 3);
     let due: Vec<&DueDeliveryRow> = due.iter().filter(|d| d.run_id == succeeded.as_uuid()).collect();
     let body: serde_json::Value = serde_json::from_str(&due[0].body).unwrap();
     assert!(body["data"]["links"]["outputs"].as_str().unwrap().ends_with("/outputs"), "{body}");
-    assert!(db.leader.webhook_outbox().claim_due(10, Duration::from_secs(60)).await.unwrap().is_empty());
+    assert!(
+        db.leader.webhook_outbox().claim_due(10, Duration::from_secs(60), 4, &[]).await.unwrap().is_empty()
+    );
     let attempt = AttemptRecord {
         started_at: Utc::now(),
         duration: Duration::from_millis(3),
@@ -73,7 +75,7 @@ async fn webhook_trigger_enqueues_matching_subscriptions_and_notify_once_per_run
             .await
             .unwrap()
     );
-    let again = db.leader.webhook_outbox().claim_due(10, Duration::from_secs(60)).await.unwrap();
+    let again = db.leader.webhook_outbox().claim_due(10, Duration::from_secs(60), 4, &[]).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].id, again[0].attempts), (due[0].id, 1));
     let ok = AttemptRecord { http_status: Some(204), ..attempt };
@@ -93,4 +95,53 @@ async fn webhook_trigger_enqueues_matching_subscriptions_and_notify_once_per_run
     .await
     .unwrap();
     assert_eq!(left, 0);
+}
+
+/// Due deliveries are claimed round-robin across targets, at most `per_target` in flight
+/// to one: 20 deliveries to a dead host claimed first in time do not take the slots of the
+/// 2 to another host, and a host at its limit gets none until one of its attempts ends.
+#[tokio::test]
+async fn webhook_claims_are_fair_across_targets() {
+    let db = TestDb::new("webhook_fair_claims").await;
+    let run = run(&db, None).await;
+    let deliver = |url: String, age_secs: i32| {
+        let pool = db.store.pool().clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, run_id, source, event, url, secret, body, next_attempt_at)
+                 VALUES (gen_random_uuid(), $1, 'notify', 'run.succeeded', $2, 'whsec_x', '{}',
+                         now() - make_interval(secs => $3))",
+            )
+            .bind(run.as_uuid())
+            .bind(url)
+            .bind(f64::from(age_secs))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    for i in 0..20 {
+        deliver(format!("http://dead.example:8080/hook/{i}"), 100 + i).await;
+    }
+    deliver("https://live.example/a".into(), 1).await;
+    deliver("https://live.example/b".into(), 1).await;
+    let outbox = db.leader.webhook_outbox();
+    let targets = |due: &[DueDeliveryRow]| {
+        let mut targets: Vec<String> = due.iter().map(|d| d.target.clone().unwrap_or_default()).collect();
+        targets.sort();
+        targets
+    };
+    let due = outbox.claim_due(32, Duration::from_secs(60), 2, &[]).await.unwrap();
+    assert_eq!(
+        targets(&due),
+        ["dead.example:8080", "dead.example:8080", "live.example", "live.example"],
+        "two per target, whatever the order in time"
+    );
+    // The dead host still has its two in flight: it gets no more; nor does the live one,
+    // whose due deliveries are all claimed.
+    let in_flight = [("dead.example:8080".to_owned(), 2)];
+    assert!(outbox.claim_due(32, Duration::from_secs(60), 2, &in_flight).await.unwrap().is_empty());
+    let in_flight = [("dead.example:8080".to_owned(), 1)];
+    let due = outbox.claim_due(32, Duration::from_secs(60), 2, &in_flight).await.unwrap();
+    assert_eq!(targets(&due), ["dead.example:8080"], "one slot of the dead host freed");
 }
