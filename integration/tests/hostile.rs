@@ -777,10 +777,10 @@ async fn the_plan_cache_weighs_the_bytes_of_long_sweep_values() -> anyhow::Resul
     let mut env = Env::new("hostile_plan_cache").await?;
     env.register("noop").await?;
     let (dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_PLAN_CACHE_MB", "4")]).await?;
-    // No worker: each run's root step waits on its queue, its 200 swept steps in the store,
-    // and its plan (loaded to publish the root) in the cache.
-    let value = "v".repeat(8_000);
-    let values: Vec<String> = (0..200).map(|i| format!("\"{i}{value}\"")).collect();
+    // No worker: each run's root step waits on its queue, its 1,600 swept steps in the
+    // store, and its plan (loaded to publish the root) in the cache.
+    let value = "v".repeat(1_000);
+    let values: Vec<String> = (0..1600).map(|i| format!("\"{i}{value}\"")).collect();
     let plan = format!(
         "name: heavy\nassets:\n  - name: root\n    op: noop@1.1.0\n  - name: wide\n    op: noop@1.1.0\n    \
          deps: [root]\n    sweep: {{k: [{}]}}\n",
@@ -1018,5 +1018,148 @@ async fn a_blackholed_receiver_does_not_delay_other_webhooks() -> anyhow::Result
     .fetch_one(&db)
     .await?;
     assert!(in_flight <= 4, "{in_flight} attempts to one target at once");
+    Ok(())
+}
+
+/// Sizes are bounded where they enter and where they are derived: partition keys, sweep
+/// names and values and the number of sweep parameters have limits (exit 2 naming the
+/// asset and the limit); a failed step's label, copied into the reason of every step
+/// skipped below it, is cut to 512 bytes however long its sweep values are; a plan with a
+/// thousand problems gets the first hundred and a count; the API's `file` is bounded.
+#[tokio::test]
+async fn sizes_derived_from_a_plan_are_bounded_where_they_are_built() -> anyhow::Result<()> {
+    let mut env = Env::new("hostile_derived_sizes").await?;
+    env.register("noop").await?;
+    let (dispatcher, api) = env.spawn_dispatcher_api(&[]).await?;
+    let _worker = env.spawn_worker("noop")?;
+    let long = |bytes: usize| "x".repeat(bytes);
+    for (name, asset, limit) in [
+        ("key", format!("partitions: [\"{}\"]", long(257)), "a key is 257 bytes, over the limit of 256"),
+        (
+            "value",
+            format!("sweep: {{k: [\"{}\"]}}", long(1025)),
+            "a value is 1025 bytes, over the limit of 1024",
+        ),
+        (
+            "name",
+            format!("sweep: {{{}: [1]}}", long(65)),
+            "a parameter name is 65 bytes, over the limit of 64",
+        ),
+        (
+            "params",
+            format!("sweep: {{{}}}", (0..17).map(|i| format!("p{i}: [1]")).collect::<Vec<_>>().join(", ")),
+            "17 parameters, over the limit of 16",
+        ),
+    ] {
+        let plan = env.plan_file(
+            name,
+            &format!("name: p\nassets:\n  - name: big\n    op: noop@1.1.0\n    {asset}\n"),
+        )?;
+        let output = env.opflow(&["run", plan.to_str().context("utf-8")?]).await?;
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{name}: {message}");
+        assert!(message.contains("asset `big`") && message.contains(limit), "{name}: {message}");
+    }
+
+    // Sweep values at their limits: 16 parameters of 1,000 bytes in the failed step's label.
+    let params: Vec<String> = (0..16).map(|i| format!("p{i}: [\"{}\"]", long(1000))).collect();
+    let plan = format!(
+        "name: skips\nassets:\n  - name: root\n    op: noop@1.1.0\n    config: {{fail: fatal}}\n    sweep: {{{}}}\n  \
+         - name: below\n    op: noop@1.1.0\n    deps: [root]\n    sweep: {{k: {{from: 1, to: 500}}}}\n",
+        params.join(", ")
+    );
+    let run = submit(&env, "skips", &plan).await?;
+    assert_eq!(wait_ended(&mut env, &run).await?, "failed");
+    let db = env.db().await?;
+    let (skipped, longest): (i64, Option<i32>) = sqlx::query_as(
+        "SELECT count(*), max(octet_length(error)) FROM steps WHERE run_id = $1::uuid AND status = 'skipped'",
+    )
+    .bind(&run)
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(skipped, 500);
+    let longest = longest.context("skipped steps have a reason")?;
+    assert!(longest <= 600, "a skipped step's reason is {longest} bytes");
+
+    // A thousand problems: the first hundred and a count, in a bounded answer.
+    let assets: String = (0..1000).map(|i| format!("  - name: a{i}\n    op: nope@1.0.0\n")).collect();
+    let body = serde_json::json!({ "plan": format!("name: many\nassets:\n{assets}"), "file": "many.yaml" });
+    let (status, answer) = opflow_integration::http(&api, "POST", "/v1/runs", None, Some(&body)).await?;
+    assert_eq!(status, 422, "{answer}");
+    let problems = answer["problems"].as_array().context("problems")?;
+    assert_eq!(problems.len(), 101, "100 problems and a count");
+    assert!(problems[100].as_str().is_some_and(|m| m.contains("and 900 more problems")), "{}", problems[100]);
+    let body = serde_json::json!({ "plan": "name: p\nassets:\n  - name: a\n    op: noop@1.1.0\n", "file": long(300) });
+    let (status, answer) = opflow_integration::http(&api, "POST", "/v1/runs", None, Some(&body)).await?;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|m| m.contains("over the limit of 256")), "{answer}");
+    // A page of outputs is bounded in bytes too: 200 outputs of 60 kB come in pages of at
+    // most 8 MiB (and one over), each with a cursor to the rest.
+    let run = submit(
+        &env,
+        "outputs",
+        "name: outputs\nassets:\n  - name: o\n    op: noop@1.1.0\n    config: {output_bytes: 60000}\n    \
+         sweep: {k: {from: 1, to: 200}}\n",
+    )
+    .await?;
+    assert_eq!(wait_ended(&mut env, &run).await?, "succeeded");
+    let (mut seen, mut cursor, mut pages) = (0, None::<String>, 0);
+    loop {
+        let path = match &cursor {
+            Some(cursor) => format!("/v1/runs/{run}/outputs?limit=1000&cursor={cursor}"),
+            None => format!("/v1/runs/{run}/outputs?limit=1000"),
+        };
+        let (status, text) = opflow_integration::http_text(&api, "GET", &path, None, None).await?;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.len() < 9 * 1024 * 1024, "a page of {} bytes", text.len());
+        let page: Value = serde_json::from_str(&text)?;
+        seen += page["items"].as_array().context("items")?.len();
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 200, "every output, over {pages} pages");
+    assert!(pages >= 2, "12 MB of outputs in one page");
+    let rss = peak_rss_kib(dispatcher.pid().context("the dispatcher's pid")?)?;
+    println!("dispatcher peak RSS after the size cases: {rss} KiB");
+    Ok(())
+}
+
+/// A step that logs 100 MB sends at most its budget's worth (1 MiB of lines) and one line
+/// saying how many were dropped; a healthy run beside it is not held up.
+#[tokio::test]
+async fn a_step_that_logs_100_mb_sends_its_budget_and_one_line_saying_so() -> anyhow::Result<()> {
+    let mut bed = Bed::new("hostile_log_flood", 1).await?;
+    let run = submit(
+        &bed.env,
+        "flood",
+        "name: flood\nassets:\n  - name: a\n    op: noop@1.1.0\n    config: {log_lines: 200000, log_line_bytes: 512}\n",
+    )
+    .await?;
+    let healthy = bed.healthy()?;
+    assert_eq!(wait_ended(&mut bed.env, &run).await?, "succeeded");
+    healthy.succeeded().await?;
+    let db = bed.env.db().await?;
+    let (lines, bytes): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), sum(octet_length(body->'kind'->'log'->>'message'))::bigint FROM events
+         WHERE run_id = $1::uuid AND kind = 'log'",
+    )
+    .bind(&run)
+    .fetch_one(&db)
+    .await?;
+    // At most the budget's 2,048 lines of 512 bytes (fewer if the worker's queue of events
+    // was full as the handler logged), and the one line saying what was dropped.
+    assert!((2..=2049).contains(&lines), "{lines} log lines stored of 200,000 sent");
+    println!("a step that logged 200,000 lines of 512 bytes: {lines} stored, {bytes:?} bytes");
+    let said: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE run_id = $1::uuid AND kind = 'log' AND body::text LIKE '%were dropped, past the step''s log budget%'",
+    )
+    .bind(&run)
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(said, 1, "one line says the rest were dropped");
+    bed.dispatcher.check_alive()?;
     Ok(())
 }

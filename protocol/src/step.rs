@@ -83,8 +83,28 @@ impl StepMessage {
     }
 }
 
-/// A short human label for a step: `asset`, `asset[partition]`, `asset{vol=0.2,seed=1}`.
+/// The longest [`step_label`], in bytes. Labels are copied into texts built from them
+/// (the error of every step skipped below a failed one, log lines, answers), so they are
+/// bounded where they are built, whatever the partition keys and sweep values hold.
+pub const MAX_LABEL_BYTES: usize = 512;
+
+/// A short human label for a step: `asset`, `asset[partition]`, `asset{vol=0.2,seed=1}`;
+/// at most [`MAX_LABEL_BYTES`] (a longer one is cut, ending in `…`).
 pub fn step_label(asset: &str, partition: Option<&str>, point: &Map<String, Value>) -> String {
+    let mut label = full_label(asset, partition, point);
+    if label.len() > MAX_LABEL_BYTES {
+        let ellipsis = "…";
+        let mut end = MAX_LABEL_BYTES - ellipsis.len();
+        while !label.is_char_boundary(end) {
+            end -= 1;
+        }
+        label.truncate(end);
+        label.push_str(ellipsis);
+    }
+    label
+}
+
+fn full_label(asset: &str, partition: Option<&str>, point: &Map<String, Value>) -> String {
     let mut label = asset.to_owned();
     if let Some(p) = partition {
         label.push('[');
@@ -141,6 +161,16 @@ mod tests {
         m.point = json!({"vol": 0.4, "seed": 3}).as_object().unwrap().clone();
         m.config = json!({"drift": 0.01, "vol": 0.1});
         m
+    }
+
+    #[test]
+    fn a_label_is_bounded_whatever_its_parts_hold() {
+        let long = "é".repeat(10_000);
+        let point = json!({"a": long, "b": long}).as_object().unwrap().clone();
+        let label = step_label("asset", Some(&long), &point);
+        assert!(label.len() <= MAX_LABEL_BYTES, "{} bytes", label.len());
+        assert!(label.starts_with("asset[é") && label.ends_with('…'), "{label}");
+        assert_eq!(step_label("a", Some("p"), &Map::new()), "a[p]");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! What a handler sees: the step's identity, parameters and inputs, and ways to report
 //! progress, logs, materializations and checks while it runs.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
 
 use opflow_protocol::{Event, EventKind, LogLevel, RunId, StepId, StepInput, StepMessage};
 use serde::de::DeserializeOwned;
@@ -24,7 +27,26 @@ struct Inner {
     worker: String,
     stopping: CancellationToken,
     cancelled: CancellationToken,
+    /// What the step's log lines and progress reports have spent of [`LOG_BUDGET_BYTES`]
+    /// and [`LOG_BUDGET_LINES`], and how many were dropped: over the budget
+    /// (`budget_spent`), or sent faster than the worker could publish them.
+    logged_bytes: AtomicU64,
+    logged_lines: AtomicU64,
+    budget_spent: AtomicBool,
+    dropped: AtomicU64,
 }
+
+/// The most bytes of log lines and progress messages one attempt of a step reports; past
+/// it (or [`LOG_BUDGET_LINES`]) they are dropped, with one line saying so. Every event goes
+/// through the dispatcher's one queue and into the run store: one chatty step must not
+/// flood them for everyone.
+pub const LOG_BUDGET_BYTES: u64 = 1024 * 1024;
+/// The most log lines and progress reports one attempt of a step sends.
+pub const LOG_BUDGET_LINES: u64 = 10_000;
+/// The longest log line or progress message sent, in bytes (the dispatcher keeps 16 KiB of
+/// a log line and 1 KiB of a progress message); longer ones are cut here, before they
+/// travel.
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 
 impl StepContext {
     /// The runtime makes a step's context (and `bench_hooks`, for the criterion bench).
@@ -36,7 +58,20 @@ impl StepContext {
         cancelled: CancellationToken,
     ) -> Self {
         let params = message.params();
-        Self { inner: Arc::new(Inner { message, params, reporter, worker, stopping, cancelled }) }
+        Self {
+            inner: Arc::new(Inner {
+                message,
+                params,
+                reporter,
+                worker,
+                stopping,
+                cancelled,
+                logged_bytes: AtomicU64::new(0),
+                logged_lines: AtomicU64::new(0),
+                budget_spent: AtomicBool::new(false),
+                dropped: AtomicU64::new(0),
+            }),
+        }
     }
 
     pub fn run_id(&self) -> RunId {
@@ -113,15 +148,72 @@ impl StepContext {
         &self.inner.cancelled
     }
 
-    /// Reports progress in `[0, 1]` (clamped) with a short message.
+    /// Reports progress in `[0, 1]` (clamped) with a short message. Counts against the
+    /// step's log budget ([`LOG_BUDGET_BYTES`], [`LOG_BUDGET_LINES`]).
     pub fn progress(&self, fraction: f64, message: impl Into<String>) {
         let fraction = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
-        let message = Some(message.into()).filter(|m| !m.is_empty());
-        self.emit(EventKind::Progress { fraction, message });
+        let message = Some(cut(message.into())).filter(|m| !m.is_empty());
+        if self.spend(message.as_ref().map_or(0, String::len)) {
+            self.emit_counted(EventKind::Progress { fraction, message });
+        }
     }
 
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
-        self.emit(EventKind::Log { level, message: message.into() });
+        let message = cut(message.into());
+        if self.spend(message.len()) {
+            self.emit_counted(EventKind::Log { level, message });
+        }
+    }
+
+    /// Whether a log line or progress report of `bytes` fits the step's budget (and counts
+    /// it, or counts it dropped).
+    fn spend(&self, bytes: usize) -> bool {
+        let inner = &self.inner;
+        let lines = inner.logged_lines.fetch_add(1, Ordering::Relaxed) + 1;
+        let spent = inner.logged_bytes.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+        if lines <= LOG_BUDGET_LINES && spent <= LOG_BUDGET_BYTES {
+            return true;
+        }
+        inner.budget_spent.store(true, Ordering::Relaxed);
+        inner.dropped.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Sends a log line or progress report, counting it dropped if the worker's queue of
+    /// events is full.
+    fn emit_counted(&self, kind: EventKind) {
+        if !self.emit(kind) {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The one line that says what the step dropped, if it dropped anything: sent by the
+    /// runtime, waiting for room, before the step's result.
+    pub(crate) fn dropped_notice(&self) -> Option<Event> {
+        let dropped = self.inner.dropped.load(Ordering::Relaxed);
+        if dropped == 0 {
+            return None;
+        }
+        let why = if self.inner.budget_spent.load(Ordering::Relaxed) {
+            format!(
+                "past the step's log budget ({LOG_BUDGET_LINES} lines or {} MiB of log lines and progress messages)",
+                LOG_BUDGET_BYTES / (1024 * 1024)
+            )
+        } else {
+            "sent faster than the worker could publish them".to_owned()
+        };
+        let message = format!(
+            "{dropped} log lines and progress reports of this step were dropped, {why}; log less, or write long \
+             output to the op's own storage"
+        );
+        let m = &self.inner.message;
+        Some(Event::new(
+            m.run_id,
+            m.step_id,
+            m.attempt,
+            self.inner.worker.clone(),
+            EventKind::Log { level: LogLevel::Warn, message },
+        ))
     }
 
     /// Reports that (part of) the asset was written, with metadata describing it.
@@ -134,8 +226,23 @@ impl StepContext {
         self.emit(EventKind::CheckResult { name: name.into(), passed, detail });
     }
 
-    fn emit(&self, kind: EventKind) {
+    fn emit(&self, kind: EventKind) -> bool {
         let m = &self.inner.message;
-        self.inner.reporter.send(Event::new(m.run_id, m.step_id, m.attempt, self.inner.worker.clone(), kind));
+        self.inner.reporter.send(Event::new(m.run_id, m.step_id, m.attempt, self.inner.worker.clone(), kind))
     }
+}
+
+/// `text` cut to [`MAX_LOG_LINE_BYTES`] on a character boundary, saying how long it was.
+fn cut(mut text: String) -> String {
+    if text.len() <= MAX_LOG_LINE_BYTES {
+        return text;
+    }
+    let note = format!("… (cut from {} bytes)", text.len());
+    let mut end = MAX_LOG_LINE_BYTES - note.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&note);
+    text
 }

@@ -36,11 +36,25 @@ impl Reporter {
         (Self { commands }, task)
     }
 
-    /// Queues a non-terminal event without waiting. Dropped, with a log line, if the queue
-    /// is full or the publisher is gone.
-    pub fn send(&self, event: Event) {
-        if let Err(error) = self.commands.try_send(Command::Send(event, trace::current_context_headers())) {
-            tracing::debug!(%error, "event dropped: the event queue is full or closed");
+    /// Queues a non-terminal event without waiting; false if it was dropped because the
+    /// queue is full or the publisher is gone (the step counts what it drops and says so
+    /// when it ends: `StepContext::dropped_notice`).
+    pub fn send(&self, event: Event) -> bool {
+        match self.commands.try_send(Command::Send(event, trace::current_context_headers())) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(%error, "event dropped: the event queue is full or closed");
+                false
+            }
+        }
+    }
+
+    /// Queues a non-terminal event, waiting for room: for the one line that must not be
+    /// dropped (what a step dropped). Still published in order, before what follows.
+    pub async fn send_waiting(&self, event: Event) {
+        let command = Command::Send(event, trace::current_context_headers());
+        if self.commands.send(command).await.is_err() {
+            tracing::debug!("event dropped: the publisher has stopped");
         }
     }
 

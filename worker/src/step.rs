@@ -247,6 +247,7 @@ impl Worker {
             stop_step.clone(),
         );
         let mut heartbeats = Heartbeats::new(self, &ctx, started_at);
+        let watched = ctx.clone();
         let mut task = AbortOnDropHandle::new(tokio::spawn((self.spec.handler)(ctx).in_current_span()));
         let deadline = async {
             match timeout {
@@ -260,7 +261,10 @@ impl Worker {
         let mut watching_channel = true;
         let why = loop {
             tokio::select! {
-                joined = &mut task => return Executed::Finished(handler_result(joined)),
+                joined = &mut task => {
+                    self.say_what_was_dropped(&watched).await;
+                    return Executed::Finished(handler_result(joined));
+                }
                 () = &mut deadline => break Stop::TimedOut(timeout.unwrap_or_default()),
                 () = run_canceled.cancelled() => break Stop::Canceled,
                 closed = &mut *channel_closed, if watching_channel => match closed {
@@ -272,7 +276,20 @@ impl Worker {
         };
         stop_step.cancel();
         let handler_stopped = tokio::time::timeout(self.stop_grace, &mut task).await.is_ok();
+        self.say_what_was_dropped(&watched).await;
         Executed::Stopped { why, handler_stopped }
+    }
+
+    /// Sends the line saying how many log lines and progress reports the step dropped, if
+    /// any, before its result (which follows it on the same ordered queue).
+    async fn say_what_was_dropped(&self, ctx: &StepContext) {
+        if let Some(notice) = ctx.dropped_notice() {
+            let waited =
+                tokio::time::timeout(Duration::from_secs(5), self.reporter.send_waiting(notice)).await;
+            if waited.is_err() {
+                tracing::debug!("the line saying what the step dropped could not be queued in time");
+            }
+        }
     }
 }
 

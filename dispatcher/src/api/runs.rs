@@ -18,6 +18,8 @@ use opflow_api_model::{
 };
 use opflow_protocol::RunId;
 
+use crate::plan::MAX_QUOTED_NAME_BYTES;
+
 use super::{
     auth::Caller,
     error::ApiError,
@@ -60,14 +62,22 @@ pub async fn submit(
     };
     let key = match (header_key, request.key.as_deref()) {
         (Some(header), Some(body)) if header != body => {
-            return Err(ApiError::BadRequest(format!(
-                "the Idempotency-Key header (`{header}`) and the body's key (`{body}`) differ; give one"
-            )));
+            return Err(ApiError::BadRequest(
+                "the Idempotency-Key header and the body's key differ; give one".into(),
+            ));
         }
         (Some(key), _) | (None, Some(key)) => Some(key),
         (None, None) => None,
     };
-    let file = PathBuf::from(request.file.as_deref().unwrap_or("request"));
+    let file = request.file.as_deref().unwrap_or("request");
+    if file.len() > MAX_QUOTED_NAME_BYTES {
+        // Every problem of the plan would quote it.
+        return Err(ApiError::BadRequest(format!(
+            "`file` is {} bytes, over the limit of {MAX_QUOTED_NAME_BYTES}; give the plan file's name",
+            file.len()
+        )));
+    }
+    let file = PathBuf::from(file);
     let (notify, generated_secret) = match &request.notify {
         Some(notify) => {
             let (notify, generated) = super::webhooks::prepare_notify(&state, notify).await?;
@@ -229,6 +239,10 @@ pub async fn outputs(
     exists(&state, run).await?;
     let range = asset_steps(&state, run, query.asset.as_deref()).await?;
     let rows = state.store.runs().outputs(run, range, after, limit).await?;
+    // A full page, or one its byte budget cut short, has a next page.
+    let more = rows
+        .first()
+        .is_some_and(|row| row.page_rows == i64::from(limit) || row.page_rows > rows.len() as i64);
     let steps: Vec<(i32, i32)> = rows.iter().map(|row| (row.step_id, row.asset_index)).collect();
     let mut labels = state.store.runs().step_labels(run, &steps).await?;
     let items: Vec<StepOutput> = rows
@@ -242,8 +256,7 @@ pub async fn outputs(
             output
         })
         .collect();
-    let next_cursor =
-        (items.len() == limit as usize).then(|| items.last().map(|o| o.step_id.to_string())).flatten();
+    let next_cursor = more.then(|| items.last().map(|o| o.step_id.to_string())).flatten();
     Ok(Json(Page { items, next_cursor }))
 }
 

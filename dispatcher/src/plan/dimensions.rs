@@ -9,6 +9,16 @@ use super::compiled::{MAX_STEPS, Partitions, SweepValues};
 
 /// The longest daily partition range: a century.
 pub const MAX_DAYS: i64 = 36_600;
+/// The longest partition key, in bytes: every step of the partition carries it, and its
+/// label and the texts built from it (a skipped step's reason) copy it.
+pub const MAX_PARTITION_KEY_BYTES: usize = 256;
+/// The most parameters one sweep may have.
+pub const MAX_SWEEP_PARAMS: usize = 16;
+/// The longest sweep parameter name, in bytes.
+pub const MAX_SWEEP_NAME_BYTES: usize = 64;
+/// The longest sweep value (a string, or a number as written), in bytes: every step of the
+/// point carries it in its message, its label and the texts built from them.
+pub const MAX_SWEEP_VALUE_BYTES: usize = 1024;
 
 /// What NUL characters in a plan get as an error.
 pub(super) const NUL_REASON: &str =
@@ -51,6 +61,13 @@ pub(super) fn check_partitions(value: &Value) -> Result<(Partitions, u64), Strin
             for item in items {
                 let key = match item {
                     Value::String(s) if s.contains('\0') => return Err(format!("a key {NUL_REASON}")),
+                    Value::String(s) if s.len() > MAX_PARTITION_KEY_BYTES => {
+                        return Err(format!(
+                            "a key is {} bytes, over the limit of {MAX_PARTITION_KEY_BYTES}; use short keys and \
+                             put what they stand for in the op's config or an upstream output",
+                            s.len()
+                        ));
+                    }
                     Value::String(s) if !s.is_empty() => s.clone(),
                     Value::Number(n) => n.to_string(),
                     other => {
@@ -101,10 +118,24 @@ pub(super) fn check_partitions(value: &Value) -> Result<(Partitions, u64), Strin
     }
 }
 
+/// The bytes of a scalar sweep value as a step carries it.
+fn scalar_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        other => other.to_string().len(),
+    }
+}
+
 pub(super) fn sweep_values(name: &str, value: &Value) -> Result<SweepValues, String> {
     // The name first, whatever the values' shape: it becomes a key of every step's point.
     if name.contains('\0') {
         return Err(format!("a parameter name {NUL_REASON}"));
+    }
+    if name.len() > MAX_SWEEP_NAME_BYTES {
+        return Err(format!(
+            "a parameter name is {} bytes, over the limit of {MAX_SWEEP_NAME_BYTES}",
+            name.len()
+        ));
     }
     match value {
         Value::Array(items) if items.is_empty() => {
@@ -120,6 +151,12 @@ pub(super) fn sweep_values(name: &str, value: &Value) -> Result<SweepValues, Str
             }
             if items.iter().any(holds_nul) {
                 return Err(format!("`{name}`: a value {NUL_REASON}"));
+            }
+            if let Some(long) = items.iter().map(scalar_bytes).find(|&bytes| bytes > MAX_SWEEP_VALUE_BYTES) {
+                return Err(format!(
+                    "`{name}`: a value is {long} bytes, over the limit of {MAX_SWEEP_VALUE_BYTES}; sweep over \
+                     short values (names, numbers) and pass large data as config or an upstream output"
+                ));
             }
             Ok(SweepValues::List(items.clone()))
         }

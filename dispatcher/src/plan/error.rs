@@ -56,55 +56,101 @@ pub enum PlanErrorKind {
     TooManySteps { steps: u64, limit: u64 },
 }
 
+/// The longest file name and asset name a problem quotes, in bytes.
+pub const MAX_QUOTED_NAME_BYTES: usize = 256;
+/// The longest description of one problem, in bytes: a problem may quote what it is about
+/// (a name, a value), and the plan chose how long that is.
+pub const MAX_PROBLEM_BYTES: usize = 1024;
+/// The most problems reported for one plan; past it, one more line says how many more.
+pub const MAX_PROBLEMS: usize = 100;
+
+/// Every problem's text is built here, each part cut to its limit, so an error list's size
+/// does not grow with what the plan holds: at most [`MAX_PROBLEMS`] lines of at most about
+/// 1.5 KiB.
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        write!(f, "{}", cut(&self.file.display().to_string(), MAX_QUOTED_NAME_BYTES))?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
         }
         f.write_str(": ")?;
         if let Some(asset) = &self.asset {
-            write!(f, "asset `{asset}`: ")?;
+            write!(f, "asset `{}`: ", cut(asset, MAX_QUOTED_NAME_BYTES))?;
         }
-        write!(f, "{}", self.kind)
+        write!(f, "{}", cut(&self.kind.to_string(), MAX_PROBLEM_BYTES))
     }
+}
+
+/// `text`, or its start and how long it was when over `limit` bytes.
+fn cut(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= limit {
+        return text.into();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut from {} bytes)", &text[..end], text.len()).into()
 }
 
 impl std::error::Error for PlanError {}
 
-/// Every problem found in a plan, in file order.
+/// Every problem found in a plan, in file order (at most [`MAX_PROBLEMS`] of them, and a
+/// count of the rest).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlanErrors(pub Vec<PlanError>);
+pub struct PlanErrors(pub Vec<PlanError>, pub usize);
 
 impl PlanErrors {
+    /// The first [`MAX_PROBLEMS`] of `errors`, and how many more there were.
+    pub fn new(mut errors: Vec<PlanError>) -> Self {
+        let more = errors.len().saturating_sub(MAX_PROBLEMS);
+        errors.truncate(MAX_PROBLEMS);
+        Self(errors, more)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &PlanError> {
         self.0.iter()
     }
 
-    /// One message per problem.
+    /// One message per problem, and one saying how many more were not listed.
     pub fn messages(&self) -> Vec<String> {
-        self.0.iter().map(ToString::to_string).collect()
+        let mut messages: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        if self.1 > 0 {
+            messages.push(self.more());
+        }
+        messages
     }
 
+    fn more(&self) -> String {
+        format!(
+            "… and {} more problems (the first {MAX_PROBLEMS} are listed); fix these and check again",
+            self.1
+        )
+    }
+
+    /// How many problems the plan has, listed or not.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.len() + self.1
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1 == 0
     }
 }
 
 impl fmt::Display for PlanErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.len() > 1 {
-            writeln!(f, "the plan has {} problems:", self.0.len())?;
+        if self.len() > 1 {
+            writeln!(f, "the plan has {} problems:", self.len())?;
         }
         for (i, error) in self.0.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "{error}")?;
+        }
+        if self.1 > 0 {
+            write!(f, "\n{}", self.more())?;
         }
         Ok(())
     }

@@ -46,7 +46,12 @@ pub use compiled::{
     AssetDep, CompiledAsset, CompiledPlan, MAX_CONFIG_BYTES, MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT,
     Partitions, RegisteredOp, StepSpec, SweepParam, SweepValues,
 };
-pub use error::{PlanError, PlanErrorKind, PlanErrors};
+pub use dimensions::{
+    MAX_DAYS, MAX_PARTITION_KEY_BYTES, MAX_SWEEP_NAME_BYTES, MAX_SWEEP_PARAMS, MAX_SWEEP_VALUE_BYTES,
+};
+pub use error::{
+    MAX_PROBLEM_BYTES, MAX_PROBLEMS, MAX_QUOTED_NAME_BYTES, PlanError, PlanErrorKind, PlanErrors,
+};
 pub use parse::MAX_PLAN_BYTES;
 pub use retry::StepRetryPolicy;
 

@@ -85,7 +85,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
 /// can be checked without the plan's shape.
 pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanErrors> {
     if source.len() > MAX_PLAN_BYTES {
-        return Err(PlanErrors(vec![PlanError {
+        return Err(PlanErrors::new(vec![PlanError {
             file: file.to_path_buf(),
             line: None,
             asset: None,
@@ -97,7 +97,7 @@ pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanErrors> {
     }
     if let Some(at) = source.find('\0') {
         let line = source[..at].matches('\n').count() + 1;
-        return Err(PlanErrors(vec![PlanError {
+        return Err(PlanErrors::new(vec![PlanError {
             file: file.to_path_buf(),
             line: Some(line),
             asset: enclosing_asset(source, line),
@@ -125,7 +125,7 @@ pub fn parse(source: &str, file: &Path) -> Result<RawPlan, PlanErrors> {
             PlanErrorKind::Shape(message)
         };
         let asset = line.and_then(|line| enclosing_asset(source, line));
-        PlanErrors(vec![PlanError { file: file.to_path_buf(), line, asset, kind }])
+        PlanErrors::new(vec![PlanError { file: file.to_path_buf(), line, asset, kind }])
     })
 }
 

@@ -19,7 +19,7 @@ use super::{
         AssetDep, CompiledAsset, CompiledPlan, MAX_CONFIG_BYTES, MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT,
         Partitions, RegisteredOp, SweepParam,
     },
-    dimensions::{NUL_REASON, check_partitions, holds_nul, partition_keys, sweep_values},
+    dimensions::{MAX_SWEEP_PARAMS, NUL_REASON, check_partitions, holds_nul, partition_keys, sweep_values},
     error::{PlanError, PlanErrorKind, PlanErrors},
     parse::{Ordered, RawAsset, RawPlan},
     retry::StepRetryPolicy,
@@ -121,7 +121,7 @@ pub(super) fn validate(
     }
 
     if !problems.errors.is_empty() {
-        return Err(PlanErrors(problems.errors));
+        return Err(PlanErrors::new(problems.errors));
     }
     let order = match topological_order(&raw.assets, &dep_indices) {
         Ok(order) => order,
@@ -130,7 +130,7 @@ pub(super) fn validate(
             let names: Vec<&str> = cycle.iter().map(|&i| raw.assets[i].name.value.as_str()).collect();
             let cycle = format!("{} -> {} (`a -> b`: a needs b)", names.join(" -> "), names[0]);
             problems.add(line(&first.name), None, PlanErrorKind::Cycle { cycle });
-            return Err(PlanErrors(problems.errors));
+            return Err(PlanErrors::new(problems.errors));
         }
     };
     let checked: Vec<Checked> =
@@ -147,7 +147,7 @@ pub(super) fn validate(
         .fold(0u64, u64::saturating_add);
     if total > MAX_STEPS {
         problems.add(None, None, PlanErrorKind::TooManySteps { steps: total, limit: MAX_STEPS });
-        return Err(PlanErrors(problems.errors));
+        return Err(PlanErrors::new(problems.errors));
     }
 
     let mut position = vec![0usize; raw.assets.len()];
@@ -405,6 +405,17 @@ fn check_sweep(
             sweep_line,
             Some(asset),
             PlanErrorKind::BadSweep("the sweep has no parameters; add one or remove `sweep`".into()),
+        );
+        return None;
+    }
+    if sweep.0.len() > MAX_SWEEP_PARAMS {
+        problems.add(
+            sweep_line,
+            Some(asset),
+            PlanErrorKind::BadSweep(format!(
+                "{} parameters, over the limit of {MAX_SWEEP_PARAMS}; sweep fewer parameters, or put fixed ones in `config`",
+                sweep.0.len()
+            )),
         );
         return None;
     }

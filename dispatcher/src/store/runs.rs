@@ -169,7 +169,14 @@ pub struct StepOutputRow {
     pub worker: Option<String>,
     pub output: Option<Value>,
     pub error: Option<String>,
+    /// How many steps the page took before its byte budget cut it: more than the rows
+    /// returned when the budget cut the page short (see [`Runs::outputs`]).
+    pub page_rows: i64,
 }
+
+/// The most bytes of outputs and errors one page of outputs holds (plus at most one step's
+/// over it): a thousand 64 KiB outputs would make a 64 MiB answer.
+pub const MAX_OUTPUTS_PAGE_BYTES: i64 = 8 * 1024 * 1024;
 
 /// Runs: submitting one and reading its state, outputs and plan (`store.runs()`).
 #[derive(Clone, Copy)]
@@ -422,17 +429,25 @@ impl Runs<'_> {
     ) -> Result<Vec<StepOutputRow>, StoreError> {
         let (first, end) = range.unwrap_or((0, i32::MAX));
         let from = after.map_or(i64::from(first), |a| (a as i64 + 1).max(i64::from(first)));
+        // The page's steps first (by the index, at most `limit`), then their running size:
+        // steps past [`MAX_OUTPUTS_PAGE_BYTES`] are left for the next page.
         Ok(sqlx::query_as(
-            "SELECT s.id AS step_id, a.name AS asset, s.asset AS asset_index, s.status, s.attempt, s.worker,
-                    s.output, s.error
-             FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
-             WHERE s.run_id = $1 AND s.id >= $2 AND s.id < $3
-             ORDER BY s.id LIMIT $4",
+            "SELECT step_id, asset, asset_index, status, attempt, worker, output, error, page_rows
+             FROM (SELECT p.*, sum(p.bytes) OVER (ORDER BY p.step_id) AS upto, count(*) OVER () AS page_rows
+                   FROM (SELECT s.id AS step_id, a.name AS asset, s.asset AS asset_index, s.status, s.attempt,
+                                s.worker, s.output, s.error,
+                                coalesce(s.output_bytes, 0) + coalesce(octet_length(s.error), 0) AS bytes
+                         FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                         WHERE s.run_id = $1 AND s.id >= $2 AND s.id < $3
+                         ORDER BY s.id LIMIT $4) p) sized
+             WHERE upto - bytes < $5
+             ORDER BY step_id",
         )
         .bind(run.as_uuid())
         .bind(from)
         .bind(i64::from(end))
         .bind(i64::from(limit))
+        .bind(MAX_OUTPUTS_PAGE_BYTES)
         .fetch_all(self.pool)
         .await?)
     }

@@ -46,6 +46,11 @@ struct Params {
     /// Report a log line and progress halfway, as a real op reports its work.
     #[serde(default)]
     chatty: bool,
+    /// Log this many lines of `log_line_bytes` each: an op that logs far too much.
+    #[serde(default)]
+    log_lines: u64,
+    #[serde(default)]
+    log_line_bytes: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +80,12 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
     if params.chatty {
         ctx.log(opflow_worker::LogLevel::Info, format!("working on attempt {}", ctx.attempt()));
         ctx.progress(0.5, "halfway".to_owned());
+    }
+    if params.log_lines > 0 {
+        let line = "l".repeat(params.log_line_bytes);
+        for _ in 0..params.log_lines {
+            ctx.log(opflow_worker::LogLevel::Info, line.clone());
+        }
     }
     let lock = match &params.lock_file {
         Some(path) => Some(hold_lock(path)?),
@@ -171,6 +182,8 @@ fn main() -> std::process::ExitCode {
         .config_field("nul_texts", "boolean", "Put NUL characters in every text it reports", json!(false))
         .config_field("output_bytes", "integer", "Pad the output to about this many bytes", json!(0))
         .config_field("chatty", "boolean", "Report a log line and progress halfway", json!(false))
+        .config_field("log_lines", "integer", "Log this many lines (of log_line_bytes each)", json!(0))
+        .config_field("log_line_bytes", "integer", "The length of each of log_lines", json!(0))
         // noop serves tests and benchmarks, whose sleeps stay well under a minute.
         .longest_step(Duration::from_secs(60))
         .handler(run)
