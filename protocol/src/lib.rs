@@ -12,6 +12,7 @@
 //! - [`queue`]: queue, exchange and header names.
 //! - [`cancel`]: the records of the cancels stream (run cancellation).
 //! - [`codec`]: versioned JSON encoding shared by every message type.
+//! - [`text`]: how every bounded text is cut.
 
 pub mod cancel;
 pub mod codec;
@@ -20,6 +21,7 @@ pub mod event;
 pub mod ids;
 pub mod queue;
 pub mod step;
+pub mod text;
 
 pub use cancel::{CancelKind, CancelRecord};
 pub use codec::{DecodeError, SCHEMA_VERSION};

@@ -89,19 +89,13 @@ impl StepMessage {
 pub const MAX_LABEL_BYTES: usize = 512;
 
 /// A short human label for a step: `asset`, `asset[partition]`, `asset{vol=0.2,seed=1}`;
-/// at most [`MAX_LABEL_BYTES`] (a longer one is cut, ending in `…`).
+/// at most [`MAX_LABEL_BYTES`] (a longer one is cut, saying so: [`crate::text::cut`]).
 pub fn step_label(asset: &str, partition: Option<&str>, point: &Map<String, Value>) -> String {
-    let mut label = full_label(asset, partition, point);
-    if label.len() > MAX_LABEL_BYTES {
-        let ellipsis = "…";
-        let mut end = MAX_LABEL_BYTES - ellipsis.len();
-        while !label.is_char_boundary(end) {
-            end -= 1;
-        }
-        label.truncate(end);
-        label.push_str(ellipsis);
+    let label = full_label(asset, partition, point);
+    match crate::text::cut(&label, MAX_LABEL_BYTES) {
+        std::borrow::Cow::Borrowed(_) => label,
+        std::borrow::Cow::Owned(cut) => cut,
     }
-    label
 }
 
 fn full_label(asset: &str, partition: Option<&str>, point: &Map<String, Value>) -> String {
@@ -169,7 +163,7 @@ mod tests {
         let point = json!({"a": long, "b": long}).as_object().unwrap().clone();
         let label = step_label("asset", Some(&long), &point);
         assert!(label.len() <= MAX_LABEL_BYTES, "{} bytes", label.len());
-        assert!(label.starts_with("asset[é") && label.ends_with('…'), "{label}");
+        assert!(label.starts_with("asset[é") && label.contains("(cut from"), "{label}");
         assert_eq!(step_label("a", Some("p"), &Map::new()), "a[p]");
     }
 

@@ -232,17 +232,10 @@ impl StepContext {
     }
 }
 
-/// `text` cut to [`MAX_LOG_LINE_BYTES`] on a character boundary, saying how long it was.
-fn cut(mut text: String) -> String {
-    if text.len() <= MAX_LOG_LINE_BYTES {
-        return text;
+/// `text` cut to [`MAX_LOG_LINE_BYTES`], saying how long it was.
+fn cut(text: String) -> String {
+    match opflow_protocol::text::cut(&text, MAX_LOG_LINE_BYTES) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(cut) => cut,
     }
-    let note = format!("… (cut from {} bytes)", text.len());
-    let mut end = MAX_LOG_LINE_BYTES - note.len();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    text.push_str(&note);
-    text
 }

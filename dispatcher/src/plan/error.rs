@@ -3,6 +3,8 @@
 
 use std::{fmt, path::PathBuf};
 
+use opflow_protocol::text::cut;
+
 /// One problem in a plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanError {
@@ -79,18 +81,6 @@ impl fmt::Display for PlanError {
         }
         write!(f, "{}", cut(&self.kind.to_string(), MAX_PROBLEM_BYTES))
     }
-}
-
-/// `text`, or its start and how long it was when over `limit` bytes.
-fn cut(text: &str, limit: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= limit {
-        return text.into();
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… (cut from {} bytes)", &text[..end], text.len()).into()
 }
 
 impl std::error::Error for PlanError {}

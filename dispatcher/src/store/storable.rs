@@ -108,15 +108,10 @@ pub fn short_text(text: &str) -> String {
 
 fn limited(text: &str, limit: usize) -> String {
     let clean = without_nul(text);
-    if clean.len() <= limit {
-        return clean;
+    match opflow_protocol::text::cut(&clean, limit) {
+        std::borrow::Cow::Borrowed(_) => clean,
+        std::borrow::Cow::Owned(cut) => cut,
     }
-    let note = format!("… (cut from {} bytes)", clean.len());
-    let mut end = limit.saturating_sub(note.len());
-    while !clean.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{note}", &clean[..end])
 }
 
 fn without_nul(text: &str) -> String {
