@@ -18,11 +18,13 @@
 //! - [`webhooks`]: signing webhooks and judging where they may go.
 //! - [`store`]: the run store in PostgreSQL, and the lease that makes one dispatcher lead.
 //! - [`plan`]: the plan compiler, pure.
-//! - [`settings`]: layered settings, read by the rest.
+//! - [`settings`]: layered settings, read by the rest; [`keyed_counts`]: counts per key
+//!   held by guards (streams per caller, webhook attempts per target).
 
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod keyed_counts;
 pub mod ops;
 pub mod plan;
 pub mod service;

@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
     &["submit", "ops", "webhooks"],
     &["store"],
     &["plan"],
-    &["settings"],
+    &["settings", "keyed_counts"],
 ];
 
 /// The CLI's user commands: clients of the HTTP API, which never open the database or the

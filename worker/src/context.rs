@@ -1,17 +1,14 @@
 //! What a handler sees: the step's identity, parameters and inputs, and ways to report
 //! progress, logs, materializations and checks while it runs.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use opflow_protocol::{Event, EventKind, LogLevel, RunId, StepId, StepInput, StepMessage};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::{error::StepError, report::Reporter};
+use crate::{error::StepError, log_budget::LogBudget, report::Reporter};
 
 /// The handle a handler gets for one attempt of one step. Cheap to clone; reporting
 /// methods never block, so they may be called from `spawn_blocking` code too.
@@ -27,22 +24,10 @@ struct Inner {
     worker: String,
     stopping: CancellationToken,
     cancelled: CancellationToken,
-    /// What the step's log lines and progress reports have spent of [`LOG_BUDGET_BYTES`]
-    /// and [`LOG_BUDGET_LINES`], and how many were dropped: over the budget
-    /// (`budget_spent`), or sent faster than the worker could publish them.
-    logged_bytes: AtomicU64,
-    logged_lines: AtomicU64,
-    budget_spent: AtomicBool,
-    dropped: AtomicU64,
+    /// What the attempt's log lines and progress reports spent and dropped.
+    budget: LogBudget,
 }
 
-/// The most bytes of log lines and progress messages one attempt of a step reports; past
-/// it (or [`LOG_BUDGET_LINES`]) they are dropped, with one line saying so. Every event goes
-/// through the dispatcher's one queue and into the run store: one chatty step must not
-/// flood them for everyone.
-pub const LOG_BUDGET_BYTES: u64 = 1024 * 1024;
-/// The most log lines and progress reports one attempt of a step sends.
-pub const LOG_BUDGET_LINES: u64 = 10_000;
 /// The longest log line or progress message sent, in bytes (the dispatcher keeps 16 KiB of
 /// a log line and 1 KiB of a progress message); longer ones are cut here, before they
 /// travel.
@@ -66,10 +51,7 @@ impl StepContext {
                 worker,
                 stopping,
                 cancelled,
-                logged_bytes: AtomicU64::new(0),
-                logged_lines: AtomicU64::new(0),
-                budget_spent: AtomicBool::new(false),
-                dropped: AtomicU64::new(0),
+                budget: LogBudget::default(),
             }),
         }
     }
@@ -149,63 +131,36 @@ impl StepContext {
     }
 
     /// Reports progress in `[0, 1]` (clamped) with a short message. Counts against the
-    /// step's log budget ([`LOG_BUDGET_BYTES`], [`LOG_BUDGET_LINES`]).
+    /// step's log budget ([`crate::log_budget`]).
     pub fn progress(&self, fraction: f64, message: impl Into<String>) {
         let fraction = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
         let message = Some(cut(message.into())).filter(|m| !m.is_empty());
-        if self.spend(message.as_ref().map_or(0, String::len)) {
+        if self.inner.budget.admit(message.as_ref().map_or(0, String::len)) {
             self.emit_counted(EventKind::Progress { fraction, message });
         }
     }
 
+    /// Reports a log line, cut to [`MAX_LOG_LINE_BYTES`]. Counts against the step's log
+    /// budget ([`crate::log_budget`]).
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
         let message = cut(message.into());
-        if self.spend(message.len()) {
+        if self.inner.budget.admit(message.len()) {
             self.emit_counted(EventKind::Log { level, message });
         }
-    }
-
-    /// Whether a log line or progress report of `bytes` fits the step's budget (and counts
-    /// it, or counts it dropped).
-    fn spend(&self, bytes: usize) -> bool {
-        let inner = &self.inner;
-        let lines = inner.logged_lines.fetch_add(1, Ordering::Relaxed) + 1;
-        let spent = inner.logged_bytes.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
-        if lines <= LOG_BUDGET_LINES && spent <= LOG_BUDGET_BYTES {
-            return true;
-        }
-        inner.budget_spent.store(true, Ordering::Relaxed);
-        inner.dropped.fetch_add(1, Ordering::Relaxed);
-        false
     }
 
     /// Sends a log line or progress report, counting it dropped if the worker's queue of
     /// events is full.
     fn emit_counted(&self, kind: EventKind) {
         if !self.emit(kind) {
-            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            self.inner.budget.lost();
         }
     }
 
     /// The one line that says what the step dropped, if it dropped anything: sent by the
     /// runtime, waiting for room, before the step's result.
     pub(crate) fn dropped_notice(&self) -> Option<Event> {
-        let dropped = self.inner.dropped.load(Ordering::Relaxed);
-        if dropped == 0 {
-            return None;
-        }
-        let why = if self.inner.budget_spent.load(Ordering::Relaxed) {
-            format!(
-                "past the step's log budget ({LOG_BUDGET_LINES} lines or {} MiB of log lines and progress messages)",
-                LOG_BUDGET_BYTES / (1024 * 1024)
-            )
-        } else {
-            "sent faster than the worker could publish them".to_owned()
-        };
-        let message = format!(
-            "{dropped} log lines and progress reports of this step were dropped, {why}; log less, or write long \
-             output to the op's own storage"
-        );
+        let message = self.inner.budget.notice()?;
         let m = &self.inner.message;
         Some(Event::new(
             m.run_id,

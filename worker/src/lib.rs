@@ -42,6 +42,7 @@
 //! - `step`: one step, from delivery to settled lease: timeouts, cancels, panics.
 //! - [`lease`]: [`lease::StepLease`], ack-late as a type.
 //! - [`report`]: publishing events in order, with confirms.
+//! - [`log_budget`]: what one attempt may send of log lines and progress reports.
 
 #[doc(hidden)]
 pub mod bench_hooks;
@@ -51,6 +52,7 @@ mod consume;
 pub mod context;
 pub mod error;
 pub mod lease;
+pub mod log_budget;
 pub mod op;
 pub mod report;
 mod retire;

@@ -3,26 +3,18 @@
 //! connections from everyone: each token (on an API without tokens, each client address)
 //! gets `api_streams_per_token` of them, and the next one is refused with 429.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
-
 use super::error::ApiError;
+use crate::keyed_counts::{Counted, KeyedCounts};
 
 /// The open streams of every caller. Cheap to clone; clones share the counts.
 #[derive(Clone, Debug)]
 pub struct StreamLimits {
     per_caller: usize,
-    open: Arc<Mutex<HashMap<String, usize>>>,
+    open: KeyedCounts,
 }
 
 /// One open stream of a caller: counted until dropped, when the stream ends.
-#[derive(Debug)]
-pub struct StreamSlot {
-    caller: String,
-    open: Arc<Mutex<HashMap<String, usize>>>,
-}
+pub type StreamSlot = Counted;
 
 impl Default for StreamLimits {
     fn default() -> Self {
@@ -32,45 +24,24 @@ impl Default for StreamLimits {
 
 impl StreamLimits {
     pub fn new(per_caller: u32) -> Self {
-        Self { per_caller: per_caller.max(1) as usize, open: Arc::default() }
+        Self { per_caller: per_caller.max(1) as usize, open: KeyedCounts::default() }
     }
 
     /// A slot for one more stream of `caller` (`what` names the caller in the refusal).
     pub fn take(&self, caller: &str, what: &str) -> Result<StreamSlot, ApiError> {
-        let mut open = lock(&self.open);
-        let count = open.entry(caller.to_owned()).or_default();
-        if *count >= self.per_caller {
-            return Err(ApiError::TooManyRequests(format!(
+        self.open.enter_below(caller, self.per_caller).ok_or_else(|| {
+            ApiError::TooManyRequests(format!(
                 "{what} already has {} event streams open, the most one caller may hold (the setting \
                  `api_streams_per_token`); close one, or follow several runs with `GET /v1/runs` instead",
                 self.per_caller
-            )));
-        }
-        *count += 1;
-        Ok(StreamSlot { caller: caller.to_owned(), open: self.open.clone() })
+            ))
+        })
     }
 
     /// How many streams `caller` holds open.
     pub fn open(&self, caller: &str) -> usize {
-        lock(&self.open).get(caller).copied().unwrap_or(0)
+        self.open.count(caller)
     }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = lock(&self.open);
-        if let Some(count) = open.get_mut(&self.caller) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.caller);
-            }
-        }
-    }
-}
-
-fn lock(open: &Mutex<HashMap<String, usize>>) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-    // Counts only go up and down by one under the lock: a panic elsewhere leaves them whole.
-    open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::keyed_counts::KeyedCounts;
 use crate::store::{
     StoreError,
     lease::LeaderStore,
@@ -91,44 +92,6 @@ pub enum DeliveryError {
     Store(#[from] StoreError),
 }
 
-/// Attempts in flight per target, shared with the attempts' tasks, which leave when done.
-#[derive(Clone, Default)]
-struct TargetCounts(Arc<std::sync::Mutex<std::collections::HashMap<String, i32>>>);
-
-/// One attempt counted against its target until dropped.
-struct Counted {
-    counts: TargetCounts,
-    target: String,
-}
-
-impl TargetCounts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, i32>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn enter(&self, target: String) -> Counted {
-        *self.lock().entry(target.clone()).or_default() += 1;
-        Counted { counts: self.clone(), target }
-    }
-
-    /// Every target with attempts in flight, and how many.
-    fn snapshot(&self) -> Vec<(String, i32)> {
-        self.lock().iter().map(|(target, n)| (target.clone(), *n)).collect()
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock();
-        if let Some(n) = counts.get_mut(&self.target) {
-            *n -= 1;
-            if *n <= 0 {
-                counts.remove(&self.target);
-            }
-        }
-    }
-}
-
 /// Sends due deliveries; see the module docs.
 pub struct Deliverer {
     store: LeaderStore,
@@ -161,20 +124,25 @@ impl Deliverer {
             }
         };
         let slots = Arc::new(Semaphore::new(CONCURRENCY));
-        let per_target = TargetCounts::default();
+        // Attempts in flight per target, given back as each attempt's task ends.
+        let per_target = KeyedCounts::default();
         let mut in_flight = JoinSet::new();
         while !stop.is_cancelled() {
             let free = slots.available_permits();
             let mut more_due = false;
             if free > 0 {
-                let busy = per_target.snapshot();
+                let busy: Vec<(String, i32)> = per_target
+                    .snapshot()
+                    .into_iter()
+                    .map(|(target, n)| (target, i32::try_from(n).unwrap_or(i32::MAX)))
+                    .collect();
                 match this.store.webhook_outbox().claim_due(free, CLAIM_LEASE, PER_TARGET, &busy).await {
                     Ok(due) => {
                         more_due = due.len() == free;
                         for delivery in due {
                             let slot =
                                 slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-                            let counted = per_target.enter(delivery.target.clone().unwrap_or_default());
+                            let counted = per_target.enter(delivery.target.as_deref().unwrap_or_default());
                             let this = this.clone();
                             in_flight.spawn(async move {
                                 this.attempt(delivery).await;

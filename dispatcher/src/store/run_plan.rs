@@ -220,11 +220,6 @@ impl PlanCache {
         Ok(plan)
     }
 
-    /// The bytes the cached plans hold.
-    pub fn bytes(&self) -> usize {
-        self.lock().bytes
-    }
-
     fn show(&self, cached: &Cached) {
         self.gauges.bytes.set(i64::try_from(cached.bytes).unwrap_or(i64::MAX));
         self.gauges.plans.set(i64::try_from(cached.plans.len()).unwrap_or(i64::MAX));
