@@ -161,7 +161,8 @@ fn cancels_arguments() -> FieldTable {
 pub const EVENTS_DELIVERY_LIMIT: u32 = 20;
 
 /// Declares what every op queue and the dispatcher rely on: the events exchange and the
-/// dispatcher's events queue, the dead-letter exchange and queue, and the cancels stream.
+/// dispatcher's events and telemetry queues, the dead-letter exchange and queue, and the
+/// cancels stream.
 /// Returns warnings about what exists but differs (an events queue declared by an older
 /// release, without a delivery limit): it is used as it is.
 pub async fn declare_shared(
@@ -184,22 +185,21 @@ pub async fn declare_shared(
                 .map_err(|source| TopologyError::Declare { name: name.to_owned(), cause: source })
         }
     };
-    let bind =
-        |channel: &Channel, queue_name: &'static str, exchange_name: &'static str, key: &'static str| {
-            let channel = channel.clone();
-            async move {
-                channel
-                    .queue_bind(
-                        queue_name.into(),
-                        exchange_name.into(),
-                        key.into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(|source| TopologyError::Declare { name: queue_name.to_owned(), cause: source })
-            }
-        };
+    let bind = |channel: &Channel, queue_name: &'static str, exchange_name: &'static str, key: String| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .queue_bind(
+                    queue_name.into(),
+                    exchange_name.into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|source| TopologyError::Declare { name: queue_name.to_owned(), cause: source })
+        }
+    };
     let mut warnings = Vec::new();
 
     exchange(&channel, queue::DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout).await?;
@@ -214,7 +214,7 @@ pub async fn declare_shared(
             name: queue::DEAD_LETTER_QUEUE.to_owned(),
             cause: source,
         })?;
-    bind(&channel, queue::DEAD_LETTER_QUEUE, queue::DEAD_LETTER_EXCHANGE, "").await?;
+    bind(&channel, queue::DEAD_LETTER_QUEUE, queue::DEAD_LETTER_EXCHANGE, String::new()).await?;
     channel
         .queue_declare(queue::CANCELS_STREAM.into(), durable(), cancels_arguments())
         .await
@@ -247,7 +247,50 @@ pub async fn declare_shared(
             });
         }
     };
-    bind(&channel, queue::DISPATCHER_EVENTS_QUEUE, queue::EVENTS_EXCHANGE, "#").await?;
+    // The events queue takes the events that move steps, the telemetry queue what steps
+    // say while they run (releases before this one bound every event to the events queue:
+    // that binding is removed, and what it brought stays queued and is applied).
+    for kind in queue::LIFECYCLE_EVENTS {
+        bind(
+            &channel,
+            queue::DISPATCHER_EVENTS_QUEUE,
+            queue::EVENTS_EXCHANGE,
+            queue::event_routing_key(kind),
+        )
+        .await?;
+    }
+    channel
+        .queue_unbind(
+            queue::DISPATCHER_EVENTS_QUEUE.into(),
+            queue::EVENTS_EXCHANGE.into(),
+            "#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| TopologyError::Declare {
+            name: queue::DISPATCHER_EVENTS_QUEUE.to_owned(),
+            cause: source,
+        })?;
+    channel
+        .queue_declare(
+            queue::DISPATCHER_TELEMETRY_QUEUE.into(),
+            durable(),
+            queue_arguments(events_queue, Some(EVENTS_DELIVERY_LIMIT), true),
+        )
+        .await
+        .map_err(|source| TopologyError::Declare {
+            name: queue::DISPATCHER_TELEMETRY_QUEUE.to_owned(),
+            cause: source,
+        })?;
+    for kind in queue::TELEMETRY_EVENTS {
+        bind(
+            &channel,
+            queue::DISPATCHER_TELEMETRY_QUEUE,
+            queue::EVENTS_EXCHANGE,
+            queue::event_routing_key(kind),
+        )
+        .await?;
+    }
     if let Err(error) = channel.close(200, "topology declared".into()).await {
         tracing::debug!(%error, "closing the topology channel failed");
     }

@@ -1163,3 +1163,95 @@ async fn a_step_that_logs_100_mb_sends_its_budget_and_one_line_saying_so() -> an
     bed.dispatcher.check_alive()?;
     Ok(())
 }
+
+/// Recovery does not wait for log lines: while 30,000 forged log lines wait to be applied
+/// (the dispatcher applies one event per transaction here, so they wait a long while), a
+/// hung step is still found silent within `lost_step_after`, retried on another worker,
+/// and its run ends. Log lines and progress have a queue of their own; the events that
+/// move steps, which recovery waits for, are never behind them.
+#[tokio::test]
+async fn a_flood_of_log_lines_does_not_hold_up_recovery() -> anyhow::Result<()> {
+    use lapin::{
+        BasicProperties, Connection, ConnectionProperties,
+        options::{BasicPublishOptions, QueueDeclareOptions},
+        types::FieldTable,
+    };
+    use opflow_protocol::{Event, EventKind, LogLevel, RunId, StepId};
+
+    let mut env = Env::new("hostile_log_backlog").await?;
+    env.register("noop").await?;
+    let _dispatcher = env
+        .spawn_dispatcher_with(&[("OPFLOW_LOST_STEP_AFTER_SECS", "3"), ("OPFLOW_EVENT_BATCH", "1")])
+        .await?;
+    let hung = env.spawn_worker("noop")?;
+    let run_id = submit(
+        &env,
+        "hung",
+        "name: hung\nassets:\n  - name: a\n    op: noop@1.1.0\n    config: {sleep_ms: 2000}\n",
+    )
+    .await?;
+    let db = env.db().await?;
+    let worker: String = wait_for("the step to start", DEADLINE, || async {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT worker FROM steps WHERE run_id = $1::uuid AND status = 'running'",
+        )
+        .bind(&run_id)
+        .fetch_optional(&db)
+        .await?)
+    })
+    .await?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hung.id().context("the worker's pid")? as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )?;
+    // The flood, as any holder of the broker's credentials could send it.
+    let run: RunId = run_id.parse().map_err(anyhow::Error::msg)?;
+    let connection = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let routing_key = opflow_protocol::queue::event_routing_key("log");
+    for i in 0..30_000 {
+        let line = Event::new(
+            run,
+            StepId(0),
+            1,
+            worker.clone(),
+            EventKind::Log { level: LogLevel::Info, message: format!("flood {i}") },
+        );
+        // No confirms on this channel: the confirm future answers at once.
+        let confirm = channel
+            .basic_publish(
+                opflow_protocol::queue::EVENTS_EXCHANGE.into(),
+                routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &line.encode(),
+                BasicProperties::default(),
+            )
+            .await?;
+        drop(confirm);
+    }
+    let _rescuer = env.spawn_worker("noop")?;
+    let status =
+        tokio::time::timeout(DEADLINE, wait_ended(&mut env, &run_id)).await.context("the run hung")??;
+    let waiting = channel
+        .queue_declare(
+            opflow_protocol::queue::DISPATCHER_TELEMETRY_QUEUE.into(),
+            QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count();
+    connection.close(200, "done".into()).await.ok();
+    println!("the hung step's run ended {status} with {waiting} forged log lines still waiting");
+    assert_eq!(status, "succeeded");
+    assert!(waiting > 1_000, "the run ended only once the flood was applied ({waiting} left)");
+    let attempt: i32 = sqlx::query_scalar("SELECT attempt FROM steps WHERE run_id = $1::uuid")
+        .bind(&run_id)
+        .fetch_one(&db)
+        .await?;
+    assert!(attempt >= 2, "the silent step was retried: attempt {attempt}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(hung.id().unwrap_or_default() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    Ok(())
+}

@@ -9,8 +9,22 @@ pub const STEP_EXCHANGE: &str = "";
 /// The topic exchange workers publish events to; routing key `step.<event name>`.
 pub const EVENTS_EXCHANGE: &str = "opflow.events";
 
-/// The dispatcher's queue, bound to [`EVENTS_EXCHANGE`] for every event.
+/// The dispatcher's queue of the events that move steps ([`LIFECYCLE_EVENTS`]), bound to
+/// [`EVENTS_EXCHANGE`] for each of them. Lost-step recovery reads its depth: what waits
+/// here may still say a step started or ended.
 pub const DISPATCHER_EVENTS_QUEUE: &str = "opflow.dispatcher.events";
+
+/// The dispatcher's queue of what steps say while they run ([`TELEMETRY_EVENTS`]): apart
+/// from [`DISPATCHER_EVENTS_QUEUE`], so that a step that logs without end delays no step's
+/// result, heartbeat or recovery, only other log lines.
+pub const DISPATCHER_TELEMETRY_QUEUE: &str = "opflow.dispatcher.telemetry";
+
+/// The events that move a step or record what it made, routed to [`DISPATCHER_EVENTS_QUEUE`].
+pub const LIFECYCLE_EVENTS: &[&str] =
+    &["started", "materialized", "check_result", "succeeded", "failed", "heartbeat", "abandoned"];
+
+/// The events that only say how a step is doing, routed to [`DISPATCHER_TELEMETRY_QUEUE`].
+pub const TELEMETRY_EVENTS: &[&str] = &["log", "progress"];
 
 /// Where op queues dead-letter a message that exceeded its delivery limit or was rejected.
 pub const DEAD_LETTER_EXCHANGE: &str = "opflow.dead-letter";
@@ -50,6 +64,43 @@ pub fn event_routing_key(event_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every event kind goes to exactly one of the dispatcher's queues: one in neither
+    /// would be unroutable, and its publish refused.
+    #[test]
+    fn every_event_kind_has_exactly_one_queue() {
+        use crate::{EventKind, LogLevel};
+        let op: OpRef = "noop@1.0.0".parse().unwrap();
+        let kinds = [
+            EventKind::Started { op },
+            EventKind::Progress { fraction: 0.5, message: None },
+            EventKind::Log { level: LogLevel::Info, message: String::new() },
+            EventKind::Materialized { metadata: serde_json::Value::Null },
+            EventKind::CheckResult { name: String::new(), passed: true, detail: None },
+            EventKind::Succeeded { output: serde_json::Value::Null },
+            EventKind::Failed { error: String::new(), retryable: false },
+            EventKind::Heartbeat,
+            EventKind::Abandoned { reason: String::new() },
+        ];
+        for kind in &kinds {
+            // A new kind fails to compile here until it is listed above and given a queue.
+            match kind {
+                EventKind::Started { .. }
+                | EventKind::Progress { .. }
+                | EventKind::Log { .. }
+                | EventKind::Materialized { .. }
+                | EventKind::CheckResult { .. }
+                | EventKind::Succeeded { .. }
+                | EventKind::Failed { .. }
+                | EventKind::Heartbeat
+                | EventKind::Abandoned { .. } => {}
+            }
+            let name = kind.name();
+            let homes = [LIFECYCLE_EVENTS.contains(&name), TELEMETRY_EVENTS.contains(&name)];
+            assert_eq!(homes.iter().filter(|&&h| h).count(), 1, "`{name}`");
+        }
+        assert_eq!(LIFECYCLE_EVENTS.len() + TELEMETRY_EVENTS.len(), kinds.len(), "no name without a kind");
+    }
 
     #[test]
     fn op_queue_names_op_and_version() {

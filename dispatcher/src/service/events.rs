@@ -1,5 +1,8 @@
 //! The events consumer: reads what workers report, applies it to the run store in batches
-//! (one transaction each), and acks a batch only after its transaction committed. A crash
+//! (one transaction each), and acks a batch only after its transaction committed. It reads
+//! two queues as one, the events that move steps always first and log lines and progress
+//! after (see `opflow_protocol::queue::DISPATCHER_TELEMETRY_QUEUE`), so a flood of log lines
+//! holds up no step's result, heartbeat or recovery. A crash
 //! in between redelivers the batch, which applies idempotently. An event that cannot be
 //! applied fails only its own step (see `service::applier`).
 
@@ -45,8 +48,58 @@ pub struct EventConsumer {
     pub linger: Duration,
 }
 
+/// Which of the dispatcher's two queues a delivery came from: each is consumed on a channel
+/// of its own, and acked there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// [`queue::DISPATCHER_EVENTS_QUEUE`]: what moves steps.
+    Lifecycle,
+    /// [`queue::DISPATCHER_TELEMETRY_QUEUE`]: log lines and progress.
+    Telemetry,
+}
+
+/// The events queue's and the telemetry queue's consumers, read as one: the events that
+/// move steps are always taken first, so a flood of log lines delays only log lines.
+struct Consumers {
+    lifecycle: Consumer,
+    telemetry: Consumer,
+}
+
+impl Consumers {
+    /// The next delivery, an event that moves a step before any log line.
+    async fn next(&mut self) -> Result<(Source, Delivery), EventsError> {
+        tokio::select! {
+            biased;
+            next = self.lifecycle.next() => take(Source::Lifecycle, next),
+            next = self.telemetry.next() => take(Source::Telemetry, next),
+        }
+    }
+
+    /// A delivery that has already arrived, if any (lifecycle first).
+    fn ready(&mut self) -> Option<Result<(Source, Delivery), EventsError>> {
+        if let Some(next) = self.lifecycle.next().now_or_never() {
+            return Some(take(Source::Lifecycle, next));
+        }
+        self.telemetry.next().now_or_never().map(|next| take(Source::Telemetry, next))
+    }
+}
+
+fn take(
+    source: Source,
+    next: Option<Result<Delivery, lapin::Error>>,
+) -> Result<(Source, Delivery), EventsError> {
+    let queue = match source {
+        Source::Lifecycle => queue::DISPATCHER_EVENTS_QUEUE,
+        Source::Telemetry => queue::DISPATCHER_TELEMETRY_QUEUE,
+    };
+    match next {
+        Some(delivery) => Ok((source, delivery.map_err(|cause| EventsError::Consume { queue, cause })?)),
+        None => Err(EventsError::Cancelled(queue)),
+    }
+}
+
 impl EventConsumer {
-    /// Consumes until cancelled; unacked deliveries go back to the queue when it returns.
+    /// Consumes until cancelled; unacked deliveries go back to their queues when it returns.
     pub async fn run(
         self,
         connection: &Connection,
@@ -55,59 +108,60 @@ impl EventConsumer {
     ) -> Result<(), EventsError> {
         // Enough unacked deliveries for the next batch to gather while this one commits.
         let prefetch = u16::try_from(self.batch_size.saturating_mul(2)).unwrap_or(u16::MAX);
-        let (channel, mut consumer) =
+        let (lifecycle_channel, lifecycle) =
             open_consumer(connection, queue::DISPATCHER_EVENTS_QUEUE, "opflow-dispatcher", prefetch).await?;
-        let result = self.consume(&mut consumer, &wake, &cancel).await;
-        // Closing the channel hands any unacked (unapplied) event back to the queue.
-        if let Err(error) = channel.close(200, "dispatcher stopping".into()).await {
-            tracing::debug!(%error, "closing the events channel failed");
+        let telemetry_prefetch = u16::try_from(self.batch_size).unwrap_or(u16::MAX);
+        let (telemetry_channel, telemetry) = open_consumer(
+            connection,
+            queue::DISPATCHER_TELEMETRY_QUEUE,
+            "opflow-dispatcher-telemetry",
+            telemetry_prefetch,
+        )
+        .await?;
+        let mut consumers = Consumers { lifecycle, telemetry };
+        let result = self.consume(&mut consumers, &wake, &cancel).await;
+        // Closing a channel hands any unacked (unapplied) event back to its queue.
+        for channel in [lifecycle_channel, telemetry_channel] {
+            if let Err(error) = channel.close(200, "dispatcher stopping".into()).await {
+                tracing::debug!(%error, "closing an events channel failed");
+            }
         }
         result
     }
 
     async fn consume(
         &self,
-        consumer: &mut lapin::Consumer,
+        consumers: &mut Consumers,
         wake: &Notify,
         cancel: &CancellationToken,
     ) -> Result<(), EventsError> {
-        let failed = |source| EventsError::Consume { queue: queue::DISPATCHER_EVENTS_QUEUE, cause: source };
         let mut busy = false;
         loop {
             let first = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ok(()),
-                next = consumer.next() => match next {
-                    Some(delivery) => delivery.map_err(failed)?,
-                    None => return Err(EventsError::Cancelled(queue::DISPATCHER_EVENTS_QUEUE)),
-                },
+                next = consumers.next() => next?,
             };
             // Whatever else has already arrived joins the batch. A lone event (a chain of
             // steps, a quiet system) is applied at once. When the last batch held more than
             // one, events are arriving faster than they are applied: linger so each
             // transaction carries more of them (see `EventConsumer::linger`).
-            let mut bytes = first.data.len();
+            let mut bytes = first.1.data.len();
             let mut deliveries = vec![first];
             let linger_until = busy.then(|| tokio::time::Instant::now() + self.linger);
             while deliveries.len() < self.batch_size as usize && bytes < MAX_BATCH_BYTES {
-                let next = match consumer.next().now_or_never() {
-                    Some(next) => next,
+                let next = match consumers.ready() {
+                    Some(next) => next?,
                     None => match linger_until {
-                        Some(deadline) => match tokio::time::timeout_at(deadline, consumer.next()).await {
-                            Ok(next) => next,
+                        Some(deadline) => match tokio::time::timeout_at(deadline, consumers.next()).await {
+                            Ok(next) => next?,
                             Err(_) => break,
                         },
                         None => break,
                     },
                 };
-                match next {
-                    Some(delivery) => {
-                        let delivery = delivery.map_err(failed)?;
-                        bytes += delivery.data.len();
-                        deliveries.push(delivery);
-                    }
-                    None => break,
-                }
+                bytes += next.1.data.len();
+                deliveries.push(next);
             }
             busy = deliveries.len() > 1;
             let span = apply_span(&deliveries);
@@ -119,14 +173,22 @@ impl EventConsumer {
 
     /// Applies one batch and settles its deliveries. Returns false when cancelled before the
     /// batch could be applied (its deliveries stay unacked and are redelivered).
-    async fn apply(&self, deliveries: Vec<Delivery>, wake: &Notify, cancel: &CancellationToken) -> bool {
+    async fn apply(
+        &self,
+        mut deliveries: Vec<(Source, Delivery)>,
+        wake: &Notify,
+        cancel: &CancellationToken,
+    ) -> bool {
+        // A step's log lines were sent before its result: within a batch they come first
+        // (a stable sort keeps each queue's own order).
+        deliveries.sort_by_key(|(source, _)| *source == Source::Lifecycle);
         let mut events = Vec::with_capacity(deliveries.len());
         let mut decoded = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
+        for (source, delivery) in deliveries {
             match Event::decode(&delivery.data) {
                 Ok(event) => {
                     events.push(StorableEvent::new(event));
-                    decoded.push(delivery);
+                    decoded.push((source, delivery));
                 }
                 Err(error) => {
                     tracing::error!(%error, routing_key = %delivery.routing_key, "malformed event; dead-lettering it");
@@ -145,26 +207,33 @@ impl EventConsumer {
             let event = &events[position];
             tracing::error!(run_id = %event.run_id, step_id = %event.step_id, kind = event.kind.name(),
                 "event for a run this dispatcher does not know; dead-lettering it");
-            reject(&decoded[position]).await;
+            reject(&decoded[position].1).await;
         }
         for &position in &applied.given_up {
-            reject(&decoded[position]).await;
+            reject(&decoded[position].1).await;
         }
         // The batch is committed: the publisher can take the steps it queued while the ack
         // goes out (a chain's next step waits for nothing else).
         if outcome.newly_queued > 0 {
             wake.notify_one();
         }
-        // One ack settles the whole batch (`multiple` covers every earlier delivery still
-        // unsettled on this channel; the rejected ones above are settled already).
+        // One ack per queue settles the batch's deliveries from it (`multiple` covers every
+        // earlier delivery still unsettled on that queue's channel, all of which were in
+        // this batch or an earlier one; the rejected ones above are settled already).
         let rejected: HashSet<usize> = outcome.unknown_run.iter().chain(&applied.given_up).copied().collect();
-        let last = decoded.iter().enumerate().rev().find(|(position, _)| !rejected.contains(position));
-        if let Some((_, last)) = last
-            && let Err(error) = last.acker.ack(BasicAckOptions { multiple: true }).await
-        {
-            // The batch is committed; if the ack is lost the events come back and are
-            // recognised as duplicates.
-            tracing::warn!(%error, "acking applied events failed; they will be redelivered and ignored");
+        for source in [Source::Telemetry, Source::Lifecycle] {
+            let last = decoded
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(position, (from, _))| *from == source && !rejected.contains(position));
+            if let Some((_, (_, last))) = last
+                && let Err(error) = last.acker.ack(BasicAckOptions { multiple: true }).await
+            {
+                // The batch is committed; if the ack is lost the events come back and are
+                // recognised as duplicates.
+                tracing::warn!(%error, "acking applied events failed; they will be redelivered and ignored");
+            }
         }
         tracing::debug!(events = events.len(), queued = outcome.newly_queued, "applied a batch of events");
         if outcome.duplicates > 0 {
@@ -181,9 +250,9 @@ impl EventConsumer {
 /// worker's `step` span, from the headers; a lone event, as in a chain of steps, keeps its
 /// whole trace) and, when spans are exported, links the others' (one span can have one
 /// parent). One span per batch, none per event: the hot path stays cheap.
-fn apply_span(deliveries: &[Delivery]) -> tracing::Span {
+fn apply_span(deliveries: &[(Source, Delivery)]) -> tracing::Span {
     let span = tracing::info_span!("apply", events = deliveries.len());
-    let mut headers = deliveries.iter().map(|d| d.properties.headers().as_ref());
+    let mut headers = deliveries.iter().map(|(_, d)| d.properties.headers().as_ref());
     trace::adopt_parent(&span, headers.next().flatten());
     if opflow_process::telemetry::exporting() {
         for headers in headers {

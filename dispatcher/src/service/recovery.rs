@@ -16,7 +16,10 @@
 //!   retrying can never move again; its waiting steps fail with the reason and it ends.
 //!
 //! Both checks that read the events queue back off while events wait to be applied: a
-//! heartbeat or result still in that queue is not a sign of loss. So a loss is acted on
+//! heartbeat or result still in that queue is not a sign of loss. That queue holds only
+//! the events that move steps; log lines and progress wait on a queue of their own
+//! (`opflow.dispatcher.telemetry`), so a step that logs without end does not hold
+//! recovery up for anyone. So a loss is acted on
 //! within `lost_step_after` plus two check intervals of the events being applied
 //! (docs/reliability.md). A step taken for lost but merely slow runs again, and its late
 //! result is ignored: at-least-once, as everywhere.
