@@ -379,4 +379,81 @@ mod chaos {
         eprintln!("long step: {error}");
         Ok(())
     }
+
+    /// Steps of any length: with the broker's consumer timeout at 30 s, a step of 90 s
+    /// succeeds exactly once, its worker having handed its custody to the run store (and
+    /// acked its message) before the timeout. A worker SIGKILLed after its handover loses
+    /// nothing: its step is found silent, retried on another worker, and the run succeeds;
+    /// no result is applied twice, and nothing is abandoned.
+    #[tokio::test]
+    async fn a_step_three_times_the_consumer_timeout_succeeds_once_and_survives_its_worker()
+    -> anyhow::Result<()> {
+        let _lowered = LoweredConsumerTimeout::set(30_000, 1_000).await?;
+        let mut env = opflow_integration::Env::new("long-step-handover").await?;
+        env.register("noop").await?;
+        let _dispatcher = env.spawn_dispatcher_with(&[("OPFLOW_LOST_STEP_AFTER_SECS", "5")]).await?;
+        let spawn_worker = |env: &opflow_integration::Env| -> anyhow::Result<tokio::process::Child> {
+            Ok(env
+                .command(&opflow_integration::binary("noop")?)
+                .env("OPFLOW_HANDOVER_AFTER", "10s")
+                .stdout(std::process::Stdio::null())
+                .spawn()?)
+        };
+        let mut workers = vec![spawn_worker(&env)?, spawn_worker(&env)?];
+        let plan = env.plan_file(
+            "long",
+            "name: long\nassets:\n  - name: long\n    op: noop@^1\n    config: {sleep_ms: 90000}\n\
+             \x20 - name: killed\n    op: noop@^1\n    config: {sleep_ms: 40000}\n",
+        )?;
+        let output = env.opflow_ok(&["run", plan.to_str().context("utf-8")?, "--json"]).await?;
+        let run_id =
+            opflow_integration::parse_summary(&output)?["run_id"].as_str().context("run_id")?.to_owned();
+        let db = env.db().await?;
+        // Both steps running, one per worker; then past the handover (10 s), the worker of
+        // `killed` is SIGKILLed and a fresh one takes its place.
+        let holder: String = opflow_integration::wait_for("both steps to run", Duration::from_secs(60), || async {
+            let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+                "SELECT a.name, s.worker FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                 WHERE s.run_id = $1::uuid AND s.status = 'running'",
+            )
+            .bind(&run_id)
+            .fetch_all(&db)
+            .await?;
+            Ok((rows.len() == 2)
+                .then(|| rows.into_iter().find(|(name, _)| name == "killed").and_then(|(_, worker)| worker))
+                .flatten())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let pid: u32 = holder.rsplit('/').next().context("a worker id ends with its pid")?.parse()?;
+        let victim = workers.iter_mut().position(|w| w.id() == Some(pid)).context("the holder is ours")?;
+        opflow_integration::sigkill(&workers[victim])?;
+        workers.push(spawn_worker(&env)?);
+        let status: String =
+            opflow_integration::wait_for("the run to end", Duration::from_secs(300), || async {
+                let status: String = sqlx::query_scalar("SELECT status::text FROM runs WHERE id = $1::uuid")
+                    .bind(&run_id)
+                    .fetch_one(&db)
+                    .await?;
+                Ok(matches!(status.as_str(), "succeeded" | "failed" | "canceled").then_some(status))
+            })
+            .await?;
+        assert_eq!(status, "succeeded", "steps longer than the consumer timeout finish");
+        let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(
+            "SELECT a.name, s.attempt,
+                    (SELECT count(*) FROM events e WHERE e.run_id = s.run_id AND e.step_id = s.id AND e.kind = 'succeeded'),
+                    (SELECT count(*) FROM events e WHERE e.run_id = s.run_id AND e.step_id = s.id AND e.kind = 'abandoned')
+             FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+             WHERE s.run_id = $1::uuid ORDER BY a.name",
+        )
+        .bind(&run_id)
+        .fetch_all(&db)
+        .await?;
+        eprintln!("long steps (name, attempt, successes, abandons): {rows:?}");
+        let [killed, long] = &rows[..] else { anyhow::bail!("two steps: {rows:?}") };
+        assert_eq!((long.1, long.2, long.3), (1, 1, 0), "the 90 s step ran once, succeeded once: {long:?}");
+        assert!(killed.1 >= 2, "the killed worker's step was retried: {killed:?}");
+        assert_eq!((killed.2, killed.3), (1, 0), "one success, nothing abandoned: {killed:?}");
+        Ok(())
+    }
 }

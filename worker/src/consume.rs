@@ -5,7 +5,14 @@
 //! could run, and because KEDA then sees exactly one unacked message per busy worker.
 
 use futures_util::StreamExt;
-use lapin::{Channel, Consumer, message::Delivery, options::BasicCancelOptions};
+use std::sync::atomic::Ordering;
+
+use lapin::{
+    Channel, Consumer,
+    message::Delivery,
+    options::{BasicCancelOptions, BasicConsumeOptions},
+    types::FieldTable,
+};
 use opflow_protocol::queue;
 use tokio::sync::oneshot;
 
@@ -81,7 +88,7 @@ impl Worker {
             let (closed_tx, closed_rx) = oneshot::channel();
             let mut closed_tx = Some(closed_tx);
             let mut consuming = true;
-            let step = self.handle(delivery, closed_rx);
+            let step = self.handle(delivery, channel, closed_rx);
             tokio::pin!(step);
             let result = loop {
                 tokio::select! {
@@ -93,6 +100,11 @@ impl Worker {
                         consuming = false;
                     }
                     next = consumer.next(), if consuming && closed_tx.is_some() && arrived.is_none() => {
+                        if next.is_none() && self.consumer_paused.load(Ordering::SeqCst) {
+                            // The step cancelled the consumer to hand itself over: not an end.
+                            consuming = false;
+                            continue;
+                        }
                         let reason = match next {
                             Some(Ok(delivery)) => {
                                 // The step has acked and the next message is already here.
@@ -118,7 +130,10 @@ impl Worker {
                     }
                     return SessionEnd::Recycle;
                 }
-                Ok(Settled { recycle: false }) if consuming => {
+                Ok(Settled { recycle: false })
+                    if consuming
+                        || (self.consumer_paused.load(Ordering::SeqCst) && !self.shutdown.is_cancelled()) =>
+                {
                     if let Some(why) = self.retirement.step_settled() {
                         tracing::info!(%why, "retiring: no more steps for this worker; its supervisor starts a fresh one");
                         stop_consuming(channel, &self.id).await;
@@ -140,11 +155,30 @@ impl Worker {
             if closed_tx.is_none() {
                 return SessionEnd::Lost(anyhow::anyhow!("the consume channel of {queue_name} closed"));
             }
+            // A handed-over step cancelled the consumer; consume again for the next step.
+            if self.consumer_paused.swap(false, Ordering::SeqCst) {
+                consumer = match channel
+                    .basic_consume(
+                        queue_name.as_str().into(),
+                        self.id.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                {
+                    Ok(consumer) => consumer,
+                    Err(error) => {
+                        return SessionEnd::Lost(
+                            anyhow::Error::new(error).context(format!("consuming {queue_name} again")),
+                        );
+                    }
+                };
+            }
         }
     }
 }
 
-async fn stop_consuming(channel: &Channel, consumer_tag: &str) {
+pub(crate) async fn stop_consuming(channel: &Channel, consumer_tag: &str) {
     if let Err(error) = channel.basic_cancel(consumer_tag.into(), BasicCancelOptions::default()).await {
         tracing::warn!(%error, "cancelling the consumer failed");
     }

@@ -2,6 +2,13 @@
 //! publishes the terminal event with a confirm and *then* acks, so the message leaves the
 //! queue only once its result is safely with the broker. A lease dropped without an
 //! outcome is a bug; it says so at error level and gives the message back to the queue.
+//!
+//! A step longer than the broker's `consumer_timeout` would be taken away mid-run, so a
+//! long step's custody is handed over ([`StepLease::hand_over`]): once the step's start is
+//! confirmed (so the run store has it running, watched by its heartbeats), the message is
+//! acked. From then on the run store holds the step: if its heartbeats stop (the worker is
+//! killed, hangs or loses the broker), lost-step recovery retries it; its result is
+//! published with a confirm, with no message left to ack.
 
 use lapin::{
     Acker,
@@ -33,20 +40,45 @@ impl From<PublishError> for LeaseError {
 /// The right to settle one delivery. See the module docs.
 pub struct StepLease {
     acker: Option<Acker>,
+    /// The message is acked and the run store holds the step ([`StepLease::hand_over`]).
+    handed_over: bool,
 }
 
 impl StepLease {
     pub fn new(acker: Acker) -> Self {
-        Self { acker: Some(acker) }
+        Self { acker: Some(acker), handed_over: false }
+    }
+
+    /// Whether the step's custody was handed over to the run store.
+    pub fn handed_over(&self) -> bool {
+        self.handed_over
+    }
+
+    /// Hands the step's custody to the run store: publishes `started` (confirmed, after
+    /// every earlier event of this worker, so the dispatcher will have the step running and
+    /// watch its heartbeats) and then acks the message. If the publish or the ack fails,
+    /// the lease still holds the message, as before.
+    pub async fn hand_over(&mut self, reporter: &Reporter, started: Event) -> Result<(), LeaseError> {
+        debug_assert!(matches!(started.kind, opflow_protocol::EventKind::Started { .. }));
+        let Some(acker) = &self.acker else { return Ok(()) };
+        reporter.publish_confirmed(started).await?;
+        acker.ack(BasicAckOptions::default()).await.map_err(LeaseError::Ack)?;
+        self.acker = None;
+        self.handed_over = true;
+        Ok(())
     }
 
     /// Publishes `terminal` (confirmed, after every earlier event of this worker) and then
-    /// acks. If the publish fails the message is given back to the queue.
+    /// acks. If the publish fails the message is given back to the queue; after a handover
+    /// there is none, and the caller keeps the result to publish again.
     pub async fn complete(mut self, reporter: &Reporter, terminal: Event) -> Result<(), LeaseError> {
         debug_assert!(terminal.kind.is_terminal(), "complete() takes a succeeded or failed event");
         if let Err(error) = reporter.publish_confirmed(terminal).await {
             self.release().await;
             return Err(error.into());
+        }
+        if self.handed_over {
+            return Ok(());
         }
         let acker = self.acker.take().expect("a lease holds its acker until it is settled");
         acker.ack(BasicAckOptions::default()).await.map_err(LeaseError::Ack)?;

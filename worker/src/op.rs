@@ -51,6 +51,13 @@ pub struct WorkerSettings {
     #[arg(long, env = "OPFLOW_STOP_GRACE", default_value = "5s", value_parser = humantime_duration)]
     pub stop_grace: Duration,
 
+    /// How long a step runs before the worker takes it off the broker's hands: it confirms
+    /// the step started, acks its message (so the broker's consumer_timeout no longer
+    /// applies) and heartbeats on; if the heartbeats stop, the dispatcher retries the step.
+    /// Keep it below the broker's consumer_timeout (30 min by default)
+    #[arg(long, env = "OPFLOW_HANDOVER_AFTER", default_value = "10m", value_parser = humantime_duration)]
+    pub handover_after: Duration,
+
     /// Log line format on stderr
     #[arg(long, env = "OPFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -95,8 +102,9 @@ impl Op {
     }
 
     /// The longest one step is expected to run. `opflow ops add` warns when the broker's
-    /// `consumer_timeout` is shorter: the broker would take such a step away from its
-    /// worker mid-run (see docs/reliability.md).
+    /// `consumer_timeout` is shorter and would pass before the worker hands the step over
+    /// (`--handover-after`): the broker would take such a step away from its worker mid-run
+    /// (see docs/reliability.md).
     pub fn longest_step(mut self, longest: Duration) -> Self {
         self.longest_step = Some(longest);
         self

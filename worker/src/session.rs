@@ -70,6 +70,7 @@ pub(crate) async fn run(
             spec: &spec,
             heartbeat: settings.heartbeat,
             stop_grace: settings.stop_grace,
+            handover_after: settings.handover_after,
             cancels: cancels.clone(),
             retirement: retirement.clone(),
             id: &id,
@@ -103,6 +104,7 @@ struct Session<'a> {
     spec: &'a Arc<OpSpec>,
     heartbeat: Duration,
     stop_grace: Duration,
+    handover_after: Duration,
     cancels: Cancels,
     retirement: Retirement,
     id: &'a str,
@@ -145,12 +147,14 @@ impl Session<'_> {
             spec: self.spec.clone(),
             heartbeat: self.heartbeat,
             stop_grace: self.stop_grace,
+            handover_after: self.handover_after,
             cancels: self.cancels.clone(),
             retirement: self.retirement.clone(),
             id: self.id.to_owned(),
             reporter,
             shutdown: shutdown.clone(),
             unsent: self.unsent.clone(),
+            consumer_paused: Default::default(),
         };
         if let Err(error) = worker.publish_unsent().await {
             drop(worker);

@@ -15,6 +15,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use lapin::{
+    Channel,
     message::Delivery,
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -37,6 +38,9 @@ pub(crate) struct Worker {
     /// How long a step told to stop (timed out, canceled) has to return by itself before
     /// the worker exits to stop it.
     pub(crate) stop_grace: Duration,
+    /// How long a step runs before its custody is handed to the run store (see
+    /// `lease::StepLease::hand_over`).
+    pub(crate) handover_after: Duration,
     /// The canceled runs this worker knows of, and the step in hand.
     pub(crate) cancels: Cancels,
     /// `name@version/host/pid`: names this worker in events and in the broker's consumer list.
@@ -48,6 +52,10 @@ pub(crate) struct Worker {
     pub(crate) unsent: Arc<std::sync::Mutex<Vec<Event>>>,
     /// When this worker retires (recycling).
     pub(crate) retirement: Retirement,
+    /// The consumer was cancelled to hand a long step over (the broker must not send this
+    /// busy worker another message once the step's is acked); the consume loop consumes
+    /// again once the step settles.
+    pub(crate) consumer_paused: std::sync::atomic::AtomicBool,
 }
 
 /// A step still running after this long reports `started`; a quicker one reports only
@@ -92,6 +100,7 @@ impl Worker {
     pub(crate) async fn handle(
         &self,
         delivery: Delivery,
+        channel: &Channel,
         channel_closed: oneshot::Receiver<String>,
     ) -> Result<Settled, StepEnd> {
         let lease = StepLease::new(delivery.acker.clone());
@@ -118,7 +127,9 @@ impl Worker {
         // context the message's headers carry.
         let span = step_span(&message, delivery.properties.headers().as_ref());
         let deliveries = delivery_count(delivery.properties.headers().as_ref());
-        self.run_step(message, lease, delivery.redelivered, deliveries, channel_closed).instrument(span).await
+        self.run_step(message, lease, delivery.redelivered, deliveries, channel, channel_closed)
+            .instrument(span)
+            .await
     }
 
     async fn run_step(
@@ -127,6 +138,7 @@ impl Worker {
         lease: StepLease,
         redelivered: bool,
         deliveries: Option<i64>,
+        channel: &Channel,
         mut channel_closed: oneshot::Receiver<String>,
     ) -> Result<Settled, StepEnd> {
         let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
@@ -148,7 +160,10 @@ impl Worker {
         let started = Instant::now();
         let started_at = Utc::now();
         let running = self.cancels.track(run_id);
-        let executed = self.execute(message, started_at, running.token(), &mut channel_closed).await;
+        let mut lease = lease;
+        let executed = self
+            .execute(message, started_at, running.token(), channel, &mut channel_closed, &mut lease)
+            .await;
         drop(running);
 
         let grace = humantime::format_duration(self.stop_grace);
@@ -216,7 +231,15 @@ impl Worker {
             _ => tracing::debug!(elapsed_ms, "step succeeded"),
         }
         let result = event(kind).with_started_at(started_at);
-        lease.complete(&self.reporter, result).await.map_err(|e| StepEnd::Broker(e.into()))?;
+        let handed_over = lease.handed_over();
+        if let Err(error) = lease.complete(&self.reporter, result.clone()).await {
+            if handed_over {
+                // No message to redeliver: the result waits for the next session.
+                tracing::warn!(%error, "could not report the handed-over step's result yet; the next session will");
+                self.unsent.lock().expect("never poisoned").push(result);
+            }
+            return Err(StepEnd::Broker(error.into()));
+        }
         if recycle {
             tracing::error!(grace = %grace, "the handler did not stop when told to; the step is reported, exiting to stop it");
         }
@@ -235,7 +258,9 @@ impl Worker {
         message: StepMessage,
         started_at: DateTime<Utc>,
         run_canceled: &CancellationToken,
+        channel: &Channel,
         channel_closed: &mut oneshot::Receiver<String>,
+        lease: &mut StepLease,
     ) -> Executed {
         let timeout = message.timeout_ms.map(Duration::from_millis);
         let stop_step = CancellationToken::new();
@@ -259,8 +284,29 @@ impl Worker {
         // The consume loop keeps the sender while it watches the channel; once it drops
         // it, there is nothing more to hear from this branch.
         let mut watching_channel = true;
+        let mut handover_at = tokio::time::Instant::now() + self.handover_after;
         let why = loop {
             tokio::select! {
+                () = tokio::time::sleep_until(handover_at), if !lease.handed_over() => {
+                    // Consume nothing more first: once the message is acked, the broker
+                    // would send this busy worker the next one, to wait out the step.
+                    if !self.consumer_paused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        crate::consume::stop_consuming(channel, &self.id).await;
+                    }
+                    let started = heartbeats.started_event();
+                    match lease.hand_over(&self.reporter, started).await {
+                        Ok(()) => {
+                            tracing::info!(after = %humantime::format_duration(self.handover_after),
+                                "long step: handed its custody to the run store and acked its message");
+                            // The message is settled: the channel closing no longer takes the step away.
+                            watching_channel = false;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "could not hand the long step over yet; trying again");
+                            handover_at = tokio::time::Instant::now() + self.heartbeat;
+                        }
+                    }
+                }
                 joined = &mut task => {
                     self.say_what_was_dropped(&watched).await;
                     return Executed::Finished(handler_result(joined));
@@ -321,6 +367,20 @@ impl Heartbeats {
             next: tokio::time::Instant::now() + REPORT_START_AFTER,
             started_sent: false,
         }
+    }
+
+    /// A `started` event of this attempt (stamped with its start), as a handover confirms.
+    fn started_event(&self) -> Event {
+        let (run_id, step_id, attempt) = self.step;
+        let mut event = Event::new(
+            run_id,
+            step_id,
+            attempt,
+            self.worker.clone(),
+            EventKind::Started { op: self.op.clone() },
+        );
+        event.at = self.started_at;
+        event
     }
 
     fn beat(&mut self) {

@@ -66,7 +66,12 @@ fn is_loopback(amqp_url: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1") || host.starts_with("127.")
 }
 
-/// The warning for an op whose declared longest step is not shorter than the timeout.
+/// When a worker hands a long step over to the run store by default (its
+/// `--handover-after`): a timeout longer than this never takes a step away.
+pub const DEFAULT_HANDOVER_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// The warning for an op whose declared longest step is not shorter than the timeout, when
+/// the timeout would pass before its workers hand the step over by default.
 pub fn warning(
     op: &str,
     longest_step: Duration,
@@ -74,7 +79,7 @@ pub fn warning(
     source: Source,
 ) -> Option<String> {
     let timeout = timeout?;
-    if longest_step < timeout {
+    if longest_step < timeout || timeout > DEFAULT_HANDOVER_AFTER {
         return None;
     }
     let whose = match source {
@@ -84,12 +89,14 @@ pub fn warning(
         }
     };
     Some(format!(
-        "{op} declares steps of up to {}, but {whose} is {}: RabbitMQ takes a step that runs longer away from \
-         its worker, which abandons it, and after the queue's delivery limit the step fails. Raise \
-         `consumer_timeout` in rabbitmq.conf above the longest step (milliseconds; e.g. consumer_timeout = {}), \
-         see docs/reliability.md",
+        "{op} declares steps of up to {}, but {whose} is {}, before its workers hand a long step over to the \
+         run store (`--handover-after`, {} by default): RabbitMQ takes a step still running then away from its \
+         worker, which abandons it, and after the queue's delivery limit the step fails. Run the op's workers \
+         with `--handover-after` well below the timeout, or raise `consumer_timeout` in rabbitmq.conf \
+         (milliseconds; e.g. consumer_timeout = {}), see docs/reliability.md",
         humantime::format_duration(longest_step),
         humantime::format_duration(timeout),
+        humantime::format_duration(DEFAULT_HANDOVER_AFTER),
         (longest_step.as_millis() * 2).max(1_800_000)
     ))
 }
@@ -120,6 +127,8 @@ mod tests {
         let minute = Duration::from_secs(60);
         assert_eq!(warning("noop@1.1.0", minute, Some(minute * 30), Source::Broker), None);
         assert_eq!(warning("noop@1.1.0", minute, None, Source::Broker), None);
+        // Past the default handover, a longer step is handed over before the timeout.
+        assert_eq!(warning("noop@1.1.0", minute * 120, Some(minute * 30), Source::Broker), None);
         let warned = warning("noop@1.1.0", minute, Some(Duration::from_secs(5)), Source::Broker).unwrap();
         assert!(warned.contains("noop@1.1.0 declares steps of up to 1m"), "{warned}");
         assert!(warned.contains("consumer_timeout is 5s") && warned.contains("rabbitmq.conf"), "{warned}");
