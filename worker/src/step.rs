@@ -288,23 +288,11 @@ impl Worker {
         let why = loop {
             tokio::select! {
                 () = tokio::time::sleep_until(handover_at), if !lease.handed_over() => {
-                    // Consume nothing more first: once the message is acked, the broker
-                    // would send this busy worker the next one, to wait out the step.
-                    if !self.consumer_paused.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                        crate::consume::stop_consuming(channel, &self.id).await;
-                    }
-                    let started = heartbeats.started_event();
-                    match lease.hand_over(&self.reporter, started).await {
-                        Ok(()) => {
-                            tracing::info!(after = %humantime::format_duration(self.handover_after),
-                                "long step: handed its custody to the run store and acked its message");
-                            // The message is settled: the channel closing no longer takes the step away.
-                            watching_channel = false;
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "could not hand the long step over yet; trying again");
-                            handover_at = tokio::time::Instant::now() + self.heartbeat;
-                        }
+                    if self.hand_over(lease, channel, &heartbeats).await {
+                        // The message is settled: the channel closing no longer takes the step away.
+                        watching_channel = false;
+                    } else {
+                        handover_at = tokio::time::Instant::now() + self.heartbeat;
                     }
                 }
                 joined = &mut task => {
@@ -324,6 +312,26 @@ impl Worker {
         let handler_stopped = tokio::time::timeout(self.stop_grace, &mut task).await.is_ok();
         self.say_what_was_dropped(&watched).await;
         Executed::Stopped { why, handler_stopped }
+    }
+
+    /// Hands a long step's custody to the run store (`StepLease::hand_over`), having stopped
+    /// consuming first: once the message is acked, the broker would send this busy worker
+    /// the next one, to wait out the step. False if it could not yet (tried again later).
+    async fn hand_over(&self, lease: &mut StepLease, channel: &Channel, heartbeats: &Heartbeats) -> bool {
+        if !self.consumer_paused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            crate::consume::stop_consuming(channel, &self.id).await;
+        }
+        match lease.hand_over(&self.reporter, heartbeats.started_event()).await {
+            Ok(()) => {
+                tracing::info!(after = %humantime::format_duration(self.handover_after),
+                    "long step: handed its custody to the run store and acked its message");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not hand the long step over yet; trying again");
+                false
+            }
+        }
     }
 
     /// Sends the line saying how many log lines and progress reports the step dropped, if
