@@ -62,6 +62,16 @@ ensure_rabbitmq() {
     "${SUDO[@]}" rabbitmqctl -q await_startup || fail "RabbitMQ did not finish starting"
   fi
   command -v rabbitmqctl >/dev/null || fail "rabbitmqctl is missing; the tests use it to create their own vhosts"
+  # Op identities: `opflow up` and `opflow ops add` make a broker user per op version
+  # through the management API (KEDA's RabbitMQ scaler reads queue depths through it too).
+  if port_open 15672; then
+    say "RabbitMQ's management API is on 127.0.0.1:15672"
+  else
+    say "enabling RabbitMQ's management API (rabbitmq-plugins enable rabbitmq_management): op identities need it"
+    "${SUDO[@]}" rabbitmq-plugins -q enable rabbitmq_management >/dev/null ||
+      fail "cannot enable rabbitmq_management; enable it yourself, or run with OPFLOW_OP_IDENTITY=off"
+    wait_for_port 15672 "RabbitMQ's management API"
+  fi
 }
 
 ensure_postgres

@@ -45,6 +45,35 @@ impl ConnectRetry {
     }
 }
 
+/// Who a URL logs in as, and where: the user every message published on its connection
+/// carries as its (broker-checked) `user_id`, and the vhost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub user: String,
+    pub vhost: String,
+    pub host: String,
+}
+
+impl Login {
+    /// Reads the login of an AMQP URL (without connecting); the URL's defaults apply
+    /// (`guest`, vhost `/`).
+    pub fn of(url: &SecretUrl) -> Result<Self, ConnectError> {
+        let uri = parse(url)?;
+        Ok(Self { user: uri.authority.userinfo.username, vhost: uri.vhost, host: uri.authority.host })
+    }
+}
+
+/// Parses `url`; a malformed one is [`ConnectError::BadUrl`], whose message shows the URL
+/// redacted (the parser's own message may quote it whole).
+fn parse(url: &SecretUrl) -> Result<lapin::uri::AMQPUri, ConnectError> {
+    let text = url.expose();
+    text.parse::<lapin::uri::AMQPUri>().map_err(|reason| {
+        let redacted = url.redacted();
+        let reason = if text.is_empty() { reason } else { reason.replace(text, &redacted) };
+        ConnectError::BadUrl { url: redacted, reason }
+    })
+}
+
 /// Opens a connection named `name` (shown by `rabbitmqctl list_connections`). Only the
 /// URL's redacted form ever reaches a log line or an error.
 pub async fn connect(
@@ -55,12 +84,9 @@ pub async fn connect(
 ) -> Result<Connection, ConnectError> {
     let redacted_url = url.redacted();
     let redacted_url = redacted_url.as_str();
+    // A malformed URL is not retried.
+    parse(url)?;
     let url = url.expose();
-    // A malformed URL is not retried, and the parser's message may quote the URL whole.
-    if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
-        let reason = if url.is_empty() { reason } else { reason.replace(url, redacted_url) };
-        return Err(ConnectError::BadUrl { url: redacted_url.to_owned(), reason });
-    }
     let attempts = AtomicUsize::new(0);
     let backoff = opflow_process::backoff::reconnect();
     let backoff = match retry.max_attempts {
@@ -88,6 +114,14 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_names_user_vhost_and_host() {
+        let login = Login::of(&SecretUrl::new("amqp://alice:pw@rabbit:5672/team-a")).unwrap();
+        assert_eq!(login, Login { user: "alice".into(), vhost: "team-a".into(), host: "rabbit".into() });
+        let login = Login::of(&SecretUrl::new("amqp://127.0.0.1:5672/%2f")).unwrap();
+        assert_eq!((login.user.as_str(), login.vhost.as_str()), ("guest", "/"));
+    }
 
     #[tokio::test]
     async fn a_malformed_url_fails_at_once_without_quoting_its_password() {

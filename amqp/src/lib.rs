@@ -17,6 +17,6 @@ pub mod publish;
 pub mod topology;
 pub mod trace;
 
-pub use connect::{ConnectError, connect};
+pub use connect::{ConnectError, Login, connect};
 pub use publish::{Outgoing, PendingConfirm, PublishError, Publisher};
 pub use topology::{OpQueueSettings, QueueKind, TopologyError};

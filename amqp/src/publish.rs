@@ -2,6 +2,11 @@
 //! awaited until the broker confirms it. An unroutable mandatory message comes back from
 //! lapin as `Confirmation::Ack(Some(returned))`, an *ack*, so checking `is_ack()` alone
 //! would silently drop it; [`PendingConfirm::wait`] turns it into [`PublishError::Unroutable`].
+//!
+//! Every message also carries its publisher's login as `user_id`. The broker refuses a
+//! message whose `user_id` is not the connection's own user, so a reader can trust it: it
+//! is how the dispatcher knows which op version sent an event, and a worker that a cancel
+//! record came from the dispatcher.
 
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
@@ -37,14 +42,18 @@ pub struct Outgoing<'a> {
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    /// The connection's login, stamped on every message as its `user_id`.
+    user: ShortString,
 }
 
 impl Publisher {
-    /// Opens a new channel on `connection` and puts it in confirm mode.
-    pub async fn open(connection: &Connection) -> Result<Self, lapin::Error> {
+    /// Opens a new channel on `connection`, which logged in as `user`, and puts it in
+    /// confirm mode. A `user` other than the connection's own makes every publish fail
+    /// (the broker closes the channel).
+    pub async fn open(connection: &Connection, user: &str) -> Result<Self, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Self { channel })
+        Ok(Self { channel, user: ShortString::from(user) })
     }
 
     pub fn channel(&self) -> &Channel {
@@ -58,6 +67,7 @@ impl Publisher {
             .with_delivery_mode(PERSISTENT)
             .with_content_type(ShortString::from("application/json"))
             .with_type(ShortString::from(message.message_type))
+            .with_user_id(self.user.clone())
             .with_headers(message.headers);
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let confirm = self

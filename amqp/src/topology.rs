@@ -162,7 +162,7 @@ pub const EVENTS_DELIVERY_LIMIT: u32 = 20;
 
 /// Declares what every op queue and the dispatcher rely on: the events exchange and the
 /// dispatcher's events and telemetry queues, the dead-letter exchange and queue, and the
-/// cancels stream.
+/// cancels stream with its exchange.
 /// Returns warnings about what exists but differs (an events queue declared by an older
 /// release, without a delivery limit): it is used as it is.
 pub async fn declare_shared(
@@ -219,6 +219,8 @@ pub async fn declare_shared(
         .queue_declare(queue::CANCELS_STREAM.into(), durable(), cancels_arguments())
         .await
         .map_err(|source| TopologyError::Declare { name: queue::CANCELS_STREAM.to_owned(), cause: source })?;
+    exchange(&channel, queue::CANCELS_EXCHANGE, ExchangeKind::Fanout).await?;
+    bind(&channel, queue::CANCELS_STREAM, queue::CANCELS_EXCHANGE, String::new()).await?;
 
     exchange(&channel, queue::EVENTS_EXCHANGE, ExchangeKind::Topic).await?;
     let events_args = queue_arguments(events_queue, Some(EVENTS_DELIVERY_LIMIT), true);

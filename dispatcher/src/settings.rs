@@ -17,6 +17,16 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 pub struct Settings {
     /// RabbitMQ URL.
     pub amqp_url: SecretUrl,
+    /// RabbitMQ's management API (`http://user:password@host:15672`), through which op
+    /// versions' broker users are made (`op_identity`). Unset: the `amqp_url`'s host on
+    /// port 15672, with its login.
+    pub broker_management_url: Option<SecretUrl>,
+    /// Whether each op version speaks with a broker identity of its own: `required` (an
+    /// event counts only if the op version of its step sent it; `opflow ops add` makes the
+    /// op's broker user), `off` (ops share the dispatcher's login and may speak for any
+    /// step), or `auto`: required under `opflow up`, which gives its workers their
+    /// credentials, off under `opflow dispatcher`, whose workers someone else starts.
+    pub op_identity: OpIdentity,
     /// PostgreSQL URL. The database is created on first use if the server allows it.
     pub database_url: SecretUrl,
     /// Address of the HTTP API.
@@ -90,6 +100,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             amqp_url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            broker_management_url: None,
+            op_identity: OpIdentity::Auto,
             database_url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/opflow"),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7600)),
             api_auth: ApiAuth::Auto,
@@ -121,6 +133,8 @@ impl Default for Settings {
 /// `OPFLOW_HEARTBEAT`, `OPFLOW_CONFIG` itself) are not settings of this binary.
 const KEYS: &[&str] = &[
     "amqp_url",
+    "broker_management_url",
+    "op_identity",
     "database_url",
     "api_addr",
     "api_auth",
@@ -387,6 +401,57 @@ impl Settings {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    /// [`Settings::broker_management_url`], or the one derived from `amqp_url`.
+    pub fn management_url(&self) -> Result<SecretUrl, SettingsError> {
+        if let Some(url) = &self.broker_management_url {
+            return Ok(url.clone());
+        }
+        let invalid = |reason: String| SettingsError::Invalid { key: "amqp_url", reason };
+        let uri = self.amqp_url.expose().parse::<lapin::uri::AMQPUri>().map_err(|e| {
+            invalid(format!("{e} (needed to derive broker_management_url; set that instead)"))
+        })?;
+        let info = &uri.authority.userinfo;
+        let host = &uri.authority.host;
+        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        Ok(SecretUrl::new(format!(
+            "http://{}:{}@{host}:15672",
+            percent_encode(&info.username),
+            percent_encode(&info.password)
+        )))
+    }
+}
+
+/// `text` with every byte outside URL's unreserved set percent-encoded, for a user name or
+/// password inside a URL.
+fn percent_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, USERINFO).to_string()
+}
+
+const USERINFO: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The `op_identity` setting; see [`Settings::op_identity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpIdentity {
+    /// Required under `opflow up`, off under `opflow dispatcher`.
+    #[default]
+    Auto,
+    Required,
+    Off,
+}
+
+impl OpIdentity {
+    /// Whether ops must speak for themselves, in a process that starts its own workers
+    /// (`opflow up`: `starts_workers`) or not.
+    pub fn required(self, starts_workers: bool) -> bool {
+        match self {
+            OpIdentity::Auto => starts_workers,
+            OpIdentity::Required => true,
+            OpIdentity::Off => false,
+        }
     }
 }
 

@@ -361,6 +361,7 @@ impl Drop for Env {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        delete_op_users(&self.vhost);
         // `OPFLOW_TEST_KEEP_LOGS=1` keeps each test's process logs to look at afterwards.
         let dir = std::env::temp_dir().join(&self.name);
         if std::env::var_os("OPFLOW_TEST_KEEP_LOGS").is_some() {
@@ -369,6 +370,45 @@ impl Drop for Env {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// Deletes the broker users `opflow up` or `opflow ops add` made for op versions on
+/// `vhost` (users outlive their vhost), through the management API, with curl; best effort.
+fn delete_op_users(vhost: &str) {
+    let api = "http://127.0.0.1:15672/api";
+    let Ok(listed) = std::process::Command::new("curl")
+        .args(["-sf", "-u", "guest:guest", &format!("{api}/users?columns=name")])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return;
+    };
+    let prefix = format!("opflow-op:{vhost}:");
+    let users: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&listed.stdout)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|user| user["name"].as_str().filter(|name| name.starts_with(&prefix)).map(str::to_owned))
+        .collect();
+    if users.is_empty() {
+        return;
+    }
+    let body = serde_json::json!({ "users": users }).to_string();
+    let _ = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-u",
+            "guest:guest",
+            "-H",
+            "content-type: application/json",
+            "-X",
+            "POST",
+            "--data",
+            &body,
+        ])
+        .arg(format!("{api}/users/bulk-delete"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {

@@ -32,9 +32,14 @@ pub const DEAD_LETTER_EXCHANGE: &str = "opflow.dead-letter";
 /// The queue bound to [`DEAD_LETTER_EXCHANGE`], read by the dispatcher.
 pub const DEAD_LETTER_QUEUE: &str = "opflow.dead-letter";
 
-/// The stream of run cancellations (a RabbitMQ stream queue), published to through the
-/// default exchange and read by every worker from the start of its retention.
+/// The stream of run cancellations (a RabbitMQ stream queue), published to through
+/// [`CANCELS_EXCHANGE`] and read by every worker from the start of its retention.
 pub const CANCELS_STREAM: &str = "opflow.cancels";
+
+/// The fanout exchange bound to [`CANCELS_STREAM`] alone. The dispatcher's cancel records
+/// and the workers' markers go through it, so an op needs no write permission on the
+/// default exchange (which reaches every queue, other ops' included).
+pub const CANCELS_EXCHANGE: &str = "opflow.cancels";
 
 /// The AMQP `type` property of a cancel record.
 pub const CANCEL_MESSAGE_TYPE: &str = "opflow.cancel";
@@ -54,6 +59,15 @@ pub const EVENT_MESSAGE_TYPE: &str = "opflow.event";
 /// The durable queue of one op version: `opflow.op.<name>.<version>`.
 pub fn op_queue(op: &OpRef) -> String {
     format!("opflow.op.{}.{}", op.name, op.version)
+}
+
+/// The RabbitMQ user of one op version of the installation on `vhost`:
+/// `opflow-op:<vhost>:<name>@<version>`. Users are global to a broker and vhosts are not,
+/// so the vhost is part of the name: two installations on one broker never share a user.
+/// Every event and marker a worker publishes carries it as its `user_id`, which the broker
+/// checks against the connection's login.
+pub fn op_user(vhost: &str, op: &OpRef) -> String {
+    format!("opflow-op:{vhost}:{op}")
 }
 
 /// The routing key of an event on [`EVENTS_EXCHANGE`].
@@ -100,6 +114,13 @@ mod tests {
             assert_eq!(homes.iter().filter(|&&h| h).count(), 1, "`{name}`");
         }
         assert_eq!(LIFECYCLE_EVENTS.len() + TELEMETRY_EVENTS.len(), kinds.len(), "no name without a kind");
+    }
+
+    #[test]
+    fn op_user_names_vhost_op_and_version() {
+        let op: OpRef = "price-paths@1.4.2".parse().unwrap();
+        assert_eq!(op_user("/", &op), "opflow-op:/:price-paths@1.4.2");
+        assert_eq!(op_user("team-a", &op), "opflow-op:team-a:price-paths@1.4.2");
     }
 
     #[test]

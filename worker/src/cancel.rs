@@ -5,6 +5,11 @@
 //! came before; then it follows the stream. A step of a canceled run never starts here,
 //! and the step in hand is told to stop the moment its run is canceled.
 //!
+//! Only the dispatcher cancels a run: a record counts only if its `user_id`, which the
+//! broker checks against the publisher's login, is the dispatcher's user. Ops may write to
+//! the stream (their markers go there), so another op's forged record reaches every
+//! worker, and is ignored by each (the dispatcher counts it: `service::cancels_audit`).
+//!
 //! A broker without the stream (a dispatcher older than cancellation) is worked with all
 //! the same: the worker says once that it cannot see cancels, and runs every step.
 
@@ -35,6 +40,8 @@ const CATCH_UP: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(crate) struct Cancels {
     state: Arc<Mutex<State>>,
+    /// The only user whose records cancel a run.
+    dispatcher_user: Arc<str>,
 }
 
 struct State {
@@ -60,10 +67,14 @@ impl Drop for Running {
     }
 }
 
-impl Default for Cancels {
-    fn default() -> Self {
+impl From<String> for Cancels {
+    /// Cancels that only `dispatcher_user` can make.
+    fn from(dispatcher_user: String) -> Self {
         let capacity = NonZeroUsize::new(REMEMBERED).expect("a positive capacity");
-        Self { state: Arc::new(Mutex::new(State { canceled: lru::LruCache::new(capacity), running: None })) }
+        Self {
+            state: Arc::new(Mutex::new(State { canceled: lru::LruCache::new(capacity), running: None })),
+            dispatcher_user: dispatcher_user.into(),
+        }
     }
 }
 
@@ -106,7 +117,7 @@ impl Cancels {
     pub(crate) async fn follow(
         &self,
         connection: &Connection,
-        publisher: &Publisher,
+        user: &str,
         worker: &str,
         stop: CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
@@ -120,20 +131,31 @@ impl Cancels {
         };
         let nonce = format!("{worker}/{}", uuid::Uuid::new_v4());
         let marker = CancelRecord::marker(&nonce).encode();
-        let published = publisher
-            .publish(Outgoing {
-                exchange: "",
-                routing_key: queue::CANCELS_STREAM,
-                payload: &marker,
-                message_type: queue::CANCEL_MESSAGE_TYPE,
-                headers: FieldTable::default(),
-            })
-            .await;
+        // On a channel of its own: a broker without the cancels exchange closes the channel
+        // of a publish to it, and the events channel must not go with it.
+        let published = async {
+            let publisher = Publisher::open(connection, user).await?;
+            let published = publisher
+                .publish(Outgoing {
+                    exchange: queue::CANCELS_EXCHANGE,
+                    routing_key: "",
+                    payload: &marker,
+                    message_type: queue::CANCEL_MESSAGE_TYPE,
+                    headers: FieldTable::default(),
+                })
+                .await;
+            if let Err(error) = publisher.channel().close(200, "marker published".into()).await {
+                tracing::debug!(%error, "closing the marker channel failed");
+            }
+            published.map_err(anyhow::Error::new)
+        }
+        .await;
         match published {
             Ok(()) => {
                 let caught_up = tokio::time::timeout(CATCH_UP, async {
                     while let Some(Ok(delivery)) = consumer.next().await {
-                        let mine = self.read(&delivery.data).as_deref() == Some(nonce.as_str());
+                        let mine =
+                            self.read(sender(&delivery), &delivery.data).as_deref() == Some(nonce.as_str());
                         ack(&delivery.acker).await;
                         if mine {
                             return true;
@@ -160,7 +182,7 @@ impl Cancels {
                         _ => break,
                     },
                 };
-                cancels.read(&delivery.data);
+                cancels.read(sender(&delivery), &delivery.data);
                 ack(&delivery.acker).await;
             }
             if let Err(error) = channel.close(200, "worker stopping".into()).await {
@@ -169,11 +191,16 @@ impl Cancels {
         }))
     }
 
-    /// Applies one record; returns a marker's nonce.
-    fn read(&self, data: &[u8]) -> Option<String> {
+    /// Applies one record from `sender` (its `user_id`); returns a marker's nonce.
+    fn read(&self, sender: Option<&str>, data: &[u8]) -> Option<String> {
         match CancelRecord::decode(data) {
             Ok(CancelRecord { kind: CancelKind::Run { run_id }, .. }) => {
-                self.cancel(run_id);
+                if sender == Some(&*self.dispatcher_user) {
+                    self.cancel(run_id);
+                } else {
+                    tracing::warn!(run_id = %run_id, sender = sender.unwrap_or("(none)"),
+                        dispatcher = %self.dispatcher_user, "ignoring a cancel record not published by the dispatcher");
+                }
                 None
             }
             Ok(CancelRecord { kind: CancelKind::Marker { nonce }, .. }) => Some(nonce),
@@ -183,6 +210,11 @@ impl Cancels {
             }
         }
     }
+}
+
+/// Who published `delivery`, as the broker checked it.
+fn sender(delivery: &lapin::message::Delivery) -> Option<&str> {
+    delivery.properties.user_id().as_ref().map(ShortString::as_str)
 }
 
 async fn open(connection: &Connection) -> Result<(Channel, Consumer), lapin::Error> {
@@ -207,30 +239,47 @@ async fn ack(acker: &lapin::Acker) {
 mod tests {
     use super::*;
 
+    const DISPATCHER: Option<&str> = Some("opflow");
+
+    fn cancels() -> Cancels {
+        Cancels::from("opflow".to_owned())
+    }
+
     #[test]
     fn a_canceled_run_stops_the_step_in_hand_and_no_other() {
-        let cancels = Cancels::default();
+        let cancels = cancels();
         let (mine, other) = (RunId::new(), RunId::new());
         let running = cancels.track(mine);
-        cancels.read(&CancelRecord::run(other).encode());
+        cancels.read(DISPATCHER, &CancelRecord::run(other).encode());
         assert!(!running.token().is_cancelled());
         assert!(cancels.is_canceled(other) && !cancels.is_canceled(mine));
-        cancels.read(&CancelRecord::run(mine).encode());
+        cancels.read(DISPATCHER, &CancelRecord::run(mine).encode());
         assert!(running.token().is_cancelled());
     }
 
     #[test]
     fn a_step_of_a_run_canceled_before_is_canceled_from_the_start() {
-        let cancels = Cancels::default();
+        let cancels = cancels();
         let run = RunId::new();
-        cancels.read(&CancelRecord::run(run).encode());
+        cancels.read(DISPATCHER, &CancelRecord::run(run).encode());
         assert!(cancels.track(run).token().is_cancelled());
     }
 
     #[test]
+    fn only_the_dispatcher_cancels_a_run() {
+        let cancels = cancels();
+        let run = RunId::new();
+        let running = cancels.track(run);
+        for sender in [None, Some("opflow-op:/:noop@1.0.0"), Some("opflowx")] {
+            cancels.read(sender, &CancelRecord::run(run).encode());
+        }
+        assert!(!running.token().is_cancelled() && !cancels.is_canceled(run));
+    }
+
+    #[test]
     fn markers_are_returned_and_garbage_is_skipped() {
-        let cancels = Cancels::default();
-        assert_eq!(cancels.read(&CancelRecord::marker("n").encode()).as_deref(), Some("n"));
-        assert_eq!(cancels.read(b"not a record"), None);
+        let cancels = cancels();
+        assert_eq!(cancels.read(Some("anyone"), &CancelRecord::marker("n").encode()).as_deref(), Some("n"));
+        assert_eq!(cancels.read(DISPATCHER, b"not a record"), None);
     }
 }

@@ -42,6 +42,12 @@ pub struct WorkerSettings {
     )]
     pub amqp_url: SecretUrl,
 
+    /// The dispatcher's RabbitMQ user: a run is canceled only by a cancel record that user
+    /// published (the broker checks who publishes). Default: this worker's own user, as
+    /// when the dispatcher and its ops share one login
+    #[arg(long, env = "OPFLOW_DISPATCHER_USER")]
+    pub dispatcher_user: Option<String>,
+
     /// How often a running step sends a heartbeat event (e.g. 10s, 500ms)
     #[arg(long, env = "OPFLOW_HEARTBEAT", default_value = "10s", value_parser = humantime_duration)]
     pub heartbeat: Duration,

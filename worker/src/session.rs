@@ -12,7 +12,7 @@ use lapin::{
     types::FieldTable,
 };
 use opflow_amqp::{
-    Publisher,
+    Login, Publisher,
     connect::{ConnectError, ConnectRetry},
     topology::{self, TopologyError},
 };
@@ -53,7 +53,9 @@ pub(crate) async fn run(
     // like connection attempts, so a broker that half-works is not hammered.
     let mut reconnect = opflow_process::backoff::Reconnect::default();
     let unsent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let cancels = Cancels::default();
+    let login = Login::of(&settings.amqp_url).context("starting the worker")?;
+    let dispatcher_user = settings.dispatcher_user.clone().unwrap_or_else(|| login.user.clone());
+    let cancels = Cancels::from(dispatcher_user);
     // One count for the whole process, across reconnects.
     let retirement = Retirement::new(settings.max_steps, settings.max_rss_mb);
     loop {
@@ -74,6 +76,7 @@ pub(crate) async fn run(
             cancels: cancels.clone(),
             retirement: retirement.clone(),
             id: &id,
+            user: &login.user,
             unsent: unsent.clone(),
         };
         reconnect.session_started();
@@ -108,6 +111,8 @@ struct Session<'a> {
     cancels: Cancels,
     retirement: Retirement,
     id: &'a str,
+    /// The broker user this worker logged in as: every message it publishes says so.
+    user: &'a str,
     unsent: Arc<std::sync::Mutex<Vec<Event>>>,
 }
 
@@ -135,7 +140,7 @@ impl Session<'_> {
             Err(error) => return SessionEnd::Lost(error),
         }
 
-        let publisher = match Publisher::open(self.connection).await {
+        let publisher = match Publisher::open(self.connection, self.user).await {
             Ok(publisher) => publisher,
             Err(error) => {
                 return SessionEnd::Lost(anyhow::Error::new(error).context("opening the events channel"));
@@ -167,7 +172,7 @@ impl Session<'_> {
 
         // Learn every cancel there is before taking a step.
         let follower_stop = CancellationToken::new();
-        let follower = self.cancels.follow(self.connection, &publisher, self.id, follower_stop.clone()).await;
+        let follower = self.cancels.follow(self.connection, self.user, self.id, follower_stop.clone()).await;
         let end = match self.open_consumer().await {
             Ok((channel, consumer)) => {
                 let end = worker.consume(&channel, consumer).await;

@@ -34,6 +34,9 @@
 //!   webhook sender to call per delivery attempt outcome.
 //! - `opflow_plan_cache_bytes`, `opflow_plan_cache_plans`: what the plan cache holds,
 //!   weighed in real bytes, against its budget (`plan_cache_mb`).
+//! - `opflow_refused_messages_total{what,reason}`: [`Metrics::refused`], messages refused
+//!   for who sent them (`op_identity: required`; see `service::senders`): `what` is `event`
+//!   or `cancel`, `reason` `no_sender`, `not_the_steps_op` or `not_the_dispatcher`.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -86,6 +89,12 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    what: &'static str,
+    reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The dispatcher's metrics; see the module docs. Cheap to share (`Arc`); every method
@@ -97,6 +106,7 @@ pub struct Metrics {
     apply_seconds: Histogram,
     apply_events: Histogram,
     webhook_deliveries: Family<OutcomeLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
     plan_cache: CacheGauges,
 }
 
@@ -143,6 +153,13 @@ impl Metrics {
             "Webhook delivery attempts by outcome",
             webhook_deliveries.clone(),
         );
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "refused_messages",
+            "Events and cancel records refused because of who sent them (an op speaking for another op's step, \
+             a cancel not from the dispatcher)",
+            refused.clone(),
+        );
         let plan_cache = CacheGauges::default();
         registry.register(
             "plan_cache_bytes",
@@ -150,7 +167,16 @@ impl Metrics {
             plan_cache.bytes.clone(),
         );
         registry.register("plan_cache_plans", "Plans in the dispatcher's cache", plan_cache.plans.clone());
-        Self { registry, steps, step_seconds, apply_seconds, apply_events, webhook_deliveries, plan_cache }
+        Self {
+            registry,
+            steps,
+            step_seconds,
+            apply_seconds,
+            apply_events,
+            webhook_deliveries,
+            refused,
+            plan_cache,
+        }
     }
 
     /// The gauges the plan cache keeps current (`opflow_plan_cache_bytes`, `…_plans`).
@@ -208,6 +234,12 @@ impl Metrics {
     /// `service::webhooks::record_attempt`. The outcomes are a small fixed set: each is a series.
     pub fn webhook_delivery(&self, outcome: &str) {
         self.webhook_deliveries.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
+    }
+
+    /// Counts one message refused for its sender (`what`: `event` or `cancel`; `reason`: a
+    /// fixed label value, see the module docs).
+    pub fn refused(&self, what: &'static str, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { what, reason }).inc();
     }
 
     /// The exposition text: every metric, with the queue depths read from `store` now

@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 use opflow_amqp::QueueKind;
 use opflow_process::SecretUrl;
 
-use crate::settings::Settings;
+use crate::{ops::identity::BrokerUsers, settings::Settings};
 
 /// The sandbox: URLs for the benchmark's processes, and what to remove afterwards.
 pub struct Sandbox {
@@ -22,6 +22,8 @@ pub struct Sandbox {
     /// The dispatcher's events queue type, as configured where the benchmark runs.
     events_queue_type: QueueKind,
     admin_options: PgConnectOptions,
+    /// The broker's management API, to delete the op users `opflow up` made here.
+    management_url: Option<SecretUrl>,
 }
 
 impl Sandbox {
@@ -47,7 +49,7 @@ impl Sandbox {
             .context("creating the benchmark's database (the user needs CREATEDB)")?;
         close(admin).await;
 
-        let amqp_user = amqp_user(settings.amqp_url.expose());
+        let amqp_user = opflow_amqp::Login::of(&settings.amqp_url)?.user;
         rabbitmqctl(&["add_vhost", &name]).await?;
         rabbitmqctl(&["set_permissions", "-p", &name, &amqp_user, ".*", ".*", ".*"]).await?;
 
@@ -60,6 +62,7 @@ impl Sandbox {
             log_dir,
             events_queue_type: settings.events_queue_type,
             admin_options,
+            management_url: settings.management_url().ok(),
         })
     }
 
@@ -107,6 +110,12 @@ impl Sandbox {
             }
             close(admin).await;
         }
+        if let Some(url) = &self.management_url {
+            let deleted = async { BrokerUsers::at(url, &self.amqp_url)?.delete_all().await };
+            if let Err(error) = deleted.await {
+                tracing::debug!(%error, "deleting the benchmark's op users failed");
+            }
+        }
         if let Err(error) = rabbitmqctl(&["delete_vhost", &self.name]).await {
             eprintln!("warning: could not delete the benchmark vhost {}: {error:#}", self.name);
         }
@@ -130,15 +139,6 @@ pub fn with_path(url: &str, name: &str) -> String {
 }
 
 /// The user in an AMQP URL; RabbitMQ's default `guest` when none is given.
-fn amqp_user(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    match authority.rsplit_once('@') {
-        Some((userinfo, _)) => userinfo.split(':').next().unwrap_or("guest").to_owned(),
-        None => "guest".to_owned(),
-    }
-}
-
 async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
     let output = Command::new("rabbitmqctl").arg("-q").args(args).output().await.context(
         "running rabbitmqctl: opflow bench creates its own vhost with it, so it runs on the broker's machine",
@@ -171,11 +171,5 @@ mod tests {
             "amqp://guest:guest@127.0.0.1:5672/b1"
         );
         assert_eq!(with_path("amqp://127.0.0.1", "b1"), "amqp://127.0.0.1/b1");
-    }
-
-    #[test]
-    fn finds_the_amqp_user() {
-        assert_eq!(amqp_user("amqp://bench:secret@host/%2f"), "bench");
-        assert_eq!(amqp_user("amqp://host:5672"), "guest");
     }
 }

@@ -1,4 +1,4 @@
-//! `opflow ops add` and `opflow ops list`.
+//! `opflow ops add`, `scale`, `credentials` and `list`.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -12,6 +12,7 @@ use super::{exit::InvalidInput, render};
 use crate::{
     ops::{
         consumer_timeout,
+        identity::BrokerUsers,
         register::{self, RegisterError},
     },
     settings::Settings,
@@ -60,6 +61,17 @@ pub enum OpsCommand {
         /// A worker exits (and is replaced) once its resident memory passes this many MiB; 0 clears it
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
         max_rss_mb: Option<u32>,
+    },
+    /// Give an op version's broker user a new password and print the RabbitMQ URL its
+    /// workers log in with (OPFLOW_AMQP_URL). Workers already connected stay connected; a
+    /// reconnecting one needs the new URL. Made through RabbitMQ's management API
+    /// (broker_management_url)
+    Credentials {
+        /// The op version, e.g. noop@1.1.0
+        op: String,
+        /// Set this password, read from standard input (one line), rather than a random one
+        #[arg(long)]
+        password_stdin: bool,
     },
     /// List registered op versions, their scaling settings, and their workers
     List {
@@ -114,6 +126,13 @@ pub async fn run(
                     eprintln!("warning: {warning}");
                 }
             }
+            let identity = if settings.op_identity.required(false) {
+                let users = BrokerUsers::new(settings)?;
+                let user = users.ensure(&description.op).await.context("making the op's broker user")?;
+                Some(user)
+            } else {
+                None
+            };
             let settings = store.ops().queue_settings(&description.op).await?.unwrap_or_default();
             let verb = match registration {
                 Registration::New => "registered",
@@ -126,9 +145,46 @@ pub async fn run(
                 settings.kind.as_str(),
                 settings.delivery_limit
             );
+            if let Some(user) = identity {
+                say!(
+                    "its workers log in to RabbitMQ as {user}; `opflow ops credentials {}` prints their URL",
+                    description.op
+                );
+            }
             if let Err(error) = connection.close(200, "done".into()).await {
                 tracing::debug!(%error, "closing the connection failed");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        OpsCommand::Credentials { op, password_stdin } => {
+            let op: OpRef = op.parse().map_err(|e| InvalidInput(format!("`{op}`: {e}")))?;
+            let store = super::admin::store(settings, cancel).await?;
+            if store.ops().queue_settings(&op).await?.is_none() {
+                return Err(InvalidInput(format!(
+                    "op {op} is not registered; register it with `opflow ops add <binary>` first"
+                ))
+                .into());
+            }
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+                let password = line.trim_end_matches(['\r', '\n']).to_owned();
+                if password.is_empty() {
+                    return Err(
+                        InvalidInput("--password-stdin: standard input holds no password".into()).into()
+                    );
+                }
+                Some(password)
+            } else {
+                None
+            };
+            let users = BrokerUsers::new(settings)?;
+            let credentials = users.issue(&op, password).await.context("setting the op's broker password")?;
+            eprintln!(
+                "{op}'s workers log in as {}; give them this URL as OPFLOW_AMQP_URL:",
+                credentials.user
+            );
+            say!("{}", credentials.amqp_url.expose());
             Ok(ExitCode::SUCCESS)
         }
         OpsCommand::Scale { op, min, max, value, activation, polling, cooldown, max_steps, max_rss_mb } => {

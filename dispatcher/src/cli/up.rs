@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{exit::InvalidInput, render, run};
 use crate::{
-    ops::register,
+    ops::{identity::BrokerUsers, register},
     service::{self, publisher::Wakeups},
-    settings::Settings,
+    settings::{OpIdentity, Settings},
     submit::{self, SubmitError},
     up::{
         autoscale::{Autoscaler, Mode},
@@ -61,6 +61,16 @@ pub async fn up(
         std::process::exit(130);
     });
 
+    // Ops speak for themselves unless told otherwise: this process starts the workers, so
+    // it can hand each op version its own broker login.
+    let mut settings = settings;
+    if settings.op_identity.required(true) {
+        settings.op_identity = OpIdentity::Required;
+    }
+    let users = match settings.op_identity {
+        OpIdentity::Required => Some(BrokerUsers::new(&settings)?),
+        _ => None,
+    };
     let (store, connection) = service::connect(&settings, &signal).await?;
     let channel = connection.create_channel().await.context("opening a channel")?;
     let mut groups = Vec::with_capacity(binaries.len());
@@ -69,7 +79,18 @@ pub async fn up(
             .await
             .with_context(|| format!("registering {}", binary.display()))?;
         tracing::info!(op = %description.op, binary = %binary.display(), "op registered");
-        groups.push(WorkerGroup { op: description.op, binary });
+        // A fresh password each time: only the workers this process starts know it.
+        let amqp_url = match &users {
+            Some(users) => Some(
+                users
+                    .issue(&description.op, None)
+                    .await
+                    .with_context(|| format!("giving {} its broker login", description.op))?
+                    .amqp_url,
+            ),
+            None => None,
+        };
+        groups.push(WorkerGroup { op: description.op, binary, amqp_url });
     }
     if let Err(error) = channel.close(200, "ops registered".into()).await {
         tracing::debug!(%error, "closing the registration channel failed");
@@ -87,6 +108,7 @@ pub async fn up(
     let workers_stop = CancellationToken::new();
     let env = WorkerEnv {
         amqp_url: settings.amqp_url.clone(),
+        dispatcher_user: opflow_amqp::Login::of(&settings.amqp_url)?.user,
         log_format,
         drain_timeout: settings.drain_timeout(),
     };

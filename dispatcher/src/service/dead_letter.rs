@@ -19,12 +19,17 @@ use tracing::Instrument;
 
 use super::events::{EventsError, open_consumer};
 use crate::{
-    service::applier::{Applier, dispatcher_failure},
+    service::{
+        applier::{Applier, dispatcher_failure},
+        senders::{self, SenderCheck},
+    },
     store::storable::StorableEvent,
 };
 
 pub struct DeadLetterConsumer {
     pub applier: Applier,
+    /// As the events consumer's: a dead-lettered event counts only from its step's op.
+    pub senders: Option<SenderCheck>,
 }
 
 /// Why and from where the broker dead-lettered a message, from its `x-death` header.
@@ -80,6 +85,20 @@ impl DeadLetterConsumer {
             }
             Some(queue::EVENT_MESSAGE_TYPE) => {
                 if let Ok(event) = Event::decode(&delivery.data) {
+                    if let Some(check) = &self.senders {
+                        let sender = senders::sender(delivery);
+                        match check.admit(&self.applier, sender, &event, cancel).await {
+                            None => return false,
+                            Some(Ok(())) => {}
+                            Some(Err(refusal)) => {
+                                tracing::warn!(run_id = %event.run_id, step_id = %event.step_id,
+                                    sender = sender.unwrap_or("(none)"), reason = refusal.as_str(),
+                                    "dropped a dead-lettered event not sent by the op of its step");
+                                self.applier.metrics.refused("event", refusal.as_str());
+                                return true;
+                            }
+                        }
+                    }
                     let span = tracing::info_span!("dead_letter", run_id = %event.run_id,
                         step_id = %event.step_id, attempt = event.attempt, kind = event.kind.name());
                     return self.apply_event(event, &death, cancel).instrument(span).await;

@@ -21,7 +21,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{service::applier::Applier, store::storable::StorableEvent};
+use crate::{
+    service::{
+        applier::Applier,
+        senders::{self, SenderCheck},
+    },
+    store::storable::StorableEvent,
+};
 
 /// A batch stops gathering once its events hold this many bytes: a batch is held in memory
 /// several times over while it is applied (decoded, bound, encoded), and events carrying
@@ -38,6 +44,9 @@ pub enum EventsError {
 
 pub struct EventConsumer {
     pub applier: Applier,
+    /// Set when ops must speak for themselves (`op_identity`): an event from anyone but
+    /// the op version of its step is dropped and counted.
+    pub senders: Option<SenderCheck>,
     pub batch_size: u32,
     /// How long a batch waits for more events when the previous batch showed they arrive
     /// faster than they are applied (`event_linger_ms`). Each transaction has a fixed cost
@@ -187,6 +196,24 @@ impl EventConsumer {
         for (source, delivery) in deliveries {
             match Event::decode(&delivery.data) {
                 Ok(event) => {
+                    if let Some(check) = &self.senders {
+                        let sender = senders::sender(&delivery);
+                        match check.admit(&self.applier, sender, &event, cancel).await {
+                            None => return false,
+                            Some(Ok(())) => {}
+                            Some(Err(refusal)) => {
+                                tracing::warn!(run_id = %event.run_id, step_id = %event.step_id,
+                                    kind = event.kind.name(), sender = sender.unwrap_or("(none)"),
+                                    reason = refusal.as_str(), "refused an event not sent by the op of its step");
+                                self.applier.metrics.refused("event", refusal.as_str());
+                                // Settled at once and alone: dropped, never applied.
+                                if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                                    tracing::debug!(%error, "acking a refused event failed");
+                                }
+                                continue;
+                            }
+                        }
+                    }
                     events.push(StorableEvent::new(event));
                     decoded.push((source, delivery));
                 }

@@ -19,6 +19,7 @@ pub mod publisher;
 pub mod recovery;
 pub mod retention;
 pub mod retries;
+pub mod senders;
 pub mod webhooks;
 
 use applier::Applier;
@@ -26,6 +27,7 @@ use dead_letter::DeadLetterConsumer;
 use events::EventConsumer;
 use publisher::{StepPublisher, Wakeups};
 use recovery::Recovery;
+use senders::{CancelsAudit, SenderCheck};
 
 use crate::{
     api::{self, ApiState, Readiness, Role, metrics::Metrics},
@@ -361,7 +363,15 @@ impl Shared {
     ) -> anyhow::Result<()> {
         declare_topology(&self.settings, &self.store, connection).await?;
         self.claim_vhost(connection).await?;
-        let publisher = Publisher::open(connection).await.context("opening the publish channel")?;
+        let login = opflow_amqp::Login::of(&self.settings.amqp_url)?;
+        let publisher =
+            Publisher::open(connection, &login.user).await.context("opening the publish channel")?;
+        // Ops speak for themselves: each event is checked against its sender (see `senders`).
+        let senders = self
+            .settings
+            .op_identity
+            .required(false)
+            .then(|| SenderCheck { vhost: login.vhost.as_str().into() });
         self.readiness.broker_up();
         tracing::info!("dispatcher ready: publishing steps and applying events");
 
@@ -382,7 +392,15 @@ impl Shared {
             let (wake, stop) = (self.wake.clone(), parts_stop.clone());
             async move { ("outbox publisher", publisher.run(wake, stop).await.map_err(Into::into)) }
         });
+        if senders.is_some() {
+            let audit = CancelsAudit { dispatcher_user: login.user.clone(), metrics: self.metrics.clone() };
+            parts.spawn({
+                let (connection, stop) = (connection.clone(), parts_stop.clone());
+                async move { ("cancels audit", audit.run(&connection, stop).await.map_err(Into::into)) }
+            });
+        }
         let events = EventConsumer {
+            senders: senders.clone(),
             applier: applier.clone(),
             batch_size: self.settings.event_batch.max(1),
             linger: self.settings.event_linger(),
@@ -391,7 +409,7 @@ impl Shared {
             let (connection, wake, stop) = (connection.clone(), self.wake.clone(), parts_stop.clone());
             async move { ("events consumer", events.run(&connection, wake, stop).await.map_err(Into::into)) }
         });
-        let dead_letters = DeadLetterConsumer { applier: applier.clone() };
+        let dead_letters = DeadLetterConsumer { applier: applier.clone(), senders };
         parts.spawn({
             let (connection, stop) = (connection.clone(), parts_stop.clone());
             async move { ("dead-letter consumer", dead_letters.run(&connection, stop).await.map_err(Into::into)) }

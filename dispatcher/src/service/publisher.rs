@@ -174,8 +174,8 @@ impl StepPublisher {
             let sent = self
                 .publisher
                 .send(Outgoing {
-                    exchange: "",
-                    routing_key: queue::CANCELS_STREAM,
+                    exchange: queue::CANCELS_EXCHANGE,
+                    routing_key: "",
                     payload: &record,
                     message_type: queue::CANCEL_MESSAGE_TYPE,
                     headers: trace::current_context_headers(),

@@ -29,12 +29,17 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 pub struct WorkerGroup {
     pub op: OpRef,
     pub binary: PathBuf,
+    /// The op version's own broker login (`op_identity`), in place of
+    /// [`WorkerEnv::amqp_url`]; `None` when ops share the dispatcher's.
+    pub amqp_url: Option<SecretUrl>,
 }
 
 /// What every worker process is started with. `Debug` shows the URL without its password.
 #[derive(Debug, Clone)]
 pub struct WorkerEnv {
     pub amqp_url: SecretUrl,
+    /// The dispatcher's broker user: the only one whose cancel records a worker obeys.
+    pub dispatcher_user: String,
     pub log_format: LogFormat,
     pub drain_timeout: Duration,
 }
@@ -208,7 +213,8 @@ fn worker_command(group: &WorkerGroup, env: &WorkerEnv, recycling: Recycling) ->
     }
     command
         .process_group(0)
-        .env("OPFLOW_AMQP_URL", env.amqp_url.expose())
+        .env("OPFLOW_AMQP_URL", group.amqp_url.as_ref().unwrap_or(&env.amqp_url).expose())
+        .env("OPFLOW_DISPATCHER_USER", &env.dispatcher_user)
         .env_remove("OPFLOW_MAX_STEPS")
         .env_remove("OPFLOW_MAX_RSS_MB")
         .arg("--log-format")
@@ -253,6 +259,7 @@ mod tests {
     fn env() -> WorkerEnv {
         WorkerEnv {
             amqp_url: SecretUrl::new("amqp://guest:s3cr3t@rabbit:5672/%2f"),
+            dispatcher_user: "guest".into(),
             log_format: LogFormat::Json,
             drain_timeout: Duration::from_secs(1),
         }
@@ -260,12 +267,33 @@ mod tests {
 
     #[test]
     fn the_broker_password_is_not_on_the_worker_command_line() {
-        let group = WorkerGroup { op: "noop@1.0.0".parse().unwrap(), binary: "/bin/noop".into() };
+        let group =
+            WorkerGroup { op: "noop@1.0.0".parse().unwrap(), binary: "/bin/noop".into(), amqp_url: None };
         let command = worker_command(&group, &env(), Recycling::default());
         let args: Vec<_> = command.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert!(args.iter().all(|a| !a.contains("s3cr3t")), "{args:?}");
         let url = command.as_std().get_envs().find(|(k, _)| *k == "OPFLOW_AMQP_URL").and_then(|(_, v)| v);
         assert_eq!(url.and_then(|v| v.to_str()), Some("amqp://guest:s3cr3t@rabbit:5672/%2f"));
+    }
+
+    #[test]
+    fn a_worker_with_an_identity_logs_in_as_its_op() {
+        let own = SecretUrl::new("amqp://opflow-op%3A%2F%3Anoop%401.0.0:pw@rabbit:5672/%2f");
+        let group = WorkerGroup {
+            op: "noop@1.0.0".parse().unwrap(),
+            binary: "/bin/noop".into(),
+            amqp_url: Some(own.clone()),
+        };
+        let command = worker_command(&group, &env(), Recycling::default());
+        let var = |name: &str| {
+            command
+                .as_std()
+                .get_envs()
+                .find(|(k, _)| *k == name)
+                .and_then(|(_, v)| v?.to_str().map(str::to_owned))
+        };
+        assert_eq!(var("OPFLOW_AMQP_URL").as_deref(), Some(own.expose()));
+        assert_eq!(var("OPFLOW_DISPATCHER_USER").as_deref(), Some("guest"));
     }
 
     #[test]
