@@ -45,6 +45,21 @@ securityContext:
     type: RuntimeDefault
 {{- end }}
 
+{{/* Whether each op version logs in as a broker user of its own (op_identity: required). */}}
+{{- define "opflow.opIdentity" -}}
+{{- if eq (.Values.dispatcher.settings.op_identity | default "auto") "required" }}true{{ end }}
+{{- end }}
+
+{{/* An op version's broker user (the dispatcher's naming: opflow-op:<vhost>:<name>@<version>). */}}
+{{- define "opflow.op.brokerUser" -}}
+{{ printf "opflow-op:%s:%s@%s" .root.Values.broker.vhost .op.name .op.version }}
+{{- end }}
+
+{{/* The Secret holding an op version's broker login. */}}
+{{- define "opflow.op.brokerSecret" -}}
+{{ include "opflow.op.name" . }}-broker
+{{- end }}
+
 {{- define "opflow.amqpEnv" -}}
 - name: OPFLOW_AMQP_URL
   valueFrom:
