@@ -42,8 +42,14 @@ mod tests {
 
     #[test]
     fn what_the_cli_sends_is_what_the_handlers_accept() {
-        let request =
-            SubmitRequest { plan: "name: p".into(), file: Some("p.yaml".into()), key: None, notify: None };
+        let request = SubmitRequest {
+            plan: "name: p".into(),
+            file: Some("p.yaml".into()),
+            key: None,
+            notify: None,
+            owner: None,
+            priority: None,
+        };
         let body = serde_json::to_value(&request).unwrap();
         assert_eq!(
             body,

@@ -23,6 +23,14 @@ pub struct SubmitRequest {
     /// Where to send a webhook when this run ends (`{"url", "secret"?}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<NotifyRequest>,
+    /// Whose run it is, on an API without tokens (default `local`). With a token the run
+    /// is its team's (or its name's); naming another owner is refused (403).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// How much of its owner's share the run asks for, 1 to 10, against the owner's other
+    /// runs; default: the plan's `priority`, else 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
 }
 
 /// The header that makes a submit idempotent, as the body's `key` does.
@@ -100,6 +108,13 @@ pub struct RunSummary {
     pub key: Option<String>,
     pub plan: String,
     pub plan_file: String,
+    /// Whose run it is: the team of the token that submitted it (or its name), or what a
+    /// caller without a token said (`local` by default).
+    #[serde(default)]
+    pub owner: String,
+    /// Its weight among its owner's runs, 1 to 10.
+    #[serde(default)]
+    pub priority: u8,
     pub status: RunStatus,
     pub steps: StepCounts,
     #[serde(default)]
@@ -144,6 +159,9 @@ pub struct RunListItem {
     pub run_id: RunId,
     pub key: Option<String>,
     pub plan: String,
+    /// Whose run it is (see [`RunSummary::owner`]).
+    #[serde(default)]
+    pub owner: String,
     pub status: RunStatus,
     pub steps_total: i32,
     pub steps_succeeded: i32,

@@ -8,7 +8,7 @@ use crate::{
     plan::{self, CompiledPlan, PlanErrors, RegisteredOp},
     store::{
         Store, StoreError,
-        runs::{IdempotencyKey, Submission},
+        runs::{IdempotencyKey, RunOwner, Submission},
         webhooks::RunNotify,
     },
 };
@@ -60,6 +60,21 @@ fn check_key(key: &str) -> Result<(), SubmitError> {
     Ok(())
 }
 
+/// The longest owner (team) name, in bytes.
+pub const MAX_OWNER_BYTES: usize = 64;
+
+/// Refuses an owner (a team, or a token's name) that cannot be shown as one word: says
+/// why, to follow what was refused.
+pub fn check_owner(owner: &str) -> Result<(), String> {
+    if owner.is_empty() || owner.len() > MAX_OWNER_BYTES {
+        return Err(format!("is {} bytes; use 1 to {MAX_OWNER_BYTES}", owner.len()));
+    }
+    if owner.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("holds spaces or control characters; use one word (`risk`, `ml-infra`)".into());
+    }
+    Ok(())
+}
+
 /// Submits a plan; see the module docs.
 pub async fn submit(
     store: &Store,
@@ -67,7 +82,8 @@ pub async fn submit(
     file: &Path,
     key: Option<&str>,
 ) -> Result<Submission, SubmitError> {
-    submit_notifying(store, source, file, key.map(|key| IdempotencyKey { owner: "", key }), None).await
+    let key = key.map(|key| IdempotencyKey { owner: "", key });
+    submit_notifying(store, source, file, key, None, RunOwner::default()).await
 }
 
 /// As [`submit`], with the run's own webhook target stored with the run (`notify` in
@@ -80,6 +96,7 @@ pub async fn submit_notifying(
     file: &Path,
     key: Option<IdempotencyKey<'_>>,
     notify: Option<&RunNotify>,
+    owner: RunOwner<'_>,
 ) -> Result<Submission, SubmitError> {
     if let Some(key) = key {
         check_key(key.key)?;
@@ -90,7 +107,7 @@ pub async fn submit_notifying(
     }
     let compiled = compile(store, source, file).await?;
     let file = crate::store::storable::short_text(&file.display().to_string());
-    let submitted = store.runs().submit_notifying(&compiled, &file, source, key, notify).await?;
+    let submitted = store.runs().submit_notifying(&compiled, &file, source, key, notify, owner).await?;
     tracing::Span::current().record("run_id", tracing::field::display(submitted.run_id));
     Ok(submitted)
 }
@@ -98,6 +115,14 @@ pub async fn submit_notifying(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_are_one_short_word() {
+        assert!(check_owner("risk").is_ok() && check_owner("ml-infra_2").is_ok());
+        assert!(check_owner("").unwrap_err().contains("0 bytes"));
+        assert!(check_owner("two words").unwrap_err().contains("spaces"));
+        assert!(check_owner(&"t".repeat(MAX_OWNER_BYTES + 1)).is_err());
+    }
 
     #[test]
     fn keys_must_be_printable_and_short() {

@@ -79,6 +79,8 @@ impl From<store::runs::RunSummaryRow> for RunSummary {
             key: s.key,
             plan: s.plan,
             plan_file: s.plan_file,
+            owner: s.owner,
+            priority: s.priority,
             status: s.status.into(),
             steps: StepCounts {
                 total: c.total,
@@ -212,6 +214,7 @@ impl From<store::following::RunRow> for RunListItem {
             run_id: RunId::from_uuid(r.id),
             key: r.key,
             plan: r.plan_name,
+            owner: r.owner,
             status: r.status.into(),
             steps_total: r.steps_total,
             steps_succeeded: r.steps_succeeded,

@@ -27,7 +27,11 @@ use super::{
     params::{MAX_BODY_BYTES, bad_cursor, number_cursor, page_limit, run_id},
     state::ApiState,
 };
-use crate::store::{self, following::AssetQuery, runs::IdempotencyKey};
+use crate::store::{
+    self,
+    following::AssetQuery,
+    runs::{IdempotencyKey, RunOwner},
+};
 
 #[utoipa::path(post, path = "/v1/runs", operation_id = "submit_run", tag = "runs",
     params(("Idempotency-Key" = Option<String>, Header, description = "Submitting the same key again returns the same run")),
@@ -36,6 +40,7 @@ use crate::store::{self, following::AssetQuery, runs::IdempotencyKey};
         (status = 201, description = "A new run", body = SubmitResponse),
         (status = 200, description = "The run an earlier request with this key made", body = SubmitResponse),
         (status = 400, description = "A malformed request", body = ErrorBody),
+        (status = 403, description = "`owner` names another team than the token's", body = ErrorBody),
         (status = 409, description = "The key was used for a different plan", body = ErrorBody),
         (status = 413, description = "The body is over 4 MiB", body = ErrorBody),
         (status = 422, description = "The plan is invalid; `problems` says where and why", body = ErrorBody),
@@ -86,14 +91,47 @@ pub async fn submit(
         None => (None, None),
     };
     // A key is the caller's own: another token's equal key names another run.
-    let owner = caller.as_ref().map_or("", |Extension(caller)| caller.name.as_str());
-    let key = key.map(|key| IdempotencyKey { owner, key });
+    let key_owner = caller.as_ref().map_or("", |Extension(caller)| caller.name.as_str());
+    let key = key.map(|key| IdempotencyKey { owner: key_owner, key });
+    let owner = run_owner(caller.as_ref().map(|Extension(caller)| caller), &request)?;
     let submission =
-        crate::submit::submit_notifying(&state.store, &request.plan, &file, key, notify.as_ref()).await?;
+        crate::submit::submit_notifying(&state.store, &request.plan, &file, key, notify.as_ref(), owner)
+            .await?;
     let run = summary(&state, submission.run_id).await?;
     let status = if submission.existing { StatusCode::OK } else { StatusCode::CREATED };
     let notify_secret = generated_secret.filter(|_| !submission.existing);
     Ok((status, Json(SubmitResponse { existing: submission.existing, notify_secret, run })))
+}
+
+/// Whose the run is and its priority: a token submits as its team (or its name), and may
+/// not name another owner; a caller without a token (an API without tokens) names its own,
+/// or is `local`.
+fn run_owner<'a>(caller: Option<&'a Caller>, request: &'a SubmitRequest) -> Result<RunOwner<'a>, ApiError> {
+    let owner = match (caller, request.owner.as_deref()) {
+        (Some(caller), Some(asked)) if asked != caller.owner() => {
+            return Err(ApiError::Forbidden(format!(
+                "`owner` is `{asked}`, but this token submits for `{}`; leave `owner` out, or use a token of that team",
+                caller.owner()
+            )));
+        }
+        (Some(caller), _) => caller.owner(),
+        (None, Some(asked)) => {
+            crate::submit::check_owner(asked)
+                .map_err(|why| ApiError::BadRequest(format!("`owner` {why}")))?;
+            asked
+        }
+        (None, None) => store::runs::DEFAULT_OWNER,
+    };
+    if let Some(priority) = request.priority
+        && !(1..=crate::plan::MAX_PRIORITY).contains(&priority)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "`priority` is {priority}; use 1 to {} (default: the plan's, else {})",
+            crate::plan::MAX_PRIORITY,
+            crate::plan::DEFAULT_PRIORITY
+        )));
+    }
+    Ok(RunOwner { owner, priority: request.priority })
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "get_run", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),

@@ -60,6 +60,7 @@ pub fn summary(s: &RunSummary) {
     say!("run {}: {}{took}", s.run_id, s.status.as_str());
     let key = s.key.as_deref().map(|k| format!(", key {k}")).unwrap_or_default();
     say!("  plan   {} ({}){key}", s.plan, s.plan_file);
+    say!("  owner  {}, priority {}", s.owner, s.priority);
     let c = &s.steps;
     say!(
         "  steps  {} total: {} succeeded, {} failed, {} skipped, {} canceled, {} running, {} queued, {} waiting, {} retrying",

@@ -36,6 +36,13 @@ pub struct RunArgs {
     /// Tell this URL when the run ends (a signed webhook; see docs/webhooks.md)
     #[arg(long, value_name = "URL")]
     pub notify: Option<String>,
+    /// Whose run it is, on an API without tokens (default `local`); with a token the run is
+    /// its team's, and naming another is refused
+    #[arg(long, value_name = "TEAM")]
+    pub owner: Option<String>,
+    /// Its weight among its owner's runs, 1 to 10 [default: the plan's `priority`, else 1]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub priority: Option<u8>,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -84,6 +91,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         file: Some(args.file.display().to_string()),
         key: None,
         notify: args.notify.clone().map(|url| NotifyRequest { url, secret: None }),
+        owner: args.owner.clone(),
+        priority: args.priority,
     };
     let mut headers = Vec::new();
     if let Some(key) = &args.key {

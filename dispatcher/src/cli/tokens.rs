@@ -20,6 +20,10 @@ pub enum TokensCommand {
         /// What it may do: read (runs, outputs, ops), submit (also submit and cancel runs), admin
         #[arg(long, value_enum, default_value_t = Scope::Read)]
         scope: Scope,
+        /// The team whose runs it submits: runs are shared fairly between teams. Without
+        /// it, its runs belong to the token's name
+        #[arg(long)]
+        team: Option<String>,
     },
     /// List tokens (never their secrets)
     List {
@@ -41,23 +45,23 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let store = super::admin::store(settings, cancel).await?;
     match command {
-        TokensCommand::Create { name, scope } => {
-            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace())
-            {
-                return Err(InvalidInput(format!(
-                    "token name `{name}` is not usable: use 1 to 64 characters without spaces or control characters"
-                ))
-                .into());
+        TokensCommand::Create { name, scope, team } => {
+            crate::submit::check_owner(&name)
+                .map_err(|why| InvalidInput(format!("token name `{name}` {why}")))?;
+            if let Some(team) = &team {
+                crate::submit::check_owner(team)
+                    .map_err(|why| InvalidInput(format!("--team `{team}` {why}")))?;
             }
-            let Some(token) = store.tokens().create(&name, scope).await? else {
+            let Some(token) = store.tokens().create(&name, scope, team.as_deref()).await? else {
                 return Err(InvalidInput(format!(
                     "a token named `{name}` exists; pick another name, or revoke it first with `opflow tokens revoke {name}`"
                 ))
                 .into());
             };
             eprintln!(
-                "created token `{name}` with scope {}; it is shown only now, so keep it safe:",
-                scope.as_str()
+                "created token `{name}` with scope {} for team {}; it is shown only now, so keep it safe:",
+                scope.as_str(),
+                team.as_deref().unwrap_or(&name)
             );
             say!("{token}");
         }
@@ -72,19 +76,20 @@ pub async fn run(
                 let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
                     t.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
                 };
-                let rows: Vec<[String; 5]> = tokens
+                let rows: Vec<[String; 6]> = tokens
                     .iter()
                     .map(|t| {
                         [
                             t.name.clone(),
                             t.scope.as_str().to_owned(),
+                            t.team.clone().unwrap_or_else(|| t.name.clone()),
                             time(Some(t.created_at)),
                             time(t.last_used_at),
                             time(t.revoked_at),
                         ]
                     })
                     .collect();
-                render::table(&["NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"], &rows);
+                render::table(&["NAME", "SCOPE", "TEAM", "CREATED", "LAST USED", "REVOKED"], &rows);
             }
         }
         TokensCommand::Revoke { name } => {
@@ -105,6 +110,8 @@ pub async fn run(
 struct TokenJson {
     pub name: String,
     pub scope: &'static str,
+    /// Whose runs it submits: its team, or its name.
+    pub team: String,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -113,6 +120,7 @@ struct TokenJson {
 impl From<crate::store::tokens::TokenRow> for TokenJson {
     fn from(t: crate::store::tokens::TokenRow) -> Self {
         Self {
+            team: t.team.unwrap_or_else(|| t.name.clone()),
             name: t.name,
             scope: t.scope.as_str(),
             created_at: t.created_at,

@@ -728,6 +728,8 @@ mod tests {
             key: None,
             plan: "p".into(),
             plan_file: "p.yaml".into(),
+            owner: "local".into(),
+            priority: 1,
             status: RunStatus::Running,
             steps: counts(100_000, 91_200, 10),
             assets,

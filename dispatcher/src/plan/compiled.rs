@@ -23,6 +23,12 @@ pub const MAX_RETRY_BACKOFF: Duration = retry::MAX_RETRY_DELAY;
 /// carries its config, so a large one is multiplied by the step count on the broker.
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
 
+/// A run's priority without one: its share of its owner's, weighed against the owner's
+/// other runs, is one part.
+pub const DEFAULT_PRIORITY: u8 = 1;
+/// The highest priority: ten parts of the owner's share.
+pub const MAX_PRIORITY: u8 = 10;
+
 /// An op version known to the registry, as the compiler resolves against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisteredOp {
@@ -35,6 +41,8 @@ pub struct RegisteredOp {
 pub struct CompiledPlan {
     pub name: String,
     pub description: Option<String>,
+    /// `priority`, [`DEFAULT_PRIORITY`] when the plan says none.
+    pub priority: u8,
     /// In topological order: every asset comes after the assets it needs; ties keep file order.
     pub assets: Vec<CompiledAsset>,
     pub step_count: u32,

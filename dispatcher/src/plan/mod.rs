@@ -43,8 +43,8 @@ mod validate;
 use std::path::Path;
 
 pub use compiled::{
-    AssetDep, CompiledAsset, CompiledPlan, MAX_CONFIG_BYTES, MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT,
-    Partitions, RegisteredOp, StepSpec, SweepParam, SweepValues,
+    AssetDep, CompiledAsset, CompiledPlan, DEFAULT_PRIORITY, MAX_CONFIG_BYTES, MAX_PRIORITY,
+    MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT, Partitions, RegisteredOp, StepSpec, SweepParam, SweepValues,
 };
 pub use dimensions::{
     MAX_DAYS, MAX_PARTITION_KEY_BYTES, MAX_SWEEP_NAME_BYTES, MAX_SWEEP_PARAMS, MAX_SWEEP_VALUE_BYTES,

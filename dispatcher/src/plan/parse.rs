@@ -22,6 +22,9 @@ pub struct RawPlan {
     pub name: Spanned<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// How much of its owner's share a run of this plan asks for: 1 to 10.
+    #[serde(default)]
+    pub priority: Option<Spanned<i64>>,
     pub assets: Vec<RawAsset>,
 }
 

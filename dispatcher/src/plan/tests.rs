@@ -429,3 +429,14 @@ proptest! {
         prop_assert_eq!(steps.len(), expected);
     }
 }
+
+#[test]
+fn a_plans_priority_is_one_to_ten_and_one_by_default() {
+    assert_eq!(compile_ok(DEMO).priority, DEFAULT_PRIORITY);
+    let with =
+        |priority: &str| format!("name: p\npriority: {priority}\nassets:\n  - name: a\n    op: noop@1.0.0\n");
+    assert_eq!(compile_ok(&with("10")).priority, 10);
+    for bad in ["0", "11", "-1", "300"] {
+        assert_mentions(&error(&with(bad)), &["plans/bad.yaml:2", "priority", "out of range; use 1 to 10"]);
+    }
+}

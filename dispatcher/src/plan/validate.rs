@@ -16,8 +16,8 @@ use serde_saphyr::Spanned;
 
 use super::{
     compiled::{
-        AssetDep, CompiledAsset, CompiledPlan, MAX_CONFIG_BYTES, MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT,
-        Partitions, RegisteredOp, SweepParam,
+        AssetDep, CompiledAsset, CompiledPlan, DEFAULT_PRIORITY, MAX_CONFIG_BYTES, MAX_PRIORITY,
+        MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT, Partitions, RegisteredOp, SweepParam,
     },
     dimensions::{MAX_SWEEP_PARAMS, NUL_REASON, check_partitions, holds_nul, partition_keys, sweep_values},
     error::{PlanError, PlanErrorKind, PlanErrors},
@@ -86,6 +86,20 @@ pub(super) fn validate(
     if raw.assets.is_empty() {
         problems.add(None, None, PlanErrorKind::NoAssets);
     }
+    let priority = match &raw.priority {
+        None => DEFAULT_PRIORITY,
+        Some(p) => match u8::try_from(p.value).ok().filter(|p| (1..=MAX_PRIORITY).contains(p)) {
+            Some(priority) => priority,
+            None => {
+                let reason = format!(
+                    "{} is out of range; use 1 to {MAX_PRIORITY} (default {DEFAULT_PRIORITY})",
+                    p.value
+                );
+                problems.add(line(p), None, PlanErrorKind::BadSetting { field: "priority", reason });
+                DEFAULT_PRIORITY
+            }
+        },
+    };
 
     // Names first: dependencies refer to them.
     let mut index_of: HashMap<&str, usize> = HashMap::new();
@@ -185,7 +199,13 @@ pub(super) fn validate(
         first_step += compiled.step_count();
         assets.push(compiled);
     }
-    Ok(CompiledPlan { name: raw.name.value, description: raw.description, assets, step_count: first_step })
+    Ok(CompiledPlan {
+        name: raw.name.value,
+        description: raw.description,
+        priority,
+        assets,
+        step_count: first_step,
+    })
 }
 
 fn check_deps(asset: &RawAsset, index_of: &HashMap<&str, usize>, problems: &mut Problems) -> Vec<usize> {

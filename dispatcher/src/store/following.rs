@@ -44,6 +44,7 @@ pub struct RunRow {
     pub id: Uuid,
     pub key: Option<String>,
     pub plan_name: String,
+    pub owner: String,
     pub status: RunStatus,
     pub steps_total: i32,
     pub steps_succeeded: i32,
@@ -210,7 +211,7 @@ impl Following<'_> {
         limit: u32,
     ) -> Result<Vec<RunRow>, StoreError> {
         let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "SELECT id, key, plan_name, status, steps_total, steps_succeeded, steps_failed,
+            "SELECT id, key, plan_name, owner, status, steps_total, steps_succeeded, steps_failed,
                     steps_skipped, steps_canceled, created_at, started_at, finished_at
              FROM runs WHERE true",
         );

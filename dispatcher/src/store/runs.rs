@@ -56,6 +56,23 @@ pub enum StepStatus {
     Canceled,
 }
 
+/// Whose run it is (`runs.owner`: the submitting token's team, its name, or what a caller
+/// without a token said) and the priority it was submitted with (`None`: the plan's).
+#[derive(Debug, Clone, Copy)]
+pub struct RunOwner<'a> {
+    pub owner: &'a str,
+    pub priority: Option<u8>,
+}
+
+/// The owner a run gets from a caller without a token that names none.
+pub const DEFAULT_OWNER: &str = "local";
+
+impl Default for RunOwner<'_> {
+    fn default() -> Self {
+        Self { owner: DEFAULT_OWNER, priority: None }
+    }
+}
+
 /// An idempotency key, and whose it is: the name of the API token that used it, or `""`
 /// for a caller without one (`opflow up --run`, an open loopback API). Two owners' equal
 /// keys name two runs (migration 0015).
@@ -112,6 +129,8 @@ pub struct RunSummaryRow {
     pub key: Option<String>,
     pub plan: String,
     pub plan_file: String,
+    pub owner: String,
+    pub priority: u8,
     pub status: RunStatus,
     pub steps: StepCounts,
     pub assets: AssetCounts,
@@ -203,7 +222,7 @@ impl Runs<'_> {
         key: Option<&str>,
     ) -> Result<Submission, StoreError> {
         let key = key.map(|key| IdempotencyKey { owner: "", key });
-        self.submit_notifying(plan, plan_file, plan_source, key, None).await
+        self.submit_notifying(plan, plan_file, plan_source, key, None, RunOwner::default()).await
     }
 
     /// As [`Store::submit_run`], storing the run's own webhook target (`notify`) in the
@@ -215,6 +234,7 @@ impl Runs<'_> {
         plan_source: &str,
         key: Option<IdempotencyKey<'_>>,
         notify: Option<&super::webhooks::RunNotify>,
+        owner: RunOwner<'_>,
     ) -> Result<Submission, StoreError> {
         if let Some(key) = key
             && let Some(existing) = self.by_key(key, plan_source).await?
@@ -224,8 +244,9 @@ impl Runs<'_> {
         let run_id = RunId::new();
         let mut tx = self.pool.begin().await?;
         let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO runs (id, key, key_owner, plan_name, plan_file, plan_source, steps_total, dep_groups)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, true)
+            "INSERT INTO runs (id, key, key_owner, plan_name, plan_file, plan_source, steps_total, dep_groups,
+                               owner, priority)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8, $9)
              ON CONFLICT (key_owner, key) DO NOTHING
              RETURNING id",
         )
@@ -236,6 +257,8 @@ impl Runs<'_> {
         .bind(plan_file)
         .bind(plan_source)
         .bind(plan.step_count as i32)
+        .bind(owner.owner)
+        .bind(i16::from(owner.priority.unwrap_or(plan.priority)))
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
@@ -325,16 +348,30 @@ impl Runs<'_> {
             Option<DateTime<Utc>>,
             i32,
             i64,
+            String,
+            i16,
         );
         let row: Option<Row> = sqlx::query_as(
-            "SELECT key, plan_name, plan_file, status, created_at, started_at, finished_at, steps_total, event_seq
+            "SELECT key, plan_name, plan_file, status, created_at, started_at, finished_at, steps_total, event_seq,
+                    owner, priority
              FROM runs WHERE id = $1",
         )
         .bind(run.as_uuid())
         .fetch_optional(self.pool)
         .await?;
-        let Some((key, plan, plan_file, status, created_at, started_at, finished_at, total, last_event)) =
-            row
+        let Some((
+            key,
+            plan,
+            plan_file,
+            status,
+            created_at,
+            started_at,
+            finished_at,
+            total,
+            last_event,
+            owner,
+            priority,
+        )) = row
         else {
             return Ok(None);
         };
@@ -353,6 +390,8 @@ impl Runs<'_> {
             key,
             plan,
             plan_file,
+            owner,
+            priority: u8::try_from(priority).unwrap_or(crate::plan::DEFAULT_PRIORITY),
             status,
             steps,
             assets: counts.assets,
@@ -569,12 +608,14 @@ impl Runs<'_> {
 
     /// Reads a run's compiled plan back, with how its steps are unlocked.
     pub async fn load_plan_for_dispatch(&self, run: RunId) -> Result<(CompiledPlan, UnlockMode), StoreError> {
-        let row: Option<(String, bool)> =
-            sqlx::query_as("SELECT plan_name, dep_groups FROM runs WHERE id = $1")
+        let row: Option<(String, bool, i16)> =
+            sqlx::query_as("SELECT plan_name, dep_groups, priority FROM runs WHERE id = $1")
                 .bind(run.as_uuid())
                 .fetch_optional(self.pool)
                 .await?;
-        let (name, groups) = row.ok_or_else(|| StoreError::Corrupt(run.to_string(), "no such run".into()))?;
+        let (name, groups, priority) =
+            row.ok_or_else(|| StoreError::Corrupt(run.to_string(), "no such run".into()))?;
+        let priority = u8::try_from(priority).unwrap_or(crate::plan::DEFAULT_PRIORITY);
         let mode = if groups { UnlockMode::Groups } else { UnlockMode::Steps };
         let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
@@ -590,7 +631,7 @@ impl Runs<'_> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Corrupt(run.to_string(), e))?;
         let step_count = assets.iter().map(|a| a.step_count()).sum();
-        Ok((CompiledPlan { name, description: None, assets, step_count }, mode))
+        Ok((CompiledPlan { name, description: None, priority, assets, step_count }, mode))
     }
 }
 

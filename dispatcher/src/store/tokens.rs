@@ -43,6 +43,8 @@ impl Scope {
 pub struct TokenRow {
     pub name: String,
     pub scope: Scope,
+    /// The team its runs belong to (`None`: the runs belong to the token's name).
+    pub team: Option<String>,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -53,6 +55,14 @@ pub struct TokenRow {
 pub struct Caller {
     pub name: String,
     pub scope: Scope,
+    pub team: Option<String>,
+}
+
+impl Caller {
+    /// Who the runs this caller submits belong to: its team, or its name without one.
+    pub fn owner(&self) -> &str {
+        self.team.as_deref().unwrap_or(&self.name)
+    }
 }
 
 const PREFIX: &str = "opf_";
@@ -89,34 +99,41 @@ impl Store {
 }
 
 impl Tokens<'_> {
-    /// Creates a token named `name`; returns it, the only time it is ever shown. `None`
-    /// if the name is taken.
-    pub async fn create(&self, name: &str, scope: Scope) -> Result<Option<String>, StoreError> {
+    /// Creates a token named `name`, whose runs belong to `team` (or to `name` without
+    /// one); returns it, the only time it is ever shown. `None` if the name is taken.
+    pub async fn create(
+        &self,
+        name: &str,
+        scope: Scope,
+        team: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
         let (id, secret) = (random(ID_LEN).to_ascii_lowercase(), random(SECRET_LEN));
         let inserted = sqlx::query(
-            "INSERT INTO api_tokens (name, id, secret_hash, scope) VALUES ($1, $2, $3, $4)
+            "INSERT INTO api_tokens (name, id, secret_hash, scope, team) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(&id)
         .bind(hash(&secret))
         .bind(scope.as_str())
+        .bind(team)
         .execute(self.pool)
         .await?;
         Ok((inserted.rows_affected() == 1).then(|| format!("{PREFIX}{id}_{secret}")))
     }
 
     pub async fn list(&self) -> Result<Vec<TokenRow>, StoreError> {
-        type Row = (String, String, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+        type Row =
+            (String, String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT name, scope, created_at, last_used_at, revoked_at FROM api_tokens ORDER BY name",
+            "SELECT name, scope, team, created_at, last_used_at, revoked_at FROM api_tokens ORDER BY name",
         )
         .fetch_all(self.pool)
         .await?;
         rows.into_iter()
-            .map(|(name, scope, created_at, last_used_at, revoked_at)| {
+            .map(|(name, scope, team, created_at, last_used_at, revoked_at)| {
                 let scope = Scope::parse(&scope).ok_or_else(|| StoreError::Corrupt(name.clone(), scope))?;
-                Ok(TokenRow { name, scope, created_at, last_used_at, revoked_at })
+                Ok(TokenRow { name, scope, team, created_at, last_used_at, revoked_at })
             })
             .collect()
     }
@@ -135,16 +152,16 @@ impl Tokens<'_> {
     /// constant time; a malformed, unknown or revoked token is `None` alike.
     pub async fn check(&self, token: &str) -> Result<Option<Caller>, StoreError> {
         let Some((id, secret)) = split(token) else { return Ok(None) };
-        type Row = (String, Vec<u8>, String, bool, bool);
+        type Row = (String, Vec<u8>, String, Option<String>, bool, bool);
         let row: Option<Row> = sqlx::query_as(
-            "SELECT name, secret_hash, scope, revoked_at IS NOT NULL,
+            "SELECT name, secret_hash, scope, team, revoked_at IS NOT NULL,
                     last_used_at IS NULL OR last_used_at < now() - interval '1 minute'
              FROM api_tokens WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.pool)
         .await?;
-        let Some((name, stored, scope, revoked, stale)) = row else { return Ok(None) };
+        let Some((name, stored, scope, team, revoked, stale)) = row else { return Ok(None) };
         if !bool::from(stored.as_slice().ct_eq(&hash(secret))) || revoked {
             return Ok(None);
         }
@@ -156,7 +173,7 @@ impl Tokens<'_> {
                 .execute(self.pool)
                 .await?;
         }
-        Ok(Some(Caller { name, scope }))
+        Ok(Some(Caller { name, scope, team }))
     }
 }
 

@@ -7,9 +7,12 @@ use crate::common::TestDb;
 #[tokio::test]
 async fn a_token_works_until_revoked_and_only_its_hash_is_kept() {
     let db = TestDb::new("tokens").await;
-    let token = db.store.tokens().create("ci", Scope::Submit).await.unwrap().unwrap();
+    let token = db.store.tokens().create("ci", Scope::Submit, None).await.unwrap().unwrap();
     assert!(token.starts_with("opf_"), "{token}");
-    assert!(db.store.tokens().create("ci", Scope::Read).await.unwrap().is_none(), "names are unique");
+    assert!(
+        db.store.tokens().create("ci", Scope::Read, Some("risk")).await.unwrap().is_none(),
+        "names are unique"
+    );
     let caller = db.store.tokens().check(&token).await.unwrap().unwrap();
     assert_eq!((caller.name.as_str(), caller.scope), ("ci", Scope::Submit));
     let (_, secret) = token.strip_prefix("opf_").and_then(|rest| rest.split_once('_')).unwrap();

@@ -14,7 +14,12 @@ use crate::common::{TestDb, compile};
 async fn run(db: &TestDb, notify: Option<&RunNotify>) -> RunId {
     let source = "name: p\nassets:\n  - name: a\n    op: noop@^1\n";
     let plan = compile(source);
-    db.store.runs().submit_notifying(&plan, "p.yaml", source, None, notify).await.unwrap().run_id
+    db.store
+        .runs()
+        .submit_notifying(&plan, "p.yaml", source, None, notify, Default::default())
+        .await
+        .unwrap()
+        .run_id
 }
 
 async fn end(db: &TestDb, run: RunId, status: &str) {
