@@ -109,7 +109,8 @@ async fn run_in(
     if workloads.contains(&Workload::Raw) {
         let wall = raw.messages as f64 / raw.publish_per_s
             + raw.messages as f64 / raw.consume_per_s
-            + raw.cycle_messages as f64 / raw.cycle_per_s;
+            + raw.cycle_messages as f64 / raw.cycle_per_s
+            + raw.cycle_messages as f64 / raw.pipeline_per_s;
         emit(&json!({
             "workload": "raw",
             "queue_type": raw.queue_type,
@@ -123,6 +124,7 @@ async fn run_in(
             "chain_ms_per_step": round(raw.chain_ms_per_step, 3),
             "cycle_messages": raw.cycle_messages,
             "cycle_per_s": round(raw.cycle_per_s, 1),
+            "pipeline_per_s": round(raw.pipeline_per_s, 1),
             "cycle_cpu_us_per_message": {
                 "consumers": raw.cycle_cpu_us_per_message.consumers.map(|us| round(us, 0)),
                 "broker": raw.cycle_cpu_us_per_message.broker.map(|us| round(us, 0)),

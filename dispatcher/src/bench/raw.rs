@@ -46,6 +46,12 @@ pub struct RawFigures {
     /// alone, doing a worker's broker work and nothing else), `broker` the RabbitMQ node.
     /// What a worker's own CPU per step is compared with.
     pub cycle_cpu_us_per_message: CycleCpu,
+    /// The whole loop of one step, broker operations only: one publisher with confirms
+    /// (windows of [`CONFIRM_WINDOW`]) → two consumers as in the cycle (prefetch 1, each
+    /// publishes a confirmed result, then acks) → one collector consuming the results, all
+    /// at once. Steps per second from the first publish to the last result collected: the
+    /// four broker operations each step of this design costs, with nothing else in them.
+    pub pipeline_per_s: f64,
     pub chain_steps: usize,
     /// One hop there and back: consume a step, publish its completion with a confirm, ack;
     /// consume the completion, publish the next step with a confirm, ack.
@@ -74,7 +80,8 @@ pub async fn measure(
     let queue = "opflow.bench.raw";
     let (step_queue, done_queue) = ("opflow.bench.raw.step", "opflow.bench.raw.done");
     let results_queue = "opflow.bench.raw.results";
-    let queues = [queue, step_queue, done_queue, results_queue];
+    let (pipeline_queue, collected_queue) = ("opflow.bench.raw.pipeline", "opflow.bench.raw.collected");
+    let queues = [queue, step_queue, done_queue, results_queue, pipeline_queue, collected_queue];
     for name in queues {
         declare(&channel, name, kind).await?;
     }
@@ -96,6 +103,7 @@ pub async fn measure(
     };
     let cycle_cpu_us_per_message =
         CycleCpu { consumers: per_message(before.0, after.0), broker: per_message(before.1, after.1) };
+    let pipeline_per_s = pipeline(amqp_url, pipeline_queue, collected_queue, cycle_messages, cancel).await?;
     let chain_ms_per_step = chain(amqp_url, step_queue, done_queue, chain_steps, &payload, cancel).await?;
 
     for name in queues {
@@ -110,6 +118,7 @@ pub async fn measure(
         cycle_messages,
         cycle_per_s,
         cycle_cpu_us_per_message,
+        pipeline_per_s,
         chain_steps,
         chain_ms_per_step,
     })
@@ -196,6 +205,29 @@ async fn consume_with_two(
     let consumed = Arc::new(AtomicUsize::new(0));
     let done = CancellationToken::new();
     let started = Instant::now();
+    let tasks = spawn_workers(amqp_url, queue, results, Some((consumed, messages)), &done, cancel).await?;
+    tokio::select! {
+        () = done.cancelled() => {}
+        () = cancel.cancelled() => anyhow::bail!("cancelled"),
+    }
+    let elapsed = started.elapsed();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(messages as f64 / elapsed.as_secs_f64())
+}
+
+/// Starts two "workers", each on its own connection: prefetch 1; with `results`, each
+/// publishes a result there with a confirm before it acks. With `count`, they cancel
+/// `done` once they consumed that many between them; else they run until `done`.
+async fn spawn_workers(
+    amqp_url: &str,
+    queue: &str,
+    results: Option<&'static str>,
+    count: Option<(Arc<AtomicUsize>, usize)>,
+    done: &CancellationToken,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<anyhow::Result<()>>>> {
     let mut tasks = Vec::new();
     for n in 0..2 {
         let connection = connect(amqp_url, &format!("opflow-bench-raw-consumer-{n}")).await?;
@@ -204,7 +236,7 @@ async fn consume_with_two(
             Some(_) => Some(confirming_channel(&connection).await?),
             None => None,
         };
-        let (consumed, done, cancel) = (consumed.clone(), done.clone(), cancel.clone());
+        let (count, done, cancel) = (count.clone(), done.clone(), cancel.clone());
         let result = vec![b'r'; PAYLOAD_BYTES];
         tasks.push(tokio::spawn(async move {
             loop {
@@ -219,7 +251,9 @@ async fn consume_with_two(
                     publish(out, results, &result).await?.await?;
                 }
                 delivery.ack(BasicAckOptions::default()).await?;
-                if consumed.fetch_add(1, Ordering::Relaxed) + 1 >= messages {
+                if let Some((consumed, messages)) = &count
+                    && consumed.fetch_add(1, Ordering::Relaxed) + 1 >= *messages
+                {
                     done.cancel();
                 }
             }
@@ -231,14 +265,64 @@ async fn consume_with_two(
             anyhow::Ok(())
         }));
     }
-    tokio::select! {
-        () = done.cancelled() => {}
-        () = cancel.cancelled() => anyhow::bail!("cancelled"),
-    }
+    Ok(tasks)
+}
+
+/// The pipeline (see [`RawFigures::pipeline_per_s`]): `messages` published to `queue`
+/// while two workers turn each into a result on `collected` and one collector consumes
+/// those; steps per second until the last result is collected.
+async fn pipeline(
+    amqp_url: &str,
+    queue: &str,
+    collected: &'static str,
+    messages: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<f64> {
+    let done = CancellationToken::new();
+    let workers = spawn_workers(amqp_url, queue, Some(collected), None, &done, cancel).await?;
+    let collector_connection = connect(amqp_url, "opflow-bench-raw-collector").await?;
+    let collector = collector_connection.create_channel().await?;
+    // As the dispatcher reads events: many unacked at once, acked in batches.
+    collector.basic_qos(CONFIRM_WINDOW as u16, BasicQosOptions::default()).await?;
+    let mut results = collector
+        .basic_consume(
+            collected.into(),
+            "raw-collector".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let publisher_connection = connect(amqp_url, "opflow-bench-raw-publisher").await?;
+    let publisher = confirming_channel(&publisher_connection).await?;
+    let payload = vec![b'x'; PAYLOAD_BYTES];
+
+    let started = Instant::now();
+    let publishing = publish_in_windows(&publisher, queue, &payload, messages, cancel);
+    let collecting = async {
+        let mut collected = 0;
+        while collected < messages {
+            let next = tokio::select! {
+                next = tokio::time::timeout(Duration::from_secs(30), results.next()) => next,
+                () = cancel.cancelled() => anyhow::bail!("cancelled"),
+            };
+            let delivery = next.context("no result within 30 s")?.context("the collector ended")??;
+            collected += 1;
+            if collected % 100 == 0 || collected == messages {
+                delivery.ack(BasicAckOptions { multiple: true }).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(publishing, collecting)?;
     let elapsed = started.elapsed();
-    for task in tasks {
-        task.await??;
+    done.cancel();
+    for worker in workers {
+        worker.await??;
     }
+    close(publisher.close(200, "bench done".into()).await);
+    close(collector.close(200, "bench done".into()).await);
+    close(publisher_connection.close(200, "bench done".into()).await);
+    close(collector_connection.close(200, "bench done".into()).await);
     Ok(messages as f64 / elapsed.as_secs_f64())
 }
 

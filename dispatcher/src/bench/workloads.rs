@@ -28,10 +28,12 @@ pub async fn w1(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyh
 }
 
 /// The figures w1, w3 and w6 share: throughput as a ratio to `raw`'s consume (kept for
-/// continuity) and to its cycle (the worker's true limit), and CPU per step by component.
+/// continuity), to its cycle (the worker's true limit) and to its pipeline (every broker
+/// operation of a step, with nothing else), and CPU per step by component.
 fn add_ratios_and_cpu(figures: &mut Value, run: &PlanRun, raw: &RawFigures) {
     figures["ratio_to_raw_consume"] = json!(round(run.steps_per_s() / raw.consume_per_s, 3));
     figures["ratio_to_raw_cycle"] = json!(round(run.steps_per_s() / raw.cycle_per_s, 3));
+    figures["ratio_to_raw_pipeline"] = json!(round(run.steps_per_s() / raw.pipeline_per_s, 3));
     figures["cpu_us_per_step"] = run.cpu_figures();
     if run.cpu.exited > 0 {
         // Their CPU time since the start is missing from the figures.
