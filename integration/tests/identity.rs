@@ -69,6 +69,19 @@ async fn publish(
     Ok(())
 }
 
+/// Waits until a step of the one-step run `run_id` runs.
+async fn step_running(db: &sqlx::PgPool, run_id: &str) -> anyhow::Result<()> {
+    wait_for("the run's step to run", DEADLINE, || async {
+        let running: Option<i32> =
+            sqlx::query_scalar("SELECT id FROM steps WHERE run_id = $1::uuid AND status = 'running'")
+                .bind(run_id)
+                .fetch_optional(db)
+                .await?;
+        Ok(running.map(|_| ()))
+    })
+    .await
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -103,15 +116,7 @@ async fn an_op_with_its_own_login_cannot_speak_for_another_ops_steps() -> anyhow
     let run_id = parse_summary(&output)?["run_id"].as_str().context("run_id")?.to_owned();
     let run: RunId = run_id.parse().map_err(anyhow::Error::msg)?;
     let db = env.db().await?;
-    wait_for("the victim's step to run", DEADLINE, || async {
-        let running: Option<i32> =
-            sqlx::query_scalar("SELECT attempt FROM steps WHERE run_id = $1::uuid AND status = 'running'")
-                .bind(&run_id)
-                .fetch_optional(&db)
-                .await?;
-        Ok(running)
-    })
-    .await?;
+    step_running(&db, &run_id).await?;
 
     let connection = Connection::connect(&attacker_url, ConnectionProperties::default()).await?;
     // A `succeeded` event for the victim's step, with outputs of the attacker's choice: the
@@ -229,15 +234,7 @@ async fn opflow_up_gives_each_op_version_its_own_login() -> anyhow::Result<()> {
     let output = env.opflow_ok(&["run", slow.to_str().context("utf-8")?, "--json"]).await?;
     let run_id = parse_summary(&output)?["run_id"].as_str().context("run_id")?.to_owned();
     let db = env.db().await?;
-    wait_for("the slow step to run", DEADLINE, || async {
-        let running: Option<i32> =
-            sqlx::query_scalar("SELECT id FROM steps WHERE run_id = $1::uuid AND status = 'running'")
-                .bind(&run_id)
-                .fetch_optional(&db)
-                .await?;
-        Ok(running)
-    })
-    .await?;
+    step_running(&db, &run_id).await?;
     env.opflow_ok(&["cancel", &run_id]).await?;
     wait_for("the worker to stop the canceled step", DEADLINE, || async {
         let stopped =
