@@ -402,35 +402,7 @@ impl Settings {
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
     }
-
-    /// [`Settings::broker_management_url`], or the one derived from `amqp_url`.
-    pub fn management_url(&self) -> Result<SecretUrl, SettingsError> {
-        if let Some(url) = &self.broker_management_url {
-            return Ok(url.clone());
-        }
-        let invalid = |reason: String| SettingsError::Invalid { key: "amqp_url", reason };
-        let uri = self.amqp_url.expose().parse::<lapin::uri::AMQPUri>().map_err(|e| {
-            invalid(format!("{e} (needed to derive broker_management_url; set that instead)"))
-        })?;
-        let info = &uri.authority.userinfo;
-        let host = &uri.authority.host;
-        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
-        Ok(SecretUrl::new(format!(
-            "http://{}:{}@{host}:15672",
-            percent_encode(&info.username),
-            percent_encode(&info.password)
-        )))
-    }
 }
-
-/// `text` with every byte outside URL's unreserved set percent-encoded, for a user name or
-/// password inside a URL.
-fn percent_encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, USERINFO).to_string()
-}
-
-const USERINFO: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The `op_identity` setting; see [`Settings::op_identity`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

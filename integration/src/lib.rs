@@ -383,7 +383,7 @@ fn delete_op_users(vhost: &str) {
     else {
         return;
     };
-    let prefix = format!("opflow-op:{vhost}:");
+    let prefix = opflow_protocol::queue::op_user_prefix(vhost);
     let users: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&listed.stdout)
         .unwrap_or_default()
         .into_iter()

@@ -36,6 +36,12 @@ async fn a_tokens_runs_belong_to_its_team_and_no_token_names_another() -> anyhow
         http(&api, "POST", "/v1/runs", Some(&ci), Some(&json!({"plan": PLAN, "owner": "ml"}))).await?;
     assert_eq!(status, 403, "{body}");
     assert!(body["error"].as_str().is_some_and(|m| m.contains("submits for `risk`")), "{body}");
+    // An owner that is no owner name is refused before any message quotes it.
+    let long = "x".repeat(100_000);
+    let (status, body) =
+        http(&api, "POST", "/v1/runs", Some(&ci), Some(&json!({"plan": PLAN, "owner": long}))).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().len() < 1_000, "{body}");
     let (status, body) =
         http(&api, "POST", "/v1/runs", Some(&ci), Some(&json!({"plan": PLAN, "priority": 11}))).await?;
     assert_eq!(status, 400, "{body}");

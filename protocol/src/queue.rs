@@ -67,7 +67,12 @@ pub fn op_queue(op: &OpRef) -> String {
 /// Every event and marker a worker publishes carries it as its `user_id`, which the broker
 /// checks against the connection's login.
 pub fn op_user(vhost: &str, op: &OpRef) -> String {
-    format!("opflow-op:{vhost}:{op}")
+    format!("{}{op}", op_user_prefix(vhost))
+}
+
+/// What the name of every op version's user on `vhost` starts with (see [`op_user`]).
+pub fn op_user_prefix(vhost: &str) -> String {
+    format!("opflow-op:{vhost}:")
 }
 
 /// The routing key of an event on [`EVENTS_EXCHANGE`].

@@ -107,6 +107,10 @@ pub async fn submit(
 /// not name another owner; a caller without a token (an API without tokens) names its own,
 /// or is `local`.
 fn run_owner<'a>(caller: Option<&'a Caller>, request: &'a SubmitRequest) -> Result<RunOwner<'a>, ApiError> {
+    if let Some(asked) = request.owner.as_deref() {
+        // Checked before any message quotes it.
+        crate::submit::check_owner(asked).map_err(|why| ApiError::BadRequest(format!("`owner` {why}")))?;
+    }
     let owner = match (caller, request.owner.as_deref()) {
         (Some(caller), Some(asked)) if asked != caller.owner() => {
             return Err(ApiError::Forbidden(format!(
@@ -115,11 +119,7 @@ fn run_owner<'a>(caller: Option<&'a Caller>, request: &'a SubmitRequest) -> Resu
             )));
         }
         (Some(caller), _) => caller.owner(),
-        (None, Some(asked)) => {
-            crate::submit::check_owner(asked)
-                .map_err(|why| ApiError::BadRequest(format!("`owner` {why}")))?;
-            asked
-        }
+        (None, Some(asked)) => asked,
         (None, None) => store::runs::DEFAULT_OWNER,
     };
     if let Some(priority) = request.priority

@@ -62,7 +62,7 @@ impl Sandbox {
             log_dir,
             events_queue_type: settings.events_queue_type,
             admin_options,
-            management_url: settings.management_url().ok(),
+            management_url: crate::ops::identity::management_url(settings).ok(),
         })
     }
 

@@ -46,11 +46,13 @@ pub async fn run(
     let store = super::admin::store(settings, cancel).await?;
     match command {
         TokensCommand::Create { name, scope, team } => {
+            // Quoted cut: a refused name may be any length.
+            let quoted = |text: &str| opflow_protocol::text::cut(text, 80).into_owned();
             crate::submit::check_owner(&name)
-                .map_err(|why| InvalidInput(format!("token name `{name}` {why}")))?;
+                .map_err(|why| InvalidInput(format!("token name `{}` {why}", quoted(&name))))?;
             if let Some(team) = &team {
                 crate::submit::check_owner(team)
-                    .map_err(|why| InvalidInput(format!("--team `{team}` {why}")))?;
+                    .map_err(|why| InvalidInput(format!("--team `{}` {why}", quoted(team))))?;
             }
             let Some(token) = store.tokens().create(&name, scope, team.as_deref()).await? else {
                 return Err(InvalidInput(format!(

@@ -19,8 +19,6 @@ const PASSWORD_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("{0}")]
-    Settings(#[from] crate::settings::SettingsError),
     #[error("the broker management URL {url} is invalid: {reason}")]
     BadUrl { url: String, reason: String },
     #[error(
@@ -53,9 +51,32 @@ pub struct BrokerUsers {
     amqp_url: SecretUrl,
 }
 
+/// [`Settings::broker_management_url`], or, unset, the `amqp_url`'s host on port 15672
+/// with its login.
+pub fn management_url(settings: &Settings) -> Result<SecretUrl, IdentityError> {
+    if let Some(url) = &settings.broker_management_url {
+        return Ok(url.clone());
+    }
+    let amqp_url = &settings.amqp_url;
+    let bad = |reason: String| IdentityError::BadUrl {
+        url: amqp_url.redacted(),
+        reason: format!("{reason} (needed to derive broker_management_url; set that instead)"),
+    };
+    // Checked first: its error quotes the URL redacted, the parser's own may not.
+    let login = opflow_amqp::Login::of(amqp_url).map_err(|e| bad(e.to_string()))?;
+    let uri = amqp_url.expose().parse::<lapin::uri::AMQPUri>().map_err(bad)?;
+    let host = if login.host.contains(':') { format!("[{}]", login.host) } else { login.host };
+    with_login(
+        &SecretUrl::new(format!("http://{host}:15672/")),
+        &login.user,
+        &uri.authority.userinfo.password,
+    )
+    .map_err(bad)
+}
+
 impl BrokerUsers {
     pub fn new(settings: &Settings) -> Result<Self, IdentityError> {
-        Self::at(&settings.management_url()?, &settings.amqp_url)
+        Self::at(&management_url(settings)?, &settings.amqp_url)
     }
 
     /// The management API at `url`, for the installation whose broker URL is `amqp_url`.
@@ -120,30 +141,22 @@ impl BrokerUsers {
     /// Deletes the broker user of every op version of this installation's vhost (users
     /// outlive their vhost). Returns how many there were.
     pub async fn delete_all(&self) -> Result<usize, IdentityError> {
-        let url = format!("{}api/users?columns=name", self.base);
-        let unreachable = |cause| IdentityError::Unreachable { url: self.base.to_string(), cause };
-        let response = self
-            .http
-            .get(&url)
-            .basic_auth(&self.login.0, Some(&self.login.1))
-            .send()
-            .await
-            .map_err(unreachable)?;
+        let what = "list users";
+        let response = self.send(reqwest::Method::GET, "users?columns=name", None).await?;
         let status = response.status();
         if !status.is_success() {
-            let what = "list users".to_owned();
-            return Err(IdentityError::Refused {
-                url: self.base.to_string(),
-                what,
-                status,
-                body: String::new(),
-            });
+            return Err(self.refused(what, status, String::new()));
         }
-        let users: Vec<serde_json::Value> = response.json().await.map_err(unreachable)?;
-        let prefix = queue::op_user(&self.vhost, &"x@0.0.0".parse().expect("a valid op"));
-        let prefix = prefix.strip_suffix("x@0.0.0").expect("the op user ends in the op");
-        let mine: Vec<&str> =
-            users.iter().filter_map(|u| u["name"].as_str()).filter(|name| name.starts_with(prefix)).collect();
+        let users: Vec<serde_json::Value> = response
+            .json()
+            .await
+            .map_err(|cause| IdentityError::Unreachable { url: self.base.to_string(), cause })?;
+        let prefix = queue::op_user_prefix(&self.vhost);
+        let mine: Vec<&str> = users
+            .iter()
+            .filter_map(|u| u["name"].as_str())
+            .filter(|name| name.starts_with(&prefix))
+            .collect();
         for user in &mine {
             let path = format!("users/{}", segment(user));
             self.expect(reqwest::Method::DELETE, &path, None, &format!("delete user {user}")).await?;
@@ -162,12 +175,7 @@ impl BrokerUsers {
         if status.is_success() {
             return Ok(());
         }
-        Err(IdentityError::Refused {
-            url: self.base.to_string(),
-            what: what.to_owned(),
-            status,
-            body: String::new(),
-        })
+        Err(self.refused(what, status, String::new()))
     }
 
     /// One request; a 2xx or 404 answer is returned, anything else is an error.
@@ -178,22 +186,32 @@ impl BrokerUsers {
         body: Option<serde_json::Value>,
         what: &str,
     ) -> Result<StatusCode, IdentityError> {
-        let url = format!("{}api/{path}", self.base);
-        let mut request = self.http.request(method, &url).basic_auth(&self.login.0, Some(&self.login.1));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|cause| IdentityError::Unreachable { url: self.base.to_string(), cause })?;
+        let response = self.send(method, path, body).await?;
         let status = response.status();
         if status.is_success() || status == StatusCode::NOT_FOUND {
             return Ok(status);
         }
         let text = response.text().await.unwrap_or_default();
-        let body = opflow_protocol::text::cut(&text, 300).into_owned();
-        Err(IdentityError::Refused { url: self.base.to_string(), what: what.to_owned(), status, body })
+        Err(self.refused(what, status, opflow_protocol::text::cut(&text, 300).into_owned()))
+    }
+
+    /// Sends one request to `api/<path>` with the login.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, IdentityError> {
+        let url = format!("{}api/{path}", self.base);
+        let mut request = self.http.request(method, &url).basic_auth(&self.login.0, Some(&self.login.1));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.map_err(|cause| IdentityError::Unreachable { url: self.base.to_string(), cause })
+    }
+
+    fn refused(&self, what: &str, status: StatusCode, body: String) -> IdentityError {
+        IdentityError::Refused { url: self.base.to_string(), what: what.to_owned(), status, body }
     }
 }
 
@@ -267,6 +285,17 @@ mod tests {
         let users = BrokerUsers::new(&settings).unwrap();
         assert_eq!(users.base.as_str(), "http://rabbitmq:15672/");
         assert_eq!(users.login, ("admin".to_owned(), "pw".to_owned()));
+    }
+
+    #[test]
+    fn the_management_url_is_derived_from_the_amqp_url() {
+        let settings =
+            Settings { amqp_url: SecretUrl::new("amqp://ad:m%2Fin@rabbit:5672/team"), ..Settings::default() };
+        let url = management_url(&settings).unwrap();
+        let users = BrokerUsers::at(&url, &settings.amqp_url).unwrap();
+        assert_eq!(users.base.as_str(), "http://rabbit:15672/");
+        assert_eq!(users.login, ("ad".to_owned(), "m/in".to_owned()));
+        assert_eq!(users.vhost, "team");
     }
 
     #[test]

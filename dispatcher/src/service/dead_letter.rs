@@ -86,17 +86,11 @@ impl DeadLetterConsumer {
             Some(queue::EVENT_MESSAGE_TYPE) => {
                 if let Ok(event) = Event::decode(&delivery.data) {
                     if let Some(check) = &self.senders {
-                        let sender = senders::sender(delivery);
-                        match check.admit(&self.applier, sender, &event, cancel).await {
+                        match check.admit(&self.applier, senders::sender(delivery), &event, cancel).await {
                             None => return false,
-                            Some(Ok(())) => {}
-                            Some(Err(refusal)) => {
-                                tracing::warn!(run_id = %event.run_id, step_id = %event.step_id,
-                                    sender = sender.unwrap_or("(none)"), reason = refusal.as_str(),
-                                    "dropped a dead-lettered event not sent by the op of its step");
-                                self.applier.metrics.refused("event", refusal.as_str());
-                                return true;
-                            }
+                            // Dropped: the dead letter is settled.
+                            Some(false) => return true,
+                            Some(true) => {}
                         }
                     }
                     let span = tracing::info_span!("dead_letter", run_id = %event.run_id,

@@ -197,15 +197,10 @@ impl EventConsumer {
             match Event::decode(&delivery.data) {
                 Ok(event) => {
                     if let Some(check) = &self.senders {
-                        let sender = senders::sender(&delivery);
-                        match check.admit(&self.applier, sender, &event, cancel).await {
+                        match check.admit(&self.applier, senders::sender(&delivery), &event, cancel).await {
                             None => return false,
-                            Some(Ok(())) => {}
-                            Some(Err(refusal)) => {
-                                tracing::warn!(run_id = %event.run_id, step_id = %event.step_id,
-                                    kind = event.kind.name(), sender = sender.unwrap_or("(none)"),
-                                    reason = refusal.as_str(), "refused an event not sent by the op of its step");
-                                self.applier.metrics.refused("event", refusal.as_str());
+                            Some(true) => {}
+                            Some(false) => {
                                 // Settled at once and alone: dropped, never applied.
                                 if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
                                     tracing::debug!(%error, "acking a refused event failed");

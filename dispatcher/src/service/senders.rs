@@ -56,10 +56,28 @@ pub struct SenderCheck {
 }
 
 impl SenderCheck {
-    /// `Ok(())` when `sender` may report on `event`'s step, or when the run is not known
-    /// (the applier drops such an event anyway); `Err` with why not. `None` when cancelled
-    /// while the store was unreachable: the caller leaves the delivery unsettled.
+    /// `Some(true)` when `sender` may report on `event`'s step, or when the run is not
+    /// known (the applier drops such an event anyway); `Some(false)` when not, the refusal
+    /// logged and counted (`what="event"`). `None` when cancelled while the store was
+    /// unreachable: the caller leaves the delivery unsettled.
     pub async fn admit(
+        &self,
+        applier: &Applier,
+        sender: Option<&str>,
+        event: &Event,
+        cancel: &CancellationToken,
+    ) -> Option<bool> {
+        let verdict = self.verdict(applier, sender, event, cancel).await?;
+        if let Err(refusal) = verdict {
+            tracing::warn!(run_id = %event.run_id, step_id = %event.step_id, kind = event.kind.name(),
+                sender = sender.unwrap_or("(none)"), reason = refusal.as_str(),
+                "refused an event not sent by the op of its step");
+            applier.metrics.refused("event", refusal.as_str());
+        }
+        Some(verdict.is_ok())
+    }
+
+    async fn verdict(
         &self,
         applier: &Applier,
         sender: Option<&str>,
