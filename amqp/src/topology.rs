@@ -136,6 +136,58 @@ pub async fn check_op_queue(channel: &Channel, op: &OpRef) -> Result<u32, Topolo
     Ok(inspect_queue(channel, &queue::op_queue(op)).await?.ready)
 }
 
+/// A channel for passive declares, opened again after a missing queue closed it: how the
+/// dispatcher looks at queues it did not make (they may be deleted under it).
+pub struct QueueProbe<'a> {
+    connection: &'a Connection,
+    channel: Option<Channel>,
+}
+
+/// Why a [`QueueProbe`] could not look at a queue.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot open a channel to look at queues: {0}")]
+    Channel(lapin::Error),
+    #[error("cannot read queue `{queue}`: {cause}")]
+    Inspect { queue: String, cause: TopologyError },
+}
+
+impl<'a> QueueProbe<'a> {
+    pub fn new(connection: &'a Connection) -> Self {
+        Self { connection, channel: None }
+    }
+
+    /// A queue's counts; `None` when it does not exist.
+    pub async fn counts(&mut self, queue: &str) -> Result<Option<QueueCounts>, ProbeError> {
+        let channel = match &self.channel {
+            Some(channel) if channel.status().connected() => channel.clone(),
+            _ => {
+                let channel = self.connection.create_channel().await.map_err(ProbeError::Channel)?;
+                self.channel = Some(channel.clone());
+                channel
+            }
+        };
+        match inspect_queue(&channel, queue).await {
+            Ok(counts) => Ok(Some(counts)),
+            Err(TopologyError::MissingQueue { .. }) => {
+                self.channel = None;
+                Ok(None)
+            }
+            Err(cause) => Err(ProbeError::Inspect { queue: queue.to_owned(), cause }),
+        }
+    }
+
+    /// Closes the probe's channel.
+    pub async fn close(&mut self) {
+        if let Some(channel) = self.channel.take()
+            && channel.status().connected()
+            && let Err(error) = channel.close(200, "closing a queue probe".into()).await
+        {
+            tracing::debug!(%error, "closing a queue probe's channel failed");
+        }
+    }
+}
+
 fn is_not_found(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404)
 }

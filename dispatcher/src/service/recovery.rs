@@ -29,8 +29,8 @@ use std::{
     time::Duration,
 };
 
-use lapin::{Channel, Connection};
-use opflow_amqp::topology::{self, QueueCounts, TopologyError};
+use lapin::Connection;
+use opflow_amqp::topology::{ProbeError, QueueCounts, QueueProbe};
 use opflow_protocol::{OpRef, queue};
 use tokio_util::sync::CancellationToken;
 
@@ -43,12 +43,8 @@ use crate::{
 const PER_CHECK: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum RecoveryError {
-    #[error("recovery cannot open a channel: {0}")]
-    Channel(lapin::Error),
-    #[error("recovery cannot read queue `{queue}`: {cause}")]
-    Inspect { queue: String, cause: TopologyError },
-}
+#[error("recovery: {0}")]
+pub struct RecoveryError(#[from] ProbeError);
 
 /// Looks for lost steps and stuck runs; see the module docs.
 pub struct Recovery {
@@ -65,7 +61,7 @@ impl Recovery {
     /// Looks every [`Recovery::interval`] until cancelled. A store error is logged and the
     /// check tried again next time; a broker error ends the session like any other part's.
     pub async fn run(self, connection: &Connection, cancel: CancellationToken) -> Result<(), RecoveryError> {
-        let mut probe = Probe { connection, channel: None };
+        let mut probe = QueueProbe::new(connection);
         let mut suspects: HashMap<OpRef, HashSet<StepAttempt>> = HashMap::new();
         let mut ticks = tokio::time::interval(self.interval());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -92,7 +88,7 @@ impl Recovery {
 
     async fn check(
         &self,
-        probe: &mut Probe<'_>,
+        probe: &mut QueueProbe<'_>,
         suspects: &mut HashMap<OpRef, HashSet<StepAttempt>>,
         cancel: &CancellationToken,
     ) -> Result<(), Check> {
@@ -178,45 +174,8 @@ impl From<StoreError> for Check {
     }
 }
 
-/// A channel for passive declares, opened again after a missing queue closed it.
-struct Probe<'a> {
-    connection: &'a Connection,
-    channel: Option<Channel>,
-}
-
-impl Probe<'_> {
-    /// A queue's counts; `None` when it does not exist.
-    async fn counts(&mut self, queue: &str) -> Result<Option<QueueCounts>, Check> {
-        let channel = match &self.channel {
-            Some(channel) if channel.status().connected() => channel.clone(),
-            _ => {
-                let channel = self
-                    .connection
-                    .create_channel()
-                    .await
-                    .map_err(|e| Check::Broker(RecoveryError::Channel(e)))?;
-                self.channel = Some(channel.clone());
-                channel
-            }
-        };
-        match topology::inspect_queue(&channel, queue).await {
-            Ok(counts) => Ok(Some(counts)),
-            Err(TopologyError::MissingQueue { .. }) => {
-                self.channel = None;
-                Ok(None)
-            }
-            Err(source) => {
-                Err(Check::Broker(RecoveryError::Inspect { queue: queue.to_owned(), cause: source }))
-            }
-        }
-    }
-
-    async fn close(&mut self) {
-        if let Some(channel) = self.channel.take()
-            && channel.status().connected()
-            && let Err(error) = channel.close(200, "dispatcher stopping".into()).await
-        {
-            tracing::debug!(%error, "closing the recovery channel failed");
-        }
+impl From<ProbeError> for Check {
+    fn from(error: ProbeError) -> Self {
+        Check::Broker(error.into())
     }
 }
