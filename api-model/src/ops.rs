@@ -29,6 +29,10 @@ pub struct OpVersion {
     pub cooldown_secs: i32,
     pub max_steps: Option<i32>,
     pub max_rss_mb: Option<i32>,
+    /// The most ready messages the dispatcher keeps in the queue, when set (`opflow ops
+    /// scale --window`); by default `2 × max × value`, at least 8, widened to 50 ms of the
+    /// workers' intake.
+    pub window: Option<i32>,
 }
 
 /// One op version's queue and what waits for its workers: `GET /v1/queues[/{queue}]`.

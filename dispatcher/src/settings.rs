@@ -55,6 +55,11 @@ pub struct Settings {
     pub publish_batch: u32,
     /// Most events applied per database transaction.
     pub event_batch: u32,
+    /// An op version's default publish window holds at least what its workers take in
+    /// this many milliseconds (and at least `2 × max_replicas × value`). A step of another
+    /// owner's run waits at most about this long behind a backlog; a longer window publishes
+    /// in larger rounds, which costs each step less broker, database and dispatcher CPU.
+    pub publish_window_ms: u64,
     /// How long, in milliseconds, a batch of events waits for more once events arrive
     /// faster than they are applied (a lone event never waits). Longer batches cost each
     /// event less database and dispatcher CPU, and delay what follows it (a chain's next
@@ -113,6 +118,7 @@ impl Default for Settings {
             events_queue_type: QueueKind::Quorum,
             publish_batch: 500,
             event_batch: 500,
+            publish_window_ms: DEFAULT_PUBLISH_WINDOW_MS,
             event_linger_ms: 20,
             retry_poll_ms: 250,
             max_inputs_bytes: 8 * 1024 * 1024,
@@ -146,6 +152,7 @@ const KEYS: &[&str] = &[
     "events_queue_type",
     "publish_batch",
     "event_batch",
+    "publish_window_ms",
     "event_linger_ms",
     "retry_poll_ms",
     "max_inputs_bytes",
@@ -177,6 +184,9 @@ impl From<config::ConfigError> for SettingsError {
 /// The largest `max_inputs_bytes`: the step message carrying them must stay well under the
 /// broker's message size limit.
 pub const MAX_INPUTS_BYTES_LIMIT: usize = 32 * 1024 * 1024;
+
+/// The default `publish_window_ms`.
+pub const DEFAULT_PUBLISH_WINDOW_MS: u64 = 250;
 
 /// The longest `event_linger_ms`.
 pub const MAX_EVENT_LINGER_MS: u64 = 1_000;
@@ -244,6 +254,14 @@ pub const RANGES: &[Range<u64>] = &[
         max: 10_000,
         default: "500",
         why: "it is the events consumer's prefetch, and 0 means unlimited to the broker",
+    },
+    Range {
+        key: "publish_window_ms",
+        value: |s| s.publish_window_ms,
+        min: 1,
+        max: 60_000,
+        default: "250",
+        why: "a minute of an op's intake in its queue is no window; set `ops scale --window` for one op instead",
     },
     Range {
         key: "event_linger_ms",
@@ -380,6 +398,10 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    pub fn publish_window(&self) -> Duration {
+        Duration::from_millis(self.publish_window_ms.max(1))
     }
 
     pub fn event_linger(&self) -> Duration {

@@ -154,6 +154,7 @@ impl From<store::ops::RegisteredOpRow> for OpVersion {
             cooldown_secs: s.cooldown_secs,
             max_steps: s.max_steps,
             max_rss_mb: s.max_rss_mb,
+            window: s.publish_window,
         }
     }
 }

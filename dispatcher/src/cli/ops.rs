@@ -61,6 +61,11 @@ pub enum OpsCommand {
         /// A worker exits (and is replaced) once its resident memory passes this many MiB; 0 clears it
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
         max_rss_mb: Option<u32>,
+        /// The most ready messages kept in the op's queue; the rest wait in the run store
+        /// and are sent in a fair order across teams and runs. 0 restores the default:
+        /// 2 × max × value, at least 8, widened to what the workers take in 50 ms
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+        window: Option<u32>,
     },
     /// Give an op version's broker user a new password and print the RabbitMQ URL its
     /// workers log in with (OPFLOW_AMQP_URL). Workers already connected stay connected; a
@@ -187,7 +192,18 @@ pub async fn run(
             say!("{}", credentials.amqp_url.expose());
             Ok(ExitCode::SUCCESS)
         }
-        OpsCommand::Scale { op, min, max, value, activation, polling, cooldown, max_steps, max_rss_mb } => {
+        OpsCommand::Scale {
+            op,
+            min,
+            max,
+            value,
+            activation,
+            polling,
+            cooldown,
+            max_steps,
+            max_rss_mb,
+            window,
+        } => {
             let op: OpRef = op.parse().map_err(|e| InvalidInput(format!("`{op}`: {e}")))?;
             let store = super::admin::store(settings, cancel).await?;
             let Some(mut scaling) = store.ops().scale_settings(&op).await? else {
@@ -214,6 +230,7 @@ pub async fn run(
             };
             optional(max_steps, &mut scaling.max_steps);
             optional(max_rss_mb, &mut scaling.max_rss_mb);
+            optional(window, &mut scaling.publish_window);
             check_scaling(&scaling).map_err(InvalidInput)?;
             store.ops().set_scale_settings(&op, scaling).await?;
             say!("{op}: {}", describe_scaling(&scaling));
@@ -303,6 +320,9 @@ fn describe_scaling(s: &ScaleSettings) -> String {
     }
     if let Some(mb) = s.max_rss_mb {
         text.push_str(&format!(" max-rss {mb}MiB"));
+    }
+    if let Some(window) = s.publish_window {
+        text.push_str(&format!(" window {window}"));
     }
     text
 }

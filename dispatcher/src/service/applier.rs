@@ -26,6 +26,7 @@ use futures_util::FutureExt;
 use opflow_protocol::{Event, EventKind, RunId, StepId};
 use tokio_util::sync::CancellationToken;
 
+use super::window::Arrivals;
 use crate::{
     api::metrics::Metrics,
     store::{
@@ -61,6 +62,9 @@ pub struct Applier {
     /// Counts each committed batch and the steps it ended. Every event the dispatcher
     /// applies goes through here, so this is the one place they are counted.
     pub metrics: Arc<Metrics>,
+    /// Told of each committed batch's queued steps and of the steps it started, for the
+    /// publisher's window.
+    pub arrivals: Arc<Arrivals>,
 }
 
 /// What applying a set of events did, with positions relative to the set.
@@ -152,6 +156,7 @@ impl Applier {
                 // Committed: counted here once. A refused or rolled-back attempt is not.
                 let terminal = std::mem::take(&mut outcome.terminal);
                 self.metrics.applied(events.len(), started.elapsed(), &terminal);
+                self.arrivals.tell(&outcome.queued, &outcome.started, &outcome.settled);
                 Ok(outcome)
             }
             Ok(Err(error)) if error.is_transient() => Err(Failure::Outage(error)),
@@ -232,6 +237,8 @@ fn refusal_message(event: &Event, why: &str) -> String {
 fn merge(into: &mut ApplyOutcome, more: ApplyOutcome, offset: usize) {
     into.unknown_run.extend(more.unknown_run.into_iter().map(|p| p + offset));
     into.duplicates += more.duplicates;
-    into.newly_queued += more.newly_queued;
+    into.queued.extend(more.queued);
+    into.started.extend(more.started);
+    into.settled.extend(more.settled);
     into.finished.extend(more.finished);
 }

@@ -6,7 +6,7 @@
 //! in between redelivers the batch, which applies idempotently. An event that cannot be
 //! applied fails only its own step (see `service::applier`).
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
@@ -17,7 +17,6 @@ use lapin::{
 };
 use opflow_amqp::trace;
 use opflow_protocol::{Event, queue};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -109,12 +108,7 @@ fn take(
 
 impl EventConsumer {
     /// Consumes until cancelled; unacked deliveries go back to their queues when it returns.
-    pub async fn run(
-        self,
-        connection: &Connection,
-        wake: Arc<Notify>,
-        cancel: CancellationToken,
-    ) -> Result<(), EventsError> {
+    pub async fn run(self, connection: &Connection, cancel: CancellationToken) -> Result<(), EventsError> {
         // Enough unacked deliveries for the next batch to gather while this one commits.
         let prefetch = u16::try_from(self.batch_size.saturating_mul(2)).unwrap_or(u16::MAX);
         let (lifecycle_channel, lifecycle) =
@@ -128,7 +122,7 @@ impl EventConsumer {
         )
         .await?;
         let mut consumers = Consumers { lifecycle, telemetry };
-        let result = self.consume(&mut consumers, &wake, &cancel).await;
+        let result = self.consume(&mut consumers, &cancel).await;
         // Closing a channel hands any unacked (unapplied) event back to its queue.
         for channel in [lifecycle_channel, telemetry_channel] {
             if let Err(error) = channel.close(200, "dispatcher stopping".into()).await {
@@ -141,7 +135,6 @@ impl EventConsumer {
     async fn consume(
         &self,
         consumers: &mut Consumers,
-        wake: &Notify,
         cancel: &CancellationToken,
     ) -> Result<(), EventsError> {
         let mut busy = false;
@@ -174,7 +167,7 @@ impl EventConsumer {
             }
             busy = deliveries.len() > 1;
             let span = apply_span(&deliveries);
-            if !self.apply(deliveries, wake, cancel).instrument(span).await {
+            if !self.apply(deliveries, cancel).instrument(span).await {
                 return Ok(());
             }
         }
@@ -182,12 +175,7 @@ impl EventConsumer {
 
     /// Applies one batch and settles its deliveries. Returns false when cancelled before the
     /// batch could be applied (its deliveries stay unacked and are redelivered).
-    async fn apply(
-        &self,
-        mut deliveries: Vec<(Source, Delivery)>,
-        wake: &Notify,
-        cancel: &CancellationToken,
-    ) -> bool {
+    async fn apply(&self, mut deliveries: Vec<(Source, Delivery)>, cancel: &CancellationToken) -> bool {
         // A step's log lines were sent before its result: within a batch they come first
         // (a stable sort keeps each queue's own order).
         deliveries.sort_by_key(|(source, _)| *source == Source::Lifecycle);
@@ -234,11 +222,6 @@ impl EventConsumer {
         for &position in &applied.given_up {
             reject(&decoded[position].1).await;
         }
-        // The batch is committed: the publisher can take the steps it queued while the ack
-        // goes out (a chain's next step waits for nothing else).
-        if outcome.newly_queued > 0 {
-            wake.notify_one();
-        }
         // One ack per queue settles the batch's deliveries from it (`multiple` covers every
         // earlier delivery still unsettled on that queue's channel, all of which were in
         // this batch or an earlier one; the rejected ones above are settled already).
@@ -257,7 +240,7 @@ impl EventConsumer {
                 tracing::warn!(%error, "acking applied events failed; they will be redelivered and ignored");
             }
         }
-        tracing::debug!(events = events.len(), queued = outcome.newly_queued, "applied a batch of events");
+        tracing::debug!(events = events.len(), queued = outcome.queued.len(), "applied a batch of events");
         if outcome.duplicates > 0 {
             tracing::debug!(duplicates = outcome.duplicates, "ignored events that were already applied");
         }

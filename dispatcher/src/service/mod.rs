@@ -9,18 +9,20 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use lapin::Connection;
 use opflow_amqp::{Publisher, connect::ConnectRetry, topology};
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub mod applier;
 pub mod dead_letter;
 pub mod events;
+pub mod fair_share;
 pub mod publisher;
 pub mod recovery;
 pub mod retention;
 pub mod retries;
 pub mod senders;
 pub mod webhooks;
+pub mod window;
 
 use applier::Applier;
 use dead_letter::DeadLetterConsumer;
@@ -28,6 +30,7 @@ use events::EventConsumer;
 use publisher::{StepPublisher, Wakeups};
 use recovery::Recovery;
 use senders::{CancelsAudit, SenderCheck};
+use window::Arrivals;
 
 use crate::{
     api::{self, ApiState, Readiness, Role, metrics::Metrics},
@@ -97,7 +100,9 @@ struct Shared {
     settings: Settings,
     store: Store,
     plans: Arc<PlanCache>,
-    wake: Arc<Notify>,
+    /// What the publisher hears of: steps queued and steps taken, from the applier and the
+    /// retry scheduler.
+    arrivals: Arc<Arrivals>,
     readiness: Readiness,
     /// The autoscaler running in this process (`opflow up`), told of every op published to.
     wakeups: Option<Arc<Wakeups>>,
@@ -170,8 +175,7 @@ pub async fn run_connected(
     tracing::info!(api = %api_addr, auth = if auth_required { "token required" } else { "open" }, "dispatcher API listening");
 
     let plans = Arc::new(PlanCache::new(settings.plan_cache_bytes(), metrics.plan_cache_gauges()));
-    let shared =
-        Shared { settings, store, plans, wake: Arc::new(Notify::new()), readiness, wakeups, metrics };
+    let shared = Shared { settings, store, plans, arrivals: Arc::default(), readiness, wakeups, metrics };
     let leading = shared.lead_while_leased(connection, &shutdown);
     tokio::pin!(leading);
     let outcome = tokio::select! {
@@ -262,7 +266,7 @@ impl Shared {
     ) -> anyhow::Result<()> {
         let scheduler = tokio::spawn(retries::release_retries(
             leader.clone(),
-            self.wake.clone(),
+            self.arrivals.clone(),
             self.settings.retry_poll(),
             stop.clone(),
         ));
@@ -377,8 +381,12 @@ impl Shared {
 
         let parts_stop = stop.child_token();
         let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-        let applier =
-            Applier { store: leader.clone(), plans: self.plans.clone(), metrics: self.metrics.clone() };
+        let applier = Applier {
+            store: leader.clone(),
+            plans: self.plans.clone(),
+            metrics: self.metrics.clone(),
+            arrivals: self.arrivals.clone(),
+        };
         let publisher = StepPublisher {
             store: leader.clone(),
             plans: self.plans.clone(),
@@ -387,10 +395,14 @@ impl Shared {
             publisher,
             batch_size: self.settings.publish_batch.max(1),
             max_inputs_bytes: self.settings.max_inputs_bytes,
+            window_intake: self.settings.publish_window(),
         };
         parts.spawn({
-            let (wake, stop) = (self.wake.clone(), parts_stop.clone());
-            async move { ("outbox publisher", publisher.run(wake, stop).await.map_err(Into::into)) }
+            let (connection, arrivals, stop) =
+                (connection.clone(), self.arrivals.clone(), parts_stop.clone());
+            async move {
+                ("outbox publisher", publisher.run(&connection, arrivals, stop).await.map_err(Into::into))
+            }
         });
         if senders.is_some() {
             let audit = CancelsAudit { dispatcher_user: login.user.clone(), metrics: self.metrics.clone() };
@@ -406,8 +418,8 @@ impl Shared {
             linger: self.settings.event_linger(),
         };
         parts.spawn({
-            let (connection, wake, stop) = (connection.clone(), self.wake.clone(), parts_stop.clone());
-            async move { ("events consumer", events.run(&connection, wake, stop).await.map_err(Into::into)) }
+            let (connection, stop) = (connection.clone(), parts_stop.clone());
+            async move { ("events consumer", events.run(&connection, stop).await.map_err(Into::into)) }
         });
         let dead_letters = DeadLetterConsumer { applier: applier.clone(), senders };
         parts.spawn({

@@ -1,23 +1,28 @@
-//! The outbox publisher: takes queued steps from the outbox, builds their messages (with
-//! their upstream outputs), publishes them all, waits for every confirm, and only then
-//! commits their removal from the outbox.
+//! The outbox publisher: keeps each op version's queue filled to its window
+//! (`service::window`) from the outbox, in a fair order across owners and runs; builds each
+//! step's message (with its upstream outputs), publishes a round, waits for every confirm,
+//! and only then commits the round's removal from the outbox.
 
 use std::{
     collections::{HashMap, HashSet},
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::FutureExt;
-use opflow_amqp::{Outgoing, PublishError, Publisher, trace};
+use lapin::Connection;
+use opflow_amqp::{Outgoing, PublishError, Publisher, topology::QueueProbe, trace};
 use opflow_protocol::{CancelRecord, OpRef, RunId, StepInput, queue};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::applier::{Applier, dispatcher_failure};
+use super::{
+    applier::{Applier, dispatcher_failure},
+    window::{Arrivals, HOLD_PER_RUN, PublishWindow, Round, WindowSize},
+};
 use crate::store::{
     CANCELS_CHANNEL, StoreError,
     lease::LeaderStore,
@@ -85,13 +90,41 @@ pub struct StepPublisher {
     pub publisher: Publisher,
     pub batch_size: u32,
     pub max_inputs_bytes: usize,
+    /// The setting `publish_window_ms` (see `window::WindowSize::at`).
+    pub window_intake: Duration,
 }
 
+/// What the publisher's loop has still to do besides publishing.
+struct Due {
+    cancels: bool,
+    /// Read every run's rows from the outbox: at the start, after a missed notification,
+    /// and now and then in case a row was never told of.
+    all_rows: bool,
+    /// Runs submitted (by any process) whose rows are to be read.
+    runs: HashSet<RunId>,
+    /// Read the ops' window settings.
+    sizes: bool,
+}
+
+/// Every this many polls, every run's rows are read again (see [`Due::all_rows`]).
+const READ_ALL_EVERY: u32 = 60;
+
+/// Every this many polls, the ops' window settings are read again.
+const SIZES_EVERY: u32 = 5;
+
 impl StepPublisher {
-    /// Publishes until cancelled. Woken by `wake` (this process queued steps), by a
-    /// PostgreSQL notification on `OUTBOX_CHANNEL` (another process did), or by a poll.
-    pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) -> Result<(), PublisherError> {
-        let result = self.publish_until_cancelled(wake, cancel).await;
+    /// Publishes until cancelled. Woken by `arrivals` (this process queued steps, or a
+    /// worker took one), by a PostgreSQL notification on `OUTBOX_CHANNEL` (a run was
+    /// submitted), or by a poll.
+    pub async fn run(
+        self,
+        connection: &Connection,
+        arrivals: Arc<Arrivals>,
+        cancel: CancellationToken,
+    ) -> Result<(), PublisherError> {
+        let mut probe = QueueProbe::new(connection);
+        let result = self.publish_until_cancelled(&mut probe, &arrivals, cancel).await;
+        probe.close().await;
         if let Err(error) = self.publisher.channel().close(200, "dispatcher stopping".into()).await {
             tracing::debug!(%error, "closing the publish channel failed");
         }
@@ -100,7 +133,8 @@ impl StepPublisher {
 
     async fn publish_until_cancelled(
         &self,
-        wake: Arc<Notify>,
+        probe: &mut QueueProbe<'_>,
+        arrivals: &Arrivals,
         cancel: CancellationToken,
     ) -> Result<(), PublisherError> {
         let mut listener = match self.store.outbox().listen().await {
@@ -110,43 +144,62 @@ impl StepPublisher {
                 None
             }
         };
-        // Cancels are looked for when announced, and on every poll in case one was missed.
-        let mut cancels_due = true;
-        loop {
-            if cancels_due && !cancel.is_cancelled() {
-                match self.publish_cancels().await {
-                    Ok(()) => cancels_due = false,
+        let mut window = PublishWindow::new(self.window_intake);
+        let mut due = Due { cancels: true, all_rows: true, runs: HashSet::new(), sizes: true };
+        let mut polls = tokio::time::interval(POLL_EVERY);
+        polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut last_poll, mut poll_count) = (Instant::now(), 0u32);
+        while !cancel.is_cancelled() {
+            if due.cancels {
+                match self.publish_cancels(&mut window).await {
+                    Ok(()) => due.cancels = false,
                     Err(PublisherError::Store(error)) => {
                         tracing::warn!(%error, "publishing cancels failed; retrying on the next round")
                     }
                     Err(error) => return Err(error),
                 }
             }
-            while !cancel.is_cancelled() {
-                match self.publish_batch(&cancel).await {
-                    // A short batch drained the outbox: wait for a wake-up rather than ask an
-                    // empty table again (a wake-up that came meanwhile is kept by `Notify`).
-                    Ok(taken) if taken < self.batch_size as usize => break,
-                    Ok(_) => continue,
-                    Err(PublisherError::Store(error)) => {
-                        // The batch rolled back; its rows are published on the next round.
-                        tracing::warn!(%error, "publishing from the outbox failed; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(POLL_EVERY) => break,
-                            () = cancel.cancelled() => break,
+            let mut pause = false;
+            match self.learn(&mut window, arrivals, &mut due).await {
+                Ok(()) => {
+                    while let Some(round) = window.next_round(self.batch_size) {
+                        match self.publish_round(&round, &cancel).await {
+                            Ok(published) => window.published(&round.op, &published),
+                            Err(PublisherError::Store(error)) => {
+                                // The batch rolled back; its rows go out on the next round.
+                                tracing::warn!(%error, "publishing from the outbox failed; retrying");
+                                window.put_back(round, |run| self.plans.cached(run));
+                                pause = true;
+                                break;
+                            }
+                            Err(error) => return Err(error),
+                        }
+                        if cancel.is_cancelled() {
+                            return Ok(());
                         }
                     }
-                    Err(error) => return Err(error),
+                }
+                Err(error) => {
+                    // What was heard is read again from the outbox.
+                    tracing::warn!(%error, "reading the outbox failed; retrying");
+                    due.all_rows = true;
+                    pause = true;
+                }
+            }
+            if pause {
+                tokio::select! {
+                    () = tokio::time::sleep(POLL_EVERY) => continue,
+                    () = cancel.cancelled() => return Ok(()),
                 }
             }
             let notified = async {
                 match listener.as_mut() {
                     Some(listener) => match listener.recv().await {
-                        Ok(notification) => notification.channel() == CANCELS_CHANNEL,
+                        Ok(notification) => Some(notification),
                         Err(error) => {
                             tracing::debug!(%error, "outbox listener interrupted");
                             tokio::time::sleep(POLL_EVERY).await;
-                            true
+                            None
                         }
                     },
                     None => std::future::pending().await,
@@ -154,16 +207,130 @@ impl StepPublisher {
             };
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
-                () = wake.notified() => {}
-                cancels = notified => cancels_due |= cancels,
-                () = tokio::time::sleep(POLL_EVERY) => cancels_due = true,
+                () = arrivals.notified() => {}
+                notification = notified => match notification {
+                    Some(n) if n.channel() == CANCELS_CHANNEL => due.cancels = true,
+                    Some(n) => match n.payload().parse::<RunId>() {
+                        Ok(run) => { due.runs.insert(run); }
+                        Err(_) => due.all_rows = true,
+                    },
+                    // Notifications may have been missed while the listener reconnected.
+                    None => due.all_rows = true,
+                },
+                _ = polls.tick() => {
+                    due.cancels = true;
+                    poll_count = poll_count.wrapping_add(1);
+                    due.all_rows |= poll_count % READ_ALL_EVERY == 0;
+                    due.sizes |= poll_count % SIZES_EVERY == 0;
+                    window.tick(last_poll.elapsed());
+                    last_poll = Instant::now();
+                    self.count_queues(&mut window, probe).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in what the publisher heard of and reads what it has to from the outbox and
+    /// the op registry: rows of submitted runs, rows past what is held of a run, the ops'
+    /// window settings. A store error leaves the rest for later (`due`).
+    async fn learn(
+        &self,
+        window: &mut PublishWindow,
+        arrivals: &Arrivals,
+        due: &mut Due,
+    ) -> Result<(), StoreError> {
+        let heard = arrivals.take();
+        for row in heard.queued {
+            match self.plan(row.run_id).await? {
+                Some(plan) => window.hold(row, &plan),
+                None => continue,
+            }
+        }
+        for (run, step) in heard.started {
+            if let Some(plan) = self.plan(run).await? {
+                window.started(plan.op(step), run, step);
+            }
+        }
+        for (run, step) in heard.settled {
+            if let Some(plan) = self.plan(run).await? {
+                window.settled(plan.op(step), run, step);
+            }
+        }
+        let outbox = self.store.outbox();
+        if due.all_rows {
+            let (rows, totals) = outbox.all_rows(HOLD_PER_RUN).await?;
+            let mut by_run: HashMap<RunId, Vec<_>> = HashMap::new();
+            for row in rows {
+                by_run.entry(row.run_id).or_default().push(row);
+            }
+            for (run, total) in totals {
+                if let Some(plan) = self.plan(run).await? {
+                    window.loaded_all(&plan, run, by_run.get(&run).map_or(&[][..], Vec::as_slice), total);
+                }
+            }
+            due.all_rows = false;
+            due.runs.clear();
+        }
+        while let Some(run) = due.runs.iter().next().copied() {
+            if let Some(plan) = self.plan(run).await? {
+                let rows = outbox.rows_of(run, None, HOLD_PER_RUN).await?;
+                window.loaded(&plan, run, &rows, HOLD_PER_RUN);
+            }
+            due.runs.remove(&run);
+        }
+        for (run, after, limit) in window.refills() {
+            match self.plan(run).await? {
+                Some(plan) => {
+                    let rows = outbox.rows_of(run, after, limit).await?;
+                    window.loaded(&plan, run, &rows, limit);
+                }
+                None => window.forget_run(run),
+            }
+        }
+        if due.sizes || window.sizes_unknown() {
+            for op in self.store.ops().list().await? {
+                if let Ok(op_ref) = format!("{}@{}", op.name, op.version).parse::<OpRef>() {
+                    window.set_size(&op_ref, WindowSize::of(&op.scaling));
+                }
+            }
+            due.sizes = false;
+        }
+        Ok(())
+    }
+
+    /// A run's plan; `None` when the run is gone (deleted by retention or by hand), so that
+    /// its rows are dropped.
+    async fn plan(&self, run: RunId) -> Result<Option<Arc<RunPlan>>, StoreError> {
+        match self.plans.get(&self.store, run).await {
+            Ok(plan) => Ok(Some(plan)),
+            Err(error) if error.is_transient() => Err(error),
+            Err(error) => {
+                tracing::debug!(run_id = %run, %error, "dropping outbox rows of a run whose plan cannot be read");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sets each backlogged op's count of ready messages to the broker's: what the window
+    /// estimates from publishes and starts drifts when a message is redelivered or dropped
+    /// by a worker without a start.
+    async fn count_queues(&self, window: &mut PublishWindow, probe: &mut QueueProbe<'_>) {
+        for op in window.backlogged() {
+            match probe.counts(&queue::op_queue(&op)).await {
+                Ok(Some(counts)) => window.resync(&op, counts.ready),
+                // A missing queue fails the steps published to it (unroutable).
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(%op, %error, "cannot read a queue's count; keeping the estimate")
+                }
             }
         }
     }
 
     /// Appends the runs canceled since the last call to the cancels stream, and removes
     /// them from the cancel outbox once the broker confirmed them.
-    async fn publish_cancels(&self) -> Result<(), PublisherError> {
+    async fn publish_cancels(&self, window: &mut PublishWindow) -> Result<(), PublisherError> {
         let batch = self.store.outbox().take_cancels(CANCELS_PER_ROUND).await?;
         if batch.runs.is_empty() {
             return Ok(());
@@ -195,23 +362,32 @@ impl StepPublisher {
                 Err(error) => return Err(error.into()),
             }
         }
+        let canceled = batch.runs.clone();
         batch.commit().await?;
+        for run in canceled {
+            window.forget_run(run);
+        }
         Ok(())
     }
 
-    /// Publishes one outbox batch; returns how many outbox rows it consumed.
+    /// Publishes one round; returns the rows whose messages the broker confirmed.
     ///
     /// A step whose message cannot be built (its inputs over the limit, its plan
     /// unreadable, a panic) or that the broker refuses (unroutable, or nacked by a queue
     /// policy) is failed on its own; only a store outage or a lost channel fails the batch,
     /// which then rolls back and is taken again.
-    pub async fn publish_batch(&self, cancel: &CancellationToken) -> Result<usize, PublisherError> {
-        let mut batch = self.store.outbox().take(self.batch_size).await?;
+    async fn publish_round(
+        &self,
+        round: &Round,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<OutboxRow>, PublisherError> {
+        let seqs: Vec<i64> = round.rows.iter().map(|row| row.seq).collect();
+        let mut batch = self.store.outbox().take(&seqs).await?;
         if batch.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let taken = batch.entries.len();
         let entries = batch.still_queued();
+        let mut published = Vec::with_capacity(entries.len());
         let mut inputs_cache = InputsCache::default();
         let mut failures: Vec<StorableEvent> = Vec::new();
         let mut window = ConfirmWindow::default();
@@ -276,18 +452,27 @@ impl StepPublisher {
             // Memory stays bounded: a window of large messages is confirmed before more
             // are built.
             if window.bytes > MAX_WINDOW_BYTES {
-                window.settle(&mut failures, &(fail_confirm as FailConfirm), self.wakeups.as_deref()).await?;
+                window
+                    .settle(
+                        &mut failures,
+                        &mut published,
+                        &(fail_confirm as FailConfirm),
+                        self.wakeups.as_deref(),
+                    )
+                    .await?;
             }
         }
-        window.settle(&mut failures, &(fail_confirm as FailConfirm), self.wakeups.as_deref()).await?;
+        window
+            .settle(&mut failures, &mut published, &(fail_confirm as FailConfirm), self.wakeups.as_deref())
+            .await?;
         // Failures first: if we crash between the two commits, the outbox rows return but
         // their steps are no longer queued, so they are dropped rather than published.
         if !failures.is_empty() && self.applier.apply(&failures, cancel).await.is_none() {
             // Cancelled: the batch rolls back and is published again by the next leader.
-            return Ok(0);
+            return Ok(Vec::new());
         }
         batch.commit().await?;
-        Ok(taken)
+        Ok(published)
     }
 
     /// The op and the encoded message for one outbox entry, or why it cannot be sent.
@@ -346,6 +531,7 @@ impl ConfirmWindow {
     async fn settle(
         &mut self,
         failures: &mut Vec<StorableEvent>,
+        published: &mut Vec<OutboxRow>,
         fail: &FailConfirm,
         wakeups: Option<&Wakeups>,
     ) -> Result<(), PublisherError> {
@@ -355,6 +541,7 @@ impl ConfirmWindow {
                 if let Some(wakeups) = wakeups {
                     wakeups.published(&op);
                 }
+                published.push(entry);
                 continue;
             };
             let Some((reason, retryable)) = fail(&op, &error) else {

@@ -4,15 +4,15 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::window::Arrivals;
 use crate::store::lease::LeaderStore;
 
-/// Queues due retries every `every` until cancelled, waking the publisher when it did.
+/// Queues due retries every `every` until cancelled, telling the publisher of them.
 pub async fn release_retries(
     store: LeaderStore,
-    wake: Arc<Notify>,
+    arrivals: Arc<Arrivals>,
     every: Duration,
     cancel: CancellationToken,
 ) {
@@ -24,10 +24,10 @@ pub async fn release_retries(
             _ = ticks.tick() => {}
         }
         match store.outbox().release_due_retries().await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::debug!(steps = n, "retries due; queued");
-                wake.notify_one();
+            Ok(rows) if rows.is_empty() => {}
+            Ok(rows) => {
+                tracing::debug!(steps = rows.len(), "retries due; queued");
+                arrivals.tell(&rows, &[], &[]);
             }
             // Nothing is lost: the steps stay `retrying` and are picked up on a later tick.
             Err(error) => tracing::warn!(%error, "queueing due retries failed; trying again"),

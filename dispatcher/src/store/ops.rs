@@ -46,6 +46,9 @@ pub struct ScaleSettings {
     pub max_steps: Option<i32>,
     /// A worker exits once its resident memory passes this many MiB (and is replaced).
     pub max_rss_mb: Option<i32>,
+    /// The most ready messages kept in its queue; `None` for the default (see
+    /// `service::window::WindowSize`).
+    pub publish_window: Option<i32>,
 }
 
 impl Default for ScaleSettings {
@@ -59,6 +62,7 @@ impl Default for ScaleSettings {
             cooldown_secs: 300,
             max_steps: None,
             max_rss_mb: None,
+            publish_window: None,
         }
     }
 }
@@ -131,7 +135,7 @@ impl Ops<'_> {
     pub async fn scale_settings(&self, op: &OpRef) -> Result<Option<ScaleSettings>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT min_replicas, max_replicas, target_value, activation_value, polling_secs, cooldown_secs,
-                    max_steps, max_rss_mb
+                    max_steps, max_rss_mb, publish_window
              FROM ops WHERE name = $1 AND version = $2",
         )
         .bind(op.name.as_str())
@@ -144,7 +148,8 @@ impl Ops<'_> {
     pub async fn set_scale_settings(&self, op: &OpRef, s: ScaleSettings) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE ops SET min_replicas = $3, max_replicas = $4, target_value = $5, activation_value = $6,
-                            polling_secs = $7, cooldown_secs = $8, max_steps = $9, max_rss_mb = $10
+                            polling_secs = $7, cooldown_secs = $8, max_steps = $9, max_rss_mb = $10,
+                            publish_window = $11
              WHERE name = $1 AND version = $2",
         )
         .bind(op.name.as_str())
@@ -157,6 +162,7 @@ impl Ops<'_> {
         .bind(s.cooldown_secs)
         .bind(s.max_steps)
         .bind(s.max_rss_mb)
+        .bind(s.publish_window)
         .execute(self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
@@ -182,7 +188,7 @@ impl Ops<'_> {
             "SELECT name, version, queue, queue_type, delivery_limit,
                     coalesce(description->>'summary', '') AS summary, registered_at,
                     min_replicas, max_replicas, target_value, activation_value, polling_secs, cooldown_secs,
-                    max_steps, max_rss_mb, replicas, desired, scaled_at
+                    max_steps, max_rss_mb, publish_window, replicas, desired, scaled_at
              FROM ops",
         )
         .fetch_all(self.pool)

@@ -1,8 +1,11 @@
 //! The transactional outbox: a step is marked queued and its row written here in the same
-//! transaction, so a crash between "decided" and "published" loses nothing. The publisher
-//! deletes a batch of rows in a transaction it commits only after the broker confirmed
-//! every message; if it dies first, the rows come back and are published again (the
-//! worker side tolerates the duplicate).
+//! transaction, so a crash between "decided" and "published" loses nothing. A row waits
+//! here until its op version's publish window has room (`service::window`); the publisher
+//! then deletes a batch of rows in a transaction it commits only after the broker
+//! confirmed every message; if it dies first, the rows come back and are published again
+//! (the worker side tolerates the duplicate).
+
+use std::collections::HashMap;
 
 use opflow_protocol::{RunId, StepId};
 use serde_json::Value;
@@ -13,9 +16,10 @@ use sqlx::postgres::PgListener;
 
 use super::{StoreError, run_plan::StepRange};
 
-/// One step attempt to publish.
+/// One step attempt to publish, and its row's place in the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxRow {
+    pub seq: i64,
     pub run_id: RunId,
     pub step_id: StepId,
     pub attempt: u32,
@@ -45,8 +49,9 @@ impl Outbox<'_> {
         Ok(listener)
     }
 
-    /// Takes up to `limit` rows, oldest first, skipping rows another publisher holds, and
-    /// learns in the same statement which of them are still current.
+    /// Takes the rows `seqs` (those still there: a canceled run's rows are gone), and
+    /// learns in the same statement which of them are still current. Entries come back in
+    /// the order of `seqs`, the order the window chose.
     ///
     /// The batch commits without waiting for its WAL flush (`synchronous_commit = off`):
     /// losing its removal to a database crash only means its steps are published again,
@@ -54,33 +59,81 @@ impl Outbox<'_> {
     /// attempt is applied once), and anything later that must be durable, such as the
     /// step's result, flushes the WAL past it. A chain of steps waits for one flush per step
     /// instead of two.
-    pub async fn take(&self, limit: u32) -> Result<OutboxBatch, StoreError> {
+    ///
+    /// The statement is planned for each round (`force_custom_plan`): a plan cached while the
+    /// tables were nearly empty checks each row against a hash of *every* queued step, a
+    /// scan of the steps table per round (2.7 ms a round in w1, most of the round's cost);
+    /// planned with the tables as they are, it probes the primary key.
+    pub async fn take(&self, seqs: &[i64]) -> Result<OutboxBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-        let rows: Vec<(Uuid, i32, i32, bool)> = sqlx::query_as(
-            "DELETE FROM outbox o WHERE seq IN (
-                 SELECT seq FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
-             )
-             RETURNING o.run_id, o.step_id, o.attempt, EXISTS (
+        sqlx::query(
+            "SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_custom_plan', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let rows: Vec<(i64, Uuid, i32, i32, bool)> = sqlx::query_as(
+            "DELETE FROM outbox o WHERE seq = ANY($1)
+             RETURNING o.seq, o.run_id, o.step_id, o.attempt, EXISTS (
                  SELECT 1 FROM steps s
                  WHERE s.run_id = o.run_id AND s.id = o.step_id AND s.attempt = o.attempt AND s.status = 'queued'
              )",
         )
-        .bind(i64::from(limit))
+        .bind(seqs)
         .fetch_all(&mut *tx)
         .await?;
-        let (entries, current) = rows
+        let place: HashMap<i64, usize> = seqs.iter().enumerate().map(|(i, seq)| (*seq, i)).collect();
+        let mut rows: Vec<(OutboxRow, bool)> = rows
             .into_iter()
-            .map(|(run, step, attempt, current)| {
-                let entry = OutboxRow {
-                    run_id: RunId::from_uuid(run),
-                    step_id: StepId(step as u32),
-                    attempt: attempt as u32,
-                };
-                (entry, current)
-            })
-            .unzip();
+            .map(|(seq, run, step, attempt, current)| (row(seq, run, step, attempt), current))
+            .collect();
+        rows.sort_by_key(|(row, _)| place.get(&row.seq).copied().unwrap_or(usize::MAX));
+        let (entries, current) = rows.into_iter().unzip();
         Ok(OutboxBatch { tx, entries, current })
+    }
+
+    /// Up to `limit` of a run's rows with a step id after `after` (all of them for `None`),
+    /// by step id: what the publisher holds of a run beyond what it was told of.
+    pub async fn rows_of(
+        &self,
+        run: RunId,
+        after: Option<StepId>,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows: Vec<(i64, Uuid, i32, i32)> = sqlx::query_as(
+            "SELECT seq, run_id, step_id, attempt FROM outbox
+             WHERE run_id = $1 AND step_id > $2 ORDER BY step_id LIMIT $3",
+        )
+        .bind(run.as_uuid())
+        .bind(after.map_or(-1, |s| s.0 as i32))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(seq, run, step, attempt)| row(seq, run, step, attempt)).collect())
+    }
+
+    /// Every run's first `per_run` rows by step id, and how many rows each run has in all:
+    /// what a new leader's publisher starts from.
+    pub async fn all_rows(&self, per_run: u32) -> Result<(Vec<OutboxRow>, HashMap<RunId, u64>), StoreError> {
+        let rows: Vec<(i64, Uuid, i32, i32, i64)> = sqlx::query_as(
+            "SELECT seq, run_id, step_id, attempt, total FROM (
+                 SELECT seq, run_id, step_id, attempt,
+                        row_number() OVER (PARTITION BY run_id ORDER BY step_id) AS n,
+                        count(*) OVER (PARTITION BY run_id) AS total
+                 FROM outbox
+             ) o WHERE n <= $1",
+        )
+        .bind(i64::from(per_run))
+        .fetch_all(self.pool)
+        .await?;
+        let mut totals = HashMap::new();
+        let rows = rows
+            .into_iter()
+            .map(|(seq, run, step, attempt, total)| {
+                totals.insert(RunId::from_uuid(run), total.max(0) as u64);
+                row(seq, run, step, attempt)
+            })
+            .collect();
+        Ok((rows, totals))
     }
 
     /// Takes up to `limit` cancels to append to the cancels stream, oldest first.
@@ -98,24 +151,27 @@ impl Outbox<'_> {
         Ok(CancelBatch { tx, runs: runs.into_iter().map(RunId::from_uuid).collect() })
     }
 
-    /// Queues every retry whose backoff has elapsed; returns how many.
-    pub async fn release_due_retries(&self) -> Result<u64, StoreError> {
-        let queued: i64 = sqlx::query_scalar(
+    /// Queues every retry whose backoff has elapsed; returns their outbox rows.
+    pub async fn release_due_retries(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows: Vec<(i64, Uuid, i32, i32)> = sqlx::query_as(
             "WITH due AS (
                  UPDATE steps SET status = 'queued', queued_at = now(), next_attempt_at = NULL
                  WHERE status = 'retrying' AND next_attempt_at <= now()
                  RETURNING run_id, id, attempt
-             ), queued AS (
-                 INSERT INTO outbox (run_id, step_id, attempt)
-                 SELECT run_id, id, attempt FROM due ORDER BY run_id, id
-                 RETURNING 1
              )
-             SELECT count(*) FROM queued",
+             INSERT INTO outbox (run_id, step_id, attempt)
+             SELECT run_id, id, attempt FROM due ORDER BY run_id, id
+             RETURNING seq, run_id, step_id, attempt",
         )
-        .fetch_one(self.pool)
+        .fetch_all(self.pool)
         .await?;
-        Ok(queued as u64)
+        Ok(rows.into_iter().map(|(seq, run, step, attempt)| row(seq, run, step, attempt)).collect())
     }
+}
+
+/// An outbox row from its columns.
+pub(in crate::store) fn row(seq: i64, run: Uuid, step: i32, attempt: i32) -> OutboxRow {
+    OutboxRow { seq, run_id: RunId::from_uuid(run), step_id: StepId(step as u32), attempt: attempt as u32 }
 }
 
 impl OutboxBatch {

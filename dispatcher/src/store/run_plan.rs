@@ -37,6 +37,8 @@ pub struct RunPlan {
     graph: PlanGraph,
     ops: Vec<OpRef>,
     mode: UnlockMode,
+    /// Who the run belongs to (`runs.owner`): the publisher's fair order shares by it.
+    owner: Arc<str>,
 }
 
 impl Deref for RunPlan {
@@ -54,7 +56,24 @@ impl RunPlan {
             .iter()
             .map(|a| format!("{}@{}", a.op_name, a.op_version).parse::<OpRef>().map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
-        Ok(Self { graph: PlanGraph::new(plan), ops, mode })
+        // The owner is the run's, not the plan's: set by `owned_by` when the run is loaded.
+        Ok(Self { graph: PlanGraph::new(plan), ops, mode, owner: Arc::from("") })
+    }
+
+    /// The same plan, of a run belonging to `owner`.
+    pub fn owned_by(mut self, owner: &str) -> Self {
+        self.owner = Arc::from(owner);
+        self
+    }
+
+    /// Who the run belongs to.
+    pub fn owner(&self) -> &Arc<str> {
+        &self.owner
+    }
+
+    /// The run's priority among its owner's runs, 1 to 10.
+    pub fn priority(&self) -> u8 {
+        self.graph.plan().priority
     }
 
     pub fn mode(&self) -> UnlockMode {
@@ -198,8 +217,9 @@ impl PlanCache {
         if let Some((plan, _)) = self.lock().plans.get(&run) {
             return Ok(plan.clone());
         }
-        let (plan, mode) = store.runs().load_plan_for_dispatch(run).await?;
-        let plan = Arc::new(RunPlan::new(plan, mode).map_err(|e| StoreError::Corrupt(run.to_string(), e))?);
+        let (plan, mode, owner) = store.runs().load_plan_for_dispatch(run).await?;
+        let plan = RunPlan::new(plan, mode).map_err(|e| StoreError::Corrupt(run.to_string(), e))?;
+        let plan = Arc::new(plan.owned_by(&owner));
         let weight = plan.weight();
         if weight > self.budget {
             tracing::debug!(%run, weight, budget = self.budget, "a plan over the cache's budget is not kept");
@@ -223,6 +243,11 @@ impl PlanCache {
     fn show(&self, cached: &Cached) {
         self.gauges.bytes.set(i64::try_from(cached.bytes).unwrap_or(i64::MAX));
         self.gauges.plans.set(i64::try_from(cached.plans.len()).unwrap_or(i64::MAX));
+    }
+
+    /// `run`'s plan if it is loaded, without loading it.
+    pub fn cached(&self, run: RunId) -> Option<Arc<RunPlan>> {
+        self.lock().plans.peek(&run).map(|(plan, _)| plan.clone())
     }
 
     /// Whether `run`'s plan is loaded: if so, the run existed when it was loaded.

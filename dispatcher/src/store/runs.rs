@@ -297,7 +297,12 @@ impl Runs<'_> {
             }
         }
         insert_steps(&mut tx, run_id, &ids, &assets, &pending).await?;
-        sqlx::query("SELECT pg_notify($1, '')").bind(super::OUTBOX_CHANNEL).execute(&mut *tx).await?;
+        // The publisher loads the run's rows when told (`service::window`).
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::OUTBOX_CHANNEL)
+            .bind(run_id.to_string())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Submission { run_id, existing: false })
     }
@@ -606,14 +611,17 @@ impl Runs<'_> {
         Ok(self.load_plan_for_dispatch(run).await?.0)
     }
 
-    /// Reads a run's compiled plan back, with how its steps are unlocked.
-    pub async fn load_plan_for_dispatch(&self, run: RunId) -> Result<(CompiledPlan, UnlockMode), StoreError> {
-        let row: Option<(String, bool, i16)> =
-            sqlx::query_as("SELECT plan_name, dep_groups, priority FROM runs WHERE id = $1")
+    /// Reads a run's compiled plan back, with how its steps are unlocked and its owner.
+    pub async fn load_plan_for_dispatch(
+        &self,
+        run: RunId,
+    ) -> Result<(CompiledPlan, UnlockMode, String), StoreError> {
+        let row: Option<(String, bool, i16, String)> =
+            sqlx::query_as("SELECT plan_name, dep_groups, priority, owner FROM runs WHERE id = $1")
                 .bind(run.as_uuid())
                 .fetch_optional(self.pool)
                 .await?;
-        let (name, groups, priority) =
+        let (name, groups, priority, owner) =
             row.ok_or_else(|| StoreError::Corrupt(run.to_string(), "no such run".into()))?;
         let priority = u8::try_from(priority).unwrap_or(crate::plan::DEFAULT_PRIORITY);
         let mode = if groups { UnlockMode::Groups } else { UnlockMode::Steps };
@@ -631,7 +639,7 @@ impl Runs<'_> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Corrupt(run.to_string(), e))?;
         let step_count = assets.iter().map(|a| a.step_count()).sum();
-        Ok((CompiledPlan { name, description: None, priority, assets, step_count }, mode))
+        Ok((CompiledPlan { name, description: None, priority, assets, step_count }, mode, owner))
     }
 }
 

@@ -48,8 +48,12 @@ async fn a_refused_event_fails_only_its_own_step() {
         event(run, 4, ok()),
     ];
     let metrics = Arc::new(Metrics::new());
-    let applier =
-        Applier { store: db.leader.clone(), plans: Arc::new(PlanCache::default()), metrics: metrics.clone() };
+    let applier = Applier {
+        store: db.leader.clone(),
+        plans: Arc::new(PlanCache::default()),
+        metrics: metrics.clone(),
+        arrivals: Arc::default(),
+    };
     let applied = applier.apply(&events, &CancellationToken::new()).await.unwrap();
     assert!(applied.given_up.is_empty());
     // The refused halves rolled back and were applied again: each step counts once.

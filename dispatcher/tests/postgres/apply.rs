@@ -69,7 +69,7 @@ async fn a_late_result_of_a_retried_attempt_is_ignored() {
         .execute(db.store.pool())
         .await
         .unwrap();
-    assert_eq!(db.leader.outbox().release_due_retries().await.unwrap(), 1);
+    assert_eq!(db.leader.outbox().release_due_retries().await.unwrap().len(), 1);
     db.leader.events().apply(&[event(run, 2, ok())], &plans).await.unwrap();
     assert_eq!(state(&db, run).await, ("succeeded".into(), 2, "succeeded".into(), 1, 0, 4, 2));
     // Queued → retrying → queued (the due retry released) → succeeded, each counted.
@@ -177,7 +177,7 @@ async fn a_5000_by_5000_fan_in_writes_each_step_a_few_times_not_25_million() {
             .iter()
             .map(|&s| Event::new(run, StepId(s), 1, "w", EventKind::Succeeded { output: json!(s) }).into())
             .collect();
-        queued += db.leader.events().apply(&events, &plans).await.unwrap().newly_queued;
+        queued += db.leader.events().apply(&events, &plans).await.unwrap().queued.len() as u64;
     }
     let updates = step_updates(&db).await - before;
     assert_eq!(queued, 5000, "every fan-in step is queued once the last upstream step succeeded");

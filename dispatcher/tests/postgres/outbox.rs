@@ -22,7 +22,9 @@ async fn outputs_are_loaded_only_within_the_budget_and_their_size_always_said() 
     .await
     .unwrap();
     let range = StepRange { first: 0, last: 2 };
-    let mut batch = db.leader.outbox().take(10).await.unwrap();
+    let seqs: Vec<i64> =
+        db.leader.outbox().rows_of(run, None, 10).await.unwrap().iter().map(|r| r.seq).collect();
+    let mut batch = db.leader.outbox().take(&seqs).await.unwrap();
 
     let (bytes, outputs) = batch.outputs_within(run, range, 16).await.unwrap();
     assert_eq!(bytes, 16);

@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
+    outbox::OutboxRow,
     run_plan::{PlanCache, RunPlan},
     runs::RunStatus,
     storable::StorableEvent,
@@ -52,8 +53,15 @@ pub struct ApplyOutcome {
     pub unknown_run: Vec<usize>,
     /// Events already applied before (same event id).
     pub duplicates: usize,
-    /// Steps queued (written to the outbox) by this batch.
-    pub newly_queued: u64,
+    /// Steps queued (written to the outbox) by this batch: their outbox rows, for the
+    /// publisher's window.
+    pub queued: Vec<OutboxRow>,
+    /// Steps this batch moved from queued to running: their messages left their queue.
+    pub started: Vec<(RunId, StepId)>,
+    /// Steps this batch gave a result (an end, or a retry): their messages left their
+    /// queue, unless they were among the `started` of this or an earlier batch. (A quick
+    /// step reports no start, only its result.)
+    pub settled: Vec<(RunId, StepId)>,
     /// Runs that ended with this batch.
     pub finished: Vec<(RunId, RunStatus)>,
     /// Steps this batch moved to a terminal state, each once (see the module docs).
@@ -147,9 +155,10 @@ impl Events<'_> {
         // The guards make a duplicate change nothing, so duplicates need no filtering first.
         let mut deltas: HashMap<Uuid, RunDelta> = HashMap::new();
         let mut applied: HashSet<Uuid> = HashSet::new();
-        for (run, event) in statements::started(&mut tx, &columns::started(&batch)).await? {
+        for (run, step, event) in statements::started(&mut tx, &columns::started(&batch)).await? {
             deltas.entry(run).or_default().started = true;
             applied.insert(event);
+            outcome.started.push((RunId::from_uuid(run), StepId(step as u32)));
         }
         statements::progress(&mut tx, &columns::progress(&batch)).await?;
 
@@ -157,14 +166,16 @@ impl Events<'_> {
             decide::settle(&batch, |e| plan_of(e.run_id.as_uuid()).retry_policy(e.step_id), Utc::now());
         let (results, retries) = columns::results(&settled.results);
         let ended = statements::results(&mut tx, &results).await?;
-        for (run, event) in statements::retries(&mut tx, &retries).await? {
+        for (run, step, event) in statements::retries(&mut tx, &retries).await? {
             deltas.entry(run).or_default().started = true;
             applied.insert(event);
+            outcome.settled.push((RunId::from_uuid(run), StepId(step as u32)));
         }
         let mut unlocks = Unlocks::default();
         let mut skips = Vec::new();
         for step in &ended {
             applied.insert(step.event);
+            outcome.settled.push((RunId::from_uuid(step.run), step.step));
             let plan = plan_of(step.run);
             let delta = deltas.entry(step.run).or_default();
             delta.started = true;
@@ -189,7 +200,7 @@ impl Events<'_> {
         for (run, group) in statements::count_down(&mut tx, &unlocks.groups).await? {
             unlocks.emptied(run, &plan_of(run), group);
         }
-        outcome.newly_queued = statements::unlock(&mut tx, &unlocks.ranges).await?;
+        outcome.queued = statements::unlock(&mut tx, &unlocks.ranges).await?;
         for (run, step) in statements::skip(&mut tx, &skips).await? {
             deltas.entry(run).or_default().skipped += 1;
             outcome.terminal.push(TerminalStep {

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::store::{
     EVENTS_CHANNEL, RUNS_CHANNEL, StoreError,
+    outbox::{self, OutboxRow},
     run_plan::{DepGroup, StepRange},
     runs::RunStatus,
 };
@@ -29,10 +30,13 @@ pub struct Moved {
     pub seconds: Option<f64>,
 }
 
-/// Marks queued steps running; returns each step's run and the event that did it. The
+/// Marks queued steps running; returns each step's run, its id and the event that did it. The
 /// start is stamped with the dispatcher's clock, as are heartbeats (below): a step's
 /// liveness never rests on a worker's clock, fast, slow or forged.
-pub async fn started(tx: &mut PgConnection, cols: &StepColumns) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+pub async fn started(
+    tx: &mut PgConnection,
+    cols: &StepColumns,
+) -> Result<Vec<(Uuid, i32, Uuid)>, StoreError> {
     if cols.is_empty() {
         return Ok(Vec::new());
     }
@@ -41,7 +45,7 @@ pub async fn started(tx: &mut PgConnection, cols: &StepColumns) -> Result<Vec<(U
          FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::text[], $6::uuid[])
               AS u(run_id, step_id, attempt, at, worker, event_id)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt AND s.status = 'queued'
-         RETURNING s.run_id, u.event_id",
+         RETURNING s.run_id, s.id, u.event_id",
     )
     .bind(&cols.runs)
     .bind(&cols.steps)
@@ -127,10 +131,13 @@ pub async fn results(tx: &mut PgConnection, cols: &ResultColumns) -> Result<Vec<
         .collect())
 }
 
-/// Puts failed steps back for their next attempt at its time; returns each step's run and
-/// the event that did it. The attempt's start and last heartbeat go with it: the next
+/// Puts failed steps back for their next attempt at its time; returns each step's run, its
+/// id and the event that did it. The attempt's start and last heartbeat go with it: the next
 /// attempt inherited them, and was found silent before its first heartbeat.
-pub async fn retries(tx: &mut PgConnection, cols: &RetryColumns) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+pub async fn retries(
+    tx: &mut PgConnection,
+    cols: &RetryColumns,
+) -> Result<Vec<(Uuid, i32, Uuid)>, StoreError> {
     if cols.steps.is_empty() {
         return Ok(Vec::new());
     }
@@ -142,7 +149,7 @@ pub async fn retries(tx: &mut PgConnection, cols: &RetryColumns) -> Result<Vec<(
               AS u(run_id, step_id, attempt, next_at, error, event_id)
          WHERE s.run_id = u.run_id AND s.id = u.step_id AND s.attempt = u.attempt
            AND s.status IN ('queued', 'running')
-         RETURNING s.run_id, u.event_id",
+         RETURNING s.run_id, s.id, u.event_id",
     )
     .bind(&cols.steps.runs)
     .bind(&cols.steps.steps)
@@ -203,13 +210,13 @@ pub async fn count_down(
 }
 
 /// Decrements `pending_upstream` over each range by its count, queues the steps that reach
-/// zero and writes them to the outbox. Returns how many were queued.
+/// zero and writes them to the outbox. Returns their outbox rows.
 pub async fn unlock(
     tx: &mut PgConnection,
     unlocks: &BTreeMap<(Uuid, StepRange), i32>,
-) -> Result<u64, StoreError> {
+) -> Result<Vec<OutboxRow>, StoreError> {
     if unlocks.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let (mut runs, mut firsts, mut lasts, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((run, range), count) in unlocks {
@@ -218,7 +225,7 @@ pub async fn unlock(
         lasts.push(range.last as i32);
         counts.push(*count);
     }
-    let queued: i64 = sqlx::query_scalar(
+    let queued: Vec<(i64, Uuid, i32, i32)> = sqlx::query_as(
         "WITH d AS (
              SELECT s.run_id, s.id, sum(d.k)::int AS k
              FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[]) AS d(run_id, lo, hi, k)
@@ -234,21 +241,19 @@ pub async fn unlock(
              FROM d
              WHERE s.run_id = d.run_id AND s.id = d.id
              RETURNING s.run_id, s.id, s.attempt, s.status, s.pending_upstream
-         ), queued AS (
-             INSERT INTO outbox (run_id, step_id, attempt)
-             SELECT run_id, id, attempt FROM unlocked WHERE pending_upstream = 0 AND status = 'queued'
-             ORDER BY run_id, id
-             RETURNING 1
          )
-         SELECT count(*) FROM queued",
+         INSERT INTO outbox (run_id, step_id, attempt)
+         SELECT run_id, id, attempt FROM unlocked WHERE pending_upstream = 0 AND status = 'queued'
+         ORDER BY run_id, id
+         RETURNING seq, run_id, step_id, attempt",
     )
     .bind(&runs)
     .bind(&firsts)
     .bind(&lasts)
     .bind(&counts)
-    .fetch_one(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
-    Ok(queued as u64)
+    Ok(queued.into_iter().map(|(seq, run, step, attempt)| outbox::row(seq, run, step, attempt)).collect())
 }
 
 /// Skips waiting steps in the given ranges, each with its reason; returns every step skipped.

@@ -1,0 +1,495 @@
+//! The publish window: an op version's queue holds at most a window of ready messages,
+//! enough to keep its workers busy, and the steps beyond it wait in the outbox, where they
+//! cost the broker nothing and can still be sent in a fair order (`fair_share`). Without
+//! it the broker serves a queue first in, first out, and one team's 100,000-step backfill
+//! stands in front of every other team's steps for the same op.
+//!
+//! The leader's publisher owns a [`PublishWindow`]: the outbox rows it holds in memory,
+//! per op version and run, and its estimate of each queue's ready messages. It hears of new
+//! rows and of messages taken through [`Arrivals`] (the applier and the retry scheduler
+//! tell it, in this process) and of runs submitted elsewhere by a notification; it never
+//! counts rows in the database to decide a round. The estimate is corrected from the
+//! broker's own count (a passive declare) every second while an op has steps waiting, so
+//! redeliveries and steps dropped by workers cannot skew it for long.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opflow_protocol::{OpRef, RunId, StepId};
+use tokio::sync::Notify;
+
+use super::fair_share::{self, Candidate};
+use crate::store::{ops::ScaleSettings, outbox::OutboxRow, run_plan::RunPlan};
+
+/// The smallest default window.
+pub const MIN_WINDOW: u32 = 8;
+
+/// The most outbox rows of one run held in memory; the rest are read when these run low.
+pub const HOLD_PER_RUN: u32 = 4096;
+
+/// The most started steps remembered while they run (see [`PublishWindow::started`]).
+const MAX_RUNNING_REMEMBERED: usize = 100_000;
+
+/// What the publisher must hear of, from wherever it happens in this process: steps written
+/// to the outbox, and steps whose message a worker took (it said it started, or it gave a
+/// result without saying so, as a quick step does).
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    heard: Mutex<Heard>,
+    notify: Notify,
+}
+
+/// What [`Arrivals`] collected since the publisher last looked.
+#[derive(Debug, Default)]
+pub struct Heard {
+    pub queued: Vec<OutboxRow>,
+    pub started: Vec<(RunId, StepId)>,
+    pub settled: Vec<(RunId, StepId)>,
+}
+
+impl Arrivals {
+    /// Tells the publisher of rows written to the outbox, of steps started and of steps
+    /// given a result (all committed), and wakes it.
+    pub fn tell(&self, queued: &[OutboxRow], started: &[(RunId, StepId)], settled: &[(RunId, StepId)]) {
+        if queued.is_empty() && started.is_empty() && settled.is_empty() {
+            return;
+        }
+        {
+            let mut heard = self.lock();
+            heard.queued.extend_from_slice(queued);
+            heard.started.extend_from_slice(started);
+            heard.settled.extend_from_slice(settled);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Wakes the publisher with nothing new to tell.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Takes what was heard since the last take.
+    pub fn take(&self) -> Heard {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Waits for a [`Arrivals::tell`] or [`Arrivals::wake`] not yet waited for.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Heard> {
+        // Appends and takes only: a poisoned list is still a list.
+        self.heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How large an op version's window is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSize {
+    /// Set by `opflow ops scale --window`: exactly this.
+    pub fixed: Option<u32>,
+    /// Otherwise at least this: `2 × max_replicas × value` (never less than [`MIN_WINDOW`]),
+    /// so that KEDA's `QueueLength` trigger can still ask for every replica.
+    pub base: u32,
+}
+
+impl Default for WindowSize {
+    fn default() -> Self {
+        Self { fixed: None, base: MIN_WINDOW }
+    }
+}
+
+impl WindowSize {
+    pub fn of(settings: &ScaleSettings) -> Self {
+        let base = 2u64 * settings.max_replicas.max(1) as u64 * settings.target_value.max(1) as u64;
+        Self {
+            fixed: settings.publish_window.map(|w| w.max(1) as u32),
+            base: u32::try_from(base).unwrap_or(u32::MAX).max(MIN_WINDOW),
+        }
+    }
+
+    /// The window when its workers take `rate` messages a second: widened to what they take
+    /// in `intake` (the setting `publish_window_ms`), so that rounds are large enough to be
+    /// cheap and land before the queue empties.
+    pub fn at(&self, rate: f64, intake: Duration) -> u32 {
+        self.fixed.unwrap_or_else(|| {
+            let widened = (rate * intake.as_secs_f64()).ceil();
+            self.base.max(if widened.is_finite() { widened.min(f64::from(u32::MAX)) as u32 } else { 0 })
+        })
+    }
+}
+
+/// A step attempt held for publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    seq: i64,
+    step: StepId,
+    attempt: u32,
+}
+
+/// One run as the window sees it.
+#[derive(Debug)]
+struct RunLine {
+    owner: Arc<str>,
+    priority: u8,
+    /// Rows held, over every op.
+    held: u32,
+    /// `Some(after)`: the run may have rows in the outbox with a step id over `after` (-1:
+    /// any) that are not held; they are read once the held ones run low.
+    unheld_after: Option<i64>,
+}
+
+/// One op version's window.
+#[derive(Debug, Default)]
+struct OpLine {
+    /// The setting `publish_window_ms`.
+    intake: Duration,
+    size: WindowSize,
+    size_known: bool,
+    /// Ready messages on its queue, estimated.
+    on_queue: u32,
+    /// The same per run (for the fair order); dropped when the queue is seen empty.
+    on_queue_by_run: HashMap<RunId, u32>,
+    /// Held rows per run, in the order they came.
+    waiting: BTreeMap<RunId, VecDeque<Held>>,
+    waiting_total: u32,
+    /// Messages taken since the last tick, and the intake rate they give (per second).
+    taken: u32,
+    rate: f64,
+}
+
+impl OpLine {
+    fn window(&self) -> u32 {
+        self.size.at(self.rate, self.intake)
+    }
+
+    fn room(&self) -> u32 {
+        self.window().saturating_sub(self.on_queue)
+    }
+}
+
+/// What one op's window looks like, for `/metrics`, the API and `opflow status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowView {
+    pub op: OpRef,
+    pub window: u32,
+    pub on_queue: u32,
+    pub waiting: u32,
+}
+
+/// A round: rows of one op version to publish, in order.
+#[derive(Debug)]
+pub struct Round {
+    pub op: OpRef,
+    pub rows: Vec<OutboxRow>,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct PublishWindow {
+    /// The setting `publish_window_ms`.
+    intake: Duration,
+    ops: HashMap<OpRef, OpLine>,
+    runs: HashMap<RunId, RunLine>,
+    held: HashSet<i64>,
+    /// Steps that said they started and have no result yet.
+    running: HashSet<(RunId, StepId)>,
+    /// Rotates the ops a round looks at first, and the owners that tie.
+    op_turn: usize,
+    owner_turn: usize,
+}
+
+impl PublishWindow {
+    /// A window widened to what an op's workers take in `intake` (see [`WindowSize::at`]).
+    pub fn new(intake: Duration) -> Self {
+        Self { intake, ..Self::default() }
+    }
+
+    fn line(&mut self, op: &OpRef) -> &mut OpLine {
+        let intake = self.intake;
+        self.ops.entry(op.clone()).or_insert_with(|| OpLine { intake, ..OpLine::default() })
+    }
+    /// Holds an outbox row of `plan`'s run (once, whatever how often it is told of).
+    pub fn hold(&mut self, row: OutboxRow, plan: &RunPlan) {
+        if self.held.contains(&row.seq) {
+            return;
+        }
+        let run = self.runs.entry(row.run_id).or_insert_with(|| RunLine {
+            owner: plan.owner().clone(),
+            priority: plan.priority(),
+            held: 0,
+            unheld_after: None,
+        });
+        let step = i64::from(row.step_id.0);
+        match run.unheld_after {
+            // Read later, in step order, with the rest past `after`.
+            Some(after) if step > after => return,
+            Some(_) => {}
+            None if run.held >= HOLD_PER_RUN => {
+                run.unheld_after = Some(step - 1);
+                return;
+            }
+            None => {}
+        }
+        run.held += 1;
+        self.held.insert(row.seq);
+        let line = self.line(plan.op(row.step_id));
+        line.waiting.entry(row.run_id).or_default().push_back(Held {
+            seq: row.seq,
+            step: row.step_id,
+            attempt: row.attempt,
+        });
+        line.waiting_total += 1;
+    }
+
+    /// Holds the rows read for a run past `after` with a limit of `limit` (see
+    /// [`PublishWindow::refills`]): fewer than the limit means none are left unheld.
+    pub fn loaded(&mut self, plan: &RunPlan, run: RunId, rows: &[OutboxRow], limit: u32) {
+        if let Some(line) = self.runs.get_mut(&run) {
+            // Read past `after` in step order: hold them whatever the limit said before.
+            line.unheld_after = None;
+        }
+        for row in rows {
+            self.hold(*row, plan);
+        }
+        if let Some(line) = self.runs.get_mut(&run) {
+            line.unheld_after = if (rows.len() as u64) < u64::from(limit) {
+                None
+            } else {
+                rows.iter().map(|r| i64::from(r.step_id.0)).max()
+            };
+        }
+    }
+
+    /// Says that a run has `total` rows in the outbox, of which `rows` were read, first by
+    /// step id (a new leader's start, or a periodic look for anything not told of).
+    pub fn loaded_all(&mut self, plan: &RunPlan, run: RunId, rows: &[OutboxRow], total: u64) {
+        for row in rows {
+            self.hold(*row, plan);
+        }
+        if total > rows.len() as u64
+            && let Some(line) = self.runs.get_mut(&run)
+            && line.unheld_after.is_none()
+        {
+            line.unheld_after = rows.iter().map(|r| i64::from(r.step_id.0)).max().or(Some(-1));
+        }
+    }
+
+    /// Runs whose held rows run low while more wait in the outbox: for each, read up to
+    /// the limit of its rows with a step id over `after`, and give them to
+    /// [`PublishWindow::loaded`].
+    pub fn refills(&self) -> Vec<(RunId, Option<StepId>, u32)> {
+        self.runs
+            .iter()
+            .filter_map(|(run, line)| {
+                let after = line.unheld_after?;
+                (line.held < HOLD_PER_RUN / 2).then(|| {
+                    let after = u32::try_from(after).ok().map(StepId);
+                    (*run, after, HOLD_PER_RUN - line.held)
+                })
+            })
+            .collect()
+    }
+
+    /// Says that a step of `op` in `run` started: its message was taken from its queue.
+    pub fn started(&mut self, op: &OpRef, run: RunId, step: StepId) {
+        if self.running.len() >= MAX_RUNNING_REMEMBERED {
+            // Steps whose result this leader never saw (a failover, a lost step): forgetting
+            // them costs at most a few messages over the window until the next count.
+            self.running.clear();
+        }
+        if self.running.insert((run, step)) {
+            self.left_queue(op, run);
+        }
+    }
+
+    /// Says that a step of `op` in `run` got a result: its message was taken from its
+    /// queue, unless it said it started.
+    pub fn settled(&mut self, op: &OpRef, run: RunId, step: StepId) {
+        if !self.running.remove(&(run, step)) {
+            self.left_queue(op, run);
+        }
+    }
+
+    fn left_queue(&mut self, op: &OpRef, run: RunId) {
+        let Some(line) = self.ops.get_mut(op) else { return };
+        line.on_queue = line.on_queue.saturating_sub(1);
+        if let Some(count) = line.on_queue_by_run.get_mut(&run) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                line.on_queue_by_run.remove(&run);
+            }
+        }
+        line.taken = line.taken.saturating_add(1);
+    }
+
+    /// Sets an op version's window size (from its scaling settings).
+    pub fn set_size(&mut self, op: &OpRef, size: WindowSize) {
+        if let Some(line) = self.ops.get_mut(op) {
+            line.size = size;
+            line.size_known = true;
+        }
+    }
+
+    /// Whether an op with rows held has no size from its settings yet.
+    pub fn sizes_unknown(&self) -> bool {
+        self.ops.values().any(|line| !line.size_known && line.waiting_total > 0)
+    }
+
+    /// Sets an op's count of ready messages to what the broker says.
+    pub fn resync(&mut self, op: &OpRef, ready: u32) {
+        let Some(line) = self.ops.get_mut(op) else { return };
+        line.on_queue = ready;
+        if ready == 0 {
+            line.on_queue_by_run.clear();
+        } else if line.on_queue_by_run.values().map(|n| u64::from(*n)).sum::<u64>() > u64::from(ready) {
+            // Runs that were canceled or failed leave counts nothing takes away.
+            let waiting = &line.waiting;
+            line.on_queue_by_run.retain(|run, _| waiting.contains_key(run));
+        }
+    }
+
+    /// Updates each op's intake rate from what was taken over the last `elapsed`.
+    pub fn tick(&mut self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64().max(0.001);
+        for line in self.ops.values_mut() {
+            let now = f64::from(line.taken) / seconds;
+            line.rate = if line.rate == 0.0 { now } else { 0.5 * line.rate + 0.5 * now };
+            line.taken = 0;
+        }
+        // Forget ops with nothing held nor on their queue (their size is read again).
+        self.ops.retain(|_, line| line.waiting_total > 0 || line.on_queue > 0 || line.rate > 0.01);
+    }
+
+    /// The ops with steps waiting: their queues are worth a look at the broker's count.
+    pub fn backlogged(&self) -> Vec<OpRef> {
+        self.ops.iter().filter(|(_, line)| line.waiting_total > 0).map(|(op, _)| op.clone()).collect()
+    }
+
+    /// The next round worth publishing, of at most `max` rows: an op with held rows and
+    /// room, when all its held rows fit (a chain's next step goes at once) or a quarter of
+    /// its window is free (a backlog is sent in rounds, not one message at a time).
+    pub fn next_round(&mut self, max: u32) -> Option<Round> {
+        let mut ops: Vec<&OpRef> = self.ops.keys().collect();
+        ops.sort_unstable();
+        let count = ops.len();
+        let start = self.op_turn % count.max(1);
+        let op = (0..count).map(|k| ops[(start + k) % count]).find(|op| {
+            let line = &self.ops[*op];
+            let room = line.room();
+            line.waiting_total > 0
+                && room > 0
+                && (line.waiting_total <= room || room >= (line.window() / 4).max(1))
+        })?;
+        let op = op.clone();
+        self.op_turn = self.op_turn.wrapping_add(1);
+        let line = self.ops.get_mut(&op).expect("found above");
+        let room = line.room().min(max.max(1));
+        let runs: Vec<RunId> = line.waiting.keys().copied().collect();
+        let candidates: Vec<Candidate<'_>> = runs
+            .iter()
+            .map(|run| {
+                let meta = &self.runs[run];
+                Candidate {
+                    owner: &meta.owner,
+                    priority: meta.priority,
+                    on_queue: line.on_queue_by_run.get(run).copied().unwrap_or(0),
+                    waiting: line.waiting[run].len() as u32,
+                }
+            })
+            .collect();
+        let order = fair_share::allocate(&candidates, room, &mut self.owner_turn);
+        let mut rows = Vec::with_capacity(order.len());
+        for index in order {
+            let run = runs[index];
+            let queue = line.waiting.get_mut(&run).expect("a candidate's run waits");
+            let held = queue.pop_front().expect("allocated within what waits");
+            if queue.is_empty() {
+                line.waiting.remove(&run);
+            }
+            line.waiting_total -= 1;
+            self.held.remove(&held.seq);
+            if let Some(meta) = self.runs.get_mut(&run) {
+                meta.held -= 1;
+            }
+            rows.push(OutboxRow { seq: held.seq, run_id: run, step_id: held.step, attempt: held.attempt });
+        }
+        self.forget_idle_runs();
+        Some(Round { op, rows })
+    }
+
+    /// Says that these rows' messages are on `op`'s queue.
+    pub fn published(&mut self, op: &OpRef, rows: &[OutboxRow]) {
+        let line = self.line(op);
+        line.on_queue = line.on_queue.saturating_add(rows.len() as u32);
+        for row in rows {
+            *line.on_queue_by_run.entry(row.run_id).or_default() += 1;
+        }
+    }
+
+    /// Puts a round that could not be published back, first in line.
+    pub fn put_back(&mut self, round: Round, plan_of: impl Fn(RunId) -> Option<Arc<RunPlan>>) {
+        for row in round.rows.iter().rev() {
+            let Some(plan) = plan_of(row.run_id) else { continue };
+            if !self.held.insert(row.seq) {
+                continue;
+            }
+            let run = self.runs.entry(row.run_id).or_insert_with(|| RunLine {
+                owner: plan.owner().clone(),
+                priority: plan.priority(),
+                held: 0,
+                unheld_after: None,
+            });
+            run.held += 1;
+            let line = self.line(&round.op);
+            line.waiting.entry(row.run_id).or_default().push_front(Held {
+                seq: row.seq,
+                step: row.step_id,
+                attempt: row.attempt,
+            });
+            line.waiting_total += 1;
+        }
+    }
+
+    /// Drops everything held of a run (canceled: its rows are gone from the outbox).
+    pub fn forget_run(&mut self, run: RunId) {
+        self.runs.remove(&run);
+        self.running.retain(|(of, _)| *of != run);
+        for line in self.ops.values_mut() {
+            line.on_queue_by_run.remove(&run);
+            if let Some(rows) = line.waiting.remove(&run) {
+                line.waiting_total -= rows.len() as u32;
+                for held in rows {
+                    self.held.remove(&held.seq);
+                }
+            }
+        }
+    }
+
+    /// Each op's window, messages on its queue and steps waiting.
+    pub fn views(&self) -> Vec<WindowView> {
+        let mut views: Vec<WindowView> = self
+            .ops
+            .iter()
+            .map(|(op, line)| WindowView {
+                op: op.clone(),
+                window: line.window(),
+                on_queue: line.on_queue,
+                waiting: line.waiting_total,
+            })
+            .collect();
+        views.sort_by(|a, b| a.op.cmp(&b.op));
+        views
+    }
+
+    fn forget_idle_runs(&mut self) {
+        self.runs.retain(|_, line| line.held > 0 || line.unheld_after.is_some());
+    }
+}
+
+#[cfg(test)]
+mod tests;

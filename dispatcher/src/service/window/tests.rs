@@ -1,0 +1,155 @@
+use std::{path::Path, sync::Arc, time::Duration};
+
+use super::*;
+use crate::{
+    plan::{RegisteredOp, compile},
+    store::run_plan::UnlockMode,
+};
+
+fn plan(owner: &str, steps: u32, priority: u8) -> Arc<RunPlan> {
+    let ops = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+    let source = format!(
+        "name: p\npriority: {priority}\nassets:\n  - name: a\n    op: noop@1.0.0\n    sweep: {{k: {{from: 1, to: {steps}}}}}\n"
+    );
+    let compiled = compile(&source, Path::new("p.yaml"), &ops).unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(RunPlan::new(compiled, UnlockMode::Groups).unwrap().owned_by(owner))
+}
+
+fn noop() -> OpRef {
+    "noop@1.0.0".parse().unwrap()
+}
+
+/// Rows for steps `steps` of `run`, numbered from `seq`.
+fn rows(run: RunId, seq: i64, steps: std::ops::Range<u32>) -> Vec<OutboxRow> {
+    steps
+        .enumerate()
+        .map(|(i, step)| OutboxRow { seq: seq + i as i64, run_id: run, step_id: StepId(step), attempt: 1 })
+        .collect()
+}
+
+fn window_of(size: u32) -> WindowSize {
+    WindowSize { fixed: Some(size), base: MIN_WINDOW }
+}
+
+#[test]
+fn the_default_window_keeps_every_replica_busy_and_widens_to_the_intake() {
+    let settings = ScaleSettings { max_replicas: 10, target_value: 3, ..ScaleSettings::default() };
+    let intake = Duration::from_millis(50);
+    assert_eq!(WindowSize::of(&settings).at(0.0, intake), 60, "2 × max × value");
+    assert_eq!(
+        WindowSize::of(&ScaleSettings::default()).at(0.0, intake),
+        MIN_WINDOW,
+        "2 × 4 × 1, at least 8"
+    );
+    assert_eq!(WindowSize::of(&ScaleSettings::default()).at(2000.0, intake), 100, "50 ms of 2,000 a second");
+    let fixed = ScaleSettings { publish_window: Some(3), ..ScaleSettings::default() };
+    assert_eq!(WindowSize::of(&fixed).at(2000.0, intake), 3, "a set window is exactly that");
+}
+
+#[test]
+fn a_chain_step_goes_at_once_and_a_backlog_goes_in_rounds_within_the_window() {
+    let (run, plan) = (RunId::new(), plan("risk", 1000, 1));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    for row in rows(run, 1, 0..1) {
+        window.hold(row, &plan);
+    }
+    window.set_size(&noop(), window_of(20));
+    let round = window.next_round(500).expect("one step fits: it goes at once");
+    assert_eq!(round.rows.len(), 1);
+    window.published(&round.op, &round.rows);
+
+    for row in rows(run, 2, 1..1000) {
+        window.hold(row, &plan);
+    }
+    let round = window.next_round(500).expect("room for 19");
+    assert_eq!(round.rows.len(), 19, "the window is 20 and one is on the queue");
+    window.published(&round.op, &round.rows);
+    assert!(window.next_round(500).is_none(), "the window is full");
+    for _ in 0..4 {
+        window.settled(&noop(), run, StepId(0));
+        assert!(window.next_round(500).is_none(), "less than a quarter free: no round of one or two");
+    }
+    window.settled(&noop(), run, StepId(0));
+    let round = window.next_round(500).expect("a quarter of the window is free");
+    assert_eq!(round.rows.len(), 5);
+}
+
+#[test]
+fn an_owner_arriving_behind_a_backlog_gets_the_free_room_first() {
+    let (a, b) = (RunId::new(), RunId::new());
+    let (plan_a, plan_b) = (plan("a", 100_000, 1), plan("b", 100, 1));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    for row in rows(a, 1, 0..4000) {
+        window.hold(row, &plan_a);
+    }
+    window.set_size(&noop(), window_of(40));
+    let round = window.next_round(500).unwrap();
+    window.published(&round.op, &round.rows);
+    for row in rows(b, 10_000, 0..100) {
+        window.hold(row, &plan_b);
+    }
+    for _ in 0..10 {
+        window.settled(&noop(), a, StepId(0));
+    }
+    let round = window.next_round(500).unwrap();
+    assert!(round.rows.iter().all(|r| r.run_id == b), "B holds none: all 10 free slots are B's");
+    assert_eq!(round.rows.len(), 10);
+}
+
+#[test]
+fn rows_beyond_the_hold_limit_are_read_in_step_order_when_the_held_run_low() {
+    let (run, plan) = (RunId::new(), plan("risk", 10_000, 1));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    window.set_size(&noop(), window_of(10_000));
+    for row in rows(run, 1, 0..HOLD_PER_RUN + 100) {
+        window.hold(row, &plan);
+    }
+    assert!(window.refills().is_empty(), "plenty held");
+    window.set_size(&noop(), window_of(10_000));
+    let round = window.next_round(HOLD_PER_RUN).unwrap();
+    assert_eq!(round.rows.len() as u32, HOLD_PER_RUN);
+    window.published(&round.op, &round.rows);
+    let refills = window.refills();
+    assert_eq!(refills, vec![(run, Some(StepId(HOLD_PER_RUN - 1)), HOLD_PER_RUN)]);
+    let read = rows(run, 1 + i64::from(HOLD_PER_RUN), HOLD_PER_RUN..HOLD_PER_RUN + 100);
+    window.loaded(&plan, run, &read, HOLD_PER_RUN);
+    assert!(window.refills().is_empty(), "fewer than asked: nothing left unheld");
+    let round = window.next_round(HOLD_PER_RUN).unwrap();
+    assert_eq!(round.rows.len(), 100);
+    assert_eq!(round.rows[0].step_id, StepId(HOLD_PER_RUN));
+}
+
+#[test]
+fn a_row_told_twice_is_held_once_and_a_canceled_run_is_forgotten() {
+    let (run, plan) = (RunId::new(), plan("risk", 10, 1));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    for row in rows(run, 1, 0..5).into_iter().chain(rows(run, 1, 0..5)) {
+        window.hold(row, &plan);
+    }
+    window.set_size(&noop(), window_of(100));
+    assert_eq!(window.views()[0].waiting, 5);
+    window.forget_run(run);
+    assert_eq!(window.views()[0].waiting, 0);
+    assert!(window.next_round(500).is_none());
+}
+
+#[test]
+fn a_round_put_back_goes_first_and_the_broker_count_corrects_the_estimate() {
+    let (run, plan) = (RunId::new(), plan("risk", 100, 1));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    for row in rows(run, 1, 0..50) {
+        window.hold(row, &plan);
+    }
+    window.set_size(&noop(), window_of(10));
+    let round = window.next_round(500).unwrap();
+    let first = round.rows[0];
+    window.put_back(round, |_| Some(plan.clone()));
+    let again = window.next_round(500).unwrap();
+    assert_eq!(again.rows[0], first);
+    window.published(&again.op, &again.rows);
+    assert!(window.next_round(500).is_none());
+    // Workers dropped the messages without a start (a canceled run's, say): the broker's
+    // count says the queue is empty.
+    window.resync(&noop(), 0);
+    assert_eq!(window.next_round(500).unwrap().rows.len(), 10);
+}
