@@ -117,6 +117,11 @@ pub struct RunSummary {
     pub priority: u8,
     pub status: RunStatus,
     pub steps: StepCounts,
+    /// Of the `queued` steps, those waiting in the run store for room in their op's publish
+    /// window, where steps of every owner take turns (fair sharing); counted up to 10,001,
+    /// so 10,001 means more than 10,000.
+    #[serde(default)]
+    pub behind_window: i64,
     #[serde(default)]
     pub assets: AssetCounts,
     /// The number (`seq`) of the run's last recorded event: follow its events stream with

@@ -100,6 +100,11 @@ async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() 
     ] {
         assert!(w7[field].as_f64().is_some_and(|v| v > 0.0), "w7: {field} missing in {w7}");
     }
+    // w8: two owners side by side, each run verified, and the figures of the fair share.
+    let w8 = workload("w8")?;
+    for field in ["b_slowdown", "a_ratio", "b_alone_s", "b_shared_s", "a_alone_steps_per_s"] {
+        assert!(w8[field].as_f64().is_some_and(|v| v > 0.0), "w8: {field} missing in {w8}");
+    }
     // api: each endpoint's first (and middle) page timed, and opflow watch's first frame.
     let api = workload("api")?;
     let endpoints = api["endpoints"].as_array().context("api: endpoints")?;

@@ -56,6 +56,16 @@ async fn a_queue_holds_its_window_and_a_later_owner_does_not_wait_for_the_backlo
         .fetch_one(&db)
         .await?;
     assert_eq!(waiting, 296);
+    // Status says why those steps wait.
+    let status = parse_summary(&env.opflow_ok(&["status", &backlog, "--json"]).await?)?;
+    assert_eq!(
+        (status["steps"]["queued"].as_i64(), status["behind_window"].as_i64()),
+        (Some(300), Some(296)),
+        "{status}"
+    );
+    let human = env.opflow_ok(&["status", &backlog]).await?;
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("296 of the queued steps wait for room in their op's publish window"), "{human}");
 
     let small = submit(&env, "small", 20, "ml").await?;
     let _worker = env.spawn_worker("noop")?;

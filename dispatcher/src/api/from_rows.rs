@@ -93,6 +93,7 @@ impl From<store::runs::RunSummaryRow> for RunSummary {
                 skipped: c.skipped,
                 canceled: c.canceled,
             },
+            behind_window: s.behind_window,
             assets: AssetCounts {
                 total: s.assets.total,
                 waiting: s.assets.waiting,

@@ -46,8 +46,9 @@ impl Snapshot {
     }
 }
 
-/// CPU microseconds per step of each component between two snapshots.
-#[derive(Debug, Clone, Serialize)]
+/// CPU microseconds per step of each component between two snapshots (`default`: not
+/// measured).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct CpuPerStep {
     pub dispatcher: Option<f64>,
     pub postgres: Option<f64>,

@@ -189,6 +189,7 @@ async fn run_in(
             Workload::W6 => vec![workloads::w6(&bed, &raw, options, dispatcher_pid).await?],
             // `opflow up` in sandboxes of its own.
             Workload::W7 => vec![scale::w7(settings, options, cancel).await?],
+            Workload::W8 => vec![workloads::w8(&bed, options).await?],
             Workload::Raw | Workload::Api => unreachable!("raw and api ran first"),
         };
         for mut figures in results {
@@ -215,8 +216,8 @@ mod tests {
             Workload::parse_list(&names(&["w2", "raw", "w2"])).unwrap(),
             vec![Workload::Raw, Workload::W2]
         );
-        assert_eq!(Workload::parse_list(&names(&["all"])).unwrap().len(), 9);
-        assert_eq!(Workload::parse_list(&[]).unwrap().len(), 9);
+        assert_eq!(Workload::parse_list(&names(&["all"])).unwrap().len(), 10);
+        assert_eq!(Workload::parse_list(&[]).unwrap().len(), 10);
         let unknown = Workload::parse_list(&names(&["w9"])).unwrap_err();
         assert!(unknown.contains("unknown workload `w9`"), "{unknown}");
     }

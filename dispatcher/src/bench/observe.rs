@@ -34,6 +34,14 @@ pub struct Bed<'a> {
     pub dispatcher_pid: Option<u32>,
 }
 
+/// A run of [`Bed::run_side_by_side`]: its plan, its owner, and when it is submitted after
+/// the first.
+pub struct SideRun<'a> {
+    pub plan: &'a str,
+    pub owner: &'a str,
+    pub after: Duration,
+}
+
 /// One finished benchmark run.
 pub struct PlanRun {
     pub steps: i64,
@@ -153,6 +161,71 @@ impl Bed<'_> {
             dispatcher_rss,
             worker_rss_mb,
         })
+    }
+
+    /// Starts `workers` noop workers, submits each of `runs` its delay after the first (for
+    /// its owner), and times each from its own submit to its end; verifies each. For w8,
+    /// where what matters is how runs of different owners share the workers.
+    pub async fn run_side_by_side(
+        &self,
+        workers: usize,
+        runs: &[SideRun<'_>],
+    ) -> anyhow::Result<Vec<PlanRun>> {
+        let mut children: Vec<Child> = (0..workers)
+            .map(|n| self.sandbox.spawn(self.noop, &[], &format!("noop-{n}")))
+            .collect::<anyhow::Result<_>>()?;
+        self.wait_for_consumers(workers).await?;
+        let mut ends = self.store.runs().listen_for_ends().await?;
+        let first = Instant::now();
+        let mut submitted = Vec::with_capacity(runs.len());
+        for side in runs {
+            tokio::time::sleep(side.after.saturating_sub(first.elapsed())).await;
+            let started = Instant::now();
+            let owner = crate::store::runs::RunOwner { owner: side.owner, priority: None };
+            let submission = crate::submit::submit_notifying(
+                self.store,
+                side.plan,
+                Path::new("bench.yaml"),
+                None,
+                None,
+                owner,
+            )
+            .await
+            .context("submitting a benchmark plan")?;
+            submitted.push((submission.run_id, started, started.elapsed(), None::<Duration>));
+        }
+        let mut look_every = tokio::time::interval(Duration::from_millis(100));
+        while submitted.iter().any(|(_, _, _, ended)| ended.is_none()) {
+            let waiting = submitted.iter().find(|(_, _, _, ended)| ended.is_none()).map(|(run, ..)| *run);
+            next_look(&mut ends, waiting.context("a run waits")?, &mut look_every, self.cancel).await?;
+            for (run, started, _, ended) in submitted.iter_mut().filter(|(.., ended)| ended.is_none()) {
+                let progress = self.store.runs().progress(*run).await?.context("a benchmark run vanished")?;
+                if progress.status.is_finished() {
+                    *ended = Some(started.elapsed());
+                }
+            }
+            if first.elapsed() > Duration::from_secs(1800) {
+                bail!("the benchmark runs did not finish within 30 minutes");
+            }
+        }
+        for child in &mut children {
+            crate::up::fleet::drain(child, "noop", Duration::from_secs(30)).await;
+        }
+        let mut finished = Vec::with_capacity(submitted.len());
+        for (run, _, submit, wall) in submitted {
+            let counted = self.store.checks().exactly_once(run).await?.context("a benchmark run vanished")?;
+            let status = self.store.runs().progress(run).await?.context("a benchmark run vanished")?.status;
+            finished.push(PlanRun {
+                steps: counted.steps,
+                wall: wall.unwrap_or_default(),
+                submit,
+                cpu: CpuPerStep::default(),
+                verified: counted.holds() && status == crate::store::runs::RunStatus::Succeeded,
+                dispatcher_rss: Vec::new(),
+                worker_rss_mb: None,
+            });
+        }
+        Ok(finished)
     }
 
     /// One cold start: submit a one-step plan with no worker running, start a worker (what

@@ -16,12 +16,14 @@ pub enum Workload {
     W5,
     W6,
     W7,
+    /// Fair sharing between two owners.
+    W8,
     /// The HTTP API against a large store.
     Api,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 10] = [
         Workload::Raw,
         Workload::W1,
         Workload::W2,
@@ -30,6 +32,7 @@ impl Workload {
         Workload::W5,
         Workload::W6,
         Workload::W7,
+        Workload::W8,
         Workload::Api,
     ];
 
@@ -43,6 +46,7 @@ impl Workload {
             Workload::W5 => "w5",
             Workload::W6 => "w6",
             Workload::W7 => "w7",
+            Workload::W8 => "w8",
             Workload::Api => "api",
         }
     }
@@ -55,7 +59,7 @@ impl Workload {
                 "all" => workloads.extend(Self::ALL),
                 other => {
                     workloads.push(Self::ALL.into_iter().find(|w| w.name() == other).ok_or_else(|| {
-                        format!("unknown workload `{other}`; choose from raw, w1 … w7, api, or all")
+                        format!("unknown workload `{other}`; choose from raw, w1 … w8, api, or all")
                     })?)
                 }
             }

@@ -1,8 +1,11 @@
-//! The platform workloads, w1–w6: what each runs, and the figures it reports, each as a
+//! The platform workloads, w1–w6 and w8: what each runs, and the figures it reports, each as a
 //! ratio to the broker's own (`raw`) where one applies. docs/benchmarks.md says what each
 //! figure means and what bounds it.
 
-use std::{path::Path, time::Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use opflow_process::SecretUrl;
@@ -10,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{
     memory,
-    observe::{Bed, PlanRun},
+    observe::{Bed, PlanRun, SideRun},
     options::{BenchOptions, round},
     plans::{chain_plan, fan_in_plan, sweep_plan},
     raw::RawFigures,
@@ -67,6 +70,42 @@ pub async fn w2(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyh
     figures["verified"] = json!(run.verified && deep.verified);
     Ok(figures)
 }
+
+/// w8: fair sharing. On 2 workers, owner `a` submits a 100,000-step run and, a second later,
+/// owner `b` a 100-step run: B's time to finish against B alone (`b_slowdown`), and A's
+/// steps/s against A alone (`a_ratio`).
+pub async fn w8(bed: &Bed<'_>, options: &BenchOptions) -> anyhow::Result<Value> {
+    let (a_steps, b_steps) = (options.scaled(100_000), options.scaled(100).max(10));
+    let (a_plan, b_plan) = (sweep_plan("w8-a", a_steps, ""), sweep_plan("w8-b", b_steps, ""));
+    let side = |plan, owner, after| SideRun { plan, owner, after };
+    let b_alone = bed.run_side_by_side(2, &[side(&b_plan, "b", Duration::ZERO)]).await?;
+    let a_alone = bed.run_side_by_side(2, &[side(&a_plan, "a", Duration::ZERO)]).await?;
+    let shared = bed
+        .run_side_by_side(2, &[side(&a_plan, "a", Duration::ZERO), side(&b_plan, "b", W8_B_AFTER)])
+        .await?;
+    let (b_alone, a_alone, a_shared, b_shared) = (&b_alone[0], &a_alone[0], &shared[0], &shared[1]);
+    Ok(json!({
+        "workload": "w8",
+        // Of the shared runs: both runs' steps, and A's time (B's is within it).
+        "steps": a_shared.steps + b_shared.steps,
+        "wall_s": round(a_shared.wall.as_secs_f64(), 3),
+        "a_steps": a_shared.steps,
+        "b_steps": b_shared.steps,
+        "b_after_s": W8_B_AFTER.as_secs_f64(),
+        "b_alone_s": round(b_alone.wall.as_secs_f64(), 3),
+        "b_shared_s": round(b_shared.wall.as_secs_f64(), 3),
+        "b_slowdown": round(b_shared.wall.as_secs_f64() / b_alone.wall.as_secs_f64(), 2),
+        "a_alone_steps_per_s": round(a_alone.steps_per_s(), 1),
+        "a_shared_steps_per_s": round(a_shared.steps_per_s(), 1),
+        "a_ratio": round(a_shared.steps_per_s() / a_alone.steps_per_s(), 3),
+        // Concurrency keys are not built yet: nothing to measure.
+        "max_seen_per_key": Value::Null,
+        "verified": b_alone.verified && a_alone.verified && a_shared.verified && b_shared.verified,
+    }))
+}
+
+/// How long after A's submit B is submitted in w8: A's backlog is in place by then.
+const W8_B_AFTER: Duration = Duration::from_secs(1);
 
 /// w3: 1,000 steps of 10 ms of CPU on 2 workers; how close to the ideal wall time.
 pub async fn w3(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyhow::Result<Value> {

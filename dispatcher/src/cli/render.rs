@@ -74,6 +74,14 @@ pub fn summary(s: &RunSummary) {
         c.waiting,
         c.retrying
     );
+    if s.behind_window > 0 {
+        let behind =
+            if s.behind_window >= 10_001 { "over 10,000".to_owned() } else { count(s.behind_window) };
+        say!(
+            "  queue  {behind} of the queued steps wait for room in their op's publish window, taking turns with \
+             other owners' steps (docs/fair-sharing.md)"
+        );
+    }
     let a = &s.assets;
     if a.total > 1 {
         say!(

@@ -336,6 +336,10 @@ fn header_line(run: &str, elapsed: f64, summary: Option<&RunSummary>) -> String 
         if s.steps.failed > 0 {
             line.push_str(&format!(", {} failed", render::count(s.steps.failed)));
         }
+        if s.behind_window > 0 {
+            // Waiting their turn in their op's publish window (docs/fair-sharing.md).
+            line.push_str(&format!(", {} behind the window", render::count(s.behind_window)));
+        }
     }
     line
 }
@@ -732,6 +736,7 @@ mod tests {
             priority: 1,
             status: RunStatus::Running,
             steps: counts(100_000, 91_200, 10),
+            behind_window: 0,
             assets,
             last_event: 0,
             created_at: Utc::now(),
@@ -772,6 +777,17 @@ mod tests {
         assert_eq!(
             (large.state, large.order, large.limit),
             (Some(AssetState::Running), Some(AssetOrder::Busiest), Some(MAX_BARS))
+        );
+    }
+
+    #[test]
+    fn the_header_says_how_many_steps_wait_behind_the_window() {
+        let mut s = summary(AssetCounts::default());
+        s.behind_window = 1_200;
+        assert!(
+            header_line("r", 1.0, Some(&s)).ends_with(", 1,200 behind the window"),
+            "{}",
+            header_line("r", 1.0, Some(&s))
         );
     }
 

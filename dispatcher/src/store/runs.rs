@@ -64,6 +64,9 @@ pub struct RunOwner<'a> {
     pub priority: Option<u8>,
 }
 
+/// The most steps behind the publish window a run's summary counts; more shows as this.
+pub const BEHIND_WINDOW_COUNTED: i64 = 10_001;
+
 /// The owner a run gets from a caller without a token that names none.
 pub const DEFAULT_OWNER: &str = "local";
 
@@ -133,6 +136,9 @@ pub struct RunSummaryRow {
     pub priority: u8,
     pub status: RunStatus,
     pub steps: StepCounts,
+    /// Of the queued steps, those waiting in the outbox for room in their op's publish
+    /// window, counted up to [`BEHIND_WINDOW_COUNTED`].
+    pub behind_window: i64,
     pub assets: AssetCounts,
     /// The number of its last recorded event.
     pub last_event: i64,
@@ -382,6 +388,7 @@ impl Runs<'_> {
         };
         let counts = self.asset_totals(run).await?;
         let steps = StepCounts { total: i64::from(total), ..counts.steps };
+        let behind_window = if steps.queued > 0 { self.behind_window(run).await? } else { 0 };
         let failures: Vec<(i32, String, i32, Option<String>)> = sqlx::query_as(
             "SELECT s.id, a.name, s.attempt, s.error FROM steps s
              JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
@@ -399,6 +406,7 @@ impl Runs<'_> {
             priority: u8::try_from(priority).unwrap_or(crate::plan::DEFAULT_PRIORITY),
             status,
             steps,
+            behind_window,
             assets: counts.assets,
             last_event,
             created_at,
@@ -414,6 +422,17 @@ impl Runs<'_> {
                 })
                 .collect(),
         }))
+    }
+
+    /// How many of the run's queued steps wait in the outbox for room in their op's publish
+    /// window (fair sharing), counted up to [`BEHIND_WINDOW_COUNTED`]: a summary costs that
+    /// many index entries at most, whatever the run's size.
+    pub async fn behind_window(&self, run: RunId) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM outbox WHERE run_id = $1 LIMIT $2) o")
+            .bind(run.as_uuid())
+            .bind(BEHIND_WINDOW_COUNTED)
+            .fetch_one(self.pool)
+            .await?)
     }
 
     /// The run's steps and assets counted by state, from its assets' counts: as many rows
