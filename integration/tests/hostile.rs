@@ -572,7 +572,10 @@ async fn a_heartbeat_from_the_far_future_keeps_a_hung_step_alive_no_longer() -> 
     forged.at = "9999-12-31T23:59:59Z".parse()?;
     let connection = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    channel
+    // Confirmed: an unconfirmed publish can still be in the client's buffer when the
+    // connection closes, and never reach the broker.
+    channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await?;
+    let confirm = channel
         .basic_publish(
             opflow_protocol::queue::EVENTS_EXCHANGE.into(),
             opflow_protocol::queue::event_routing_key("heartbeat").as_str().into(),
@@ -582,6 +585,7 @@ async fn a_heartbeat_from_the_far_future_keeps_a_hung_step_alive_no_longer() -> 
         )
         .await?
         .await?;
+    anyhow::ensure!(confirm.is_ack(), "the broker did not take the forged heartbeat: {confirm:?}");
     connection.close(200, "done".into()).await.ok();
     let _rescuer = env.spawn_worker("noop")?;
     let status =

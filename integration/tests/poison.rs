@@ -6,7 +6,10 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::Context;
-use lapin::{BasicProperties, Connection, ConnectionProperties, options::BasicPublishOptions};
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
 use opflow_integration::{Env, binary, parse_summary, stderr, wait_for};
 use opflow_protocol::{Event, SCHEMA_VERSION, StepMessage, queue};
 use serde_json::json;
@@ -95,6 +98,10 @@ async fn malformed_messages_are_dead_lettered_and_nothing_crashes() -> anyhow::R
 
     let connection = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
+    // Confirmed: without confirms the last publishes can still be in the client's buffer
+    // when the connection closes below, and never reach the broker (the test then waited
+    // for dead letters that were never sent).
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let unknown_run = uuid::Uuid::now_v7().to_string();
     let step = json!({"v": SCHEMA_VERSION, "run_id": unknown_run, "step_id": 1, "attempt": 1,
                       "op": "noop@1.1.0", "asset": "ghost", "config": {"sleep_ms": 300}})
@@ -110,7 +117,7 @@ async fn malformed_messages_are_dead_lettered_and_nothing_crashes() -> anyhow::R
     let publish = |exchange: &'static str, key: String, body: String, kind: &'static str| {
         let channel = channel.clone();
         async move {
-            channel
+            let confirm = channel
                 .basic_publish(
                     exchange.into(),
                     key.as_str().into(),
@@ -120,6 +127,7 @@ async fn malformed_messages_are_dead_lettered_and_nothing_crashes() -> anyhow::R
                 )
                 .await?
                 .await?;
+            anyhow::ensure!(confirm.is_ack(), "the broker did not take the test's message: {confirm:?}");
             anyhow::Ok(())
         }
     };
@@ -192,7 +200,9 @@ async fn a_result_that_reaches_the_dead_letter_queue_is_applied_not_dropped() ->
     .to_string();
     let connection = Connection::connect(&env.amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    channel
+    // Confirmed before the connection closes (see the test above).
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let confirm = channel
         .basic_publish(
             queue::DEAD_LETTER_EXCHANGE.into(),
             "step.succeeded".into(),
@@ -202,6 +212,7 @@ async fn a_result_that_reaches_the_dead_letter_queue_is_applied_not_dropped() ->
         )
         .await?
         .await?;
+    anyhow::ensure!(confirm.is_ack(), "the broker did not take the test's message: {confirm:?}");
     let _ = connection.close(200, "done".into()).await;
     let db = env.db().await?;
     let output: serde_json::Value = wait_for("the dead-lettered result to be applied", DEADLINE, || async {

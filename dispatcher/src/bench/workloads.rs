@@ -89,6 +89,7 @@ pub async fn w8(bed: &Bed<'_>, options: &BenchOptions) -> anyhow::Result<Value> 
         // Of the shared runs: both runs' steps, and A's time (B's is within it).
         "steps": a_shared.steps + b_shared.steps,
         "wall_s": round(a_shared.wall.as_secs_f64(), 3),
+        "steps_per_s": round((a_shared.steps + b_shared.steps) as f64 / a_shared.wall.as_secs_f64(), 1),
         "a_steps": a_shared.steps,
         "b_steps": b_shared.steps,
         "b_after_s": W8_B_AFTER.as_secs_f64(),

@@ -143,6 +143,13 @@ struct RunLine {
     unheld_after: Option<i64>,
 }
 
+impl RunLine {
+    /// A run with nothing held yet.
+    fn of(plan: &RunPlan) -> Self {
+        Self { owner: plan.owner().clone(), priority: plan.priority(), held: 0, unheld_after: None }
+    }
+}
+
 /// One op version's window.
 #[derive(Debug, Default)]
 struct OpLine {
@@ -218,12 +225,7 @@ impl PublishWindow {
         if self.held.contains(&row.seq) {
             return;
         }
-        let run = self.runs.entry(row.run_id).or_insert_with(|| RunLine {
-            owner: plan.owner().clone(),
-            priority: plan.priority(),
-            held: 0,
-            unheld_after: None,
-        });
+        let run = self.runs.entry(row.run_id).or_insert_with(|| RunLine::of(plan));
         let step = i64::from(row.step_id.0);
         match run.unheld_after {
             // Read later, in step order, with the rest past `after`.
@@ -438,12 +440,7 @@ impl PublishWindow {
             if !self.held.insert(row.seq) {
                 continue;
             }
-            let run = self.runs.entry(row.run_id).or_insert_with(|| RunLine {
-                owner: plan.owner().clone(),
-                priority: plan.priority(),
-                held: 0,
-                unheld_after: None,
-            });
+            let run = self.runs.entry(row.run_id).or_insert_with(|| RunLine::of(&plan));
             run.held += 1;
             let line = self.line(&round.op);
             line.waiting.entry(row.run_id).or_default().push_front(Held {
