@@ -294,6 +294,7 @@ impl StepPublisher {
                     window.set_size(&op_ref, WindowSize::of(&op.scaling));
                 }
             }
+            window.sizes_read();
             due.sizes = false;
         }
         Ok(())

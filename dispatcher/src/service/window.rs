@@ -342,6 +342,14 @@ impl PublishWindow {
         self.ops.values().any(|line| !line.size_known && line.waiting_total > 0)
     }
 
+    /// Says that the settings were read: an op they did not name (no longer registered)
+    /// keeps the default size rather than having them read again at every round.
+    pub fn sizes_read(&mut self) {
+        for line in self.ops.values_mut() {
+            line.size_known = true;
+        }
+    }
+
     /// Sets an op's count of ready messages to what the broker says.
     pub fn resync(&mut self, op: &OpRef, ready: u32) {
         let Some(line) = self.ops.get_mut(op) else { return };

@@ -153,3 +153,19 @@ fn a_round_put_back_goes_first_and_the_broker_count_corrects_the_estimate() {
     window.resync(&noop(), 0);
     assert_eq!(window.next_round(500).unwrap().rows.len(), 10);
 }
+
+#[test]
+fn an_op_the_settings_do_not_name_keeps_the_default_size_without_asking_again() {
+    let (run, plan) = (RunId::new(), plan("risk", 10, 1));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    for row in rows(run, 1, 0..10) {
+        window.hold(row, &plan);
+    }
+    assert!(window.sizes_unknown());
+    let other: OpRef = "other@1.0.0".parse().unwrap();
+    window.set_size(&other, window_of(100));
+    assert!(window.sizes_unknown(), "noop's settings were not among those read");
+    window.sizes_read();
+    assert!(!window.sizes_unknown());
+    assert_eq!(window.views()[0].window, MIN_WINDOW);
+}
