@@ -27,6 +27,11 @@ async fn submit(env: &Env, name: &str, steps: u32, owner: &str) -> anyhow::Resul
     Ok(run["run_id"].as_str().context("run_id")?.to_owned())
 }
 
+/// Waits until the op's queue holds `depth` ready messages.
+async fn wait_for_depth(env: &Env, what: &str, depth: u32) -> anyhow::Result<()> {
+    wait_for(what, DEADLINE, || async { Ok((env.queue_depth(QUEUE).await? == depth).then_some(())) }).await
+}
+
 async fn succeeded(db: &sqlx::PgPool, run: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM steps WHERE run_id = $1::uuid AND status = 'succeeded'")
         .bind(run)
@@ -43,10 +48,7 @@ async fn a_queue_holds_its_window_and_a_later_owner_does_not_wait_for_the_backlo
     let db = env.db().await?;
 
     let backlog = submit(&env, "backlog", 300, "risk").await?;
-    wait_for("the window to fill", DEADLINE, || async {
-        Ok((env.queue_depth(QUEUE).await? == 4).then_some(()))
-    })
-    .await?;
+    wait_for_depth(&env, "the window to fill", 4).await?;
     // Two polls later (each corrects the window's count from the broker's), still four: the
     // rest wait in the outbox.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -93,10 +95,7 @@ async fn a_canceled_runs_steps_waiting_behind_the_window_never_reach_a_worker() 
     let db = env.db().await?;
 
     let run = submit(&env, "waiting", 50, "risk").await?;
-    wait_for("the window to fill", DEADLINE, || async {
-        Ok((env.queue_depth(QUEUE).await? == 2).then_some(()))
-    })
-    .await?;
+    wait_for_depth(&env, "the window to fill", 2).await?;
     let waiting: Vec<i32> = sqlx::query_scalar("SELECT step_id FROM outbox WHERE run_id = $1::uuid")
         .bind(&run)
         .fetch_all(&db)
@@ -107,10 +106,7 @@ async fn a_canceled_runs_steps_waiting_behind_the_window_never_reach_a_worker() 
     // A worker now takes the two messages that were on the queue (and drops them: the run
     // is canceled); nothing else of the run is published.
     let _worker = env.spawn_worker("noop")?;
-    wait_for("the queue to drain", DEADLINE, || async {
-        Ok((env.queue_depth(QUEUE).await? == 0).then_some(()))
-    })
-    .await?;
+    wait_for_depth(&env, "the queue to drain", 0).await?;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(env.queue_depth(QUEUE).await?, 0);
     let (rows, events): (i64, i64) = sqlx::query_as(

@@ -68,18 +68,18 @@ pub fn allocate(candidates: &[Candidate<'_>], room: u32, turn: &mut usize) -> Ve
     order
 }
 
-/// Counts of slots per candidate in an allocation.
-pub fn counts(order: &[usize], candidates: usize) -> Vec<u32> {
-    let mut counts = vec![0; candidates];
-    for &i in order {
-        counts[i] += 1;
-    }
-    counts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Slots per candidate in an allocation.
+    fn counts(order: &[usize], candidates: usize) -> Vec<u32> {
+        let mut counts = vec![0; candidates];
+        for &i in order {
+            counts[i] += 1;
+        }
+        counts
+    }
 
     fn run(owner: &str, priority: u8, on_queue: u32, waiting: u32) -> Candidate<'_> {
         Candidate { owner, priority, on_queue, waiting }

@@ -241,19 +241,20 @@ impl StepPublisher {
         due: &mut Due,
     ) -> Result<(), StoreError> {
         let heard = arrivals.take();
+        // A batch's rows and steps come mostly from a few runs: each plan is looked up once.
+        let mut plans: HashMap<RunId, Option<Arc<RunPlan>>> = HashMap::new();
         for row in heard.queued {
-            match self.plan(row.run_id).await? {
-                Some(plan) => window.hold(row, &plan),
-                None => continue,
+            if let Some(plan) = self.plan_once(&mut plans, row.run_id).await? {
+                window.hold(row, &plan);
             }
         }
         for (run, step) in heard.started {
-            if let Some(plan) = self.plan(run).await? {
+            if let Some(plan) = self.plan_once(&mut plans, run).await? {
                 window.started(plan.op(step), run, step);
             }
         }
         for (run, step) in heard.settled {
-            if let Some(plan) = self.plan(run).await? {
+            if let Some(plan) = self.plan_once(&mut plans, run).await? {
                 window.settled(plan.op(step), run, step);
             }
         }
@@ -311,6 +312,20 @@ impl StepPublisher {
                 Ok(None)
             }
         }
+    }
+
+    /// [`StepPublisher::plan`], remembered in `plans` for the rest of a `learn`.
+    async fn plan_once(
+        &self,
+        plans: &mut HashMap<RunId, Option<Arc<RunPlan>>>,
+        run: RunId,
+    ) -> Result<Option<Arc<RunPlan>>, StoreError> {
+        if let Some(plan) = plans.get(&run) {
+            return Ok(plan.clone());
+        }
+        let plan = self.plan(run).await?;
+        plans.insert(run, plan.clone());
+        Ok(plan)
     }
 
     /// Sets each backlogged op's count of ready messages to the broker's: what the window

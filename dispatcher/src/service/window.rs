@@ -66,17 +66,12 @@ impl Arrivals {
         self.notify.notify_one();
     }
 
-    /// Wakes the publisher with nothing new to tell.
-    pub fn wake(&self) {
-        self.notify.notify_one();
-    }
-
     /// Takes what was heard since the last take.
     pub fn take(&self) -> Heard {
         std::mem::take(&mut *self.lock())
     }
 
-    /// Waits for a [`Arrivals::tell`] or [`Arrivals::wake`] not yet waited for.
+    /// Waits for an [`Arrivals::tell`] not yet waited for.
     pub async fn notified(&self) {
         self.notify.notified().await;
     }
@@ -179,7 +174,8 @@ impl OpLine {
     }
 }
 
-/// What one op's window looks like, for `/metrics`, the API and `opflow status`.
+/// What one op's window looks like, for tests.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowView {
     pub op: OpRef,
@@ -476,6 +472,7 @@ impl PublishWindow {
     }
 
     /// Each op's window, messages on its queue and steps waiting.
+    #[cfg(test)]
     pub fn views(&self) -> Vec<WindowView> {
         let mut views: Vec<WindowView> = self
             .ops

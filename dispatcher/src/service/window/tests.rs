@@ -27,6 +27,12 @@ fn rows(run: RunId, seq: i64, steps: std::ops::Range<u32>) -> Vec<OutboxRow> {
         .collect()
 }
 
+fn hold_all(window: &mut PublishWindow, rows: impl IntoIterator<Item = OutboxRow>, plan: &RunPlan) {
+    for row in rows {
+        window.hold(row, plan);
+    }
+}
+
 fn window_of(size: u32) -> WindowSize {
     WindowSize { fixed: Some(size), base: MIN_WINDOW }
 }
@@ -50,17 +56,13 @@ fn the_default_window_keeps_every_replica_busy_and_widens_to_the_intake() {
 fn a_chain_step_goes_at_once_and_a_backlog_goes_in_rounds_within_the_window() {
     let (run, plan) = (RunId::new(), plan("risk", 1000, 1));
     let mut window = PublishWindow::new(Duration::from_millis(50));
-    for row in rows(run, 1, 0..1) {
-        window.hold(row, &plan);
-    }
+    hold_all(&mut window, rows(run, 1, 0..1), &plan);
     window.set_size(&noop(), window_of(20));
     let round = window.next_round(500).expect("one step fits: it goes at once");
     assert_eq!(round.rows.len(), 1);
     window.published(&round.op, &round.rows);
 
-    for row in rows(run, 2, 1..1000) {
-        window.hold(row, &plan);
-    }
+    hold_all(&mut window, rows(run, 2, 1..1000), &plan);
     let round = window.next_round(500).expect("room for 19");
     assert_eq!(round.rows.len(), 19, "the window is 20 and one is on the queue");
     window.published(&round.op, &round.rows);
@@ -79,15 +81,11 @@ fn an_owner_arriving_behind_a_backlog_gets_the_free_room_first() {
     let (a, b) = (RunId::new(), RunId::new());
     let (plan_a, plan_b) = (plan("a", 100_000, 1), plan("b", 100, 1));
     let mut window = PublishWindow::new(Duration::from_millis(50));
-    for row in rows(a, 1, 0..4000) {
-        window.hold(row, &plan_a);
-    }
+    hold_all(&mut window, rows(a, 1, 0..4000), &plan_a);
     window.set_size(&noop(), window_of(40));
     let round = window.next_round(500).unwrap();
     window.published(&round.op, &round.rows);
-    for row in rows(b, 10_000, 0..100) {
-        window.hold(row, &plan_b);
-    }
+    hold_all(&mut window, rows(b, 10_000, 0..100), &plan_b);
     for _ in 0..10 {
         window.settled(&noop(), a, StepId(0));
     }
@@ -101,9 +99,7 @@ fn rows_beyond_the_hold_limit_are_read_in_step_order_when_the_held_run_low() {
     let (run, plan) = (RunId::new(), plan("risk", 10_000, 1));
     let mut window = PublishWindow::new(Duration::from_millis(50));
     window.set_size(&noop(), window_of(10_000));
-    for row in rows(run, 1, 0..HOLD_PER_RUN + 100) {
-        window.hold(row, &plan);
-    }
+    hold_all(&mut window, rows(run, 1, 0..HOLD_PER_RUN + 100), &plan);
     assert!(window.refills().is_empty(), "plenty held");
     window.set_size(&noop(), window_of(10_000));
     let round = window.next_round(HOLD_PER_RUN).unwrap();
@@ -123,9 +119,7 @@ fn rows_beyond_the_hold_limit_are_read_in_step_order_when_the_held_run_low() {
 fn a_row_told_twice_is_held_once_and_a_canceled_run_is_forgotten() {
     let (run, plan) = (RunId::new(), plan("risk", 10, 1));
     let mut window = PublishWindow::new(Duration::from_millis(50));
-    for row in rows(run, 1, 0..5).into_iter().chain(rows(run, 1, 0..5)) {
-        window.hold(row, &plan);
-    }
+    hold_all(&mut window, rows(run, 1, 0..5).into_iter().chain(rows(run, 1, 0..5)), &plan);
     window.set_size(&noop(), window_of(100));
     assert_eq!(window.views()[0].waiting, 5);
     window.forget_run(run);
@@ -137,9 +131,7 @@ fn a_row_told_twice_is_held_once_and_a_canceled_run_is_forgotten() {
 fn a_round_put_back_goes_first_and_the_broker_count_corrects_the_estimate() {
     let (run, plan) = (RunId::new(), plan("risk", 100, 1));
     let mut window = PublishWindow::new(Duration::from_millis(50));
-    for row in rows(run, 1, 0..50) {
-        window.hold(row, &plan);
-    }
+    hold_all(&mut window, rows(run, 1, 0..50), &plan);
     window.set_size(&noop(), window_of(10));
     let round = window.next_round(500).unwrap();
     let first = round.rows[0];
@@ -158,9 +150,7 @@ fn a_round_put_back_goes_first_and_the_broker_count_corrects_the_estimate() {
 fn an_op_the_settings_do_not_name_keeps_the_default_size_without_asking_again() {
     let (run, plan) = (RunId::new(), plan("risk", 10, 1));
     let mut window = PublishWindow::new(Duration::from_millis(50));
-    for row in rows(run, 1, 0..10) {
-        window.hold(row, &plan);
-    }
+    hold_all(&mut window, rows(run, 1, 0..10), &plan);
     assert!(window.sizes_unknown());
     let other: OpRef = "other@1.0.0".parse().unwrap();
     window.set_size(&other, window_of(100));
