@@ -26,8 +26,8 @@ pub use page::{DEFAULT_PAGE, MAX_PAGE, Page, Paging};
 pub use probes::ReadyStatus;
 pub use runs::{
     AssetCounts, AssetInfo, AssetOrder, AssetState, AssetsQuery, CancelResponse, EVENT_KINDS, EventsQuery,
-    IDEMPOTENCY_KEY, OutputsQuery, RunEvent, RunListItem, RunStatus, RunSummary, RunsQuery, StepCounts,
-    StepFailure, StepInfo, StepOutput, StepStatus, StepsQuery, SubmitRequest, SubmitResponse,
+    IDEMPOTENCY_KEY, KeyWait, OutputsQuery, RunEvent, RunListItem, RunStatus, RunSummary, RunsQuery,
+    StepCounts, StepFailure, StepInfo, StepOutput, StepStatus, StepsQuery, SubmitRequest, SubmitResponse,
 };
 pub use webhooks::{
     AddWebhookRequest, AttemptView, CreatedWebhook, DeliveriesQuery, DeliveryDetail, DeliveryView,

@@ -30,9 +30,13 @@ pub struct OpVersion {
     pub max_steps: Option<i32>,
     pub max_rss_mb: Option<i32>,
     /// The most ready messages the dispatcher keeps in the queue, when set (`opflow ops
-    /// scale --window`); by default `2 × max × value`, at least 8, widened to 50 ms of the
-    /// workers' intake.
+    /// scale --window`); by default `2 × max × value`, at least 8, widened to
+    /// `publish_window_ms` of the workers' intake.
     pub window: Option<i32>,
+    /// The most steps of this op version in flight at once, over every run, when set
+    /// (`opflow ops scale --max-in-flight`).
+    #[serde(default)]
+    pub max_in_flight: Option<i32>,
 }
 
 /// One op version's queue and what waits for its workers: `GET /v1/queues[/{queue}]`.

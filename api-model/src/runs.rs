@@ -122,6 +122,10 @@ pub struct RunSummary {
     /// so 10,001 means more than 10,000.
     #[serde(default)]
     pub behind_window: i64,
+    /// Of the `behind_window` steps, those waiting for a slot of a full concurrency key, per
+    /// key (the five with the most), as the leading dispatcher last said (each second).
+    #[serde(default)]
+    pub waiting_for_keys: Vec<KeyWait>,
     #[serde(default)]
     pub assets: AssetCounts,
     /// The number (`seq`) of the run's last recorded event: follow its events stream with
@@ -269,6 +273,18 @@ pub struct AssetsQuery {
     /// `next_cursor` of the page before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+}
+
+/// Steps of a run waiting for a slot of a full concurrency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeyWait {
+    /// The key, as its rule's template rendered it (e.g. `prices/2026-01-03`).
+    pub key: String,
+    /// This run's steps waiting for it.
+    pub waiting: i64,
+    /// Its slots held, by steps of every run, and its cap.
+    pub in_flight: i64,
+    pub max: i64,
 }
 
 /// A run's assets counted by state.

@@ -451,6 +451,17 @@ impl Service {
     }
 }
 
+/// The pid of the dispatcher holding the lease, from its lease connection's name.
+pub async fn lease_holder(db: &PgPool) -> anyhow::Result<Option<u32>> {
+    let name: Option<String> = sqlx::query_scalar(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(name.and_then(|n| n.strip_prefix("opflow-lease-").and_then(|pid| pid.parse().ok())))
+}
+
 /// Polls `check` until it returns `Some`, failing after `deadline`. The deadline only turns
 /// a hang into a failure; it never times the work.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>

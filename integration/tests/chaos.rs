@@ -18,7 +18,10 @@ mod chaos {
         options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions},
         types::{AMQPValue, FieldTable, ShortString},
     };
-    use opflow_integration::chaos::{Scenario, service_command};
+    use opflow_integration::{
+        chaos::{Scenario, service_command},
+        lease_holder,
+    };
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
     fn rng() -> StdRng {
@@ -253,17 +256,6 @@ mod chaos {
         assert_eq!(new_leader, scenario.dispatcher.pid(), "the survivor should hold the lease");
         scenario.verify(&status, 1).await?;
         Ok(())
-    }
-
-    /// The pid of the dispatcher holding the lease, from its lease connection's name.
-    async fn lease_holder(db: &sqlx::PgPool) -> anyhow::Result<Option<u32>> {
-        let name: Option<String> = sqlx::query_scalar(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-             WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .fetch_optional(db)
-        .await?;
-        Ok(name.and_then(|n| n.strip_prefix("opflow-lease-").and_then(|pid| pid.parse().ok())))
     }
 
     /// The broker's node-wide `consumer_timeout` (and its channel tick, which checks it

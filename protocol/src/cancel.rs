@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     DecodeError, SCHEMA_VERSION,
     codec::{decode, encode},
-    ids::RunId,
+    ids::{RunId, StepId},
 };
 
 /// One record of the cancels stream.
@@ -30,6 +30,10 @@ pub struct CancelRecord {
 pub enum CancelKind {
     /// Every step of the run is canceled: queued ones must not start, running ones stop.
     Run { run_id: RunId },
+    /// One attempt of one step is canceled (a newer step of its concurrency key replaces
+    /// it): if queued it must not start, if running it stops. A worker that cannot read
+    /// this kind runs the step to its end, which the dispatcher waits for all the same.
+    Step { run_id: RunId, step_id: StepId, attempt: u32 },
     /// A worker's own marker: once it reads it back, it has read every cancel before it.
     Marker { nonce: String },
 }
@@ -37,6 +41,10 @@ pub enum CancelKind {
 impl CancelRecord {
     pub fn run(run_id: RunId) -> Self {
         Self { v: SCHEMA_VERSION, at: Utc::now(), kind: CancelKind::Run { run_id } }
+    }
+
+    pub fn step(run_id: RunId, step_id: StepId, attempt: u32) -> Self {
+        Self { v: SCHEMA_VERSION, at: Utc::now(), kind: CancelKind::Step { run_id, step_id, attempt } }
     }
 
     pub fn marker(nonce: impl Into<String>) -> Self {
@@ -58,7 +66,11 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        for record in [CancelRecord::run(RunId::new()), CancelRecord::marker("w/1")] {
+        for record in [
+            CancelRecord::run(RunId::new()),
+            CancelRecord::step(RunId::new(), StepId(7), 2),
+            CancelRecord::marker("w/1"),
+        ] {
             assert_eq!(CancelRecord::decode(&record.encode()).unwrap(), record);
         }
     }

@@ -26,7 +26,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use opflow_amqp::{Outgoing, Publisher};
-use opflow_protocol::{CancelKind, CancelRecord, RunId, queue};
+use opflow_protocol::{CancelKind, CancelRecord, RunId, StepId, queue};
 use tokio_util::sync::CancellationToken;
 
 /// Canceled runs remembered; older ones are forgotten first (their queued steps are long
@@ -46,7 +46,31 @@ pub(crate) struct Cancels {
 
 struct State {
     canceled: lru::LruCache<RunId, ()>,
-    running: Option<(RunId, CancellationToken)>,
+    /// Single step attempts canceled (a newer step of their concurrency key replaced them).
+    canceled_steps: lru::LruCache<(RunId, StepId, u32), ()>,
+    running: Option<((RunId, StepId, u32), CancellationToken)>,
+}
+
+/// Why a step is not to run (on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Canceled {
+    /// Its run was canceled.
+    Run,
+    /// The step alone was canceled: a newer step of its concurrency key took its place.
+    Step,
+}
+
+impl Canceled {
+    /// The step's error, `before` it started or while it ran.
+    pub(crate) fn error(self, before: bool) -> String {
+        let when = if before { "before this step started" } else { "while this step ran" };
+        match self {
+            Canceled::Run => format!("canceled: the run was canceled {when}"),
+            Canceled::Step => format!(
+                "canceled: the dispatcher canceled this step {when}: a newer step of its concurrency key took its place"
+            ),
+        }
+    }
 }
 
 /// The step in hand; its token is cancelled when its run is. Dropping it ends the tracking.
@@ -72,7 +96,11 @@ impl From<String> for Cancels {
     fn from(dispatcher_user: String) -> Self {
         let capacity = NonZeroUsize::new(REMEMBERED).expect("a positive capacity");
         Self {
-            state: Arc::new(Mutex::new(State { canceled: lru::LruCache::new(capacity), running: None })),
+            state: Arc::new(Mutex::new(State {
+                canceled: lru::LruCache::new(capacity),
+                canceled_steps: lru::LruCache::new(capacity),
+                running: None,
+            })),
             dispatcher_user: dispatcher_user.into(),
         }
     }
@@ -85,28 +113,47 @@ impl Cancels {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn is_canceled(&self, run: RunId) -> bool {
-        self.lock().canceled.contains(&run)
+    /// Whether attempt `attempt` of `step` in `run` is canceled, and why.
+    pub(crate) fn canceled(&self, run: RunId, step: StepId, attempt: u32) -> Option<Canceled> {
+        let state = self.lock();
+        if state.canceled.contains(&run) {
+            Some(Canceled::Run)
+        } else if state.canceled_steps.contains(&(run, step, attempt)) {
+            Some(Canceled::Step)
+        } else {
+            None
+        }
     }
 
-    /// Tracks the step of `run` now in hand.
-    pub(crate) fn track(&self, run: RunId) -> Running {
+    /// Tracks the step attempt now in hand.
+    pub(crate) fn track(&self, run: RunId, step: StepId, attempt: u32) -> Running {
         let token = CancellationToken::new();
         let mut state = self.lock();
-        if state.canceled.contains(&run) {
+        if state.canceled.contains(&run) || state.canceled_steps.contains(&(run, step, attempt)) {
             token.cancel();
         }
-        state.running = Some((run, token.clone()));
+        state.running = Some(((run, step, attempt), token.clone()));
         Running { cancels: self.clone(), token }
     }
 
     fn cancel(&self, run: RunId) {
         let mut state = self.lock();
         state.canceled.put(run, ());
-        if let Some((running, token)) = &state.running
+        if let Some(((running, _, _), token)) = &state.running
             && *running == run
         {
             tracing::info!(run_id = %run, "the run of the step in hand was canceled; telling the step to stop");
+            token.cancel();
+        }
+    }
+
+    fn cancel_step(&self, attempt: (RunId, StepId, u32)) {
+        let mut state = self.lock();
+        state.canceled_steps.put(attempt, ());
+        if let Some((running, token)) = &state.running
+            && *running == attempt
+        {
+            tracing::info!(run_id = %attempt.0, step_id = %attempt.1, "the step in hand was canceled; telling it to stop");
             token.cancel();
         }
     }
@@ -203,6 +250,15 @@ impl Cancels {
                 }
                 None
             }
+            Ok(CancelRecord { kind: CancelKind::Step { run_id, step_id, attempt }, .. }) => {
+                if sender == Some(&*self.dispatcher_user) {
+                    self.cancel_step((run_id, step_id, attempt));
+                } else {
+                    tracing::warn!(run_id = %run_id, step_id = %step_id, sender = sender.unwrap_or("(none)"),
+                        dispatcher = %self.dispatcher_user, "ignoring a step cancel record not published by the dispatcher");
+                }
+                None
+            }
             Ok(CancelRecord { kind: CancelKind::Marker { nonce }, .. }) => Some(nonce),
             Err(error) => {
                 tracing::debug!(%error, "skipping a cancel record this worker cannot read");
@@ -249,10 +305,11 @@ mod tests {
     fn a_canceled_run_stops_the_step_in_hand_and_no_other() {
         let cancels = cancels();
         let (mine, other) = (RunId::new(), RunId::new());
-        let running = cancels.track(mine);
+        let running = cancels.track(mine, StepId(0), 1);
         cancels.read(DISPATCHER, &CancelRecord::run(other).encode());
         assert!(!running.token().is_cancelled());
-        assert!(cancels.is_canceled(other) && !cancels.is_canceled(mine));
+        assert_eq!(cancels.canceled(other, StepId(0), 1), Some(Canceled::Run));
+        assert_eq!(cancels.canceled(mine, StepId(0), 1), None);
         cancels.read(DISPATCHER, &CancelRecord::run(mine).encode());
         assert!(running.token().is_cancelled());
     }
@@ -262,18 +319,34 @@ mod tests {
         let cancels = cancels();
         let run = RunId::new();
         cancels.read(DISPATCHER, &CancelRecord::run(run).encode());
-        assert!(cancels.track(run).token().is_cancelled());
+        assert!(cancels.track(run, StepId(3), 1).token().is_cancelled());
+    }
+
+    #[test]
+    fn a_canceled_step_attempt_stops_that_attempt_and_no_other() {
+        let cancels = cancels();
+        let run = RunId::new();
+        let running = cancels.track(run, StepId(1), 1);
+        cancels.read(DISPATCHER, &CancelRecord::step(run, StepId(2), 1).encode());
+        cancels.read(DISPATCHER, &CancelRecord::step(run, StepId(1), 2).encode());
+        assert!(!running.token().is_cancelled(), "another step, another attempt");
+        cancels.read(DISPATCHER, &CancelRecord::step(run, StepId(1), 1).encode());
+        assert!(running.token().is_cancelled());
+        assert_eq!(cancels.canceled(run, StepId(2), 1), Some(Canceled::Step));
+        assert_eq!(cancels.canceled(run, StepId(3), 1), None, "the run goes on");
+        assert!(cancels.track(run, StepId(2), 1).token().is_cancelled(), "canceled before it started");
     }
 
     #[test]
     fn only_the_dispatcher_cancels_a_run() {
         let cancels = cancels();
         let run = RunId::new();
-        let running = cancels.track(run);
+        let running = cancels.track(run, StepId(0), 1);
         for sender in [None, Some("opflow-op:/:noop@1.0.0"), Some("opflowx")] {
             cancels.read(sender, &CancelRecord::run(run).encode());
+            cancels.read(sender, &CancelRecord::step(run, StepId(0), 1).encode());
         }
-        assert!(!running.token().is_cancelled() && !cancels.is_canceled(run));
+        assert!(!running.token().is_cancelled() && cancels.canceled(run, StepId(0), 1).is_none());
     }
 
     #[test]

@@ -27,8 +27,14 @@ use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::Instrument;
 
 use crate::{
-    MAX_OUTPUT_BYTES, cancel::Cancels, context::StepContext, error::StepError, lease::StepLease, op::OpSpec,
-    report::Reporter, retire::Retirement,
+    MAX_OUTPUT_BYTES,
+    cancel::{Canceled, Cancels},
+    context::StepContext,
+    error::StepError,
+    lease::StepLease,
+    op::OpSpec,
+    report::Reporter,
+    retire::Retirement,
 };
 
 /// What every step of one broker session shares.
@@ -143,10 +149,10 @@ impl Worker {
     ) -> Result<Settled, StepEnd> {
         let (run_id, step_id, attempt) = (message.run_id, message.step_id, message.attempt);
         let event = |kind| Event::new(run_id, step_id, attempt, self.id.clone(), kind);
-        if self.cancels.is_canceled(run_id) {
-            // Never start a step of a canceled run; the record says why it did not run.
-            tracing::info!("the step's run was canceled; not running it");
-            let error = "canceled: the run was canceled before this step started".to_owned();
+        if let Some(canceled) = self.cancels.canceled(run_id, step_id, attempt) {
+            // Never start a canceled step; the record says why it did not run.
+            tracing::info!(?canceled, "the step was canceled; not running it");
+            let error = canceled.error(true);
             let result = event(EventKind::Failed { error, retryable: false });
             lease.complete(&self.reporter, result).await.map_err(|e| StepEnd::Broker(e.into()))?;
             return Ok(Settled { recycle: false });
@@ -159,7 +165,7 @@ impl Worker {
         }
         let started = Instant::now();
         let started_at = Utc::now();
-        let running = self.cancels.track(run_id);
+        let running = self.cancels.track(run_id, step_id, attempt);
         let mut lease = lease;
         let executed = self
             .execute(message, started_at, running.token(), channel, &mut channel_closed, &mut lease)
@@ -191,7 +197,8 @@ impl Worker {
                 (EventKind::Failed { error, retryable: true }, !handler_stopped)
             }
             Executed::Stopped { why: Stop::Canceled, handler_stopped } => {
-                let mut error = "canceled: the run was canceled while this step ran".to_owned();
+                let why = self.cancels.canceled(run_id, step_id, attempt).unwrap_or(Canceled::Run);
+                let mut error = why.error(false);
                 if !handler_stopped {
                     error.push_str(&exits);
                 }

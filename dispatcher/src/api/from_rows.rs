@@ -94,6 +94,16 @@ impl From<store::runs::RunSummaryRow> for RunSummary {
                 canceled: c.canceled,
             },
             behind_window: s.behind_window,
+            waiting_for_keys: s
+                .key_waits
+                .into_iter()
+                .map(|w| opflow_api_model::KeyWait {
+                    key: w.key,
+                    waiting: w.waiting,
+                    in_flight: w.in_flight,
+                    max: w.max,
+                })
+                .collect(),
             assets: AssetCounts {
                 total: s.assets.total,
                 waiting: s.assets.waiting,
@@ -156,6 +166,7 @@ impl From<store::ops::RegisteredOpRow> for OpVersion {
             max_steps: s.max_steps,
             max_rss_mb: s.max_rss_mb,
             window: s.publish_window,
+            max_in_flight: s.max_in_flight,
         }
     }
 }

@@ -63,9 +63,15 @@ pub enum OpsCommand {
         max_rss_mb: Option<u32>,
         /// The most ready messages kept in the op's queue; the rest wait in the run store
         /// and are sent in a fair order across teams and runs. 0 restores the default:
-        /// 2 × max × value, at least 8, widened to what the workers take in 50 ms
+        /// 2 × max × value, at least 8, widened to what the workers take in
+        /// publish_window_ms (250 ms by default)
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
         window: Option<u32>,
+        /// The most steps of this op version in flight (published and not yet done) at
+        /// once, over every run and team, exactly; 0 clears it. Plans cap steps per key
+        /// with `concurrency` (docs/fair-sharing.md)
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+        max_in_flight: Option<u32>,
     },
     /// Give an op version's broker user a new password and print the RabbitMQ URL its
     /// workers log in with (OPFLOW_AMQP_URL). Workers already connected stay connected; a
@@ -203,6 +209,7 @@ pub async fn run(
             max_steps,
             max_rss_mb,
             window,
+            max_in_flight,
         } => {
             let op: OpRef = op.parse().map_err(|e| InvalidInput(format!("`{op}`: {e}")))?;
             let store = super::admin::store(settings, cancel).await?;
@@ -231,6 +238,7 @@ pub async fn run(
             optional(max_steps, &mut scaling.max_steps);
             optional(max_rss_mb, &mut scaling.max_rss_mb);
             optional(window, &mut scaling.publish_window);
+            optional(max_in_flight, &mut scaling.max_in_flight);
             check_scaling(&scaling).map_err(InvalidInput)?;
             store.ops().set_scale_settings(&op, scaling).await?;
             say!("{op}: {}", describe_scaling(&scaling));
@@ -323,6 +331,9 @@ fn describe_scaling(s: &ScaleSettings) -> String {
     }
     if let Some(window) = s.publish_window {
         text.push_str(&format!(" window {window}"));
+    }
+    if let Some(cap) = s.max_in_flight {
+        text.push_str(&format!(" max-in-flight {cap}"));
     }
     text
 }

@@ -74,12 +74,23 @@ pub fn summary(s: &RunSummary) {
         c.waiting,
         c.retrying
     );
-    if s.behind_window > 0 {
-        let behind =
-            if s.behind_window >= 10_001 { "over 10,000".to_owned() } else { count(s.behind_window) };
+    // Steps waiting for a key are in the run store too: the window's share is the rest.
+    let for_keys: i64 = s.waiting_for_keys.iter().map(|w| w.waiting).sum();
+    let for_window = s.behind_window.saturating_sub(for_keys);
+    if for_window > 0 {
+        let behind = if s.behind_window >= 10_001 { "over 10,000".to_owned() } else { count(for_window) };
         say!(
             "  queue  {behind} of the queued steps wait for room in their op's publish window, taking turns with \
              other owners' steps (docs/fair-sharing.md)"
+        );
+    }
+    for w in &s.waiting_for_keys {
+        say!(
+            "  key    {} wait for concurrency key `{}`: {} of max {} in flight, over every run",
+            count(w.waiting),
+            w.key,
+            count(w.in_flight),
+            count(w.max)
         );
     }
     let a = &s.assets;

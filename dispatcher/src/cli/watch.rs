@@ -336,9 +336,14 @@ fn header_line(run: &str, elapsed: f64, summary: Option<&RunSummary>) -> String 
         if s.steps.failed > 0 {
             line.push_str(&format!(", {} failed", render::count(s.steps.failed)));
         }
-        if s.behind_window > 0 {
-            // Waiting their turn in their op's publish window (docs/fair-sharing.md).
-            line.push_str(&format!(", {} behind the window", render::count(s.behind_window)));
+        // Waiting in the run store (docs/fair-sharing.md): for a full concurrency key, or
+        // for their turn in their op's publish window.
+        let for_keys: i64 = s.waiting_for_keys.iter().map(|w| w.waiting).sum();
+        if s.behind_window > for_keys {
+            line.push_str(&format!(", {} behind the window", render::count(s.behind_window - for_keys)));
+        }
+        if for_keys > 0 {
+            line.push_str(&format!(", {} waiting for keys", render::count(for_keys)));
         }
     }
     line
@@ -737,6 +742,7 @@ mod tests {
             status: RunStatus::Running,
             steps: counts(100_000, 91_200, 10),
             behind_window: 0,
+            waiting_for_keys: Vec::new(),
             assets,
             last_event: 0,
             created_at: Utc::now(),
@@ -789,6 +795,20 @@ mod tests {
             "{}",
             header_line("r", 1.0, Some(&s))
         );
+    }
+
+    #[test]
+    fn the_header_tells_steps_waiting_for_keys_from_those_behind_the_window() {
+        let mut s = summary(AssetCounts::default());
+        s.behind_window = 1_200;
+        s.waiting_for_keys = vec![opflow_api_model::KeyWait {
+            key: "prices/2026-01-03".into(),
+            waiting: 200,
+            in_flight: 2,
+            max: 2,
+        }];
+        let line = header_line("r", 1.0, Some(&s));
+        assert!(line.ends_with(", 1,000 behind the window, 200 waiting for keys"), "{line}");
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use serde_json::{Map, Value};
 
-use super::retry::{self, StepRetryPolicy};
+use super::{
+    concurrency::ConcurrencyRule,
+    retry::{self, StepRetryPolicy},
+};
 
 /// The most steps one plan may expand to.
 pub const MAX_STEPS: u64 = 1_000_000;
@@ -65,6 +68,8 @@ pub struct CompiledAsset {
     pub deps: Vec<AssetDep>,
     pub retry: StepRetryPolicy,
     pub timeout: Option<Duration>,
+    /// Caps on steps in flight per key (`concurrency`), in file order.
+    pub concurrency: Vec<ConcurrencyRule>,
     /// Step ids are global indices `0..step_count`; an asset's steps are contiguous.
     pub first_step: u32,
     /// Line of the asset's `name:` in the plan file.

@@ -22,6 +22,7 @@
 //!     config: {horizon_days: 30}    # JSON for the op; a sweep point overrides its keys
 //!     retry: {max: 2, backoff: 1s}
 //!     timeout: 5m
+//!     concurrency: {key: "paths/{partition}", max: 2}   # see `concurrency`
 //!   - name: var
 //!     op: var-report@^1.0
 //!     deps: [paths]                 # same partitions: partition to partition; else fan-in
@@ -32,6 +33,7 @@
 //! otherwise a step depends on every step of its upstream asset.
 
 mod compiled;
+pub mod concurrency;
 mod dimensions;
 mod error;
 mod expand;

@@ -47,6 +47,9 @@ pub struct RawAsset {
     pub retry: Option<Spanned<RawRetry>>,
     #[serde(default)]
     pub timeout: Option<Spanned<String>>,
+    /// One concurrency rule or a list; interpreted in `validate` (`concurrency`).
+    #[serde(default)]
+    pub concurrency: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -440,3 +440,22 @@ fn a_plans_priority_is_one_to_ten_and_one_by_default() {
         assert_mentions(&error(&with(bad)), &["plans/bad.yaml:2", "priority", "out of range; use 1 to 10"]);
     }
 }
+
+#[test]
+fn concurrency_rules_compile_and_a_bad_one_names_its_line_and_asset() {
+    let plan = compile_ok(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: [x, y]\n    sweep: {region: [eu]}\n    \
+         concurrency: [{key: \"a/{partition}/{region}\", max: 2}, {key: gpu, max: 1, strategy: cancel_newest}]\n",
+    );
+    let rules = &plan.assets[0].concurrency;
+    assert_eq!(rules.len(), 2);
+    assert_eq!((rules[0].key.as_str(), rules[0].max), ("a/{partition}/{region}", 2));
+    let message = error(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    concurrency: {key: \"{partition}\", max: 2}\n",
+    );
+    assert_mentions(&message, &["plans/bad.yaml:5", "asset `a`", "concurrency", "no partitions"]);
+    let message = error(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    concurrency: {key: k, max: 2, strategy: later}\n",
+    );
+    assert_mentions(&message, &["plans/bad.yaml:5", "asset `a`", "cancel_in_progress"]);
+}

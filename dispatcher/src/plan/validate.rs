@@ -19,6 +19,7 @@ use super::{
         AssetDep, CompiledAsset, CompiledPlan, DEFAULT_PRIORITY, MAX_CONFIG_BYTES, MAX_PRIORITY,
         MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT, Partitions, RegisteredOp, SweepParam,
     },
+    concurrency::{ConcurrencyRule, rules_of},
     dimensions::{MAX_SWEEP_PARAMS, NUL_REASON, check_partitions, holds_nul, partition_keys, sweep_values},
     error::{PlanError, PlanErrorKind, PlanErrors},
     parse::{Ordered, RawAsset, RawPlan},
@@ -68,6 +69,7 @@ struct Checked {
     sweep: Vec<SweepParam>,
     retry: StepRetryPolicy,
     timeout: Option<Duration>,
+    concurrency: Vec<ConcurrencyRule>,
 }
 
 pub(super) fn validate(
@@ -194,6 +196,7 @@ pub(super) fn validate(
             deps,
             retry: c.retry,
             timeout: c.timeout,
+            concurrency: c.concurrency,
             first_step,
         };
         first_step += compiled.step_count();
@@ -343,6 +346,23 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
             );
         }
     }
+    let concurrency = match (&asset.concurrency, &partitions, &sweep) {
+        (None, _, _) => Some(Vec::new()),
+        (Some(spanned), Some((partitioned, _)), Some(sweep)) => {
+            let names: Vec<&str> = sweep.iter().map(|p| p.name.as_str()).collect();
+            rules_of(&spanned.value, *partitioned != Partitions::None, &names)
+                .map_err(|reason| {
+                    problems.add(
+                        line(spanned),
+                        Some(name),
+                        PlanErrorKind::BadSetting { field: "concurrency", reason },
+                    )
+                })
+                .ok()
+        }
+        // What a key may name is not known: the partitions or sweep were reported.
+        (Some(_), _, _) => None,
+    };
     if problems.errors.len() > before {
         return None;
     }
@@ -356,6 +376,7 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         sweep: sweep?,
         retry: retry?,
         timeout: timeout?,
+        concurrency: concurrency?,
     })
 }
 

@@ -30,7 +30,8 @@ use super::window::Arrivals;
 use crate::{
     api::metrics::Metrics,
     store::{
-        StoreError, apply::ApplyOutcome, lease::LeaderStore, run_plan::PlanCache, storable::StorableEvent,
+        StoreError, apply::ApplyOutcome, key_slots::SUPERSEDED_BY_DISPATCHER, lease::LeaderStore,
+        run_plan::PlanCache, storable::StorableEvent,
     },
 };
 
@@ -156,7 +157,7 @@ impl Applier {
                 // Committed: counted here once. A refused or rolled-back attempt is not.
                 let terminal = std::mem::take(&mut outcome.terminal);
                 self.metrics.applied(events.len(), started.elapsed(), &terminal);
-                self.arrivals.tell(&outcome.queued, &outcome.started, &outcome.settled);
+                self.arrivals.tell(&outcome.queued, &outcome.started, &outcome.settled, &results(events));
                 Ok(outcome)
             }
             Ok(Err(error)) if error.is_transient() => Err(Failure::Outage(error)),
@@ -219,6 +220,19 @@ impl Applier {
             }
         }
     }
+}
+
+/// The step attempts `events` bring a result for, applied or not: each frees the attempt's
+/// concurrency slots (`service::key_slots`), since its worker is done with it. The
+/// dispatcher's failure of a step a newer one replaces is not such a result: the step runs
+/// until its worker stops it, and that worker's own result frees the slots.
+fn results(events: &[StorableEvent]) -> Vec<(RunId, StepId, u32)> {
+    events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Succeeded { .. } | EventKind::Failed { .. }))
+        .filter(|e| e.worker != SUPERSEDED_BY_DISPATCHER)
+        .map(|e| (e.run_id, e.step_id, e.attempt))
+        .collect()
 }
 
 /// The error a step gets when one of its events cannot be applied.

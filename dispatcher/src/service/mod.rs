@@ -16,6 +16,7 @@ pub mod applier;
 pub mod dead_letter;
 pub mod events;
 pub mod fair_share;
+pub mod key_slots;
 pub mod publisher;
 pub mod recovery;
 pub mod retention;

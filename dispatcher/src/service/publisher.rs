@@ -21,10 +21,11 @@ use tracing::Instrument;
 
 use super::{
     applier::{Applier, dispatcher_failure},
-    window::{Arrivals, HOLD_PER_RUN, PublishWindow, Round, WindowSize},
+    window::{Arrivals, HOLD_PER_RUN, HeldSlot, PublishWindow, Round, WindowSize},
 };
 use crate::store::{
     CANCELS_CHANNEL, StoreError,
+    key_slots::{KeyWait, SUPERSEDED_BY_DISPATCHER},
     lease::LeaderStore,
     outbox::{OutboxBatch, OutboxRow},
     run_plan::{PlanCache, RunPlan, StepRange},
@@ -145,10 +146,41 @@ impl StepPublisher {
             }
         };
         let mut window = PublishWindow::new(self.window_intake);
+        // The slots held by what earlier leaders published, before anything is published:
+        // without them a cap would be over-admitted.
+        loop {
+            match self.store.key_slots().held().await {
+                Ok(slots) => {
+                    if !slots.is_empty() {
+                        tracing::info!(
+                            slots = slots.len(),
+                            "concurrency slots held by published steps restored"
+                        );
+                    }
+                    window.hold_slots(slots);
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the concurrency slots held; retrying before publishing");
+                    tokio::select! {
+                        () = tokio::time::sleep(POLL_EVERY) => {}
+                        () = cancel.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
         let mut due = Due { cancels: true, all_rows: true, runs: HashSet::new(), sizes: true };
         let mut polls = tokio::time::interval(POLL_EVERY);
         polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut last_poll, mut poll_count) = (Instant::now(), 0u32);
+        // What `key_waits` was last told; a new leader says it at its first poll.
+        let mut key_waits_said = vec![KeyWait {
+            run_id: RunId::from_uuid(uuid::Uuid::nil()),
+            key: Arc::from(""),
+            waiting: 0,
+            in_flight: 0,
+            max: 0,
+        }];
         while !cancel.is_cancelled() {
             if due.cancels {
                 match self.publish_cancels(&mut window).await {
@@ -163,8 +195,12 @@ impl StepPublisher {
             match self.learn(&mut window, arrivals, &mut due).await {
                 Ok(()) => {
                     while let Some(round) = window.next_round(self.batch_size) {
+                        let decided = !(round.rejected.is_empty() && round.superseded.is_empty());
+                        if decided && !self.cancel_for_keys(&round, &cancel).await {
+                            return Ok(());
+                        }
                         match self.publish_round(&round, &cancel).await {
-                            Ok(published) => window.published(&round.op, &published),
+                            Ok(published) => window.published(&round, &published),
                             Err(PublisherError::Store(error)) => {
                                 // The batch rolled back; its rows go out on the next round.
                                 tracing::warn!(%error, "publishing from the outbox failed; retrying");
@@ -225,6 +261,13 @@ impl StepPublisher {
                     window.tick(last_poll.elapsed());
                     last_poll = Instant::now();
                     self.count_queues(&mut window, probe).await;
+                    let waits = window.key_waits();
+                    if waits != key_waits_said {
+                        match self.store.key_slots().record_waits(&waits).await {
+                            Ok(()) => key_waits_said = waits,
+                            Err(error) => tracing::debug!(%error, "could not record why steps wait for keys"),
+                        }
+                    }
                 }
             }
         }
@@ -257,6 +300,13 @@ impl StepPublisher {
             if let Some(plan) = self.plan_once(&mut plans, run).await? {
                 window.settled(plan.op(step), run, step);
             }
+        }
+        window.results(&heard.results);
+        let released = window.take_released();
+        if let Err(error) = self.store.key_slots().release(&released).await {
+            // The next leader drops them by their results in `events`; this one holds no
+            // slot for them any more.
+            tracing::debug!(%error, "could not remove freed concurrency slots from the store");
         }
         let outbox = self.store.outbox();
         if due.all_rows {
@@ -293,6 +343,7 @@ impl StepPublisher {
             for op in self.store.ops().list().await? {
                 if let Ok(op_ref) = format!("{}@{}", op.name, op.version).parse::<OpRef>() {
                     window.set_size(&op_ref, WindowSize::of(&op.scaling));
+                    window.set_max_in_flight(&op_ref, op.scaling.max_in_flight.map(|m| m.max(1) as u32));
                 }
             }
             window.sizes_read();
@@ -353,17 +404,7 @@ impl StepPublisher {
         }
         let mut pending = Vec::with_capacity(batch.runs.len());
         for run in &batch.runs {
-            let record = CancelRecord::run(*run).encode();
-            let sent = self
-                .publisher
-                .send(Outgoing {
-                    exchange: queue::CANCELS_EXCHANGE,
-                    routing_key: "",
-                    payload: &record,
-                    message_type: queue::CANCEL_MESSAGE_TYPE,
-                    headers: trace::current_context_headers(),
-                })
-                .await?;
+            let sent = self.send_cancel(&CancelRecord::run(*run)).await?;
             pending.push((*run, sent));
         }
         for (run, sent) in pending {
@@ -386,6 +427,20 @@ impl StepPublisher {
         Ok(())
     }
 
+    /// Sends a record to the cancels stream; its confirm is to be awaited.
+    async fn send_cancel(&self, record: &CancelRecord) -> Result<opflow_amqp::PendingConfirm, PublishError> {
+        let record = record.encode();
+        self.publisher
+            .send(Outgoing {
+                exchange: queue::CANCELS_EXCHANGE,
+                routing_key: "",
+                payload: &record,
+                message_type: queue::CANCEL_MESSAGE_TYPE,
+                headers: trace::current_context_headers(),
+            })
+            .await
+    }
+
     /// Publishes one round; returns the rows whose messages the broker confirmed.
     ///
     /// A step whose message cannot be built (its inputs over the limit, its plan
@@ -397,7 +452,16 @@ impl StepPublisher {
         round: &Round,
         cancel: &CancellationToken,
     ) -> Result<Vec<OutboxRow>, PublisherError> {
-        let seqs: Vec<i64> = round.rows.iter().map(|row| row.seq).collect();
+        // Rows canceled by their key go with the round: no longer queued, they are dropped.
+        let seqs: Vec<i64> = round
+            .rows
+            .iter()
+            .map(|row| row.seq)
+            .chain(round.rejected.iter().map(|(row, _)| row.seq))
+            .collect();
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut batch = self.store.outbox().take(&seqs).await?;
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -487,8 +551,67 @@ impl StepPublisher {
             // Cancelled: the batch rolls back and is published again by the next leader.
             return Ok(Vec::new());
         }
+        if !round.slots.is_empty() {
+            let sent: HashSet<(RunId, opflow_protocol::StepId)> =
+                published.iter().map(|row| (row.run_id, row.step_id)).collect();
+            let slots: Vec<HeldSlot> = round
+                .slots
+                .iter()
+                .filter(|(run, step, _, _)| sent.contains(&(*run, *step)))
+                .cloned()
+                .collect();
+            batch.hold_slots(&slots).await?;
+        }
         batch.commit().await?;
         Ok(published)
+    }
+
+    /// Carries out what a round's concurrency caps decided before it is published: steps a
+    /// full `cancel_newest` key rejects are failed (their rows then go with the round as no
+    /// longer queued), and steps a `cancel_in_progress` key replaces are failed and their
+    /// workers told to stop them. Their slots stay held until those workers' results come
+    /// back. Returns false when cancelled.
+    async fn cancel_for_keys(&self, round: &Round, cancel: &CancellationToken) -> bool {
+        let mut failures: Vec<StorableEvent> = round
+            .rejected
+            .iter()
+            .map(|(row, reason)| {
+                dispatcher_failure(row.run_id, row.step_id, row.attempt, reason.clone(), false)
+            })
+            .collect();
+        failures.extend(round.superseded.iter().map(|((run, step, attempt), reason)| {
+            opflow_protocol::Event::new(
+                *run,
+                *step,
+                *attempt,
+                SUPERSEDED_BY_DISPATCHER,
+                opflow_protocol::EventKind::Failed { error: reason.clone(), retryable: false },
+            )
+            .into()
+        }));
+        if self.applier.apply(&failures, cancel).await.is_none() {
+            return false;
+        }
+        let mut pending = Vec::new();
+        for &(run, step, attempt) in round.superseded.iter().map(|(victim, _)| victim) {
+            let sent = self.send_cancel(&CancelRecord::step(run, step, attempt)).await;
+            pending.push(((run, step), sent));
+        }
+        for ((run, step), sent) in pending {
+            let confirmed = match sent {
+                Ok(sent) => sent.wait().await,
+                Err(error) => Err(error),
+            };
+            match confirmed {
+                Ok(()) => {
+                    tracing::info!(run_id = %run, step_id = %step, "told workers to stop a step a newer one of its key replaces")
+                }
+                // Its slots stay held until it ends by itself: the cap holds all the same.
+                Err(error) => tracing::warn!(run_id = %run, step_id = %step, %error,
+                    "could not tell workers to stop a replaced step; it runs to its end"),
+            }
+        }
+        true
     }
 
     /// The op and the encoded message for one outbox entry, or why it cannot be sent.

@@ -141,9 +141,14 @@ impl CancelsAudit {
                     None => break,
                 },
             };
-            if let Ok(CancelRecord { kind: CancelKind::Run { run_id }, .. }) =
-                CancelRecord::decode(&delivery.data)
-            {
+            let canceled = match CancelRecord::decode(&delivery.data) {
+                Ok(CancelRecord {
+                    kind: CancelKind::Run { run_id } | CancelKind::Step { run_id, .. },
+                    ..
+                }) => Some(run_id),
+                _ => None,
+            };
+            if let Some(run_id) = canceled {
                 let from = sender(&delivery);
                 if from != Some(self.dispatcher_user.as_str()) {
                     let reason =

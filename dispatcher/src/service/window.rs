@@ -21,8 +21,14 @@ use std::{
 use opflow_protocol::{OpRef, RunId, StepId};
 use tokio::sync::Notify;
 
-use super::fair_share::{self, Candidate};
-use crate::store::{ops::ScaleSettings, outbox::OutboxRow, run_plan::RunPlan};
+use super::{
+    fair_share::{self, Candidate},
+    key_slots::{Admission, Attempt, KeySlots, StepKey},
+};
+use crate::{
+    plan::concurrency::Strategy,
+    store::{key_slots::KeyWait, ops::ScaleSettings, outbox::OutboxRow, run_plan::RunPlan},
+};
 
 /// The smallest default window.
 pub const MIN_WINDOW: u32 = 8;
@@ -34,8 +40,9 @@ pub const HOLD_PER_RUN: u32 = 4096;
 const MAX_RUNNING_REMEMBERED: usize = 100_000;
 
 /// What the publisher must hear of, from wherever it happens in this process: steps written
-/// to the outbox, and steps whose message a worker took (it said it started, or it gave a
-/// result without saying so, as a quick step does).
+/// to the outbox, steps whose message a worker took (it said it started, or it gave a
+/// result without saying so, as a quick step does), and every result that came back,
+/// applied or not (it frees the attempt's concurrency slots).
 #[derive(Debug, Default)]
 pub struct Arrivals {
     heard: Mutex<Heard>,
@@ -48,13 +55,21 @@ pub struct Heard {
     pub queued: Vec<OutboxRow>,
     pub started: Vec<(RunId, StepId)>,
     pub settled: Vec<(RunId, StepId)>,
+    /// Step attempts a result came back for (see `service::key_slots`).
+    pub results: Vec<Attempt>,
 }
 
 impl Arrivals {
     /// Tells the publisher of rows written to the outbox, of steps started and of steps
-    /// given a result (all committed), and wakes it.
-    pub fn tell(&self, queued: &[OutboxRow], started: &[(RunId, StepId)], settled: &[(RunId, StepId)]) {
-        if queued.is_empty() && started.is_empty() && settled.is_empty() {
+    /// given a result (all committed), of the attempts a result came back for, and wakes it.
+    pub fn tell(
+        &self,
+        queued: &[OutboxRow],
+        started: &[(RunId, StepId)],
+        settled: &[(RunId, StepId)],
+        results: &[Attempt],
+    ) {
+        if queued.is_empty() && started.is_empty() && settled.is_empty() && results.is_empty() {
             return;
         }
         {
@@ -62,6 +77,7 @@ impl Arrivals {
             heard.queued.extend_from_slice(queued);
             heard.started.extend_from_slice(started);
             heard.settled.extend_from_slice(settled);
+            heard.results.extend_from_slice(results);
         }
         self.notify.notify_one();
     }
@@ -131,6 +147,8 @@ struct Held {
 struct RunLine {
     owner: Arc<str>,
     priority: u8,
+    /// Its plan, when it declares concurrency caps: rounds render its steps' keys.
+    capped: Option<Arc<RunPlan>>,
     /// Rows held, over every op.
     held: u32,
     /// `Some(after)`: the run may have rows in the outbox with a step id over `after` (-1:
@@ -140,8 +158,9 @@ struct RunLine {
 
 impl RunLine {
     /// A run with nothing held yet.
-    fn of(plan: &RunPlan) -> Self {
-        Self { owner: plan.owner().clone(), priority: plan.priority(), held: 0, unheld_after: None }
+    fn of(plan: &Arc<RunPlan>) -> Self {
+        let capped = plan.plan().assets.iter().any(|a| !a.concurrency.is_empty()).then(|| plan.clone());
+        Self { owner: plan.owner().clone(), priority: plan.priority(), capped, held: 0, unheld_after: None }
     }
 }
 
@@ -152,6 +171,8 @@ struct OpLine {
     intake: Duration,
     size: WindowSize,
     size_known: bool,
+    /// `opflow ops scale --max-in-flight`: a cap over every step of the op version.
+    max_in_flight: Option<u32>,
     /// Ready messages on its queue, estimated.
     on_queue: u32,
     /// The same per run (for the fair order); dropped when the queue is seen empty.
@@ -184,11 +205,29 @@ pub struct WindowView {
     pub waiting: u32,
 }
 
-/// A round: rows of one op version to publish, in order.
+/// A round: rows of one op version to publish, in order, and what concurrency caps decided
+/// on the way.
 #[derive(Debug)]
 pub struct Round {
     pub op: OpRef,
     pub rows: Vec<OutboxRow>,
+    /// The slots the rows take, to record with the round (`store::key_slots`).
+    pub slots: Vec<HeldSlot>,
+    /// Rows whose steps a full `cancel_newest` key cancels, with the reason.
+    pub rejected: Vec<(OutboxRow, String)>,
+    /// Steps in flight that a full `cancel_in_progress` key cancels, with the reason.
+    pub superseded: Vec<(Attempt, String)>,
+}
+
+/// A step attempt and one key it holds a slot of.
+pub type HeldSlot = (RunId, StepId, u32, Arc<str>);
+
+/// Rows waiting for a slot of a full key.
+#[derive(Debug, Default)]
+struct Parked {
+    /// The key's cap, as the last row parked here saw it.
+    max: u32,
+    rows: VecDeque<(OpRef, RunId, Held)>,
 }
 
 /// See the module docs.
@@ -201,6 +240,11 @@ pub struct PublishWindow {
     held: HashSet<i64>,
     /// Steps that said they started and have no result yet.
     running: HashSet<(RunId, StepId)>,
+    /// The concurrency slots held, and the rows waiting for one, per key.
+    slots: KeySlots,
+    parked: HashMap<Arc<str>, Parked>,
+    /// Attempts whose slots were freed and are still to be removed from the store.
+    released: Vec<Attempt>,
     /// Rotates the ops a round looks at first, and the owners that tie.
     op_turn: usize,
     owner_turn: usize,
@@ -217,7 +261,7 @@ impl PublishWindow {
         self.ops.entry(op.clone()).or_insert_with(|| OpLine { intake, ..OpLine::default() })
     }
     /// Holds an outbox row of `plan`'s run (once, whatever how often it is told of).
-    pub fn hold(&mut self, row: OutboxRow, plan: &RunPlan) {
+    pub fn hold(&mut self, row: OutboxRow, plan: &Arc<RunPlan>) {
         if self.held.contains(&row.seq) {
             return;
         }
@@ -246,7 +290,7 @@ impl PublishWindow {
 
     /// Holds the rows read for a run past `after` with a limit of `limit` (see
     /// [`PublishWindow::refills`]): fewer than the limit means none are left unheld.
-    pub fn loaded(&mut self, plan: &RunPlan, run: RunId, rows: &[OutboxRow], limit: u32) {
+    pub fn loaded(&mut self, plan: &Arc<RunPlan>, run: RunId, rows: &[OutboxRow], limit: u32) {
         if let Some(line) = self.runs.get_mut(&run) {
             // Read past `after` in step order: hold them whatever the limit said before.
             line.unheld_after = None;
@@ -265,7 +309,7 @@ impl PublishWindow {
 
     /// Says that a run has `total` rows in the outbox, of which `rows` were read, first by
     /// step id (a new leader's start, or a periodic look for anything not told of).
-    pub fn loaded_all(&mut self, plan: &RunPlan, run: RunId, rows: &[OutboxRow], total: u64) {
+    pub fn loaded_all(&mut self, plan: &Arc<RunPlan>, run: RunId, rows: &[OutboxRow], total: u64) {
         for row in rows {
             self.hold(*row, plan);
         }
@@ -333,6 +377,108 @@ impl PublishWindow {
         }
     }
 
+    /// Sets an op version's cap on steps in flight, over every run.
+    pub fn set_max_in_flight(&mut self, op: &OpRef, max: Option<u32>) {
+        if let Some(line) = self.ops.get_mut(op) {
+            line.max_in_flight = max;
+        }
+    }
+
+    /// Records slots held by published attempts (a new leader's start, from the store).
+    pub fn hold_slots(&mut self, slots: Vec<HeldSlot>) {
+        let mut by_attempt: HashMap<Attempt, Vec<Arc<str>>> = HashMap::new();
+        let mut order = Vec::new();
+        for (run, step, attempt, key) in slots {
+            let keys = by_attempt.entry((run, step, attempt)).or_insert_with(|| {
+                order.push((run, step, attempt));
+                Vec::new()
+            });
+            keys.push(key);
+        }
+        for attempt in order {
+            let keys = by_attempt.remove(&attempt).unwrap_or_default();
+            self.slots.hold(attempt, keys);
+        }
+    }
+
+    /// Results came back for these attempts: their slots are free, and a row waiting for
+    /// each freed key is given its chance.
+    pub fn results(&mut self, attempts: &[Attempt]) {
+        for &attempt in attempts {
+            let freed = self.slots.release(attempt);
+            if !freed.is_empty() {
+                self.released.push(attempt);
+            }
+            for key in freed {
+                self.unpark(&key, 1);
+            }
+        }
+    }
+
+    /// Attempts whose slots were freed since the last call, to remove from the store.
+    pub fn take_released(&mut self) -> Vec<Attempt> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// Puts up to `n` rows waiting for `key` back in line, first.
+    fn unpark(&mut self, key: &Arc<str>, n: usize) {
+        let Some(parked) = self.parked.get_mut(key) else { return };
+        let mut back = Vec::new();
+        for _ in 0..n {
+            match parked.rows.pop_front() {
+                Some(row) => back.push(row),
+                None => break,
+            }
+        }
+        if parked.rows.is_empty() {
+            self.parked.remove(key);
+        }
+        for (op, run, held) in back.into_iter().rev() {
+            let line = self.line(&op);
+            line.waiting.entry(run).or_default().push_front(held);
+            line.waiting_total += 1;
+        }
+    }
+
+    /// Puts back rows waiting for keys that have free slots: the rows a release put back
+    /// may have gone to wait on another key, leaving a slot nobody was told of.
+    fn unpark_free(&mut self) {
+        let free: Vec<(Arc<str>, usize)> = self
+            .parked
+            .iter()
+            .filter_map(|(key, parked)| {
+                let free = parked.max.saturating_sub(self.slots.in_flight(key)) as usize;
+                (free > 0).then(|| (key.clone(), free))
+            })
+            .collect();
+        for (key, free) in free {
+            self.unpark(&key, free);
+        }
+    }
+
+    /// Steps waiting for a slot of a full key, per run and key, with the key's slots held
+    /// and its cap; the most waiting first.
+    pub fn key_waits(&self) -> Vec<KeyWait> {
+        let mut counts: HashMap<(RunId, &Arc<str>), u32> = HashMap::new();
+        for (key, parked) in &self.parked {
+            for (_, run, _) in &parked.rows {
+                *counts.entry((*run, key)).or_default() += 1;
+            }
+        }
+        let mut waits: Vec<KeyWait> = counts
+            .into_iter()
+            .map(|((run_id, key), waiting)| KeyWait {
+                run_id,
+                key: key.clone(),
+                waiting,
+                in_flight: self.slots.in_flight(key),
+                max: self.parked[key].max,
+            })
+            .collect();
+        waits.sort_by(|a, b| b.waiting.cmp(&a.waiting).then_with(|| a.key.cmp(&b.key)));
+        waits
+    }
+
     /// Whether an op with rows held has no size from its settings yet.
     pub fn sizes_unknown(&self) -> bool {
         self.ops.values().any(|line| !line.size_known && line.waiting_total > 0)
@@ -361,6 +507,7 @@ impl PublishWindow {
 
     /// Updates each op's intake rate from what was taken over the last `elapsed`.
     pub fn tick(&mut self, elapsed: Duration) {
+        self.unpark_free();
         let seconds = elapsed.as_secs_f64().max(0.001);
         for line in self.ops.values_mut() {
             let now = f64::from(line.taken) / seconds;
@@ -409,27 +556,85 @@ impl PublishWindow {
             })
             .collect();
         let order = fair_share::allocate(&candidates, room, &mut self.owner_turn);
-        let mut rows = Vec::with_capacity(order.len());
+        let op_cap = line.max_in_flight.map(|max| StepKey {
+            key: Arc::from(format!("max_in_flight of {op}")),
+            max,
+            strategy: Strategy::Queue,
+        });
+        let mut round = Round {
+            op: op.clone(),
+            rows: Vec::new(),
+            slots: Vec::new(),
+            rejected: Vec::new(),
+            superseded: Vec::new(),
+        };
         for index in order {
             let run = runs[index];
+            let line = self.ops.get_mut(&op).expect("found above");
             let queue = line.waiting.get_mut(&run).expect("a candidate's run waits");
             let held = queue.pop_front().expect("allocated within what waits");
             if queue.is_empty() {
                 line.waiting.remove(&run);
             }
             line.waiting_total -= 1;
+            let row = OutboxRow { seq: held.seq, run_id: run, step_id: held.step, attempt: held.attempt };
+            let meta = self.runs.get(&run);
+            let mut keys = match meta.and_then(|m| m.capped.as_ref()) {
+                Some(plan) => plan.step_keys(run, held.step),
+                None => Vec::new(),
+            };
+            keys.extend(op_cap.clone());
+            match self.slots.admit((run, held.step, held.attempt), &keys) {
+                Admission::Go => {
+                    round.slots.extend(keys.into_iter().map(|k| (run, held.step, held.attempt, k.key)));
+                    round.rows.push(row);
+                }
+                Admission::Wait { key } => {
+                    let max = keys.iter().find(|k| k.key == key).map_or(1, |k| k.max);
+                    self.park(key, max, &op, run, held);
+                    continue;
+                }
+                Admission::Reject { key, max } => {
+                    let label = meta.and_then(|m| m.capped.as_ref()).map(|p| p.label(held.step));
+                    round.rejected.push((row, rejection(&key, max, label.as_deref())));
+                }
+                Admission::Supersede { key, victims } => {
+                    let max = keys.iter().find(|k| k.key == key).map_or(1, |k| k.max);
+                    let label = meta.and_then(|m| m.capped.as_ref()).map(|p| p.label(held.step));
+                    let reason = supersession(&key, run, label.as_deref());
+                    round.superseded.extend(victims.into_iter().map(|v| (v, reason.clone())));
+                    self.park(key, max, &op, run, held);
+                    continue;
+                }
+            }
             self.held.remove(&held.seq);
             if let Some(meta) = self.runs.get_mut(&run) {
                 meta.held -= 1;
             }
-            rows.push(OutboxRow { seq: held.seq, run_id: run, step_id: held.step, attempt: held.attempt });
         }
         self.forget_idle_runs();
-        Some(Round { op, rows })
+        Some(round)
     }
 
-    /// Says that these rows' messages are on `op`'s queue.
-    pub fn published(&mut self, op: &OpRef, rows: &[OutboxRow]) {
+    /// Sets a row aside until a slot of `key` frees.
+    fn park(&mut self, key: Arc<str>, max: u32, op: &OpRef, run: RunId, held: Held) {
+        let parked = self.parked.entry(key).or_default();
+        parked.max = max;
+        parked.rows.push_back((op.clone(), run, held));
+    }
+
+    /// Says that of `round`'s rows, `rows` are on its op's queue: the others (their step no
+    /// longer queued, or failed) give their slots back.
+    pub fn published(&mut self, round: &Round, rows: &[OutboxRow]) {
+        if !round.slots.is_empty() {
+            let sent: HashSet<i64> = rows.iter().map(|r| r.seq).collect();
+            for row in round.rows.iter().filter(|r| !sent.contains(&r.seq)) {
+                for key in self.slots.undo((row.run_id, row.step_id, row.attempt)) {
+                    self.unpark(&key, 1);
+                }
+            }
+        }
+        let op = &round.op;
         let line = self.line(op);
         line.on_queue = line.on_queue.saturating_add(rows.len() as u32);
         for row in rows {
@@ -437,9 +642,15 @@ impl PublishWindow {
         }
     }
 
-    /// Puts a round that could not be published back, first in line.
+    /// Puts a round that could not be published back, first in line; its slots are given
+    /// back and its cancels are decided again.
     pub fn put_back(&mut self, round: Round, plan_of: impl Fn(RunId) -> Option<Arc<RunPlan>>) {
-        for row in round.rows.iter().rev() {
+        for row in &round.rows {
+            self.slots.undo((row.run_id, row.step_id, row.attempt));
+        }
+        let rows: Vec<OutboxRow> =
+            round.rows.iter().copied().chain(round.rejected.iter().map(|(row, _)| *row)).collect();
+        for row in rows.iter().rev() {
             let Some(plan) = plan_of(row.run_id) else { continue };
             if !self.held.insert(row.seq) {
                 continue;
@@ -456,10 +667,21 @@ impl PublishWindow {
         }
     }
 
-    /// Drops everything held of a run (canceled: its rows are gone from the outbox).
+    /// Drops everything held of a run (canceled: its rows are gone from the outbox). Its
+    /// slots stay held until its steps' results come back: a canceled step runs on until
+    /// its worker stops it.
     pub fn forget_run(&mut self, run: RunId) {
         self.runs.remove(&run);
         self.running.retain(|(of, _)| *of != run);
+        for parked in self.parked.values_mut() {
+            parked.rows.retain(|(_, of, held)| {
+                if *of == run {
+                    self.held.remove(&held.seq);
+                }
+                *of != run
+            });
+        }
+        self.parked.retain(|_, parked| !parked.rows.is_empty());
         for line in self.ops.values_mut() {
             line.on_queue_by_run.remove(&run);
             if let Some(rows) = line.waiting.remove(&run) {
@@ -495,3 +717,21 @@ impl PublishWindow {
 
 #[cfg(test)]
 mod tests;
+
+/// The error of a step that a full `cancel_newest` key cancels.
+fn rejection(key: &str, max: u32, label: Option<&str>) -> String {
+    format!(
+        "canceled before it started: concurrency key `{key}` already had {max} of max {max} steps in flight, and \
+         its rule's strategy is cancel_newest{}",
+        label.map(|l| format!(" (step {l})")).unwrap_or_default()
+    )
+}
+
+/// The error of a step in flight that a newer step of a full `cancel_in_progress` key replaces.
+fn supersession(key: &str, run: RunId, label: Option<&str>) -> String {
+    format!(
+        "canceled: a newer step of concurrency key `{key}` ({}run {run}) took its place, and the key's rule's \
+         strategy is cancel_in_progress",
+        label.map(|l| format!("{l} of ")).unwrap_or_default()
+    )
+}

@@ -184,6 +184,11 @@ impl LeaderStore {
         InFlight { pool: &self.store.pool }
     }
 
+    /// The concurrency slots held by published steps.
+    pub fn key_slots(&self) -> super::key_slots::KeySlotRows<'_> {
+        super::key_slots::KeySlotRows { pool: &self.store.pool }
+    }
+
     /// Webhook deliveries to send, and their attempts.
     pub fn webhook_outbox(&self) -> WebhookOutbox<'_> {
         WebhookOutbox { pool: &self.store.pool }

@@ -27,6 +27,7 @@ pub mod apply;
 pub mod checks;
 pub mod following;
 pub mod in_flight;
+pub mod key_slots;
 pub mod large_fixture;
 pub mod lease;
 pub mod ops;

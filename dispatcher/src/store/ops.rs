@@ -49,6 +49,8 @@ pub struct ScaleSettings {
     /// The most ready messages kept in its queue; `None` for the default (see
     /// `service::window::WindowSize`).
     pub publish_window: Option<i32>,
+    /// The most of its steps in flight at once, over every run; `None` for no cap.
+    pub max_in_flight: Option<i32>,
 }
 
 impl Default for ScaleSettings {
@@ -63,6 +65,7 @@ impl Default for ScaleSettings {
             max_steps: None,
             max_rss_mb: None,
             publish_window: None,
+            max_in_flight: None,
         }
     }
 }
@@ -135,7 +138,7 @@ impl Ops<'_> {
     pub async fn scale_settings(&self, op: &OpRef) -> Result<Option<ScaleSettings>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT min_replicas, max_replicas, target_value, activation_value, polling_secs, cooldown_secs,
-                    max_steps, max_rss_mb, publish_window
+                    max_steps, max_rss_mb, publish_window, max_in_flight
              FROM ops WHERE name = $1 AND version = $2",
         )
         .bind(op.name.as_str())
@@ -149,7 +152,7 @@ impl Ops<'_> {
         let updated = sqlx::query(
             "UPDATE ops SET min_replicas = $3, max_replicas = $4, target_value = $5, activation_value = $6,
                             polling_secs = $7, cooldown_secs = $8, max_steps = $9, max_rss_mb = $10,
-                            publish_window = $11
+                            publish_window = $11, max_in_flight = $12
              WHERE name = $1 AND version = $2",
         )
         .bind(op.name.as_str())
@@ -163,6 +166,7 @@ impl Ops<'_> {
         .bind(s.max_steps)
         .bind(s.max_rss_mb)
         .bind(s.publish_window)
+        .bind(s.max_in_flight)
         .execute(self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
@@ -188,7 +192,7 @@ impl Ops<'_> {
             "SELECT name, version, queue, queue_type, delivery_limit,
                     coalesce(description->>'summary', '') AS summary, registered_at,
                     min_replicas, max_replicas, target_value, activation_value, polling_secs, cooldown_secs,
-                    max_steps, max_rss_mb, publish_window, replicas, desired, scaled_at
+                    max_steps, max_rss_mb, publish_window, max_in_flight, replicas, desired, scaled_at
              FROM ops",
         )
         .fetch_all(self.pool)

@@ -227,6 +227,11 @@ impl OutboxBatch {
         self.tx.commit().await?;
         Ok(())
     }
+
+    /// The batch's transaction, for what is written with it (`key_slots`).
+    pub(in crate::store) fn transaction(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
+    }
 }
 
 /// Cancels taken from the cancel outbox, held in an open transaction until

@@ -96,6 +96,35 @@ impl RunPlan {
         (spec.partition, spec.point)
     }
 
+    /// The concurrency caps of `step` in `run` (its asset's `concurrency`), keys rendered;
+    /// empty, without allocating, for an asset that declares none.
+    pub fn step_keys(&self, run: RunId, step: StepId) -> Vec<crate::plan::concurrency::StepKey> {
+        let (index, within, _) = self.locate(step);
+        let asset = &self.plan().assets[index];
+        if asset.concurrency.is_empty() {
+            return Vec::new();
+        }
+        let spec = asset.step(within);
+        let run = run.to_string();
+        let cx = crate::plan::concurrency::KeyContext {
+            plan: &self.plan().name,
+            asset: &asset.name,
+            owner: &self.owner,
+            run: &run,
+            partition: spec.partition,
+            point: &spec.point,
+        };
+        asset
+            .concurrency
+            .iter()
+            .map(|rule| crate::plan::concurrency::StepKey {
+                key: Arc::from(rule.key.render(&cx)),
+                max: rule.max,
+                strategy: rule.strategy,
+            })
+            .collect()
+    }
+
     /// `asset[partition]{point}` of a step.
     pub fn label(&self, step: StepId) -> String {
         let (index, _, _) = self.locate(step);
@@ -347,6 +376,8 @@ pub(crate) struct RunAssetRow {
     pub retry_max: i32,
     pub retry_backoff_ms: i64,
     pub timeout_ms: Option<i64>,
+    /// `[]` for runs stored before concurrency rules (migration 0019's default).
+    pub concurrency: Value,
     pub first_step: i32,
     pub step_count: i32,
     pub line: i32,
@@ -379,6 +410,7 @@ impl RunAssetRow {
             retry_max: a.retry.max_retries as i32,
             retry_backoff_ms: a.retry.backoff.as_millis() as i64,
             timeout_ms: a.timeout.map(|t| t.as_millis() as i64),
+            concurrency: crate::plan::concurrency::to_value(&a.concurrency),
             first_step: a.first_step as i32,
             step_count: a.step_count() as i32,
             line: a.line as i32,
@@ -399,6 +431,10 @@ impl RunAssetRow {
             serde_json::from_value(self.deps).map_err(|e| format!("asset `{}` deps: {e}", self.name))?;
         let op_version =
             semver::Version::parse(&self.op_version).map_err(|e| format!("asset `{}`: {e}", self.name))?;
+        let names: Vec<&str> = sweep.iter().map(|p| p.name.as_str()).collect();
+        let partitioned = !matches!(partitions, StoredPartitions::None);
+        let concurrency = crate::plan::concurrency::rules_of(&self.concurrency, partitioned, &names)
+            .map_err(|e| format!("asset `{}` concurrency: {e}", self.name))?;
         Ok(CompiledAsset {
             name: self.name,
             op_name: self.op_name,
@@ -421,6 +457,7 @@ impl RunAssetRow {
                 backoff: Duration::from_millis(self.retry_backoff_ms.max(0) as u64),
             },
             timeout: self.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            concurrency,
             first_step: self.first_step as u32,
             line: self.line.max(0) as usize,
         })

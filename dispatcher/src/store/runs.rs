@@ -125,6 +125,20 @@ pub struct AssetTotals {
     pub assets: AssetCounts,
 }
 
+/// Steps of a run waiting for a slot of a concurrency key, as the leading publisher last
+/// said (every second).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyWaitRow {
+    pub key: String,
+    pub waiting: i64,
+    /// The key's slots held, over every run, and its cap.
+    pub in_flight: i64,
+    pub max: i64,
+}
+
+/// The most keys a run's summary names.
+pub const KEY_WAITS_SHOWN: i64 = 5;
+
 /// A run's state, as `opflow status --json` and `GET /v1/runs/{id}` show it.
 #[derive(Debug, Clone)]
 pub struct RunSummaryRow {
@@ -139,6 +153,9 @@ pub struct RunSummaryRow {
     /// Of the queued steps, those waiting in the outbox for room in their op's publish
     /// window, counted up to [`BEHIND_WINDOW_COUNTED`].
     pub behind_window: i64,
+    /// Of those, the ones waiting for a slot of a full concurrency key, per key: the keys
+    /// with the most first, at most [`KEY_WAITS_SHOWN`].
+    pub key_waits: Vec<KeyWaitRow>,
     pub assets: AssetCounts,
     /// The number of its last recorded event.
     pub last_event: i64,
@@ -389,6 +406,18 @@ impl Runs<'_> {
         let counts = self.asset_totals(run).await?;
         let steps = StepCounts { total: i64::from(total), ..counts.steps };
         let behind_window = if steps.queued > 0 { self.behind_window(run).await? } else { 0 };
+        let key_waits: Vec<(String, i32, i32, i32)> = if behind_window > 0 {
+            sqlx::query_as(
+                "SELECT key, waiting, in_flight, max FROM key_waits WHERE run_id = $1
+                 ORDER BY waiting DESC, key LIMIT $2",
+            )
+            .bind(run.as_uuid())
+            .bind(KEY_WAITS_SHOWN)
+            .fetch_all(self.pool)
+            .await?
+        } else {
+            Vec::new()
+        };
         let failures: Vec<(i32, String, i32, Option<String>)> = sqlx::query_as(
             "SELECT s.id, a.name, s.attempt, s.error FROM steps s
              JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
@@ -407,6 +436,15 @@ impl Runs<'_> {
             status,
             steps,
             behind_window,
+            key_waits: key_waits
+                .into_iter()
+                .map(|(key, waiting, in_flight, max)| KeyWaitRow {
+                    key,
+                    waiting: waiting.into(),
+                    in_flight: in_flight.into(),
+                    max: max.into(),
+                })
+                .collect(),
             assets: counts.assets,
             last_event,
             created_at,
@@ -530,7 +568,7 @@ impl Runs<'_> {
         }
         let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
-                    deps, retry_max, retry_backoff_ms, timeout_ms, first_step, step_count, line
+                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, first_step, step_count, line
              FROM run_assets WHERE run_id = $1 AND idx = ANY($2)",
         )
         .bind(run.as_uuid())
@@ -646,7 +684,7 @@ impl Runs<'_> {
         let mode = if groups { UnlockMode::Groups } else { UnlockMode::Steps };
         let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
-                    deps, retry_max, retry_backoff_ms, timeout_ms, first_step, step_count, line
+                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, first_step, step_count, line
              FROM run_assets WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run.as_uuid())
@@ -688,7 +726,7 @@ async fn insert_dep_groups(
     Ok(())
 }
 
-/// Assets per `run_assets` insert: 17 parameters a row, well under PostgreSQL's 65,535.
+/// Assets per `run_assets` insert: 18 parameters a row, well under PostgreSQL's 65,535.
 const ASSET_INSERT_CHUNK: usize = 1_000;
 
 /// One multi-row insert per chunk of assets: a plan of 10,000 assets (a long chain) is ten
@@ -703,7 +741,7 @@ async fn insert_run_assets(
     for chunk in rows.chunks(ASSET_INSERT_CHUNK) {
         let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "INSERT INTO run_assets (run_id, idx, name, op_name, op_version, op_requirement, config, partitions, \
-             partition_keys, sweep, deps, retry_max, retry_backoff_ms, timeout_ms, first_step, step_count, line) ",
+             partition_keys, sweep, deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, first_step, step_count, line) ",
         );
         insert.push_values(chunk, |mut values, row| {
             values
@@ -721,6 +759,7 @@ async fn insert_run_assets(
                 .push_bind(row.retry_max)
                 .push_bind(row.retry_backoff_ms)
                 .push_bind(row.timeout_ms)
+                .push_bind(&row.concurrency)
                 .push_bind(row.first_step)
                 .push_bind(row.step_count)
                 .push_bind(row.line);

@@ -27,7 +27,7 @@ fn rows(run: RunId, seq: i64, steps: std::ops::Range<u32>) -> Vec<OutboxRow> {
         .collect()
 }
 
-fn hold_all(window: &mut PublishWindow, rows: impl IntoIterator<Item = OutboxRow>, plan: &RunPlan) {
+fn hold_all(window: &mut PublishWindow, rows: impl IntoIterator<Item = OutboxRow>, plan: &Arc<RunPlan>) {
     for row in rows {
         window.hold(row, plan);
     }
@@ -60,12 +60,12 @@ fn a_chain_step_goes_at_once_and_a_backlog_goes_in_rounds_within_the_window() {
     window.set_size(&noop(), window_of(20));
     let round = window.next_round(500).expect("one step fits: it goes at once");
     assert_eq!(round.rows.len(), 1);
-    window.published(&round.op, &round.rows);
+    window.published(&round, &round.rows);
 
     hold_all(&mut window, rows(run, 2, 1..1000), &plan);
     let round = window.next_round(500).expect("room for 19");
     assert_eq!(round.rows.len(), 19, "the window is 20 and one is on the queue");
-    window.published(&round.op, &round.rows);
+    window.published(&round, &round.rows);
     assert!(window.next_round(500).is_none(), "the window is full");
     for _ in 0..4 {
         window.settled(&noop(), run, StepId(0));
@@ -84,7 +84,7 @@ fn an_owner_arriving_behind_a_backlog_gets_the_free_room_first() {
     hold_all(&mut window, rows(a, 1, 0..4000), &plan_a);
     window.set_size(&noop(), window_of(40));
     let round = window.next_round(500).unwrap();
-    window.published(&round.op, &round.rows);
+    window.published(&round, &round.rows);
     hold_all(&mut window, rows(b, 10_000, 0..100), &plan_b);
     for _ in 0..10 {
         window.settled(&noop(), a, StepId(0));
@@ -104,7 +104,7 @@ fn rows_beyond_the_hold_limit_are_read_in_step_order_when_the_held_run_low() {
     window.set_size(&noop(), window_of(10_000));
     let round = window.next_round(HOLD_PER_RUN).unwrap();
     assert_eq!(round.rows.len() as u32, HOLD_PER_RUN);
-    window.published(&round.op, &round.rows);
+    window.published(&round, &round.rows);
     let refills = window.refills();
     assert_eq!(refills, vec![(run, Some(StepId(HOLD_PER_RUN - 1)), HOLD_PER_RUN)]);
     let read = rows(run, 1 + i64::from(HOLD_PER_RUN), HOLD_PER_RUN..HOLD_PER_RUN + 100);
@@ -138,7 +138,7 @@ fn a_round_put_back_goes_first_and_the_broker_count_corrects_the_estimate() {
     window.put_back(round, |_| Some(plan.clone()));
     let again = window.next_round(500).unwrap();
     assert_eq!(again.rows[0], first);
-    window.published(&again.op, &again.rows);
+    window.published(&again, &again.rows);
     assert!(window.next_round(500).is_none());
     // Workers dropped the messages without a start (a canceled run's, say): the broker's
     // count says the queue is empty.
@@ -158,4 +158,124 @@ fn an_op_the_settings_do_not_name_keeps_the_default_size_without_asking_again() 
     window.sizes_read();
     assert!(!window.sizes_unknown());
     assert_eq!(window.views()[0].window, MIN_WINDOW);
+}
+
+/// A run of `partitions × 3` steps whose asset caps `{partition}` at `max` with `strategy`.
+fn keyed_plan(partitions: u32, max: u32, strategy: &str) -> Arc<RunPlan> {
+    let ops = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+    let keys: Vec<String> = (0..partitions).map(|p| format!("p{p}")).collect();
+    let source = format!(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    partitions: [{}]\n    sweep: {{k: [1, 2, 3]}}\n    concurrency: {{key: \"{{partition}}\", max: {max}, strategy: {strategy}}}\n",
+        keys.join(", ")
+    );
+    let compiled = compile(&source, Path::new("p.yaml"), &ops).unwrap_or_else(|e| panic!("{e}"));
+    Arc::new(RunPlan::new(compiled, UnlockMode::Groups).unwrap().owned_by("risk"))
+}
+
+/// Publishes every round there is; returns the rows published.
+fn drain(window: &mut PublishWindow) -> Vec<Round> {
+    let mut rounds = Vec::new();
+    while let Some(round) = window.next_round(1000) {
+        window.published(&round, &round.rows);
+        rounds.push(round);
+    }
+    rounds
+}
+
+#[test]
+fn a_key_at_its_cap_holds_its_steps_back_until_a_result_frees_a_slot() {
+    let (run, plan) = (RunId::new(), keyed_plan(2, 2, "queue"));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    hold_all(&mut window, rows(run, 1, 0..6), &plan);
+    window.set_size(&noop(), window_of(100));
+    let published: Vec<u32> =
+        drain(&mut window).iter().flat_map(|r| r.rows.iter().map(|row| row.step_id.0)).collect();
+    // Steps 0–2 are p0, 3–5 are p1: two of each go.
+    assert_eq!(published, vec![0, 1, 3, 4]);
+    let waiting = window.key_waits();
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    assert!(waiting.iter().all(|w| (w.run_id, w.waiting, w.in_flight, w.max) == (run, 1, 2, 2)));
+    // A start frees nothing; a result of another attempt frees nothing; its own does.
+    window.started(&noop(), run, StepId(0));
+    window.results(&[(run, StepId(0), 2)]);
+    assert!(drain(&mut window).iter().all(|r| r.rows.is_empty()));
+    window.results(&[(run, StepId(0), 1)]);
+    let next: Vec<u32> =
+        drain(&mut window).iter().flat_map(|r| r.rows.iter().map(|row| row.step_id.0)).collect();
+    assert_eq!(next, vec![2]);
+    assert_eq!(window.take_released(), vec![(run, StepId(0), 1)]);
+}
+
+#[test]
+fn slots_restored_from_the_store_count_against_the_cap() {
+    let (run, plan) = (RunId::new(), keyed_plan(1, 1, "queue"));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    let earlier = RunId::new();
+    window.hold_slots(vec![(earlier, StepId(9), 1, Arc::from("p0"))]);
+    hold_all(&mut window, rows(run, 1, 0..3), &plan);
+    window.set_size(&noop(), window_of(100));
+    assert!(drain(&mut window).iter().all(|r| r.rows.is_empty()));
+    window.results(&[(earlier, StepId(9), 1)]);
+    assert_eq!(drain(&mut window).iter().map(|r| r.rows.len()).sum::<usize>(), 1);
+}
+
+#[test]
+fn a_failed_round_gives_its_slots_back() {
+    let (run, plan) = (RunId::new(), keyed_plan(1, 1, "queue"));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    hold_all(&mut window, rows(run, 1, 0..2), &plan);
+    window.set_size(&noop(), window_of(100));
+    let round = window.next_round(1000).expect("a round");
+    assert_eq!(round.rows.len(), 1);
+    window.put_back(round, |_| Some(plan.clone()));
+    let round = window.next_round(1000).expect("the same step again");
+    assert_eq!(round.rows.iter().map(|r| r.step_id.0).collect::<Vec<_>>(), vec![0]);
+    // Published but no longer queued: its slot is given back and the next step goes.
+    window.published(&round, &[]);
+    assert_eq!(drain(&mut window).iter().map(|r| r.rows.len()).sum::<usize>(), 1);
+}
+
+#[test]
+fn cancel_newest_rejects_and_cancel_in_progress_replaces_the_oldest() {
+    let (run, plan) = (RunId::new(), keyed_plan(1, 1, "cancel_newest"));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    hold_all(&mut window, rows(run, 1, 0..3), &plan);
+    window.set_size(&noop(), window_of(100));
+    let rounds = drain(&mut window);
+    let published: Vec<u32> = rounds.iter().flat_map(|r| r.rows.iter().map(|row| row.step_id.0)).collect();
+    let rejected: Vec<u32> =
+        rounds.iter().flat_map(|r| r.rejected.iter().map(|(row, _)| row.step_id.0)).collect();
+    assert_eq!((published, rejected), (vec![0], vec![1, 2]));
+    assert!(rounds[0].rejected[0].1.contains("cancel_newest"), "{}", rounds[0].rejected[0].1);
+
+    let (run, plan) = (RunId::new(), keyed_plan(1, 1, "cancel_in_progress"));
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    hold_all(&mut window, rows(run, 1, 0..2), &plan);
+    window.set_size(&noop(), window_of(100));
+    let rounds = drain(&mut window);
+    let published: Vec<u32> = rounds.iter().flat_map(|r| r.rows.iter().map(|row| row.step_id.0)).collect();
+    let superseded: Vec<Attempt> = rounds.iter().flat_map(|r| r.superseded.iter().map(|(v, _)| *v)).collect();
+    assert_eq!(published, vec![0]);
+    assert_eq!(superseded, vec![(run, StepId(0), 1)]);
+    // The replaced step holds its slot until its worker's result comes back.
+    assert!(drain(&mut window).iter().all(|r| r.rows.is_empty()));
+    window.results(&[(run, StepId(0), 1)]);
+    let next: Vec<u32> =
+        drain(&mut window).iter().flat_map(|r| r.rows.iter().map(|row| row.step_id.0)).collect();
+    assert_eq!(next, vec![1]);
+}
+
+#[test]
+fn an_op_cap_holds_over_every_run() {
+    let (a, b) = (RunId::new(), RunId::new());
+    let plan = plan("risk", 10, 1);
+    let mut window = PublishWindow::new(Duration::from_millis(50));
+    hold_all(&mut window, rows(a, 1, 0..5), &plan);
+    hold_all(&mut window, rows(b, 100, 0..5), &plan);
+    window.set_size(&noop(), window_of(100));
+    window.set_max_in_flight(&noop(), Some(3));
+    assert_eq!(drain(&mut window).iter().map(|r| r.rows.len()).sum::<usize>(), 3);
+    window.results(&[(a, StepId(0), 1)]);
+    window.tick(Duration::from_secs(1));
+    assert_eq!(drain(&mut window).iter().map(|r| r.rows.len()).sum::<usize>(), 1);
 }
