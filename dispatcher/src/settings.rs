@@ -186,7 +186,7 @@ impl From<config::ConfigError> for SettingsError {
 pub const MAX_INPUTS_BYTES_LIMIT: usize = 32 * 1024 * 1024;
 
 /// The default `publish_window_ms`.
-pub const DEFAULT_PUBLISH_WINDOW_MS: u64 = 250;
+pub const DEFAULT_PUBLISH_WINDOW_MS: u64 = 100;
 
 /// The longest `event_linger_ms`.
 pub const MAX_EVENT_LINGER_MS: u64 = 1_000;
@@ -260,7 +260,7 @@ pub const RANGES: &[Range<u64>] = &[
         value: |s| s.publish_window_ms,
         min: 1,
         max: 60_000,
-        default: "250",
+        default: "100",
         why: "a minute of an op's intake in its queue is no window; set `ops scale --window` for one op instead",
     },
     Range {

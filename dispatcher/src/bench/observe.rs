@@ -44,6 +44,7 @@ pub struct SideRun<'a> {
 
 /// One finished benchmark run.
 pub struct PlanRun {
+    pub run_id: RunId,
     pub steps: i64,
     pub wall: Duration,
     /// Of `wall`: compiling and storing the plan.
@@ -121,7 +122,7 @@ impl Bed<'_> {
         let mut dispatcher_rss = Vec::new();
         let mut sample_every = tokio::time::interval(Duration::from_millis(250));
         let status = loop {
-            next_look(&mut ends, run, &mut sample_every, self.cancel).await?;
+            next_look(&mut ends, &[run], &mut sample_every, self.cancel).await?;
             let progress = self.store.runs().progress(run).await?.context("the benchmark run vanished")?;
             if let Some(pid) = dispatcher_pid
                 && let Some(mb) = memory::rss_mb(pid)
@@ -153,6 +154,7 @@ impl Bed<'_> {
         let succeeded = status == crate::store::runs::RunStatus::Succeeded;
         let cpu = cpu::per_step(&cpu_at_start, &cpu_at_end, counted.steps.max(0) as u64);
         Ok(PlanRun {
+            run_id: run,
             steps: counted.steps,
             wall,
             submit,
@@ -196,8 +198,10 @@ impl Bed<'_> {
         }
         let mut look_every = tokio::time::interval(Duration::from_millis(100));
         while submitted.iter().any(|(_, _, _, ended)| ended.is_none()) {
-            let waiting = submitted.iter().find(|(_, _, _, ended)| ended.is_none()).map(|(run, ..)| *run);
-            next_look(&mut ends, waiting.context("a run waits")?, &mut look_every, self.cancel).await?;
+            // Woken by the end of any run still going: each is timed to its own end.
+            let waiting: Vec<RunId> =
+                submitted.iter().filter(|(.., ended)| ended.is_none()).map(|(run, ..)| *run).collect();
+            next_look(&mut ends, &waiting, &mut look_every, self.cancel).await?;
             for (run, started, _, ended) in submitted.iter_mut().filter(|(.., ended)| ended.is_none()) {
                 let progress = self.store.runs().progress(*run).await?.context("a benchmark run vanished")?;
                 if progress.status.is_finished() {
@@ -216,6 +220,7 @@ impl Bed<'_> {
             let counted = self.store.checks().exactly_once(run).await?.context("a benchmark run vanished")?;
             let status = self.store.runs().progress(run).await?.context("a benchmark run vanished")?.status;
             finished.push(PlanRun {
+                run_id: run,
                 steps: counted.steps,
                 wall: wall.unwrap_or_default(),
                 submit,
@@ -244,7 +249,7 @@ impl Bed<'_> {
         let run = submission.run_id;
         let mut poll_every = tokio::time::interval(Duration::from_millis(250));
         let status = loop {
-            next_look(&mut ends, run, &mut poll_every, self.cancel).await?;
+            next_look(&mut ends, &[run], &mut poll_every, self.cancel).await?;
             let progress = self.store.runs().progress(run).await?.context("the cold-start run vanished")?;
             if progress.status.is_finished() {
                 break progress.status;
@@ -308,21 +313,22 @@ impl Bed<'_> {
     }
 }
 
-/// Waits until `run` is announced as ended, or `every` ticks (a sample is due, or a missed
+/// Waits until one of `runs` is announced as ended, or `every` ticks (a sample is due, or a missed
 /// notification is caught up with).
 async fn next_look(
     ends: &mut sqlx::postgres::PgListener,
-    run: RunId,
+    runs: &[RunId],
     every: &mut tokio::time::Interval,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let run = run.to_string();
+    let runs: Vec<String> = runs.iter().map(RunId::to_string).collect();
     loop {
         tokio::select! {
             notification = ends.recv() => {
-                if notification?.payload() == run {
+                if runs.iter().any(|run| notification.as_ref().is_ok_and(|n| n.payload() == run)) {
                     return Ok(());
                 }
+                notification?;
             }
             _ = every.tick() => return Ok(()),
             () = cancel.cancelled() => bail!("cancelled"),

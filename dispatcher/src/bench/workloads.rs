@@ -73,17 +73,34 @@ pub async fn w2(bed: &Bed<'_>, raw: &RawFigures, options: &BenchOptions) -> anyh
 
 /// w8: fair sharing. On 2 workers, owner `a` submits a 100,000-step run and, a second later,
 /// owner `b` a 100-step run: B's time to finish against B alone (`b_slowdown`), and A's
-/// steps/s against A alone (`a_ratio`).
+/// steps/s against A alone (`a_ratio`). Then caps: a 10,000-step run over 1,000 keys of
+/// `max: 2` on 4 workers, and the most steps of one key ever running at once
+/// (`max_seen_per_key`, from the run store's history).
 pub async fn w8(bed: &Bed<'_>, options: &BenchOptions) -> anyhow::Result<Value> {
     let (a_steps, b_steps) = (options.scaled(100_000), options.scaled(100).max(10));
     let (a_plan, b_plan) = (sweep_plan("w8-a", a_steps, ""), sweep_plan("w8-b", b_steps, ""));
     let side = |plan, owner, after| SideRun { plan, owner, after };
-    let b_alone = bed.run_side_by_side(2, &[side(&b_plan, "b", Duration::ZERO)]).await?;
+    // A alone first: it warms the op's window (its intake rate), so that B alone and B
+    // beside A are both timed warm.
     let a_alone = bed.run_side_by_side(2, &[side(&a_plan, "a", Duration::ZERO)]).await?;
+    let b_alone = bed.run_side_by_side(2, &[side(&b_plan, "b", Duration::ZERO)]).await?;
     let shared = bed
         .run_side_by_side(2, &[side(&a_plan, "a", Duration::ZERO), side(&b_plan, "b", W8_B_AFTER)])
         .await?;
     let (b_alone, a_alone, a_shared, b_shared) = (&b_alone[0], &a_alone[0], &shared[0], &shared[1]);
+    // From the store's own clock: B stored → its first step started → B ended.
+    let since_stored =
+        |(stored, at): (chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>)| {
+            at.map_or(Value::Null, |at| json!(round((at - stored).as_seconds_f64(), 3)))
+        };
+    let (stored, first, ended) = bed.store.checks().run_times(b_shared.run_id).await?;
+    let (b_first_step_s, b_stored_to_end_s) = (since_stored((stored, first)), since_stored((stored, ended)));
+    // Caps: 10,000 steps over 1,000 keys of max 2, on more workers than a key may use.
+    let keys = options.scaled(1_000).max(2);
+    let keyed_run =
+        bed.run_side_by_side(W8_KEYED_WORKERS, &[side(&keyed_plan(keys), "a", Duration::ZERO)]).await?;
+    let keyed = &keyed_run[0];
+    let (most_per_key, most_overall) = bed.store.checks().most_running_at_once(keyed.run_id, 10).await?;
     Ok(json!({
         "workload": "w8",
         // Of the shared runs: both runs' steps, and A's time (B's is within it).
@@ -96,13 +113,37 @@ pub async fn w8(bed: &Bed<'_>, options: &BenchOptions) -> anyhow::Result<Value> 
         "b_alone_s": round(b_alone.wall.as_secs_f64(), 3),
         "b_shared_s": round(b_shared.wall.as_secs_f64(), 3),
         "b_slowdown": round(b_shared.wall.as_secs_f64() / b_alone.wall.as_secs_f64(), 2),
+        "b_first_step_s": b_first_step_s,
+        "b_stored_to_end_s": b_stored_to_end_s,
         "a_alone_steps_per_s": round(a_alone.steps_per_s(), 1),
         "a_shared_steps_per_s": round(a_shared.steps_per_s(), 1),
         "a_ratio": round(a_shared.steps_per_s() / a_alone.steps_per_s(), 3),
-        // Concurrency keys are not built yet: nothing to measure.
-        "max_seen_per_key": Value::Null,
-        "verified": b_alone.verified && a_alone.verified && a_shared.verified && b_shared.verified,
+        "keyed_steps": keyed.steps,
+        "keyed_keys": keys,
+        "keyed_workers": W8_KEYED_WORKERS,
+        "keyed_steps_per_s": round(keyed.steps_per_s(), 1),
+        "max_seen_per_key": most_per_key,
+        "max_seen_at_once": most_overall,
+        "verified": b_alone.verified
+            && a_alone.verified
+            && a_shared.verified
+            && b_shared.verified
+            && keyed.verified
+            && most_per_key <= 2,
     }))
+}
+
+/// Workers of w8's keyed run: more than a key's cap of 2, so that only the cap keeps a key
+/// from running on all of them at once.
+const W8_KEYED_WORKERS: usize = 4;
+
+/// w8's keyed run: `keys` partitions of 10 steps each, every partition a key capped at 2.
+fn keyed_plan(keys: usize) -> String {
+    let partitions: Vec<String> = (0..keys).map(|k| format!("k{k}")).collect();
+    format!(
+        "name: w8-keyed\nassets:\n  - name: work\n    op: noop@^1\n    partitions: [{}]\n    sweep: {{i: {{from: 1, to: 10}}}}\n    concurrency: {{key: \"w8/{{partition}}\", max: 2}}\n",
+        partitions.join(", ")
+    )
 }
 
 /// How long after A's submit B is submitted in w8: A's backlog is in place by then.

@@ -19,7 +19,8 @@ pub struct BenchArgs {
     /// Workloads: raw (the broker alone), w1 (10,000 independent steps), w2 (chains of 200 and 10,000 steps),
     /// w3 (1,000 steps of 10 ms CPU), w4 (cold start), w5 (compile and store 50,000 and 200,000
     /// steps), w6 (100,000 steps, memory and database size), w7 (scale from zero), w8 (fair sharing:
-    /// a 100-step run of one owner behind a 100,000-step run of another), api (the HTTP
+    /// a 100-step run of one owner behind a 100,000-step run of another; then concurrency caps,
+    /// 10,000 steps over 1,000 keys of max 2), api (the HTTP
     /// API's p50/p99 per endpoint against a 100,000-step, 10,000-asset run and 10,000 runs),
     /// or all
     #[arg(value_name = "WORKLOAD", default_value = "all")]

@@ -64,7 +64,7 @@ pub enum OpsCommand {
         /// The most ready messages kept in the op's queue; the rest wait in the run store
         /// and are sent in a fair order across teams and runs. 0 restores the default:
         /// 2 × max × value, at least 8, widened to what the workers take in
-        /// publish_window_ms (250 ms by default)
+        /// publish_window_ms (100 ms by default)
         #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
         window: Option<u32>,
         /// The most steps of this op version in flight (published and not yet done) at

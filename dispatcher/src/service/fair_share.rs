@@ -1,11 +1,28 @@
 //! Fair order: which waiting steps fill the free room of an op version's publish window.
 //!
-//! The room goes to owners (teams) first, equally: each free slot goes to the owner with
-//! the fewest messages on the queue, so an owner arriving behind another's backlog gets
-//! every slot until it holds as many as the other. Within an owner, runs share by their
-//! `priority`: the slot goes to the run with the highest `priority / (on queue + 1)`.
-//! Ties go round the owners (and to the older run), so equal owners alternate slot by slot.
-//! Pure: the publisher's window (`service::window`) feeds it and applies what it decides.
+//! The room goes to owners (teams) first, by their recent **usage** of the op: how many of
+//! their steps were published to it lately, each counted less as it ages (halved every
+//! [`USAGE_HALF_LIFE`]). Each free slot goes to the owner with the least, so an owner
+//! arriving beside another's running backfill gets every slot until it has used as much
+//! lately: a small run goes through at once, whole, rather than at half speed. Two owners
+//! that both keep the op busy level out at equal shares (an owner that floods the op with
+//! small runs builds up usage like any other), and an owner idle for a while starts afresh.
+//! This is the fair-share-with-decay of batch schedulers (Slurm's fair-share factor).
+//!
+//! Within an owner, runs share by their `priority`: the slot goes to the run with the
+//! highest `priority / (on queue + 1)`. Ties go round the owners (and to the older run), so
+//! equal owners alternate slot by slot. Pure: the publisher's window (`service::window`)
+//! feeds it, keeps the usage and applies what it decides.
+
+use std::time::Duration;
+
+/// How fast an owner's usage is forgotten: halved over this long.
+pub const USAGE_HALF_LIFE: Duration = Duration::from_secs(10);
+
+/// `usage` after `elapsed` without use.
+pub fn decayed(usage: f64, elapsed: Duration) -> f64 {
+    usage * 0.5f64.powf(elapsed.as_secs_f64() / USAGE_HALF_LIFE.as_secs_f64())
+}
 
 /// A run with steps waiting for an op version's window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,19 +36,24 @@ pub struct Candidate<'a> {
     pub waiting: u32,
 }
 
-/// Hands out `room` slots to `candidates` (see the module docs); returns, in the order they
-/// should be published, the index of the candidate each slot went to. `turn` rotates the
-/// owners that tie, and is advanced, so that successive rounds of one slot alternate too.
-pub fn allocate(candidates: &[Candidate<'_>], room: u32, turn: &mut usize) -> Vec<usize> {
+/// Hands out `room` slots to `candidates` (see the module docs), each owner's recent usage
+/// being `usage(owner)`; returns, in the order they should be published, the index of the
+/// candidate each slot went to. `turn` rotates the owners that tie, and is advanced, so
+/// that successive rounds of one slot alternate too.
+pub fn allocate(
+    candidates: &[Candidate<'_>],
+    room: u32,
+    usage: impl Fn(&str) -> f64,
+    turn: &mut usize,
+) -> Vec<usize> {
     let mut owners: Vec<&str> = candidates.iter().map(|c| c.owner).collect();
     owners.sort_unstable();
     owners.dedup();
-    // Per owner: its messages on the queue and its candidates.
-    let mut on_queue: Vec<u64> = vec![0; owners.len()];
+    // Per owner: its usage (a slot given here counts one) and its candidates.
+    let mut used: Vec<f64> = owners.iter().map(|owner| usage(owner)).collect();
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); owners.len()];
     for (index, candidate) in candidates.iter().enumerate() {
         let owner = owners.binary_search(&candidate.owner).expect("every owner is listed");
-        on_queue[owner] += u64::from(candidate.on_queue);
         members[owner].push(index);
     }
     let mut queued: Vec<u32> = candidates.iter().map(|c| c.on_queue).collect();
@@ -40,12 +62,12 @@ pub fn allocate(candidates: &[Candidate<'_>], room: u32, turn: &mut usize) -> Ve
         members.iter().map(|m| m.iter().map(|&i| u64::from(left[i])).sum()).collect();
     let mut order = Vec::new();
     while order.len() < room as usize {
-        // The owner with waiting steps and the fewest on the queue; ties by rotation.
+        // The owner with waiting steps and the least usage; ties by rotation.
         let start = *turn % owners.len().max(1);
         let owner = (0..owners.len())
             .map(|k| (start + k) % owners.len())
             .filter(|&o| owner_left[o] > 0)
-            .min_by_key(|&o| on_queue[o]);
+            .min_by(|&a, &b| used[a].total_cmp(&used[b]));
         let Some(owner) = owner else { break };
         *turn = turn.wrapping_add(1);
         // Its run with the highest priority per message on the queue; ties to the first.
@@ -62,7 +84,7 @@ pub fn allocate(candidates: &[Candidate<'_>], room: u32, turn: &mut usize) -> Ve
         order.push(run);
         queued[run] += 1;
         left[run] -= 1;
-        on_queue[owner] += 1;
+        used[owner] += 1.0;
         owner_left[owner] -= 1;
     }
     order
@@ -85,36 +107,49 @@ mod tests {
         Candidate { owner, priority, on_queue, waiting }
     }
 
+    /// No usage yet, for owners starting together.
+    fn fresh(_: &str) -> f64 {
+        0.0
+    }
+
     #[test]
-    fn an_owner_behind_anothers_backlog_gets_the_room_until_it_holds_as_many() {
-        // A holds 40 on the queue and 100,000 waiting; B just arrived with 100.
+    fn an_owner_beside_anothers_backfill_gets_the_room_until_it_used_as_much() {
+        // A used the op for 14,000 steps lately and has 100,000 waiting; B just arrived with 100.
         let candidates = [run("a", 1, 40, 100_000), run("b", 1, 0, 100)];
-        let order = allocate(&candidates, 10, &mut 0);
-        assert_eq!(order, vec![1; 10], "B is behind by 40: all 10 free slots are B's");
-        let candidates = [run("a", 1, 5, 100_000), run("b", 1, 5, 100)];
-        let counts = counts(&allocate(&candidates, 10, &mut 0), 2);
+        let usage = |owner: &str| if owner == "a" { 14_000.0 } else { 0.0 };
+        let order = allocate(&candidates, 100, usage, &mut 0);
+        assert_eq!(order, vec![1; 100], "all of B's 100 go first");
+        let usage = |_: &str| 5.0;
+        let counts = counts(&allocate(&candidates, 10, usage, &mut 0), 2);
         assert_eq!(counts, [5, 5], "level: they alternate");
+    }
+
+    #[test]
+    fn usage_halves_over_its_half_life() {
+        assert!((decayed(1000.0, USAGE_HALF_LIFE) - 500.0).abs() < 1e-9);
+        assert!((decayed(1000.0, USAGE_HALF_LIFE * 3) - 125.0).abs() < 1e-9);
+        assert_eq!(decayed(1000.0, Duration::ZERO), 1000.0);
     }
 
     #[test]
     fn equal_owners_alternate_even_one_slot_at_a_time() {
         let candidates = [run("a", 1, 3, 50), run("b", 1, 3, 50)];
         let mut turn = 0;
-        let firsts: Vec<usize> = (0..4).map(|_| allocate(&candidates, 1, &mut turn)[0]).collect();
+        let firsts: Vec<usize> = (0..4).map(|_| allocate(&candidates, 1, fresh, &mut turn)[0]).collect();
         assert_eq!(firsts, [0, 1, 0, 1]);
     }
 
     #[test]
     fn an_owners_runs_share_its_slots_by_priority() {
         let candidates = [run("a", 1, 0, 1000), run("a", 3, 0, 1000)];
-        let counts = counts(&allocate(&candidates, 40, &mut 0), 2);
+        let counts = counts(&allocate(&candidates, 40, fresh, &mut 0), 2);
         assert_eq!(counts, [10, 30]);
     }
 
     #[test]
     fn an_owner_with_many_runs_gets_no_more_than_an_owner_with_one() {
         let candidates = [run("a", 1, 0, 100), run("a", 1, 0, 100), run("a", 1, 0, 100), run("b", 1, 0, 100)];
-        let counts = counts(&allocate(&candidates, 60, &mut 0), 4);
+        let counts = counts(&allocate(&candidates, 60, fresh, &mut 0), 4);
         assert_eq!(counts[3], 30, "B's one run gets half the room");
         assert_eq!(counts[..3], [10, 10, 10]);
     }
@@ -122,15 +157,15 @@ mod tests {
     #[test]
     fn room_beyond_what_waits_is_left_free() {
         let candidates = [run("a", 1, 0, 2), run("b", 1, 0, 1)];
-        let counts = counts(&allocate(&candidates, 10, &mut 0), 2);
+        let counts = counts(&allocate(&candidates, 10, fresh, &mut 0), 2);
         assert_eq!(counts, [2, 1]);
-        assert!(allocate(&[], 5, &mut 0).is_empty());
+        assert!(allocate(&[], 5, fresh, &mut 0).is_empty());
     }
 
     #[test]
     fn a_high_priority_run_does_not_take_another_owners_share() {
         let candidates = [run("a", 10, 0, 1000), run("b", 1, 0, 1000)];
-        let counts = counts(&allocate(&candidates, 20, &mut 0), 2);
+        let counts = counts(&allocate(&candidates, 20, fresh, &mut 0), 2);
         assert_eq!(counts, [10, 10], "priority weighs runs within an owner, not owners");
     }
 }

@@ -183,6 +183,8 @@ struct OpLine {
     /// Messages taken since the last tick, and the intake rate they give (per second).
     taken: u32,
     rate: f64,
+    /// Each owner's recent usage of the op: steps published, decayed (`fair_share`).
+    usage: HashMap<Arc<str>, f64>,
 }
 
 impl OpLine {
@@ -510,12 +512,18 @@ impl PublishWindow {
         self.unpark_free();
         let seconds = elapsed.as_secs_f64().max(0.001);
         for line in self.ops.values_mut() {
+            for usage in line.usage.values_mut() {
+                *usage = fair_share::decayed(*usage, elapsed);
+            }
+            line.usage.retain(|_, usage| *usage >= 0.5);
             let now = f64::from(line.taken) / seconds;
             line.rate = if line.rate == 0.0 { now } else { 0.5 * line.rate + 0.5 * now };
             line.taken = 0;
         }
         // Forget ops with nothing held nor on their queue (their size is read again).
-        self.ops.retain(|_, line| line.waiting_total > 0 || line.on_queue > 0 || line.rate > 0.01);
+        self.ops.retain(|_, line| {
+            line.waiting_total > 0 || line.on_queue > 0 || line.rate > 0.01 || !line.usage.is_empty()
+        });
     }
 
     /// The ops with steps waiting: their queues are worth a look at the broker's count.
@@ -555,7 +563,13 @@ impl PublishWindow {
                 }
             })
             .collect();
-        let order = fair_share::allocate(&candidates, room, &mut self.owner_turn);
+        let usage = &line.usage;
+        let order = fair_share::allocate(
+            &candidates,
+            room,
+            |owner| usage.get(owner).copied().unwrap_or(0.0),
+            &mut self.owner_turn,
+        );
         let op_cap = line.max_in_flight.map(|max| StepKey {
             key: Arc::from(format!("max_in_flight of {op}")),
             max,
@@ -588,6 +602,10 @@ impl PublishWindow {
                 Admission::Go => {
                     round.slots.extend(keys.into_iter().map(|k| (run, held.step, held.attempt, k.key)));
                     round.rows.push(row);
+                    if let Some(meta) = meta {
+                        let line = self.ops.get_mut(&op).expect("found above");
+                        *line.usage.entry(meta.owner.clone()).or_default() += 1.0;
+                    }
                 }
                 Admission::Wait { key } => {
                     let max = keys.iter().find(|k| k.key == key).map_or(1, |k| k.max);

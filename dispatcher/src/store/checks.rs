@@ -48,6 +48,20 @@ impl Checks<'_> {
             .await?)
     }
 
+    /// When a run was stored, its first step started (as its worker said) and it ended.
+    pub async fn run_times(
+        &self,
+        run: RunId,
+    ) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>, Option<DateTime<Utc>>), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT r.created_at, (SELECT min(started_at) FROM steps WHERE run_id = r.id), r.finished_at
+             FROM runs r WHERE r.id = $1",
+        )
+        .bind(run.as_uuid())
+        .fetch_one(self.pool)
+        .await?)
+    }
+
     /// How many step rows a run has (against `steps_total`: all of them were stored).
     pub async fn stored_steps(&self, run: RunId) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM steps WHERE run_id = $1")
@@ -70,6 +84,32 @@ impl Checks<'_> {
         .fetch_optional(self.pool)
         .await?;
         Ok(row.map(|(steps, with_output, counted_once)| ExactlyOnce { steps, with_output, counted_once }))
+    }
+
+    /// The most of a run's steps that were ever running at the same moment, as their workers
+    /// reported their starts and ends: over each group of `per_key` consecutive step ids
+    /// (one key each, as a partition of a sweep of `per_key` is), and over the whole run.
+    /// An end and a start at the same instant do not overlap.
+    pub async fn most_running_at_once(&self, run: RunId, per_key: u32) -> Result<(i64, i64), StoreError> {
+        Ok(sqlx::query_as(
+            "WITH ran AS (
+                 SELECT id / $2 AS key, started_at, finished_at FROM steps
+                 WHERE run_id = $1 AND started_at IS NOT NULL AND finished_at IS NOT NULL
+             ), moments AS (
+                 SELECT key, started_at AS at, 1 AS change FROM ran
+                 UNION ALL SELECT key, finished_at, -1 FROM ran
+             ), per_key AS (
+                 SELECT sum(change) OVER (PARTITION BY key ORDER BY at, change ROWS UNBOUNDED PRECEDING) AS n
+                 FROM moments
+             ), overall AS (
+                 SELECT sum(change) OVER (ORDER BY at, change ROWS UNBOUNDED PRECEDING) AS n FROM moments
+             )
+             SELECT coalesce((SELECT max(n) FROM per_key), 0)::bigint, coalesce((SELECT max(n) FROM overall), 0)::bigint",
+        )
+        .bind(run.as_uuid())
+        .bind(per_key.max(1) as i32)
+        .fetch_one(self.pool)
+        .await?)
     }
 
     /// The size of the store's database, in bytes.

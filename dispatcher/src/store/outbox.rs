@@ -63,7 +63,11 @@ impl Outbox<'_> {
     /// The statement is planned for each round (`force_custom_plan`): a plan cached while the
     /// tables were nearly empty checks each row against a hash of *every* queued step, a
     /// scan of the steps table per round (2.7 ms a round in w1, most of the round's cost);
-    /// planned with the tables as they are, it probes the primary key.
+    /// planned with the tables as they are, it probes the primary key. Each row's step is
+    /// read by its primary key and its status compared after: with `status = 'queued'` in
+    /// the lookup, the planner took the partial index of a run's queued steps
+    /// (`steps_queued`) and walked every queued step of the run for each row (2.1 ms a round
+    /// of 25 rows in a 10,000-step w1).
     pub async fn take(&self, seqs: &[i64]) -> Result<OutboxBatch, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -73,10 +77,10 @@ impl Outbox<'_> {
         .await?;
         let rows: Vec<(i64, Uuid, i32, i32, bool)> = sqlx::query_as(
             "DELETE FROM outbox o WHERE seq = ANY($1)
-             RETURNING o.seq, o.run_id, o.step_id, o.attempt, EXISTS (
-                 SELECT 1 FROM steps s
-                 WHERE s.run_id = o.run_id AND s.id = o.step_id AND s.attempt = o.attempt AND s.status = 'queued'
-             )",
+             RETURNING o.seq, o.run_id, o.step_id, o.attempt, coalesce((
+                 SELECT s.status = 'queued' AND s.attempt = o.attempt FROM steps s
+                 WHERE s.run_id = o.run_id AND s.id = o.step_id
+             ), false)",
         )
         .bind(seqs)
         .fetch_all(&mut *tx)
