@@ -157,7 +157,8 @@ impl KeyTemplate {
         &self.text
     }
 
-    /// The key of one step.
+    /// The key of one step, at most [`MAX_KEY_BYTES`]: a longer one (long partition keys or
+    /// sweep values) is cut and ends in a digest of the whole, so distinct keys stay distinct.
     pub fn render(&self, cx: &KeyContext<'_>) -> String {
         let mut key = String::with_capacity(self.text.len() + 16);
         for part in &self.parts {
@@ -175,8 +176,28 @@ impl KeyTemplate {
                 },
             }
         }
-        key
+        bounded(key)
     }
+}
+
+/// `key` if within [`MAX_KEY_BYTES`], else its start and `~` and 16 hex digits of its SHA-256.
+fn bounded(key: String) -> String {
+    if key.len() <= MAX_KEY_BYTES {
+        return key;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let digest: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut end = MAX_KEY_BYTES - 1 - digest.len();
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}~{digest}", &key[..end])
+}
+
+/// A value of the plan quoted in an error, cut short.
+fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
+    opflow_protocol::text::cut(text, 64)
 }
 
 impl fmt::Display for KeyTemplate {
@@ -212,7 +233,7 @@ fn rule_of(value: &Value, partitioned: bool, sweep: &[&str]) -> Result<Concurren
         return Err("a rule is a mapping `{key: \"{partition}\", max: 2, strategy: queue}`".into());
     };
     if let Some(unknown) = fields.keys().find(|k| !["key", "max", "strategy"].contains(&k.as_str())) {
-        return Err(format!("unknown field `{unknown}`; a rule has `key`, `max` and `strategy`"));
+        return Err(format!("unknown field `{}`; a rule has `key`, `max` and `strategy`", quoted(unknown)));
     }
     let key = match fields.get("key") {
         Some(Value::String(text)) => KeyTemplate::parse(text, partitioned, sweep)?,
@@ -220,20 +241,29 @@ fn rule_of(value: &Value, partitioned: bool, sweep: &[&str]) -> Result<Concurren
         None => return Err("`key` is missing; write one such as \"{partition}\"".into()),
     };
     let max = match fields.get("max") {
-        Some(max) => max
-            .as_u64()
-            .filter(|m| (1..=u64::from(MAX_CONCURRENCY)).contains(m))
-            .ok_or_else(|| format!("`max` is {max}; use a whole number from 1 to {MAX_CONCURRENCY}"))?
-            as u32,
+        Some(max) => {
+            max.as_u64().filter(|m| (1..=u64::from(MAX_CONCURRENCY)).contains(m)).ok_or_else(|| {
+                format!(
+                    "`max` is {}; use a whole number from 1 to {MAX_CONCURRENCY}",
+                    quoted(&max.to_string())
+                )
+            })? as u32
+        }
         None => return Err("`max` is missing: how many steps of the key may be in flight at once".into()),
     };
     let strategy = match fields.get("strategy") {
         None => Strategy::Queue,
         Some(Value::String(text)) => Strategy::parse(text).ok_or_else(|| {
-            format!("`strategy` is `{text}`; use queue (the default), cancel_in_progress or cancel_newest")
+            format!(
+                "`strategy` is `{}`; use queue (the default), cancel_in_progress or cancel_newest",
+                quoted(text)
+            )
         })?,
         Some(other) => {
-            return Err(format!("`strategy` is {other}; use queue, cancel_in_progress or cancel_newest"));
+            return Err(format!(
+                "`strategy` is {}; use queue, cancel_in_progress or cancel_newest",
+                quoted(&other.to_string())
+            ));
         }
     };
     Ok(ConcurrencyRule { key, max, strategy })
@@ -269,6 +299,30 @@ mod tests {
         assert_eq!(render("{plan}/{asset}:{owner}@{run}", None, json!({})), "p/a:risk@r1");
         assert_eq!(render("gpu-{region}-{vol}", None, json!({"region": "eu", "vol": 0.5})), "gpu-eu-0.5");
         assert_eq!(render("licence", None, json!({})), "licence");
+    }
+
+    #[test]
+    fn a_long_key_is_cut_to_the_limit_and_stays_distinct() {
+        let long = |c: &str| {
+            render("{partition}/{region}", Some(&"p".repeat(200)), json!({"region": c.repeat(900)}))
+        };
+        let (a, b) = (long("a"), long("b"));
+        assert!(a.len() <= MAX_KEY_BYTES && b.len() <= MAX_KEY_BYTES, "{} {}", a.len(), b.len());
+        assert_ne!(a, b, "the digest tells keys apart that the cut would merge");
+        assert_eq!(a, long("a"), "the same step always gets the same key");
+    }
+
+    #[test]
+    fn errors_quote_plan_values_cut_short() {
+        let huge = "x".repeat(10_000);
+        for bad in [
+            json!({"key": "k", "max": huge}),
+            json!({"key": "k", "max": 1, "strategy": huge}),
+            json!({"key": "k", "max": 1, huge.clone(): 1}),
+        ] {
+            let error = rules_of(&bad, false, &[]).unwrap_err();
+            assert!(error.len() < 300, "{} bytes", error.len());
+        }
     }
 
     #[test]

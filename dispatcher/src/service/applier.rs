@@ -256,3 +256,29 @@ fn merge(into: &mut ApplyOutcome, more: ApplyOutcome, offset: usize) {
     into.settled.extend(more.settled);
     into.finished.extend(more.finished);
 }
+
+#[cfg(test)]
+mod tests {
+    use opflow_protocol::LogLevel;
+
+    use super::*;
+
+    #[test]
+    fn every_result_frees_its_attempts_slots_but_a_replacement_by_the_dispatcher() {
+        let run = RunId::new();
+        let event = |step: u32, worker: &str, kind| -> StorableEvent {
+            Event::new(run, StepId(step), 1, worker, kind).into()
+        };
+        let failed = || EventKind::Failed { error: "e".into(), retryable: false };
+        let events = [
+            event(0, "w1", EventKind::Succeeded { output: serde_json::Value::Null }),
+            event(1, "w1", failed()),
+            event(2, DISPATCHER_WORKER, failed()),
+            event(3, SUPERSEDED_BY_DISPATCHER, failed()),
+            event(4, "w1", EventKind::Heartbeat),
+            event(5, "w1", EventKind::Log { level: LogLevel::Info, message: "m".into() }),
+        ];
+        let freed: Vec<u32> = results(&events).into_iter().map(|(_, step, _)| step.0).collect();
+        assert_eq!(freed, vec![0, 1, 2], "results of workers and of the dispatcher's own failures");
+    }
+}

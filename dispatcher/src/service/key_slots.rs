@@ -133,13 +133,8 @@ impl KeySlots {
         self.holders.insert((run, step), Holder { attempt, keys, superseded: false });
     }
 
-    /// Gives back what `attempt` took by [`KeySlots::admit`] when its message was not sent
-    /// after all (the round failed, or its step was no longer queued).
-    pub fn undo(&mut self, attempt: Attempt) -> Vec<Arc<str>> {
-        self.release(attempt)
-    }
-
-    /// A result of `attempt` came back: its slots are free. Returns the keys freed.
+    /// Frees `attempt`'s slots: a result of it came back, or its message was not sent after
+    /// all (the round failed, or its step was no longer queued). Returns the keys freed.
     pub fn release(&mut self, (run, step, attempt): Attempt) -> Vec<Arc<str>> {
         match self.holders.get(&(run, step)) {
             Some(holder) if holder.attempt == attempt => {}
@@ -259,7 +254,7 @@ mod tests {
         let (mut slots, run) = (KeySlots::default(), RunId::new());
         let k = [key("k", 1, Strategy::Queue)];
         assert_eq!(slots.admit(at(run, 0), &k), Admission::Go);
-        slots.undo(at(run, 0));
+        slots.release(at(run, 0));
         assert!(slots.is_empty());
         assert_eq!(slots.admit(at(run, 1), &k), Admission::Go);
     }

@@ -21,11 +21,11 @@ use tracing::Instrument;
 
 use super::{
     applier::{Applier, dispatcher_failure},
-    window::{Arrivals, HOLD_PER_RUN, HeldSlot, PublishWindow, Round, WindowSize},
+    window::{Arrivals, HOLD_PER_RUN, PublishWindow, Round, WindowSize},
 };
 use crate::store::{
     CANCELS_CHANNEL, StoreError,
-    key_slots::{KeyWait, SUPERSEDED_BY_DISPATCHER},
+    key_slots::{HeldSlot, KeyWait, SUPERSEDED_BY_DISPATCHER},
     lease::LeaderStore,
     outbox::{OutboxBatch, OutboxRow},
     run_plan::{PlanCache, RunPlan, StepRange},
@@ -173,14 +173,8 @@ impl StepPublisher {
         let mut polls = tokio::time::interval(POLL_EVERY);
         polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut last_poll, mut poll_count) = (Instant::now(), 0u32);
-        // What `key_waits` was last told; a new leader says it at its first poll.
-        let mut key_waits_said = vec![KeyWait {
-            run_id: RunId::from_uuid(uuid::Uuid::nil()),
-            key: Arc::from(""),
-            waiting: 0,
-            in_flight: 0,
-            max: 0,
-        }];
+        // What `key_waits` was last told; `None` until this leader first said it.
+        let mut key_waits_said: Option<Vec<KeyWait>> = None;
         while !cancel.is_cancelled() {
             if due.cancels {
                 match self.publish_cancels(&mut window).await {
@@ -262,9 +256,9 @@ impl StepPublisher {
                     last_poll = Instant::now();
                     self.count_queues(&mut window, probe).await;
                     let waits = window.key_waits();
-                    if waits != key_waits_said {
+                    if key_waits_said.as_ref() != Some(&waits) {
                         match self.store.key_slots().record_waits(&waits).await {
-                            Ok(()) => key_waits_said = waits,
+                            Ok(()) => key_waits_said = Some(waits),
                             Err(error) => tracing::debug!(%error, "could not record why steps wait for keys"),
                         }
                     }

@@ -27,7 +27,12 @@ use super::{
 };
 use crate::{
     plan::concurrency::Strategy,
-    store::{key_slots::KeyWait, ops::ScaleSettings, outbox::OutboxRow, run_plan::RunPlan},
+    store::{
+        key_slots::{HeldSlot, KeyWait},
+        ops::ScaleSettings,
+        outbox::OutboxRow,
+        run_plan::RunPlan,
+    },
 };
 
 /// The smallest default window.
@@ -221,9 +226,6 @@ pub struct Round {
     pub superseded: Vec<(Attempt, String)>,
 }
 
-/// A step attempt and one key it holds a slot of.
-pub type HeldSlot = (RunId, StepId, u32, Arc<str>);
-
 /// Rows waiting for a slot of a full key.
 #[derive(Debug, Default)]
 struct Parked {
@@ -407,14 +409,20 @@ impl PublishWindow {
     /// each freed key is given its chance.
     pub fn results(&mut self, attempts: &[Attempt]) {
         for &attempt in attempts {
-            let freed = self.slots.release(attempt);
-            if !freed.is_empty() {
+            if self.free(attempt) {
                 self.released.push(attempt);
             }
-            for key in freed {
-                self.unpark(&key, 1);
-            }
         }
+    }
+
+    /// Frees `attempt`'s slots, and gives a row waiting for each freed key its chance;
+    /// whether it held any.
+    fn free(&mut self, attempt: Attempt) -> bool {
+        let freed = self.slots.release(attempt);
+        for key in &freed {
+            self.unpark(key, 1);
+        }
+        !freed.is_empty()
     }
 
     /// Attempts whose slots were freed since the last call, to remove from the store.
@@ -647,9 +655,7 @@ impl PublishWindow {
         if !round.slots.is_empty() {
             let sent: HashSet<i64> = rows.iter().map(|r| r.seq).collect();
             for row in round.rows.iter().filter(|r| !sent.contains(&r.seq)) {
-                for key in self.slots.undo((row.run_id, row.step_id, row.attempt)) {
-                    self.unpark(&key, 1);
-                }
+                self.free((row.run_id, row.step_id, row.attempt));
             }
         }
         let op = &round.op;
@@ -664,7 +670,7 @@ impl PublishWindow {
     /// back and its cancels are decided again.
     pub fn put_back(&mut self, round: Round, plan_of: impl Fn(RunId) -> Option<Arc<RunPlan>>) {
         for row in &round.rows {
-            self.slots.undo((row.run_id, row.step_id, row.attempt));
+            self.free((row.run_id, row.step_id, row.attempt));
         }
         let rows: Vec<OutboxRow> =
             round.rows.iter().copied().chain(round.rejected.iter().map(|(row, _)| *row)).collect();
