@@ -7,12 +7,14 @@
 //! at the API's edge, so the store changes without an API change.
 //!
 //! - [`runs`]: submitting, listing, following and canceling runs.
+//! - [`assets`]: the asset catalog across runs: cells, materializations, lineage.
 //! - [`ops`]: op versions and their queues' demand.
 //! - [`webhooks`]: subscriptions, deliveries and a run's own notify target.
 //! - [`page`]: paged lists.
 //! - [`error`]: the body of every error answer.
 //! - [`probes`]: what `/readyz` answers.
 
+pub mod assets;
 pub mod error;
 pub mod ops;
 pub mod page;
@@ -20,6 +22,10 @@ pub mod probes;
 pub mod runs;
 pub mod webhooks;
 
+pub use assets::{
+    AssetSummary, CellStatus, CellView, CellsQuery, HistoryQuery, Lineage, LineageDirection, LineageItem,
+    LineageQuery, Materialization,
+};
 pub use error::ErrorBody;
 pub use ops::{OpVersion, QueueDemand};
 pub use page::{DEFAULT_PAGE, MAX_PAGE, Page, Paging};

@@ -8,6 +8,7 @@
 //!   `…/outputs`, `POST /v1/runs/{id}/cancel`.
 //! - [`events`]: `GET /v1/runs/{id}/events`, a run's events as resumable Server-Sent Events,
 //!   woken by [`followers`].
+//! - [`assets`]: `GET /v1/assets[/{asset}[/partitions|/history|/lineage]]`, the catalog.
 //! - [`ops`]: `GET /v1/ops`; [`queues`]: `GET /v1/queues[/{queue}]`, each op queue's demand.
 //! - [`webhooks`]: `/v1/webhooks[/…]`: subscriptions, deliveries, redelivery (admin scope).
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers (also `docs/openapi.json`).
@@ -16,6 +17,7 @@
 //!   [`stream_limits`]: how many event streams one caller may hold open.
 //! - [`state`]: what handlers share; [`error`]: [`error::ApiError`], the one error type.
 
+pub mod assets;
 pub mod auth;
 pub mod error;
 pub mod events;
@@ -52,6 +54,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs/{id}/cancel", axum::routing::post(runs::cancel))
         .route("/v1/queues", get(queues::list))
         .route("/v1/queues/{queue}", get(queues::one))
+        .route("/v1/assets", get(assets::list))
+        .route("/v1/assets/{asset}", get(assets::one))
+        .route("/v1/assets/{asset}/partitions", get(assets::cells))
+        .route("/v1/assets/{asset}/history", get(assets::history))
+        .route("/v1/assets/{asset}/lineage", get(assets::lineage))
         .merge(webhooks::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()

@@ -19,6 +19,7 @@ macro_rules! say {
 }
 
 mod admin;
+mod assets;
 mod bench;
 pub mod client;
 pub mod exit;
@@ -100,6 +101,10 @@ enum Command {
     Logs(watch::LogsArgs),
     /// Cancel a run: queued and waiting steps never start, running ones are told to stop
     Cancel(run::CancelArgs),
+    /// The asset catalog across runs: which cells are materialized, stale, failed or missing;
+    /// history; lineage
+    #[command(subcommand)]
+    Assets(assets::AssetsCommand),
     /// Tell URLs when runs end (signed webhooks): add, list, remove, deliveries, redeliver
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
@@ -167,6 +172,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => watch::events(args).await,
         Command::Logs(args) => watch::logs(args).await,
         Command::Cancel(args) => run::cancel(args).await,
+        Command::Assets(command) => assets::run(command).await,
         Command::Webhooks(command) => webhooks::run(command).await,
         Command::Tokens(command) => tokens::run(command, &settings, &cancel).await,
         Command::Gc(args) => {

@@ -37,6 +37,7 @@ pub mod concurrency;
 mod dimensions;
 mod error;
 mod expand;
+pub mod fingerprint;
 pub mod graph;
 mod parse;
 pub mod retry;

@@ -24,6 +24,7 @@
 //!   api` and the tests that every read of a followed run costs a page.
 
 pub mod apply;
+pub mod catalog;
 pub mod checks;
 pub mod following;
 pub mod in_flight;

@@ -298,6 +298,7 @@ impl Runs<'_> {
         }
 
         insert_run_assets(&mut tx, run_id, plan).await?;
+        super::catalog::declare(&mut tx, plan).await?;
         insert_asset_progress(&mut tx, run_id).await?;
 
         let graph = PlanGraph::new(plan.clone());

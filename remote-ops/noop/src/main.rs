@@ -51,6 +51,12 @@ struct Params {
     log_lines: u64,
     #[serde(default)]
     log_line_bytes: usize,
+    /// Put this value in the output as `echo`: a test decides what a step produces.
+    #[serde(default)]
+    echo: Option<Value>,
+    /// Report this value as what the step materialized (its metadata).
+    #[serde(default)]
+    materialize: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +144,12 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
     if params.nul_texts {
         output["text"] = json!(format!("out{nul}put"));
     }
+    if let Some(metadata) = params.materialize {
+        ctx.materialized(metadata);
+    }
+    if let Some(echo) = params.echo {
+        output["echo"] = echo;
+    }
     if params.output_bytes > 0 {
         output["padding"] = json!("x".repeat(params.output_bytes.saturating_sub(100)));
     }
@@ -184,6 +196,8 @@ fn main() -> std::process::ExitCode {
         .config_field("chatty", "boolean", "Report a log line and progress halfway", json!(false))
         .config_field("log_lines", "integer", "Log this many lines (of log_line_bytes each)", json!(0))
         .config_field("log_line_bytes", "integer", "The length of each of log_lines", json!(0))
+        .config_field("echo", "any", "A value to put in the output as `echo`", Value::Null)
+        .config_field("materialize", "object", "Metadata to report as materialized", Value::Null)
         // noop serves tests and benchmarks, whose sleeps stay well under a minute.
         .longest_step(Duration::from_secs(60))
         .handler(run)

@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use super::{
     Store, StoreError,
+    catalog::{self, CatalogColumns},
     outbox::OutboxRow,
     run_plan::{PlanCache, RunPlan},
     runs::RunStatus,
@@ -173,19 +174,29 @@ impl Events<'_> {
         }
         let mut unlocks = Unlocks::default();
         let mut skips = Vec::new();
+        let mut catalog = CatalogColumns::default();
+        let results_by_id: HashMap<Uuid, &(&Event, decide::Outcome)> =
+            settled.results.iter().map(|result| (result.0.id.as_uuid(), result)).collect();
         for step in &ended {
             applied.insert(step.event);
             outcome.settled.push((RunId::from_uuid(step.run), step.step));
             let plan = plan_of(step.run);
             let delta = deltas.entry(step.run).or_default();
             delta.started = true;
+            let result = results_by_id.get(&step.event);
             let status = if step.succeeded {
                 delta.succeeded += 1;
                 unlocks.succeeded(step.run, &plan, step.step);
+                if let Some((event, _)) = result {
+                    catalog.succeeded(step.run, &plan, step.step, event);
+                }
                 TerminalStatus::Succeeded
             } else {
                 delta.failed += 1;
                 skips.extend(decide::skips(step.run, &plan, step.step));
+                if let Some((_, decide::Outcome::Failed { error })) = result {
+                    catalog.failed(step.run, &plan, step.step, error);
+                }
                 TerminalStatus::Failed
             };
             outcome.terminal.push(TerminalStep { plan, step: step.step, status, seconds: step.seconds });
@@ -216,6 +227,8 @@ impl Events<'_> {
         let rows = columns::event_rows(&batch, &applied);
         let recorded = statements::record(&mut tx, &deltas, &rows).await?;
         outcome.duplicates = rows.ids.len() - recorded.inserted;
+        // After the events: a materialization carries its attempt's `materialized` events.
+        catalog::record(&mut tx, &catalog).await?;
         let moves: Vec<(Uuid, RunStatus)> = recorded
             .runs
             .iter()

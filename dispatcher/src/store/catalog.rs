@@ -1,0 +1,514 @@
+//! The asset catalog: every cell (asset × partition × sweep point) any run materialized or
+//! failed, across runs, with what each materialization read (migration 0020).
+//!
+//! Written only by the applier, in the transaction that ends the steps ([`record`]): a
+//! success adds a materialization and points its cell at it; a final failure marks the cell
+//! failed and keeps its last good materialization. A replaced materialization whose output
+//! differs from its successor's marks the cells that read it `upstream_changed`, which makes
+//! them stale. Read by `opflow assets` and `GET /v1/assets…` ([`Catalog`]).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use opflow_protocol::{Event, EventKind, StepId};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{Store, StoreError, run_plan::RunPlan};
+use crate::plan::{
+    CompiledPlan,
+    fingerprint::{Fingerprint, point_key},
+};
+
+/// What a batch adds to the catalog, as the columns of its bulk statements.
+#[derive(Debug, Default)]
+pub struct CatalogColumns {
+    // Successes, one row each.
+    runs: Vec<Uuid>,
+    steps: Vec<i32>,
+    attempts: Vec<i32>,
+    assets: Vec<String>,
+    partitions: Vec<String>,
+    points: Vec<String>,
+    op_names: Vec<String>,
+    op_versions: Vec<String>,
+    definitions: Vec<Vec<u8>>,
+    config_hashes: Vec<Vec<u8>>,
+    output_digests: Vec<Vec<u8>>,
+    ats: Vec<DateTime<Utc>>,
+    /// The upstream step ranges each success read: (row, first step, last step).
+    read_rows: Vec<i32>,
+    read_first: Vec<i32>,
+    read_last: Vec<i32>,
+    // Final failures, one row each.
+    failed_runs: Vec<Uuid>,
+    failed_steps: Vec<i32>,
+    failed_assets: Vec<String>,
+    failed_partitions: Vec<String>,
+    failed_points: Vec<String>,
+    failed_errors: Vec<String>,
+    /// Each (run, asset index)'s definition fingerprint, computed once per batch.
+    definitions_seen: HashMap<(Uuid, usize), Fingerprint>,
+}
+
+impl CatalogColumns {
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty() && self.failed_runs.is_empty()
+    }
+
+    /// Adds the success `event` of `step` (its settled result) as a materialization.
+    pub fn succeeded(&mut self, run: Uuid, plan: &RunPlan, step: StepId, event: &Event) {
+        let EventKind::Succeeded { output } = &event.kind else { return };
+        let index = plan.asset_index(step);
+        let asset = &plan.plan().assets[index];
+        let (partition, point) = plan.partition_and_point(step);
+        let definition = *self.definitions_seen.entry((run, index)).or_insert_with(|| {
+            Fingerprint::of_definition(&asset.op_name, &asset.op_version.to_string(), &asset.config)
+        });
+        let row = self.runs.len() as i32;
+        for (_, range) in plan.input_ranges(step) {
+            self.read_rows.push(row);
+            self.read_first.push(range.first as i32);
+            self.read_last.push(range.last as i32);
+        }
+        self.runs.push(run);
+        self.steps.push(step.0 as i32);
+        self.attempts.push(event.attempt as i32);
+        self.assets.push(asset.name.clone());
+        self.partitions.push(partition.unwrap_or_default().to_owned());
+        self.points.push(point_key(&point));
+        self.op_names.push(asset.op_name.clone());
+        self.op_versions.push(asset.op_version.to_string());
+        self.definitions.push(definition.as_bytes().to_vec());
+        self.config_hashes
+            .push(Fingerprint::of_effective_config(&asset.config, partition, &point).as_bytes().to_vec());
+        self.output_digests.push(Fingerprint::of_json(output).as_bytes().to_vec());
+        self.ats.push(event.at.min(Utc::now()));
+    }
+
+    /// Adds a final failure of `step`.
+    pub fn failed(&mut self, run: Uuid, plan: &RunPlan, step: StepId, error: &str) {
+        let asset = &plan.plan().assets[plan.asset_index(step)];
+        let (partition, point) = plan.partition_and_point(step);
+        self.failed_runs.push(run);
+        self.failed_steps.push(step.0 as i32);
+        self.failed_assets.push(asset.name.clone());
+        self.failed_partitions.push(partition.unwrap_or_default().to_owned());
+        self.failed_points.push(point_key(&point));
+        self.failed_errors.push(super::storable::text(error));
+    }
+}
+
+/// Writes a batch's catalog rows; see the module docs. Runs after the batch's events are
+/// recorded, so that the `materialized` events of the succeeded attempts are found.
+pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), StoreError> {
+    if !cols.runs.is_empty() {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "WITH made AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],
+                                      $7::text[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[],
+                                      $12::timestamptz[])
+                     WITH ORDINALITY AS u(run_id, step_id, attempt, asset, partition, point, op_name, op_version,
+                                         definition, config_hash, output_digest, at, row)
+             ), reads AS (
+                 SELECT r.row, array_agg(m.id ORDER BY m.id) AS ids
+                 FROM UNNEST($13::int[], $14::int[], $15::int[]) AS r(row, first, last)
+                 JOIN made ON made.row = r.row + 1
+                 JOIN materializations m ON m.run_id = made.run_id AND m.step_id BETWEEN r.first AND r.last
+                 GROUP BY r.row
+             )
+             INSERT INTO materializations (asset, partition, point, op_name, op_version, definition, config_hash,
+                                           inputs, run_id, step_id, attempt, at, output_digest, metadata)
+             SELECT made.asset, made.partition, made.point, made.op_name, made.op_version, made.definition,
+                    made.config_hash, coalesce(reads.ids, '{}'), made.run_id, made.step_id, made.attempt, made.at,
+                    made.output_digest,
+                    coalesce((SELECT jsonb_agg(e.body->'materialized'->'metadata' ORDER BY e.at, e.seq)
+                              FROM events e
+                              WHERE e.run_id = made.run_id AND e.step_id = made.step_id
+                                AND e.attempt = made.attempt AND e.kind = 'materialized'), '[]')
+             FROM made LEFT JOIN reads ON reads.row + 1 = made.row
+             ORDER BY made.row
+             ON CONFLICT (run_id, step_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&cols.runs)
+        .bind(&cols.steps)
+        .bind(&cols.attempts)
+        .bind(&cols.assets)
+        .bind(&cols.partitions)
+        .bind(&cols.points)
+        .bind(&cols.op_names)
+        .bind(&cols.op_versions)
+        .bind(&cols.definitions)
+        .bind(&cols.config_hashes)
+        .bind(&cols.output_digests)
+        .bind(&cols.ats)
+        .bind(&cols.read_rows)
+        .bind(&cols.read_first)
+        .bind(&cols.read_last)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !ids.is_empty() {
+            // Each cell points at its newest materialization; what it pointed at before is
+            // returned with whether its output differs, so its readers can be marked.
+            let replaced: Vec<i64> = sqlx::query_scalar(
+                "WITH newest AS (
+                     SELECT DISTINCT ON (asset, partition, point) id, asset, partition, point, definition,
+                            output_digest, at
+                     FROM materializations WHERE id = ANY($1)
+                     ORDER BY asset, partition, point, id DESC
+                 ), before AS (
+                     SELECT c.materialization AS id, m.output_digest <> n.output_digest AS changed
+                     FROM newest n
+                     JOIN catalog_cells c USING (asset, partition, point)
+                     JOIN materializations m ON m.id = c.materialization
+                     WHERE c.materialization < n.id
+                 ), upsert AS (
+                     INSERT INTO catalog_cells (asset, partition, point, status, materialization, definition,
+                                                upstream_changed, updated_at)
+                     SELECT asset, partition, point, 'materialized', id, definition, false, at FROM newest
+                     ON CONFLICT (asset, partition, point) DO UPDATE
+                         SET status = 'materialized', materialization = EXCLUDED.materialization,
+                             definition = EXCLUDED.definition, upstream_changed = false,
+                             failed_run = NULL, failed_step = NULL, error = NULL,
+                             updated_at = EXCLUDED.updated_at
+                         WHERE catalog_cells.materialization IS NULL
+                            OR catalog_cells.materialization < EXCLUDED.materialization
+                 )
+                 SELECT id FROM before WHERE changed",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !replaced.is_empty() {
+                sqlx::query(
+                    "UPDATE catalog_cells c SET upstream_changed = true
+                     FROM materializations r
+                     WHERE r.inputs && $1::bigint[] AND c.materialization = r.id AND NOT c.upstream_changed",
+                )
+                .bind(&replaced)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    if !cols.failed_runs.is_empty() {
+        sqlx::query(
+            "INSERT INTO catalog_cells (asset, partition, point, status, failed_run, failed_step, error, updated_at)
+             SELECT DISTINCT ON (asset, partition, point) asset, partition, point, 'failed', run_id, step_id, error, now()
+             FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
+                 AS u(run_id, step_id, asset, partition, point, error)
+             ORDER BY asset, partition, point
+             ON CONFLICT (asset, partition, point) DO UPDATE
+                 SET status = 'failed', failed_run = EXCLUDED.failed_run, failed_step = EXCLUDED.failed_step,
+                     error = EXCLUDED.error, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&cols.failed_runs)
+        .bind(&cols.failed_steps)
+        .bind(&cols.failed_assets)
+        .bind(&cols.failed_partitions)
+        .bind(&cols.failed_points)
+        .bind(&cols.failed_errors)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Declares a run's assets in the catalog, as this run defines them (in the submit's
+/// transaction): the cells each asks for and the fingerprint of what computes them.
+pub async fn declare(tx: &mut PgConnection, plan: &CompiledPlan) -> Result<(), StoreError> {
+    let mut names = Vec::new();
+    let mut op_names = Vec::new();
+    let mut op_versions = Vec::new();
+    let mut definitions = Vec::new();
+    let mut cells = Vec::new();
+    let mut partitions = Vec::new();
+    let mut sweeps = Vec::new();
+    for asset in &plan.assets {
+        let row = super::run_plan::RunAssetRow::from_asset(0, asset);
+        names.push(asset.name.clone());
+        op_names.push(asset.op_name.clone());
+        op_versions.push(asset.op_version.to_string());
+        definitions.push(
+            Fingerprint::of_definition(&asset.op_name, &asset.op_version.to_string(), &asset.config)
+                .as_bytes()
+                .to_vec(),
+        );
+        cells.push(i64::from(asset.step_count()));
+        partitions.push(row.partitions);
+        sweeps.push(row.sweep);
+    }
+    sqlx::query(
+        "INSERT INTO catalog_assets (name, plan_name, op_name, op_version, definition, cells, partitions, sweep)
+         SELECT u.name, $1, u.op_name, u.op_version, u.definition, u.cells, u.partitions, u.sweep
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::jsonb[], $8::jsonb[])
+             AS u(name, op_name, op_version, definition, cells, partitions, sweep)
+         ORDER BY u.name
+         ON CONFLICT (name) DO UPDATE
+             SET plan_name = EXCLUDED.plan_name, op_name = EXCLUDED.op_name, op_version = EXCLUDED.op_version,
+                 definition = EXCLUDED.definition, cells = EXCLUDED.cells, partitions = EXCLUDED.partitions,
+                 sweep = EXCLUDED.sweep, updated_at = now()",
+    )
+    .bind(&plan.name)
+    .bind(&names)
+    .bind(&op_names)
+    .bind(&op_versions)
+    .bind(&definitions)
+    .bind(&cells)
+    .bind(&partitions)
+    .bind(&sweeps)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// An asset's state in the catalog, counted over its cells.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AssetSummaryRow {
+    pub name: String,
+    pub plan_name: String,
+    pub op_name: String,
+    pub op_version: String,
+    /// Cells its latest definition asks for.
+    pub cells: i64,
+    /// Materialized under its current definition, with unchanged inputs.
+    pub fresh: i64,
+    /// Materialized, but under another definition or from inputs replaced since.
+    pub stale: i64,
+    pub failed: i64,
+    /// Cells in the catalog at all (to tell how many are missing).
+    pub known: i64,
+    pub latest_at: Option<DateTime<Utc>>,
+}
+
+/// One cell's latest state.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CellRow {
+    pub partition: String,
+    pub point: String,
+    /// `materialized`, `stale` or `failed`.
+    pub status: String,
+    pub materialization: Option<i64>,
+    pub failed_run: Option<Uuid>,
+    pub failed_step: Option<i32>,
+    pub error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One materialization.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MaterializationRow {
+    pub id: i64,
+    pub asset: String,
+    pub partition: String,
+    pub point: String,
+    pub op_name: String,
+    pub op_version: String,
+    pub config_hash: Vec<u8>,
+    pub inputs: Vec<i64>,
+    pub run_id: Uuid,
+    pub step_id: i32,
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+    pub output_digest: Vec<u8>,
+    pub metadata: serde_json::Value,
+}
+
+/// One materialization in a lineage walk, and how many hops it is from where the walk began.
+#[derive(Debug, Clone)]
+pub struct LineageRow {
+    pub depth: i32,
+    pub materialization: MaterializationRow,
+}
+
+/// Which status of cells to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellFilter {
+    Any,
+    Materialized,
+    Stale,
+    Failed,
+}
+
+/// Which way a lineage walk goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// What it read, and what those read.
+    Upstream,
+    /// What read it, and what read those.
+    Downstream,
+}
+
+/// The most materializations a lineage walk returns.
+pub const MAX_LINEAGE_ROWS: i64 = 1_000;
+/// The most hops a lineage walk takes.
+pub const MAX_LINEAGE_DEPTH: i32 = 64;
+
+const MATERIALIZATION_COLUMNS: &str = "m.id, m.asset, m.partition, m.point, m.op_name, m.op_version, \
+     m.config_hash, m.inputs, m.run_id, m.step_id, m.attempt, m.at, m.output_digest, m.metadata";
+
+/// Reading the catalog (`store.catalog()`).
+#[derive(Clone, Copy)]
+pub struct Catalog<'a> {
+    pool: &'a sqlx::PgPool,
+}
+
+impl Store {
+    /// The asset catalog.
+    pub fn catalog(&self) -> Catalog<'_> {
+        Catalog { pool: &self.pool }
+    }
+}
+
+impl Catalog<'_> {
+    /// Every asset's summary (or only `name`'s), by name. Each is one range of
+    /// `catalog_cells`' primary key.
+    pub async fn summaries(&self, name: Option<&str>) -> Result<Vec<AssetSummaryRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT a.name, a.plan_name, a.op_name, a.op_version, a.cells,
+                    coalesce(s.fresh, 0) AS fresh, coalesce(s.stale, 0) AS stale,
+                    coalesce(s.failed, 0) AS failed, coalesce(s.known, 0) AS known, s.latest_at
+             FROM catalog_assets a
+             LEFT JOIN LATERAL (
+                 SELECT count(*) FILTER (WHERE c.status = 'materialized' AND c.definition = a.definition
+                                               AND NOT c.upstream_changed) AS fresh,
+                        count(*) FILTER (WHERE c.status = 'materialized' AND (c.definition <> a.definition
+                                               OR c.upstream_changed)) AS stale,
+                        count(*) FILTER (WHERE c.status = 'failed') AS failed,
+                        count(*) AS known,
+                        max(c.updated_at) FILTER (WHERE c.status = 'materialized') AS latest_at
+                 FROM catalog_cells c WHERE c.asset = a.name
+             ) s ON true
+             WHERE $1::text IS NULL OR a.name = $1
+             ORDER BY a.name",
+        )
+        .bind(name)
+        .fetch_all(self.pool)
+        .await?)
+    }
+
+    /// A page of an asset's cells in (partition, point) order, after `after`.
+    pub async fn cells(
+        &self,
+        asset: &str,
+        filter: CellFilter,
+        partition: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> Result<Vec<CellRow>, StoreError> {
+        let (after_partition, after_point) = after.unzip();
+        Ok(sqlx::query_as(
+            "SELECT c.partition, c.point,
+                    CASE WHEN c.status = 'failed' THEN 'failed'
+                         WHEN c.definition <> a.definition OR c.upstream_changed THEN 'stale'
+                         ELSE 'materialized' END AS status,
+                    c.materialization, c.failed_run, c.failed_step, c.error, c.updated_at
+             FROM catalog_cells c JOIN catalog_assets a ON a.name = c.asset
+             WHERE c.asset = $1
+               AND ($2::text IS NULL OR c.partition = $2)
+               AND ($3::text IS NULL OR (c.partition, c.point) > ($3, $4::text))
+               AND CASE $5::text
+                     WHEN 'failed' THEN c.status = 'failed'
+                     WHEN 'stale' THEN c.status = 'materialized' AND (c.definition <> a.definition OR c.upstream_changed)
+                     WHEN 'materialized' THEN c.status = 'materialized' AND c.definition = a.definition
+                                              AND NOT c.upstream_changed
+                     ELSE true END
+             ORDER BY c.partition, c.point
+             LIMIT $6",
+        )
+        .bind(asset)
+        .bind(partition)
+        .bind(after_partition)
+        .bind(after_point)
+        .bind(match filter {
+            CellFilter::Any => "any",
+            CellFilter::Materialized => "materialized",
+            CellFilter::Stale => "stale",
+            CellFilter::Failed => "failed",
+        })
+        .bind(i64::from(limit))
+        .fetch_all(self.pool)
+        .await?)
+    }
+
+    /// A cell's materializations, newest first, at most `limit`; `point` `None` for every
+    /// point of the partition.
+    pub async fn history(
+        &self,
+        asset: &str,
+        partition: &str,
+        point: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MaterializationRow>, StoreError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MATERIALIZATION_COLUMNS} FROM materializations m
+             WHERE m.asset = $1 AND m.partition = $2 AND ($3::text IS NULL OR m.point = $3)
+             ORDER BY m.id DESC LIMIT $4"
+        )))
+        .bind(asset)
+        .bind(partition)
+        .bind(point)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool)
+        .await?)
+    }
+
+    /// The latest materializations of an asset's cells in `partition` (every partition when
+    /// `None`), at most `limit`.
+    pub async fn latest(
+        &self,
+        asset: &str,
+        partition: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MaterializationRow>, StoreError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MATERIALIZATION_COLUMNS} FROM catalog_cells c JOIN materializations m ON m.id = c.materialization
+             WHERE c.asset = $1 AND ($2::text IS NULL OR c.partition = $2)
+             ORDER BY c.partition, c.point LIMIT $3"
+        )))
+        .bind(asset)
+        .bind(partition)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool)
+        .await?)
+    }
+
+    /// What `from` read (upstream) or what read them (downstream), transitively, nearest
+    /// first: at most [`MAX_LINEAGE_ROWS`] materializations within [`MAX_LINEAGE_DEPTH`] hops.
+    pub async fn lineage(&self, from: &[i64], direction: Direction) -> Result<Vec<LineageRow>, StoreError> {
+        let step = match direction {
+            Direction::Upstream => {
+                "JOIN materializations p ON p.id = w.id JOIN materializations m ON m.id = ANY(p.inputs)"
+            }
+            Direction::Downstream => "JOIN materializations m ON m.inputs @> ARRAY[w.id]",
+        };
+        let rows: Vec<LineageDbRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH RECURSIVE walk(id, depth) AS (
+                 SELECT unnest($1::bigint[]), 0
+                 UNION
+                 SELECT m.id, w.depth + 1 FROM walk w {step} WHERE w.depth < $2
+             ), nearest AS (
+                 SELECT id, min(depth) AS depth FROM walk WHERE depth > 0 GROUP BY id
+             )
+             SELECT n.depth, {MATERIALIZATION_COLUMNS} FROM nearest n JOIN materializations m ON m.id = n.id
+             ORDER BY n.depth, m.asset, m.partition, m.point, m.id LIMIT $3"
+        )))
+        .bind(from)
+        .bind(MAX_LINEAGE_DEPTH)
+        .bind(MAX_LINEAGE_ROWS)
+        .fetch_all(self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| LineageRow { depth: row.depth, materialization: row.materialization })
+            .collect())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct LineageDbRow {
+    depth: i32,
+    #[sqlx(flatten)]
+    materialization: MaterializationRow,
+}
