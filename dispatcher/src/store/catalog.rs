@@ -512,3 +512,101 @@ struct LineageDbRow {
     #[sqlx(flatten)]
     materialization: MaterializationRow,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use opflow_protocol::RunId;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        plan::{self, RegisteredOp},
+        store::run_plan::UnlockMode,
+    };
+
+    fn run_plan(source: &str) -> RunPlan {
+        let registered = [RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
+        let plan = plan::compile(source, Path::new("p.yaml"), &registered).unwrap();
+        RunPlan::new(plan, UnlockMode::Groups).unwrap()
+    }
+
+    const PLAN: &str = "name: p
+assets:
+  - name: prices
+    op: noop@1.0.0
+    partitions: [aave, compound]
+    sweep: {vol: [0.2, 0.4]}
+    config: {n: 1}
+  - name: report
+    op: noop@1.0.0
+    deps: [prices]
+    partitions: [aave, compound]
+";
+
+    fn success(step: u32, output: serde_json::Value) -> Event {
+        Event::new(RunId::new(), StepId(step), 1, "w", EventKind::Succeeded { output })
+    }
+
+    #[test]
+    fn a_success_is_keyed_by_its_cell_and_reads_its_upstream_steps() {
+        let plan = run_plan(PLAN);
+        let run = Uuid::new_v4();
+        let mut cols = CatalogColumns::default();
+        // Step 1: prices[aave]{vol: 0.4}; step 4: report[aave], which reads steps 0 and 1.
+        cols.succeeded(run, &plan, StepId(1), &success(1, json!({"x": 1})));
+        cols.succeeded(run, &plan, StepId(4), &success(4, json!({"x": 1})));
+        assert_eq!(cols.assets, ["prices", "report"]);
+        assert_eq!(cols.partitions, ["aave", "aave"]);
+        assert_eq!(cols.points, [r#"{"vol":0.4}"#, ""]);
+        assert_eq!(cols.op_versions, ["1.0.0", "1.0.0"]);
+        assert_eq!(
+            (cols.read_rows.as_slice(), cols.read_first.as_slice(), cols.read_last.as_slice()),
+            (&[1][..], &[0][..], &[1][..])
+        );
+        // Same output, same digest; other cells, other effective configs.
+        assert_eq!(cols.output_digests[0], cols.output_digests[1]);
+        assert_ne!(cols.config_hashes[0], cols.config_hashes[1]);
+        assert!(!cols.is_empty());
+    }
+
+    #[test]
+    fn a_definition_is_the_assets_not_the_steps() {
+        let plan = run_plan(PLAN);
+        let run = Uuid::new_v4();
+        let mut cols = CatalogColumns::default();
+        cols.succeeded(run, &plan, StepId(0), &success(0, json!(1)));
+        cols.succeeded(run, &plan, StepId(3), &success(3, json!(2)));
+        assert_eq!(cols.definitions[0], cols.definitions[1], "two cells of one asset, one definition");
+        assert_ne!(cols.config_hashes[0], cols.config_hashes[1]);
+        assert_ne!(cols.output_digests[0], cols.output_digests[1]);
+    }
+
+    #[test]
+    fn a_failure_names_its_cell_and_a_storable_error() {
+        let plan = run_plan(PLAN);
+        let mut cols = CatalogColumns::default();
+        cols.failed(Uuid::new_v4(), &plan, StepId(5), "boom\0");
+        assert_eq!(cols.failed_assets, ["report"]);
+        assert_eq!(cols.failed_partitions, ["compound"]);
+        assert_eq!(cols.failed_points, [""]);
+        assert!(!cols.failed_errors[0].contains('\0'), "{:?}", cols.failed_errors);
+        assert!(cols.runs.is_empty() && !cols.is_empty());
+    }
+
+    #[test]
+    fn only_a_success_is_a_materialization() {
+        let plan = run_plan(PLAN);
+        let mut cols = CatalogColumns::default();
+        let failed = Event::new(
+            RunId::new(),
+            StepId(0),
+            1,
+            "w",
+            EventKind::Failed { error: "e".into(), retryable: false },
+        );
+        cols.succeeded(Uuid::new_v4(), &plan, StepId(0), &failed);
+        assert!(cols.is_empty());
+    }
+}
