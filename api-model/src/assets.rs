@@ -113,6 +113,10 @@ pub struct Materialization {
     pub at: DateTime<Utc>,
     /// What its `materialized` events said, in order.
     pub metadata: serde_json::Value,
+    /// When its step was satisfied from an earlier materialization with the same memo key
+    /// instead of run: that materialization (its output is this one's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<i64>,
 }
 
 /// `GET /v1/assets/{asset}/history`: which cell.

@@ -55,6 +55,7 @@ mod tests {
             notify: None,
             owner: None,
             priority: None,
+            no_reuse: false,
         };
         let body = serde_json::to_value(&request).unwrap();
         assert_eq!(

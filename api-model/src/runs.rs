@@ -31,6 +31,10 @@ pub struct SubmitRequest {
     /// runs; default: the plan's `priority`, else 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// Run every step, reusing no earlier materialization (as if every asset said
+    /// `reuse: never`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_reuse: bool,
 }
 
 /// The header that makes a submit idempotent, as the body's `key` does.
@@ -98,6 +102,10 @@ pub struct StepCounts {
     pub failed: i64,
     pub skipped: i64,
     pub canceled: i64,
+    /// Of `succeeded`, the steps satisfied from an earlier materialization with the same
+    /// memo key instead of run (docs/catalog.md). Counted per run; 0 per asset.
+    #[serde(default)]
+    pub reused: i64,
 }
 
 /// A run's state: `GET /v1/runs/{id}`, `opflow status --json`.

@@ -105,7 +105,12 @@ pub async fn submit_notifying(
             return Ok(existing);
         }
     }
-    let compiled = compile(store, source, file).await?;
+    let mut compiled = compile(store, source, file).await?;
+    if owner.no_reuse {
+        for asset in &mut compiled.assets {
+            asset.reuse = false;
+        }
+    }
     let file = crate::store::storable::short_text(&file.display().to_string());
     let submitted = store.runs().submit_notifying(&compiled, &file, source, key, notify, owner).await?;
     tracing::Span::current().record("run_id", tracing::field::display(submitted.run_id));

@@ -216,5 +216,6 @@ fn materialization(row: MaterializationRow) -> Materialization {
         attempt: row.attempt,
         at: row.at,
         metadata: row.metadata,
+        reused_from: row.reused_from,
     }
 }

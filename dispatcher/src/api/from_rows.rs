@@ -92,6 +92,7 @@ impl From<store::runs::RunSummaryRow> for RunSummary {
                 failed: c.failed,
                 skipped: c.skipped,
                 canceled: c.canceled,
+                reused: c.reused,
             },
             behind_window: s.behind_window,
             waiting_for_keys: s
@@ -285,6 +286,7 @@ impl From<store::following::AssetProgressRow> for AssetInfo {
                 failed: n(a.failed),
                 skipped: n(a.skipped),
                 canceled: n(a.canceled),
+                reused: 0,
             },
             name: a.name,
         }

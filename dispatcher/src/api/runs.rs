@@ -131,7 +131,7 @@ fn run_owner<'a>(caller: Option<&'a Caller>, request: &'a SubmitRequest) -> Resu
             crate::plan::DEFAULT_PRIORITY
         )));
     }
-    Ok(RunOwner { owner, priority: request.priority })
+    Ok(RunOwner { owner, priority: request.priority, no_reuse: request.no_reuse })
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "get_run", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),

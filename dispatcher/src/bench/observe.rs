@@ -183,7 +183,7 @@ impl Bed<'_> {
         for side in runs {
             tokio::time::sleep(side.after.saturating_sub(first.elapsed())).await;
             let started = Instant::now();
-            let owner = crate::store::runs::RunOwner { owner: side.owner, priority: None };
+            let owner = crate::store::runs::RunOwner { owner: side.owner, priority: None, no_reuse: false };
             let submission = crate::submit::submit_notifying(
                 self.store,
                 side.plan,

@@ -74,6 +74,9 @@ pub fn summary(s: &RunSummary) {
         c.waiting,
         c.retrying
     );
+    if c.reused > 0 {
+        say!("         {} of the succeeded reused an earlier materialization instead of running", c.reused);
+    }
     // Steps waiting for a key are in the run store too: the window's share is the rest.
     let for_keys: i64 = s.waiting_for_keys.iter().map(|w| w.waiting).sum();
     let for_window = s.behind_window.saturating_sub(for_keys);

@@ -43,6 +43,9 @@ pub struct RunArgs {
     /// Its weight among its owner's runs, 1 to 10 [default: the plan's `priority`, else 1]
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
     pub priority: Option<u8>,
+    /// Run every step, reusing no earlier materialization (a forced recompute)
+    #[arg(long)]
+    pub no_reuse: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -93,6 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         notify: args.notify.clone().map(|url| NotifyRequest { url, secret: None }),
         owner: args.owner.clone(),
         priority: args.priority,
+        no_reuse: args.no_reuse,
     };
     let mut headers = Vec::new();
     if let Some(key) = &args.key {

@@ -70,6 +70,9 @@ pub struct CompiledAsset {
     pub timeout: Option<Duration>,
     /// Caps on steps in flight per key (`concurrency`), in file order.
     pub concurrency: Vec<ConcurrencyRule>,
+    /// `reuse`: whether a step may be satisfied from an earlier materialization with the
+    /// same memo key (`auto`, the default) or always runs (`never`).
+    pub reuse: bool,
     /// Step ids are global indices `0..step_count`; an asset's steps are contiguous.
     pub first_step: u32,
     /// Line of the asset's `name:` in the plan file.

@@ -50,6 +50,10 @@ pub struct RawAsset {
     /// One concurrency rule or a list; interpreted in `validate` (`concurrency`).
     #[serde(default)]
     pub concurrency: Option<Spanned<Value>>,
+    /// `auto` (the default) or `never`: whether a step may be satisfied from an earlier
+    /// materialization with the same memo key.
+    #[serde(default)]
+    pub reuse: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -459,3 +459,18 @@ fn concurrency_rules_compile_and_a_bad_one_names_its_line_and_asset() {
     );
     assert_mentions(&message, &["plans/bad.yaml:5", "asset `a`", "cancel_in_progress"]);
 }
+
+#[test]
+fn reuse_is_auto_unless_the_asset_says_never() {
+    let plan = compile_ok(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n  - name: b\n    op: noop@1.0.0\n    reuse: never\n  \
+         - name: c\n    op: noop@1.0.0\n    reuse: auto\n",
+    );
+    let reuse: Vec<bool> = plan.assets.iter().map(|a| a.reuse).collect();
+    assert_eq!(reuse, [true, false, true]);
+    let message = error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    reuse: sometimes\n");
+    assert_mentions(
+        &message,
+        &["plans/bad.yaml:5", "asset `a`", "reuse", "`sometimes` is not `auto`", "never"],
+    );
+}

@@ -70,6 +70,7 @@ struct Checked {
     retry: StepRetryPolicy,
     timeout: Option<Duration>,
     concurrency: Vec<ConcurrencyRule>,
+    reuse: bool,
 }
 
 pub(super) fn validate(
@@ -197,6 +198,7 @@ pub(super) fn validate(
             retry: c.retry,
             timeout: c.timeout,
             concurrency: c.concurrency,
+            reuse: c.reuse,
             first_step,
         };
         first_step += compiled.step_count();
@@ -363,6 +365,24 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         // What a key may name is not known: the partitions or sweep were reported.
         (Some(_), _, _) => None,
     };
+    let reuse = match asset.reuse.as_ref().map(|r| (r, r.value.as_str())) {
+        None | Some((_, "auto")) => Some(true),
+        Some((_, "never")) => Some(false),
+        Some((spanned, other)) => {
+            problems.add(
+                line(spanned),
+                Some(name),
+                PlanErrorKind::BadSetting {
+                    field: "reuse",
+                    reason: format!(
+                        "`{}` is not `auto` (reuse an earlier materialization with the same memo key) or `never`",
+                        opflow_protocol::text::cut(other, 64)
+                    ),
+                },
+            );
+            None
+        }
+    };
     if problems.errors.len() > before {
         return None;
     }
@@ -377,6 +397,7 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         retry: retry?,
         timeout: timeout?,
         concurrency: concurrency?,
+        reuse: reuse?,
     })
 }
 

@@ -25,6 +25,7 @@ use super::{
 };
 use crate::store::{
     CANCELS_CHANNEL, StoreError,
+    catalog::{MemoHit, MemoQuery, REUSED_BY_DISPATCHER},
     key_slots::{HeldSlot, KeyWait, SUPERSEDED_BY_DISPATCHER},
     lease::LeaderStore,
     outbox::{OutboxBatch, OutboxRow},
@@ -186,7 +187,7 @@ impl StepPublisher {
                 }
             }
             let mut pause = false;
-            match self.learn(&mut window, arrivals, &mut due).await {
+            match self.learn(&mut window, arrivals, &mut due, &cancel).await {
                 Ok(()) => {
                     while let Some(round) = window.next_round(self.batch_size) {
                         let decided = !(round.rejected.is_empty() && round.superseded.is_empty());
@@ -276,14 +277,19 @@ impl StepPublisher {
         window: &mut PublishWindow,
         arrivals: &Arrivals,
         due: &mut Due,
+        cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
         let heard = arrivals.take();
         // A batch's rows and steps come mostly from a few runs: each plan is looked up once.
         let mut plans: HashMap<RunId, Option<Arc<RunPlan>>> = HashMap::new();
+        let mut queued = Vec::with_capacity(heard.queued.len());
         for row in heard.queued {
             if let Some(plan) = self.plan_once(&mut plans, row.run_id).await? {
-                window.hold(row, &plan);
+                queued.push((row, plan));
             }
+        }
+        for (row, plan) in self.reuse(window, queued, cancel).await? {
+            window.hold(row, &plan);
         }
         for (run, step) in heard.started {
             if let Some(plan) = self.plan_once(&mut plans, run).await? {
@@ -311,7 +317,10 @@ impl StepPublisher {
             }
             for (run, total) in totals {
                 if let Some(plan) = self.plan(run).await? {
-                    window.loaded_all(&plan, run, by_run.get(&run).map_or(&[][..], Vec::as_slice), total);
+                    let rows = by_run.remove(&run).unwrap_or_default();
+                    let read = rows.len() as u64;
+                    let rows = self.reuse_rows(window, rows, &plan, cancel).await?;
+                    window.loaded_all(&plan, run, &rows, total.saturating_sub(read - rows.len() as u64));
                 }
             }
             due.all_rows = false;
@@ -320,7 +329,9 @@ impl StepPublisher {
         while let Some(run) = due.runs.iter().next().copied() {
             if let Some(plan) = self.plan(run).await? {
                 let rows = outbox.rows_of(run, None, HOLD_PER_RUN).await?;
-                window.loaded(&plan, run, &rows, HOLD_PER_RUN);
+                let more_after = more_after(&rows, HOLD_PER_RUN);
+                let rows = self.reuse_rows(window, rows, &plan, cancel).await?;
+                window.loaded(&plan, run, &rows, more_after);
             }
             due.runs.remove(&run);
         }
@@ -328,7 +339,9 @@ impl StepPublisher {
             match self.plan(run).await? {
                 Some(plan) => {
                     let rows = outbox.rows_of(run, after, limit).await?;
-                    window.loaded(&plan, run, &rows, limit);
+                    let more_after = more_after(&rows, limit);
+                    let rows = self.reuse_rows(window, rows, &plan, cancel).await?;
+                    window.loaded(&plan, run, &rows, more_after);
                 }
                 None => window.forget_run(run),
             }
@@ -344,6 +357,84 @@ impl StepPublisher {
             due.sizes = false;
         }
         Ok(())
+    }
+
+    /// [`StepPublisher::reuse`] for rows of one run.
+    async fn reuse_rows(
+        &self,
+        window: &PublishWindow,
+        rows: Vec<OutboxRow>,
+        plan: &Arc<RunPlan>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = rows.into_iter().map(|row| (row, plan.clone())).collect();
+        Ok(self.reuse(window, rows, cancel).await?.into_iter().map(|(row, _)| row).collect())
+    }
+
+    /// Satisfies from the catalog the ready steps whose memo key matches an earlier
+    /// materialization (docs/catalog.md), in one lookup: each becomes a success with that
+    /// materialization's output, applied like a worker's (so it unlocks its downstream),
+    /// and its outbox row goes. Returns the rows still to publish. Rows already held were
+    /// looked up when they were first held; steps of assets with `reuse: never` are not
+    /// looked up. A lookup that fails for another reason than an outage publishes them all.
+    async fn reuse(
+        &self,
+        window: &PublishWindow,
+        rows: Vec<(OutboxRow, Arc<RunPlan>)>,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(OutboxRow, Arc<RunPlan>)>, StoreError> {
+        let mut query = MemoQuery::default();
+        let mut asked = Vec::new();
+        let mut keep = Vec::with_capacity(rows.len());
+        for (row, plan) in rows {
+            if window.holds(row.seq) || !plan.reusable(row.step_id) {
+                keep.push((row, plan));
+            } else {
+                query.push(row.run_id.as_uuid(), &plan, row.step_id);
+                asked.push((row, plan));
+            }
+        }
+        if query.is_empty() {
+            return Ok(keep);
+        }
+        let hits = match self.store.catalog().memo_hits(&query).await {
+            Ok(hits) => hits,
+            Err(error) if error.is_transient() => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, steps = query.len(), "looking up earlier materializations failed; running the steps");
+                Vec::new()
+            }
+        };
+        let mut hits: HashMap<usize, MemoHit> = hits.into_iter().map(|hit| (hit.position, hit)).collect();
+        let (mut events, mut seqs) = (Vec::new(), Vec::new());
+        for (position, (row, plan)) in asked.into_iter().enumerate() {
+            match hits.remove(&position) {
+                Some(hit) => {
+                    tracing::debug!(run_id = %row.run_id, step_id = %row.step_id, materialization = hit.materialization,
+                        "satisfied from an earlier materialization");
+                    events.push(StorableEvent::from(opflow_protocol::Event::new(
+                        row.run_id,
+                        row.step_id,
+                        row.attempt,
+                        REUSED_BY_DISPATCHER,
+                        opflow_protocol::EventKind::Succeeded { output: hit.output },
+                    )));
+                    seqs.push(row.seq);
+                }
+                None => keep.push((row, plan)),
+            }
+        }
+        if events.is_empty() {
+            return Ok(keep);
+        }
+        // Cancelled: what was applied stays; the rest keep their rows for the next leader.
+        if self.applier.apply(&events, cancel).await.is_some() {
+            tracing::info!(steps = events.len(), "steps satisfied from earlier materializations");
+            if let Err(error) = self.store.outbox().forget(&seqs).await {
+                tracing::debug!(%error, "could not remove the outbox rows of reused steps; rounds drop them");
+            }
+        }
+        Ok(keep)
     }
 
     /// A run's plan; `None` when the run is gone (deleted by retention or by hand), so that
@@ -632,6 +723,15 @@ impl StepPublisher {
             )));
         }
         Ok(Ok((message.op, payload)))
+    }
+}
+
+/// Where a read of a run's rows limited to `limit` stopped, if it was cut there.
+fn more_after(rows: &[OutboxRow], limit: u32) -> Option<i64> {
+    if (rows.len() as u64) < u64::from(limit) {
+        None
+    } else {
+        rows.iter().map(|r| i64::from(r.step_id.0)).max()
     }
 }
 

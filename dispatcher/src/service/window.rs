@@ -264,6 +264,11 @@ impl PublishWindow {
         let intake = self.intake;
         self.ops.entry(op.clone()).or_insert_with(|| OpLine { intake, ..OpLine::default() })
     }
+    /// Whether the row `seq` is held (waiting, or parked on a key).
+    pub fn holds(&self, seq: i64) -> bool {
+        self.held.contains(&seq)
+    }
+
     /// Holds an outbox row of `plan`'s run (once, whatever how often it is told of).
     pub fn hold(&mut self, row: OutboxRow, plan: &Arc<RunPlan>) {
         if self.held.contains(&row.seq) {
@@ -292,9 +297,9 @@ impl PublishWindow {
         line.waiting_total += 1;
     }
 
-    /// Holds the rows read for a run past `after` with a limit of `limit` (see
-    /// [`PublishWindow::refills`]): fewer than the limit means none are left unheld.
-    pub fn loaded(&mut self, plan: &Arc<RunPlan>, run: RunId, rows: &[OutboxRow], limit: u32) {
+    /// Holds the rows read for a run past `after` (see [`PublishWindow::refills`]);
+    /// `more_after`: the read stopped at its limit, at this step id, so more may wait.
+    pub fn loaded(&mut self, plan: &Arc<RunPlan>, run: RunId, rows: &[OutboxRow], more_after: Option<i64>) {
         if let Some(line) = self.runs.get_mut(&run) {
             // Read past `after` in step order: hold them whatever the limit said before.
             line.unheld_after = None;
@@ -303,11 +308,12 @@ impl PublishWindow {
             self.hold(*row, plan);
         }
         if let Some(line) = self.runs.get_mut(&run) {
-            line.unheld_after = if (rows.len() as u64) < u64::from(limit) {
-                None
-            } else {
-                rows.iter().map(|r| i64::from(r.step_id.0)).max()
-            };
+            line.unheld_after = more_after;
+        } else if let Some(after) = more_after {
+            // Every row read was satisfied from the catalog: the rest are read all the same.
+            let mut line = RunLine::of(plan);
+            line.unheld_after = Some(after);
+            self.runs.insert(run, line);
         }
     }
 

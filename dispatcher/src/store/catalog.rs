@@ -36,6 +36,11 @@ pub struct CatalogColumns {
     config_hashes: Vec<Vec<u8>>,
     output_digests: Vec<Vec<u8>>,
     ats: Vec<DateTime<Utc>>,
+    /// Satisfied from an earlier materialization (`REUSED_BY_DISPATCHER`), not run.
+    reused: Vec<bool>,
+    /// How many upstream steps each success read: with fewer materializations found, it
+    /// has no memo key.
+    expected_reads: Vec<i32>,
     /// The upstream step ranges each success read: (row, first step, last step).
     read_rows: Vec<i32>,
     read_first: Vec<i32>,
@@ -59,6 +64,7 @@ impl CatalogColumns {
     /// Adds the success `event` of `step` (its settled result) as a materialization.
     pub fn succeeded(&mut self, run: Uuid, plan: &RunPlan, step: StepId, event: &Event) {
         let EventKind::Succeeded { output } = &event.kind else { return };
+        let reused = event.worker == REUSED_BY_DISPATCHER;
         let index = plan.asset_index(step);
         let asset = &plan.plan().assets[index];
         let (partition, point) = plan.partition_and_point(step);
@@ -66,11 +72,15 @@ impl CatalogColumns {
             Fingerprint::of_definition(&asset.op_name, &asset.op_version.to_string(), &asset.config)
         });
         let row = self.runs.len() as i32;
+        let mut expected = 0;
         for (_, range) in plan.input_ranges(step) {
             self.read_rows.push(row);
             self.read_first.push(range.first as i32);
             self.read_last.push(range.last as i32);
+            expected += (range.last - range.first + 1) as i32;
         }
+        self.expected_reads.push(expected);
+        self.reused.push(reused);
         self.runs.push(run);
         self.steps.push(step.0 as i32);
         self.attempts.push(event.attempt as i32);
@@ -102,35 +112,41 @@ impl CatalogColumns {
 /// Writes a batch's catalog rows; see the module docs. Runs after the batch's events are
 /// recorded, so that the `materialized` events of the succeeded attempts are found.
 pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), StoreError> {
+    if cols.runs.len() + cols.failed_runs.len() > CUSTOM_PLAN_ROWS {
+        // The rest of the transaction is the catalog's: plan it for these arrays, not with the
+        // cached plans made for a worker batch's few rows.
+        sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await?;
+    }
     if !cols.runs.is_empty() {
-        let ids: Vec<i64> = sqlx::query_scalar(
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "WITH made AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],
                                       $7::text[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[],
-                                      $12::timestamptz[])
+                                      $12::timestamptz[], $16::int[], $17::bool[])
                      WITH ORDINALITY AS u(run_id, step_id, attempt, asset, partition, point, op_name, op_version,
-                                         definition, config_hash, output_digest, at, row)
-             ), reads AS (
-                 SELECT r.row, array_agg(m.id ORDER BY m.id) AS ids
-                 FROM UNNEST($13::int[], $14::int[], $15::int[]) AS r(row, first, last)
-                 JOIN made ON made.row = r.row + 1
-                 JOIN materializations m ON m.run_id = made.run_id AND m.step_id BETWEEN r.first AND r.last
-                 GROUP BY r.row
+                                         definition, config_hash, output_digest, at, expected, reused, row)
+             ), {reads}, keyed AS (
+                 SELECT made.*, coalesce(reads.ids, '{{}}') AS inputs, {MEMO_KEY} AS memo_key
+                 FROM made LEFT JOIN reads ON reads.row + 1 = made.row
              )
              INSERT INTO materializations (asset, partition, point, op_name, op_version, definition, config_hash,
-                                           inputs, run_id, step_id, attempt, at, output_digest, metadata)
-             SELECT made.asset, made.partition, made.point, made.op_name, made.op_version, made.definition,
-                    made.config_hash, coalesce(reads.ids, '{}'), made.run_id, made.step_id, made.attempt, made.at,
-                    made.output_digest,
+                                           inputs, run_id, step_id, attempt, at, output_digest, metadata,
+                                           memo_key, reused_from)
+             SELECT k.asset, k.partition, k.point, k.op_name, k.op_version, k.definition,
+                    k.config_hash, k.inputs, k.run_id, k.step_id, k.attempt, k.at, k.output_digest,
                     coalesce((SELECT jsonb_agg(e.body->'materialized'->'metadata' ORDER BY e.at, e.seq)
                               FROM events e
-                              WHERE e.run_id = made.run_id AND e.step_id = made.step_id
-                                AND e.attempt = made.attempt AND e.kind = 'materialized'), '[]')
-             FROM made LEFT JOIN reads ON reads.row + 1 = made.row
-             ORDER BY made.row
+                              WHERE e.run_id = k.run_id AND e.step_id = k.step_id
+                                AND e.attempt = k.attempt AND e.kind = 'materialized'), '[]'),
+                    k.memo_key,
+                    CASE WHEN k.reused THEN (SELECT coalesce(o.reused_from, o.id) FROM materializations o
+                                             WHERE o.memo_key = k.memo_key ORDER BY o.id DESC LIMIT 1) END
+             FROM keyed k
+             ORDER BY k.row
              ON CONFLICT (run_id, step_id) DO NOTHING
              RETURNING id",
-        )
+            reads = reads(13, 14, 15)
+        )))
         .bind(&cols.runs)
         .bind(&cols.steps)
         .bind(&cols.attempts)
@@ -146,6 +162,8 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
         .bind(&cols.read_rows)
         .bind(&cols.read_first)
         .bind(&cols.read_last)
+        .bind(&cols.expected_reads)
+        .bind(&cols.reused)
         .fetch_all(&mut *tx)
         .await?;
         if !ids.is_empty() {
@@ -213,6 +231,154 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
         .await?;
     }
     Ok(())
+}
+
+/// Over this many rows, a catalog statement is planned for its own arrays: a plan cached
+/// for a batch of a few worker results (which PostgreSQL turns generic after five runs)
+/// took 550–600 ms to look up 4,096 steps that its own plan looks up in 30 ms.
+const CUSTOM_PLAN_ROWS: usize = 64;
+
+/// The worker name of a success the dispatcher made from an earlier materialization: the
+/// step was satisfied from the catalog, not run (`service::publisher`'s memo look).
+pub const REUSED_BY_DISPATCHER: &str = "dispatcher (reused)";
+
+/// The `reads` CTE over `made` (a step per row, `row` from 1, with `run_id`) and the
+/// ranges in parameters `$rows`, `$first`, `$last` (row from 0): per row, the
+/// materializations of the upstream steps it read, how many, and their signature for the
+/// memo key: each cell and output digest, in cell order (byte order, whatever the
+/// database's collation).
+fn reads(rows: u8, first: u8, last: u8) -> String {
+    format!(
+        "reads AS (
+         SELECT r.row, array_agg(m.id ORDER BY m.id) AS ids, count(*) AS n,
+                string_agg(m.asset || E'\\x1f' || m.partition || E'\\x1f' || m.point || E'\\x1f'
+                               || encode(m.output_digest, 'hex'), E'\\x1e'
+                           ORDER BY m.asset COLLATE \"C\", m.partition COLLATE \"C\", m.point COLLATE \"C\") AS sig
+         FROM UNNEST(${rows}::int[], ${first}::int[], ${last}::int[]) AS r(row, first, last)
+         JOIN made ON made.row = r.row + 1
+         JOIN materializations m ON m.run_id = made.run_id AND m.step_id BETWEEN r.first AND r.last
+         GROUP BY r.row
+     )"
+    )
+}
+
+/// A row's memo key, over `made` (`asset`, `op_name`, `op_version`, `config_hash`,
+/// `expected`: everything a step's message carries but its inputs, which are named by
+/// their cells and output digests) and
+/// its `reads`: NULL when fewer materializations were found than it read steps (fail
+/// closed). The one definition of the key: recording and looking up both use it.
+const MEMO_KEY: &str = "CASE WHEN coalesce(reads.n, 0) = made.expected THEN
+         sha256(convert_to(made.asset || E'\\x1f' || made.op_name || E'\\x1f' || made.op_version || E'\\x1f', 'UTF8')
+                || made.config_hash
+                || convert_to(coalesce(reads.sig, ''), 'UTF8'))
+     END";
+
+/// Ready steps to look up in the catalog, as the columns of one statement.
+#[derive(Debug, Default)]
+pub struct MemoQuery {
+    runs: Vec<Uuid>,
+    assets: Vec<String>,
+    op_names: Vec<String>,
+    op_versions: Vec<String>,
+    config_hashes: Vec<Vec<u8>>,
+    expected_reads: Vec<i32>,
+    read_rows: Vec<i32>,
+    read_first: Vec<i32>,
+    read_last: Vec<i32>,
+}
+
+impl MemoQuery {
+    /// Adds `step` of `run`; its position is the number of steps added before.
+    pub fn push(&mut self, run: Uuid, plan: &RunPlan, step: StepId) {
+        let asset = &plan.plan().assets[plan.asset_index(step)];
+        let (partition, point) = plan.partition_and_point(step);
+        let row = self.runs.len() as i32;
+        let mut expected = 0;
+        for (_, range) in plan.input_ranges(step) {
+            self.read_rows.push(row);
+            self.read_first.push(range.first as i32);
+            self.read_last.push(range.last as i32);
+            expected += (range.last - range.first + 1) as i32;
+        }
+        self.runs.push(run);
+        self.assets.push(asset.name.clone());
+        self.op_names.push(asset.op_name.clone());
+        self.op_versions.push(asset.op_version.to_string());
+        self.config_hashes
+            .push(Fingerprint::of_effective_config(&asset.config, partition, &point).as_bytes().to_vec());
+        self.expected_reads.push(expected);
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
+/// An earlier materialization a ready step can be satisfied from: the one that computed it,
+/// and its output as a retained run's step holds it.
+#[derive(Debug, Clone)]
+pub struct MemoHit {
+    /// The step's position in its [`MemoQuery`].
+    pub position: usize,
+    pub materialization: i64,
+    pub output: serde_json::Value,
+}
+
+impl Catalog<'_> {
+    /// The earlier materializations with the memo keys of `query`'s steps, in one
+    /// statement; a step without a key (an input not in the catalog) or without a match
+    /// has no hit.
+    pub async fn memo_hits(&self, query: &MemoQuery) -> Result<Vec<MemoHit>, StoreError> {
+        if query.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each key is one probe of `materializations_by_memo_key`, whatever the statistics
+        // say: a catalog filled a moment ago has none yet, and a planner that takes the
+        // table for empty may scan it once per key. At most 4,096 probes is the right plan
+        // for any size of the table.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
+        let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH made AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int[], $9::text[])
+                     WITH ORDINALITY AS u(run_id, op_name, op_version, config_hash, expected, asset, row)
+             ), {reads}, keyed AS (
+                 SELECT made.row, {MEMO_KEY} AS memo_key FROM made LEFT JOIN reads ON reads.row + 1 = made.row
+             )
+             SELECT k.row, hit.id, hit.output FROM keyed k
+             JOIN LATERAL (SELECT coalesce(o.reused_from, o.id) AS id, s.output FROM materializations o
+                           JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id
+                           WHERE o.memo_key = k.memo_key AND s.status = 'succeeded' AND s.output IS NOT NULL
+                           ORDER BY o.id DESC LIMIT 1) hit ON true
+             WHERE k.memo_key IS NOT NULL",
+            reads = reads(6, 7, 8)
+        )))
+        .persistent(query.len() <= CUSTOM_PLAN_ROWS)
+        .bind(&query.runs)
+        .bind(&query.op_names)
+        .bind(&query.op_versions)
+        .bind(&query.config_hashes)
+        .bind(&query.expected_reads)
+        .bind(&query.read_rows)
+        .bind(&query.read_first)
+        .bind(&query.read_last)
+        .bind(&query.assets)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, materialization, output)| MemoHit {
+                position: (row - 1) as usize,
+                materialization,
+                output,
+            })
+            .collect())
+    }
 }
 
 /// Declares a run's assets in the catalog, as this run defines them (in the submit's
@@ -313,6 +479,8 @@ pub struct MaterializationRow {
     pub at: DateTime<Utc>,
     pub output_digest: Vec<u8>,
     pub metadata: serde_json::Value,
+    /// The materialization this step was satisfied from, when it was reused.
+    pub reused_from: Option<i64>,
 }
 
 /// One materialization in a lineage walk, and how many hops it is from where the walk began.
@@ -346,7 +514,7 @@ pub const MAX_LINEAGE_ROWS: i64 = 1_000;
 pub const MAX_LINEAGE_DEPTH: i32 = 64;
 
 const MATERIALIZATION_COLUMNS: &str = "m.id, m.asset, m.partition, m.point, m.op_name, m.op_version, \
-     m.config_hash, m.inputs, m.run_id, m.step_id, m.attempt, m.at, m.output_digest, m.metadata";
+     m.config_hash, m.inputs, m.run_id, m.step_id, m.attempt, m.at, m.output_digest, m.metadata, m.reused_from";
 
 /// Reading the catalog (`store.catalog()`).
 #[derive(Clone, Copy)]

@@ -95,6 +95,13 @@ impl Outbox<'_> {
         Ok(OutboxBatch { tx, entries, current })
     }
 
+    /// Removes rows whose steps need no message (satisfied from the catalog). A row left
+    /// behind is dropped when a round takes it: its step is no longer queued.
+    pub async fn forget(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox WHERE seq = ANY($1)").bind(seqs).execute(self.pool).await?;
+        Ok(())
+    }
+
     /// Up to `limit` of a run's rows with a step id after `after` (all of them for `None`),
     /// by step id: what the publisher holds of a run beyond what it was told of.
     pub async fn rows_of(

@@ -84,6 +84,12 @@ impl RunPlan {
         self.plan().assets[self.asset_index(step)].retry
     }
 
+    /// Whether `step` may be satisfied from an earlier materialization (its asset's
+    /// `reuse`, off for every asset of a run submitted with `--no-reuse`).
+    pub fn reusable(&self, step: StepId) -> bool {
+        self.plan().assets[self.asset_index(step)].reuse
+    }
+
     /// The op version that runs `step`.
     pub fn op(&self, step: StepId) -> &OpRef {
         &self.ops[self.asset_index(step)]
@@ -378,6 +384,8 @@ pub(crate) struct RunAssetRow {
     pub timeout_ms: Option<i64>,
     /// `[]` for runs stored before concurrency rules (migration 0019's default).
     pub concurrency: Value,
+    /// `reuse: never` is `false` (migration 0022; `true` for runs stored before).
+    pub reuse: bool,
     pub first_step: i32,
     pub step_count: i32,
     pub line: i32,
@@ -411,6 +419,7 @@ impl RunAssetRow {
             retry_backoff_ms: a.retry.backoff.as_millis() as i64,
             timeout_ms: a.timeout.map(|t| t.as_millis() as i64),
             concurrency: crate::plan::concurrency::to_value(&a.concurrency),
+            reuse: a.reuse,
             first_step: a.first_step as i32,
             step_count: a.step_count() as i32,
             line: a.line as i32,
@@ -458,6 +467,7 @@ impl RunAssetRow {
             },
             timeout: self.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
             concurrency,
+            reuse: self.reuse,
             first_step: self.first_step as u32,
             line: self.line.max(0) as usize,
         })

@@ -57,11 +57,13 @@ pub enum StepStatus {
 }
 
 /// Whose run it is (`runs.owner`: the submitting token's team, its name, or what a caller
-/// without a token said) and the priority it was submitted with (`None`: the plan's).
+/// without a token said), the priority it was submitted with (`None`: the plan's), and
+/// whether it refused reuse (`opflow run --no-reuse`: every asset as if `reuse: never`).
 #[derive(Debug, Clone, Copy)]
 pub struct RunOwner<'a> {
     pub owner: &'a str,
     pub priority: Option<u8>,
+    pub no_reuse: bool,
 }
 
 /// The most steps behind the publish window a run's summary counts; more shows as this.
@@ -72,7 +74,7 @@ pub const DEFAULT_OWNER: &str = "local";
 
 impl Default for RunOwner<'_> {
     fn default() -> Self {
-        Self { owner: DEFAULT_OWNER, priority: None }
+        Self { owner: DEFAULT_OWNER, priority: None, no_reuse: false }
     }
 }
 
@@ -105,6 +107,8 @@ pub struct StepCounts {
     pub failed: i64,
     pub skipped: i64,
     pub canceled: i64,
+    /// Of `succeeded`, satisfied from the catalog (`runs.steps_reused`; per run only).
+    pub reused: i64,
 }
 
 /// A run's assets by state (see [`super::following::AssetState`]).
@@ -379,10 +383,11 @@ impl Runs<'_> {
             i64,
             String,
             i16,
+            i32,
         );
         let row: Option<Row> = sqlx::query_as(
             "SELECT key, plan_name, plan_file, status, created_at, started_at, finished_at, steps_total, event_seq,
-                    owner, priority
+                    owner, priority, steps_reused
              FROM runs WHERE id = $1",
         )
         .bind(run.as_uuid())
@@ -400,12 +405,13 @@ impl Runs<'_> {
             last_event,
             owner,
             priority,
+            reused,
         )) = row
         else {
             return Ok(None);
         };
         let counts = self.asset_totals(run).await?;
-        let steps = StepCounts { total: i64::from(total), ..counts.steps };
+        let steps = StepCounts { total: i64::from(total), reused: i64::from(reused), ..counts.steps };
         let behind_window = if steps.queued > 0 { self.behind_window(run).await? } else { 0 };
         let key_waits: Vec<(String, i32, i32, i32)> = if behind_window > 0 {
             sqlx::query_as(
@@ -507,6 +513,7 @@ impl Runs<'_> {
                 failed,
                 skipped,
                 canceled,
+                reused: 0,
             },
             assets: AssetCounts {
                 total: row.9,
@@ -569,7 +576,7 @@ impl Runs<'_> {
         }
         let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
-                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, first_step, step_count, line
+                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, first_step, step_count, line
              FROM run_assets WHERE run_id = $1 AND idx = ANY($2)",
         )
         .bind(run.as_uuid())
@@ -685,7 +692,7 @@ impl Runs<'_> {
         let mode = if groups { UnlockMode::Groups } else { UnlockMode::Steps };
         let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
-                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, first_step, step_count, line
+                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, first_step, step_count, line
              FROM run_assets WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run.as_uuid())
@@ -727,7 +734,7 @@ async fn insert_dep_groups(
     Ok(())
 }
 
-/// Assets per `run_assets` insert: 18 parameters a row, well under PostgreSQL's 65,535.
+/// Assets per `run_assets` insert: 19 parameters a row, well under PostgreSQL's 65,535.
 const ASSET_INSERT_CHUNK: usize = 1_000;
 
 /// One multi-row insert per chunk of assets: a plan of 10,000 assets (a long chain) is ten
@@ -742,7 +749,7 @@ async fn insert_run_assets(
     for chunk in rows.chunks(ASSET_INSERT_CHUNK) {
         let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "INSERT INTO run_assets (run_id, idx, name, op_name, op_version, op_requirement, config, partitions, \
-             partition_keys, sweep, deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, first_step, step_count, line) ",
+             partition_keys, sweep, deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, first_step, step_count, line) ",
         );
         insert.push_values(chunk, |mut values, row| {
             values
@@ -761,6 +768,7 @@ async fn insert_run_assets(
                 .push_bind(row.retry_backoff_ms)
                 .push_bind(row.timeout_ms)
                 .push_bind(&row.concurrency)
+                .push_bind(row.reuse)
                 .push_bind(row.first_step)
                 .push_bind(row.step_count)
                 .push_bind(row.line);

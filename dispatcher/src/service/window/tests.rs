@@ -108,7 +108,7 @@ fn rows_beyond_the_hold_limit_are_read_in_step_order_when_the_held_run_low() {
     let refills = window.refills();
     assert_eq!(refills, vec![(run, Some(StepId(HOLD_PER_RUN - 1)), HOLD_PER_RUN)]);
     let read = rows(run, 1 + i64::from(HOLD_PER_RUN), HOLD_PER_RUN..HOLD_PER_RUN + 100);
-    window.loaded(&plan, run, &read, HOLD_PER_RUN);
+    window.loaded(&plan, run, &read, None);
     assert!(window.refills().is_empty(), "fewer than asked: nothing left unheld");
     let round = window.next_round(HOLD_PER_RUN).unwrap();
     assert_eq!(round.rows.len(), 100);

@@ -166,6 +166,8 @@ pub fn skips(run: Uuid, plan: &RunPlan, step: StepId) -> Vec<(Uuid, StepRange, S
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RunDelta {
     pub succeeded: i32,
+    /// Of `succeeded`, those satisfied from the catalog.
+    pub reused: i32,
     pub failed: i32,
     pub skipped: i32,
     /// A step of the run started (or finished, which it could only do after starting).

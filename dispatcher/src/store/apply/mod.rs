@@ -179,11 +179,16 @@ impl Events<'_> {
             settled.results.iter().map(|result| (result.0.id.as_uuid(), result)).collect();
         for step in &ended {
             applied.insert(step.event);
-            outcome.settled.push((RunId::from_uuid(step.run), step.step));
+            let result = results_by_id.get(&step.event);
+            // A step satisfied from the catalog was never published: nothing left a queue.
+            let reused = result.is_some_and(|(event, _)| event.worker == catalog::REUSED_BY_DISPATCHER);
+            if !reused {
+                outcome.settled.push((RunId::from_uuid(step.run), step.step));
+            }
             let plan = plan_of(step.run);
             let delta = deltas.entry(step.run).or_default();
             delta.started = true;
-            let result = results_by_id.get(&step.event);
+            delta.reused += i32::from(reused && step.succeeded);
             let status = if step.succeeded {
                 delta.succeeded += 1;
                 unlocks.succeeded(step.run, &plan, step.step);

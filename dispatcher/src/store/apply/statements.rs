@@ -313,11 +313,12 @@ pub async fn record(
     if deltas.is_empty() && events.ids.is_empty() {
         return Ok(Recorded { runs: Vec::new(), inserted: 0 });
     }
-    let (mut runs, mut succeeded, mut failed, mut skipped, mut started) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut runs, mut succeeded, mut failed, mut skipped, mut started, mut reused) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (run, d) in deltas {
         runs.push(*run);
         succeeded.push(d.succeeded);
+        reused.push(d.reused);
         failed.push(d.failed);
         skipped.push(d.skipped);
         started.push(d.started);
@@ -326,8 +327,8 @@ pub async fn record(
         (Option<Uuid>, Option<RunStatus>, Option<i32>, Option<i32>, Option<i32>, Option<i32>, Option<i64>);
     let rows: Vec<Row> = sqlx::query_as(
         "WITH d AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[], $5::bool[])
-                 AS d(run_id, succeeded, failed, skipped, started)
+             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::int[], $5::bool[], $16::int[])
+                 AS d(run_id, succeeded, failed, skipped, started, reused)
          ), e AS (
              SELECT * FROM UNNEST($6::uuid[], $7::uuid[], $8::int[], $9::int[], $10::text[], $11::jsonb[],
                                   $12::text[], $13::timestamptz[], $14::bool[])
@@ -338,6 +339,7 @@ pub async fn record(
              SELECT coalesce(d.run_id, c.run_id) AS run_id,
                     coalesce(d.succeeded, 0) AS succeeded, coalesce(d.failed, 0) AS failed,
                     coalesce(d.skipped, 0) AS skipped, coalesce(d.started, false) AS started,
+                    coalesce(d.reused, 0) AS reused,
                     coalesce(c.n, 0) AS n
              FROM d FULL JOIN counts c ON c.run_id = d.run_id
          ), changed AS (
@@ -345,6 +347,7 @@ pub async fn record(
              SET steps_succeeded = r.steps_succeeded + u.succeeded,
                  steps_failed = r.steps_failed + u.failed,
                  steps_skipped = r.steps_skipped + u.skipped,
+                 steps_reused = r.steps_reused + u.reused,
                  started_at = CASE WHEN r.started_at IS NULL AND u.started THEN now() ELSE r.started_at END,
                  event_seq = r.event_seq + u.n
              FROM u
@@ -383,6 +386,7 @@ pub async fn record(
     .bind(&events.ats)
     .bind(&events.applied)
     .bind(EVENTS_CHANNEL)
+    .bind(&reused)
     .fetch_all(&mut *tx)
     .await?;
     let mut recorded = Recorded { runs: Vec::new(), inserted: 0 };

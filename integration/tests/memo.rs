@@ -1,0 +1,155 @@
+//! Memoized steps: a ready step whose memo key (op and version, effective config, the
+//! output digests of what it reads) matches an earlier materialization is satisfied from
+//! it instead of run. Counted from the run store: which successes came from workers, and
+//! which from the catalog.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use opflow_integration::{Env, parse_summary};
+use serde_json::Value;
+use sqlx::PgPool;
+
+async fn run_to_end(env: &Env, name: &str, yaml: &str, extra: &[&str]) -> anyhow::Result<Value> {
+    let plan = env.plan_file(name, yaml)?;
+    let mut args = vec!["run", plan.to_str().context("utf-8")?, "--wait", "--json"];
+    args.extend_from_slice(extra);
+    let summary = parse_summary(&env.opflow(&args).await?)?;
+    assert_eq!(summary["status"], "succeeded", "{summary}");
+    Ok(summary)
+}
+
+/// (steps a worker ran, steps satisfied from the catalog) of a run, from its applied results.
+async fn executed_and_reused(db: &PgPool, run: &Value) -> anyhow::Result<(i64, i64)> {
+    let run = run["run_id"].as_str().context("run_id")?;
+    Ok(sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE worker <> 'dispatcher (reused)'),
+                count(*) FILTER (WHERE worker = 'dispatcher (reused)')
+         FROM events WHERE run_id = $1::uuid AND kind = 'succeeded' AND applied",
+    )
+    .bind(run)
+    .fetch_one(db)
+    .await?)
+}
+
+fn sweep(points: u32) -> String {
+    format!(
+        "name: memo-sweep\nassets:\n  - name: paths\n    op: noop@1.1.0\n    sweep: {{seed: {{from: 1, to: {points}}}}}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_wider_sweep_runs_only_its_new_points() -> anyhow::Result<()> {
+    let mut env = Env::new("memo_sweep").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let _workers = (env.spawn_worker("noop")?, env.spawn_worker("noop")?);
+    let db = env.db().await?;
+
+    let first = run_to_end(&env, "sweep", &sweep(10_000), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &first).await?, (10_000, 0));
+
+    let started = Instant::now();
+    let second = run_to_end(&env, "sweep", &sweep(10_100), &[]).await?;
+    let took = started.elapsed();
+    assert_eq!(executed_and_reused(&db, &second).await?, (100, 10_000), "only the 100 new points run");
+    assert_eq!(second["steps"]["reused"], 10_000, "{second}");
+    assert_eq!(second["steps"]["succeeded"], 10_100, "{second}");
+    // How long the reuse decision took, by the store's clock: from the run's creation to
+    // the last reused step's end.
+    let decided: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(s.finished_at) - r.created_at)::float8
+         FROM runs r JOIN steps s ON s.run_id = r.id
+         JOIN events e ON e.run_id = s.run_id AND e.step_id = s.id AND e.kind = 'succeeded' AND e.applied
+         WHERE r.id = $1::uuid AND e.worker = 'dispatcher (reused)' GROUP BY r.created_at",
+    )
+    .bind(second["run_id"].as_str().context("run_id")?)
+    .fetch_one(&db)
+    .await?;
+    eprintln!(
+        "10,000 steps reused in {decided:.3} s after the run was stored (run ended {:.3} s after submit)",
+        took.as_secs_f64()
+    );
+
+    // A reused step's outputs are the earlier ones, and its catalog entry points at them.
+    let reused_from: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM materializations m JOIN materializations o ON o.id = m.reused_from
+         WHERE m.run_id = $1::uuid AND o.run_id = $2::uuid AND o.memo_key = m.memo_key",
+    )
+    .bind(second["run_id"].as_str().context("run_id")?)
+    .bind(first["run_id"].as_str().context("run_id")?)
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(reused_from, 10_000);
+    let outputs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM steps a JOIN steps b ON b.id = a.id
+         WHERE a.run_id = $1::uuid AND b.run_id = $2::uuid AND a.output = b.output",
+    )
+    .bind(first["run_id"].as_str().context("run_id")?)
+    .bind(second["run_id"].as_str().context("run_id")?)
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(outputs, 10_000, "the reused steps hand on the outputs they reuse");
+
+    // --no-reuse runs every step again.
+    let forced = run_to_end(&env, "sweep", &sweep(100), &["--no-reuse"]).await?;
+    assert_eq!(executed_and_reused(&db, &forced).await?, (100, 0));
+    Ok(())
+}
+
+fn chain(up_config: &str, down_reuse: &str) -> String {
+    format!(
+        "name: memo-chain
+assets:
+  - name: up
+    op: noop@1.1.0
+    partitions: [a, b, c]
+    config: {up_config}
+  - name: down
+    op: noop@1.1.0
+    deps: [up]
+    partitions: [a, b, c]
+    reuse: {down_reuse}
+"
+    )
+}
+
+#[tokio::test]
+async fn a_rerun_with_the_same_output_recomputes_nothing_downstream() -> anyhow::Result<()> {
+    let mut env = Env::new("memo_cutoff").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let _worker = env.spawn_worker("noop")?;
+    let db = env.db().await?;
+
+    let first = run_to_end(&env, "chain", &chain("{echo: {v: 1}}", "auto"), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &first).await?, (6, 0));
+
+    // The same plan: nothing runs.
+    let same = run_to_end(&env, "chain", &chain("{echo: {v: 1}}", "auto"), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &same).await?, (0, 6));
+
+    // `up` runs again (its config changed) and produces the same outputs: `down` is reused
+    // (early cutoff).
+    let cutoff = run_to_end(&env, "chain", &chain("{echo: {v: 1}, sleep_ms: 1}", "auto"), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &cutoff).await?, (3, 3), "up ran, down was reused");
+
+    // `up` produces other outputs: exactly its downstream is recomputed.
+    let changed = run_to_end(&env, "chain", &chain("{echo: {v: 2}}", "auto"), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &changed).await?, (6, 0));
+
+    // `reuse: never` runs the asset every time; the rest may still be reused.
+    let never = run_to_end(&env, "chain", &chain("{echo: {v: 2}}", "never"), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &never).await?, (3, 3), "up reused, down run");
+
+    // The catalog tells the reused cells apart and points them at what they reused.
+    let history =
+        env.opflow_ok(&["assets", "show", "down", "--partition", "a", "--history", "--json"]).await?;
+    let history: Value = serde_json::from_slice(&history.stdout)?;
+    let history = history.as_array().context("a list")?;
+    assert_eq!(history.len(), 5, "one per run: {history:?}");
+    // Newest first: never (ran), changed (ran), cutoff (reused), same (reused), first (ran).
+    let reused: Vec<bool> = history.iter().map(|m| m["reused_from"].is_i64()).collect();
+    assert_eq!(reused, [false, false, true, true, false], "{history:?}");
+    Ok(())
+}
