@@ -86,6 +86,17 @@ pub async fn submit(
     submit_notifying(store, source, file, key, None, RunOwner::default()).await
 }
 
+/// Submits a plan whose every step runs, reusing nothing from the asset catalog: a
+/// benchmark measures execution, and its plans repeat.
+pub async fn submit_without_reuse(
+    store: &Store,
+    source: &str,
+    file: &Path,
+) -> Result<Submission, SubmitError> {
+    let owner = RunOwner { no_reuse: true, ..RunOwner::default() };
+    submit_notifying(store, source, file, None, None, owner).await
+}
+
 /// As [`submit`], with the run's own webhook target stored with the run (`notify` in
 /// `POST /v1/runs`; its URL checked by the caller). Its `submit` span (with `compile`
 /// inside) records the run it made or found.
@@ -107,9 +118,7 @@ pub async fn submit_notifying(
     }
     let mut compiled = compile(store, source, file).await?;
     if owner.no_reuse {
-        for asset in &mut compiled.assets {
-            asset.reuse = false;
-        }
+        compiled.reusing_nothing();
     }
     let file = crate::store::storable::short_text(&file.display().to_string());
     let submitted = store.runs().submit_notifying(&compiled, &file, source, key, notify, owner).await?;

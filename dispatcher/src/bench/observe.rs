@@ -114,7 +114,7 @@ impl Bed<'_> {
         let backends_at_start = self.postgres_backends().await?;
         let cpu_at_start = Snapshot::take(&components(backends_at_start.clone()));
         let started = Instant::now();
-        let submission = crate::submit::submit(self.store, plan, Path::new("bench.yaml"), None)
+        let submission = crate::submit::submit_without_reuse(self.store, plan, Path::new("bench.yaml"))
             .await
             .context("submitting the benchmark plan")?;
         let submit = started.elapsed();
@@ -183,7 +183,7 @@ impl Bed<'_> {
         for side in runs {
             tokio::time::sleep(side.after.saturating_sub(first.elapsed())).await;
             let started = Instant::now();
-            let owner = crate::store::runs::RunOwner { owner: side.owner, priority: None, no_reuse: false };
+            let owner = crate::store::runs::RunOwner { owner: side.owner, priority: None, no_reuse: true };
             let submission = crate::submit::submit_notifying(
                 self.store,
                 side.plan,
@@ -241,10 +241,13 @@ impl Bed<'_> {
         // same clock), so nothing polls while the worker starts.
         let submitted_at = chrono::Utc::now();
         let started = Instant::now();
-        let submission =
-            crate::submit::submit(self.store, &sweep_plan("w4", 1, ""), Path::new("bench-w4.yaml"), None)
-                .await
-                .context("submitting the cold-start plan")?;
+        let submission = crate::submit::submit_without_reuse(
+            self.store,
+            &sweep_plan("w4", 1, ""),
+            Path::new("bench-w4.yaml"),
+        )
+        .await
+        .context("submitting the cold-start plan")?;
         let mut worker = self.sandbox.spawn(self.noop, &[], &format!("noop-cold-{sample}"))?;
         let run = submission.run_id;
         let mut poll_every = tokio::time::interval(Duration::from_millis(250));

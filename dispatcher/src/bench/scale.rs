@@ -220,7 +220,7 @@ impl Up {
         cancel: &CancellationToken,
     ) -> anyhow::Result<(opflow_protocol::RunId, bool)> {
         let mut ends = self.store.runs().listen_for_ends().await?;
-        let run = crate::submit::submit(&self.store, plan, Path::new("bench-w7.yaml"), None)
+        let run = crate::submit::submit_without_reuse(&self.store, plan, Path::new("bench-w7.yaml"))
             .await
             .context("submitting the w7 plan")?
             .run_id;

@@ -51,6 +51,15 @@ pub struct CompiledPlan {
     pub step_count: u32,
 }
 
+impl CompiledPlan {
+    /// Every asset as if it said `reuse: never` (`opflow run --no-reuse`): every step runs.
+    pub fn reusing_nothing(&mut self) {
+        for asset in &mut self.assets {
+            asset.reuse = false;
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompiledAsset {
     pub name: String,

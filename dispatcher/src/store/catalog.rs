@@ -118,7 +118,10 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
         sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await?;
     }
     if !cols.runs.is_empty() {
-        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        // One statement: the materializations, then each cell pointed at its newest one.
+        // What a cell pointed at before comes back when its output differs, so that the
+        // cells that read it can be marked.
+        let replaced: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "WITH made AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::text[], $5::text[], $6::text[],
                                       $7::text[], $8::text[], $9::bytea[], $10::bytea[], $11::bytea[],
@@ -128,8 +131,8 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
              ), {reads}, keyed AS (
                  SELECT made.*, coalesce(reads.ids, '{{}}') AS inputs, {MEMO_KEY} AS memo_key
                  FROM made LEFT JOIN reads ON reads.row + 1 = made.row
-             )
-             INSERT INTO materializations (asset, partition, point, op_name, op_version, definition, config_hash,
+             ), inserted AS (
+                 INSERT INTO materializations (asset, partition, point, op_name, op_version, definition, config_hash,
                                            inputs, run_id, step_id, attempt, at, output_digest, metadata,
                                            memo_key, reused_from)
              SELECT k.asset, k.partition, k.point, k.op_name, k.op_version, k.definition,
@@ -144,7 +147,29 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
              FROM keyed k
              ORDER BY k.row
              ON CONFLICT (run_id, step_id) DO NOTHING
-             RETURNING id",
+             RETURNING id, asset, partition, point, definition, output_digest, at
+             ), newest AS (
+                 SELECT DISTINCT ON (asset, partition, point) * FROM inserted
+                 ORDER BY asset, partition, point, id DESC
+             ), before AS (
+                 SELECT c.materialization AS id, m.output_digest <> n.output_digest AS changed
+                 FROM newest n
+                 JOIN catalog_cells c USING (asset, partition, point)
+                 JOIN materializations m ON m.id = c.materialization
+                 WHERE c.materialization < n.id
+             ), upsert AS (
+                 INSERT INTO catalog_cells (asset, partition, point, status, materialization, definition,
+                                            upstream_changed, updated_at)
+                 SELECT asset, partition, point, 'materialized', id, definition, false, at FROM newest
+                 ON CONFLICT (asset, partition, point) DO UPDATE
+                     SET status = 'materialized', materialization = EXCLUDED.materialization,
+                         definition = EXCLUDED.definition, upstream_changed = false,
+                         failed_run = NULL, failed_step = NULL, error = NULL,
+                         updated_at = EXCLUDED.updated_at
+                     WHERE catalog_cells.materialization IS NULL
+                        OR catalog_cells.materialization < EXCLUDED.materialization
+             )
+             SELECT id FROM before WHERE changed",
             reads = reads(13, 14, 15)
         )))
         .bind(&cols.runs)
@@ -166,48 +191,15 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
         .bind(&cols.reused)
         .fetch_all(&mut *tx)
         .await?;
-        if !ids.is_empty() {
-            // Each cell points at its newest materialization; what it pointed at before is
-            // returned with whether its output differs, so its readers can be marked.
-            let replaced: Vec<i64> = sqlx::query_scalar(
-                "WITH newest AS (
-                     SELECT DISTINCT ON (asset, partition, point) id, asset, partition, point, definition,
-                            output_digest, at
-                     FROM materializations WHERE id = ANY($1)
-                     ORDER BY asset, partition, point, id DESC
-                 ), before AS (
-                     SELECT c.materialization AS id, m.output_digest <> n.output_digest AS changed
-                     FROM newest n
-                     JOIN catalog_cells c USING (asset, partition, point)
-                     JOIN materializations m ON m.id = c.materialization
-                     WHERE c.materialization < n.id
-                 ), upsert AS (
-                     INSERT INTO catalog_cells (asset, partition, point, status, materialization, definition,
-                                                upstream_changed, updated_at)
-                     SELECT asset, partition, point, 'materialized', id, definition, false, at FROM newest
-                     ON CONFLICT (asset, partition, point) DO UPDATE
-                         SET status = 'materialized', materialization = EXCLUDED.materialization,
-                             definition = EXCLUDED.definition, upstream_changed = false,
-                             failed_run = NULL, failed_step = NULL, error = NULL,
-                             updated_at = EXCLUDED.updated_at
-                         WHERE catalog_cells.materialization IS NULL
-                            OR catalog_cells.materialization < EXCLUDED.materialization
-                 )
-                 SELECT id FROM before WHERE changed",
+        if !replaced.is_empty() {
+            sqlx::query(
+                "UPDATE catalog_cells c SET upstream_changed = true
+                 FROM materializations r
+                 WHERE r.inputs && $1::bigint[] AND c.materialization = r.id AND NOT c.upstream_changed",
             )
-            .bind(&ids)
-            .fetch_all(&mut *tx)
+            .bind(&replaced)
+            .execute(&mut *tx)
             .await?;
-            if !replaced.is_empty() {
-                sqlx::query(
-                    "UPDATE catalog_cells c SET upstream_changed = true
-                     FROM materializations r
-                     WHERE r.inputs && $1::bigint[] AND c.materialization = r.id AND NOT c.upstream_changed",
-                )
-                .bind(&replaced)
-                .execute(&mut *tx)
-                .await?;
-            }
         }
     }
     if !cols.failed_runs.is_empty() {
@@ -340,9 +332,9 @@ impl Catalog<'_> {
         // say: a catalog filled a moment ago has none yet, and a planner that takes the
         // table for empty may scan it once per key. At most 4,096 probes is the right plan
         // for any size of the table.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
-        let rows: Vec<(i64, i64, serde_json::Value)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        // (A few keys keep their cached plan and one round trip: a chain's next step.)
+        let large = query.len() > CUSTOM_PLAN_ROWS;
+        let statement = sqlx::query_as::<_, (i64, i64, serde_json::Value)>(sqlx::AssertSqlSafe(format!(
             "WITH made AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int[], $9::text[])
                      WITH ORDINALITY AS u(run_id, op_name, op_version, config_hash, expected, asset, row)
@@ -366,10 +358,16 @@ impl Catalog<'_> {
         .bind(&query.read_rows)
         .bind(&query.read_first)
         .bind(&query.read_last)
-        .bind(&query.assets)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(&query.assets);
+        let rows = if large {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;
+            let rows = statement.fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        } else {
+            statement.fetch_all(self.pool).await?
+        };
         Ok(rows
             .into_iter()
             .map(|(row, materialization, output)| MemoHit {
