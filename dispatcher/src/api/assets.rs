@@ -54,7 +54,8 @@ pub async fn cells(
         None => None,
         Some(cursor) => Some(serde_json::from_str(cursor).map_err(|_| {
             ApiError::BadRequest(format!(
-                "cursor `{cursor}` is not one this list gave; pass `next_cursor` as it came"
+                "cursor `{}` is not one this list gave; pass `next_cursor` as it came",
+                quoted(cursor)
             ))
         })?),
     };
@@ -128,7 +129,8 @@ pub async fn lineage(
         .map(|m| m.id)
         .collect();
     if from.is_empty() {
-        return Err(ApiError::NotFound(match &query.partition {
+        let asset = quoted(&asset);
+        return Err(ApiError::NotFound(match query.partition.as_deref().map(quoted) {
             Some(p) => format!(
                 "asset `{asset}` has no materialization of partition `{p}`; `opflow assets show {asset}` lists its cells"
             ),
@@ -153,8 +155,19 @@ pub async fn lineage(
 }
 
 fn not_found(asset: &str) -> ApiError {
-    ApiError::NotFound(format!("no run declared asset `{asset}`; `opflow assets list` shows the catalog"))
+    ApiError::NotFound(format!(
+        "no run declared asset `{}`; `opflow assets list` shows the catalog",
+        quoted(asset)
+    ))
 }
+
+/// A caller's text as an answer quotes it: at most [`MAX_QUOTED_BYTES`].
+fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
+    opflow_protocol::text::cut(text, MAX_QUOTED_BYTES)
+}
+
+/// The most bytes of a caller's asset, partition or cursor an answer quotes.
+const MAX_QUOTED_BYTES: usize = 256;
 
 fn summary(row: AssetSummaryRow) -> AssetSummary {
     AssetSummary {
@@ -217,5 +230,18 @@ fn materialization(row: MaterializationRow) -> Materialization {
         at: row.at,
         metadata: row.metadata,
         reused_from: row.reused_from,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_quotes_at_most_a_bounded_part_of_what_it_was_asked() {
+        let long = "a".repeat(100_000);
+        let ApiError::NotFound(message) = not_found(&long) else { panic!("not a 404") };
+        assert!(message.len() < MAX_QUOTED_BYTES + 200, "{} bytes", message.len());
+        assert!(not_found("prices").to_string().contains("`prices`"));
     }
 }

@@ -41,10 +41,8 @@ pub struct CatalogColumns {
     /// How many upstream steps each success read: with fewer materializations found, it
     /// has no memo key.
     expected_reads: Vec<i32>,
-    /// The upstream step ranges each success read: (row, first step, last step).
-    read_rows: Vec<i32>,
-    read_first: Vec<i32>,
-    read_last: Vec<i32>,
+    /// The upstream step ranges each success read.
+    reads: ReadColumns,
     // Final failures, one row each.
     failed_runs: Vec<Uuid>,
     failed_steps: Vec<i32>,
@@ -71,14 +69,7 @@ impl CatalogColumns {
         let definition = *self.definitions_seen.entry((run, index)).or_insert_with(|| {
             Fingerprint::of_definition(&asset.op_name, &asset.op_version.to_string(), &asset.config)
         });
-        let row = self.runs.len() as i32;
-        let mut expected = 0;
-        for (_, range) in plan.input_ranges(step) {
-            self.read_rows.push(row);
-            self.read_first.push(range.first as i32);
-            self.read_last.push(range.last as i32);
-            expected += (range.last - range.first + 1) as i32;
-        }
+        let expected = self.reads.push(self.runs.len() as i32, plan, step);
         self.expected_reads.push(expected);
         self.reused.push(reused);
         self.runs.push(run);
@@ -106,6 +97,29 @@ impl CatalogColumns {
         self.failed_partitions.push(partition.unwrap_or_default().to_owned());
         self.failed_points.push(point_key(&point));
         self.failed_errors.push(super::storable::text(error));
+    }
+}
+
+/// The upstream step ranges of a statement's rows (row from 0, first step, last step): what
+/// `reads()` joins to `materializations`.
+#[derive(Debug, Default)]
+struct ReadColumns {
+    rows: Vec<i32>,
+    first: Vec<i32>,
+    last: Vec<i32>,
+}
+
+impl ReadColumns {
+    /// Adds the ranges `step` reads, as row `row`; returns how many steps they hold.
+    fn push(&mut self, row: i32, plan: &RunPlan, step: StepId) -> i32 {
+        let mut steps = 0;
+        for (_, range) in plan.input_ranges(step) {
+            self.rows.push(row);
+            self.first.push(range.first as i32);
+            self.last.push(range.last as i32);
+            steps += (range.last - range.first + 1) as i32;
+        }
+        steps
     }
 }
 
@@ -184,9 +198,9 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
         .bind(&cols.config_hashes)
         .bind(&cols.output_digests)
         .bind(&cols.ats)
-        .bind(&cols.read_rows)
-        .bind(&cols.read_first)
-        .bind(&cols.read_last)
+        .bind(&cols.reads.rows)
+        .bind(&cols.reads.first)
+        .bind(&cols.reads.last)
         .bind(&cols.expected_reads)
         .bind(&cols.reused)
         .fetch_all(&mut *tx)
@@ -274,9 +288,7 @@ pub struct MemoQuery {
     op_versions: Vec<String>,
     config_hashes: Vec<Vec<u8>>,
     expected_reads: Vec<i32>,
-    read_rows: Vec<i32>,
-    read_first: Vec<i32>,
-    read_last: Vec<i32>,
+    reads: ReadColumns,
 }
 
 impl MemoQuery {
@@ -284,14 +296,7 @@ impl MemoQuery {
     pub fn push(&mut self, run: Uuid, plan: &RunPlan, step: StepId) {
         let asset = &plan.plan().assets[plan.asset_index(step)];
         let (partition, point) = plan.partition_and_point(step);
-        let row = self.runs.len() as i32;
-        let mut expected = 0;
-        for (_, range) in plan.input_ranges(step) {
-            self.read_rows.push(row);
-            self.read_first.push(range.first as i32);
-            self.read_last.push(range.last as i32);
-            expected += (range.last - range.first + 1) as i32;
-        }
+        let expected = self.reads.push(self.runs.len() as i32, plan, step);
         self.runs.push(run);
         self.assets.push(asset.name.clone());
         self.op_names.push(asset.op_name.clone());
@@ -355,9 +360,9 @@ impl Catalog<'_> {
         .bind(&query.op_versions)
         .bind(&query.config_hashes)
         .bind(&query.expected_reads)
-        .bind(&query.read_rows)
-        .bind(&query.read_first)
-        .bind(&query.read_last)
+        .bind(&query.reads.rows)
+        .bind(&query.reads.first)
+        .bind(&query.reads.last)
         .bind(&query.assets);
         let rows = if large {
             let mut tx = self.pool.begin().await?;
@@ -728,7 +733,7 @@ assets:
         assert_eq!(cols.points, [r#"{"vol":0.4}"#, ""]);
         assert_eq!(cols.op_versions, ["1.0.0", "1.0.0"]);
         assert_eq!(
-            (cols.read_rows.as_slice(), cols.read_first.as_slice(), cols.read_last.as_slice()),
+            (cols.reads.rows.as_slice(), cols.reads.first.as_slice(), cols.reads.last.as_slice()),
             (&[1][..], &[0][..], &[1][..])
         );
         // Same output, same digest; other cells, other effective configs.
