@@ -171,3 +171,40 @@ pub struct LineageItem {
     pub depth: i32,
     pub materialization: Materialization,
 }
+
+/// `GET /v1/assets/{asset}/checks`: which cells' checks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChecksQuery {
+    /// Only this partition's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// Only the checks whose newest result failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<bool>,
+    /// 1–1000, default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// The newest result of one check of one cell, as an op reported it (`check_result`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// The sweep point, when the asset has a sweep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<serde_json::Value>,
+    pub check: String,
+    pub passed: bool,
+    /// Declared `blocking: true` in the plan of the run that reported it: a failure failed
+    /// its step.
+    pub blocking: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[schema(value_type = String, format = "uuid")]
+    pub run_id: opflow_protocol::RunId,
+    pub step_id: u32,
+    pub attempt: u32,
+    pub at: chrono::DateTime<chrono::Utc>,
+}

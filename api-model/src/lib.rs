@@ -23,8 +23,8 @@ pub mod runs;
 pub mod webhooks;
 
 pub use assets::{
-    AssetSummary, CellStatus, CellView, CellsQuery, HistoryQuery, Lineage, LineageDirection, LineageItem,
-    LineageQuery, Materialization,
+    AssetSummary, CellStatus, CellView, CellsQuery, CheckView, ChecksQuery, HistoryQuery, Lineage,
+    LineageDirection, LineageItem, LineageQuery, Materialization,
 };
 pub use error::ErrorBody;
 pub use ops::{OpVersion, QueueDemand};
@@ -32,8 +32,9 @@ pub use page::{DEFAULT_PAGE, MAX_PAGE, Page, Paging};
 pub use probes::ReadyStatus;
 pub use runs::{
     AssetCounts, AssetInfo, AssetOrder, AssetState, AssetsQuery, CancelResponse, EVENT_KINDS, EventsQuery,
-    IDEMPOTENCY_KEY, KeyWait, OutputsQuery, RunEvent, RunListItem, RunStatus, RunSummary, RunsQuery,
-    StepCounts, StepFailure, StepInfo, StepOutput, StepStatus, StepsQuery, SubmitRequest, SubmitResponse,
+    IDEMPOTENCY_KEY, KeyWait, LeftOutAsset, OnlyCells, OutputsQuery, RunEvent, RunListItem, RunStatus,
+    RunSummary, RunsQuery, StepCounts, StepFailure, StepInfo, StepOutput, StepStatus, StepsQuery,
+    SubmitRequest, SubmitResponse,
 };
 pub use webhooks::{
     AddWebhookRequest, AttemptView, CreatedWebhook, DeliveriesQuery, DeliveryDetail, DeliveryView,
@@ -56,6 +57,8 @@ mod tests {
             owner: None,
             priority: None,
             no_reuse: false,
+            partitions: None,
+            only: None,
         };
         let body = serde_json::to_value(&request).unwrap();
         assert_eq!(

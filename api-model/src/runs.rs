@@ -35,6 +35,31 @@ pub struct SubmitRequest {
     /// `reuse: never`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_reuse: bool,
+    /// Run only these partitions: a range `2026-01-01..2026-03-31` (keys compared as
+    /// text) or a list `aave,compound`. Assets that read every partition of a cut asset
+    /// are left out (`left_out` in the answer says which and why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<String>,
+    /// A backfill: run only the cells the catalog lacks (`missing`: missing, failed or
+    /// stale; `failed`: failed or never materialized) and what reads them; every other cell
+    /// is taken from the catalog. Not with `no_reuse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only: Option<OnlyCells>,
+}
+
+/// Which cells a backfill runs (`only` in [`SubmitRequest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnlyCells {
+    Missing,
+    Failed,
+}
+
+/// An asset a `partitions` run left out of its plan, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeftOutAsset {
+    pub asset: String,
+    pub why: String,
 }
 
 /// The header that makes a submit idempotent, as the body's `key` does.
@@ -49,6 +74,9 @@ pub struct SubmitResponse {
     /// gave a URL and no secret: shown this once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_secret: Option<String>,
+    /// The assets of the plan a `partitions` run left out, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOutAsset>,
     #[serde(flatten)]
     pub run: RunSummary,
 }

@@ -95,7 +95,8 @@ fn storable_event(c: &mut Criterion) {
 fn batch_columns(events: &[StorableEvent]) -> impl Sized {
     let events: Vec<&Event> = events.iter().map(|e| &**e).collect();
     let applied: HashSet<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
-    let settled = decide::settle(&events, |_| StepRetryPolicy::default(), chrono::Utc::now());
+    let settled =
+        decide::settle(&events, |_| StepRetryPolicy::default(), chrono::Utc::now(), &Default::default());
     (
         columns::started(&events),
         columns::progress(&events),

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use crate::{
-    plan::{self, CompiledPlan, PlanErrors, RegisteredOp},
+    plan::{self, CompiledPlan, PlanErrors, RegisteredOp, backfill::LeftOut},
     store::{
         Store, StoreError,
-        runs::{IdempotencyKey, RunOwner, Submission},
+        runs::{IdempotencyKey, RunOptions, Submission},
         webhooks::RunNotify,
     },
 };
@@ -22,6 +22,12 @@ pub enum SubmitError {
     Plan(PlanErrors),
     #[error("the idempotency key {0}")]
     BadKey(String),
+    /// `--partitions` selects nothing of the plan, or names a partition it does not have.
+    #[error("--partitions: {0}")]
+    Partitions(String),
+    /// Two ways of choosing the cells that exclude each other.
+    #[error("{0}")]
+    Conflict(&'static str),
     #[error("compiling the plan failed unexpectedly (a bug): {0}")]
     Compiler(String),
     #[error(transparent)]
@@ -75,15 +81,52 @@ pub fn check_owner(owner: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A stored run (or the one found by its key), and the assets of its plan a
+/// `--partitions` run left out (empty for a run found by its key).
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub submission: Submission,
+    pub left_out: Vec<LeftOut>,
+}
+
+impl std::ops::Deref for Submitted {
+    type Target = Submission;
+
+    fn deref(&self) -> &Submission {
+        &self.submission
+    }
+}
+
+/// Cuts a compiled plan down to the cells `options` asks for (`plan::backfill`); says
+/// which assets a `--partitions` cut left out.
+pub fn cut(plan: &mut CompiledPlan, options: &RunOptions<'_>) -> Result<Vec<LeftOut>, SubmitError> {
+    if options.no_reuse && options.only.is_some() {
+        return Err(SubmitError::Conflict(
+            "`no_reuse` runs every cell and `only` takes cells from the catalog: ask for one of them",
+        ));
+    }
+    let left_out = match options.partitions {
+        Some(selection) => plan.restrict_partitions(selection).map_err(SubmitError::Partitions)?,
+        None => Vec::new(),
+    };
+    if options.no_reuse {
+        plan.reusing_nothing();
+    }
+    if let Some(only) = options.only {
+        plan.taking_from_catalog(only);
+    }
+    Ok(left_out)
+}
+
 /// Submits a plan; see the module docs.
 pub async fn submit(
     store: &Store,
     source: &str,
     file: &Path,
     key: Option<&str>,
-) -> Result<Submission, SubmitError> {
+) -> Result<Submitted, SubmitError> {
     let key = key.map(|key| IdempotencyKey { owner: "", key });
-    submit_notifying(store, source, file, key, None, RunOwner::default()).await
+    submit_notifying(store, source, file, key, None, RunOptions::default()).await
 }
 
 /// Submits a plan whose every step runs, reusing nothing from the asset catalog: a
@@ -92,8 +135,8 @@ pub async fn submit_without_reuse(
     store: &Store,
     source: &str,
     file: &Path,
-) -> Result<Submission, SubmitError> {
-    let owner = RunOwner { no_reuse: true, ..RunOwner::default() };
+) -> Result<Submitted, SubmitError> {
+    let owner = RunOptions { no_reuse: true, ..RunOptions::default() };
     submit_notifying(store, source, file, None, None, owner).await
 }
 
@@ -107,23 +150,21 @@ pub async fn submit_notifying(
     file: &Path,
     key: Option<IdempotencyKey<'_>>,
     notify: Option<&RunNotify>,
-    owner: RunOwner<'_>,
-) -> Result<Submission, SubmitError> {
+    owner: RunOptions<'_>,
+) -> Result<Submitted, SubmitError> {
     if let Some(key) = key {
         check_key(key.key)?;
         if let Some(existing) = store.runs().by_key(key, source).await? {
             tracing::Span::current().record("run_id", tracing::field::display(existing.run_id));
-            return Ok(existing);
+            return Ok(Submitted { submission: existing, left_out: Vec::new() });
         }
     }
     let mut compiled = compile(store, source, file).await?;
-    if owner.no_reuse {
-        compiled.reusing_nothing();
-    }
+    let left_out = cut(&mut compiled, &owner)?;
     let file = crate::store::storable::short_text(&file.display().to_string());
-    let submitted = store.runs().submit_notifying(&compiled, &file, source, key, notify, owner).await?;
-    tracing::Span::current().record("run_id", tracing::field::display(submitted.run_id));
-    Ok(submitted)
+    let submission = store.runs().submit_notifying(&compiled, &file, source, key, notify, owner).await?;
+    tracing::Span::current().record("run_id", tracing::field::display(submission.run_id));
+    Ok(Submitted { submission, left_out })
 }
 
 #[cfg(test)]

@@ -57,6 +57,69 @@ mod chaos {
         Ok(())
     }
 
+    /// Two runs of the same plan at once while workers are SIGKILLed (as above): each step
+    /// runs in one of them, and the other waits for it and reuses what it made (docs/
+    /// catalog.md). Nothing is lost, nothing applied twice, and no step runs for both runs.
+    #[tokio::test]
+    async fn identical_runs_share_their_steps_while_workers_are_sigkilled() -> anyhow::Result<()> {
+        let mut scenario = Scenario::start("shared-steps-sigkill", 4).await?;
+        let plan = scenario.env.plan_file(
+            "chaos",
+            &opflow_integration::chaos::plan_yaml(opflow_integration::chaos::scenario_steps()),
+        )?;
+        let second = opflow_integration::parse_summary(
+            &scenario.env.opflow_ok(&["run", plan.to_str().context("utf-8 path")?, "--json"]).await?,
+        )?;
+        let second = second["run_id"].as_str().context("run_id")?.to_owned();
+        let mut rng = rng();
+        let mut kills = 0;
+        let mut next_kill = Instant::now() + Duration::from_millis(500);
+        let status = scenario
+            .run_to_end(async |s: &mut Scenario| {
+                s.dispatcher.check_alive()?;
+                if kills < 40 && Instant::now() >= next_kill {
+                    let victim = rng.random_range(0..s.workers.len());
+                    s.replace_worker(victim)?;
+                    kills += 1;
+                    next_kill = Instant::now() + Duration::from_millis(rng.random_range(200..1000));
+                }
+                Ok(())
+            })
+            .await?;
+        scenario.verify(&status, kills).await?;
+        let db = scenario.env.db().await?;
+        opflow_integration::wait_for("the second run to end", Duration::from_secs(120), || async {
+            let status: String = sqlx::query_scalar("SELECT status::text FROM runs WHERE id = $1::uuid")
+                .bind(&second)
+                .fetch_one(&db)
+                .await?;
+            Ok((status != "queued" && status != "running").then_some(status))
+        })
+        .await
+        .and_then(|status| {
+            anyhow::ensure!(status == "succeeded", "the second run ended {status}");
+            Ok(())
+        })?;
+        opflow_integration::chaos::check_store(&db, &second).await.context("the second run")?;
+        // Each step ran for one of the two runs only: one applied worker success per step
+        // over both, the rest reused.
+        let (by_workers, reused): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE worker <> 'dispatcher (reused)'),
+                    count(*) FILTER (WHERE worker = 'dispatcher (reused)')
+             FROM events WHERE kind = 'succeeded' AND applied AND run_id IN ($1::uuid, $2::uuid)",
+        )
+        .bind(&scenario.run_id)
+        .bind(&second)
+        .fetch_one(&db)
+        .await?;
+        assert_eq!(
+            (by_workers, reused),
+            (scenario.steps_total, scenario.steps_total),
+            "every step ran once over both runs; {kills} workers killed"
+        );
+        Ok(())
+    }
+
     /// RabbitMQ is stopped for a few seconds mid-run (`rabbitmqctl stop_app`/`start_app`):
     /// the dispatcher and the workers reconnect and the run completes.
     #[tokio::test]

@@ -153,3 +153,51 @@ async fn a_rerun_with_the_same_output_recomputes_nothing_downstream() -> anyhow:
     assert_eq!(reused, [false, false, true, true, false], "{history:?}");
     Ok(())
 }
+
+/// 100 runs submitted at once, each asking for the same step: it runs once, and the other
+/// 99 wait for it and reuse what it made.
+#[tokio::test]
+async fn identical_steps_in_flight_at_once_execute_once() -> anyhow::Result<()> {
+    let mut env = Env::new("memo_identical").await?;
+    env.register("noop").await?;
+    let (_dispatcher, api) = env.spawn_dispatcher_api(&[]).await?;
+    let _workers = (env.spawn_worker("noop")?, env.spawn_worker("noop")?, env.spawn_worker("noop")?);
+    let db = env.db().await?;
+    // Slow enough that every run is stored while the first one's step still runs.
+    let plan = "name: identical\nassets:\n  - name: slow\n    op: noop@1.1.0\n    config: {sleep_ms: 3000, echo: 7}\n";
+    let submits = (0..100).map(|_| {
+        let api = api.clone();
+        async move {
+            let (status, body) = opflow_integration::http(
+                &api,
+                "POST",
+                "/v1/runs",
+                None,
+                Some(&serde_json::json!({ "plan": plan })),
+            )
+            .await?;
+            anyhow::ensure!(status == 201, "submit answered {status}: {body}");
+            anyhow::Ok(body["run_id"].as_str().context("run_id")?.to_owned())
+        }
+    });
+    let runs: Vec<String> = futures_util::future::try_join_all(submits).await?;
+    assert_eq!(runs.len(), 100);
+    opflow_integration::wait_for("100 runs to succeed", std::time::Duration::from_secs(120), || async {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE plan_name = 'identical' AND status = 'succeeded'",
+        )
+        .fetch_one(&db)
+        .await?;
+        Ok((done == 100).then_some(()))
+    })
+    .await?;
+    let (executed, reused): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE worker <> 'dispatcher (reused)'),
+                count(*) FILTER (WHERE worker = 'dispatcher (reused)')
+         FROM events WHERE kind = 'succeeded' AND applied",
+    )
+    .fetch_one(&db)
+    .await?;
+    assert_eq!((executed, reused), (1, 99), "the step ran once; 99 runs reused it");
+    Ok(())
+}

@@ -7,8 +7,8 @@ use axum::{
 };
 
 use opflow_api_model::{
-    AssetSummary, CellStatus, CellView, CellsQuery, ErrorBody, HistoryQuery, Lineage, LineageDirection,
-    LineageItem, LineageQuery, Materialization, Page,
+    AssetSummary, CellStatus, CellView, CellsQuery, CheckView, ChecksQuery, ErrorBody, HistoryQuery, Lineage,
+    LineageDirection, LineageItem, LineageQuery, Materialization, Page,
 };
 
 use super::{error::ApiError, params::page_limit, state::ApiState};
@@ -152,6 +152,42 @@ pub async fn lineage(
         .map(|row| LineageItem { depth: row.depth, materialization: materialization(row.materialization) })
         .collect();
     Ok(Json(Lineage { from, direction, items, truncated }))
+}
+
+#[utoipa::path(get, path = "/v1/assets/{asset}/checks", operation_id = "asset_checks", tag = "assets",
+    params(("asset" = String, Path, description = "An asset's name"), ChecksQuery),
+    responses((status = 200, description = "The newest result of each check of each cell, failed first", body = Vec<CheckView>),
+        (status = 400, description = "A malformed query", body = ErrorBody)))]
+/// `GET /v1/assets/{asset}/checks?partition=&failed=true`: the newest result of each check
+/// the op reported of each cell, failed first.
+pub async fn checks(
+    State(state): State<ApiState>,
+    Path(asset): Path<String>,
+    query: Result<Query<ChecksQuery>, QueryRejection>,
+) -> Result<Json<Vec<CheckView>>, ApiError> {
+    let Query(query) = query?;
+    let limit = page_limit(query.limit)?;
+    let rows = state
+        .store
+        .catalog()
+        .checks(&asset, query.partition.as_deref(), query.failed.unwrap_or(false), i64::from(limit))
+        .await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| CheckView {
+                partition: (!row.partition.is_empty()).then_some(row.partition),
+                point: (!row.point.is_empty()).then(|| serde_json::from_str(&row.point).ok()).flatten(),
+                check: row.name,
+                passed: row.passed,
+                blocking: row.blocking,
+                detail: row.detail,
+                run_id: opflow_protocol::RunId::from_uuid(row.run_id),
+                step_id: row.step_id.max(0) as u32,
+                attempt: row.attempt.max(0) as u32,
+                at: row.at,
+            })
+            .collect(),
+    ))
 }
 
 fn not_found(asset: &str) -> ApiError {

@@ -59,7 +59,9 @@ impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {
             SubmitError::Plan(errors) => ApiError::InvalidPlan(errors),
-            SubmitError::BadKey(_) => ApiError::BadRequest(error.to_string()),
+            SubmitError::BadKey(_) | SubmitError::Partitions(_) | SubmitError::Conflict(_) => {
+                ApiError::BadRequest(error.to_string())
+            }
             SubmitError::Compiler(_) => ApiError::Internal(Box::new(error)),
             SubmitError::Store(error) => error.into(),
         }

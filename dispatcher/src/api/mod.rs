@@ -8,7 +8,7 @@
 //!   `…/outputs`, `POST /v1/runs/{id}/cancel`.
 //! - [`events`]: `GET /v1/runs/{id}/events`, a run's events as resumable Server-Sent Events,
 //!   woken by [`followers`].
-//! - [`assets`]: `GET /v1/assets[/{asset}[/partitions|/history|/lineage]]`, the catalog.
+//! - [`assets`]: `GET /v1/assets[/{asset}[/partitions|/history|/lineage|/checks]]`, the catalog.
 //! - [`ops`]: `GET /v1/ops`; [`queues`]: `GET /v1/queues[/{queue}]`, each op queue's demand.
 //! - [`webhooks`]: `/v1/webhooks[/…]`: subscriptions, deliveries, redelivery (admin scope).
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers (also `docs/openapi.json`).
@@ -59,6 +59,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/assets/{asset}/partitions", get(assets::cells))
         .route("/v1/assets/{asset}/history", get(assets::history))
         .route("/v1/assets/{asset}/lineage", get(assets::lineage))
+        .route("/v1/assets/{asset}/checks", get(assets::checks))
         .merge(webhooks::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()

@@ -35,6 +35,7 @@ use utoipa::{
         super::assets::cells,
         super::assets::history,
         super::assets::lineage,
+        super::assets::checks,
         super::webhooks::add,
         super::webhooks::list,
         super::webhooks::remove,

@@ -30,7 +30,7 @@ use super::{
 use crate::store::{
     self,
     following::AssetQuery,
-    runs::{IdempotencyKey, RunOwner},
+    runs::{IdempotencyKey, RunOptions},
 };
 
 #[utoipa::path(post, path = "/v1/runs", operation_id = "submit_run", tag = "runs",
@@ -93,20 +93,33 @@ pub async fn submit(
     // A key is the caller's own: another token's equal key names another run.
     let key_owner = caller.as_ref().map_or("", |Extension(caller)| caller.name.as_str());
     let key = key.map(|key| IdempotencyKey { owner: key_owner, key });
-    let owner = run_owner(caller.as_ref().map(|Extension(caller)| caller), &request)?;
+    let partitions = match request.partitions.as_deref() {
+        Some(text) => Some(
+            text.parse::<crate::plan::backfill::PartitionSelection>()
+                .map_err(|why| ApiError::BadRequest(format!("`partitions`: {why}")))?,
+        ),
+        None => None,
+    };
+    let mut owner = run_owner(caller.as_ref().map(|Extension(caller)| caller), &request)?;
+    owner.partitions = partitions.as_ref();
     let submission =
         crate::submit::submit_notifying(&state.store, &request.plan, &file, key, notify.as_ref(), owner)
             .await?;
     let run = summary(&state, submission.run_id).await?;
     let status = if submission.existing { StatusCode::OK } else { StatusCode::CREATED };
     let notify_secret = generated_secret.filter(|_| !submission.existing);
-    Ok((status, Json(SubmitResponse { existing: submission.existing, notify_secret, run })))
+    let left_out = submission
+        .left_out
+        .iter()
+        .map(|l| opflow_api_model::LeftOutAsset { asset: l.asset.clone(), why: l.why.clone() })
+        .collect();
+    Ok((status, Json(SubmitResponse { existing: submission.existing, notify_secret, left_out, run })))
 }
 
 /// Whose the run is and its priority: a token submits as its team (or its name), and may
 /// not name another owner; a caller without a token (an API without tokens) names its own,
 /// or is `local`.
-fn run_owner<'a>(caller: Option<&'a Caller>, request: &'a SubmitRequest) -> Result<RunOwner<'a>, ApiError> {
+fn run_owner<'a>(caller: Option<&'a Caller>, request: &'a SubmitRequest) -> Result<RunOptions<'a>, ApiError> {
     if let Some(asked) = request.owner.as_deref() {
         // Checked before any message quotes it.
         crate::submit::check_owner(asked).map_err(|why| ApiError::BadRequest(format!("`owner` {why}")))?;
@@ -131,7 +144,11 @@ fn run_owner<'a>(caller: Option<&'a Caller>, request: &'a SubmitRequest) -> Resu
             crate::plan::DEFAULT_PRIORITY
         )));
     }
-    Ok(RunOwner { owner, priority: request.priority, no_reuse: request.no_reuse })
+    let only = request.only.map(|only| match only {
+        opflow_api_model::OnlyCells::Missing => crate::plan::Only::Missing,
+        opflow_api_model::OnlyCells::Failed => crate::plan::Only::Failed,
+    });
+    Ok(RunOptions { owner, priority: request.priority, no_reuse: request.no_reuse, partitions: None, only })
 }
 
 #[utoipa::path(get, path = "/v1/runs/{id}", operation_id = "get_run", tag = "runs", params(("id" = String, Path, description = "The run id (a UUID)")),

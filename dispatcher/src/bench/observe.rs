@@ -183,7 +183,8 @@ impl Bed<'_> {
         for side in runs {
             tokio::time::sleep(side.after.saturating_sub(first.elapsed())).await;
             let started = Instant::now();
-            let owner = crate::store::runs::RunOwner { owner: side.owner, priority: None, no_reuse: true };
+            let owner =
+                crate::store::runs::RunOptions { owner: side.owner, no_reuse: true, ..Default::default() };
             let submission = crate::submit::submit_notifying(
                 self.store,
                 side.plan,

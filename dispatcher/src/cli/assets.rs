@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use opflow_api_model::{
-    AssetSummary, CellStatus, CellView, CellsQuery, HistoryQuery, Lineage, LineageDirection, LineageQuery,
-    Materialization, Page,
+    AssetSummary, CellStatus, CellView, CellsQuery, CheckView, ChecksQuery, HistoryQuery, Lineage,
+    LineageDirection, LineageQuery, Materialization, Page,
 };
 
 use super::client::{ServerArgs, path_segment};
@@ -23,6 +23,28 @@ pub enum AssetsCommand {
     /// What an asset's latest materializations read, across runs (--upstream, the default),
     /// or what read them (--downstream)
     Lineage(LineageArgs),
+    /// The newest result of each check the op reported of each cell, failed first
+    Checks(ChecksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ChecksArgs {
+    /// The asset's name
+    asset: String,
+    /// Only this partition's
+    #[arg(long, value_name = "KEY")]
+    partition: Option<String>,
+    /// Only the checks whose newest result failed
+    #[arg(long)]
+    failed: bool,
+    /// The most results to print
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +118,36 @@ pub async fn run(command: AssetsCommand) -> anyhow::Result<ExitCode> {
             }
         }
         AssetsCommand::Show(args) => show(args).await?,
+        AssetsCommand::Checks(args) => {
+            let client = args.server.client()?;
+            let query = ChecksQuery {
+                partition: args.partition.clone(),
+                failed: args.failed.then_some(true),
+                limit: Some(args.limit),
+            };
+            let path = format!("/v1/assets/{}/checks", path_segment(&args.asset));
+            let checks: Vec<CheckView> = client.get_with(&path, &query).await?;
+            if args.json {
+                say!("{}", serde_json::to_string(&checks)?);
+            } else if checks.is_empty() {
+                say!("no check results of `{}`{}", args.asset, if args.failed { " that failed" } else { "" });
+            } else {
+                let rows: Vec<[String; 6]> = checks
+                    .iter()
+                    .map(|c| {
+                        [
+                            cell_label(&args.asset, c.partition.as_deref(), c.point.as_ref()),
+                            c.check.clone(),
+                            if c.passed { "passed".into() } else { "FAILED".into() },
+                            if c.blocking { "blocking".into() } else { "-".into() },
+                            c.detail.clone().unwrap_or_default(),
+                            c.run_id.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["CELL", "CHECK", "RESULT", "KIND", "DETAIL", "RUN"], &rows);
+            }
+        }
         AssetsCommand::Lineage(args) => {
             let client = args.server.client()?;
             let query = LineageQuery {

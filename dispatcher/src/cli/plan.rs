@@ -1,4 +1,5 @@
-//! `opflow plan check`: compile a plan against the registry and show its steps per asset.
+//! `opflow plan check`: compile a plan against the registry and show its steps per asset,
+//! or with `--missing`/`--failed` what a backfill would run and why.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -7,7 +8,73 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{exit::InvalidInput, render};
-use crate::{plan::Partitions, settings::Settings, submit};
+use crate::{
+    plan::{
+        CompiledPlan, Only, Partitions,
+        backfill::{LeftOut, PartitionSelection, plan_backfill},
+        graph::PlanGraph,
+    },
+    settings::Settings,
+    store::{Store, runs::RunOptions},
+    submit,
+};
+
+/// `opflow plan check --missing|--failed`: the catalog's cells of the plan's assets read in
+/// one statement, the plan walked against them (`plan::backfill::plan_backfill`).
+async fn backfill(
+    store: &Store,
+    plan: CompiledPlan,
+    only: Only,
+    left_out: Vec<LeftOut>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let names: Vec<String> = plan.assets.iter().map(|a| a.name.clone()).collect();
+    let cells = store.catalog().cells_of_assets(&names).await?;
+    let (name, steps) = (plan.name.clone(), plan.step_count);
+    let graph = PlanGraph::new(plan);
+    let report = tokio::task::spawn_blocking(move || {
+        plan_backfill(&graph, only, |asset, partition, point| {
+            cells.get(&(asset.to_owned(), partition.to_owned(), point.to_owned()))
+        })
+    })
+    .await?;
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "plan": name, "steps": steps, "runs": report.runs(), "taken": report.taken(),
+                "assets": report.assets, "left_out": left_out,
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    say!(
+        "plan `{name}`: a backfill would run {} of {steps} cells and take {} from the catalog",
+        report.runs(),
+        report.taken()
+    );
+    let rows: Vec<[String; 4]> = report
+        .assets
+        .iter()
+        .map(|a| {
+            let runs: u64 = a.runs.values().map(|r| r.cells).sum();
+            let why = a
+                .runs
+                .iter()
+                .map(|(why, r)| format!("{why} {} (e.g. {})", r.cells, r.examples.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            [
+                a.asset.clone(),
+                runs.to_string(),
+                a.taken.to_string(),
+                if why.is_empty() { "-".into() } else { why },
+            ]
+        })
+        .collect();
+    render::table(&["asset", "runs", "taken", "why it runs"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
 
 #[derive(Debug, Subcommand)]
 pub enum PlanCommand {
@@ -18,6 +85,16 @@ pub enum PlanCommand {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+        /// Cut the plan to these partitions, as `opflow run --partitions` would
+        #[arg(long, value_name = "A..B|A,B,…")]
+        partitions: Option<String>,
+        /// Say, per asset, which cells `opflow run --missing` would run and why, and how many
+        /// it would take from the catalog; runs nothing
+        #[arg(long, conflicts_with = "failed")]
+        missing: bool,
+        /// As --missing, for `opflow run --failed`
+        #[arg(long)]
+        failed: bool,
     },
 }
 
@@ -26,14 +103,37 @@ pub async fn run(
     settings: &Settings,
     cancel: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let PlanCommand::Check { file, json } = command;
+    let PlanCommand::Check { file, json, partitions, missing, failed } = command;
     let source = render::read_plan(&file)?;
     let store = super::admin::store(settings, cancel).await?;
-    let plan = match submit::compile(&store, &source, &file).await {
+    let mut plan = match submit::compile(&store, &source, &file).await {
         Ok(plan) => plan,
         Err(submit::SubmitError::Plan(errors)) => return Err(InvalidInput(errors.to_string()).into()),
         Err(other) => return Err(other.into()),
     };
+    let selection = match partitions.as_deref().map(str::parse::<PartitionSelection>) {
+        Some(Err(why)) => return Err(InvalidInput(format!("--partitions: {why}")).into()),
+        Some(Ok(selection)) => Some(selection),
+        None => None,
+    };
+    let only = match (missing, failed) {
+        (true, _) => Some(Only::Missing),
+        (_, true) => Some(Only::Failed),
+        _ => None,
+    };
+    let options = RunOptions { partitions: selection.as_ref(), only, ..RunOptions::default() };
+    let left_out = match submit::cut(&mut plan, &options) {
+        Ok(left_out) => left_out,
+        Err(error) => return Err(InvalidInput(error.to_string()).into()),
+    };
+    if !json {
+        for l in &left_out {
+            eprintln!("left out `{}`: {}", l.asset, l.why);
+        }
+    }
+    if let Some(only) = only {
+        return backfill(&store, plan, only, left_out, json).await;
+    }
     if json {
         let assets: Vec<_> = plan
             .assets

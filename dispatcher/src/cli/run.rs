@@ -4,8 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
 use opflow_api_model::{
-    AssetInfo, AssetsQuery, CancelResponse, IDEMPOTENCY_KEY, MAX_PAGE, NotifyRequest, OutputsQuery, Page,
-    RunStatus, RunSummary, StepOutput, SubmitRequest, SubmitResponse,
+    AssetInfo, AssetsQuery, CancelResponse, IDEMPOTENCY_KEY, MAX_PAGE, NotifyRequest, OnlyCells,
+    OutputsQuery, Page, RunStatus, RunSummary, StepOutput, SubmitRequest, SubmitResponse,
 };
 
 use super::{
@@ -44,8 +44,21 @@ pub struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=10))]
     pub priority: Option<u8>,
     /// Run every step, reusing no earlier materialization (a forced recompute)
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["missing", "failed"])]
     pub no_reuse: bool,
+    /// Run only these partitions: a range `2026-01-01..2026-03-31` or a list `aave,compound`
+    /// (assets that read every partition are left out, and said so)
+    #[arg(long, value_name = "A..B|A,B,…")]
+    pub partitions: Option<String>,
+    /// A backfill: run only the cells without a current materialization (missing, failed, or
+    /// stale: op version, config or inputs changed) and what reads them; take the rest from
+    /// the catalog. `opflow plan check --missing` shows what it would run
+    #[arg(long, conflicts_with = "failed")]
+    pub missing: bool,
+    /// A backfill: run only the cells whose last attempt failed (or that were never
+    /// materialized) and what reads them; take the rest from the catalog
+    #[arg(long)]
+    pub failed: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -97,6 +110,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         owner: args.owner.clone(),
         priority: args.priority,
         no_reuse: args.no_reuse,
+        partitions: args.partitions.clone(),
+        only: match (args.missing, args.failed) {
+            (true, _) => Some(OnlyCells::Missing),
+            (_, true) => Some(OnlyCells::Failed),
+            _ => None,
+        },
     };
     let mut headers = Vec::new();
     if let Some(key) = &args.key {
@@ -104,6 +123,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let submitted: SubmitResponse = client.post("/v1/runs", &body, &headers).await?;
     let run_id = submitted.run.run_id.to_string();
+    // On stderr even with --json: the JSON answer (`left_out`) is the run's summary.
+    for left_out in &submitted.left_out {
+        eprintln!("left out `{}`: {}", left_out.asset, left_out.why);
+    }
     if !args.json {
         if submitted.existing {
             eprintln!("run {run_id} already exists for this key; showing it instead of submitting again");

@@ -31,7 +31,8 @@ pub struct AddArgs {
     /// The receiver (https://…); loopback and private addresses are refused unless the
     /// dispatcher's `webhooks_allow_private` setting allows them
     pub url: String,
-    /// Which run ends to send, comma-separated
+    /// Which events to send, comma-separated: run.succeeded, run.failed, run.canceled (how
+    /// a run ended), check.failed (a check an op reported failed)
     #[arg(long, value_delimiter = ',', default_value = "run.succeeded,run.failed,run.canceled")]
     pub events: Vec<String>,
     /// The signing secret (`whsec_<base64>`); generated when absent

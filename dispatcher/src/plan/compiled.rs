@@ -55,9 +55,48 @@ impl CompiledPlan {
     /// Every asset as if it said `reuse: never` (`opflow run --no-reuse`): every step runs.
     pub fn reusing_nothing(&mut self) {
         for asset in &mut self.assets {
-            asset.reuse = false;
+            asset.reuse = Reuse::Never;
         }
     }
+
+    /// Every asset that may reuse takes its cells from the catalog but those `only` names
+    /// (`opflow run --missing` or `--failed`; see `plan::backfill`).
+    pub fn taking_from_catalog(&mut self, only: Only) {
+        for asset in &mut self.assets {
+            if asset.reuse != Reuse::Never {
+                asset.reuse = match only {
+                    Only::Missing => Reuse::Missing,
+                    Only::Failed => Reuse::Failed,
+                };
+            }
+        }
+    }
+}
+
+/// Whether, and from what, a step may be satisfied from the asset catalog instead of
+/// running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// It always runs: `reuse: never`, or a run submitted with `--no-reuse`.
+    Never,
+    /// From an earlier materialization with the same memo key (`reuse: auto`, the default).
+    Memo,
+    /// From its cell's current materialization, unless that is missing, failed or stale, or
+    /// a step it reads ran in this run (`opflow run --missing`).
+    Missing,
+    /// As [`Reuse::Missing`], but a stale cell is taken too (`opflow run --failed`).
+    Failed,
+}
+
+/// Which cells a backfill runs; every other cell of the plan is taken from the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Only {
+    /// Cells without a current, successful materialization (missing, failed or stale),
+    /// and what reads them.
+    Missing,
+    /// Cells whose last attempt failed (or that were never materialized), and what reads
+    /// them.
+    Failed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,13 +119,27 @@ pub struct CompiledAsset {
     /// Caps on steps in flight per key (`concurrency`), in file order.
     pub concurrency: Vec<ConcurrencyRule>,
     /// `reuse`: whether a step may be satisfied from an earlier materialization with the
-    /// same memo key (`auto`, the default) or always runs (`never`).
-    pub reuse: bool,
+    /// same memo key (`auto`, the default: [`Reuse::Memo`]) or always runs (`never`); a
+    /// backfill run takes cells from the catalog instead ([`Reuse::Missing`]).
+    pub reuse: Reuse,
+    /// The checks the plan declares for what the op reports (`checks`), in file order.
+    pub checks: Vec<DeclaredCheck>,
     /// Step ids are global indices `0..step_count`; an asset's steps are contiguous.
     pub first_step: u32,
     /// Line of the asset's `name:` in the plan file.
     pub line: usize,
 }
+
+/// A check the plan declares for an asset. A `blocking` check that the op reports failed
+/// fails its step: the output is not recorded, and what reads the cell is skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredCheck {
+    pub name: String,
+    pub blocking: bool,
+}
+
+/// The most checks an asset may declare.
+pub const MAX_CHECKS: usize = 32;
 
 /// How an asset is partitioned.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,6 +32,7 @@
 //! Dependency rule: two assets with the same partitions depend partition to partition;
 //! otherwise a step depends on every step of its upstream asset.
 
+pub mod backfill;
 mod compiled;
 pub mod concurrency;
 mod dimensions;
@@ -46,8 +47,9 @@ mod validate;
 use std::path::Path;
 
 pub use compiled::{
-    AssetDep, CompiledAsset, CompiledPlan, DEFAULT_PRIORITY, MAX_CONFIG_BYTES, MAX_PRIORITY,
-    MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT, Partitions, RegisteredOp, StepSpec, SweepParam, SweepValues,
+    AssetDep, CompiledAsset, CompiledPlan, DEFAULT_PRIORITY, DeclaredCheck, MAX_CHECKS, MAX_CONFIG_BYTES,
+    MAX_PRIORITY, MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT, Only, Partitions, RegisteredOp, Reuse, StepSpec,
+    SweepParam, SweepValues,
 };
 pub use dimensions::{
     MAX_DAYS, MAX_PARTITION_KEY_BYTES, MAX_SWEEP_NAME_BYTES, MAX_SWEEP_PARAMS, MAX_SWEEP_VALUE_BYTES,

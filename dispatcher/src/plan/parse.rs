@@ -54,6 +54,18 @@ pub struct RawAsset {
     /// materialization with the same memo key.
     #[serde(default)]
     pub reuse: Option<Spanned<String>>,
+    /// The checks the op reports (`check_result`) that the plan declares: `{name,
+    /// blocking}` each.
+    #[serde(default)]
+    pub checks: Vec<Spanned<RawCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub name: String,
+    #[serde(default)]
+    pub blocking: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -466,8 +466,8 @@ fn reuse_is_auto_unless_the_asset_says_never() {
         "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n  - name: b\n    op: noop@1.0.0\n    reuse: never\n  \
          - name: c\n    op: noop@1.0.0\n    reuse: auto\n",
     );
-    let reuse: Vec<bool> = plan.assets.iter().map(|a| a.reuse).collect();
-    assert_eq!(reuse, [true, false, true]);
+    let reuse: Vec<Reuse> = plan.assets.iter().map(|a| a.reuse).collect();
+    assert_eq!(reuse, [Reuse::Memo, Reuse::Never, Reuse::Memo]);
     let message = error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    reuse: sometimes\n");
     assert_mentions(
         &message,

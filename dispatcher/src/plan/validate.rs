@@ -16,8 +16,8 @@ use serde_saphyr::Spanned;
 
 use super::{
     compiled::{
-        AssetDep, CompiledAsset, CompiledPlan, DEFAULT_PRIORITY, MAX_CONFIG_BYTES, MAX_PRIORITY,
-        MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT, Partitions, RegisteredOp, SweepParam,
+        AssetDep, CompiledAsset, CompiledPlan, DEFAULT_PRIORITY, DeclaredCheck, MAX_CHECKS, MAX_CONFIG_BYTES,
+        MAX_PRIORITY, MAX_RETRY_BACKOFF, MAX_STEPS, MAX_TIMEOUT, Partitions, RegisteredOp, Reuse, SweepParam,
     },
     concurrency::{ConcurrencyRule, rules_of},
     dimensions::{MAX_SWEEP_PARAMS, NUL_REASON, check_partitions, holds_nul, partition_keys, sweep_values},
@@ -70,7 +70,8 @@ struct Checked {
     retry: StepRetryPolicy,
     timeout: Option<Duration>,
     concurrency: Vec<ConcurrencyRule>,
-    reuse: bool,
+    reuse: Reuse,
+    checks: Vec<DeclaredCheck>,
 }
 
 pub(super) fn validate(
@@ -199,6 +200,7 @@ pub(super) fn validate(
             timeout: c.timeout,
             concurrency: c.concurrency,
             reuse: c.reuse,
+            checks: c.checks,
             first_step,
         };
         first_step += compiled.step_count();
@@ -366,8 +368,8 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         (Some(_), _, _) => None,
     };
     let reuse = match asset.reuse.as_ref().map(|r| (r, r.value.as_str())) {
-        None | Some((_, "auto")) => Some(true),
-        Some((_, "never")) => Some(false),
+        None | Some((_, "auto")) => Some(Reuse::Memo),
+        Some((_, "never")) => Some(Reuse::Never),
         Some((spanned, other)) => {
             problems.add(
                 line(spanned),
@@ -383,6 +385,7 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
             None
         }
     };
+    let checks = declared_checks(asset, name, problems);
     if problems.errors.len() > before {
         return None;
     }
@@ -398,8 +401,47 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         timeout: timeout?,
         concurrency: concurrency?,
         reuse: reuse?,
+        checks,
     })
 }
+
+/// An asset's `checks`: each named once, by a short printable name.
+fn declared_checks(asset: &RawAsset, name: &str, problems: &mut Problems) -> Vec<DeclaredCheck> {
+    let mut checks: Vec<DeclaredCheck> = Vec::new();
+    let mut bad = |spanned: &Spanned<_>, reason: String| {
+        problems.add(line(spanned), Some(name), PlanErrorKind::BadSetting { field: "checks", reason })
+    };
+    if asset.checks.len() > MAX_CHECKS {
+        bad(
+            &asset.checks[MAX_CHECKS],
+            format!("{} checks declared; declare at most {MAX_CHECKS}", asset.checks.len()),
+        );
+        return checks;
+    }
+    for spanned in &asset.checks {
+        let check = &spanned.value;
+        let shown = opflow_protocol::text::cut(&check.name, 64);
+        if check.name.is_empty()
+            || check.name.len() > MAX_CHECK_NAME_BYTES
+            || check.name.chars().any(char::is_control)
+        {
+            bad(
+                spanned,
+                format!(
+                    "`{shown}` is not a check name: use 1 to {MAX_CHECK_NAME_BYTES} printable bytes, as the op reports it"
+                ),
+            );
+        } else if checks.iter().any(|c| c.name == check.name) {
+            bad(spanned, format!("`{shown}` is declared twice"));
+        } else {
+            checks.push(DeclaredCheck { name: check.name.clone(), blocking: check.blocking });
+        }
+    }
+    checks
+}
+
+/// The longest check name a plan may declare.
+pub const MAX_CHECK_NAME_BYTES: usize = 128;
 
 /// Refuses a `config` over [`MAX_CONFIG_BYTES`] as JSON.
 ///

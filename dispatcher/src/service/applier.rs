@@ -157,7 +157,13 @@ impl Applier {
                 // Committed: counted here once. A refused or rolled-back attempt is not.
                 let terminal = std::mem::take(&mut outcome.terminal);
                 self.metrics.applied(events.len(), started.elapsed(), &terminal);
-                self.arrivals.tell(&outcome.queued, &outcome.started, &outcome.settled, &results(events));
+                self.arrivals.tell(
+                    &outcome.queued,
+                    &outcome.started,
+                    &outcome.settled,
+                    &outcome.ended,
+                    &results(events),
+                );
                 Ok(outcome)
             }
             Ok(Err(error)) if error.is_transient() => Err(Failure::Outage(error)),

@@ -25,7 +25,6 @@ use super::{
 };
 use crate::store::{
     CANCELS_CHANNEL, StoreError,
-    catalog::{MemoHit, MemoQuery, REUSED_BY_DISPATCHER},
     key_slots::{HeldSlot, KeyWait, SUPERSEDED_BY_DISPATCHER},
     lease::LeaderStore,
     outbox::{OutboxBatch, OutboxRow},
@@ -280,9 +279,11 @@ impl StepPublisher {
         cancel: &CancellationToken,
     ) -> Result<(), StoreError> {
         let heard = arrivals.take();
+        // What waited for an identical step that ended is looked up again, with the new rows.
+        window.identical.ended(&heard.ended);
+        let mut queued = window.identical.take_released();
         // A batch's rows and steps come mostly from a few runs: each plan is looked up once.
         let mut plans: HashMap<RunId, Option<Arc<RunPlan>>> = HashMap::new();
-        let mut queued = Vec::with_capacity(heard.queued.len());
         for row in heard.queued {
             if let Some(plan) = self.plan_once(&mut plans, row.run_id).await? {
                 queued.push((row, plan));
@@ -362,7 +363,7 @@ impl StepPublisher {
     /// [`StepPublisher::reuse`] for rows of one run.
     async fn reuse_rows(
         &self,
-        window: &PublishWindow,
+        window: &mut PublishWindow,
         rows: Vec<OutboxRow>,
         plan: &Arc<RunPlan>,
         cancel: &CancellationToken,
@@ -371,70 +372,15 @@ impl StepPublisher {
         Ok(self.reuse(window, rows, cancel).await?.into_iter().map(|(row, _)| row).collect())
     }
 
-    /// Satisfies from the catalog the ready steps whose memo key matches an earlier
-    /// materialization (docs/catalog.md), in one lookup: each becomes a success with that
-    /// materialization's output, applied like a worker's (so it unlocks its downstream),
-    /// and its outbox row goes. Returns the rows still to publish. Rows already held were
-    /// looked up when they were first held; steps of assets with `reuse: never` are not
-    /// looked up. A lookup that fails for another reason than an outage publishes them all.
+    /// Satisfies from the catalog what it can of `rows` (`service::reuse`); returns the
+    /// rows still to publish.
     async fn reuse(
         &self,
-        window: &PublishWindow,
+        window: &mut PublishWindow,
         rows: Vec<(OutboxRow, Arc<RunPlan>)>,
         cancel: &CancellationToken,
     ) -> Result<Vec<(OutboxRow, Arc<RunPlan>)>, StoreError> {
-        let mut query = MemoQuery::default();
-        let mut asked = Vec::new();
-        let mut keep = Vec::with_capacity(rows.len());
-        for (row, plan) in rows {
-            if window.holds(row.seq) || !plan.reusable(row.step_id) {
-                keep.push((row, plan));
-            } else {
-                query.push(row.run_id.as_uuid(), &plan, row.step_id);
-                asked.push((row, plan));
-            }
-        }
-        if query.is_empty() {
-            return Ok(keep);
-        }
-        let hits = match self.store.catalog().memo_hits(&query).await {
-            Ok(hits) => hits,
-            Err(error) if error.is_transient() => return Err(error),
-            Err(error) => {
-                tracing::warn!(%error, steps = query.len(), "looking up earlier materializations failed; running the steps");
-                Vec::new()
-            }
-        };
-        let mut hits: HashMap<usize, MemoHit> = hits.into_iter().map(|hit| (hit.position, hit)).collect();
-        let (mut events, mut seqs) = (Vec::new(), Vec::new());
-        for (position, (row, plan)) in asked.into_iter().enumerate() {
-            match hits.remove(&position) {
-                Some(hit) => {
-                    tracing::debug!(run_id = %row.run_id, step_id = %row.step_id, materialization = hit.materialization,
-                        "satisfied from an earlier materialization");
-                    events.push(StorableEvent::from(opflow_protocol::Event::new(
-                        row.run_id,
-                        row.step_id,
-                        row.attempt,
-                        REUSED_BY_DISPATCHER,
-                        opflow_protocol::EventKind::Succeeded { output: hit.output },
-                    )));
-                    seqs.push(row.seq);
-                }
-                None => keep.push((row, plan)),
-            }
-        }
-        if events.is_empty() {
-            return Ok(keep);
-        }
-        // Cancelled: what was applied stays; the rest keep their rows for the next leader.
-        if self.applier.apply(&events, cancel).await.is_some() {
-            tracing::info!(steps = events.len(), "steps satisfied from earlier materializations");
-            if let Err(error) = self.store.outbox().forget(&seqs).await {
-                tracing::debug!(%error, "could not remove the outbox rows of reused steps; rounds drop them");
-            }
-        }
-        Ok(keep)
+        super::reuse::satisfy(&self.store, &self.applier, window, rows, cancel).await
     }
 
     /// A run's plan; `None` when the run is gone (deleted by retention or by hand), so that

@@ -27,7 +27,7 @@ pub async fn release_retries(
             Ok(rows) if rows.is_empty() => {}
             Ok(rows) => {
                 tracing::debug!(steps = rows.len(), "retries due; queued");
-                arrivals.tell(&rows, &[], &[], &[]);
+                arrivals.tell(&rows, &[], &[], &[], &[]);
             }
             // Nothing is lost: the steps stay `retrying` and are picked up on a later tick.
             Err(error) => tracing::warn!(%error, "queueing due retries failed; trying again"),

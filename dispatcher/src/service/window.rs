@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 
 use super::{
     fair_share::{self, Candidate},
+    identical::IdenticalSteps,
     key_slots::{Admission, Attempt, KeySlots, StepKey},
 };
 use crate::{
@@ -60,6 +61,8 @@ pub struct Heard {
     pub queued: Vec<OutboxRow>,
     pub started: Vec<(RunId, StepId)>,
     pub settled: Vec<(RunId, StepId)>,
+    /// Steps that ended with a result (see `service::reuse`).
+    pub ended: Vec<(RunId, StepId)>,
     /// Step attempts a result came back for (see `service::key_slots`).
     pub results: Vec<Attempt>,
 }
@@ -72,9 +75,15 @@ impl Arrivals {
         queued: &[OutboxRow],
         started: &[(RunId, StepId)],
         settled: &[(RunId, StepId)],
+        ended: &[(RunId, StepId)],
         results: &[Attempt],
     ) {
-        if queued.is_empty() && started.is_empty() && settled.is_empty() && results.is_empty() {
+        if queued.is_empty()
+            && started.is_empty()
+            && settled.is_empty()
+            && ended.is_empty()
+            && results.is_empty()
+        {
             return;
         }
         {
@@ -82,6 +91,7 @@ impl Arrivals {
             heard.queued.extend_from_slice(queued);
             heard.started.extend_from_slice(started);
             heard.settled.extend_from_slice(settled);
+            heard.ended.extend_from_slice(ended);
             heard.results.extend_from_slice(results);
         }
         self.notify.notify_one();
@@ -252,6 +262,8 @@ pub struct PublishWindow {
     /// Rotates the ops a round looks at first, and the owners that tie.
     op_turn: usize,
     owner_turn: usize,
+    /// Rows waiting for an identical step to end instead of held (`service::identical`).
+    pub identical: IdenticalSteps,
 }
 
 impl PublishWindow {
@@ -701,6 +713,7 @@ impl PublishWindow {
     /// slots stay held until its steps' results come back: a canceled step runs on until
     /// its worker stops it.
     pub fn forget_run(&mut self, run: RunId) {
+        self.identical.forget_run(run);
         self.runs.remove(&run);
         self.running.retain(|(of, _)| *of != run);
         for parked in self.parked.values_mut() {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::{Store, StoreError, run_plan::RunPlan};
 use crate::plan::{
     CompiledPlan,
+    backfill::{CellFacts, MaterializedBy},
     fingerprint::{Fingerprint, point_key},
 };
 
@@ -52,11 +53,48 @@ pub struct CatalogColumns {
     failed_errors: Vec<String>,
     /// Each (run, asset index)'s definition fingerprint, computed once per batch.
     definitions_seen: HashMap<(Uuid, usize), Fingerprint>,
+    /// Check results, one row each.
+    checks: CheckColumns,
+}
+
+/// The check results of a batch (`catalog_checks`, migration 0024).
+#[derive(Debug, Default)]
+struct CheckColumns {
+    assets: Vec<String>,
+    partitions: Vec<String>,
+    points: Vec<String>,
+    names: Vec<String>,
+    passed: Vec<bool>,
+    blocking: Vec<bool>,
+    details: Vec<Option<String>>,
+    runs: Vec<Uuid>,
+    steps: Vec<i32>,
+    attempts: Vec<i32>,
+    ats: Vec<DateTime<Utc>>,
 }
 
 impl CatalogColumns {
     pub fn is_empty(&self) -> bool {
-        self.runs.is_empty() && self.failed_runs.is_empty()
+        self.runs.is_empty() && self.failed_runs.is_empty() && self.checks.runs.is_empty()
+    }
+
+    /// Adds a `check_result` event of a step of `plan`'s run.
+    pub fn check(&mut self, plan: &RunPlan, event: &Event) {
+        let EventKind::CheckResult { name, passed, detail } = &event.kind else { return };
+        let asset = &plan.plan().assets[plan.asset_index(event.step_id)];
+        let (partition, point) = plan.partition_and_point(event.step_id);
+        let checks = &mut self.checks;
+        checks.assets.push(asset.name.clone());
+        checks.partitions.push(partition.unwrap_or_default().to_owned());
+        checks.points.push(point_key(&point));
+        checks.names.push(name.clone());
+        checks.passed.push(*passed);
+        checks.blocking.push(plan.is_blocking(event.step_id, name));
+        checks.details.push(detail.clone());
+        checks.runs.push(event.run_id.as_uuid());
+        checks.steps.push(event.step_id.0 as i32);
+        checks.attempts.push(event.attempt as i32);
+        checks.ats.push(event.at.min(Utc::now()));
     }
 
     /// Adds the success `event` of `step` (its settled result) as a materialization.
@@ -145,23 +183,37 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
              ), {reads}, keyed AS (
                  SELECT made.*, coalesce(reads.ids, '{{}}') AS inputs, {MEMO_KEY} AS memo_key
                  FROM made LEFT JOIN reads ON reads.row + 1 = made.row
+             ), sourced AS (
+                 -- What a reused step reused: the newest original with its memo key, or what
+                 -- a backfill took, its cell's current materialization.
+                 SELECT k.*, CASE WHEN k.reused THEN coalesce(
+                     (SELECT coalesce(o.reused_from, o.id) FROM materializations o
+                      WHERE o.memo_key = k.memo_key AND o.output_digest = k.output_digest
+                      ORDER BY o.id DESC LIMIT 1),
+                     (SELECT coalesce(o.reused_from, o.id) FROM catalog_cells c
+                      JOIN materializations o ON o.id = c.materialization
+                      WHERE c.asset = k.asset AND c.partition = k.partition AND c.point = k.point)) END AS src
+                 FROM keyed k
              ), inserted AS (
+                 -- A reuse is what it reused: its op, version, config and memo key are the
+                 -- original's, so that a stale cell taken by `--failed` stays stale and its
+                 -- key never names what the step would compute now.
                  INSERT INTO materializations (asset, partition, point, op_name, op_version, definition, config_hash,
                                            inputs, run_id, step_id, attempt, at, output_digest, metadata,
                                            memo_key, reused_from)
-             SELECT k.asset, k.partition, k.point, k.op_name, k.op_version, k.definition,
-                    k.config_hash, k.inputs, k.run_id, k.step_id, k.attempt, k.at, k.output_digest,
+             SELECT k.asset, k.partition, k.point, coalesce(o.op_name, k.op_name), coalesce(o.op_version, k.op_version),
+                    coalesce(o.definition, k.definition), coalesce(o.config_hash, k.config_hash),
+                    k.inputs, k.run_id, k.step_id, k.attempt, k.at, k.output_digest,
                     coalesce((SELECT jsonb_agg(e.body->'materialized'->'metadata' ORDER BY e.at, e.seq)
                               FROM events e
                               WHERE e.run_id = k.run_id AND e.step_id = k.step_id
                                 AND e.attempt = k.attempt AND e.kind = 'materialized'), '[]'),
-                    k.memo_key,
-                    CASE WHEN k.reused THEN (SELECT coalesce(o.reused_from, o.id) FROM materializations o
-                                             WHERE o.memo_key = k.memo_key ORDER BY o.id DESC LIMIT 1) END
-             FROM keyed k
+                    CASE WHEN k.src IS NULL THEN k.memo_key ELSE o.memo_key END,
+                    k.src
+             FROM sourced k LEFT JOIN materializations o ON o.id = k.src
              ORDER BY k.row
              ON CONFLICT (run_id, step_id) DO NOTHING
-             RETURNING id, asset, partition, point, definition, output_digest, at
+             RETURNING id, run_id, step_id, asset, partition, point, definition, output_digest, at, memo_key
              ), newest AS (
                  SELECT DISTINCT ON (asset, partition, point) * FROM inserted
                  ORDER BY asset, partition, point, id DESC
@@ -172,12 +224,17 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
                  JOIN materializations m ON m.id = c.materialization
                  WHERE c.materialization < n.id
              ), upsert AS (
+                 -- A reuse under another key than its original's (a stale cell taken as it
+                 -- is) keeps the cell's `upstream_changed`; anything else clears it.
                  INSERT INTO catalog_cells (asset, partition, point, status, materialization, definition,
                                             upstream_changed, updated_at)
-                 SELECT asset, partition, point, 'materialized', id, definition, false, at FROM newest
+                 SELECT n.asset, n.partition, n.point, 'materialized', n.id, n.definition,
+                        k.src IS NOT NULL AND k.memo_key IS DISTINCT FROM n.memo_key, n.at
+                 FROM newest n JOIN sourced k ON k.run_id = n.run_id AND k.step_id = n.step_id
                  ON CONFLICT (asset, partition, point) DO UPDATE
                      SET status = 'materialized', materialization = EXCLUDED.materialization,
-                         definition = EXCLUDED.definition, upstream_changed = false,
+                         definition = EXCLUDED.definition,
+                         upstream_changed = EXCLUDED.upstream_changed AND catalog_cells.upstream_changed,
                          failed_run = NULL, failed_step = NULL, error = NULL,
                          updated_at = EXCLUDED.updated_at
                      WHERE catalog_cells.materialization IS NULL
@@ -215,6 +272,38 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
             .execute(&mut *tx)
             .await?;
         }
+    }
+    if !cols.checks.runs.is_empty() {
+        let checks = &cols.checks;
+        // The newest result of each check of each cell; the same result again (a
+        // redelivered event, same time) changes nothing, and so sends no second webhook.
+        sqlx::query(
+            "INSERT INTO catalog_checks (asset, partition, point, name, passed, blocking, detail,
+                                         run_id, step_id, attempt, at)
+             SELECT DISTINCT ON (asset, partition, point, name) *
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::bool[], $7::text[],
+                         $8::uuid[], $9::int[], $10::int[], $11::timestamptz[])
+                 AS u(asset, partition, point, name, passed, blocking, detail, run_id, step_id, attempt, at)
+             ORDER BY asset, partition, point, name, at DESC
+             ON CONFLICT (asset, partition, point, name) DO UPDATE
+                 SET passed = EXCLUDED.passed, blocking = EXCLUDED.blocking, detail = EXCLUDED.detail,
+                     run_id = EXCLUDED.run_id, step_id = EXCLUDED.step_id, attempt = EXCLUDED.attempt,
+                     at = EXCLUDED.at
+                 WHERE catalog_checks.at < EXCLUDED.at",
+        )
+        .bind(&checks.assets)
+        .bind(&checks.partitions)
+        .bind(&checks.points)
+        .bind(&checks.names)
+        .bind(&checks.passed)
+        .bind(&checks.blocking)
+        .bind(&checks.details)
+        .bind(&checks.runs)
+        .bind(&checks.steps)
+        .bind(&checks.attempts)
+        .bind(&checks.ats)
+        .execute(&mut *tx)
+        .await?;
     }
     if !cols.failed_runs.is_empty() {
         sqlx::query(
@@ -315,21 +404,28 @@ impl MemoQuery {
     }
 }
 
-/// An earlier materialization a ready step can be satisfied from: the one that computed it,
-/// and its output as a retained run's step holds it.
+/// A ready step's memo key, and the earlier materialization it can be satisfied from: the
+/// one that computed it, and its output as a retained run's step holds it.
 #[derive(Debug, Clone)]
-pub struct MemoHit {
+pub struct MemoAnswer {
     /// The step's position in its [`MemoQuery`].
     pub position: usize,
+    /// `None` when a materialization it reads is not in the catalog (no key, no reuse).
+    pub key: Option<Vec<u8>>,
+    pub hit: Option<MemoHit>,
+}
+
+/// An earlier materialization with a step's memo key.
+#[derive(Debug, Clone)]
+pub struct MemoHit {
     pub materialization: i64,
     pub output: serde_json::Value,
 }
 
 impl Catalog<'_> {
-    /// The earlier materializations with the memo keys of `query`'s steps, in one
-    /// statement; a step without a key (an input not in the catalog) or without a match
-    /// has no hit.
-    pub async fn memo_hits(&self, query: &MemoQuery) -> Result<Vec<MemoHit>, StoreError> {
+    /// The memo keys of `query`'s steps and the earlier materializations with them, in one
+    /// statement, one answer per step.
+    pub async fn memo_answers(&self, query: &MemoQuery) -> Result<Vec<MemoAnswer>, StoreError> {
         if query.is_empty() {
             return Ok(Vec::new());
         }
@@ -339,21 +435,22 @@ impl Catalog<'_> {
         // for any size of the table.
         // (A few keys keep their cached plan and one round trip: a chain's next step.)
         let large = query.len() > CUSTOM_PLAN_ROWS;
-        let statement = sqlx::query_as::<_, (i64, i64, serde_json::Value)>(sqlx::AssertSqlSafe(format!(
-            "WITH made AS (
+        let statement = sqlx::query_as::<_, (i64, Option<Vec<u8>>, Option<i64>, Option<serde_json::Value>)>(
+            sqlx::AssertSqlSafe(format!(
+                "WITH made AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int[], $9::text[])
                      WITH ORDINALITY AS u(run_id, op_name, op_version, config_hash, expected, asset, row)
              ), {reads}, keyed AS (
                  SELECT made.row, {MEMO_KEY} AS memo_key FROM made LEFT JOIN reads ON reads.row + 1 = made.row
              )
-             SELECT k.row, hit.id, hit.output FROM keyed k
-             JOIN LATERAL (SELECT coalesce(o.reused_from, o.id) AS id, s.output FROM materializations o
-                           JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id
-                           WHERE o.memo_key = k.memo_key AND s.status = 'succeeded' AND s.output IS NOT NULL
-                           ORDER BY o.id DESC LIMIT 1) hit ON true
-             WHERE k.memo_key IS NOT NULL",
-            reads = reads(6, 7, 8)
-        )))
+             SELECT k.row, k.memo_key, hit.id, hit.output FROM keyed k
+             LEFT JOIN LATERAL (SELECT coalesce(o.reused_from, o.id) AS id, s.output FROM materializations o
+                                JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id
+                                WHERE o.memo_key = k.memo_key AND s.status = 'succeeded' AND s.output IS NOT NULL
+                                ORDER BY o.id DESC LIMIT 1) hit ON k.memo_key IS NOT NULL",
+                reads = reads(6, 7, 8)
+            )),
+        )
         .persistent(query.len() <= CUSTOM_PLAN_ROWS)
         .bind(&query.runs)
         .bind(&query.op_names)
@@ -375,12 +472,260 @@ impl Catalog<'_> {
         };
         Ok(rows
             .into_iter()
-            .map(|(row, materialization, output)| MemoHit {
+            .map(|(row, key, materialization, output)| MemoAnswer {
                 position: (row - 1) as usize,
-                materialization,
-                output,
+                key,
+                hit: materialization
+                    .zip(output)
+                    .map(|(materialization, output)| MemoHit { materialization, output }),
             })
             .collect())
+    }
+}
+
+/// Ready steps of backfill runs (`--missing`, `--failed`) to decide, as the columns of
+/// one statement: their cells and the upstream steps they read.
+#[derive(Debug, Default)]
+pub struct CellQuery {
+    runs: Vec<Uuid>,
+    assets: Vec<String>,
+    partitions: Vec<String>,
+    points: Vec<String>,
+    reads: ReadColumns,
+}
+
+impl CellQuery {
+    /// Adds `step` of `run`; its position is the number of steps added before.
+    pub fn push(&mut self, run: Uuid, plan: &RunPlan, step: StepId) {
+        let asset = &plan.plan().assets[plan.asset_index(step)];
+        let (partition, point) = plan.partition_and_point(step);
+        self.reads.push(self.runs.len() as i32, plan, step);
+        self.runs.push(run);
+        self.assets.push(asset.name.clone());
+        self.partitions.push(partition.unwrap_or_default().to_owned());
+        self.points.push(point_key(&point));
+    }
+
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+}
+
+/// What the catalog holds of a ready step's cell ([`CellQuery`]), and whether a step it
+/// reads ran in its run: what `plan::backfill::why_run` decides by.
+#[derive(Debug, Clone)]
+pub struct CellAnswer {
+    /// The step's position in its query.
+    pub position: usize,
+    /// `None`: the catalog has no such cell.
+    pub facts: Option<CellFacts>,
+    /// The cell's current materialization's output, while its run is retained.
+    pub output: Option<serde_json::Value>,
+    pub upstream_runs: bool,
+}
+
+/// The columns a cell's facts are read from, after its key: `c` is `catalog_cells`, `m`
+/// its current materialization (both may be NULL), `s` the step that holds its output.
+const CELL_FACT_COLUMNS: &str = "c.asset IS NOT NULL, c.status = 'failed', c.upstream_changed, m.id IS NOT NULL, \
+     m.op_name, m.op_version, m.config_hash, s.output IS NOT NULL";
+
+type CellFactRow =
+    (bool, Option<bool>, Option<bool>, bool, Option<String>, Option<String>, Option<Vec<u8>>, bool);
+
+fn cell_facts(
+    (known, failed, upstream_changed, materialized, op_name, op_version, config_hash, retained): CellFactRow,
+) -> Option<CellFacts> {
+    known.then(|| CellFacts {
+        failed: failed.unwrap_or(false),
+        upstream_changed: upstream_changed.unwrap_or(false),
+        materialized: materialized.then(|| MaterializedBy {
+            op_name: op_name.unwrap_or_default(),
+            op_version: op_version.unwrap_or_default(),
+            config_hash: config_hash.unwrap_or_default(),
+            retained,
+        }),
+    })
+}
+
+impl Catalog<'_> {
+    /// What the catalog holds of each step's cell in `query`, in one statement.
+    pub async fn cells_of(&self, query: &CellQuery) -> Result<Vec<CellAnswer>, StoreError> {
+        if query.is_empty() {
+            return Ok(Vec::new());
+        }
+        type Row = (
+            i64,
+            Option<serde_json::Value>,
+            bool,
+            bool,
+            Option<bool>,
+            Option<bool>,
+            bool,
+            Option<String>,
+            Option<String>,
+            Option<Vec<u8>>,
+            bool,
+        );
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH asked AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
+                     WITH ORDINALITY AS u(run_id, asset, partition, point, row)
+             ), ran AS (
+                 SELECT DISTINCT r.row + 1 AS row
+                 FROM UNNEST($5::int[], $6::int[], $7::int[]) AS r(row, first, last)
+                 JOIN asked ON asked.row = r.row + 1
+                 WHERE EXISTS (SELECT 1 FROM materializations u
+                               WHERE u.run_id = asked.run_id AND u.step_id BETWEEN r.first AND r.last
+                                 AND u.reused_from IS NULL)
+             )
+             SELECT a.row, s.output, ran.row IS NOT NULL, {CELL_FACT_COLUMNS}
+             FROM asked a
+             LEFT JOIN ran ON ran.row = a.row
+             LEFT JOIN catalog_cells c ON c.asset = a.asset AND c.partition = a.partition AND c.point = a.point
+             LEFT JOIN materializations m ON m.id = c.materialization
+             LEFT JOIN steps s ON s.run_id = m.run_id AND s.id = m.step_id AND s.status = 'succeeded'"
+        )))
+        .persistent(query.len() <= CUSTOM_PLAN_ROWS)
+        .bind(&query.runs)
+        .bind(&query.assets)
+        .bind(&query.partitions)
+        .bind(&query.points)
+        .bind(&query.reads.rows)
+        .bind(&query.reads.first)
+        .bind(&query.reads.last)
+        .fetch_all(self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    row,
+                    output,
+                    upstream_runs,
+                    known,
+                    failed,
+                    changed,
+                    materialized,
+                    op,
+                    version,
+                    hash,
+                    retained,
+                )| {
+                    CellAnswer {
+                        position: (row - 1) as usize,
+                        facts: cell_facts((
+                            known,
+                            failed,
+                            changed,
+                            materialized,
+                            op,
+                            version,
+                            hash,
+                            retained,
+                        )),
+                        output,
+                        upstream_runs,
+                    }
+                },
+            )
+            .collect())
+    }
+
+    /// What the catalog holds of every cell of `assets`, keyed by (asset, partition,
+    /// point): what `opflow plan check --missing` walks a plan against.
+    pub async fn cells_of_assets(
+        &self,
+        assets: &[String],
+    ) -> Result<HashMap<(String, String, String), CellFacts>, StoreError> {
+        type Row = (
+            String,
+            String,
+            String,
+            bool,
+            Option<bool>,
+            Option<bool>,
+            bool,
+            Option<String>,
+            Option<String>,
+            Option<Vec<u8>>,
+            bool,
+        );
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT c.asset, c.partition, c.point, {CELL_FACT_COLUMNS}
+             FROM catalog_cells c
+             LEFT JOIN materializations m ON m.id = c.materialization
+             LEFT JOIN steps s ON s.run_id = m.run_id AND s.id = m.step_id AND s.status = 'succeeded'
+             WHERE c.asset = ANY($1)"
+        )))
+        .bind(assets)
+        .fetch_all(self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(
+                |(
+                    asset,
+                    partition,
+                    point,
+                    known,
+                    failed,
+                    changed,
+                    materialized,
+                    op,
+                    version,
+                    hash,
+                    retained,
+                )| {
+                    cell_facts((known, failed, changed, materialized, op, version, hash, retained))
+                        .map(|facts| ((asset, partition, point), facts))
+                },
+            )
+            .collect())
+    }
+}
+
+/// The newest result of one check of one cell (`catalog_checks`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CheckRow {
+    pub partition: String,
+    pub point: String,
+    pub name: String,
+    pub passed: bool,
+    pub blocking: bool,
+    pub detail: Option<String>,
+    pub run_id: Uuid,
+    pub step_id: i32,
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+}
+
+impl Catalog<'_> {
+    /// An asset's check results (of one partition, or only the failed ones), failed first,
+    /// then in cell and check order; at most `limit`.
+    pub async fn checks(
+        &self,
+        asset: &str,
+        partition: Option<&str>,
+        failed_only: bool,
+        limit: i64,
+    ) -> Result<Vec<CheckRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT partition, point, name, passed, blocking, detail, run_id, step_id, attempt, at
+             FROM catalog_checks
+             WHERE asset = $1 AND ($2::text IS NULL OR partition = $2) AND (NOT $3 OR NOT passed)
+             ORDER BY passed, partition, point, name
+             LIMIT $4",
+        )
+        .bind(asset)
+        .bind(partition)
+        .bind(failed_only)
+        .bind(limit)
+        .fetch_all(self.pool)
+        .await?)
     }
 }
 

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use super::{Store, StoreError};
 pub use crate::plan::graph::{DepGroup, StepRange, Unlock};
 use crate::plan::{
-    AssetDep, CompiledAsset, CompiledPlan, Partitions, StepRetryPolicy, SweepParam, SweepValues,
-    graph::PlanGraph,
+    AssetDep, CompiledAsset, CompiledPlan, DeclaredCheck, Partitions, Reuse, StepRetryPolicy, SweepParam,
+    SweepValues, graph::PlanGraph,
 };
 
 /// How a stored run counts what its steps wait on.
@@ -84,10 +84,24 @@ impl RunPlan {
         self.plan().assets[self.asset_index(step)].retry
     }
 
-    /// Whether `step` may be satisfied from an earlier materialization (its asset's
-    /// `reuse`, off for every asset of a run submitted with `--no-reuse`).
-    pub fn reusable(&self, step: StepId) -> bool {
+    /// Whether, and from what, `step` may be satisfied from the catalog (its asset's
+    /// `reuse`; `Never` for every asset of a run submitted with `--no-reuse`).
+    pub fn reuse(&self, step: StepId) -> Reuse {
         self.plan().assets[self.asset_index(step)].reuse
+    }
+
+    /// The checks of `step`'s asset that fail it when the op reports them failed.
+    pub fn blocking_checks(&self, step: StepId) -> impl Iterator<Item = &str> {
+        self.plan().assets[self.asset_index(step)]
+            .checks
+            .iter()
+            .filter(|c| c.blocking)
+            .map(|c| c.name.as_str())
+    }
+
+    /// Whether `step`'s asset declares `check` blocking.
+    pub fn is_blocking(&self, step: StepId, check: &str) -> bool {
+        self.blocking_checks(step).any(|name| name == check)
     }
 
     /// The op version that runs `step`.
@@ -386,6 +400,10 @@ pub(crate) struct RunAssetRow {
     pub concurrency: Value,
     /// `reuse: never` is `false` (migration 0022; `true` for runs stored before).
     pub reuse: bool,
+    /// `missing` or `failed` in a backfill run (migration 0023), else NULL.
+    pub backfill: Option<String>,
+    /// `[{name, blocking}]` (migration 0024; `[]` for runs stored before).
+    pub checks: Value,
     pub first_step: i32,
     pub step_count: i32,
     pub line: i32,
@@ -419,7 +437,18 @@ impl RunAssetRow {
             retry_backoff_ms: a.retry.backoff.as_millis() as i64,
             timeout_ms: a.timeout.map(|t| t.as_millis() as i64),
             concurrency: crate::plan::concurrency::to_value(&a.concurrency),
-            reuse: a.reuse,
+            reuse: a.reuse != Reuse::Never,
+            backfill: match a.reuse {
+                Reuse::Missing => Some("missing".into()),
+                Reuse::Failed => Some("failed".into()),
+                Reuse::Never | Reuse::Memo => None,
+            },
+            checks: Value::Array(
+                a.checks
+                    .iter()
+                    .map(|c| serde_json::json!({ "name": c.name, "blocking": c.blocking }))
+                    .collect(),
+            ),
             first_step: a.first_step as i32,
             step_count: a.step_count() as i32,
             line: a.line as i32,
@@ -440,6 +469,18 @@ impl RunAssetRow {
             serde_json::from_value(self.deps).map_err(|e| format!("asset `{}` deps: {e}", self.name))?;
         let op_version =
             semver::Version::parse(&self.op_version).map_err(|e| format!("asset `{}`: {e}", self.name))?;
+        let checks = serde_json::from_value::<Vec<StoredCheck>>(self.checks)
+            .map_err(|e| format!("asset `{}` checks: {e}", self.name))?
+            .into_iter()
+            .map(|c| DeclaredCheck { name: c.name, blocking: c.blocking })
+            .collect();
+        let reuse = match (self.reuse, self.backfill.as_deref()) {
+            (false, _) => Reuse::Never,
+            (true, None) => Reuse::Memo,
+            (true, Some("missing")) => Reuse::Missing,
+            (true, Some("failed")) => Reuse::Failed,
+            (true, Some(other)) => return Err(format!("asset `{}`: backfill `{other}`", self.name)),
+        };
         let names: Vec<&str> = sweep.iter().map(|p| p.name.as_str()).collect();
         let partitioned = !matches!(partitions, StoredPartitions::None);
         let concurrency = crate::plan::concurrency::rules_of(&self.concurrency, partitioned, &names)
@@ -467,11 +508,19 @@ impl RunAssetRow {
             },
             timeout: self.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
             concurrency,
-            reuse: self.reuse,
+            reuse,
+            checks,
             first_step: self.first_step as u32,
             line: self.line.max(0) as usize,
         })
     }
+}
+
+/// A declared check as stored.
+#[derive(Debug, Deserialize)]
+struct StoredCheck {
+    name: String,
+    blocking: bool,
 }
 
 fn to_json<T: Serialize>(value: &T) -> Value {

@@ -10,7 +10,7 @@ use super::{
     Store, StoreError,
     run_plan::{RunAssetRow, UnlockMode},
 };
-use crate::plan::{CompiledPlan, graph::PlanGraph};
+use crate::plan::{CompiledPlan, Only, backfill::PartitionSelection, graph::PlanGraph};
 
 /// Rows per bulk `INSERT … SELECT FROM UNNEST`: large enough to amortise round trips,
 /// small enough to keep each statement's arrays a few megabytes.
@@ -56,14 +56,18 @@ pub enum StepStatus {
     Canceled,
 }
 
-/// Whose run it is (`runs.owner`: the submitting token's team, its name, or what a caller
-/// without a token said), the priority it was submitted with (`None`: the plan's), and
-/// whether it refused reuse (`opflow run --no-reuse`: every asset as if `reuse: never`).
+/// How a run is asked for: whose it is (`runs.owner`: the submitting token's team, its
+/// name, or what a caller without a token said), the priority it was submitted with
+/// (`None`: the plan's), and which of its plan's cells it runs: all but what it may reuse,
+/// all (`--no-reuse`), those of some partitions (`--partitions`), or only those the catalog
+/// lacks (`--missing`, `--failed`). The compiled plan is cut to these before it is stored.
 #[derive(Debug, Clone, Copy)]
-pub struct RunOwner<'a> {
+pub struct RunOptions<'a> {
     pub owner: &'a str,
     pub priority: Option<u8>,
     pub no_reuse: bool,
+    pub partitions: Option<&'a PartitionSelection>,
+    pub only: Option<Only>,
 }
 
 /// The most steps behind the publish window a run's summary counts; more shows as this.
@@ -72,9 +76,9 @@ pub const BEHIND_WINDOW_COUNTED: i64 = 10_001;
 /// The owner a run gets from a caller without a token that names none.
 pub const DEFAULT_OWNER: &str = "local";
 
-impl Default for RunOwner<'_> {
+impl Default for RunOptions<'_> {
     fn default() -> Self {
-        Self { owner: DEFAULT_OWNER, priority: None, no_reuse: false }
+        Self { owner: DEFAULT_OWNER, priority: None, no_reuse: false, partitions: None, only: None }
     }
 }
 
@@ -249,7 +253,7 @@ impl Runs<'_> {
         key: Option<&str>,
     ) -> Result<Submission, StoreError> {
         let key = key.map(|key| IdempotencyKey { owner: "", key });
-        self.submit_notifying(plan, plan_file, plan_source, key, None, RunOwner::default()).await
+        self.submit_notifying(plan, plan_file, plan_source, key, None, RunOptions::default()).await
     }
 
     /// As [`Store::submit_run`], storing the run's own webhook target (`notify`) in the
@@ -261,7 +265,7 @@ impl Runs<'_> {
         plan_source: &str,
         key: Option<IdempotencyKey<'_>>,
         notify: Option<&super::webhooks::RunNotify>,
-        owner: RunOwner<'_>,
+        owner: RunOptions<'_>,
     ) -> Result<Submission, StoreError> {
         if let Some(key) = key
             && let Some(existing) = self.by_key(key, plan_source).await?
@@ -576,7 +580,7 @@ impl Runs<'_> {
         }
         let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
-                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, first_step, step_count, line
+                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, backfill, checks, first_step, step_count, line
              FROM run_assets WHERE run_id = $1 AND idx = ANY($2)",
         )
         .bind(run.as_uuid())
@@ -692,7 +696,7 @@ impl Runs<'_> {
         let mode = if groups { UnlockMode::Groups } else { UnlockMode::Steps };
         let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
-                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, first_step, step_count, line
+                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, backfill, checks, first_step, step_count, line
              FROM run_assets WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run.as_uuid())
@@ -734,7 +738,7 @@ async fn insert_dep_groups(
     Ok(())
 }
 
-/// Assets per `run_assets` insert: 19 parameters a row, well under PostgreSQL's 65,535.
+/// Assets per `run_assets` insert: 21 parameters a row, well under PostgreSQL's 65,535.
 const ASSET_INSERT_CHUNK: usize = 1_000;
 
 /// One multi-row insert per chunk of assets: a plan of 10,000 assets (a long chain) is ten
@@ -749,7 +753,7 @@ async fn insert_run_assets(
     for chunk in rows.chunks(ASSET_INSERT_CHUNK) {
         let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "INSERT INTO run_assets (run_id, idx, name, op_name, op_version, op_requirement, config, partitions, \
-             partition_keys, sweep, deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, first_step, step_count, line) ",
+             partition_keys, sweep, deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, backfill, checks, first_step, step_count, line) ",
         );
         insert.push_values(chunk, |mut values, row| {
             values
@@ -769,6 +773,8 @@ async fn insert_run_assets(
                 .push_bind(row.timeout_ms)
                 .push_bind(&row.concurrency)
                 .push_bind(row.reuse)
+                .push_bind(&row.backfill)
+                .push_bind(&row.checks)
                 .push_bind(row.first_step)
                 .push_bind(row.step_count)
                 .push_bind(row.line);

@@ -16,5 +16,6 @@
 pub mod sign;
 pub mod target;
 
-/// The events a subscription can ask for: how a run ended.
-pub const EVENTS: [&str; 3] = ["run.succeeded", "run.failed", "run.canceled"];
+/// The events a subscription can ask for: how a run ended, and a check an op reported
+/// failed (migration 0024).
+pub const EVENTS: [&str; 4] = ["run.succeeded", "run.failed", "run.canceled", "check.failed"];

@@ -57,6 +57,12 @@ struct Params {
     /// Report this value as what the step materialized (its metadata).
     #[serde(default)]
     materialize: Option<Value>,
+    /// Report a check of this name: passed, unless the step's partition is in
+    /// `check_fails_on`.
+    #[serde(default)]
+    check: Option<String>,
+    #[serde(default)]
+    check_fails_on: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +98,12 @@ async fn run(ctx: StepContext) -> Result<Value, StepError> {
         for _ in 0..params.log_lines {
             ctx.log(opflow_worker::LogLevel::Info, line.clone());
         }
+    }
+    if let Some(name) = &params.check {
+        let failed = ctx.partition().is_some_and(|p| params.check_fails_on.iter().any(|f| f == p));
+        let detail =
+            failed.then(|| format!("partition {} is in check_fails_on", ctx.partition().unwrap_or_default()));
+        ctx.check(name.clone(), !failed, detail);
     }
     let lock = match &params.lock_file {
         Some(path) => Some(hold_lock(path)?),
@@ -198,6 +210,8 @@ fn main() -> std::process::ExitCode {
         .config_field("log_line_bytes", "integer", "The length of each of log_lines", json!(0))
         .config_field("echo", "any", "A value to put in the output as `echo`", Value::Null)
         .config_field("materialize", "object", "Metadata to report as materialized", Value::Null)
+        .config_field("check", "string", "Report a check of this name (passed unless check_fails_on)", Value::Null)
+        .config_field("check_fails_on", "array", "Partitions on which the check fails", json!([]))
         // noop serves tests and benchmarks, whose sleeps stay well under a minute.
         .longest_step(Duration::from_secs(60))
         .handler(run)

@@ -45,16 +45,21 @@ pub struct Settled<'e> {
 /// attempt, and a failure that is retried beats one that is final (the worker's own verdict
 /// wins over a dispatcher's made meanwhile); among equals the first in the batch counts,
 /// and the others are recorded as not applied. So the outcome does not depend on the order
-/// of the batch. Each failure is judged by its step's `policy` at `now`.
+/// of the batch. Each failure is judged by its step's `policy` at `now`; a success that
+/// `blocked` names an error for (a blocking check failed, [`blocked`]) is a final failure.
 pub fn settle<'e>(
     events: &[&'e Event],
     policy: impl Fn(&Event) -> StepRetryPolicy,
     now: DateTime<Utc>,
+    blocked: &HashMap<Uuid, String>,
 ) -> Settled<'e> {
     let mut chosen: HashMap<(Uuid, u32, u32), (usize, &'e Event, Outcome)> = HashMap::new();
     for (position, &event) in events.iter().enumerate() {
         let outcome = match &event.kind {
-            EventKind::Succeeded { .. } => Outcome::Succeeded,
+            EventKind::Succeeded { .. } => match blocked.get(&event.id.as_uuid()) {
+                Some(error) => Outcome::Failed { error: error.clone() },
+                None => Outcome::Succeeded,
+            },
             EventKind::Failed { error, retryable } => {
                 judge_failure(event, error, *retryable, policy(event), now)
             }
@@ -75,6 +80,59 @@ pub fn settle<'e>(
     let mut results: Vec<(usize, &'e Event, Outcome)> = chosen.into_values().collect();
     results.sort_by_key(|(position, _, _)| *position);
     Settled { results: results.into_iter().map(|(_, event, outcome)| (event, outcome)).collect() }
+}
+
+/// A check result that failed: of which step attempt, which check, and what the op said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedCheck {
+    pub run: Uuid,
+    pub step: u32,
+    pub attempt: u32,
+    pub name: String,
+    pub detail: Option<String>,
+}
+
+impl FailedCheck {
+    /// The failed check an event reports, if it reports one.
+    pub fn of(event: &Event) -> Option<Self> {
+        match &event.kind {
+            EventKind::CheckResult { name, passed: false, detail } => Some(Self {
+                run: event.run_id.as_uuid(),
+                step: event.step_id.0,
+                attempt: event.attempt,
+                name: name.clone(),
+                detail: detail.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The successes of `events` that a failed blocking check turns into final failures, by
+/// event id, each with the error it fails with. `is_blocking(event, check)`: the plan
+/// declares `check` of the event's asset `blocking`; `failed` are the failed check results
+/// of the batch and those recorded before it. Only the checks of the success's own
+/// attempt count.
+pub fn blocked(
+    events: &[&Event],
+    is_blocking: impl Fn(&Event, &str) -> bool,
+    failed: &[FailedCheck],
+) -> HashMap<Uuid, String> {
+    let mut blocked = HashMap::new();
+    for &event in events.iter().filter(|e| matches!(e.kind, EventKind::Succeeded { .. })) {
+        let check = failed.iter().find(|c| {
+            (c.run, c.step, c.attempt) == (event.run_id.as_uuid(), event.step_id.0, event.attempt)
+                && is_blocking(event, &c.name)
+        });
+        if let Some(check) = check {
+            let detail = check.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+            blocked.insert(
+                event.id.as_uuid(),
+                format!("blocking check `{}` failed on attempt {}{detail}", check.name, event.attempt),
+            );
+        }
+    }
+    blocked
 }
 
 /// Which result wins within a step attempt: the higher.
@@ -254,7 +312,7 @@ mod tests {
         let log =
             Event::new(run, StepId(1), 1, "w", EventKind::Log { level: LogLevel::Info, message: "x".into() });
         let batch = [&failure, &log, &success, &again, &next_attempt, &other_step];
-        let settled = settle(&batch, |_| POLICY, Utc::now());
+        let settled = settle(&batch, |_| POLICY, Utc::now(), &HashMap::new());
         let ids: Vec<_> = settled.results.iter().map(|(e, _)| e.id).collect();
         // The first success of attempt 1 stands in the failure's place; attempt 2 and the
         // other step keep theirs; the log is not a result.
@@ -286,7 +344,7 @@ mod tests {
             let in_order: Vec<&Event> = events.iter().collect();
             let now = Utc::now();
             let counted = |batch: &[&Event]| {
-                let mut counted: Vec<(u32, u32, u8)> = settle(batch, |_| POLICY, now)
+                let mut counted: Vec<(u32, u32, u8)> = settle(batch, |_| POLICY, now, &HashMap::new())
                     .results
                     .iter()
                     .map(|(e, outcome)| (e.step_id.0, e.attempt, rank(outcome)))
@@ -314,6 +372,39 @@ mod tests {
                 prop_assert_eq!(Some(*held), best);
             }
         }
+    }
+
+    #[test]
+    fn a_failed_blocking_check_of_the_same_attempt_fails_the_success() {
+        let run = RunId::new();
+        let success = Event::new(run, StepId(0), 2, "w", ok());
+        let other = Event::new(run, StepId(1), 1, "w", ok());
+        let check = |step, attempt, name: &str| FailedCheck {
+            run: run.as_uuid(),
+            step,
+            attempt,
+            name: name.into(),
+            detail: Some("3 rows".into()),
+        };
+        let is_blocking = |_: &Event, name: &str| name == "rows";
+        // Of an earlier attempt, or not blocking: the success stands.
+        let failed = [check(0, 1, "rows"), check(0, 2, "style")];
+        assert!(blocked(&[&success, &other], is_blocking, &failed).is_empty());
+        let failed = [check(0, 2, "rows")];
+        let blocked = blocked(&[&success, &other], is_blocking, &failed);
+        assert_eq!(blocked.len(), 1);
+        assert_eq!(blocked[&success.id.as_uuid()], "blocking check `rows` failed on attempt 2: 3 rows");
+        let settled = settle(&[&success, &other], |_| POLICY, Utc::now(), &blocked);
+        assert!(matches!(&settled.results[0].1, Outcome::Failed { error } if error.contains("`rows`")));
+        assert_eq!(settled.results[1].1, Outcome::Succeeded);
+        let reported = Event::new(
+            run,
+            StepId(0),
+            2,
+            "w",
+            EventKind::CheckResult { name: "rows".into(), passed: false, detail: None },
+        );
+        assert_eq!(FailedCheck::of(&reported).map(|c| c.name), Some("rows".to_owned()));
     }
 
     #[test]

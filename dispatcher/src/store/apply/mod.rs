@@ -63,6 +63,9 @@ pub struct ApplyOutcome {
     /// queue, unless they were among the `started` of this or an earlier batch. (A quick
     /// step reports no start, only its result.)
     pub settled: Vec<(RunId, StepId)>,
+    /// Steps this batch ended with a result (succeeded, or failed for good): what waits for
+    /// an identical step (`service::reuse`) may go.
+    pub ended: Vec<(RunId, StepId)>,
     /// Runs that ended with this batch.
     pub finished: Vec<(RunId, RunStatus)>,
     /// Steps this batch moved to a terminal state, each once (see the module docs).
@@ -143,9 +146,12 @@ impl Events<'_> {
         // The plans of the runs with results: failures are judged by them, and what
         // results unlock and skip is read from them.
         let mut run_plans: HashMap<Uuid, Arc<RunPlan>> = HashMap::new();
-        for event in
-            batch.iter().filter(|e| matches!(e.kind, EventKind::Succeeded { .. } | EventKind::Failed { .. }))
-        {
+        for event in batch.iter().filter(|e| {
+            matches!(
+                e.kind,
+                EventKind::Succeeded { .. } | EventKind::Failed { .. } | EventKind::CheckResult { .. }
+            )
+        }) {
             if let std::collections::hash_map::Entry::Vacant(entry) = run_plans.entry(event.run_id.as_uuid())
             {
                 entry.insert(plans.get(self.store, event.run_id).await?);
@@ -163,8 +169,13 @@ impl Events<'_> {
         }
         statements::progress(&mut tx, &columns::progress(&batch)).await?;
 
-        let settled =
-            decide::settle(&batch, |e| plan_of(e.run_id.as_uuid()).retry_policy(e.step_id), Utc::now());
+        let blocked = blocked_successes(&mut tx, &batch, &plan_of).await?;
+        let settled = decide::settle(
+            &batch,
+            |e| plan_of(e.run_id.as_uuid()).retry_policy(e.step_id),
+            Utc::now(),
+            &blocked,
+        );
         let (results, retries) = columns::results(&settled.results);
         let ended = statements::results(&mut tx, &results).await?;
         for (run, step, event) in statements::retries(&mut tx, &retries).await? {
@@ -175,10 +186,14 @@ impl Events<'_> {
         let mut unlocks = Unlocks::default();
         let mut skips = Vec::new();
         let mut catalog = CatalogColumns::default();
+        for event in batch.iter().filter(|e| matches!(e.kind, EventKind::CheckResult { .. })) {
+            catalog.check(&plan_of(event.run_id.as_uuid()), event);
+        }
         let results_by_id: HashMap<Uuid, &(&Event, decide::Outcome)> =
             settled.results.iter().map(|result| (result.0.id.as_uuid(), result)).collect();
         for step in &ended {
             applied.insert(step.event);
+            outcome.ended.push((RunId::from_uuid(step.run), step.step));
             let result = results_by_id.get(&step.event);
             // A step satisfied from the catalog was never published: nothing left a queue.
             let reused = result.is_some_and(|(event, _)| event.worker == catalog::REUSED_BY_DISPATCHER);
@@ -323,6 +338,32 @@ impl Events<'_> {
         }
         Ok(FailedRun { ended, failed })
     }
+}
+
+/// The batch's successes that a failed blocking check fails ([`decide::blocked`]): the
+/// failed checks of their attempts are read from the batch and from `events` (a worker
+/// reports a check before the result, maybe in an earlier batch). No query when no success
+/// of the batch has a blocking check.
+async fn blocked_successes(
+    tx: &mut sqlx::PgConnection,
+    batch: &[&Event],
+    plan_of: &impl Fn(Uuid) -> Arc<RunPlan>,
+) -> Result<HashMap<Uuid, String>, StoreError> {
+    let guarded: Vec<&Event> = batch
+        .iter()
+        .filter(|e| {
+            matches!(e.kind, EventKind::Succeeded { .. })
+                && plan_of(e.run_id.as_uuid()).blocking_checks(e.step_id).next().is_some()
+        })
+        .copied()
+        .collect();
+    if guarded.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut failed: Vec<decide::FailedCheck> =
+        batch.iter().filter_map(|e| decide::FailedCheck::of(e)).collect();
+    failed.extend(statements::failed_checks(tx, &guarded).await?);
+    Ok(decide::blocked(&guarded, |e, name| plan_of(e.run_id.as_uuid()).is_blocking(e.step_id, name), &failed))
 }
 
 /// What [`Store::fail_run`] did.

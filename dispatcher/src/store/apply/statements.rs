@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use opflow_protocol::{RunId, StepId};
+use opflow_protocol::{Event, RunId, StepId};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -434,4 +434,35 @@ pub async fn move_runs(
     .fetch_all(&mut *tx)
     .await?;
     Ok(ended.into_iter().map(|(run, status)| (RunId::from_uuid(run), status)).collect())
+}
+
+/// The failed check results recorded for the step attempts of `successes`.
+pub(super) async fn failed_checks(
+    tx: &mut PgConnection,
+    successes: &[&Event],
+) -> Result<Vec<super::decide::FailedCheck>, StoreError> {
+    let runs: Vec<Uuid> = successes.iter().map(|e| e.run_id.as_uuid()).collect();
+    let steps: Vec<i32> = successes.iter().map(|e| e.step_id.0 as i32).collect();
+    let attempts: Vec<i32> = successes.iter().map(|e| e.attempt as i32).collect();
+    let rows: Vec<(Uuid, i32, i32, String, Option<String>)> = sqlx::query_as(
+        "SELECT e.run_id, e.step_id, e.attempt, e.body->'check_result'->>'name', e.body->'check_result'->>'detail'
+         FROM UNNEST($1::uuid[], $2::int[], $3::int[]) AS u(run_id, step_id, attempt)
+         JOIN events e ON e.run_id = u.run_id AND e.step_id = u.step_id AND e.attempt = u.attempt
+         WHERE e.kind = 'check_result' AND (e.body->'check_result'->>'passed')::boolean = false",
+    )
+    .bind(&runs)
+    .bind(&steps)
+    .bind(&attempts)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(run, step, attempt, name, detail)| super::decide::FailedCheck {
+            run,
+            step: step as u32,
+            attempt: attempt as u32,
+            name,
+            detail,
+        })
+        .collect())
 }
