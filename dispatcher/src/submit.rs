@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use opflow_protocol::OpRef;
+
 use crate::{
     plan::{self, CompiledPlan, PlanErrors, RegisteredOp, backfill::LeftOut},
     store::{
@@ -37,20 +39,45 @@ pub enum SubmitError {
 /// Compiles `source` against the registry, on a blocking thread: a large plan takes a
 /// while, and must not hold up the async tasks that apply events and serve the API.
 pub async fn compile(store: &Store, source: &str, file: &Path) -> Result<CompiledPlan, SubmitError> {
-    let registered: Vec<RegisteredOp> = store
-        .ops()
-        .registered()
-        .await?
-        .into_iter()
-        .map(|op| RegisteredOp { name: op.name.to_string(), version: op.version })
+    let registry = store.ops().reuse_from().await?;
+    let registered: Vec<RegisteredOp> = registry
+        .iter()
+        .map(|(op, _)| RegisteredOp { name: op.name.to_string(), version: op.version.clone() })
         .collect();
     let (source, file) = (source.to_owned(), file.to_path_buf());
     // The blocking thread is outside the caller's span: the compile span goes with it.
     let span = tracing::info_span!("compile", bytes = source.len());
-    tokio::task::spawn_blocking(move || span.in_scope(|| plan::compile(&source, &file, &registered)))
-        .await
-        .map_err(|panic| SubmitError::Compiler(panic.to_string()))?
-        .map_err(SubmitError::Plan)
+    let mut plan =
+        tokio::task::spawn_blocking(move || span.in_scope(|| plan::compile(&source, &file, &registered)))
+            .await
+            .map_err(|panic| SubmitError::Compiler(panic.to_string()))?
+            .map_err(SubmitError::Plan)?;
+    reuse_across_versions(&mut plan, &registry);
+    Ok(plan)
+}
+
+/// Gives each asset the other registered versions of its op whose materializations its
+/// steps reuse as their own: those its own version's `reuse_from` matches.
+fn reuse_across_versions(plan: &mut CompiledPlan, registry: &[(OpRef, Option<String>)]) {
+    for asset in &mut plan.assets {
+        let requirement = registry
+            .iter()
+            .find(|(op, _)| op.name.as_str() == asset.op_name && op.version == asset.op_version)
+            .and_then(|(_, reuse_from)| reuse_from.as_deref())
+            .and_then(|text| semver::VersionReq::parse(text).ok());
+        let Some(requirement) = requirement else { continue };
+        let mut versions: Vec<semver::Version> = registry
+            .iter()
+            .filter(|(op, _)| {
+                op.name.as_str() == asset.op_name
+                    && op.version != asset.op_version
+                    && requirement.matches(&op.version)
+            })
+            .map(|(op, _)| op.version.clone())
+            .collect();
+        versions.sort();
+        asset.reuse_versions = versions;
+    }
 }
 
 /// Refuses a key that cannot be stored or shown: too long, or holding control characters.
@@ -170,6 +197,34 @@ pub async fn submit_notifying(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_asset_reuses_the_registered_versions_its_version_declares_compatible() {
+        let registry: Vec<(OpRef, Option<String>)> = [
+            ("noop@1.0.0", None),
+            ("noop@1.1.0", None),
+            ("noop@1.1.3", Some("^1.1")),
+            ("noop@2.0.0", Some("^1.1")),
+            ("other@1.1.1", None),
+        ]
+        .into_iter()
+        .map(|(op, r)| (op.parse().unwrap(), r.map(str::to_owned)))
+        .collect();
+        let registered: Vec<RegisteredOp> = registry
+            .iter()
+            .map(|(op, _)| RegisteredOp { name: op.name.to_string(), version: op.version.clone() })
+            .collect();
+        let mut plan = plan::compile(
+            "name: p\nassets:\n  - name: a\n    op: noop@1.1.3\n  - name: b\n    op: noop@1.0.0\n",
+            Path::new("p.yaml"),
+            &registered,
+        )
+        .unwrap();
+        reuse_across_versions(&mut plan, &registry);
+        let versions: Vec<String> = plan.assets[0].reuse_versions.iter().map(ToString::to_string).collect();
+        assert_eq!(versions, ["1.1.0"], "^1.1 matches 1.1.0 (and itself), not 1.0.0 or 2.0.0");
+        assert!(plan.assets[1].reuse_versions.is_empty(), "1.0.0 declares nothing");
+    }
 
     #[test]
     fn owners_are_one_short_word() {

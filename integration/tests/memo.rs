@@ -201,3 +201,72 @@ async fn identical_steps_in_flight_at_once_execute_once() -> anyhow::Result<()> 
     assert_eq!((executed, reused), (1, 99), "the step ran once; 99 runs reused it");
     Ok(())
 }
+
+fn versions_plan(version: &str, echo: u32) -> String {
+    format!(
+        "name: versions
+assets:
+  - name: a
+    op: noop@{version}
+    partitions: [x, y, z]
+    config: {{echo: {echo}}}
+  - name: b
+    op: noop@{version}
+    deps: [a]
+    partitions: [x, y, z]
+"
+    )
+}
+
+/// A release that declares itself compatible with earlier versions (`reuse_from: ^1.0`)
+/// reuses what they made; without the declaration, the op version is part of the key and
+/// it runs.
+#[tokio::test]
+async fn a_release_declared_compatible_reuses_what_earlier_versions_made() -> anyhow::Result<()> {
+    let mut env = Env::new("memo_reuse_from").await?;
+    env.register("noop@1.0.0").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let _workers = (env.spawn_worker("noop@1.0.0")?, env.spawn_worker("noop")?);
+    let db = env.db().await?;
+
+    let old = run_to_end(&env, "v1", &versions_plan("1.0.0", 1), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &old).await?, (6, 0));
+    let new = run_to_end(&env, "v2", &versions_plan("1.1.0", 1), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &new).await?, (6, 0), "another op version is another key");
+
+    // The same build of 1.1.0, registered again as compatible with ^1.0.
+    let noop = opflow_integration::binary("noop")?;
+    let output = env
+        .command(&opflow_integration::binary("opflow")?)
+        .args(["ops", "add", noop.to_str().context("utf-8")?])
+        .env("NOOP_REUSE_FROM", "^1.0")
+        .output()
+        .await?;
+    assert!(output.status.success(), "{}", opflow_integration::stderr(&output));
+    let old = run_to_end(&env, "v1", &versions_plan("1.0.0", 2), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &old).await?, (6, 0));
+    // A backfill counts the compatible version's cells as current.
+    let plan = env.plan_file("v2", &versions_plan("1.1.0", 2))?;
+    let check =
+        env.opflow_ok(&["plan", "check", plan.to_str().context("utf-8")?, "--missing", "--json"]).await?;
+    let check: Value = serde_json::from_slice(&check.stdout)?;
+    assert_eq!(check["runs"], 0, "{check}");
+    let new = run_to_end(&env, "v2", &versions_plan("1.1.0", 2), &[]).await?;
+    assert_eq!(executed_and_reused(&db, &new).await?, (0, 6), "1.1.0 reused what 1.0.0 made");
+
+    // A bad requirement is refused at registration.
+    let output = env
+        .command(&opflow_integration::binary("opflow")?)
+        .args(["ops", "add", noop.to_str().context("utf-8")?])
+        .env("NOOP_REUSE_FROM", "one point oh")
+        .output()
+        .await?;
+    assert!(!output.status.success());
+    assert!(
+        opflow_integration::stderr(&output).contains("not a semver requirement"),
+        "{}",
+        opflow_integration::stderr(&output)
+    );
+    Ok(())
+}

@@ -22,6 +22,11 @@ pub struct OpDescription {
     /// so `opflow ops add` warns when this is longer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub longest_step_ms: Option<u64>,
+    /// A semver requirement (`^1.2`) naming the earlier versions of this op whose outputs
+    /// this version's equal: a step of this version reuses their materializations as its
+    /// own (docs/catalog.md). Absent: only its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

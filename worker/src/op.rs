@@ -20,6 +20,7 @@ pub struct Op {
     summary: String,
     config: Vec<ConfigField>,
     longest_step: Option<Duration>,
+    reuse_from: Option<String>,
     handler: Option<BoxedHandler>,
 }
 
@@ -87,7 +88,15 @@ fn humantime_duration(text: &str) -> Result<Duration, String> {
 impl Op {
     /// Starts describing op `name` at `version`; use [`crate::op_version!`] for the version.
     pub fn new(name: &'static str, version: &'static str) -> Self {
-        Self { name, version, summary: String::new(), config: Vec::new(), longest_step: None, handler: None }
+        Self {
+            name,
+            version,
+            summary: String::new(),
+            config: Vec::new(),
+            longest_step: None,
+            reuse_from: None,
+            handler: None,
+        }
     }
 
     /// One line saying what the op computes.
@@ -116,6 +125,15 @@ impl Op {
         self
     }
 
+    /// Declares this version's outputs equal to those of the earlier versions `requirement`
+    /// (a semver requirement such as `^1.2`) matches: a step of this version reuses their
+    /// materializations as its own, so a patch release recomputes nothing. Declare it only
+    /// when the code change cannot change an output.
+    pub fn reuse_from(mut self, requirement: impl Into<String>) -> Self {
+        self.reuse_from = Some(requirement.into());
+        self
+    }
+
     /// The function that runs a step.
     pub fn handler<F, Fut>(mut self, handler: F) -> Self
     where
@@ -132,12 +150,18 @@ impl Op {
             .map_err(|e| format!("op version `{}` is not semver: {e}", self.version))?;
         let op = OpRef::new(name, version);
         let handler = self.handler.ok_or_else(|| format!("op {op} has no handler; call .handler(..)"))?;
+        if let Some(requirement) = &self.reuse_from {
+            semver::VersionReq::parse(requirement).map_err(|e| {
+                format!("op {op}: reuse_from `{requirement}` is not a semver requirement: {e}")
+            })?;
+        }
         let description = OpDescription {
             op: op.clone(),
             summary: self.summary,
             config: self.config,
             schema_version: SCHEMA_VERSION,
             longest_step_ms: self.longest_step.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            reuse_from: self.reuse_from,
         };
         Ok(OpSpec { op, description, handler })
     }

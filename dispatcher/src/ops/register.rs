@@ -29,6 +29,10 @@ pub enum RegisterError {
         "{op} speaks protocol schema version {found}, this dispatcher speaks {SCHEMA_VERSION}; rebuild the op against a matching opflow-worker"
     )]
     SchemaMismatch { op: String, found: u32 },
+    #[error(
+        "{op} declares reuse_from `{requirement}`, which is not a semver requirement ({cause}); write one like `^1.2`"
+    )]
+    BadReuseFrom { op: String, requirement: String, cause: semver::Error },
     #[error("declaring the queue of {op}: {cause}")]
     Queue { op: String, cause: topology::TopologyError },
     #[error(transparent)]
@@ -74,6 +78,15 @@ pub async fn register(
         return Err(RegisterError::SchemaMismatch {
             op: description.op.to_string(),
             found: description.schema_version,
+        });
+    }
+    if let Some(requirement) = &description.reuse_from
+        && let Err(cause) = semver::VersionReq::parse(requirement)
+    {
+        return Err(RegisterError::BadReuseFrom {
+            op: description.op.to_string(),
+            requirement: crate::store::storable::short_text(requirement),
+            cause,
         });
     }
     // An already registered version keeps the queue settings it was declared with.

@@ -285,6 +285,8 @@ impl fmt::Display for WhyRun {
 pub struct StepDefinition<'a> {
     pub op_name: &'a str,
     pub op_version: &'a str,
+    /// Other versions of the op whose materializations count as its own (`reuse_from`).
+    pub reuse_versions: &'a [semver::Version],
     pub config_hash: &'a [u8],
 }
 
@@ -303,7 +305,9 @@ pub fn why_run(
     }
     let Some(by) = &cell.materialized else { return Some(WhyRun::Missing) };
     if only == Only::Missing {
-        if by.op_name != now.op_name || by.op_version != now.op_version {
+        let same_version = by.op_version == now.op_version
+            || now.reuse_versions.iter().any(|v| v.to_string() == by.op_version);
+        if by.op_name != now.op_name || !same_version {
             return Some(WhyRun::OpChanged);
         }
         if by.config_hash != now.config_hash {
@@ -388,6 +392,7 @@ pub fn plan_backfill<'a>(
             let now = StepDefinition {
                 op_name: &asset.op_name,
                 op_version: &op_version,
+                reuse_versions: &asset.reuse_versions,
                 config_hash: config_hash.as_bytes(),
             };
             let why = if asset.reuse == Reuse::Never {
@@ -543,7 +548,8 @@ assets:
 
     #[test]
     fn a_cell_runs_when_missing_failed_stale_or_read_from_a_cell_that_runs() {
-        let now = StepDefinition { op_name: "noop", op_version: "1.1.0", config_hash: b"h" };
+        let now =
+            StepDefinition { op_name: "noop", op_version: "1.1.0", reuse_versions: &[], config_hash: b"h" };
         let good = facts("1.1.0", b"h");
         assert_eq!(why_run(Only::Missing, Some(&good), now, false), None);
         assert_eq!(why_run(Only::Missing, None, now, false), Some(WhyRun::Missing));
@@ -560,6 +566,10 @@ assets:
         let changed = CellFacts { upstream_changed: true, ..good.clone() };
         assert_eq!(why_run(Only::Missing, Some(&changed), now, false), Some(WhyRun::UpstreamChanged));
         assert_eq!(why_run(Only::Failed, Some(&changed), now, false), None);
+        // A version the op declares compatible (`reuse_from`) is not a change.
+        let compatible = [semver::Version::new(1, 0, 0)];
+        let patched = StepDefinition { reuse_versions: &compatible, ..now };
+        assert_eq!(why_run(Only::Missing, Some(&older), patched, false), None);
         let never_done = CellFacts { failed: false, materialized: None, upstream_changed: false };
         assert_eq!(why_run(Only::Failed, Some(&never_done), now, false), Some(WhyRun::Missing));
         let mut gone = good.clone();

@@ -122,6 +122,9 @@ pub struct CompiledAsset {
     /// same memo key (`auto`, the default: [`Reuse::Memo`]) or always runs (`never`); a
     /// backfill run takes cells from the catalog instead ([`Reuse::Missing`]).
     pub reuse: Reuse,
+    /// Other versions of its op whose materializations its steps reuse as their own: the
+    /// registered ones its version's `reuse_from` matches (set at submit).
+    pub reuse_versions: Vec<semver::Version>,
     /// The checks the plan declares for what the op reports (`checks`), in file order.
     pub checks: Vec<DeclaredCheck>,
     /// Step ids are global indices `0..step_count`; an asset's steps are contiguous.

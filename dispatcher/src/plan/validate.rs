@@ -200,6 +200,7 @@ pub(super) fn validate(
             timeout: c.timeout,
             concurrency: c.concurrency,
             reuse: c.reuse,
+            reuse_versions: Vec::new(),
             checks: c.checks,
             first_step,
         };

@@ -140,6 +140,7 @@ pub async fn satisfy(
             let now = StepDefinition {
                 op_name: &asset.op_name,
                 op_version: &op_version,
+                reuse_versions: &asset.reuse_versions,
                 config_hash: config_hash.as_bytes(),
             };
             match why_run(only, answer.facts.as_ref(), now, answer.upstream_runs) {

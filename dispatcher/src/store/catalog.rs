@@ -378,6 +378,9 @@ pub struct MemoQuery {
     config_hashes: Vec<Vec<u8>>,
     expected_reads: Vec<i32>,
     reads: ReadColumns,
+    /// Other op versions each step reuses as its own (`reuse_from`): (row from 0, version).
+    other_rows: Vec<i32>,
+    other_versions: Vec<String>,
 }
 
 impl MemoQuery {
@@ -385,7 +388,12 @@ impl MemoQuery {
     pub fn push(&mut self, run: Uuid, plan: &RunPlan, step: StepId) {
         let asset = &plan.plan().assets[plan.asset_index(step)];
         let (partition, point) = plan.partition_and_point(step);
-        let expected = self.reads.push(self.runs.len() as i32, plan, step);
+        let row = self.runs.len() as i32;
+        let expected = self.reads.push(row, plan, step);
+        for version in &asset.reuse_versions {
+            self.other_rows.push(row);
+            self.other_versions.push(version.to_string());
+        }
         self.runs.push(run);
         self.assets.push(asset.name.clone());
         self.op_names.push(asset.op_name.clone());
@@ -440,14 +448,28 @@ impl Catalog<'_> {
                 "WITH made AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::int[], $9::text[])
                      WITH ORDINALITY AS u(run_id, op_name, op_version, config_hash, expected, asset, row)
-             ), {reads}, keyed AS (
-                 SELECT made.row, {MEMO_KEY} AS memo_key FROM made LEFT JOIN reads ON reads.row + 1 = made.row
+             ), {reads}, versions AS (
+                 -- Each step under its own op version, and under each it reuses as its own.
+                 SELECT made.*, true AS own FROM made
+                 UNION ALL
+                 SELECT made.run_id, made.op_name, o.version, made.config_hash, made.expected, made.asset,
+                        made.row, false
+                 FROM UNNEST($10::int[], $11::text[]) AS o(row, version) JOIN made ON made.row = o.row + 1
+             ), keyed AS (
+                 SELECT made.row, made.own, {MEMO_KEY} AS memo_key
+                 FROM versions AS made LEFT JOIN reads ON reads.row + 1 = made.row
+             ), hits AS (
+                 SELECT DISTINCT ON (k.row) k.row, hit.id, hit.output FROM keyed k
+                 JOIN LATERAL (SELECT coalesce(o.reused_from, o.id) AS id, s.output FROM materializations o
+                               JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id
+                               WHERE o.memo_key = k.memo_key AND s.status = 'succeeded' AND s.output IS NOT NULL
+                               ORDER BY o.id DESC LIMIT 1) hit ON true
+                 WHERE k.memo_key IS NOT NULL
+                 ORDER BY k.row, k.own DESC, hit.id DESC
              )
-             SELECT k.row, k.memo_key, hit.id, hit.output FROM keyed k
-             LEFT JOIN LATERAL (SELECT coalesce(o.reused_from, o.id) AS id, s.output FROM materializations o
-                                JOIN steps s ON s.run_id = o.run_id AND s.id = o.step_id
-                                WHERE o.memo_key = k.memo_key AND s.status = 'succeeded' AND s.output IS NOT NULL
-                                ORDER BY o.id DESC LIMIT 1) hit ON k.memo_key IS NOT NULL",
+             SELECT k.row, k.memo_key, hits.id, hits.output FROM keyed k
+             LEFT JOIN hits ON hits.row = k.row
+             WHERE k.own",
                 reads = reads(6, 7, 8)
             )),
         )
@@ -460,7 +482,9 @@ impl Catalog<'_> {
         .bind(&query.reads.rows)
         .bind(&query.reads.first)
         .bind(&query.reads.last)
-        .bind(&query.assets);
+        .bind(&query.assets)
+        .bind(&query.other_rows)
+        .bind(&query.other_versions);
         let rows = if large {
             let mut tx = self.pool.begin().await?;
             sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await?;

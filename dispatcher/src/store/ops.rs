@@ -205,6 +205,23 @@ impl Ops<'_> {
     }
 
     /// Every registered op version as an `OpRef`, for resolving plans.
+    /// Every registered op version with the `reuse_from` requirement its description
+    /// declares, as written (checked when it was registered).
+    pub async fn reuse_from(&self) -> Result<Vec<(OpRef, Option<String>)>, StoreError> {
+        let rows: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT name, version, description->>'reuse_from' FROM ops")
+                .fetch_all(self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(name, version, reuse_from)| {
+                let op = format!("{name}@{version}")
+                    .parse::<OpRef>()
+                    .map_err(|e| StoreError::Corrupt("ops".into(), e.to_string()))?;
+                Ok((op, reuse_from))
+            })
+            .collect()
+    }
+
     pub async fn registered(&self) -> Result<Vec<OpRef>, StoreError> {
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT name, version FROM ops").fetch_all(self.pool).await?;

@@ -404,6 +404,8 @@ pub(crate) struct RunAssetRow {
     pub backfill: Option<String>,
     /// `[{name, blocking}]` (migration 0024; `[]` for runs stored before).
     pub checks: Value,
+    /// Other op versions it reuses as its own (migration 0025).
+    pub reuse_versions: Vec<String>,
     pub first_step: i32,
     pub step_count: i32,
     pub line: i32,
@@ -443,6 +445,7 @@ impl RunAssetRow {
                 Reuse::Failed => Some("failed".into()),
                 Reuse::Never | Reuse::Memo => None,
             },
+            reuse_versions: a.reuse_versions.iter().map(ToString::to_string).collect(),
             checks: Value::Array(
                 a.checks
                     .iter()
@@ -474,6 +477,14 @@ impl RunAssetRow {
             .into_iter()
             .map(|c| DeclaredCheck { name: c.name, blocking: c.blocking })
             .collect();
+        let reuse_versions = self
+            .reuse_versions
+            .iter()
+            .map(|v| {
+                semver::Version::parse(v)
+                    .map_err(|e| format!("asset `{}` reuse version `{v}`: {e}", self.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let reuse = match (self.reuse, self.backfill.as_deref()) {
             (false, _) => Reuse::Never,
             (true, None) => Reuse::Memo,
@@ -509,6 +520,7 @@ impl RunAssetRow {
             timeout: self.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64)),
             concurrency,
             reuse,
+            reuse_versions,
             checks,
             first_step: self.first_step as u32,
             line: self.line.max(0) as usize,

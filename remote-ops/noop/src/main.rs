@@ -190,7 +190,7 @@ fn hold_lock(path: &std::path::Path) -> Result<std::fs::File, StepError> {
 }
 
 fn main() -> std::process::ExitCode {
-    Op::new("noop", opflow_worker::op_version!())
+    let op = Op::new("noop", opflow_worker::op_version!())
         .summary("Does nothing, optionally slowly or failing; for tests and benchmarks")
         .config_field("sleep_ms", "integer", "Milliseconds to wait before finishing", json!(0))
         .config_field("burn_ms", "integer", "Milliseconds of CPU to burn before finishing (ignores stop requests)", json!(0))
@@ -213,7 +213,11 @@ fn main() -> std::process::ExitCode {
         .config_field("check", "string", "Report a check of this name (passed unless check_fails_on)", Value::Null)
         .config_field("check_fails_on", "array", "Partitions on which the check fails", json!([]))
         // noop serves tests and benchmarks, whose sleeps stay well under a minute.
-        .longest_step(Duration::from_secs(60))
-        .handler(run)
-        .main()
+        .longest_step(Duration::from_secs(60));
+    // A test registers the same build as compatible with earlier versions, or not.
+    let op = match std::env::var("NOOP_REUSE_FROM") {
+        Ok(requirement) => op.reuse_from(requirement),
+        Err(_) => op,
+    };
+    op.handler(run).main()
 }
