@@ -91,6 +91,18 @@ async fn a_wider_sweep_runs_only_its_new_points() -> anyhow::Result<()> {
     .await?;
     assert_eq!(outputs, 10_000, "the reused steps hand on the outputs they reuse");
 
+    // Counted in /metrics: every reuse once, and each step that ran missed at least once.
+    let (status, metrics) =
+        opflow_integration::http_text(&env.api_addr, "GET", "/metrics", None, None).await?;
+    assert_eq!(status, 200);
+    let counter = |result: &str| -> u64 {
+        let name = format!("opflow_catalog_lookups_total{{result=\"{result}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(counter("reused"), 10_000, "{metrics}");
+    assert!(counter("missed") >= 10_100, "{metrics}");
+    assert_eq!(counter("unkeyable"), 0, "{metrics}");
+
     // --no-reuse runs every step again.
     let forced = run_to_end(&env, "sweep", &sweep(100), &["--no-reuse"]).await?;
     assert_eq!(executed_and_reused(&db, &forced).await?, (100, 0));

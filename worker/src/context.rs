@@ -26,6 +26,10 @@ struct Inner {
     cancelled: CancellationToken,
     /// What the attempt's log lines and progress reports spent and dropped.
     budget: LogBudget,
+    /// Materializations and check results that found the event queue full: the runtime
+    /// sends them, waiting for room, before the step's result. They are never dropped: a
+    /// lost failed check of a blocking kind would let its step succeed.
+    held_back: std::sync::Mutex<Vec<EventKind>>,
 }
 
 /// The longest log line or progress message sent, in bytes (the dispatcher keeps 16 KiB of
@@ -52,6 +56,7 @@ impl StepContext {
                 stopping,
                 cancelled,
                 budget: LogBudget::default(),
+                held_back: std::sync::Mutex::default(),
             }),
         }
     }
@@ -171,14 +176,34 @@ impl StepContext {
         ))
     }
 
-    /// Reports that (part of) the asset was written, with metadata describing it.
+    /// Reports that (part of) the asset was written, with metadata describing it. Never
+    /// dropped (see [`StepContext::check`]).
     pub fn materialized(&self, metadata: Value) {
-        self.emit(EventKind::Materialized { metadata });
+        self.emit_or_hold_back(EventKind::Materialized { metadata });
     }
 
-    /// Reports the result of a data-quality check.
+    /// Reports the result of a data-quality check. Never dropped: when the worker's queue
+    /// of events is full, it is sent before the step's result, waiting for room (a plan may
+    /// declare the check blocking: its failure fails the step).
     pub fn check(&self, name: impl Into<String>, passed: bool, detail: Option<String>) {
-        self.emit(EventKind::CheckResult { name: name.into(), passed, detail });
+        self.emit_or_hold_back(EventKind::CheckResult { name: name.into(), passed, detail });
+    }
+
+    fn emit_or_hold_back(&self, kind: EventKind) {
+        if !self.emit(kind.clone()) {
+            self.inner.held_back.lock().unwrap_or_else(|p| p.into_inner()).push(kind);
+        }
+    }
+
+    /// The materializations and check results held back, taken: the runtime sends them,
+    /// waiting for room, before the step's result.
+    pub(crate) fn take_held_back(&self) -> Vec<Event> {
+        let kinds = std::mem::take(&mut *self.inner.held_back.lock().unwrap_or_else(|p| p.into_inner()));
+        let m = &self.inner.message;
+        kinds
+            .into_iter()
+            .map(|kind| Event::new(m.run_id, m.step_id, m.attempt, self.inner.worker.clone(), kind))
+            .collect()
     }
 
     fn emit(&self, kind: EventKind) -> bool {
@@ -192,5 +217,46 @@ fn cut(text: String) -> String {
     match opflow_protocol::text::cut(&text, MAX_LOG_LINE_BYTES) {
         std::borrow::Cow::Borrowed(_) => text,
         std::borrow::Cow::Owned(cut) => cut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opflow_protocol::OpRef;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::report::Command;
+
+    /// A full event queue drops log lines (counted), never a check result or a
+    /// materialization: those wait for the runtime to send them before the result.
+    #[test]
+    fn a_full_queue_holds_back_checks_and_materializations() {
+        let (commands, mut queued) = mpsc::channel(1);
+        let reporter = Reporter { commands };
+        let op: OpRef = "noop@1.0.0".parse().unwrap();
+        let message = StepMessage::new(RunId::new(), StepId(3), 1, op, "a");
+        let ctx = StepContext::new(
+            message,
+            reporter,
+            "w".into(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        ctx.log(LogLevel::Info, "fills the queue");
+        ctx.log(LogLevel::Info, "dropped");
+        ctx.check("rows", false, Some("3 rows".into()));
+        ctx.materialized(serde_json::json!({"path": "/x"}));
+        let held: Vec<EventKind> = ctx.take_held_back().into_iter().map(|e| e.kind).collect();
+        assert_eq!(
+            held,
+            [
+                EventKind::CheckResult { name: "rows".into(), passed: false, detail: Some("3 rows".into()) },
+                EventKind::Materialized { metadata: serde_json::json!({"path": "/x"}) },
+            ]
+        );
+        assert!(ctx.take_held_back().is_empty(), "taken once");
+        assert!(ctx.dropped_notice().is_some(), "the dropped log line is counted");
+        assert!(matches!(queued.try_recv(), Ok(Command::Send(..))));
     }
 }

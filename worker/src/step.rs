@@ -341,9 +341,14 @@ impl Worker {
         }
     }
 
-    /// Sends the line saying how many log lines and progress reports the step dropped, if
-    /// any, before its result (which follows it on the same ordered queue).
+    /// Sends the materializations and check results that found the event queue full, and
+    /// the line saying how many log lines and progress reports the step dropped, if any,
+    /// before its result (which follows them on the same ordered queue).
     async fn say_what_was_dropped(&self, ctx: &StepContext) {
+        // What must not be dropped first, waiting as long as the publisher runs.
+        for event in ctx.take_held_back() {
+            self.reporter.send_waiting(event).await;
+        }
         if let Some(notice) = ctx.dropped_notice() {
             let waited =
                 tokio::time::timeout(Duration::from_secs(5), self.reporter.send_waiting(notice)).await;

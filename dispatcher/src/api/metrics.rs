@@ -37,6 +37,10 @@
 //! - `opflow_refused_messages_total{what,reason}`: [`Metrics::refused`], messages refused
 //!   for who sent them (`op_identity: required`; see `service::senders`): `what` is `event`
 //!   or `cancel`, `reason` `no_sender`, `not_the_steps_op` or `not_the_dispatcher`.
+//! - `opflow_catalog_lookups_total{result}`: [`Metrics::catalog_lookups`], ready steps looked
+//!   up in the asset catalog before publishing: `reused`, `missed`, `unkeyable` (no memo key
+//!   could be computed: fail closed, the step runs), `waiting` (for an identical step),
+//!   `taken` or `runs` (a backfill's cells).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -90,6 +94,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
     what: &'static str,
     reason: &'static str,
@@ -107,6 +116,7 @@ pub struct Metrics {
     apply_events: Histogram,
     webhook_deliveries: Family<OutcomeLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    catalog_lookups: Family<LookupLabels, Counter>,
     plan_cache: CacheGauges,
 }
 
@@ -160,6 +170,14 @@ impl Metrics {
              a cancel not from the dispatcher)",
             refused.clone(),
         );
+        let catalog_lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "catalog_lookups",
+            "Ready steps looked up in the asset catalog before publishing, by result: reused (a memo hit), \
+             missed (runs), unkeyable (a read materialization not in the catalog: no memo key, runs), \
+             waiting (an identical step runs), taken and runs (a backfill's cells)",
+            catalog_lookups.clone(),
+        );
         let plan_cache = CacheGauges::default();
         registry.register(
             "plan_cache_bytes",
@@ -175,6 +193,7 @@ impl Metrics {
             apply_events,
             webhook_deliveries,
             refused,
+            catalog_lookups,
             plan_cache,
         }
     }
@@ -226,6 +245,14 @@ impl Metrics {
                 status: TerminalStatus::Failed.as_str(),
             };
             self.steps.get_or_create(&labels).inc_by(*count);
+        }
+    }
+
+    /// Counts `n` ready steps looked up in the catalog with `result` (see the metric's help):
+    /// `opflow_catalog_lookups_total{result}`, from `service::reuse`.
+    pub fn catalog_lookups(&self, result: &'static str, n: u64) {
+        if n > 0 {
+            self.catalog_lookups.get_or_create(&LookupLabels { result }).inc_by(n);
         }
     }
 

@@ -52,6 +52,17 @@ pub fn look(held: bool, reuse: Reuse) -> Look {
     }
 }
 
+/// What one call of [`satisfy`] found, for `opflow_catalog_lookups_total`.
+#[derive(Debug, Default)]
+struct Lookups {
+    reused: u64,
+    missed: u64,
+    unkeyable: u64,
+    waiting: u64,
+    taken: u64,
+    runs: u64,
+}
+
 /// The success a step satisfied from the catalog is applied as.
 fn reused_success(row: &OutboxRow, output: serde_json::Value) -> StorableEvent {
     StorableEvent::from(opflow_protocol::Event::new(
@@ -113,6 +124,7 @@ pub async fn satisfy(
         }
     };
     let (mut events, mut seqs) = (Vec::new(), Vec::new());
+    let mut counted = Lookups::default();
     let mut memo_answers: HashMap<usize, _> = memo_answers.into_iter().map(|a| (a.position, a)).collect();
     for (position, (row, plan)) in memo_asked.into_iter().enumerate() {
         match memo_answers.remove(&position) {
@@ -121,13 +133,25 @@ pub async fn satisfy(
                     "satisfied from an earlier materialization");
                 events.push(reused_success(&row, hit.output));
                 seqs.push(row.seq);
+                counted.reused += 1;
             }
             Some(MemoAnswer { key: Some(key), hit: None, .. }) => {
-                if let Some(runs) = window.identical.run_or_wait(key, row, plan) {
-                    keep.push(runs);
+                match window.identical.run_or_wait(key, row, plan) {
+                    Some(runs) => {
+                        keep.push(runs);
+                        counted.missed += 1;
+                    }
+                    None => counted.waiting += 1,
                 }
             }
-            _ => keep.push((row, plan)),
+            Some(MemoAnswer { key: None, .. }) => {
+                tracing::debug!(run_id = %row.run_id, step_id = %row.step_id,
+                    "no memo key: a materialization it reads is not in the catalog; it runs");
+                keep.push((row, plan));
+                counted.unkeyable += 1;
+            }
+            // The lookup failed (logged above): it runs.
+            None => keep.push((row, plan)),
         }
     }
     let mut answers: HashMap<usize, _> = answers.into_iter().map(|a| (a.position, a)).collect();
@@ -155,9 +179,24 @@ pub async fn satisfy(
             Some(output) => {
                 events.push(reused_success(&row, output));
                 seqs.push(row.seq);
+                counted.taken += 1;
             }
-            None => keep.push((row, plan)),
+            None => {
+                keep.push((row, plan));
+                counted.runs += 1;
+            }
         }
+    }
+    let metrics = &applier.metrics;
+    for (result, n) in [
+        ("reused", counted.reused),
+        ("missed", counted.missed),
+        ("unkeyable", counted.unkeyable),
+        ("waiting", counted.waiting),
+        ("taken", counted.taken),
+        ("runs", counted.runs),
+    ] {
+        metrics.catalog_lookups(result, n);
     }
     if events.is_empty() {
         return Ok(keep);
