@@ -8,6 +8,7 @@
 //! up from zero, say) still learns of it before it takes a queued step of that run.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -17,7 +18,7 @@ use crate::{
 };
 
 /// One record of the cancels stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CancelRecord {
     /// Schema version; see [`SCHEMA_VERSION`].
     pub v: u32,
@@ -25,7 +26,8 @@ pub struct CancelRecord {
     pub kind: CancelKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What a cancel record cancels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelKind {
     /// Every step of the run is canceled: queued ones must not start, running ones stop.

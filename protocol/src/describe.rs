@@ -2,12 +2,14 @@
 //! `opflow ops add` reads it to register the op version, so the registry learns about an
 //! op from the op itself.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::OpRef;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What an op binary prints for `--describe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OpDescription {
     pub op: OpRef,
     /// One line saying what the op computes.
@@ -29,7 +31,8 @@ pub struct OpDescription {
     pub reuse_from: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One parameter an op reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ConfigField {
     pub name: String,
     /// A JSON type name: `number`, `integer`, `string`, `boolean`, `object`, `array`.

@@ -5,6 +5,7 @@
 //! given up on changes nothing.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -14,7 +15,8 @@ use crate::{
     ids::{EventId, OpRef, RunId, StepId},
 };
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One event of one attempt of one step, as a worker publishes it to the events exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
     /// Schema version; see [`SCHEMA_VERSION`].
     pub v: u32,
@@ -35,7 +37,7 @@ pub struct Event {
 }
 
 /// What happened. `Succeeded` and `Failed` are terminal for the attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The worker is running the step. Reported only once a step has run for a moment
@@ -84,7 +86,8 @@ pub enum EventKind {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How serious a log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {
     Debug,

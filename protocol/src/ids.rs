@@ -8,7 +8,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 /// One execution of a plan. Time-ordered (UUIDv7), so newer runs sort last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct RunId(Uuid);
 
@@ -51,7 +53,9 @@ impl FromStr for RunId {
 /// Unique within a run; `(RunId, StepId)` names a step globally. An index rather than a
 /// UUID keeps a 200,000-step run's rows and messages small and lets the store address the
 /// steps of an asset as a contiguous range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct StepId(pub u32);
 
@@ -62,7 +66,9 @@ impl fmt::Display for StepId {
 }
 
 /// Unique per event, so the dispatcher can drop a duplicate delivery of the same event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct EventId(Uuid);
 
@@ -151,6 +157,41 @@ impl<'de> Deserialize<'de> for OpName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         OpName::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An op name as a JSON Schema: the alphabet [`OpName::new`] accepts.
+pub const OP_NAME_PATTERN: &str = "^[a-z]([a-z0-9-]{0,62}[a-z0-9])?$";
+
+/// `name@version` as a JSON Schema: an op name, `@`, a semver version.
+pub const OP_REF_PATTERN: &str = "^[a-z]([a-z0-9-]{0,62}[a-z0-9])?@(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$";
+
+impl schemars::JsonSchema for OpName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OpName".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": OP_NAME_PATTERN,
+            "maxLength": MAX_OP_NAME_LEN,
+            "description": "An op's name: lowercase ASCII letters, digits and `-`, starting with a letter and not ending with `-`.",
+        })
+    }
+}
+
+impl schemars::JsonSchema for OpRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OpRef".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": OP_REF_PATTERN,
+            "description": "Exactly one build of an op: `name@version`, e.g. `price-paths@1.4.2`.",
+        })
     }
 }
 

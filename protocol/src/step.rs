@@ -1,6 +1,7 @@
 //! The step message: everything a worker needs to run one attempt of one step, so that a
 //! worker never has to call back to the dispatcher or read the database.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -11,7 +12,7 @@ use crate::{
 };
 
 /// One attempt of one step, as published to its op version's queue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepMessage {
     /// Schema version; see [`SCHEMA_VERSION`].
     pub v: u32,
@@ -42,7 +43,7 @@ pub struct StepMessage {
 }
 
 /// The output of one upstream step, handed to its downstream steps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepInput {
     pub asset: String,
     pub step_id: StepId,
