@@ -782,7 +782,8 @@ async fn the_plan_cache_weighs_the_bytes_of_long_sweep_values() -> anyhow::Resul
     env.register("noop").await?;
     let (dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_PLAN_CACHE_MB", "4")]).await?;
     // No worker: each run's root step waits on its queue, its 1,600 swept steps in the
-    // store, and its plan (loaded to publish the root) in the cache.
+    // store, and its plan (loaded to publish the root) in the cache. Without reuse: the
+    // eight roots are identical, and would otherwise wait for the first one to run.
     let value = "v".repeat(1_000);
     let values: Vec<String> = (0..1600).map(|i| format!("\"{i}{value}\"")).collect();
     let plan = format!(
@@ -797,7 +798,7 @@ async fn the_plan_cache_weighs_the_bytes_of_long_sweep_values() -> anyhow::Resul
             "POST",
             "/v1/runs",
             None,
-            Some(&serde_json::json!({ "plan": plan })),
+            Some(&serde_json::json!({ "plan": plan, "no_reuse": true })),
         )
         .await?;
         assert_eq!(status, 201, "{body}");

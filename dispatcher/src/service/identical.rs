@@ -37,14 +37,19 @@ impl IdenticalSteps {
         self.waiting_seqs.len()
     }
 
-    /// A step with `key` that missed the catalog: true if it is to run (no identical step
-    /// runs, or it is that step again: a retry), else it waits here.
+    /// A step with `key` that missed the catalog: returned if it is to run (no identical
+    /// step of its owner runs, or it is that step again: a retry), else it waits here.
     pub fn run_or_wait(
         &mut self,
         key: Vec<u8>,
         row: OutboxRow,
         plan: Arc<RunPlan>,
     ) -> Option<(OutboxRow, Arc<RunPlan>)> {
+        // Only an owner's own steps wait for each other: a team's step never waits on
+        // another team's, which may sit behind that team's share of the window.
+        let mut key = key;
+        key.extend_from_slice(b"\x1f");
+        key.extend_from_slice(plan.owner().as_bytes());
         let step = (row.run_id, row.step_id);
         match self.running.get(&key) {
             Some(running) if *running != step => {
@@ -115,6 +120,10 @@ mod tests {
     }
 
     fn plan() -> Arc<RunPlan> {
+        plan_of("")
+    }
+
+    fn plan_of(owner: &str) -> Arc<RunPlan> {
         let ops = [crate::plan::RegisteredOp { name: "noop".into(), version: "1.0.0".parse().unwrap() }];
         let compiled = crate::plan::compile(
             "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n",
@@ -122,7 +131,20 @@ mod tests {
             &ops,
         )
         .unwrap();
-        Arc::new(RunPlan::new(compiled, crate::store::run_plan::UnlockMode::Groups).unwrap())
+        Arc::new(RunPlan::new(compiled, crate::store::run_plan::UnlockMode::Groups).unwrap().owned_by(owner))
+    }
+
+    #[test]
+    fn another_owners_identical_step_runs_rather_than_wait() {
+        let (a, b) = (RunId::new(), RunId::new());
+        let mut identical = IdenticalSteps::default();
+        let key = b"k".to_vec();
+        assert!(identical.run_or_wait(key.clone(), row(a, 0, 1), plan_of("risk")).is_some());
+        assert!(
+            identical.run_or_wait(key.clone(), row(b, 0, 2), plan_of("ml")).is_some(),
+            "another team's runs"
+        );
+        assert!(identical.run_or_wait(key, row(b, 1, 3), plan_of("risk")).is_none(), "the same team's waits");
     }
 
     #[test]
