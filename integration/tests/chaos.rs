@@ -32,26 +32,40 @@ mod chaos {
         StdRng::seed_from_u64(seed)
     }
 
+    /// SIGKILLs a random worker at random moments (every 0.2–1 s, up to 40 times) and
+    /// starts a new one in its place: the steps it had in hand are redelivered.
+    struct WorkerKiller {
+        rng: StdRng,
+        kills: usize,
+        next_kill: Instant,
+    }
+
+    impl WorkerKiller {
+        fn new() -> Self {
+            Self { rng: rng(), kills: 0, next_kill: Instant::now() + Duration::from_millis(500) }
+        }
+
+        /// Called between checks of the run: kills a worker when its moment has come.
+        fn now_and_then(&mut self, s: &mut Scenario) -> anyhow::Result<()> {
+            s.dispatcher.check_alive()?;
+            if self.kills < 40 && Instant::now() >= self.next_kill {
+                let victim = self.rng.random_range(0..s.workers.len());
+                s.replace_worker(victim)?;
+                self.kills += 1;
+                self.next_kill = Instant::now() + Duration::from_millis(self.rng.random_range(200..1000));
+            }
+            Ok(())
+        }
+    }
+
     /// Workers are SIGKILLed at random moments (every 0.2–1 s, up to 40 times), each
     /// replaced by a new one: their steps in hand are redelivered and run again.
     #[tokio::test]
     async fn workers_sigkilled_again_and_again() -> anyhow::Result<()> {
         let mut scenario = Scenario::start("worker-sigkill", 4).await?;
-        let mut rng = rng();
-        let mut kills = 0;
-        let mut next_kill = Instant::now() + Duration::from_millis(500);
-        let status = scenario
-            .run_to_end(async |s: &mut Scenario| {
-                s.dispatcher.check_alive()?;
-                if kills < 40 && Instant::now() >= next_kill {
-                    let victim = rng.random_range(0..s.workers.len());
-                    s.replace_worker(victim)?;
-                    kills += 1;
-                    next_kill = Instant::now() + Duration::from_millis(rng.random_range(200..1000));
-                }
-                Ok(())
-            })
-            .await?;
+        let mut killer = WorkerKiller::new();
+        let status = scenario.run_to_end(async |s: &mut Scenario| killer.now_and_then(s)).await?;
+        let kills = killer.kills;
         scenario.verify(&status, kills).await?;
         assert!(kills >= 5, "the run ended after only {kills} kills; the scenario did not test much");
         Ok(())
@@ -71,21 +85,9 @@ mod chaos {
             &scenario.env.opflow_ok(&["run", plan.to_str().context("utf-8 path")?, "--json"]).await?,
         )?;
         let second = second["run_id"].as_str().context("run_id")?.to_owned();
-        let mut rng = rng();
-        let mut kills = 0;
-        let mut next_kill = Instant::now() + Duration::from_millis(500);
-        let status = scenario
-            .run_to_end(async |s: &mut Scenario| {
-                s.dispatcher.check_alive()?;
-                if kills < 40 && Instant::now() >= next_kill {
-                    let victim = rng.random_range(0..s.workers.len());
-                    s.replace_worker(victim)?;
-                    kills += 1;
-                    next_kill = Instant::now() + Duration::from_millis(rng.random_range(200..1000));
-                }
-                Ok(())
-            })
-            .await?;
+        let mut killer = WorkerKiller::new();
+        let status = scenario.run_to_end(async |s: &mut Scenario| killer.now_and_then(s)).await?;
+        let kills = killer.kills;
         scenario.verify(&status, kills).await?;
         let db = scenario.env.db().await?;
         opflow_integration::wait_for("the second run to end", Duration::from_secs(120), || async {

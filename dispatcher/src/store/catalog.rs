@@ -552,27 +552,59 @@ pub struct CellAnswer {
     pub upstream_runs: bool,
 }
 
-/// The columns a cell's facts are read from, after its key: `c` is `catalog_cells`, `m`
+/// The columns a cell's facts are read from ([`CellFactRow`]): `c` is `catalog_cells`, `m`
 /// its current materialization (both may be NULL), `s` the step that holds its output.
-const CELL_FACT_COLUMNS: &str = "c.asset IS NOT NULL, c.status = 'failed', c.upstream_changed, m.id IS NOT NULL, \
-     m.op_name, m.op_version, m.config_hash, s.output IS NOT NULL";
+const CELL_FACT_COLUMNS: &str = "c.asset IS NOT NULL AS known, c.status = 'failed' AS failed, \
+     c.upstream_changed, m.id IS NOT NULL AS materialized, m.op_name, m.op_version, m.config_hash, \
+     s.output IS NOT NULL AS retained";
 
-type CellFactRow =
-    (bool, Option<bool>, Option<bool>, bool, Option<String>, Option<String>, Option<Vec<u8>>, bool);
+/// A cell's facts as read ([`CELL_FACT_COLUMNS`]); `known` is false when the catalog has no
+/// such cell.
+#[derive(Debug, sqlx::FromRow)]
+struct CellFactRow {
+    known: bool,
+    failed: Option<bool>,
+    upstream_changed: Option<bool>,
+    materialized: bool,
+    op_name: Option<String>,
+    op_version: Option<String>,
+    config_hash: Option<Vec<u8>>,
+    retained: bool,
+}
 
-fn cell_facts(
-    (known, failed, upstream_changed, materialized, op_name, op_version, config_hash, retained): CellFactRow,
-) -> Option<CellFacts> {
-    known.then(|| CellFacts {
-        failed: failed.unwrap_or(false),
-        upstream_changed: upstream_changed.unwrap_or(false),
-        materialized: materialized.then(|| MaterializedBy {
-            op_name: op_name.unwrap_or_default(),
-            op_version: op_version.unwrap_or_default(),
-            config_hash: config_hash.unwrap_or_default(),
-            retained,
-        }),
-    })
+impl CellFactRow {
+    fn facts(self) -> Option<CellFacts> {
+        self.known.then(|| CellFacts {
+            failed: self.failed.unwrap_or(false),
+            upstream_changed: self.upstream_changed.unwrap_or(false),
+            materialized: self.materialized.then(|| MaterializedBy {
+                op_name: self.op_name.unwrap_or_default(),
+                op_version: self.op_version.unwrap_or_default(),
+                config_hash: self.config_hash.unwrap_or_default(),
+                retained: self.retained,
+            }),
+        })
+    }
+}
+
+/// A ready step's cell, as [`Catalog::cells_of`] reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct AskedCellRow {
+    row: i64,
+    output: Option<serde_json::Value>,
+    upstream_runs: bool,
+    #[sqlx(flatten)]
+    cell: CellFactRow,
+}
+
+/// A cell of an asset, as [`Catalog::cells_of_assets`] reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct AssetCellRow {
+    asset: String,
+    partition: String,
+    point: String,
+    #[sqlx(flatten)]
+    cell: CellFactRow,
 }
 
 impl Catalog<'_> {
@@ -581,20 +613,7 @@ impl Catalog<'_> {
         if query.is_empty() {
             return Ok(Vec::new());
         }
-        type Row = (
-            i64,
-            Option<serde_json::Value>,
-            bool,
-            bool,
-            Option<bool>,
-            Option<bool>,
-            bool,
-            Option<String>,
-            Option<String>,
-            Option<Vec<u8>>,
-            bool,
-        );
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<AskedCellRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH asked AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
                      WITH ORDINALITY AS u(run_id, asset, partition, point, row)
@@ -606,7 +625,7 @@ impl Catalog<'_> {
                                WHERE u.run_id = asked.run_id AND u.step_id BETWEEN r.first AND r.last
                                  AND u.reused_from IS NULL)
              )
-             SELECT a.row, s.output, ran.row IS NOT NULL, {CELL_FACT_COLUMNS}
+             SELECT a.row, s.output, ran.row IS NOT NULL AS upstream_runs, {CELL_FACT_COLUMNS}
              FROM asked a
              LEFT JOIN ran ON ran.row = a.row
              LEFT JOIN catalog_cells c ON c.asset = a.asset AND c.partition = a.partition AND c.point = a.point
@@ -625,37 +644,12 @@ impl Catalog<'_> {
         .await?;
         Ok(rows
             .into_iter()
-            .map(
-                |(
-                    row,
-                    output,
-                    upstream_runs,
-                    known,
-                    failed,
-                    changed,
-                    materialized,
-                    op,
-                    version,
-                    hash,
-                    retained,
-                )| {
-                    CellAnswer {
-                        position: (row - 1) as usize,
-                        facts: cell_facts((
-                            known,
-                            failed,
-                            changed,
-                            materialized,
-                            op,
-                            version,
-                            hash,
-                            retained,
-                        )),
-                        output,
-                        upstream_runs,
-                    }
-                },
-            )
+            .map(|r| CellAnswer {
+                position: (r.row - 1) as usize,
+                facts: r.cell.facts(),
+                output: r.output,
+                upstream_runs: r.upstream_runs,
+            })
             .collect())
     }
 
@@ -665,20 +659,7 @@ impl Catalog<'_> {
         &self,
         assets: &[String],
     ) -> Result<HashMap<(String, String, String), CellFacts>, StoreError> {
-        type Row = (
-            String,
-            String,
-            String,
-            bool,
-            Option<bool>,
-            Option<bool>,
-            bool,
-            Option<String>,
-            Option<String>,
-            Option<Vec<u8>>,
-            bool,
-        );
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<AssetCellRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT c.asset, c.partition, c.point, {CELL_FACT_COLUMNS}
              FROM catalog_cells c
              LEFT JOIN materializations m ON m.id = c.materialization
@@ -690,24 +671,7 @@ impl Catalog<'_> {
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(
-                |(
-                    asset,
-                    partition,
-                    point,
-                    known,
-                    failed,
-                    changed,
-                    materialized,
-                    op,
-                    version,
-                    hash,
-                    retained,
-                )| {
-                    cell_facts((known, failed, changed, materialized, op, version, hash, retained))
-                        .map(|facts| ((asset, partition, point), facts))
-                },
-            )
+            .filter_map(|r| r.cell.facts().map(|facts| ((r.asset, r.partition, r.point), facts)))
             .collect())
     }
 }
