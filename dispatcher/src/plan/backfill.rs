@@ -38,6 +38,17 @@ impl PartitionSelection {
     }
 }
 
+/// The most bytes of a selection a message quotes: a list may hold 10,000 keys, and one
+/// message per left-out asset quotes it.
+pub const MAX_QUOTED_SELECTION_BYTES: usize = 128;
+
+impl PartitionSelection {
+    /// The selection as messages quote it, cut to [`MAX_QUOTED_SELECTION_BYTES`].
+    pub fn quoted(&self) -> String {
+        opflow_protocol::text::cut(&self.to_string(), MAX_QUOTED_SELECTION_BYTES).into_owned()
+    }
+}
+
 impl fmt::Display for PartitionSelection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -117,13 +128,14 @@ impl CompiledPlan {
             }
         }
         let count = self.assets.len();
+        let quoted = selection.quoted();
         let mut keys: Vec<Vec<String>> = Vec::with_capacity(count);
         let mut why: Vec<Option<String>> = vec![None; count];
         for (i, asset) in self.assets.iter().enumerate() {
             let kept: Vec<String> =
                 asset.partition_keys.iter().filter(|key| selection.contains(key)).cloned().collect();
             if asset.partitions != Partitions::None && kept.is_empty() {
-                why[i] = Some(format!("none of its partitions is in `{selection}`"));
+                why[i] = Some(format!("none of its partitions is in `{quoted}`"));
             }
             for dep in &asset.deps {
                 if why[i].is_some() {
@@ -167,7 +179,7 @@ impl CompiledPlan {
             return Err(match partitioned {
                 None => format!("plan `{}` has no partitioned asset to select partitions of", self.name),
                 Some(a) => format!(
-                    "no partition of plan `{}` is in `{selection}` (asset `{}` has {} to {})",
+                    "no partition of plan `{}` is in `{quoted}` (asset `{}` has {} to {})",
                     self.name,
                     a.name,
                     a.partition_keys.first().map_or("", String::as_str),
@@ -474,6 +486,13 @@ assets:
         assert!("..b".parse::<PartitionSelection>().is_err());
         let many = vec!["k"; MAX_LISTED_PARTITIONS + 1].join(",");
         assert!(many.parse::<PartitionSelection>().unwrap_err().contains("at most"));
+        // Quoted in messages in bounded form, however many keys it lists.
+        let long: PartitionSelection = vec!["2026-01-01"; MAX_LISTED_PARTITIONS].join(",").parse().unwrap();
+        assert!(long.quoted().len() <= MAX_QUOTED_SELECTION_BYTES, "{}", long.quoted().len());
+        let mut plan = compile_ok(DAILY);
+        let error =
+            plan.restrict_partitions(&vec!["2030-01-01"; 5_000].join(",").parse().unwrap()).unwrap_err();
+        assert!(error.len() < 512, "{} bytes", error.len());
     }
 
     #[test]

@@ -78,10 +78,15 @@ impl CatalogColumns {
         self.runs.is_empty() && self.failed_runs.is_empty() && self.checks.runs.is_empty()
     }
 
-    /// Adds a `check_result` event of a step of `plan`'s run.
+    /// Adds a `check_result` event of a step of `plan`'s run, if the plan declares the
+    /// check: what an op reports beyond that is in the run's events only, so an op cannot
+    /// grow the catalog (or send webhooks) by inventing check names.
     pub fn check(&mut self, plan: &RunPlan, event: &Event) {
         let EventKind::CheckResult { name, passed, detail } = &event.kind else { return };
         let asset = &plan.plan().assets[plan.asset_index(event.step_id)];
+        if !asset.checks.iter().any(|c| &c.name == name) {
+            return;
+        }
         let (partition, point) = plan.partition_and_point(event.step_id);
         let checks = &mut self.checks;
         checks.assets.push(asset.name.clone());
@@ -1048,6 +1053,27 @@ assets:
     deps: [prices]
     partitions: [aave, compound]
 ";
+
+    #[test]
+    fn only_declared_checks_enter_the_catalog() {
+        let plan = run_plan(
+            "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    checks:\n      - {name: rows, blocking: true}\n",
+        );
+        let check = |name: &str| {
+            Event::new(
+                RunId::new(),
+                StepId(0),
+                1,
+                "w",
+                EventKind::CheckResult { name: name.into(), passed: false, detail: None },
+            )
+        };
+        let mut cols = CatalogColumns::default();
+        cols.check(&plan, &check("rows"));
+        cols.check(&plan, &check("invented-by-the-op"));
+        assert_eq!(cols.checks.names, ["rows"]);
+        assert_eq!(cols.checks.blocking, [true]);
+    }
 
     fn success(step: u32, output: serde_json::Value) -> Event {
         Event::new(RunId::new(), StepId(step), 1, "w", EventKind::Succeeded { output })
