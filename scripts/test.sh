@@ -18,6 +18,16 @@ scripts/validate-manifests.sh || status=$?
 OPFLOW_API_TOOLS="$(scripts/python-venv.sh api-tools openapi-spec-validator==0.7.1 openapi-python-client==0.24.3)"
 export OPFLOW_API_TOOLS
 
+# The Python op SDK and the Python ops (sdk/python, remote-ops/noop-py, remote-ops/loss-aggregate)
+# in a virtualenv of their own: type-checked, unit-tested, and run by the conformance suite
+# (integration/tests/conformance.rs) beside the Rust ones.
+OPFLOW_PYTHON_OPS="$(scripts/python-ops.sh)"
+export OPFLOW_PYTHON_OPS
+echo "checking the Python SDK and ops (mypy --strict, pytest)" >&2
+"$OPFLOW_PYTHON_OPS/mypy" --strict --no-error-summary sdk/python/src sdk/python/tests \
+  remote-ops/noop-py/src remote-ops/loss-aggregate/src remote-ops/loss-aggregate/tests || status=$?
+"$OPFLOW_PYTHON_OPS/pytest" -q -p no:cacheprovider sdk/python/tests remote-ops/loss-aggregate/tests || status=$?
+
 # One target dir outside the clone, so repeated runs (and CI) reuse what was built.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/opflow/target}"
 

@@ -2,9 +2,10 @@
 # Validates every Kubernetes manifest the project ships offline, against the Kubernetes
 # and KEDA schemas kept in scripts/manifest-schemas/ (README.md there says which versions
 # and where they come from), strictly: an unknown field is an error. That is keda/, and
-# what the Helm chart helm/opflow renders for its default values and for
-# helm/opflow/ci/two-versions-values.yaml (rendered by Helm itself, after `helm lint
-# --strict`, which also checks the values against values.schema.json).
+# what the Helm chart helm/opflow renders for its default values and for each
+# helm/opflow/ci/*-values.yaml (two versions of one op; a Python op beside a Rust one),
+# rendered by Helm itself, after `helm lint --strict`, which also checks the values
+# against values.schema.json.
 # Then it checks itself: a deliberately broken copy of a manifest must be refused.
 # Exit status 0 only when every manifest is valid and the broken copy was refused.
 #
@@ -33,7 +34,7 @@ status=0
 echo "[manifests] keda/" >&2
 validate keda || status=1
 
-for values in "" helm/opflow/ci/two-versions-values.yaml; do
+for values in "" helm/opflow/ci/*-values.yaml; do
   name="${values:-default values}"
   echo "[manifests] helm/opflow with ${name}" >&2
   out="$work/$(basename "${values:-default}" .yaml).rendered.yaml"
@@ -46,6 +47,15 @@ for values in "" helm/opflow/ci/two-versions-values.yaml; do
   fi
 done
 [ "$status" = 0 ] || { echo "error: invalid manifests (above)" >&2; exit 1; }
+
+# A Python op registers from the description its image writes, a Rust op from its binary.
+python_op="$work/python-op-values.rendered.yaml"
+if ! grep -q 'op --describe > /ops/op.json' "$python_op" ||
+   ! grep -q 'opflow ops add --description /ops/op.json &&' "$python_op" ||
+   ! grep -q 'opflow ops add /ops/op &&' "$python_op"; then
+  echo "error: helm/opflow/ci/python-op-values.yaml: the register Jobs do not register loss-aggregate from its description and noop from its binary" >&2
+  exit 1
+fi
 
 # The check of the check: a typo'd field and a number where KEDA wants a string.
 broken="$work/broken"

@@ -25,19 +25,20 @@ pub const DEADLINE: Duration = Duration::from_secs(600);
 /// The sleeps the steps sweep over: a third instant, a third short, a third longer.
 const SLEEPS_MS: [u64; 3] = [0, 5, 50];
 
-/// A plan of at least `steps` work steps (`i` × `sleep_ms`) and one fan-in step after all.
-pub fn plan_yaml(steps: usize) -> String {
+/// A plan of at least `steps` work steps (`i` × `sleep_ms`) and one fan-in step after all,
+/// of the noop op named `op` (`noop`, or the Python SDK's `noop-py`).
+pub fn plan_yaml(steps: usize, op: &str) -> String {
     let per_sleep = steps.div_ceil(SLEEPS_MS.len());
     format!(
         "name: chaos\n\
          assets:\n\
          \x20 - name: work\n\
-         \x20   op: noop@^1\n\
+         \x20   op: {op}@^1\n\
          \x20   sweep:\n\
          \x20     i: {{from: 1, to: {per_sleep}}}\n\
          \x20     sleep_ms: {SLEEPS_MS:?}\n\
          \x20 - name: total\n\
-         \x20   op: noop@^1\n\
+         \x20   op: {op}@^1\n\
          \x20   deps: [work]\n"
     )
 }
@@ -45,6 +46,8 @@ pub fn plan_yaml(steps: usize) -> String {
 /// One scenario in progress: its env, dispatcher, workers and run.
 pub struct Scenario {
     pub name: &'static str,
+    /// The noop op the workers run: `noop`, or the Python SDK's `noop-py`.
+    pub op: &'static str,
     pub dispatcher: Service,
     pub workers: Vec<Child>,
     pub run_id: String,
@@ -57,19 +60,24 @@ pub struct Scenario {
 impl Scenario {
     /// Registers noop, starts a dispatcher and `workers` workers, and submits the plan.
     pub async fn start(name: &'static str, workers: usize) -> anyhow::Result<Self> {
+        Self::start_with(name, workers, "noop").await
+    }
+
+    /// As [`Scenario::start`], with the workers of the noop op `op` (e.g. `noop-py`).
+    pub async fn start_with(name: &'static str, workers: usize, op: &'static str) -> anyhow::Result<Self> {
         let mut env = Env::new(name).await?;
         // A fixed port, so the scenario can ask the dispatcher's /readyz. Probing for a free
         // port races with other tests, but the chaos suite runs alone.
         env.api_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
-        env.register("noop").await?;
+        env.register(op).await?;
         let dispatcher = env.spawn_dispatcher().await?;
-        let workers = (0..workers).map(|_| env.spawn_worker("noop")).collect::<anyhow::Result<Vec<_>>>()?;
-        let plan = env.plan_file("chaos", &plan_yaml(scenario_steps()))?;
+        let workers = (0..workers).map(|_| env.spawn_worker(op)).collect::<anyhow::Result<Vec<_>>>()?;
+        let plan = env.plan_file("chaos", &plan_yaml(scenario_steps(), op))?;
         let run =
             parse_summary(&env.opflow_ok(&["run", plan.to_str().context("utf-8 path")?, "--json"]).await?)?;
         let run_id = run["run_id"].as_str().context("run_id in the summary")?.to_owned();
         let steps_total = run["steps"]["total"].as_i64().context("steps.total in the summary")?;
-        Ok(Self { name, env, dispatcher, workers, run_id, steps_total, started: Instant::now() })
+        Ok(Self { name, op, env, dispatcher, workers, run_id, steps_total, started: Instant::now() })
     }
 
     /// The HTTP status of the dispatcher's `/readyz`; `None` when it does not answer.
@@ -135,7 +143,7 @@ impl Scenario {
     /// SIGKILLs worker `index` and starts a replacement in its place.
     pub fn replace_worker(&mut self, index: usize) -> anyhow::Result<()> {
         sigkill(&self.workers[index]).ok();
-        self.workers[index] = self.env.spawn_worker("noop")?;
+        self.workers[index] = self.env.spawn_worker(self.op)?;
         Ok(())
     }
 

@@ -35,16 +35,33 @@ pub fn bin_dir() -> PathBuf {
     deps.parent().expect("deps/ has a parent").to_path_buf()
 }
 
-/// A workspace binary, e.g. `opflow` or `noop`; fails with what to do if it is missing.
+/// A workspace binary, e.g. `opflow` or `noop`, or a Python op's command, e.g. `noop-py`;
+/// fails with what to do if it is missing.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = bin_dir().join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing; build it first: scripts/test.sh builds every binary the tests need",
-            path.display()
-        );
+    if path.exists() {
+        return Ok(path);
     }
-    Ok(path)
+    if let Some(python) = python_ops_dir()
+        && python.join(name).exists()
+    {
+        return Ok(python.join(name));
+    }
+    bail!(
+        "{} is missing{}; build it first: scripts/test.sh builds every binary the tests need, and makes the \
+         Python ops' virtualenv (scripts/python-ops.sh) and sets OPFLOW_PYTHON_OPS to its bin/",
+        path.display(),
+        match python_ops_dir() {
+            Some(dir) => format!(", and so is {}", dir.join(name).display()),
+            None => " (OPFLOW_PYTHON_OPS is not set)".into(),
+        }
+    )
+}
+
+/// The directory of the Python ops' commands: the `bin/` of the virtualenv that
+/// `scripts/python-ops.sh` makes, from `OPFLOW_PYTHON_OPS`.
+pub fn python_ops_dir() -> Option<PathBuf> {
+    std::env::var_os("OPFLOW_PYTHON_OPS").map(PathBuf::from)
 }
 
 /// A finished process and what it used.

@@ -71,6 +71,20 @@ mod chaos {
         Ok(())
     }
 
+    /// The same with workers of the Python SDK (`noop-py`, sdk/python): a worker killed in
+    /// the middle of a step leaves its message unacked, the broker redelivers it, and its
+    /// result is applied once.
+    #[tokio::test]
+    async fn python_workers_sigkilled_again_and_again() -> anyhow::Result<()> {
+        let mut scenario = Scenario::start_with("python-worker-sigkill", 4, "noop-py").await?;
+        let mut killer = WorkerKiller::new();
+        let status = scenario.run_to_end(async |s: &mut Scenario| killer.now_and_then(s)).await?;
+        let kills = killer.kills;
+        scenario.verify(&status, kills).await?;
+        assert!(kills >= 5, "the run ended after only {kills} kills; the scenario did not test much");
+        Ok(())
+    }
+
     /// Two runs of the same plan at once while workers are SIGKILLed (as above): each step
     /// runs in one of them, and the other waits for it and reuses what it made (docs/
     /// catalog.md). Nothing is lost, nothing applied twice, and no step runs for both runs.
@@ -79,7 +93,7 @@ mod chaos {
         let mut scenario = Scenario::start("shared-steps-sigkill", 4).await?;
         let plan = scenario.env.plan_file(
             "chaos",
-            &opflow_integration::chaos::plan_yaml(opflow_integration::chaos::scenario_steps()),
+            &opflow_integration::chaos::plan_yaml(opflow_integration::chaos::scenario_steps(), "noop"),
         )?;
         let second = opflow_integration::parse_summary(
             &scenario.env.opflow_ok(&["run", plan.to_str().context("utf-8 path")?, "--json"]).await?,

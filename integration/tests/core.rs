@@ -81,6 +81,45 @@ async fn demo_plan_runs_end_to_end() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The second example plan: Rust ops (price-paths, var-report) and a Python op
+/// (loss-aggregate, on sdk/python) in one run, under `opflow up`.
+#[tokio::test]
+async fn mixed_rust_and_python_plan_runs_end_to_end() -> anyhow::Result<()> {
+    let mut env = Env::new("mixed").await?;
+    let plan = repo_file("examples/mixed-risk.yaml");
+    let ops = [binary("price-paths")?, binary("var-report")?, binary("loss-aggregate")?];
+    let mut args = vec!["up", "--run", plan.to_str().context("utf-8 path")?];
+    args.extend(ops.iter().map(|op| op.to_str().unwrap_or_default()));
+    let output = env.opflow(&args).await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "opflow up --run failed:\n{stdout}\n{}", stderr(&output));
+    let db = env.db().await?;
+    let (status, succeeded): (String, i32) =
+        sqlx::query_as("SELECT status::text, steps_succeeded FROM runs").fetch_one(&db).await?;
+    assert_eq!((status.as_str(), succeeded), ("succeeded", 33));
+    // Both reports of each protocol read its nine scenarios, and agree on VaR 95 %.
+    let reports: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT a.name, s.output->>'protocol', s.output FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+         WHERE a.name IN ('var', 'losses') ORDER BY 2, a.name",
+    )
+    .fetch_all(&db)
+    .await?;
+    assert_eq!(reports.len(), 6);
+    for pair in reports.chunks(2) {
+        let (losses, var) = (&pair[0].2, &pair[1].2);
+        assert_eq!((pair[0].0.as_str(), pair[1].0.as_str()), ("losses", "var"));
+        assert_eq!(losses["scenarios"], 9, "{losses}");
+        let tail_95 = losses["tail"]
+            .as_array()
+            .and_then(|t| t.iter().find(|l| l["level"] == 0.95))
+            .with_context(|| format!("no 95 % level in {losses}"))?;
+        let (python, rust) =
+            (tail_95["var"].as_f64().context("var")?, var["var_95"].as_f64().context("var_95")?);
+        assert!((python - rust).abs() <= rust.abs() * 0.01 + 1.0, "{}: {python} vs {rust}", pair[0].1);
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_worker_killed_mid_step_loses_nothing() -> anyhow::Result<()> {
     let mut env = Env::new("sigkill").await?;

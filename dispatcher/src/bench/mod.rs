@@ -50,6 +50,9 @@ pub async fn run(
     // missing one is said at once rather than after minutes of other workloads.
     let noop = options.bin_dir.join("noop");
     let mut needed = vec![("noop", noop.clone())];
+    if let Some(other) = &options.noop {
+        needed.push(("noop", other.clone()));
+    }
     if workloads.contains(&Workload::W7) {
         needed.push(("price-paths", options.bin_dir.join("price-paths")));
     }
@@ -142,10 +145,18 @@ async fn run_in(
 
     let opflow = options.bin_dir.join("opflow");
     let mut dispatcher = sandbox.spawn(&opflow, &["dispatcher"], "dispatcher")?;
+    // The workers' noop: the Rust one, or another SDK's (whose op has another name).
+    let worker_noop = options.noop.as_deref().unwrap_or(noop);
+    let noop_name = crate::ops::register::describe(worker_noop)
+        .await
+        .with_context(|| format!("describing {}", worker_noop.display()))?
+        .op
+        .name
+        .to_string();
     let registered = sandbox
         .command(&opflow, "ops-add")?
         .args(["ops", "add"])
-        .arg(noop)
+        .arg(worker_noop)
         .args(["--queue-type", options.queue_type.as_str()])
         .status()
         .await?;
@@ -160,11 +171,19 @@ async fn run_in(
         .registered()
         .await?
         .into_iter()
-        .find(|op| op.name.to_string() == "noop")
+        .find(|op| op.name.to_string() == noop_name)
         .map(|op| opflow_protocol::queue::op_queue(&op))
-        .context("noop is not in the registry after `opflow ops add`")?;
+        .with_context(|| format!("{noop_name} is not in the registry after `opflow ops add`"))?;
     let dispatcher_pid = dispatcher.id();
-    let bed = Bed { sandbox, store: &store, noop, noop_queue: &noop_queue, cancel, dispatcher_pid };
+    let bed = Bed {
+        sandbox,
+        store: &store,
+        noop: worker_noop,
+        noop_name: &noop_name,
+        noop_queue: &noop_queue,
+        cancel,
+        dispatcher_pid,
+    };
 
     for workload in platform {
         if let Some(status) = dispatcher.try_wait()? {

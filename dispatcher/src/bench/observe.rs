@@ -28,6 +28,8 @@ pub struct Bed<'a> {
     pub sandbox: &'a Sandbox,
     pub store: &'a Store,
     pub noop: &'a Path,
+    /// The noop op's name: `noop`, or another SDK's (`noop-py`), put in the plans' `op:`.
+    pub noop_name: &'a str,
     pub noop_queue: &'a str,
     pub cancel: &'a CancellationToken,
     /// The benchmark's dispatcher, whose CPU time each run reports.
@@ -87,6 +89,11 @@ impl PlanRun {
 }
 
 impl Bed<'_> {
+    /// A benchmark plan (written for `noop`) for this bed's noop op.
+    fn for_noop(&self, plan: &str) -> String {
+        plan.replace("op: noop@", &format!("op: {}@", self.noop_name))
+    }
+
     /// Starts `workers` noop workers, waits until they consume, submits `plan`, waits for
     /// the run to end, verifies it and stops the workers; samples the memory of the
     /// dispatcher `dispatcher_pid`, if given, as the run goes on.
@@ -114,6 +121,7 @@ impl Bed<'_> {
         let backends_at_start = self.postgres_backends().await?;
         let cpu_at_start = Snapshot::take(&components(backends_at_start.clone()));
         let started = Instant::now();
+        let plan = &self.for_noop(plan);
         let submission = crate::submit::submit_without_reuse(self.store, plan, Path::new("bench.yaml"))
             .await
             .context("submitting the benchmark plan")?;
@@ -187,7 +195,7 @@ impl Bed<'_> {
                 crate::store::runs::RunOptions { owner: side.owner, no_reuse: true, ..Default::default() };
             let submission = crate::submit::submit_notifying(
                 self.store,
-                side.plan,
+                &self.for_noop(side.plan),
                 Path::new("bench.yaml"),
                 None,
                 None,
@@ -244,7 +252,7 @@ impl Bed<'_> {
         let started = Instant::now();
         let submission = crate::submit::submit_without_reuse(
             self.store,
-            &sweep_plan("w4", 1, ""),
+            &self.for_noop(&sweep_plan("w4", 1, "")),
             Path::new("bench-w4.yaml"),
         )
         .await

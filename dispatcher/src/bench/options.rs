@@ -84,6 +84,8 @@ pub struct BenchOptions {
     pub keep_logs: bool,
     /// Where `opflow` and `noop` are.
     pub bin_dir: PathBuf,
+    /// The noop op the workers run, when not the Rust one in `bin_dir` (another SDK's).
+    pub noop: Option<PathBuf>,
 }
 
 impl BenchOptions {

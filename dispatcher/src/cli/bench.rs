@@ -37,6 +37,11 @@ pub struct BenchArgs {
     /// Keep the logs of the processes the benchmark starts
     #[arg(long)]
     keep_logs: bool,
+    /// The noop op whose workers run w1–w4, w6 and w8's steps [default: the Rust noop next to
+    /// opflow]; another SDK's noop measures that SDK, e.g. the Python SDK's
+    /// "$(scripts/python-ops.sh)/noop-py"
+    #[arg(long, value_name = "COMMAND")]
+    noop: Option<std::path::PathBuf>,
 }
 
 pub async fn bench(
@@ -51,7 +56,8 @@ pub async fn bench(
         .parent()
         .context("the opflow binary has a directory")?
         .to_path_buf();
-    let options = BenchOptions { quick: args.quick, queue_type, keep_logs: args.keep_logs, bin_dir };
+    let options =
+        BenchOptions { quick: args.quick, queue_type, keep_logs: args.keep_logs, bin_dir, noop: args.noop };
     tokio::spawn(opflow_process::cancel_on_signal(cancel.clone()));
     let json = args.json;
     let verified = bench::run(&workloads, &options, settings, cancel, |figures| print(figures, json)).await?;

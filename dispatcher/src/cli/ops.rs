@@ -13,7 +13,7 @@ use crate::{
     ops::{
         consumer_timeout,
         identity::BrokerUsers,
-        register::{self, RegisterError},
+        register::{self, OpSource, RegisterError},
     },
     settings::Settings,
     store::ops::{Registration, ScaleSettings},
@@ -21,10 +21,21 @@ use crate::{
 
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
-    /// Register an op version from its binary (runs `<binary> --describe`) and declare its queue
+    /// Register an op version and declare its queue: runs `<op command> --describe` (a Rust op
+    /// binary, or a Python op's command), or reads the description file it wrote
+    #[command(after_help = "Examples:\n  opflow ops add target/release/price-paths\n  \
+        opflow ops add ~/.cache/opflow/python-ops/bin/loss-aggregate\n  \
+        opflow ops add -- python3 -m my_op\n  \
+        opflow ops add --description loss-aggregate.json   # written by `loss-aggregate --describe`")]
     Add {
-        /// The op binary, e.g. target/debug/noop
-        binary: PathBuf,
+        /// The op's command: its binary, or a program and its arguments (after `--`), e.g.
+        /// target/debug/noop or `-- python3 -m my_op`; run with `--describe` added
+        #[arg(required_unless_present = "description", conflicts_with = "description", num_args = 1..)]
+        command: Vec<std::ffi::OsString>,
+        /// Register from this file instead of running the op: what the op printed for
+        /// `--describe` (for an op whose runtime this machine lacks)
+        #[arg(long, value_name = "FILE")]
+        description: Option<PathBuf>,
         /// Queue type: quorum (replicated, with a delivery limit) or classic (faster, no limit)
         #[arg(long, default_value = "quorum", value_parser = ["quorum", "classic"])]
         queue_type: String,
@@ -98,15 +109,9 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     match command {
-        OpsCommand::Add { binary, queue_type, delivery_limit } => {
+        OpsCommand::Add { command, description, queue_type, delivery_limit } => {
             let kind: QueueKind = queue_type.parse().map_err(InvalidInput)?;
-            if !binary.exists() {
-                return Err(InvalidInput(format!(
-                    "op binary {} does not exist; build the ops with `cargo build --workspace --bins`",
-                    binary.display()
-                ))
-                .into());
-            }
+            let source = op_source(command, description)?;
             let store = super::admin::store(settings, cancel).await?;
             let connection =
                 opflow_amqp::connect(&settings.amqp_url, "opflow-cli", ConnectRetry::default(), cancel)
@@ -122,7 +127,7 @@ pub async fn run(
             }
             let channel = connection.create_channel().await.context("opening a channel")?;
             let outcome =
-                register::register(&store, &channel, &binary, OpQueueSettings { kind, delivery_limit }).await;
+                register::register(&store, &channel, &source, OpQueueSettings { kind, delivery_limit }).await;
             let (description, registration) = outcome.map_err(|error| match error {
                 RegisterError::Store(_) | RegisterError::Queue { .. } => anyhow::Error::new(error),
                 invalid => InvalidInput(invalid.to_string()).into(),
@@ -318,6 +323,33 @@ fn check_scaling(s: &ScaleSettings) -> Result<(), String> {
 }
 
 /// The settings on one line, in KEDA's names.
+/// What `opflow ops add` registers from, checked before anything is connected to.
+fn op_source(command: Vec<std::ffi::OsString>, description: Option<PathBuf>) -> anyhow::Result<OpSource> {
+    if let Some(file) = description {
+        if !file.is_file() {
+            return Err(InvalidInput(format!(
+                "op description {} does not exist; write it with the op's `--describe` (`my-op --describe > {}`)",
+                file.display(),
+                file.display()
+            ))
+            .into());
+        }
+        return Ok(OpSource::DescriptionFile(file));
+    }
+    let mut command = command.into_iter();
+    let program = PathBuf::from(command.next().ok_or_else(|| InvalidInput("name the op's command".into()))?);
+    // A bare name (`python3`) is looked up on PATH; a path must exist.
+    if program.components().count() > 1 && !program.exists() {
+        return Err(InvalidInput(format!(
+            "op command {} does not exist; build the Rust ops with `cargo build --workspace --bins`, or install \
+             a Python op's package (scripts/python-ops.sh) and name its command",
+            program.display()
+        ))
+        .into());
+    }
+    Ok(OpSource::Command { program, args: command.collect() })
+}
+
 fn describe_scaling(s: &ScaleSettings) -> String {
     let mut text = format!(
         "min {} max {} value {} activation {} polling {}s cooldown {}s",

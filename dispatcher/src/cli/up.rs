@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{exit::InvalidInput, render, run};
 use crate::{
-    ops::{identity::BrokerUsers, register},
+    ops::{
+        identity::BrokerUsers,
+        register::{self, OpSource},
+    },
     service::{self, publisher::Wakeups},
     settings::{OpIdentity, Settings},
     submit::{self, SubmitError},
@@ -27,8 +30,10 @@ const EXAMPLE_OPS: &[&str] = &["noop", "price-paths", "var-report"];
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Op binaries to register and run [default: the example ops next to this opflow binary]
-    #[arg(value_name = "OP_BINARY")]
+    /// Op commands to register and run: Rust op binaries, or Python ops' scripts (e.g.
+    /// "$(scripts/python-ops.sh)/loss-aggregate") [default: the example ops next to this
+    /// opflow binary]
+    #[arg(value_name = "OP_COMMAND")]
     pub ops: Vec<PathBuf>,
     /// A fixed fleet: this many worker processes per op, always (for benchmarks). Without
     /// it, each op scales from zero with its queue, by its `opflow ops scale` settings
@@ -75,9 +80,10 @@ pub async fn up(
     let channel = connection.create_channel().await.context("opening a channel")?;
     let mut groups = Vec::with_capacity(binaries.len());
     for binary in binaries {
-        let (description, _) = register::register(&store, &channel, &binary, OpQueueSettings::default())
-            .await
-            .with_context(|| format!("registering {}", binary.display()))?;
+        let (description, _) =
+            register::register(&store, &channel, &OpSource::binary(&binary), OpQueueSettings::default())
+                .await
+                .with_context(|| format!("registering {}", binary.display()))?;
         tracing::info!(op = %description.op, binary = %binary.display(), "op registered");
         // A fresh password each time: only the workers this process starts know it.
         let amqp_url = match &users {

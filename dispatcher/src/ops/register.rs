@@ -1,8 +1,14 @@
-//! Registering an op version from its binary: ask the binary to `--describe` itself,
-//! declare its queue, and record it in the registry. The registry learns about an op from
-//! the op, so the two cannot disagree about its name or version.
+//! Registering an op version from the op itself: run its command with `--describe` (a Rust
+//! binary, or a Python op's command), or read the description it wrote to a file; declare
+//! its queue, and record it in the registry. The registry learns about an op from the op,
+//! so the two cannot disagree about its name or version.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use lapin::Channel;
 use opflow_amqp::{OpQueueSettings, topology};
@@ -16,15 +22,22 @@ const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     #[error(
-        "cannot run `{binary} --describe`: {cause}; is it an op binary? (build them with `cargo build --workspace --bins`)"
+        "cannot run `{binary} --describe`: {cause}; is it an op? (build the Rust ops with `cargo build --workspace --bins`; \
+         install a Python op's package, e.g. with scripts/python-ops.sh, and name its command)"
     )]
     Spawn { binary: String, cause: std::io::Error },
+    #[error("cannot read the op description {file}: {cause}")]
+    ReadFile { file: String, cause: std::io::Error },
     #[error("`{binary} --describe` did not answer within {DESCRIBE_TIMEOUT:?}")]
     Timeout { binary: String },
     #[error("`{binary} --describe` exited with {status}: {stderr}")]
     Failed { binary: String, status: String, stderr: String },
     #[error("`{binary} --describe` printed something that is not an op description: {cause}")]
     BadDescription { binary: String, cause: serde_json::Error },
+    #[error(
+        "{file} is not an op description: {cause}; write it with the op's own `--describe` (`my-op --describe > {file}`)"
+    )]
+    BadDescriptionFile { file: String, cause: serde_json::Error },
     #[error(
         "{op} speaks protocol schema version {found}, this dispatcher speaks {SCHEMA_VERSION}; rebuild the op against a matching opflow-worker"
     )]
@@ -39,10 +52,64 @@ pub enum RegisterError {
     Store(#[from] StoreError),
 }
 
+/// Where an op's description comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpSource {
+    /// The op's command (a binary, or e.g. `python -m my_op`), run with `--describe`.
+    Command { program: PathBuf, args: Vec<OsString> },
+    /// A file holding what the op printed for `--describe` (for an op whose runtime the
+    /// registering machine lacks, e.g. a Python op registered from its image).
+    DescriptionFile(PathBuf),
+}
+
+impl OpSource {
+    /// An op binary (or script) run with no arguments but `--describe`.
+    pub fn binary(path: impl Into<PathBuf>) -> Self {
+        OpSource::Command { program: path.into(), args: Vec::new() }
+    }
+
+    /// The op's description: by running it, or from its file.
+    pub async fn describe(&self) -> Result<OpDescription, RegisterError> {
+        match self {
+            OpSource::Command { program, args } => describe_command(program, args).await,
+            OpSource::DescriptionFile(file) => {
+                let name = file.display().to_string();
+                let text = tokio::fs::read_to_string(file)
+                    .await
+                    .map_err(|cause| RegisterError::ReadFile { file: name.clone(), cause })?;
+                OpDescription::from_json(&text)
+                    .map_err(|cause| RegisterError::BadDescriptionFile { file: name, cause })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for OpSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpSource::Command { program, args } => {
+                write!(f, "{}", program.display())?;
+                for arg in args {
+                    write!(f, " {}", arg.to_string_lossy())?;
+                }
+                Ok(())
+            }
+            OpSource::DescriptionFile(file) => write!(f, "{}", file.display()),
+        }
+    }
+}
+
 /// Runs `binary --describe` and parses what it prints.
 pub async fn describe(binary: &Path) -> Result<OpDescription, RegisterError> {
-    let name = binary.display().to_string();
-    let child = tokio::process::Command::new(binary)
+    describe_command(binary, &[]).await
+}
+
+/// Runs `program args… --describe` and parses what it prints.
+async fn describe_command(program: &Path, args: &[OsString]) -> Result<OpDescription, RegisterError> {
+    let source = OpSource::Command { program: program.to_path_buf(), args: args.to_vec() };
+    let name = source.to_string();
+    let child = tokio::process::Command::new(program)
+        .args(args)
         .arg("--describe")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -66,14 +133,14 @@ pub async fn describe(binary: &Path) -> Result<OpDescription, RegisterError> {
         .map_err(|source| RegisterError::BadDescription { binary: name, cause: source })
 }
 
-/// Describes, declares and records one op binary.
+/// Describes, declares and records one op.
 pub async fn register(
     store: &Store,
     channel: &Channel,
-    binary: &Path,
+    source: &OpSource,
     settings: OpQueueSettings,
 ) -> Result<(OpDescription, Registration), RegisterError> {
-    let description = describe(binary).await?;
+    let description = source.describe().await?;
     if description.schema_version != SCHEMA_VERSION {
         return Err(RegisterError::SchemaMismatch {
             op: description.op.to_string(),
@@ -97,4 +164,36 @@ pub async fn register(
         .map_err(|source| RegisterError::Queue { op: description.op.to_string(), cause: source })?;
     let registration = store.ops().register(&description, settings).await?;
     Ok((description, registration))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_description_file_is_read_as_the_op_wrote_it_and_anything_else_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("op.json");
+        std::fs::write(
+            &file,
+            r#"{"op": "loss-aggregate@1.0.0", "summary": "losses", "schema_version": 1, "unknown": true}"#,
+        )
+        .unwrap();
+        let described = OpSource::DescriptionFile(file.clone()).describe().await.unwrap();
+        assert_eq!(described.op.to_string(), "loss-aggregate@1.0.0");
+
+        std::fs::write(&file, r#"{"op": "loss-aggregate@1.0.0"}"#).unwrap();
+        let refused = OpSource::DescriptionFile(file.clone()).describe().await.unwrap_err().to_string();
+        assert!(refused.contains("is not an op description") && refused.contains("--describe"), "{refused}");
+
+        let missing = OpSource::DescriptionFile(dir.path().join("none.json")).describe().await.unwrap_err();
+        assert!(missing.to_string().starts_with("cannot read the op description"), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn a_command_is_run_with_its_arguments_and_named_whole_in_errors() {
+        let source = OpSource::Command { program: "sh".into(), args: vec!["-c".into(), "exit 3".into()] };
+        let error = source.describe().await.unwrap_err().to_string();
+        assert!(error.starts_with("`sh -c exit 3 --describe` exited with"), "{error}");
+    }
 }
