@@ -4,7 +4,7 @@ import asyncio
 import dataclasses
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import pytest
 
@@ -294,3 +294,33 @@ def test_config_fields_are_plain_data() -> None:
         "description": "d",
         "default": 1,
     }
+
+
+@dataclass
+class Inner:
+    rate: float
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outer:
+    inner: Inner
+    mode: Literal["fast", "exact"] = "fast"
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def test_nested_dataclasses_literals_and_items_are_checked_all_the_way_down() -> None:
+    spec = ConfigSpec(Outer)
+    built = spec.build({"inner": {"rate": 1, "tags": ["a"]}, "mode": "exact", "weights": {"x": 2}}, "asset `a`")
+    assert built == Outer(Inner(1, ["a"]), "exact", {"x": 2})
+    assert [f.type for f in spec.describe()] == ["object", "string", "object"]
+    for params, needle in [
+        ({"inner": {"rate": "high"}}, "`inner.rate` is \"high\", expected number"),
+        ({"inner": {"rate": 1, "tags": ["a", 2]}}, "`inner.tags[1]` is 2, expected string"),
+        ({"inner": {}}, "missing field `inner.rate`"),
+        ({"inner": {"rate": 1}, "mode": "slow"}, "`mode` is \"slow\", expected \"fast\" or \"exact\""),
+        ({"inner": {"rate": 1}, "weights": {"x": "2"}}, "`weights.x` is \"2\", expected number"),
+    ]:
+        with pytest.raises(opflow.Fatal) as raised:
+            spec.build(params, "asset `a`")
+        assert needle in raised.value.message, raised.value.message

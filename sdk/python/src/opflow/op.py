@@ -10,7 +10,7 @@ import json
 import types
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 from .protocol import SCHEMA_VERSION, check_op_ref
 
@@ -62,28 +62,63 @@ def _json_type(annotation: Any) -> str:
     if origin in (Union, types.UnionType):
         named = {_json_type(a) for a in get_args(annotation) if a is not type(None)}
         return named.pop() if len(named) == 1 else "any"
+    if origin is Literal:
+        named = {_JSON_TYPES.get(type(a), "any") for a in get_args(annotation)}
+        return named.pop() if len(named) == 1 else "any"
+    if dataclasses.is_dataclass(annotation):
+        return "object"
     return _JSON_TYPES.get(origin or annotation, "any")
 
 
-def _accepts(annotation: Any, value: Any) -> bool:
-    """Whether a JSON value fits a config field's annotation (shallowly: the outer type)."""
+class _Mismatch(Exception):
+    """A config value that does not fit its annotation: where (``a.b[2]``) and what was expected."""
+
+    def __init__(self, path: str, value: Any, expected: str) -> None:
+        super().__init__(path)
+        self.path, self.value, self.expected = path, value, expected
+
+
+def _convert(annotation: Any, value: Any, path: str) -> Any:
+    """``value`` (JSON) as ``annotation`` says: checked all the way down, nested dataclasses
+    built; raises :class:`_Mismatch` naming the first value that does not fit."""
     if annotation is Any:
-        return True
+        return value
     origin = get_origin(annotation)
+    args = get_args(annotation)
     if origin in (Union, types.UnionType):
-        return any(_accepts(a, value) for a in get_args(annotation))
+        for arm in args:
+            try:
+                return _convert(arm, value, path)
+            except _Mismatch:
+                continue
+        raise _Mismatch(path, value, _json_type(annotation))
+    if origin is Literal:
+        if value in args:
+            return value
+        raise _Mismatch(path, value, " or ".join(json.dumps(a) for a in args))
     if annotation is type(None):
-        return value is None
+        if value is None:
+            return None
+        raise _Mismatch(path, value, "null")
     kind = origin or annotation
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind in (list, tuple):
-        return isinstance(value, list)
-    if isinstance(kind, type):
-        return isinstance(value, kind)
-    return True
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (list, tuple) and isinstance(value, list):
+        item = args[0] if args else Any
+        items = [_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)] if args else value
+        return tuple(items) if kind is tuple else items
+    if kind is dict and isinstance(value, dict):
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _convert(inner, v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind) and isinstance(value, dict):
+        return ConfigSpec(kind).convert(value, path)
+    if kind in (str, bool) and isinstance(value, kind):
+        return value
+    if isinstance(kind, type) and kind not in (int, float, list, tuple, dict) and isinstance(value, kind):
+        return value
+    raise _Mismatch(path, value, _json_type(annotation))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,21 +164,27 @@ class ConfigSpec(Generic[C]):
         if not isinstance(params, dict):
             raise Fatal(f"invalid parameters for {where}: expected an object, got {json.dumps(params)[:200]}; "
                         "fix the asset's `config` or `sweep` in the plan")
+        try:
+            return self.convert(params, "")
+        except _Mismatch as mismatch:
+            if mismatch.expected == "present":
+                what = f"missing field `{mismatch.path}`"
+            else:
+                what = f"`{mismatch.path}` is {json.dumps(mismatch.value)[:200]}, expected {mismatch.expected}"
+            raise Fatal(
+                f"invalid parameters for {where}: {what}; fix the asset's `config` or `sweep` in the plan"
+            ) from None
+
+    def convert(self, params: dict[str, Any], path: str) -> C:
+        """An instance from a JSON object; raises :class:`_Mismatch` at the first misfit."""
         values = {}
         for f in self.fields:
+            where = f"{path}.{f.name}" if path else f.name
             if f.name not in params:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise Fatal(f"invalid parameters for {where}: missing field `{f.name}`; "
-                                "fix the asset's `config` or `sweep` in the plan")
+                    raise _Mismatch(where, None, "present")
                 continue
-            value = params[f.name]
-            annotation = self.hints.get(f.name, Any)
-            if not _accepts(annotation, value):
-                raise Fatal(
-                    f"invalid parameters for {where}: `{f.name}` is {json.dumps(value)[:200]}, "
-                    f"expected {_json_type(annotation)}; fix the asset's `config` or `sweep` in the plan"
-                )
-            values[f.name] = value
+            values[f.name] = _convert(self.hints.get(f.name, Any), params[f.name], where)
         return self.cls(**values)
 
 
