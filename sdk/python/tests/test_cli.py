@@ -175,3 +175,13 @@ def test_each_option_is_also_read_from_the_environment(monkeypatch: pytest.Monke
     assert (args.max_steps, args.max_rss_mb) == (100, 512)
     overridden = parser(make_op()).parse_args(["--heartbeat", "1s", "--max-steps", "2"])
     assert (overridden.heartbeat, overridden.max_steps) == (1.0, 2)
+
+
+def test_the_log_level_follows_opflow_py_log_then_a_plain_rust_log() -> None:
+    from opflow.cli import log_level
+
+    assert log_level({}) == "INFO"
+    assert log_level({"OPFLOW_PY_LOG": "debug", "RUST_LOG": "warn"}) == "DEBUG"
+    assert log_level({"RUST_LOG": "warn"}) == "WARNING"
+    assert log_level({"RUST_LOG": "opflow=debug,lapin=warn"}) == "INFO"
+    assert log_level({"OPFLOW_PY_LOG": "loud"}) == "INFO"

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from .op import Op
@@ -87,6 +88,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line)
 
 
+_RUST_LEVELS = {"trace": "DEBUG", "debug": "DEBUG", "info": "INFO", "warn": "WARNING", "error": "ERROR"}
+
+
+def log_level(env: Mapping[str, str]) -> str:
+    """``OPFLOW_PY_LOG`` (a ``logging`` level name), else ``RUST_LOG`` when it is one plain
+    level (``warn``), so that what ``opflow up`` and the demo set quiets both SDKs' workers;
+    else ``INFO``."""
+    level = env.get("OPFLOW_PY_LOG", "").upper()
+    if level in logging.getLevelNamesMapping():
+        return level
+    return _RUST_LEVELS.get(env.get("RUST_LOG", "").strip().lower(), "INFO")
+
+
 def configure_logging(log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
@@ -94,8 +108,7 @@ def configure_logging(log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.Formatter.converter = __import__("time").gmtime
-    level = os.environ.get("OPFLOW_PY_LOG", "INFO").upper()
-    logging.basicConfig(level=level if level in logging._nameToLevel else "INFO", handlers=[handler], force=True)
+    logging.basicConfig(level=log_level(os.environ), handlers=[handler], force=True)
     # aio-pika and aiormq say a lot at info about what the worker reports itself.
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
