@@ -362,6 +362,16 @@ async fn sigkill_mid_step_redelivers_and_applies_once(sdk: Sdk) -> anyhow::Resul
     .fetch_one(&db)
     .await?;
     assert_eq!(workers, 2, "step {killed} was started by both workers");
+    // The fan-in step (id 3) started only after every upstream success (ids 0-2). It is
+    // quick, so its start is recorded from its result rather than a `started` event.
+    let in_order: bool = sqlx::query_scalar(
+        "SELECT (SELECT started_at FROM steps WHERE run_id = $1::uuid AND id = 3)
+             >= (SELECT max(at) FROM events WHERE run_id = $1::uuid AND kind = 'succeeded' AND step_id < 3)",
+    )
+    .bind(&run_id)
+    .fetch_one(&db)
+    .await?;
+    assert!(in_order, "the fan-in step started before its upstream steps all succeeded");
     Ok(())
 }
 
