@@ -92,3 +92,61 @@ async fn without_tokens_a_caller_names_the_owner_and_the_plan_its_priority() -> 
     assert_eq!(runs["items"].as_array().map(Vec::len), Some(2), "{runs}");
     Ok(())
 }
+
+/// `opflow runs` lists runs newest first, filtered by status, plan and owner (`GET /v1/runs`
+/// and its `plan` and `owner` filters), follows the API's pages up to `--limit`, and says
+/// so when nothing matches.
+#[tokio::test]
+async fn opflow_runs_lists_newest_first_by_status_plan_and_owner() -> anyhow::Result<()> {
+    let env = Env::new("runs_list").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let _worker = env.spawn_worker("noop")?;
+    let good = env.plan_file("good", "name: good\nassets:\n  - name: a\n    op: noop@^1\n")?;
+    let bad = env
+        .plan_file("bad", "name: bad\nassets:\n  - name: a\n    op: noop@^1\n    config: {fail: fatal}\n")?;
+    let (good, bad) = (good.to_str().context("utf-8")?, bad.to_str().context("utf-8")?);
+    let mut submitted = Vec::new();
+    for (plan, owner) in [(good, "risk"), (bad, "risk"), (good, "ml"), (good, "risk")] {
+        let output = env.opflow(&["run", plan, "--wait", "--json", "--owner", owner]).await?;
+        submitted.push(parse_summary(&output)?["run_id"].as_str().context("run_id")?.to_owned());
+    }
+    let listed = |args: &'static [&'static str]| {
+        let env = &env;
+        async move {
+            let output = env.opflow_ok(&[&["runs", "--json"], args].concat()).await?;
+            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(|l| {
+                    Ok(serde_json::from_str::<serde_json::Value>(l)?["run_id"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned())
+                })
+                .collect::<anyhow::Result<_>>()?;
+            anyhow::Ok(ids)
+        }
+    };
+    let newest_first: Vec<String> = submitted.iter().rev().cloned().collect();
+    assert_eq!(listed(&[]).await?, newest_first);
+    assert_eq!(listed(&["--owner", "risk"]).await?, [submitted[3].as_str(), &submitted[1], &submitted[0]]);
+    assert_eq!(listed(&["--plan", "bad"]).await?, [submitted[1].as_str()]);
+    assert_eq!(
+        listed(&["--status", "succeeded", "--owner", "risk"]).await?,
+        [submitted[3].as_str(), &submitted[0]]
+    );
+    assert_eq!(listed(&["--limit", "2"]).await?, newest_first[..2]);
+    assert!(listed(&["--owner", "nobody"]).await?.is_empty());
+
+    let table = env.opflow_ok(&["runs", "--plan", "bad"]).await?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("STATUS") && table.contains("failed") && table.contains("0/1 (1 failed)"),
+        "{table}"
+    );
+    let none = env.opflow_ok(&["runs", "--owner", "nobody"]).await?;
+    assert!(String::from_utf8_lossy(&none.stdout).contains("no runs match"));
+    let refused = env.opflow(&["runs", "--status", "sideways"]).await?;
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    Ok(())
+}

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::store::{
     self,
-    following::AssetQuery,
+    following::{AssetQuery, RunFilter},
     runs::{IdempotencyKey, RunOptions},
 };
 
@@ -163,7 +163,7 @@ pub async fn status(
 
 #[utoipa::path(get, path = "/v1/runs", operation_id = "list_runs", tag = "runs", params(RunsQuery),
     responses((status = 200, description = "Runs, newest first", body = Page<RunListItem>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody)))]
-/// `GET /v1/runs[?status=]`: runs newest first, paged (`?limit=`, `?cursor=`).
+/// `GET /v1/runs[?status=][&plan=][&owner=]`: runs newest first, paged (`?limit=`, `?cursor=`).
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<RunsQuery>, QueryRejection>,
@@ -174,7 +174,15 @@ pub async fn list(
     let items: Vec<RunListItem> = state
         .store
         .following()
-        .runs(query.status.map(Into::into), after, limit)
+        .runs(
+            &RunFilter {
+                status: query.status.map(Into::into),
+                plan: query.plan.as_deref(),
+                owner: query.owner.as_deref(),
+            },
+            after,
+            limit,
+        )
         .await?
         .into_iter()
         .map(RunListItem::from)

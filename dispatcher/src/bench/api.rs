@@ -106,7 +106,7 @@ async fn measure(
     let steps = i64::from(size.assets) * i64::from(size.steps_per_asset);
     // The middle of the run list: the cursor of the page that ends half way.
     let half = (size.finished_runs / 2).max(1);
-    let runs = store.following().runs(None, None, half).await?;
+    let runs = store.following().runs(&Default::default(), None, half).await?;
     let middle_runs =
         runs.last().map(|r| format!("{}_{}", r.created_at.timestamp_micros(), r.id)).unwrap_or_default();
     let queue = opflow_protocol::queue::op_queue(&fixture.op);

@@ -29,6 +29,7 @@ mod out;
 mod plan;
 mod render;
 mod run;
+mod runs;
 mod tokens;
 mod up;
 mod watch;
@@ -89,6 +90,8 @@ enum Command {
     Plan(plan::PlanCommand),
     /// Submit a plan as a run, optionally waiting for it to finish (over the HTTP API)
     Run(run::RunArgs),
+    /// List runs, newest first: by status, plan and owner
+    Runs(runs::RunsArgs),
     /// Follow a run live: a bar per asset, progress messages, failures as they happen
     Watch(watch::WatchArgs),
     /// Show a run's state
@@ -168,6 +171,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args).await,
         Command::Watch(args) => watch::watch(args).await,
         Command::Status(args) => run::status(args).await,
+        Command::Runs(args) => runs::runs(args).await,
         Command::Outputs(args) => run::outputs(args).await,
         Command::Events(args) => watch::events(args).await,
         Command::Logs(args) => watch::logs(args).await,

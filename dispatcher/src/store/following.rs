@@ -38,6 +38,15 @@ pub struct EventFilter {
     pub step: Option<i32>,
 }
 
+/// Which runs a list holds; every field that is set must match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFilter<'a> {
+    pub status: Option<RunStatus>,
+    /// The plan's `name`.
+    pub plan: Option<&'a str>,
+    pub owner: Option<&'a str>,
+}
+
 /// A run in a list.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRow {
@@ -206,7 +215,7 @@ impl Following<'_> {
     /// `runs_by_created`), not one plan for both.
     pub async fn runs(
         &self,
-        status: Option<RunStatus>,
+        filter: &RunFilter<'_>,
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: u32,
     ) -> Result<Vec<RunRow>, StoreError> {
@@ -215,8 +224,14 @@ impl Following<'_> {
                     steps_skipped, steps_canceled, created_at, started_at, finished_at
              FROM runs WHERE true",
         );
-        if let Some(status) = status {
+        if let Some(status) = filter.status {
             sql.push(" AND status = ").push_bind(status);
+        }
+        if let Some(plan) = filter.plan {
+            sql.push(" AND plan_name = ").push_bind(plan);
+        }
+        if let Some(owner) = filter.owner {
+            sql.push(" AND owner = ").push_bind(owner);
         }
         if let Some((at, id)) = after {
             sql.push(" AND (created_at, id) < (").push_bind(at).push(", ").push_bind(id).push(")");

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use opflow_dispatcher::store::{
     Store, StoreError,
-    following::{AssetQuery, AssetState, EventFilter},
+    following::{AssetQuery, AssetState, EventFilter, RunFilter},
     large_fixture::{self, FixtureSize, LargeFixture},
     runs::{RunStatus, StepStatus},
 };
@@ -159,18 +159,28 @@ async fn every_read_of_a_followed_run_costs_a_page_not_the_run() {
     within("events, one step, a window before it", rows, 5_000 + 100);
 
     // Runs: newest first, of one status among 10,000 finished, a middle page.
-    let (runs, rows) = rows_read(&store, following.runs(None, None, page)).await;
+    let status = |status| RunFilter { status: Some(status), ..RunFilter::default() };
+    let (runs, rows) = rows_read(&store, following.runs(&RunFilter::default(), None, page)).await;
     assert_eq!(runs[0].id, run.as_uuid());
     within("runs, first page", rows, 2 * i64::from(page));
-    let (runs, rows) = rows_read(&store, following.runs(Some(RunStatus::Running), None, page)).await;
+    let (runs, rows) = rows_read(&store, following.runs(&status(RunStatus::Running), None, page)).await;
     assert_eq!(runs.len(), 1);
     within("runs, running", rows, 2 * i64::from(page));
-    let (runs, rows) = rows_read(&store, following.runs(Some(RunStatus::Failed), None, page)).await;
+    let (runs, rows) = rows_read(&store, following.runs(&status(RunStatus::Failed), None, page)).await;
     assert_eq!(runs.len(), 100);
     let after = runs.last().map(|r| (r.created_at, r.id));
-    let (_, rows_middle) = rows_read(&store, following.runs(Some(RunStatus::Failed), after, page)).await;
+    let (_, rows_middle) = rows_read(&store, following.runs(&status(RunStatus::Failed), after, page)).await;
     within("runs, failed", rows, 2 * i64::from(page));
     within("runs, failed, the next page", rows_middle, 2 * i64::from(page));
+    // One plan's runs, and an owner with none, among the 10,000 of another plan.
+    let large = RunFilter { plan: Some("large"), ..RunFilter::default() };
+    let (runs, rows) = rows_read(&store, following.runs(&large, None, page)).await;
+    assert_eq!(runs.len(), 1);
+    within("runs, one plan's", rows, 2 * i64::from(page));
+    let nobody = RunFilter { owner: Some("nobody"), ..RunFilter::default() };
+    let (runs, rows) = rows_read(&store, following.runs(&nobody, None, page)).await;
+    assert!(runs.is_empty());
+    within("runs, an owner with none", rows, 2 * i64::from(page));
 
     // The queues' demand and depths: the assets with work in flight, not the waiting steps.
     let (demand, rows) = rows_read(&store, store.queues().demand(&f.op)).await;
