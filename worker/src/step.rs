@@ -372,7 +372,25 @@ struct Heartbeats {
     every: Duration,
     /// When the next one is due.
     next: tokio::time::Instant,
-    started_sent: bool,
+    signs: SignsOfLife,
+}
+
+/// Which sign of life a running step sends next: `started` until one was queued (one the
+/// full event queue dropped is said again at the next beat, or the dispatcher would count
+/// the step's held message as lost and run it twice), then heartbeats.
+#[derive(Debug, Default)]
+struct SignsOfLife {
+    started_queued: bool,
+}
+
+impl SignsOfLife {
+    fn next_is_started(&self) -> bool {
+        !self.started_queued
+    }
+
+    fn sent(&mut self, started: bool, queued: bool) {
+        self.started_queued |= started && queued;
+    }
 }
 
 impl Heartbeats {
@@ -385,7 +403,7 @@ impl Heartbeats {
             started_at,
             every: worker.heartbeat,
             next: tokio::time::Instant::now() + REPORT_START_AFTER,
-            started_sent: false,
+            signs: SignsOfLife::default(),
         }
     }
 
@@ -405,17 +423,14 @@ impl Heartbeats {
 
     fn beat(&mut self) {
         let (run_id, step_id, attempt) = self.step;
-        let kind = if self.started_sent {
-            EventKind::Heartbeat
-        } else {
-            self.started_sent = true;
-            EventKind::Started { op: self.op.clone() }
-        };
+        let started = self.signs.next_is_started();
+        let kind = if started { EventKind::Started { op: self.op.clone() } } else { EventKind::Heartbeat };
         let mut event = Event::new(run_id, step_id, attempt, self.worker.clone(), kind);
-        if matches!(event.kind, EventKind::Started { .. }) {
+        if started {
             event.at = self.started_at;
         }
-        self.reporter.send(event);
+        let queued = self.reporter.send(event);
+        self.signs.sent(started, queued);
         self.next = tokio::time::Instant::now() + self.every;
     }
 }
@@ -476,6 +491,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_started_the_full_queue_dropped_is_said_again_at_the_next_beat() {
+        let mut signs = SignsOfLife::default();
+        assert!(signs.next_is_started());
+        signs.sent(true, false);
+        assert!(signs.next_is_started(), "dropped: said again");
+        signs.sent(true, true);
+        assert!(!signs.next_is_started(), "queued: heartbeats from here on");
+        signs.sent(false, false);
+        assert!(!signs.next_is_started(), "a dropped heartbeat is only one fewer");
+    }
 
     #[test]
     fn outputs_over_the_limit_are_refused_with_advice() {

@@ -83,6 +83,21 @@ class _Shutdown:
     """Put on the deliveries queue when the worker is asked to stop."""
 
 
+class SignsOfLife:
+    """Which sign of life a running step sends next: ``started`` until one was queued (one
+    the full event queue dropped is said again at the next beat, or the dispatcher would
+    count the step's held message as lost and run it twice), then heartbeats."""
+
+    def __init__(self) -> None:
+        self._started_queued = False
+
+    def next_is_started(self) -> bool:
+        return not self._started_queued
+
+    def sent(self, started: bool, queued: bool) -> None:
+        self._started_queued = self._started_queued or (started and queued)
+
+
 class HandlerThread:
     """The one thread sync handlers run on, off the event loop, so a CPU-bound handler never
     starves heartbeats. A handler that will not stop ends the process, so the thread is
@@ -408,26 +423,33 @@ class Worker:
             handler = self.handlers.submit(lambda: self.op.call(ctx))
         handler.add_done_callback(lambda _: signals.put_nowait("done"))
 
-        def started() -> None:
-            if reporter.reserve(True):
-                reporter.send_reserved(
-                    self._event(step, "started", {"op": step.op}, at=started_at), headers, True
-                )
+        signs = SignsOfLife()
+
+        def sign_of_life() -> None:
+            started = signs.next_is_started()
+            queued = reporter.reserve(True)
+            if queued:
+                kind, fields = ("started", {"op": step.op}) if started else ("heartbeat", {})
+                event = self._event(step, kind, fields, at=started_at) if started else self._event(step, kind, fields)
+                reporter.send_reserved(event, headers, True)
+            signs.sent(started, queued)
+
+        def first_report() -> None:
+            sign_of_life()
             # Heartbeats from here on: a quick step (most of a sweep) costs one timer, not two.
             timers.append(loop.call_later(max(0.0, self.settings.heartbeat_s - STARTED_AFTER_S), beat))
 
         handover_at = loop.time() + self.settings.handover_after_s
 
         def beat() -> None:
-            if reporter.reserve(True):
-                reporter.send_reserved(self._event(step, "heartbeat", {}), headers, True)
+            sign_of_life()
             if loop.time() >= handover_at:
                 # Checked with each heartbeat: one timer fewer per step; a handover that fails
                 # is tried again at the next.
                 signals.put_nowait("handover")
             timers.append(loop.call_later(self.settings.heartbeat_s, beat))
 
-        timers.append(loop.call_later(STARTED_AFTER_S, started))
+        timers.append(loop.call_later(STARTED_AFTER_S, first_report))
         if step.timeout_ms is not None:
             timers.append(loop.call_later(step.timeout_ms / 1000, stop, "timeout"))
         self.cancels.track(step.run_id, step.step_id, step.attempt, lambda: stop("cancel"))
