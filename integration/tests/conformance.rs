@@ -464,6 +464,41 @@ async fn outputs_over_the_limit_fail_the_step(sdk: Sdk) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A step running past `--handover-after` is handed over to the run store: its message is
+/// acked while it runs (nothing held for the broker's consumer timeout to take back), its
+/// heartbeats go on, its result is applied once, and the worker consumes again.
+async fn a_long_step_is_handed_over_and_its_worker_consumes_again(sdk: Sdk) -> anyhow::Result<()> {
+    let env = Env::new(&sdk.test("handover")).await?;
+    env.register(sdk.op()).await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let _worker =
+        env.command(&opflow_integration::binary(sdk.op())?).env("OPFLOW_HANDOVER_AFTER", "1s").spawn()?;
+    let plan = sdk.plan(
+        &env,
+        "long",
+        "  - name: long\n    op: \"{op}@^1\"\n    config: {sleep_ms: 5000}\n  \
+         - name: after\n    op: \"{op}@^1\"\n    deps: [long]\n",
+    )?;
+    let (summary, run_id) = run_wait(&env, &plan).await?;
+    assert_eq!(summary["status"], "succeeded", "{summary}");
+    let mut env = env;
+    let db = env.db().await?;
+    for (asset, status, attempt, _, _) in steps(&db, &run_id).await? {
+        assert_eq!((status.as_str(), attempt), ("succeeded", 1), "{asset}");
+    }
+    // A handover is a second `started` of the attempt, published with a confirm before the
+    // message is acked; the step after it ran on the same worker, consuming again.
+    let started: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE run_id = $1::uuid AND step_id = 0 AND kind = 'started'",
+    )
+    .bind(&run_id)
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(started, 2, "started once at 100 ms, and again at the handover");
+    assert_eq!(env.queue_depth(&sdk.queue()).await?, 0);
+    Ok(())
+}
+
 /// `--max-steps`: the worker exits 0 after its N-th settled step (a supervisor replaces it).
 async fn a_worker_recycles_after_max_steps(sdk: Sdk) -> anyhow::Result<()> {
     let env = Env::new(&sdk.test("recycle")).await?;
@@ -560,4 +595,5 @@ conformance!(
     poison_messages_are_dead_lettered,
     outputs_over_the_limit_fail_the_step,
     a_worker_recycles_after_max_steps,
+    a_long_step_is_handed_over_and_its_worker_consumes_again,
 );
