@@ -148,5 +148,15 @@ async fn opflow_runs_lists_newest_first_by_status_plan_and_owner() -> anyhow::Re
     assert!(String::from_utf8_lossy(&none.stdout).contains("no runs match"));
     let refused = env.opflow(&["runs", "--status", "sideways"]).await?;
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let long = "o".repeat(10_000);
+    let refused = env.opflow(&["runs", "--owner", &long]).await?;
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("at most 64") && !stderr(&refused).contains(&long),
+        "{}",
+        stderr(&refused)
+    );
+    // The dispatcher goes on answering.
+    assert_eq!(listed(&["--limit", "1"]).await?, newest_first[..1]);
     Ok(())
 }

@@ -161,6 +161,18 @@ pub async fn status(
     Ok(Json(summary(&state, run_id(&id)?).await?))
 }
 
+/// Refuses a filter no plan or owner name could match (longer than any such name can be)
+/// before it reaches the database; the answer does not quote it.
+fn check_filter(name: &str, value: Option<&str>, max: usize) -> Result<(), ApiError> {
+    match value {
+        Some(text) if text.len() > max => Err(ApiError::BadRequest(format!(
+            "`{name}` is {} bytes; a {name} name is at most {max}",
+            text.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 #[utoipa::path(get, path = "/v1/runs", operation_id = "list_runs", tag = "runs", params(RunsQuery),
     responses((status = 200, description = "Runs, newest first", body = Page<RunListItem>), (status = 400, description = "A malformed id, query or cursor", body = ErrorBody)))]
 /// `GET /v1/runs[?status=][&plan=][&owner=]`: runs newest first, paged (`?limit=`, `?cursor=`).
@@ -171,6 +183,8 @@ pub async fn list(
     let Query(query) = query?;
     let limit = page_limit(query.limit)?;
     let after = query.cursor.as_deref().map(parse_run_cursor).transpose()?;
+    check_filter("plan", query.plan.as_deref(), crate::plan::MAX_NAME_LEN)?;
+    check_filter("owner", query.owner.as_deref(), crate::submit::MAX_OWNER_BYTES)?;
     let items: Vec<RunListItem> = state
         .store
         .following()
@@ -353,4 +367,18 @@ fn body_rejection(rejection: JsonRejection) -> ApiError {
         ));
     }
     ApiError::BadRequest(rejection.body_text())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_longer_than_any_name_is_refused_without_quoting_it() {
+        assert!(check_filter("plan", None, 64).is_ok());
+        assert!(check_filter("plan", Some(&"p".repeat(64)), 64).is_ok());
+        let refused = check_filter("owner", Some(&"o".repeat(10_000)), 64).unwrap_err().to_string();
+        assert!(refused.contains("10000 bytes") && refused.contains("at most 64"), "{refused}");
+        assert!(refused.len() < 100, "{refused}");
+    }
 }

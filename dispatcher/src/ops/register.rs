@@ -16,6 +16,10 @@ use opflow_protocol::{OpDescription, SCHEMA_VERSION};
 
 use crate::store::{Store, StoreError, ops::Registration};
 
+/// The largest description file `opflow ops add --description` reads: a description is a
+/// few KiB; anything near this is not one.
+const MAX_DESCRIPTION_BYTES: u64 = 1024 * 1024;
+
 /// How long an op binary may take to describe itself.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -28,6 +32,10 @@ pub enum RegisterError {
     Spawn { binary: String, cause: std::io::Error },
     #[error("cannot read the op description {file}: {cause}")]
     ReadFile { file: String, cause: std::io::Error },
+    #[error(
+        "{file} is {size} bytes, not an op description (at most {MAX_DESCRIPTION_BYTES} bytes); write it with the op's `--describe`"
+    )]
+    FileTooLarge { file: String, size: u64 },
     #[error("`{binary} --describe` did not answer within {DESCRIBE_TIMEOUT:?}")]
     Timeout { binary: String },
     #[error("`{binary} --describe` exited with {status}: {stderr}")]
@@ -74,6 +82,13 @@ impl OpSource {
             OpSource::Command { program, args } => describe_command(program, args).await,
             OpSource::DescriptionFile(file) => {
                 let name = file.display().to_string();
+                let size = tokio::fs::metadata(file)
+                    .await
+                    .map_err(|cause| RegisterError::ReadFile { file: name.clone(), cause })?
+                    .len();
+                if size > MAX_DESCRIPTION_BYTES {
+                    return Err(RegisterError::FileTooLarge { file: name, size });
+                }
                 let text = tokio::fs::read_to_string(file)
                     .await
                     .map_err(|cause| RegisterError::ReadFile { file: name.clone(), cause })?;
@@ -185,6 +200,10 @@ mod tests {
         std::fs::write(&file, r#"{"op": "loss-aggregate@1.0.0"}"#).unwrap();
         let refused = OpSource::DescriptionFile(file.clone()).describe().await.unwrap_err().to_string();
         assert!(refused.contains("is not an op description") && refused.contains("--describe"), "{refused}");
+
+        std::fs::write(&file, vec![b' '; MAX_DESCRIPTION_BYTES as usize + 1]).unwrap();
+        let large = OpSource::DescriptionFile(file.clone()).describe().await.unwrap_err().to_string();
+        assert!(large.contains("not an op description (at most 1048576 bytes)"), "{large}");
 
         let missing = OpSource::DescriptionFile(dir.path().join("none.json")).describe().await.unwrap_err();
         assert!(missing.to_string().starts_with("cannot read the op description"), "{missing}");

@@ -59,6 +59,7 @@ pub use error::{
 };
 pub use parse::MAX_PLAN_BYTES;
 pub use retry::StepRetryPolicy;
+pub use validate::MAX_NAME_LEN;
 
 /// Compiles a plan: parse, validate against the `registered` op versions, resolve. `file`
 /// names the plan in messages.

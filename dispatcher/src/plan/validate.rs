@@ -28,7 +28,8 @@ use super::{
 
 /// The most retries an asset may ask for.
 pub const MAX_RETRIES: u32 = 100;
-const MAX_NAME_LEN: usize = 64;
+/// The longest plan or asset name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
 
 /// Collects problems for one file.
 struct Problems<'a> {

@@ -316,3 +316,11 @@ def test_sleep_wakes_early_when_the_step_must_stop_without_blocking_the_loop() -
     quick, told, took = asyncio.run(scenario())
     assert (quick, told) == (False, True)
     assert took < 5
+
+
+def test_a_checks_name_and_detail_are_bounded_where_they_are_sent() -> None:
+    ctx, sent, _ = make()
+    ctx.check("n" * 5000, False, "d" * 100_000)
+    _, fields, _ = sent.events[-1]
+    assert len(fields["name"].encode()) <= 1024 and fields["name"].endswith("(cut from 5000 bytes)")
+    assert len(fields["detail"].encode()) <= 16 * 1024

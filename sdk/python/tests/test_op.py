@@ -324,3 +324,10 @@ def test_nested_dataclasses_literals_and_items_are_checked_all_the_way_down() ->
         with pytest.raises(opflow.Fatal) as raised:
             spec.build(params, "asset `a`")
         assert needle in raised.value.message, raised.value.message
+
+
+def test_an_error_naming_a_plans_key_is_bounded_whatever_the_key() -> None:
+    spec = ConfigSpec(Outer)
+    with pytest.raises(opflow.Fatal) as raised:
+        spec.build({"inner": {"rate": 1}, "weights": {"k" * 100_000: "x" * 100_000}}, "asset `a`")
+    assert len(raised.value.message) < 1000, len(raised.value.message)

@@ -19,7 +19,9 @@ from opflow.cli import main
 from opflow.context import StepContext
 from opflow.protocol import Event, StepMessage, decode_step, encode_marker
 
-jsonschema = pytest.importorskip("jsonschema")
+from .test_protocol import FULL, SMALLEST
+
+import jsonschema  # type: ignore[import-untyped]  # in the test command's virtualenv
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "protocol" / "schemas"
 if not SCHEMAS.is_dir():  # pragma: no cover - the SDK tested outside its repository
@@ -140,22 +142,8 @@ def test_the_description_fits_the_op_description_schema(
 
 
 def test_the_step_messages_the_sdk_reads_are_the_schemas() -> None:
-    smallest = b'{"v": 1, "run_id": "' + RUN_ID.encode() + b'", "step_id": 0, "attempt": 1, "op": "noop@1.0.0", "asset": "a"}'
-    full = json.dumps(
-        {
-            "v": 1,
-            "run_id": RUN_ID,
-            "step_id": 7,
-            "attempt": 1,
-            "op": "price-paths@1.0.0",
-            "asset": "paths",
-            "partition": "aave",
-            "point": {"seed": 3, "vol": 0.4},
-            "config": {"drift": 0.01, "vol": 0.1},
-            "inputs": [{"asset": "prices", "step_id": 2, "partition": "aave", "output": {"spot": 1.02}}],
-            "timeout_ms": 600000,
-        }
-    ).encode()
+    # docs/protocol.md §3's examples, as test_protocol.py reads them.
+    smallest, full = SMALLEST, json.dumps(FULL).encode()
     for body in (smallest, full):
         assert_valid("step-message", body)
         decode_step(body)

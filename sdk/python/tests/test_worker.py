@@ -20,3 +20,15 @@ def test_the_login_is_the_urls_user_unquoted() -> None:
     assert login_of("amqp://guest:guest@127.0.0.1:5672/%2f") == "guest"
     assert login_of("amqp://opflow-op%3A%2F%3Anoop%401.1.0:pw@broker/v") == "opflow-op:/:noop@1.1.0"
     assert login_of("amqp://broker/v") == "guest"
+
+
+def test_the_reporter_drops_only_droppable_events_once_1024_wait() -> None:
+    from typing import Any, cast
+
+    from opflow.report import MAX_PENDING, Reporter
+
+    reporter = Reporter(cast(Any, None), "guest")
+    for _ in range(MAX_PENDING):
+        assert reporter.reserve(True)
+    assert not reporter.reserve(True), "a log line, progress or heartbeat is dropped"
+    assert reporter.reserve(False), "a materialization or check result is held, never dropped"

@@ -11,7 +11,15 @@ import threading
 from collections.abc import Callable
 from typing import Any, Literal
 
-from .protocol import MAX_LOG_LINE_BYTES, MAX_PROGRESS_MESSAGE_BYTES, StepInput, StepMessage, cut
+from .protocol import (
+    MAX_CHECK_NAME_BYTES,
+    MAX_ERROR_BYTES,
+    MAX_LOG_LINE_BYTES,
+    MAX_PROGRESS_MESSAGE_BYTES,
+    StepInput,
+    StepMessage,
+    cut,
+)
 
 LogLevel = Literal["debug", "info", "warn", "error"]
 _LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error"}
@@ -147,9 +155,9 @@ class StepContext:
     def check(self, name: str, passed: bool, detail: str | None = None) -> None:
         """A data-quality check's result. Report checks before returning: a failed check the
         plan declares blocking fails the step."""
-        fields: dict[str, Any] = {"name": str(name), "passed": bool(passed)}
+        fields: dict[str, Any] = {"name": cut(str(name), MAX_CHECK_NAME_BYTES), "passed": bool(passed)}
         if detail is not None:
-            fields["detail"] = str(detail)
+            fields["detail"] = cut(str(detail), MAX_ERROR_BYTES)
         self._send("check_result", fields, False)
 
     def _send(self, kind: str, fields: dict[str, Any], droppable: bool) -> None:

@@ -12,7 +12,7 @@ import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
-from .protocol import SCHEMA_VERSION, check_op_ref
+from .protocol import SCHEMA_VERSION, check_op_ref, cut
 
 if TYPE_CHECKING:
     from .context import StepContext
@@ -167,10 +167,12 @@ class ConfigSpec(Generic[C]):
         try:
             return self.convert(params, "")
         except _Mismatch as mismatch:
+            # The path holds the plan's own keys: cut where the message is made.
+            path = cut(mismatch.path, 200)
             if mismatch.expected == "present":
-                what = f"missing field `{mismatch.path}`"
+                what = f"missing field `{path}`"
             else:
-                what = f"`{mismatch.path}` is {json.dumps(mismatch.value)[:200]}, expected {mismatch.expected}"
+                what = f"`{path}` is {cut(json.dumps(mismatch.value), 200)}, expected {cut(mismatch.expected, 200)}"
             raise Fatal(
                 f"invalid parameters for {where}: {what}; fix the asset's `config` or `sweep` in the plan"
             ) from None

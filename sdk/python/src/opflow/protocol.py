@@ -26,6 +26,9 @@ CANCEL_MESSAGE_TYPE: Final = "opflow.cancel"
 
 MAX_OUTPUT_BYTES: Final = 64 * 1024
 MAX_LOG_LINE_BYTES: Final = 16 * 1024
+MAX_ERROR_BYTES: Final = 16 * 1024
+"""An error, a check's detail: what the dispatcher keeps."""
+MAX_CHECK_NAME_BYTES: Final = 1024
 MAX_PROGRESS_MESSAGE_BYTES: Final = 1024
 MAX_LABEL_BYTES: Final = 512
 

@@ -5,7 +5,6 @@ prefetch 1 and ack-late. ``docs/protocol.md`` §5 and §6 are the contract this 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import queue
@@ -30,12 +29,13 @@ from .op import Op, StepError
 from .protocol import (
     CANCEL_MESSAGE_TYPE,
     CANCELS,
-    EVENTS_EXCHANGE,
+    MAX_ERROR_BYTES,
     MAX_OUTPUT_BYTES,
     Event,
     ProtocolError,
     StepMessage,
     compact_json_size,
+    cut,
     decode_cancel,
     decode_step,
     encode_marker,
@@ -160,6 +160,8 @@ class Worker:
         self._shutdown: asyncio.Event | None = None
         self._deliveries: asyncio.Queue[object] | None = None
         self._consumer: Consumer | None = None
+        # Set while a step runs: what to do when the consume channel closes under it.
+        self._on_channel_closed: Callable[[str], None] | None = None
 
     # The process.
 
@@ -202,6 +204,10 @@ class Worker:
                 except Exception:  # noqa: BLE001 - closing what may be gone already
                     pass
         return 0
+
+    @property
+    def _shutting_down(self) -> bool:
+        return self._shutdown is not None and self._shutdown.is_set()
 
     def _ask_to_stop(self, signum: int) -> None:
         if self._shutdown is None or self._shutdown.is_set():
@@ -251,7 +257,7 @@ class Worker:
 
         deliveries: asyncio.Queue[object] = asyncio.Queue()
         self._deliveries = deliveries
-        if self._shutdown is not None and self._shutdown.is_set():
+        if self._shutting_down:
             return 0
         channel = await connection.channel(publisher_confirms=False)
         await channel.set_qos(prefetch_count=1)
@@ -277,7 +283,7 @@ class Worker:
         log.info("consuming %s", queue_name)
         while True:
             item = await deliveries.get()
-            if isinstance(item, _Shutdown) or (self._shutdown is not None and self._shutdown.is_set()):
+            if isinstance(item, _Shutdown) or (self._shutting_down):
                 await consumer.stop()
                 log.info("stopped: drained")
                 return 0
@@ -296,10 +302,8 @@ class Worker:
                 log.info("recycling: resident memory %.0f MiB is over --max-rss-mb %d", resident_mb(), self.settings.max_rss_mb)
                 await consumer.stop()
                 return 0
-            if not consumer.active and not (self._shutdown is not None and self._shutdown.is_set()):
+            if not consumer.active and not (self._shutting_down):
                 await consumer.start()
-
-    _on_channel_closed: Callable[[str], None] | None = None
 
     async def _follow_cancels(self, connection: aio_pika.abc.AbstractConnection) -> None:
         """Consumes the cancels stream from its first record, publishes a marker, and reads up
@@ -358,7 +362,7 @@ class Worker:
         try:
             step = decode_step(delivery.body)
             if step.op != self.op.ref:
-                raise ProtocolError(f"the message is for op {step.op}, this worker runs {self.op.ref}")
+                raise ProtocolError(f"the message is for op {cut(step.op, 200)}, this worker runs {self.op.ref}")
         except ProtocolError as error:
             log.warning("rejected a step message (dead-lettered, not requeued): %s", error)
             await delivery.reject()
@@ -518,6 +522,8 @@ class Worker:
             failure = cancel_error(why, False)
         else:
             failure, retryable, output = _outcome(handler)
+        # Built from the handler's error and the op's own texts: bounded here, where it is made.
+        failure = cut(failure, MAX_ERROR_BYTES - len(exits))
         if stop_why:
             if not handler_stopped:
                 failure += exits
@@ -643,7 +649,7 @@ def _outcome(handler: asyncio.Future[Any]) -> tuple[str, bool, Any]:
     if error is not None:
         detail = "".join(traceback.format_exception_only(type(error), error)).strip()
         log.warning("the handler raised:\n%s", "".join(traceback.format_exception(error)).rstrip())
-        return f"the handler raised {cut_line(detail)}", False, None
+        return f"the handler raised {detail}", False, None
     output = handler.result()
     try:
         size = compact_json_size(output)
@@ -657,10 +663,6 @@ def _outcome(handler: asyncio.Future[Any]) -> tuple[str, bool, Any]:
             None,
         )
     return "", False, output
-
-
-def cut_line(text: str) -> str:
-    return text if len(text) <= 4000 else text[:4000] + "…"
 
 
 def _duration(seconds: float) -> str:
