@@ -28,6 +28,10 @@ echo "checking the Python SDK and ops (mypy --strict, pytest)" >&2
   remote-ops/noop-py/src remote-ops/loss-aggregate/src remote-ops/loss-aggregate/tests || status=$?
 "$OPFLOW_PYTHON_OPS/pytest" -q -p no:cacheprovider sdk/python/tests remote-ops/loss-aggregate/tests || status=$?
 
+# Headless Chromium and chromedriver for the web UI's browser tests (integration/tests/ui.rs),
+# from Debian's packages when missing.
+while IFS='=' read -r name value; do export "$name=$value"; done < <(scripts/browser.sh)
+
 # One target dir outside the clone, so repeated runs (and CI) reuse what was built.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/opflow/target}"
 

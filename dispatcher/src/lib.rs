@@ -12,6 +12,7 @@
 //! - [`up`]: `opflow up`'s worker fleets and their autoscaler.
 //! - [`service`]: the dispatcher service: the API for the whole process, and the leader's
 //!   loops (publisher, applier, recovery, retries, retention, webhook delivery).
+//! - [`ui`]: the web UI's pages, which read through the API's handlers.
 //! - [`api`]: the HTTP API's handlers, its readiness and its metrics.
 //! - [`submit`]: submitting a plan, shared by the API, the CLI and the bench.
 //! - [`ops`]: registering an op version from its binary; the broker's consumer timeout.
@@ -31,5 +32,6 @@ pub mod service;
 pub mod settings;
 pub mod store;
 pub mod submit;
+pub mod ui;
 pub mod up;
 pub mod webhooks;

@@ -34,6 +34,8 @@ pub struct Settings {
     /// Whether the HTTP API needs a token: `auto` (open on a loopback address, required on
     /// any other), `required` or `off`.
     pub api_auth: ApiAuth,
+    /// Whether the web UI is served on the API's address (`/`, behind the same tokens).
+    pub ui: bool,
     /// Database connections the HTTP API may use, apart from the dispatcher's own.
     pub api_pool_size: u32,
     /// The longest one database statement of an API request may run (a duration: `10s`);
@@ -110,6 +112,7 @@ impl Default for Settings {
             database_url: SecretUrl::new("postgres://postgres@127.0.0.1:5432/opflow"),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 7600)),
             api_auth: ApiAuth::Auto,
+            ui: true,
             api_pool_size: 4,
             api_statement_timeout: Duration::from_secs(10),
             api_streams_per_token: 32,
@@ -144,6 +147,7 @@ const KEYS: &[&str] = &[
     "database_url",
     "api_addr",
     "api_auth",
+    "ui",
     "api_pool_size",
     "api_statement_timeout",
     "api_streams_per_token",
@@ -533,6 +537,13 @@ mod tests {
         assert_eq!(Settings::load_from(None, env(&[])).unwrap().api_auth, ApiAuth::Auto);
         let err = Settings::load_from(None, env(&[("OPFLOW_API_AUTH", "maybe")])).unwrap_err();
         assert!(err.to_string().contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn the_ui_is_on_unless_turned_off() {
+        assert!(Settings::load_from(None, env(&[])).unwrap().ui);
+        assert!(!Settings::load_from(None, env(&[("OPFLOW_UI", "false")])).unwrap().ui);
+        assert!(Settings::load_from(None, env(&[("OPFLOW_UI", "sometimes")])).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["bench"],
     &["up"],
     &["service"],
+    &["ui"],
     &["api"],
     &["submit", "ops", "webhooks"],
     &["store"],

@@ -55,6 +55,10 @@ async fn quick_bench_verifies_every_workload_and_prints_the_documented_fields() 
     for part in ["consumers", "broker"] {
         assert!(cycle_cpu[part].as_f64().is_some_and(|v| v > 0.0), "raw: {part} missing in {cycle_cpu}");
     }
+    // The web UI's live run pages: each was sent updates while the run recorded events.
+    let live = &workload("api")?["ui_live"];
+    assert!(live["updates_per_s_per_viewer"].as_f64().is_some_and(|v| v > 0.0), "api: {live}");
+    assert!(live["cpu_pct_per_viewer"].as_f64().is_some(), "api: {live}");
     // w2's deep chain: a tenth of 10,000 links, verified like every run.
     let deep = &workload("w2")?["deep"];
     assert_eq!(deep["steps"], 1_000, "w2: {deep}");

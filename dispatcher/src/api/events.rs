@@ -64,16 +64,11 @@ pub async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(query) = query?;
     let run = run_id(&id)?;
-    // Counted per token, or per client address on an API without tokens.
-    let slot = match (caller, peer) {
-        (Some(Extension(caller)), _) => {
-            state.streams.take(&format!("token:{}", caller.name), &format!("token `{}`", caller.name))?
-        }
-        (None, Some(Extension(ConnectInfo(peer)))) => {
-            state.streams.take(&format!("address:{}", peer.ip()), &format!("client {}", peer.ip()))?
-        }
-        (None, None) => state.streams.take("anonymous", "this client")?,
-    };
+    let slot = take_slot(
+        &state,
+        caller.as_ref().map(|Extension(caller)| caller),
+        peer.as_ref().map(|Extension(ConnectInfo(peer))| peer),
+    )?;
     let after = match headers.get("last-event-id") {
         Some(value) => value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
             ApiError::BadRequest(format!(
@@ -97,6 +92,24 @@ pub async fn stream(
             |mut rx| async move { rx.recv().await.map(|event| (Ok(event), rx)) },
         );
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// A stream slot of the caller: counted per token, or per client address on an API
+/// without tokens. The UI's live pages count against the same limit.
+pub fn take_slot(
+    state: &ApiState,
+    caller: Option<&Caller>,
+    peer: Option<&SocketAddr>,
+) -> Result<StreamSlot, ApiError> {
+    match (caller, peer) {
+        (Some(caller), _) => {
+            state.streams.take(&format!("token:{}", caller.name), &format!("token `{}`", caller.name))
+        }
+        (None, Some(peer)) => {
+            state.streams.take(&format!("address:{}", peer.ip()), &format!("client {}", peer.ip()))
+        }
+        (None, None) => state.streams.take("anonymous", "this client"),
+    }
 }
 
 /// Validates `?kinds=`.

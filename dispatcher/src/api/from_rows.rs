@@ -82,18 +82,7 @@ impl From<store::runs::RunSummaryRow> for RunSummary {
             owner: s.owner,
             priority: s.priority,
             status: s.status.into(),
-            steps: StepCounts {
-                total: c.total,
-                waiting: c.waiting,
-                queued: c.queued,
-                running: c.running,
-                retrying: c.retrying,
-                succeeded: c.succeeded,
-                failed: c.failed,
-                skipped: c.skipped,
-                canceled: c.canceled,
-                reused: c.reused,
-            },
+            steps: c.into(),
             behind_window: s.behind_window,
             waiting_for_keys: s
                 .key_waits
@@ -238,6 +227,23 @@ impl From<store::following::RunRow> for RunListItem {
             created_at: r.created_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+        }
+    }
+}
+
+impl From<store::runs::StepCounts> for StepCounts {
+    fn from(c: store::runs::StepCounts) -> Self {
+        Self {
+            total: c.total,
+            waiting: c.waiting,
+            queued: c.queued,
+            running: c.running,
+            retrying: c.retrying,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            skipped: c.skipped,
+            canceled: c.canceled,
+            reused: c.reused,
         }
     }
 }

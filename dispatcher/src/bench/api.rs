@@ -71,7 +71,7 @@ pub async fn api(
     let stop = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the API's port")?;
     let addr: SocketAddr = listener.local_addr()?;
-    let router = api::router(ApiState {
+    let state = ApiState {
         followers: api::followers::Followers::start(store.clone(), stop.clone()),
         store: store.with_own_pool(8, std::time::Duration::from_secs(60)),
         auth_required: false,
@@ -79,7 +79,9 @@ pub async fn api(
         webhooks_allow_private: false,
         metrics: std::sync::Arc::new(api::metrics::Metrics::new()),
         streams: Default::default(),
-    });
+    };
+    // The web UI too, as the dispatcher serves it by default.
+    let router = api::router(state.clone()).merge(crate::ui::router(state));
     let server = tokio::spawn({
         let stop = stop.clone();
         async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await }
@@ -132,6 +134,17 @@ async fn measure(
         ("queues", "first", "/v1/queues".to_owned()),
         ("queues/{queue}", "first", format!("/v1/queues/{queue}")),
         ("ops", "first", "/v1/ops".to_owned()),
+        // The web UI's pages of the same store.
+        ("ui /", "first", "/".to_owned()),
+        ("ui /runs/{id}", "first", format!("/runs/{run}")),
+        (
+            "ui /runs/{id}",
+            "middle",
+            format!("/runs/{run}?assets_after={}&cursor={}", size.assets / 2, steps / 2),
+        ),
+        ("ui /runs/{id}?status=failed", "first", format!("/runs/{run}?status=failed")),
+        ("ui /runs/{id}/steps/{s}", "middle", format!("/runs/{run}/steps/{}", steps / 2)),
+        ("ui /ops", "first", "/ops".to_owned()),
     ]
     .into_iter()
     .map(|(endpoint, page, path)| Probe { endpoint, page, path, events: None })
@@ -174,7 +187,7 @@ async fn measure(
         let p50 = percentile(&times, 0.50);
         let p99 = percentile(&times, 0.99);
         worst_p99 = worst_p99.max(p99);
-        eprintln!("api: {:<24} {:<6} p50 {p50:>7.1} ms  p99 {p99:>7.1} ms", probe.endpoint, probe.page);
+        eprintln!("api: {:<30} {:<6} p50 {p50:>7.1} ms  p99 {p99:>7.1} ms", probe.endpoint, probe.page);
         endpoints.push(json!({
             "endpoint": probe.endpoint,
             "page": probe.page,
@@ -185,6 +198,7 @@ async fn measure(
     let watch_first_frame_ms =
         watch_first_frame(&options.bin_dir.join("opflow"), base, &run.to_string()).await?;
     eprintln!("api: opflow watch drew its first frame in {watch_first_frame_ms:.0} ms");
+    let live = live_cost(&http, base, store, run, options).await?;
     Ok(json!({
         "workload": "api",
         "steps": steps,
@@ -199,6 +213,84 @@ async fn measure(
         "every_p99_under_200_ms": worst_p99 < 200.0,
         "endpoints": endpoints,
         "watch_first_frame_ms": round(watch_first_frame_ms, 0),
+        "ui_live": live,
+    }))
+}
+
+/// Live run pages open on the run at once, for [`live_cost`].
+const LIVE_VIEWERS: usize = 20;
+
+/// What the web UI's live run pages cost this process: the run gets events all the time
+/// (its event number bumped and the events channel told, ten times a second, as a busy
+/// leader does), first with no page open, then with [`LIVE_VIEWERS`] pages following it
+/// (`/runs/{id}/live`); the difference in this process's CPU time, per page, in percent of
+/// a core. The pages' own HTTP client is in this process too, so the figure is an upper
+/// bound.
+async fn live_cost(
+    http: &reqwest::Client,
+    base: &str,
+    store: &Store,
+    run: opflow_protocol::RunId,
+    options: &BenchOptions,
+) -> anyhow::Result<Value> {
+    let window = if options.quick { Duration::from_secs(5) } else { Duration::from_secs(20) };
+    let stop = CancellationToken::new();
+    let ticker = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                large_fixture::record_nothing(&store, run).await?;
+            }
+            anyhow::Ok(())
+        }
+    });
+    let me = [std::process::id()];
+    let cpu_over = |window: Duration| async move {
+        let before = super::cpu::micros(&me).unwrap_or(0);
+        tokio::time::sleep(window).await;
+        super::cpu::micros(&me).unwrap_or(0).saturating_sub(before)
+    };
+    let idle_micros = cpu_over(window).await;
+    let updates = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut viewers = Vec::new();
+    for _ in 0..LIVE_VIEWERS {
+        let response = http.get(format!("{base}/runs/{run}/live")).send().await?.error_for_status()?;
+        let updates = updates.clone();
+        viewers.push(tokio::spawn(async move {
+            let mut body = response.bytes_stream();
+            while let Some(Ok(chunk)) = body.next().await {
+                let n = chunk.windows(15).filter(|w| w == b"event: progress").count();
+                updates.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    // Past the first update of each.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counted_from = updates.load(std::sync::atomic::Ordering::Relaxed);
+    let viewing_micros = cpu_over(window).await;
+    let counted = updates.load(std::sync::atomic::Ordering::Relaxed) - counted_from;
+    for viewer in viewers {
+        viewer.abort();
+    }
+    stop.cancel();
+    ticker.await??;
+    let seconds = window.as_secs_f64();
+    let per_viewer_pct =
+        viewing_micros.saturating_sub(idle_micros) as f64 / 1e6 / seconds / LIVE_VIEWERS as f64 * 100.0;
+    let updates_per_s = counted as f64 / seconds / LIVE_VIEWERS as f64;
+    eprintln!(
+        "api: live run pages: {LIVE_VIEWERS} open, {updates_per_s:.2} updates/s each, \
+         {per_viewer_pct:.3} % of a core each ({:.2} % for all {LIVE_VIEWERS})",
+        per_viewer_pct * LIVE_VIEWERS as f64
+    );
+    Ok(json!({
+        "viewers": LIVE_VIEWERS,
+        "window_s": seconds,
+        "updates_per_s_per_viewer": round(updates_per_s, 2),
+        "cpu_pct_per_viewer": round(per_viewer_pct, 3),
+        "cpu_pct_all_viewers": round(per_viewer_pct * LIVE_VIEWERS as f64, 2),
     }))
 }
 

@@ -61,6 +61,11 @@ pub enum StreamItem {
 }
 
 impl ApiClient {
+    /// The address of a page of the dispatcher's web UI (`/runs/<id>`).
+    pub fn page(&self, path: &str) -> String {
+        format!("{}{path}", self.server)
+    }
+
     pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Self> {
         // `opflow_process::init` installed it already; tests build clients without it.
         opflow_process::install_tls_provider();

@@ -133,6 +133,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             eprintln!("submitted run {run_id}");
         }
+        eprintln!("its page: {}", client.page(&format!("/runs/{run_id}")));
         if let Some(secret) = &submitted.notify_secret {
             eprintln!(
                 "notifications to {} are signed with {secret} (shown once)",

@@ -135,8 +135,9 @@ pub async fn up(
         Some(n) => format!("{n} worker(s) per op"),
         None => "workers scale from zero with their queues (`opflow ops list` shows them)".to_owned(),
     };
+    let ui = if settings.ui { format!(", web UI http://{}/", settings.api_addr) } else { String::new() };
     eprintln!(
-        "opflow is up: API http://{}, {fleet}; submit with `opflow run <plan> --wait`; Ctrl-C stops",
+        "opflow is up: API http://{}{ui}, {fleet}; submit with `opflow run <plan> --wait`; Ctrl-C stops",
         settings.api_addr
     );
 
@@ -182,6 +183,9 @@ async fn run_plan(
         Err(other) => return Err(other.into()),
     };
     eprintln!("submitted run {} ({})", submission.run_id, file.display());
+    if settings.ui {
+        eprintln!("its page: http://{}/runs/{}", settings.api_addr, submission.run_id);
+    }
     // Followed as `opflow run --wait` follows it, through this dispatcher's own API, when
     // that is reachable without a token on a known port.
     if let Some(client) = own_api(settings)? {

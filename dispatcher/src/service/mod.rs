@@ -164,7 +164,11 @@ pub async fn run_connected(
             }
         });
     }
-    let router = api::router(state);
+    let ui = settings.ui.then(|| crate::ui::router(state.clone()));
+    let router = match ui {
+        Some(ui) => api::router(state).merge(ui),
+        None => api::router(state),
+    };
     let mut api = tokio::spawn({
         let stop = api_stop.clone();
         async move {

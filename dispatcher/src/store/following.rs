@@ -47,6 +47,27 @@ pub struct RunFilter<'a> {
     pub owner: Option<&'a str>,
 }
 
+/// A run's status, last event and times, as a live page follows it.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct LiveState {
+    pub status: RunStatus,
+    pub event_seq: i64,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A failed step, for an op's recent failures.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FailureRow {
+    pub run_id: Uuid,
+    pub step_id: i32,
+    pub asset: String,
+    pub op_name: String,
+    pub op_version: String,
+    pub error: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
 /// A run in a list.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRow {
@@ -166,6 +187,15 @@ impl Following<'_> {
     /// is bumped in the transaction that records them.
     pub async fn status_and_last_event(&self, run: RunId) -> Result<Option<(RunStatus, i64)>, StoreError> {
         Ok(sqlx::query_as("SELECT status, event_seq FROM runs WHERE id = $1")
+            .bind(run.as_uuid())
+            .fetch_optional(self.pool)
+            .await?)
+    }
+
+    /// What a live page needs of the run itself: its status, the number of its last event,
+    /// and when it started and finished; `None` for an unknown run.
+    pub async fn live_state(&self, run: RunId) -> Result<Option<LiveState>, StoreError> {
+        Ok(sqlx::query_as("SELECT status, event_seq, started_at, finished_at FROM runs WHERE id = $1")
             .bind(run.as_uuid())
             .fetch_optional(self.pool)
             .await?)
@@ -317,6 +347,41 @@ impl Following<'_> {
         );
         sql.push(order);
         Ok(sql.build_query_as().fetch_all(self.pool).await?)
+    }
+
+    /// The first `limit` assets of a run in plan order, each with the positions of the
+    /// assets it reads (`run_assets.deps`): the plan's graph.
+    pub async fn asset_graph(&self, run: RunId, limit: u32) -> Result<Vec<(i32, Vec<i32>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT idx, coalesce(
+                        (SELECT array_agg((d->>'upstream')::int) FROM jsonb_array_elements(deps) d),
+                        '{}'::int[])
+             FROM run_assets WHERE run_id = $1 ORDER BY idx LIMIT $2",
+        )
+        .bind(run.as_uuid())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool)
+        .await?)
+    }
+
+    /// Failed steps of the `runs` latest runs with failures, up to `per_run` of each, newest
+    /// run first: recent failures by op version, read a bounded number of rows whatever the
+    /// history holds (`runs_by_created`, then each run's `steps_by_status`).
+    pub async fn recent_failures(&self, runs: u32, per_run: u32) -> Result<Vec<FailureRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT r.id AS run_id, f.step_id, f.asset, f.op_name, f.op_version, f.error, f.finished_at
+             FROM (SELECT id, created_at FROM runs WHERE steps_failed > 0 ORDER BY created_at DESC LIMIT $1) r
+             CROSS JOIN LATERAL (
+                 SELECT s.id AS step_id, a.name AS asset, a.op_name, a.op_version, s.error, s.finished_at
+                 FROM steps s JOIN run_assets a ON a.run_id = s.run_id AND a.idx = s.asset
+                 WHERE s.run_id = r.id AND s.status = 'failed' ORDER BY s.id LIMIT $2
+             ) f
+             ORDER BY r.created_at DESC, f.step_id",
+        )
+        .bind(i64::from(runs))
+        .bind(i64::from(per_run))
+        .fetch_all(self.pool)
+        .await?)
     }
 
     /// The step ids of the run's asset `name`, `[first, end)`: steps of an asset are the id

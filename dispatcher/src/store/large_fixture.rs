@@ -165,3 +165,21 @@ pub async fn build(store: &Store, size: FixtureSize) -> Result<LargeFixture, Sto
         op,
     })
 }
+
+/// Tells the run's followers that it recorded events, as applying a batch does (its event
+/// number bumped, the events channel notified), without recording any: what a busy run
+/// looks like to a live page, for `opflow bench api`.
+pub async fn record_nothing(store: &Store, run: RunId) -> Result<(), StoreError> {
+    let mut tx = store.pool().begin().await?;
+    sqlx::query("UPDATE runs SET event_seq = event_seq + 1 WHERE id = $1")
+        .bind(run.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(super::EVENTS_CHANNEL)
+        .bind(run.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -339,6 +339,15 @@ impl Runs<'_> {
         Ok(Submission { run_id, existing: false })
     }
 
+    /// What a run was submitted from, to submit it again: its plan file's name, the plan's
+    /// text and the run's priority; `None` for an unknown run.
+    pub async fn source(&self, run: RunId) -> Result<Option<(String, String, i16)>, StoreError> {
+        Ok(sqlx::query_as("SELECT plan_file, plan_source, priority FROM runs WHERE id = $1")
+            .bind(run.as_uuid())
+            .fetch_optional(self.pool)
+            .await?)
+    }
+
     /// The run submitted with `key`, if any; a [`StoreError::KeyConflict`] if it was
     /// submitted with different plan text.
     pub async fn by_key(

@@ -208,6 +208,18 @@ impl Webhooks<'_> {
             .await?)
     }
 
+    /// A run's deliveries, newest first, at most `limit` (`webhook_deliveries_run`).
+    pub async fn deliveries_of_run(&self, run: Uuid, limit: u32) -> Result<Vec<DeliveryRow>, StoreError> {
+        let statement = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE run_id = $1 ORDER BY seq DESC LIMIT $2"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(statement))
+            .bind(run)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool)
+            .await?)
+    }
+
     /// One delivery and its attempts, oldest first.
     pub async fn delivery(&self, id: Uuid) -> Result<Option<(DeliveryRow, Vec<AttemptRow>)>, StoreError> {
         let statement = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1");

@@ -1,0 +1,62 @@
+//! The web UI, served by the dispatcher beside its API (the `ui` setting): runs with live
+//! progress, the asset catalog with its lineage, and the ops with their replicas.
+//!
+//! Pages are HTML made on the server ([`page`], with `maud`), which read in full without
+//! JavaScript; one small script ([`static_files`]) follows a running run over
+//! [`live`], a stream of the run's aggregates. Pages read through the API's own handlers,
+//! so they show what the API shows and cost what it costs, one page at a time.
+//!
+//! - [`session`]: who is looking, with the API's tokens and scopes (a cookie after `/login`).
+//! - [`runs`]: `/` (the runs), `/runs/{id}` (a run), `/runs/{id}/steps/{step}`, and the
+//!   cancel and re-run actions; [`live`]: `/runs/{id}/live`.
+//! - [`catalog`]: `/assets` and `/assets/{asset}`; [`ops`]: `/ops`.
+//! - [`graph`]: a plan's or a lineage's assets drawn as SVG.
+
+pub mod catalog;
+pub mod graph;
+pub mod live;
+pub mod ops;
+pub mod page;
+pub mod runs;
+pub mod session;
+pub mod static_files;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
+
+use crate::api::state::ApiState;
+
+/// The UI's routes, to merge with the API's (`api::router`). Every page but `/login` and
+/// the static files needs a viewer ([`session::require_viewer`]).
+pub fn router(state: ApiState) -> Router {
+    let pages = Router::new()
+        .route("/", get(runs::list))
+        .route("/runs/{id}", get(runs::show))
+        .route("/runs/{id}/live", get(live::stream))
+        .route("/runs/{id}/steps/{step}", get(runs::step))
+        .route("/runs/{id}/cancel", post(runs::cancel))
+        .route("/runs/{id}/rerun", post(runs::rerun))
+        .route("/assets", get(catalog::list))
+        .route("/assets/{asset}", get(catalog::show))
+        .route("/ops", get(ops::list))
+        .route("/logout", post(session::logout))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), session::require_viewer));
+    Router::new()
+        .route("/login", get(session::login_form).post(session::login))
+        .route(static_files::CSS_PATH, get(static_files::css))
+        .route(static_files::JS_PATH, get(static_files::js))
+        .route(static_files::ICON_PATH, get(static_files::icon))
+        // Browsers ask for it whatever the page says.
+        .route("/favicon.ico", get(static_files::icon))
+        .merge(pages)
+        // Forms are small: a token, a filter.
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        .layer(axum::middleware::from_fn(crate::api::params::refuse_nul))
+        .with_state(state)
+}
+
+/// The largest form a page sends.
+const MAX_FORM_BYTES: usize = 16 * 1024;
