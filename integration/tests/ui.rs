@@ -310,6 +310,14 @@ async fn a_reader_sees_no_cancel_button_and_the_server_refuses_it_anyway() -> an
     let errors = browser.console_errors().await?;
     assert!(errors.len() == 1 && errors[0].contains("/cancel") && errors[0].contains("403"), "{errors:#?}");
     assert_eq!(run_status(&env, &run, Some(&submitter)).await?, "running");
+    // Nor may a reader open the administration page.
+    browser.client.goto(&format!("http://{api}/admin")).await?;
+    let heading = browser.text("main h1").await?.unwrap_or_default();
+    assert_eq!(heading, "403 Forbidden", "a reader's /admin");
+    let refusal = browser.text(".error-message").await?.unwrap_or_default();
+    assert!(refusal.contains("needs `admin`"), "{refusal}");
+    browser.console_errors().await?; // the 403 just seen
+    browser.client.goto(&format!("http://{api}/runs/{run}")).await?;
     // The session's cookie is no API token.
     let (status, _) = http(&api, "GET", "/v1/runs", None, None).await?;
     assert_eq!(status, 401);
@@ -352,7 +360,7 @@ async fn pages_read_in_full_without_javascript() -> anyhow::Result<()> {
     })
     .await?;
     // What a browser without scripts (or a screen reader, or curl) gets: the whole state.
-    let pages: [(String, &[&str]); 6] = [
+    let pages: [(String, &[&str]); 7] = [
         ("/".into(), &["small", "4 of 4 finished: 4 succeeded", "succeeded"]),
         (format!("/runs/{run}"), &["4 of 4 finished: 4 succeeded", "raw", "cooked", "<svg", "Steps"]),
         (
@@ -362,6 +370,7 @@ async fn pages_read_in_full_without_javascript() -> anyhow::Result<()> {
         ("/assets".into(), &["raw", "cooked", "2 cells: 2 materialized"]),
         ("/assets/cooked?partition=p1".into(), &["p1", "p2", "materialized", "Lineage", "<svg", "raw"]),
         ("/ops".into(), &["noop@1.1.0", "opflow.op.noop"]),
+        ("/admin".into(), &["API tokens", "Webhooks", "Deliveries", "run.succeeded"]),
     ];
     for (path, expected) in &pages {
         let (status, body) = http_text(&env.api_addr, "GET", path, None, None).await?;
@@ -382,4 +391,34 @@ async fn pages_read_in_full_without_javascript() -> anyhow::Result<()> {
         assert!(body.contains("<h1>"), "{path} answers a page: {body}");
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn an_admin_makes_a_token_on_the_page_and_revokes_it() -> anyhow::Result<()> {
+    let env = Env::new("ui_admin").await?;
+    let (_dispatcher, api) = env.spawn_dispatcher_api(&[("OPFLOW_API_AUTH", "required")]).await?;
+    let output = env.opflow_ok(&["tokens", "create", "root", "--scope", "admin"]).await?;
+    let admin = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let browser = Browser::start().await?;
+    browser.sign_in(&api, &admin, "/admin").await?;
+    browser.client.find(Locator::Css("input[name=name]")).await?.send_keys("ci-pipeline").await?;
+    browser.client.find(Locator::Css("select[name=scope] option[value=submit]")).await?.click().await?;
+    browser.client.find(Locator::Css("form[action='/admin/tokens'] button")).await?.click().await?;
+    let made =
+        wait_for("the new token, shown once", DEADLINE, || async { browser.text("#secret").await }).await?;
+    assert!(made.starts_with("opf_"), "{made}");
+    let (status, _) = http(&api, "GET", "/v1/runs", Some(&made), None).await?;
+    assert_eq!(status, 200, "the token made on the page opens the API");
+    browser.client.goto(&format!("http://{api}/admin")).await?;
+    browser.client.find(Locator::Css("tr[data-token='ci-pipeline'] button")).await?.click().await?;
+    wait_for("the token to be revoked", DEADLINE, || async {
+        let (status, _) = http(&api, "GET", "/v1/runs", Some(&made), None).await?;
+        Ok((status == 401).then_some(()))
+    })
+    .await?;
+    let row = browser.text("tr[data-token='ci-pipeline']").await?.unwrap_or_default();
+    assert!(row.contains("revoked"), "{row}");
+    let errors = browser.console_errors().await?;
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    browser.close().await
 }

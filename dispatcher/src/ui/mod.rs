@@ -9,9 +9,11 @@
 //! - [`session`]: who is looking, with the API's tokens and scopes (a cookie after `/login`).
 //! - [`runs`]: `/` (the runs), `/runs/{id}` (a run), `/runs/{id}/steps/{step}`, and the
 //!   cancel and re-run actions; [`live`]: `/runs/{id}/live`.
-//! - [`catalog`]: `/assets` and `/assets/{asset}`; [`ops`]: `/ops`.
+//! - [`catalog`]: `/assets` and `/assets/{asset}`; [`ops`]: `/ops`; [`admin`]: `/admin`
+//!   (tokens, webhooks, deliveries; admin scope).
 //! - [`graph`]: a plan's or a lineage's assets drawn as SVG.
 
+pub mod admin;
 pub mod catalog;
 pub mod graph;
 pub mod live;
@@ -42,6 +44,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/assets", get(catalog::list))
         .route("/assets/{asset}", get(catalog::show))
         .route("/ops", get(ops::list))
+        .route("/admin", get(admin::show))
+        .route("/admin/tokens", post(admin::create_token))
+        .route("/admin/tokens/{name}/revoke", post(admin::revoke_token))
+        .route("/admin/webhooks", post(admin::add_webhook))
+        .route("/admin/webhooks/{id}/remove", post(admin::remove_webhook))
+        .route("/admin/deliveries/{id}/redeliver", post(admin::redeliver))
         .route("/logout", post(session::logout))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), session::require_viewer));
     Router::new()

@@ -10,7 +10,10 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 use opflow_api_model::StepCounts;
 
-use crate::api::{auth::Caller, error::ApiError};
+use crate::{
+    api::{auth::Caller, error::ApiError},
+    store::tokens::Scope,
+};
 
 /// The pages the navigation links to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +21,7 @@ pub enum Section {
     Runs,
     Assets,
     Ops,
+    Admin,
     None,
 }
 
@@ -47,6 +51,9 @@ pub fn shell(title: &str, section: Section, signed_in: Option<&Caller>, body: Ma
                             (nav_link("/", "Runs", section == Section::Runs))
                             (nav_link("/assets", "Assets", section == Section::Assets))
                             (nav_link("/ops", "Ops", section == Section::Ops))
+                            @if signed_in.is_none_or(|caller| caller.scope >= Scope::Admin) {
+                                (nav_link("/admin", "Admin", section == Section::Admin))
+                            }
                         }
                     }
                     @if let Some(caller) = signed_in {

@@ -227,7 +227,8 @@ pub async fn show(
         api::runs::steps(State(state.clone()), Path(id.clone()), Ok(Query(steps_query))).await?;
     let graph = run_graph(&state, run, &summary).await?;
     let deliveries = if viewer.may(Scope::Admin) {
-        Some(state.store.webhooks().deliveries_of_run(run.as_uuid(), DELIVERIES_SHOWN).await?)
+        let rows = state.store.webhooks().deliveries_of_run(run.as_uuid(), DELIVERIES_SHOWN).await?;
+        Some(rows.into_iter().map(opflow_api_model::DeliveryView::from).collect::<Vec<_>>())
     } else {
         None
     };
@@ -379,27 +380,7 @@ pub async fn show(
                     @if deliveries.is_empty() {
                         p class="none" { "None: nothing subscribed to this run's end, or it has not ended." }
                     } @else {
-                        table {
-                            thead { tr {
-                                th scope="col" { "Event" } th scope="col" { "URL" } th scope="col" { "Status" }
-                                th scope="col" class="num" { "Attempts" } th scope="col" { "Last answer" } th scope="col" { "Created" }
-                            } }
-                            tbody {
-                                @for d in &deliveries {
-                                    tr {
-                                        td { (d.event) }
-                                        td class="mono" { (page::cut(&d.url, 60)) }
-                                        td { (status_label(d.status.as_str())) }
-                                        td class="num" { (d.attempts) }
-                                        td {
-                                            @if let Some(code) = d.last_http_status { "HTTP " (code) " " }
-                                            @if let Some(error) = &d.last_error { (page::cut(error, 80)) }
-                                        }
-                                        td { (page::time(Some(d.created_at))) }
-                                    }
-                                }
-                            }
-                        }
+                        (super::admin::deliveries_table(&deliveries, true))
                     }
                 }
             }
