@@ -217,7 +217,12 @@ pub async fn login(
         Err(error) => return page::PageError::from(error).into_response(),
     }
     let mut response = Redirect::to(&next).into_response();
-    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict");
+    // Behind a TLS proxy, the cookie goes only over TLS too.
+    let secure = headers.get("x-forwarded-proto").is_some_and(|proto| proto.as_bytes() == b"https");
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{}",
+        if secure { "; Secure" } else { "" }
+    );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
