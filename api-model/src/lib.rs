@@ -9,6 +9,7 @@
 //! - [`runs`]: submitting, listing, following and canceling runs.
 //! - [`assets`]: the asset catalog across runs: cells, materializations, lineage.
 //! - [`ops`]: op versions and their queues' demand.
+//! - [`schedules`]: plans that run themselves on a cron.
 //! - [`webhooks`]: subscriptions, deliveries and a run's own notify target.
 //! - [`page`]: paged lists.
 //! - [`error`]: the body of every error answer.
@@ -20,6 +21,7 @@ pub mod ops;
 pub mod page;
 pub mod probes;
 pub mod runs;
+pub mod schedules;
 pub mod webhooks;
 
 pub use assets::{
@@ -36,6 +38,7 @@ pub use runs::{
     RunSummary, RunsQuery, StepCounts, StepFailure, StepInfo, StepOutput, StepStatus, StepsQuery,
     SubmitRequest, SubmitResponse,
 };
+pub use schedules::{AddScheduleRequest, ScheduleDetail, ScheduleView, TickView};
 pub use webhooks::{
     AddWebhookRequest, AttemptView, CreatedWebhook, DeliveriesQuery, DeliveryDetail, DeliveryView,
     NotifyRequest, WebhookView,

@@ -18,7 +18,8 @@
 //! - [`ops`]: registering an op version from its binary; the broker's consumer timeout.
 //! - [`webhooks`]: signing webhooks and judging where they may go.
 //! - [`store`]: the run store in PostgreSQL, and the lease that makes one dispatcher lead.
-//! - [`plan`]: the plan compiler, pure.
+//! - [`plan`]: the plan compiler, pure; [`schedules`]: cron ticks and what to do with a
+//!   due one, pure.
 //! - [`settings`]: layered settings, read by the rest; [`keyed_counts`]: counts per key
 //!   held by guards (streams per caller, webhook attempts per target).
 
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod keyed_counts;
 pub mod ops;
 pub mod plan;
+pub mod schedules;
 pub mod service;
 pub mod settings;
 pub mod store;

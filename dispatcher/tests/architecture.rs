@@ -26,17 +26,24 @@ const LAYERS: &[&[&str]] = &[
     &["api"],
     &["submit", "ops", "webhooks"],
     &["store"],
-    &["plan"],
+    &["plan", "schedules"],
     &["settings", "keyed_counts"],
 ];
 
 /// The CLI's user commands: clients of the HTTP API, which never open the database or the
 /// broker (an administrator's commands may).
-const USER_COMMANDS: &[&str] = &["cli/client.rs", "cli/run.rs", "cli/watch.rs", "cli/webhooks.rs"];
+const USER_COMMANDS: &[&str] =
+    &["cli/client.rs", "cli/run.rs", "cli/watch.rs", "cli/webhooks.rs", "cli/schedules.rs", "cli/runs.rs"];
 
 /// Modules that decide without I/O: no database, broker, HTTP or runtime.
-const PURE: &[&str] =
-    &["plan/", "store/apply/decide.rs", "store/apply/columns.rs", "up/autoscale/rule.rs", "webhooks/sign.rs"];
+const PURE: &[&str] = &[
+    "plan/",
+    "schedules/",
+    "store/apply/decide.rs",
+    "store/apply/columns.rs",
+    "up/autoscale/rule.rs",
+    "webhooks/sign.rs",
+];
 
 /// Outside `store/`, the one file that runs statements: the bench's sandbox creates and
 /// drops its own databases.

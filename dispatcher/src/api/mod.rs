@@ -10,6 +10,7 @@
 //!   woken by [`followers`].
 //! - [`assets`]: `GET /v1/assets[/{asset}[/partitions|/history|/lineage|/checks]]`, the catalog.
 //! - [`ops`]: `GET /v1/ops`; [`queues`]: `GET /v1/queues[/{queue}]`, each op queue's demand.
+//! - [`schedules`]: `/v1/schedules[/…]`: plans that run themselves on a cron.
 //! - [`webhooks`]: `/v1/webhooks[/…]`: subscriptions, deliveries, redelivery (admin scope).
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers (also `docs/openapi.json`).
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics` (the registry is [`metrics`]).
@@ -30,6 +31,7 @@ pub mod params;
 pub mod probes;
 pub mod queues;
 pub mod runs;
+pub mod schedules;
 pub mod state;
 pub mod stream_limits;
 pub mod webhooks;
@@ -60,6 +62,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/assets/{asset}/history", get(assets::history))
         .route("/v1/assets/{asset}/lineage", get(assets::lineage))
         .route("/v1/assets/{asset}/checks", get(assets::checks))
+        .route("/v1/schedules", axum::routing::post(schedules::add).get(schedules::list))
+        .route("/v1/schedules/{name}", get(schedules::one).delete(schedules::remove))
+        .route("/v1/schedules/{name}/pause", axum::routing::post(schedules::pause))
+        .route("/v1/schedules/{name}/resume", axum::routing::post(schedules::resume))
         .merge(webhooks::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()

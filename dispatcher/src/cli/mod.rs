@@ -30,6 +30,7 @@ mod plan;
 mod render;
 mod run;
 mod runs;
+mod schedules;
 mod tokens;
 mod up;
 mod watch;
@@ -111,6 +112,9 @@ enum Command {
     /// Tell URLs when runs end (signed webhooks): add, list, remove, deliveries, redeliver
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Run plans on a cron, each tick once: add, list, show, pause, resume, remove
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
     /// Delete finished runs past their retention now (administrators; uses the database)
     Gc(gc::GcArgs),
     /// Create, list and revoke API tokens (administrators; uses the database)
@@ -178,6 +182,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => run::cancel(args).await,
         Command::Assets(command) => assets::run(command).await,
         Command::Webhooks(command) => webhooks::run(command).await,
+        Command::Schedules(command) => schedules::run(command).await,
         Command::Tokens(command) => tokens::run(command, &settings, &cancel).await,
         Command::Gc(args) => {
             // Ctrl-C stops between runs, never in the middle of one.

@@ -23,6 +23,7 @@ pub mod recovery;
 pub mod retention;
 pub mod retries;
 pub mod reuse;
+pub mod scheduler;
 pub mod senders;
 pub mod webhooks;
 pub mod window;
@@ -283,6 +284,7 @@ impl Shared {
             self.settings.retention,
             stop.clone(),
         ));
+        let schedules = tokio::spawn(scheduler::run_schedules(self.store.clone(), stop.clone()));
         let webhooks = tokio::spawn(webhooks::deliver_while_leading(
             leader.clone(),
             webhooks::DeliveryRetryPolicy {
@@ -328,6 +330,7 @@ impl Shared {
             // Fatal: stop the time-driven parts too.
             scheduler.abort();
             retention.abort();
+            schedules.abort();
             webhooks.abort();
         }
         if let Err(error) = scheduler.await
@@ -339,6 +342,11 @@ impl Shared {
             && error.is_panic()
         {
             tracing::warn!(%error, "retention panicked");
+        }
+        if let Err(error) = schedules.await
+            && error.is_panic()
+        {
+            tracing::warn!(%error, "the schedules' scheduler panicked");
         }
         if let Err(error) = webhooks.await
             && error.is_panic()

@@ -37,6 +37,7 @@ pub mod queues;
 pub mod retention;
 pub mod run_plan;
 pub mod runs;
+pub mod schedules;
 pub mod storable;
 pub mod tokens;
 pub mod webhooks;

@@ -1,0 +1,88 @@
+//! Schedules: plans that run themselves on a cron, each tick once.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// `POST /v1/schedules`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddScheduleRequest {
+    /// One word: letters, digits, `-`, `_`, `.`; at most 64 bytes.
+    pub name: String,
+    /// The plan's YAML, as `POST /v1/runs` takes it.
+    pub plan: String,
+    /// The plan file's name, for messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A cron expression: 5 fields (`0 * * * *`), or 6 with seconds first.
+    pub cron: String,
+    /// An IANA time zone (`Europe/Paris`); UTC by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+    /// `skip` (default), `buffer_one`, `buffer_all`, `cancel_other` or `allow_all`: what a
+    /// tick does while the schedule's last run still runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<String>,
+    /// How late a missed tick may still run (`6h`, `30m`); older ones are skipped. 1h by
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<String>,
+    /// Run only the tick's own daily partition (its date in the schedule's time zone).
+    #[serde(default)]
+    pub partition_of_tick: bool,
+    /// The runs' priority, 1 to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+}
+
+/// A schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    pub name: String,
+    pub plan: String,
+    pub plan_file: String,
+    pub cron: String,
+    pub tz: String,
+    pub overlap: String,
+    pub catch_up_secs: i64,
+    pub partition_of_tick: bool,
+    /// Whose its runs are.
+    pub owner: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    pub paused: bool,
+    /// The next tick not decided yet (absent when the cron never matches again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_tick_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `GET /v1/schedules/{name}`: the schedule, its next ticks and its latest decided ones.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleDetail {
+    #[serde(flatten)]
+    pub schedule: ScheduleView,
+    /// The next five ticks.
+    pub upcoming: Vec<DateTime<Utc>>,
+    /// The latest decided ticks, newest first.
+    pub ticks: Vec<TickView>,
+}
+
+/// A decided tick: its run, or why it has none.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TickView {
+    /// The tick's nominal time.
+    pub at: DateTime<Utc>,
+    /// A skipped range of ticks ends here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// `submitted`, `buffered` (behind a running run) or `skipped`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub decided_at: DateTime<Utc>,
+}

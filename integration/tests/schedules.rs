@@ -1,0 +1,326 @@
+//! Schedules end to end: a real dispatcher's scheduler submits each tick of a
+//! seconds-resolution cron once, keyed by the schedule and the tick; pauses, overlaps and
+//! a dispatcher that was down are handled as the schedule says.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use opflow_integration::{Env, wait_for};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// `opflow schedules show <name> --json`.
+async fn show(env: &Env, name: &str) -> anyhow::Result<Value> {
+    let output = env.opflow_ok(&["schedules", "show", name, "--json"]).await?;
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+fn ticks<'a>(detail: &'a Value, outcome: &str) -> Vec<&'a Value> {
+    detail["ticks"].as_array().into_iter().flatten().filter(|t| t["outcome"] == outcome).collect()
+}
+
+/// The runs the schedule submitted: (key, status), and how many runs share each key.
+async fn runs_of(env: &mut Env, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let db = env.db().await?;
+    Ok(sqlx::query_as("SELECT key, status::text FROM runs WHERE schedule = $1 ORDER BY key")
+        .bind(name)
+        .fetch_all(&db)
+        .await?)
+}
+
+#[tokio::test]
+async fn a_schedule_submits_each_tick_once_and_pauses_resumes_and_goes() -> anyhow::Result<()> {
+    let mut env = Env::new("schedules_ticks").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let _worker = env.spawn_worker("noop")?;
+    let plan = env.plan_file("quick", "name: quick\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
+    let plan = plan.to_str().context("utf-8")?;
+    let added = env
+        .opflow_ok(&[
+            "schedules",
+            "add",
+            "every2s",
+            plan,
+            "--cron",
+            "*/2 * * * * *",
+            "--overlap",
+            "allow_all",
+        ])
+        .await?;
+    let said = String::from_utf8_lossy(&added.stdout);
+    assert!(said.contains("schedule every2s (active)") && said.contains("first tick:"), "{said}");
+    let detail = wait_for("three ticks submitted", DEADLINE, || async {
+        let detail = show(&env, "every2s").await?;
+        Ok((ticks(&detail, "submitted").len() >= 3).then_some(detail))
+    })
+    .await?;
+    assert_eq!(detail["upcoming"].as_array().map(Vec::len), Some(5), "{detail}");
+    // Each tick's run carries the schedule and the tick as its key: one run per tick.
+    let runs = runs_of(&mut env, "every2s").await?;
+    let mut keys: Vec<&str> = runs.iter().map(|(key, _)| key.as_str()).collect();
+    let before = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), before, "one run per tick: {runs:?}");
+    for tick in ticks(&detail, "submitted") {
+        let at: chrono::DateTime<chrono::Utc> = tick["at"].as_str().context("at")?.parse()?;
+        let key = format!("every2s@{}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        assert!(keys.contains(&key.as_str()), "{key} in {keys:?}");
+        assert_eq!(at.timestamp() % 2, 0, "ticks are the cron's: {at}");
+    }
+
+    // Paused: no tick is decided.
+    env.opflow_ok(&["schedules", "pause", "every2s"]).await?;
+    let paused_at = ticks(&show(&env, "every2s").await?, "submitted").len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let detail = show(&env, "every2s").await?;
+    assert_eq!(ticks(&detail, "submitted").len(), paused_at, "no tick while paused: {detail}");
+    assert_eq!(detail["paused"], true);
+    assert_eq!(detail["upcoming"].as_array().map(Vec::len), Some(0), "{detail}");
+    // Resumed: from the next tick, the paused ones not run.
+    env.opflow_ok(&["schedules", "resume", "every2s"]).await?;
+    wait_for("a tick after resuming", DEADLINE, || async {
+        Ok((ticks(&show(&env, "every2s").await?, "submitted").len() > paused_at).then_some(()))
+    })
+    .await?;
+    let listed = env.opflow_ok(&["schedules", "list"]).await?;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("every2s") && listed.contains("*/2 * * * * * UTC") && listed.contains("active"),
+        "{listed}"
+    );
+    // Removed: its runs stay.
+    let runs = runs_of(&mut env, "every2s").await?.len();
+    env.opflow_ok(&["schedules", "remove", "every2s"]).await?;
+    let gone = env.opflow(&["schedules", "show", "every2s"]).await?;
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no schedule `every2s`"));
+    assert!(runs_of(&mut env, "every2s").await?.len() >= runs, "the runs stay");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_schedule_is_refused_saying_why() -> anyhow::Result<()> {
+    let env = Env::new("schedules_refused").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let plan = env.plan_file("quick", "name: quick\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
+    let plan = plan.to_str().context("utf-8")?;
+    let missing = env.plan_file("missing", "name: missing\nassets:\n  - name: a\n    op: nothing@1\n")?;
+    for (args, why) in [
+        (vec!["schedules", "add", "s", plan, "--cron", "61 * * * *"], "cron `61 * * * *`"),
+        (vec!["schedules", "add", "s", plan, "--cron", "0 * * * *", "--tz", "Mars/Olympus"], "Mars/Olympus"),
+        (vec!["schedules", "add", "two words", plan, "--cron", "0 * * * *"], "use letters, digits"),
+        (vec!["schedules", "add", "s", plan, "--cron", "0 * * * *", "--catch-up", "soon"], "catch_up"),
+        (vec!["schedules", "add", "s", missing.to_str().context("utf-8")?, "--cron", "0 * * * *"], "nothing"),
+    ] {
+        let output = env.opflow(&args).await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(why), "{args:?}: `{why}` missing from {stderr}");
+    }
+    env.opflow_ok(&["schedules", "add", "s", plan, "--cron", "0 * * * *"]).await?;
+    let again = env.opflow(&["schedules", "add", "s", plan, "--cron", "0 * * * *"]).await?;
+    assert!(String::from_utf8_lossy(&again.stderr).contains("a schedule named `s` exists"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn overlapping_ticks_are_skipped_or_buffered_as_the_schedule_says() -> anyhow::Result<()> {
+    let mut env = Env::new("schedules_overlap").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
+    let slow = env.plan_file(
+        "slow",
+        "name: slow\nassets:\n  - name: a\n    op: noop@1.1.0\n    config: {sleep_ms: 3500}\n",
+    )?;
+    let slow = slow.to_str().context("utf-8")?;
+    env.opflow_ok(&["schedules", "add", "skipper", slow, "--cron", "* * * * * *", "--overlap", "skip"])
+        .await?;
+    env.opflow_ok(&[
+        "schedules",
+        "add",
+        "buffered",
+        slow,
+        "--cron",
+        "* * * * * *",
+        "--overlap",
+        "buffer_one",
+    ])
+    .await?;
+    let (skipper, buffered) = wait_for("skipped ticks and a buffered tick run", DEADLINE, || async {
+        let (skipper, buffered) = (show(&env, "skipper").await?, show(&env, "buffered").await?);
+        let done = ticks(&skipper, "submitted").len() >= 2 && ticks(&buffered, "submitted").len() >= 2;
+        Ok(done.then_some((skipper, buffered)))
+    })
+    .await?;
+    let skipped = ticks(&skipper, "skipped");
+    assert!(!skipped.is_empty(), "{skipper}");
+    assert!(
+        skipped.iter().all(|t| t["reason"].as_str().is_some_and(|r| r.contains("still running"))),
+        "{skipper}"
+    );
+    // buffer_one: at most one tick waits at a time; the others are skipped, saying so.
+    assert!(ticks(&buffered, "buffered").len() <= 1, "{buffered}");
+    assert!(
+        ticks(&buffered, "skipped")
+            .iter()
+            .all(|t| t["reason"].as_str().is_some_and(|r| r.contains("buffer_one"))),
+        "{buffered}"
+    );
+    // Never two runs of a skip schedule at once: each started after the one before ended.
+    let db = env.db().await?;
+    let overlapping: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM runs a JOIN runs b ON a.schedule = b.schedule AND a.id < b.id
+         WHERE a.schedule = 'skipper' AND b.created_at < coalesce(a.finished_at, now())",
+    )
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(overlapping, 0, "skip never overlaps runs");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ticks_missed_while_down_run_within_the_catch_up_window_and_older_ones_are_skipped()
+-> anyhow::Result<()> {
+    let mut env = Env::new("schedules_catch_up").await?;
+    env.register("noop").await?;
+    let mut dispatcher = env.spawn_dispatcher().await?;
+    let _worker = env.spawn_worker("noop")?;
+    let plan = env.plan_file("quick", "name: quick\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
+    let plan = plan.to_str().context("utf-8")?;
+    env.opflow_ok(&[
+        "schedules",
+        "add",
+        "secondly",
+        plan,
+        "--cron",
+        "* * * * * *",
+        "--overlap",
+        "allow_all",
+        "--catch-up",
+        "4s",
+    ])
+    .await?;
+    wait_for("a first tick", DEADLINE, || async {
+        Ok((!ticks(&show(&env, "secondly").await?, "submitted").is_empty()).then_some(()))
+    })
+    .await?;
+    // Down for 10 s: the ticks of its last 4 s are still run, the older ones are not.
+    dispatcher.kill()?;
+    let down_at = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let up_at = chrono::Utc::now();
+    let detail = wait_for("ticks after the restart", DEADLINE, || async {
+        let detail = show(&env, "secondly").await?;
+        let after = ticks(&detail, "submitted")
+            .iter()
+            .filter(|t| {
+                t["at"]
+                    .as_str()
+                    .and_then(|a| a.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                    .is_some_and(|a| a > up_at)
+            })
+            .count();
+        Ok((after >= 2).then_some(detail))
+    })
+    .await?;
+    let skipped = ticks(&detail, "skipped");
+    assert_eq!(skipped.len(), 1, "the ticks older than the window are one skipped range: {detail}");
+    let range = skipped[0];
+    assert!(range["until"].is_string(), "{range}");
+    assert!(range["reason"].as_str().is_some_and(|r| r.contains("catch-up window of 4s")), "{range}");
+    // Every tick of the window before the restart ran, once.
+    let submitted: Vec<chrono::DateTime<chrono::Utc>> = ticks(&detail, "submitted")
+        .iter()
+        .filter_map(|t| t["at"].as_str()?.parse().ok())
+        .filter(|at| *at > down_at && *at <= up_at)
+        .collect();
+    assert!(submitted.len() >= 3, "caught up: {submitted:?} in {detail}");
+    let runs = runs_of(&mut env, "secondly").await?;
+    let mut keys: Vec<&str> = runs.iter().map(|(k, _)| k.as_str()).collect();
+    let before = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), before, "one run per tick");
+    Ok(())
+}
+
+#[tokio::test]
+async fn each_tick_runs_once_while_the_leader_is_killed_again_and_again() -> anyhow::Result<()> {
+    use rand::RngExt as _;
+    let mut env = Env::new("schedules_sigkill").await?;
+    env.register("noop").await?;
+    let home_api = env.api_addr.clone();
+    let mut first = env.spawn_dispatcher().await?;
+    // A standby on a port of its own choosing.
+    env.api_addr = "127.0.0.1:0".into();
+    let mut second = env.spawn_dispatcher().await?;
+    env.api_addr = home_api.clone();
+    let _worker = env.spawn_worker("noop")?;
+    let plan = env.plan_file("quick", "name: quick\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
+    let plan = plan.to_str().context("utf-8")?;
+    env.opflow_ok(&[
+        "schedules",
+        "add",
+        "secondly",
+        plan,
+        "--cron",
+        "* * * * * *",
+        "--overlap",
+        "allow_all",
+        "--catch-up",
+        "1h",
+    ])
+    .await?;
+    let db = env.db().await?;
+    let mut kills = 0;
+    for _ in 0..8 {
+        let pause = rand::rng().random_range(500..2_500);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let Some(leader) = opflow_integration::lease_holder(&db).await? else { continue };
+        // Kill the leader, and start it again (as its supervisor would): the other leads.
+        if Some(leader) == first.pid() {
+            first.kill()?;
+            env.api_addr = home_api.clone();
+            first = env.spawn_dispatcher().await?;
+        } else if Some(leader) == second.pid() {
+            second.kill()?;
+            env.api_addr = "127.0.0.1:0".into();
+            second = env.spawn_dispatcher().await?;
+            env.api_addr = home_api.clone();
+        } else {
+            continue;
+        }
+        kills += 1;
+    }
+    assert!(kills >= 4, "only {kills} kills");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::query("UPDATE schedules SET paused = true WHERE name = 'secondly'").execute(&db).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ticks: Vec<(chrono::DateTime<chrono::Utc>, String, Option<uuid::Uuid>)> = sqlx::query_as(
+        "SELECT nominal_at, outcome, run_id FROM schedule_ticks WHERE schedule = 'secondly' ORDER BY nominal_at",
+    )
+    .fetch_all(&db)
+    .await?;
+    assert!(ticks.len() >= 10, "{ticks:?}");
+    // Every second from the first tick to the last one has its tick, submitted.
+    for pair in ticks.windows(2) {
+        assert_eq!((pair[1].0 - pair[0].0).num_seconds(), 1, "a gap between {:?} and {:?}", pair[0], pair[1]);
+    }
+    assert!(ticks.iter().all(|(_, outcome, run)| outcome == "submitted" && run.is_some()), "{ticks:?}");
+    // One run per tick: as many keyed runs as ticks, each tick's run the run of its key.
+    let runs: Vec<(String, uuid::Uuid)> =
+        sqlx::query_as("SELECT key, id FROM runs WHERE key_owner = 'opflow schedule' ORDER BY key")
+            .fetch_all(&db)
+            .await?;
+    assert_eq!(runs.len(), ticks.len(), "runs {runs:?} for ticks {ticks:?}");
+    for (at, _, run) in &ticks {
+        let key = format!("secondly@{}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        assert!(runs.iter().any(|(k, id)| *k == key && Some(*id) == *run), "tick {key}: {run:?} in {runs:?}");
+    }
+    eprintln!("{} ticks, {kills} leader kills: one run each", ticks.len());
+    Ok(())
+}
