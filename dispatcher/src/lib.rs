@@ -21,11 +21,13 @@
 //! - [`plan`]: the plan compiler, pure; [`schedules`]: cron ticks and what to do with a
 //!   due one, pure.
 //! - [`settings`]: layered settings, read by the rest; [`keyed_counts`]: counts per key
-//!   held by guards (streams per caller, webhook attempts per target).
+//!   held by guards (streams per caller, webhook attempts per target); [`human`]: numbers as
+//!   people read them.
 
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod human;
 pub mod keyed_counts;
 pub mod ops;
 pub mod plan;

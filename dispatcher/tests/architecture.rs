@@ -27,7 +27,7 @@ const LAYERS: &[&[&str]] = &[
     &["submit", "ops", "webhooks"],
     &["store"],
     &["plan", "schedules"],
-    &["settings", "keyed_counts"],
+    &["settings", "keyed_counts", "human"],
 ];
 
 /// The CLI's user commands: clients of the HTTP API, which never open the database or the

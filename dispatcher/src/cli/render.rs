@@ -112,21 +112,7 @@ pub fn summary(s: &RunSummary) {
     }
 }
 
-/// A count for people, in groups of three: `9,120`.
-pub fn count(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
+pub use crate::human::count;
 
 /// Seconds for people: `0.84s`, `12.3s`, `4m05s`, `2h03m`.
 pub fn seconds(s: f64) -> String {

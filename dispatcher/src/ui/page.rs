@@ -229,21 +229,7 @@ pub fn bar_text(counts: &StepCounts) -> String {
     text
 }
 
-/// `1234567` as `1,234,567`.
-pub fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
-    if n < 0 {
-        out.push('-');
-    }
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
+pub use crate::human::count as thousands;
 
 /// A moment as UTC, in a `<time>` element whose `datetime` a script may show locally.
 pub fn time(at: Option<DateTime<Utc>>) -> Markup {
@@ -331,11 +317,6 @@ mod tests {
 
     #[test]
     fn numbers_and_durations_read_as_people_write_them() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(100_000), "100,000");
-        assert_eq!(thousands(-1_234_567), "-1,234,567");
         assert_eq!(duration(0.25), "250 ms");
         assert_eq!(duration(12.34), "12.3 s");
         assert_eq!(duration(245.0), "4 min 05 s");
