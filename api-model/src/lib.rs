@@ -38,7 +38,9 @@ pub use runs::{
     RunSummary, RunsQuery, StepCounts, StepFailure, StepInfo, StepOutput, StepStatus, StepsQuery,
     SubmitRequest, SubmitResponse,
 };
-pub use schedules::{AddScheduleRequest, ScheduleDetail, ScheduleView, TickView};
+pub use schedules::{
+    AddScheduleRequest, BackfillRequest, BackfillView, ScheduleDetail, ScheduleView, TickView,
+};
 pub use webhooks::{
     AddWebhookRequest, AttemptView, CreatedWebhook, DeliveriesQuery, DeliveryDetail, DeliveryView,
     NotifyRequest, WebhookView,

@@ -68,6 +68,41 @@ pub struct ScheduleDetail {
     pub upcoming: Vec<DateTime<Utc>>,
     /// The latest decided ticks, newest first.
     pub ticks: Vec<TickView>,
+    /// Its backfills, newest first.
+    #[serde(default)]
+    pub backfills: Vec<BackfillView>,
+}
+
+/// `POST /v1/schedules/{name}/backfill`: run the schedule's ticks over a past range.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillRequest {
+    /// The first moment of the range: RFC 3339 (`2026-01-01T00:00:00Z`) or a date (its
+    /// midnight, UTC).
+    pub from: String,
+    /// The last moment of the range, included; not after now.
+    pub to: String,
+    /// Its runs queued or running at once, at most (1 to 1000; 4 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+}
+
+/// A backfill and how far it is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackfillView {
+    pub id: Uuid,
+    pub schedule: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// The next tick it submits; absent once it submitted them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<DateTime<Utc>>,
+    pub max_in_flight: i32,
+    /// Ticks submitted so far (or passed over, when their plan did not submit).
+    pub submitted: i32,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_at: Option<DateTime<Utc>>,
 }
 
 /// A decided tick: its run, or why it has none.

@@ -10,6 +10,14 @@ use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Adds schedule `name` of a one-step noop plan, with `args` (`--cron`, `--overlap`, …).
+async fn add_quick(env: &Env, name: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let plan = env.plan_file("quick", "name: quick\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
+    let mut command = vec!["schedules", "add", name, plan.to_str().context("utf-8")?];
+    command.extend_from_slice(args);
+    env.opflow_ok(&command).await
+}
+
 /// `opflow schedules show <name> --json`.
 async fn show(env: &Env, name: &str) -> anyhow::Result<Value> {
     let output = env.opflow_ok(&["schedules", "show", name, "--json"]).await?;
@@ -35,20 +43,7 @@ async fn a_schedule_submits_each_tick_once_and_pauses_resumes_and_goes() -> anyh
     env.register("noop").await?;
     let _dispatcher = env.spawn_dispatcher().await?;
     let _worker = env.spawn_worker("noop")?;
-    let plan = env.plan_file("quick", "name: quick\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
-    let plan = plan.to_str().context("utf-8")?;
-    let added = env
-        .opflow_ok(&[
-            "schedules",
-            "add",
-            "every2s",
-            plan,
-            "--cron",
-            "*/2 * * * * *",
-            "--overlap",
-            "allow_all",
-        ])
-        .await?;
+    let added = add_quick(&env, "every2s", &["--cron", "*/2 * * * * *", "--overlap", "allow_all"]).await?;
     let said = String::from_utf8_lossy(&added.stdout);
     assert!(said.contains("schedule every2s (active)") && said.contains("first tick:"), "{said}");
     let detail = wait_for("three ticks submitted", DEADLINE, || async {
@@ -189,21 +184,8 @@ async fn ticks_missed_while_down_run_within_the_catch_up_window_and_older_ones_a
     env.register("noop").await?;
     let mut dispatcher = env.spawn_dispatcher().await?;
     let _worker = env.spawn_worker("noop")?;
-    let plan = env.plan_file("quick", "name: quick\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
-    let plan = plan.to_str().context("utf-8")?;
-    env.opflow_ok(&[
-        "schedules",
-        "add",
-        "secondly",
-        plan,
-        "--cron",
-        "* * * * * *",
-        "--overlap",
-        "allow_all",
-        "--catch-up",
-        "4s",
-    ])
-    .await?;
+    add_quick(&env, "secondly", &["--cron", "* * * * * *", "--overlap", "allow_all", "--catch-up", "4s"])
+        .await?;
     wait_for("a first tick", DEADLINE, || async {
         Ok((!ticks(&show(&env, "secondly").await?, "submitted").is_empty()).then_some(()))
     })
@@ -260,21 +242,8 @@ async fn each_tick_runs_once_while_the_leader_is_killed_again_and_again() -> any
     let mut second = env.spawn_dispatcher().await?;
     env.api_addr = home_api.clone();
     let _worker = env.spawn_worker("noop")?;
-    let plan = env.plan_file("quick", "name: quick\nassets:\n  - name: a\n    op: noop@1.1.0\n")?;
-    let plan = plan.to_str().context("utf-8")?;
-    env.opflow_ok(&[
-        "schedules",
-        "add",
-        "secondly",
-        plan,
-        "--cron",
-        "* * * * * *",
-        "--overlap",
-        "allow_all",
-        "--catch-up",
-        "1h",
-    ])
-    .await?;
+    add_quick(&env, "secondly", &["--cron", "* * * * * *", "--overlap", "allow_all", "--catch-up", "1h"])
+        .await?;
     let db = env.db().await?;
     let mut kills = 0;
     for _ in 0..8 {
@@ -322,5 +291,83 @@ async fn each_tick_runs_once_while_the_leader_is_killed_again_and_again() -> any
         assert!(runs.iter().any(|(k, id)| *k == key && Some(*id) == *run), "tick {key}: {run:?} in {runs:?}");
     }
     eprintln!("{} ticks, {kills} leader kills: one run each", ticks.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backfill_runs_each_past_tick_once_a_few_at_a_time_beside_another() -> anyhow::Result<()> {
+    let mut env = Env::new("schedules_backfill").await?;
+    env.register("noop").await?;
+    let _dispatcher = env.spawn_dispatcher().await?;
+    let _workers = [env.spawn_worker("noop")?, env.spawn_worker("noop")?];
+    add_quick(&env, "hourly", &["--cron", "0 * * * *"]).await?;
+    add_quick(&env, "daily", &["--cron", "0 0 * * *"]).await?;
+    // Two days of hourly ticks, and ten days of daily ones, side by side.
+    let out = env
+        .opflow_ok(&[
+            "schedules",
+            "backfill",
+            "hourly",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2026-01-02T23:59:59Z",
+            "--max-in-flight",
+            "3",
+        ])
+        .await?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("backfill") && said.contains("next tick 2026-01-01T00:00:00Z"), "{said}");
+    env.opflow_ok(&[
+        "schedules",
+        "backfill",
+        "daily",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-01-10",
+        "--max-in-flight",
+        "2",
+    ])
+    .await?;
+    let db = env.db().await?;
+    let at_once = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    wait_for("both backfills to finish", Duration::from_secs(120), || async {
+        // Never more runs of a backfill in flight than it allows.
+        let in_flight: i64 = sqlx::query_scalar(
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM runs r JOIN schedule_backfills b ON b.id = r.backfill
+             WHERE b.schedule = 'hourly' AND r.status IN ('queued', 'running') GROUP BY b.id) c",
+        )
+        .fetch_one(&db)
+        .await?;
+        at_once.fetch_max(in_flight, std::sync::atomic::Ordering::Relaxed);
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM schedule_backfills WHERE done_at IS NULL")
+            .fetch_one(&db)
+            .await?;
+        Ok((open == 0).then_some(()))
+    })
+    .await?;
+    assert!(at_once.load(std::sync::atomic::Ordering::Relaxed) <= 3, "more than 3 hourly runs at once");
+    // (The schedules' own ticks, should the test cross an hour, are not the range's.)
+    let in_range = |runs: Vec<(String, String)>, prefix: &str| -> Vec<String> {
+        runs.into_iter().map(|(key, _)| key).filter(|key| key.starts_with(prefix)).collect()
+    };
+    let hourly = in_range(runs_of(&mut env, "hourly").await?, "hourly@2026-01-");
+    assert_eq!(hourly.len(), 48, "one run per hourly tick of two days: {hourly:?}");
+    let daily = in_range(runs_of(&mut env, "daily").await?, "daily@2026-01-");
+    assert_eq!(daily.len(), 10, "{daily:?}");
+    // Backfilled again over an overlapping range: the ticks that ran are found, not rerun.
+    env.opflow_ok(&["schedules", "backfill", "daily", "--from", "2026-01-05", "--to", "2026-01-12"]).await?;
+    wait_for("the second backfill to finish", DEADLINE, || async {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM schedule_backfills WHERE done_at IS NULL")
+            .fetch_one(&db)
+            .await?;
+        Ok((open == 0).then_some(()))
+    })
+    .await?;
+    let daily = in_range(runs_of(&mut env, "daily").await?, "daily@2026-01-");
+    assert_eq!(daily.len(), 12, "two new days, the six shared ones not rerun: {daily:?}");
+    let detail = show(&env, "daily").await?;
+    assert_eq!(detail["backfills"].as_array().map(Vec::len), Some(2), "{detail}");
     Ok(())
 }

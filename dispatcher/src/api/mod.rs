@@ -66,6 +66,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/schedules/{name}", get(schedules::one).delete(schedules::remove))
         .route("/v1/schedules/{name}/pause", axum::routing::post(schedules::pause))
         .route("/v1/schedules/{name}/resume", axum::routing::post(schedules::resume))
+        .route("/v1/schedules/{name}/backfill", axum::routing::post(schedules::backfill))
         .merge(webhooks::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     Router::new()

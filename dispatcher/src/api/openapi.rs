@@ -42,6 +42,7 @@ use utoipa::{
         super::schedules::pause,
         super::schedules::resume,
         super::schedules::remove,
+        super::schedules::backfill,
         super::webhooks::add,
         super::webhooks::list,
         super::webhooks::remove,

@@ -11,13 +11,16 @@ use axum::{
     http::StatusCode,
 };
 use chrono::Utc;
-use opflow_api_model::{AddScheduleRequest, ErrorBody, Page, ScheduleDetail, ScheduleView, TickView};
+use opflow_api_model::{
+    AddScheduleRequest, BackfillRequest, BackfillView, ErrorBody, Page, ScheduleDetail, ScheduleView,
+    TickView,
+};
 
 use super::{auth::Caller, error::ApiError, state::ApiState};
 use crate::{
     schedules::{self, DEFAULT_CATCH_UP, MAX_CATCH_UP, Overlap, Timing},
     store::{
-        schedules::{NewSchedule, ScheduleRow},
+        schedules::{BackfillRow, NewSchedule, ScheduleRow},
         tokens::Scope,
     },
 };
@@ -163,7 +166,8 @@ pub async fn one(
             decided_at: t.decided_at,
         })
         .collect();
-    Ok(Json(ScheduleDetail { schedule: view(row), upcoming, ticks }))
+    let backfills = state.store.schedules().backfills(&name).await?.into_iter().map(backfill_view).collect();
+    Ok(Json(ScheduleDetail { schedule: view(row), upcoming, ticks, backfills }))
 }
 
 /// The schedule `name`, if the caller may change it: its owner's tokens, or an admin's.
@@ -230,4 +234,73 @@ pub async fn remove(
     } else {
         Err(not_found(&name))
     }
+}
+
+fn backfill_view(row: BackfillRow) -> BackfillView {
+    BackfillView {
+        id: row.id,
+        schedule: row.schedule,
+        from: row.from_at,
+        to: row.to_at,
+        next_at: row.next_at,
+        max_in_flight: row.max_in_flight,
+        submitted: row.submitted,
+        created_at: row.created_at,
+        done_at: row.done_at,
+    }
+}
+
+/// A moment of a backfill's range: RFC 3339, or a date (its midnight, UTC).
+fn moment(name: &str, text: &str) -> Result<chrono::DateTime<Utc>, ApiError> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(date.and_time(chrono::NaiveTime::MIN).and_utc());
+    }
+    Err(ApiError::BadRequest(format!(
+        "`{name}` `{}` is neither a time (`2026-01-01T00:00:00Z`) nor a date (`2026-01-01`)",
+        opflow_protocol::text::cut(text, 64)
+    )))
+}
+
+/// The most runs of one backfill in flight at once.
+const MAX_BACKFILL_IN_FLIGHT: u32 = 1_000;
+const DEFAULT_BACKFILL_IN_FLIGHT: u32 = 4;
+
+#[utoipa::path(post, path = "/v1/schedules/{name}/backfill", operation_id = "backfill_schedule", tag = "schedules",
+    params(("name" = String, Path, description = "The schedule's name")), request_body = BackfillRequest,
+    responses((status = 201, description = "The backfill; its ticks are submitted a few at a time", body = BackfillView),
+        (status = 400, description = "A bad range or limit", body = ErrorBody), (status = 403, description = "Another team's schedule", body = ErrorBody),
+        (status = 404, description = "No such schedule", body = ErrorBody)))]
+/// `POST /v1/schedules/{name}/backfill`: submits the schedule's ticks over a past range,
+/// at most `max_in_flight` runs at once, beside its own ticks and other backfills. A tick
+/// the schedule ran already is found by its key, not run again.
+pub async fn backfill(
+    State(state): State<ApiState>,
+    caller: Option<Extension<Caller>>,
+    Path(name): Path<String>,
+    body: Result<Json<BackfillRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<BackfillView>), ApiError> {
+    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let row = changeable(&state, caller.as_ref().map(|Extension(c)| c), &name).await?;
+    let (from, to) = (moment("from", &request.from)?, moment("to", &request.to)?);
+    if from > to {
+        return Err(ApiError::BadRequest("`from` is after `to`".into()));
+    }
+    if to > Utc::now() {
+        return Err(ApiError::BadRequest(
+            "`to` is in the future; a backfill runs past ticks (the schedule runs the coming ones)".into(),
+        ));
+    }
+    let max_in_flight = request.max_in_flight.unwrap_or(DEFAULT_BACKFILL_IN_FLIGHT);
+    if !(1..=MAX_BACKFILL_IN_FLIGHT).contains(&max_in_flight) {
+        return Err(ApiError::BadRequest(format!("`max_in_flight` is 1 to {MAX_BACKFILL_IN_FLIGHT}")));
+    }
+    let timing = Timing::parse(&row.cron, Some(&row.tz)).map_err(ApiError::BadRequest)?;
+    let Some(first) = timing.next_from(from).filter(|first| *first <= to) else {
+        return Err(ApiError::BadRequest(format!("schedule `{name}` has no tick from {from} to {to}")));
+    };
+    let added = state.store.schedules().add_backfill(&name, from, to, first, max_in_flight as i32).await?;
+    Ok((StatusCode::CREATED, Json(backfill_view(added))))
 }

@@ -112,7 +112,7 @@ enum Command {
     /// Tell URLs when runs end (signed webhooks): add, list, remove, deliveries, redeliver
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
-    /// Run plans on a cron, each tick once: add, list, show, pause, resume, remove
+    /// Run plans on a cron, each tick once: add, list, show, pause, resume, remove, backfill
     #[command(subcommand)]
     Schedules(schedules::SchedulesCommand),
     /// Delete finished runs past their retention now (administrators; uses the database)

@@ -1,12 +1,14 @@
 //! `opflow schedules`: plans that run themselves on a cron, each tick once, over the HTTP
 //! API: add, list, show (next ticks, and each decided tick's run or why none), pause,
-//! resume, remove.
+//! resume, remove, backfill.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
-use opflow_api_model::{AddScheduleRequest, Page, ScheduleDetail, ScheduleView};
+use opflow_api_model::{
+    AddScheduleRequest, BackfillRequest, BackfillView, Page, ScheduleDetail, ScheduleView,
+};
 
 use super::{
     client::{ServerArgs, path_segment},
@@ -27,6 +29,29 @@ pub enum SchedulesCommand {
     Resume(NameArgs),
     /// Remove a schedule and its ticks; its runs stay
     Remove(NameArgs),
+    /// Run a schedule's ticks over a past range, a few at a time (each tick once: a tick
+    /// that ran already is not run again)
+    Backfill(BackfillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// The schedule's name
+    pub name: String,
+    /// The range's first moment: RFC 3339 (2026-01-01T00:00:00Z) or a date (its midnight, UTC)
+    #[arg(long)]
+    pub from: String,
+    /// The range's last moment, included (not after now)
+    #[arg(long)]
+    pub to: String,
+    /// Its runs queued or running at once, at most
+    #[arg(long, default_value_t = 4)]
+    pub max_in_flight: u32,
+    /// Print the JSON answer
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +107,23 @@ pub struct NameArgs {
 
 fn time(at: Option<DateTime<Utc>>) -> String {
     at.map_or_else(|| "-".to_owned(), |at| at.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+fn backfill_line(b: &BackfillView) -> String {
+    let state = match (b.done_at, b.next_at) {
+        (Some(done), _) => format!("done at {}", time(Some(done))),
+        (None, Some(next)) => format!("next tick {}", time(Some(next))),
+        (None, None) => "done".to_owned(),
+    };
+    format!(
+        "backfill {} of {} from {} to {}: {} ticks submitted, {} runs at once at most; {state}",
+        b.id,
+        b.schedule,
+        time(Some(b.from)),
+        time(Some(b.to)),
+        b.submitted,
+        b.max_in_flight
+    )
 }
 
 fn summary(s: &ScheduleView) -> String {
@@ -171,6 +213,9 @@ pub async fn run(command: SchedulesCommand) -> anyhow::Result<ExitCode> {
                     })
                     .collect();
                 render::table(&["TICK", "OUTCOME", "RUN", "WHY"], &rows);
+                for b in &detail.backfills {
+                    say!("{}", backfill_line(b));
+                }
             }
         }
         SchedulesCommand::Pause(args) => {
@@ -186,6 +231,18 @@ pub async fn run(command: SchedulesCommand) -> anyhow::Result<ExitCode> {
             } else {
                 say!("{}", summary(&schedule));
                 say!("next tick: {}", time(schedule.next_tick_at));
+            }
+        }
+        SchedulesCommand::Backfill(args) => {
+            let path = format!("/v1/schedules/{}/backfill", path_segment(&args.name));
+            let body =
+                BackfillRequest { from: args.from, to: args.to, max_in_flight: Some(args.max_in_flight) };
+            let started: BackfillView = args.server.client()?.post(&path, &body, &[]).await?;
+            if args.json {
+                say!("{}", serde_json::to_string(&started)?);
+            } else {
+                say!("{}", backfill_line(&started));
+                eprintln!("`opflow schedules show {}` follows it", args.name);
             }
         }
         SchedulesCommand::Remove(args) => {

@@ -52,6 +52,9 @@ pub async fn run_schedules(store: Store, cancel: CancellationToken) {
             }
             Err(error) => tracing::warn!(%error, "looking for due schedules failed; trying again"),
         }
+        if let Err(error) = backfill(&store, &cancel).await {
+            tracing::warn!(error = format!("{error:#}"), "submitting backfills' ticks failed; trying again");
+        }
         let wait = match store.schedules().next_due().await {
             Ok(Some(at)) => {
                 (at - Utc::now()).to_std().unwrap_or_default().clamp(Duration::from_millis(10), POLL)
@@ -192,6 +195,46 @@ async fn handle(store: &Store, schedule: &ScheduleRow, now: DateTime<Utc>) -> Re
             return Ok(()); // another leader decided it
         }
         next = after;
+    }
+    Ok(())
+}
+
+/// Backfills worked on per look, and ticks one submits per look at most: every backfill
+/// moves a little each second, beside the others.
+const BACKFILLS_PER_LOOK: u32 = 100;
+const BACKFILL_TICKS_PER_LOOK: i64 = 20;
+
+/// Submits the next ticks of each open backfill, up to its room (`max_in_flight` less its
+/// runs queued or running). A tick's run has the schedule's own key for that tick, so a
+/// tick the schedule ran itself (or an overlapping backfill did) is found, not run again.
+/// A tick whose plan does not submit is passed over, as the schedule would skip it.
+async fn backfill(store: &Store, cancel: &CancellationToken) -> Result<(), TickError> {
+    let schedules = store.schedules();
+    for backfill in schedules.open_backfills(BACKFILLS_PER_LOOK).await? {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        let Some(schedule) = schedules.get(&backfill.schedule).await? else { continue };
+        let bad = |why: String| TickError::Definition(schedule.name.clone(), why);
+        let timing = Timing::parse(&schedule.cron, Some(&schedule.tz)).map_err(bad)?;
+        let in_flight = schedules.backfill_in_flight(backfill.id).await?;
+        let room = (i64::from(backfill.max_in_flight) - in_flight).clamp(0, BACKFILL_TICKS_PER_LOOK);
+        let mut next = backfill.next_at;
+        for _ in 0..room {
+            let Some(tick) = next else { break };
+            let after = timing.next_after(tick).filter(|t| *t <= backfill.to_at);
+            let submitted = submit(store, &schedule, &timing, tick).await?;
+            if let Err(why) = &submitted {
+                tracing::warn!(schedule = %schedule.name, %tick, why, "a backfilled tick did not submit; passing over it");
+            }
+            if !schedules
+                .backfilled(&backfill, tick, submitted.as_ref().map(|r| *r).map_err(String::as_str), after)
+                .await?
+            {
+                break; // another leader moved it
+            }
+            next = after;
+        }
     }
     Ok(())
 }

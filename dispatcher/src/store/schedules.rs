@@ -259,3 +259,125 @@ impl Schedules<'_> {
         .await?)
     }
 }
+
+/// A schedule's backfill (migration 0029).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BackfillRow {
+    pub id: Uuid,
+    pub schedule: String,
+    pub from_at: DateTime<Utc>,
+    pub to_at: DateTime<Utc>,
+    pub next_at: Option<DateTime<Utc>>,
+    pub max_in_flight: i32,
+    pub submitted: i32,
+    pub created_at: DateTime<Utc>,
+    pub done_at: Option<DateTime<Utc>>,
+}
+
+const BACKFILL_COLUMNS: &str =
+    "id, schedule, from_at, to_at, next_at, max_in_flight, submitted, created_at, done_at";
+
+impl Schedules<'_> {
+    /// Starts a backfill of `schedule` over `[from, to]`, at its first tick `first`.
+    pub async fn add_backfill(
+        &self,
+        schedule: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        first: DateTime<Utc>,
+        max_in_flight: i32,
+    ) -> Result<BackfillRow, StoreError> {
+        let statement = format!(
+            "INSERT INTO schedule_backfills (id, schedule, from_at, to_at, next_at, max_in_flight)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {BACKFILL_COLUMNS}"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(statement))
+            .bind(Uuid::now_v7())
+            .bind(schedule)
+            .bind(from)
+            .bind(to)
+            .bind(first)
+            .bind(max_in_flight)
+            .fetch_one(self.pool)
+            .await?)
+    }
+
+    /// Backfills with ticks left, of schedules not paused, oldest first.
+    pub async fn open_backfills(&self, limit: u32) -> Result<Vec<BackfillRow>, StoreError> {
+        let statement = format!(
+            "SELECT {BACKFILL_COLUMNS} FROM schedule_backfills b
+             WHERE next_at IS NOT NULL AND NOT (SELECT paused FROM schedules s WHERE s.name = b.schedule)
+             ORDER BY created_at LIMIT $1"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(statement)).bind(i64::from(limit)).fetch_all(self.pool).await?)
+    }
+
+    /// A schedule's backfills, newest first.
+    pub async fn backfills(&self, schedule: &str) -> Result<Vec<BackfillRow>, StoreError> {
+        let statement = format!(
+            "SELECT {BACKFILL_COLUMNS} FROM schedule_backfills WHERE schedule = $1 ORDER BY created_at DESC"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(statement)).bind(schedule).fetch_all(self.pool).await?)
+    }
+
+    /// The backfill's runs still queued or running.
+    pub async fn backfill_in_flight(&self, backfill: Uuid) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM runs WHERE backfill = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(backfill)
+        .fetch_one(self.pool)
+        .await?)
+    }
+
+    /// Records that the backfill submitted `tick` as a run (or passed over it, saying why)
+    /// and moves it to `next` (`None`: done), only if it is still at `tick`; the tick is
+    /// listed among the schedule's (unless the schedule decided it itself).
+    pub async fn backfilled(
+        &self,
+        backfill: &BackfillRow,
+        tick: DateTime<Utc>,
+        run: Result<Uuid, &str>,
+        next: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE schedule_backfills SET next_at = $3, submitted = submitted + 1,
+                    done_at = CASE WHEN $3::timestamptz IS NULL THEN now() END
+             WHERE id = $1 AND next_at = $2",
+        )
+        .bind(backfill.id)
+        .bind(tick)
+        .bind(next)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let (outcome, run, reason) = match run {
+            Ok(run) => ("submitted", Some(run), "backfill".to_owned()),
+            Err(why) => ("skipped", None, format!("backfill: {why}")),
+        };
+        sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, nominal_at, outcome, run_id, reason)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (schedule, nominal_at) DO NOTHING",
+        )
+        .bind(&backfill.schedule)
+        .bind(tick)
+        .bind(outcome)
+        .bind(run)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(run) = run {
+            sqlx::query("UPDATE runs SET schedule = $2, backfill = coalesce(backfill, $3) WHERE id = $1")
+                .bind(run)
+                .bind(&backfill.schedule)
+                .bind(backfill.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
