@@ -86,12 +86,18 @@ pub async fn stream(
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let follow = query.follow.unwrap_or(true);
     tokio::spawn(produce(state, run, after, filter, follow, tx, slot));
+    Ok(sse_of(rx))
+}
+
+/// An SSE answer of what a producer task sends on `rx`, with a keep-alive comment every
+/// 15 s: ends when the producer drops its sender. The UI's live pages answer the same way.
+pub fn sse_of(rx: mpsc::Receiver<SseEvent>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let events =
         futures_util::stream::unfold(
             rx,
             |mut rx| async move { rx.recv().await.map(|event| (Ok(event), rx)) },
         );
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
 /// A stream slot of the caller: counted per token, or per client address on an API

@@ -17,6 +17,9 @@ use croner::{Cron, parser::CronParser, parser::Seconds};
 pub const KEY_OWNER: &str = "opflow schedule";
 /// Longest schedule name.
 pub const MAX_NAME_BYTES: usize = 64;
+/// The longest cron expression, and the longest time zone name.
+pub const MAX_CRON_BYTES: usize = 256;
+pub const MAX_TZ_BYTES: usize = 64;
 /// The catch-up window unless one is given.
 pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(3600);
 /// The longest catch-up window.
@@ -83,6 +86,16 @@ pub struct Timing {
 
 impl Timing {
     pub fn parse(cron: &str, tz: Option<&str>) -> Result<Self, String> {
+        // Bounded before the parser or a message sees them.
+        if cron.len() > MAX_CRON_BYTES {
+            return Err(format!("the cron expression is {} bytes; at most {MAX_CRON_BYTES}", cron.len()));
+        }
+        if let Some(tz) = tz.filter(|tz| tz.len() > MAX_TZ_BYTES) {
+            return Err(format!(
+                "the time zone is {} bytes; an IANA name is at most {MAX_TZ_BYTES}",
+                tz.len()
+            ));
+        }
         let parsed = CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
@@ -238,6 +251,10 @@ mod tests {
         assert!(error.contains("cron `61 * * * *`"), "{error}");
         let error = Timing::parse("0 * * * *", Some("Mars/Olympus")).unwrap_err();
         assert!(error.contains("Mars/Olympus") && error.contains("IANA"), "{error}");
+        let long = Timing::parse(&"* ".repeat(100_000), None).unwrap_err();
+        assert!(long.contains("200000 bytes") && long.len() < 100, "{long}");
+        let long = Timing::parse("0 * * * *", Some(&"Z".repeat(10_000))).unwrap_err();
+        assert!(long.contains("10000 bytes") && long.len() < 100, "{long}");
         assert!(check_name("hourly-risk_v2.1").is_ok());
         assert!(check_name("two words").is_err());
         assert!(check_name(&"x".repeat(65)).is_err());

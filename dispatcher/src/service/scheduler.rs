@@ -33,6 +33,8 @@ const POLL: Duration = Duration::from_secs(1);
 /// worked off over several looks, every schedule getting its turn.
 const SCHEDULES_PER_LOOK: u32 = 100;
 const TICKS_PER_LOOK: usize = 100;
+/// The longest reason stored for a tick passed over.
+const MAX_REASON_BYTES: usize = 1024;
 
 /// Submits due ticks until `cancel`.
 pub async fn run_schedules(store: Store, cancel: CancellationToken) {
@@ -116,7 +118,11 @@ async fn submit(
             Ok(Ok(submitted.run_id.as_uuid()))
         }
         Err(SubmitError::Store(error)) => Err(error.into()),
-        Err(other) => Ok(Err(format!("the plan did not submit: {other}"))),
+        // Cut where it is made: a plan's problems may be many, and the reason is stored.
+        Err(other) => Ok(Err(format!(
+            "the plan did not submit: {}",
+            opflow_protocol::text::cut(&other.to_string(), MAX_REASON_BYTES)
+        ))),
     }
 }
 

@@ -19,7 +19,7 @@ use std::{
 use axum::{
     Extension,
     extract::{ConnectInfo, Path, Query, State},
-    response::sse::{Event as SseEvent, KeepAlive, Sse},
+    response::sse::{Event as SseEvent, Sse},
 };
 use futures_util::Stream;
 use opflow_api_model::{AssetInfo, StepCounts};
@@ -44,7 +44,6 @@ use crate::{
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Rates are finished steps over this much of the recent past.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Default, Deserialize)]
 pub struct LiveQuery {
@@ -205,12 +204,7 @@ pub async fn stream(
     }
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(produce(state, run, after, tx, slot));
-    let events =
-        futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|event| (Ok(event), rx)) },
-        );
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+    Ok(crate::api::events::sse_of(rx))
 }
 
 /// Reads what an update needs: the run, its totals, the page's assets.
