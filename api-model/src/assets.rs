@@ -28,6 +28,41 @@ pub struct AssetSummary {
     /// When its latest materialization was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_at: Option<DateTime<Utc>>,
+    /// Its freshness policy (`freshness` in the plan) and its materialized cells by
+    /// freshness under it; absent without a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<FreshnessSummary>,
+}
+
+/// An asset's materialized cells counted by freshness.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FreshnessSummary {
+    /// The policy, in words: `max_age 2h, warn after 1h 30m` or `deadline `0 6 * * *` (UTC)`.
+    pub policy: String,
+    pub fresh: i64,
+    /// Older than `warn_after`, or not materialized since the deadline's last tick.
+    pub warn: i64,
+    /// Older than `max_age`, or missed the deadline's last tick.
+    pub stale: i64,
+}
+
+/// A materialized cell's freshness under its asset's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FreshnessState {
+    Fresh,
+    Warn,
+    Stale,
+}
+
+impl FreshnessState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FreshnessState::Fresh => "fresh",
+            FreshnessState::Warn => "warn",
+            FreshnessState::Stale => "stale",
+        }
+    }
 }
 
 /// What a cell's latest state is.
@@ -59,6 +94,9 @@ pub struct CellsQuery {
     /// Only this partition's cells (every sweep point of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
+    /// Only materialized cells of this freshness (an asset with a freshness policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<FreshnessState>,
     /// 1–1000, default 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
@@ -88,6 +126,12 @@ pub struct CellView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// When its current materialization was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub materialized_at: Option<DateTime<Utc>>,
+    /// Its freshness under its asset's policy; absent without a policy or a materialization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<FreshnessState>,
 }
 
 /// One materialization: what a successful step produced.

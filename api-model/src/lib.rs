@@ -25,8 +25,8 @@ pub mod schedules;
 pub mod webhooks;
 
 pub use assets::{
-    AssetSummary, CellStatus, CellView, CellsQuery, CheckView, ChecksQuery, HistoryQuery, Lineage,
-    LineageDirection, LineageItem, LineageQuery, Materialization,
+    AssetSummary, CellStatus, CellView, CellsQuery, CheckView, ChecksQuery, FreshnessState, FreshnessSummary,
+    HistoryQuery, Lineage, LineageDirection, LineageItem, LineageQuery, Materialization,
 };
 pub use error::ErrorBody;
 pub use ops::{OpVersion, QueueDemand};

@@ -1,4 +1,5 @@
-//! Schedules: plans that run themselves on a cron, each tick once.
+//! Schedules: plans that run themselves on a cron, each tick once, or when the catalog
+//! says a cell is stale or an asset they read was materialized anew.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,8 +17,23 @@ pub struct AddScheduleRequest {
     /// The plan file's name, for messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    /// A cron expression: 5 fields (`0 * * * *`), or 6 with seconds first.
-    pub cron: String,
+    /// A cron expression: 5 fields (`0 * * * *`), or 6 with seconds first. Give it or `on`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// Instead of a cron, what in the catalog triggers a run: `stale` (a cell of the plan's
+    /// assets is older than its freshness policy) or `upstream_materialized` (another run
+    /// materialized an asset the plan reads). Such runs take fresh cells from the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
+    /// With `on`: at most one run per this long (`30s` by default), and for
+    /// `upstream_materialized`, this long after the first new materialization, so that a
+    /// burst of them makes one run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<String>,
+    /// Each run takes from the catalog every cell it holds fresh, as `opflow run --missing`
+    /// does: only what is missing, failed, changed or stale runs. Always so with `on`.
+    #[serde(default)]
+    pub missing: bool,
     /// An IANA time zone (`Europe/Paris`); UTC by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tz: Option<String>,
@@ -43,7 +59,18 @@ pub struct ScheduleView {
     pub name: String,
     pub plan: String,
     pub plan_file: String,
-    pub cron: String,
+    /// Absent for a schedule triggered `on` the catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// `stale` or `upstream_materialized`; absent for a cron schedule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
+    /// Its runs take fresh cells from the catalog (`--missing`).
+    #[serde(default)]
+    pub missing: bool,
+    /// With `on`: its debounce.
+    #[serde(default)]
+    pub debounce_secs: i64,
     pub tz: String,
     pub overlap: String,
     pub catch_up_secs: i64,

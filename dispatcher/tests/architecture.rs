@@ -26,7 +26,8 @@ const LAYERS: &[&[&str]] = &[
     &["api"],
     &["submit", "ops", "webhooks"],
     &["store"],
-    &["plan", "schedules"],
+    &["plan"],
+    &["schedules"],
     &["settings", "keyed_counts", "human"],
 ];
 

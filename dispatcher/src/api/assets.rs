@@ -7,13 +7,17 @@ use axum::{
 };
 
 use opflow_api_model::{
-    AssetSummary, CellStatus, CellView, CellsQuery, CheckView, ChecksQuery, ErrorBody, HistoryQuery, Lineage,
-    LineageDirection, LineageItem, LineageQuery, Materialization, Page,
+    AssetSummary, CellStatus, CellView, CellsQuery, CheckView, ChecksQuery, ErrorBody, FreshnessState,
+    FreshnessSummary, HistoryQuery, Lineage, LineageDirection, LineageItem, LineageQuery, Materialization,
+    Page,
 };
 
 use super::{error::ApiError, params::page_limit, state::ApiState};
-use crate::store::catalog::{
-    AssetSummaryRow, CellFilter, CellRow, Direction, MAX_LINEAGE_ROWS, MaterializationRow,
+use crate::{
+    plan::freshness::{Freshness, Thresholds},
+    store::catalog::{
+        AssetSummaryRow, CellFilter, CellRow, Direction, MAX_LINEAGE_ROWS, MadeBetween, MaterializationRow,
+    },
 };
 
 #[utoipa::path(get, path = "/v1/assets", operation_id = "list_catalog_assets", tag = "assets",
@@ -69,11 +73,33 @@ pub async fn cells(
     if catalog.summaries(Some(&asset)).await?.is_empty() {
         return Err(not_found(&asset));
     }
+    let thresholds = state
+        .store
+        .freshness()
+        .policies(Some(std::slice::from_ref(&asset)), chrono::Utc::now())
+        .await?
+        .into_iter()
+        .next()
+        .and_then(|p| p.thresholds);
+    let made = match (query.freshness, thresholds) {
+        (None, _) => None,
+        (Some(state), Some(t)) => Some(match state {
+            FreshnessState::Stale => MadeBetween { from: None, until: Some(t.stale_before) },
+            FreshnessState::Warn => MadeBetween { from: Some(t.stale_before), until: Some(t.warn_before) },
+            FreshnessState::Fresh => MadeBetween { from: Some(t.warn_before), until: None },
+        }),
+        // No policy (or a deadline not due yet): every materialized cell is fresh.
+        (Some(FreshnessState::Fresh), None) => Some(MadeBetween::default()),
+        (Some(_), None) => {
+            Some(MadeBetween { from: None, until: Some(chrono::DateTime::<chrono::Utc>::MIN_UTC) })
+        }
+    };
     let rows = catalog
         .cells(
             &asset,
             filter,
             query.partition.as_deref(),
+            made,
             after.as_ref().map(|(p, q)| (p.as_str(), q.as_str())),
             limit + 1,
         )
@@ -82,7 +108,7 @@ pub async fn cells(
     let rows: Vec<CellRow> = rows.into_iter().take(limit as usize).collect();
     let next_cursor =
         more.then(|| rows.last().map(|r| serde_json::json!([r.partition, r.point]).to_string())).flatten();
-    Ok(Json(Page { items: rows.into_iter().map(cell).collect(), next_cursor }))
+    Ok(Json(Page { items: rows.into_iter().map(|row| cell(row, thresholds)).collect(), next_cursor }))
 }
 
 #[utoipa::path(get, path = "/v1/assets/{asset}/history", operation_id = "asset_history", tag = "assets",
@@ -216,6 +242,12 @@ fn summary(row: AssetSummaryRow) -> AssetSummary {
         stale: row.stale,
         failed: row.failed,
         latest_at: row.latest_at,
+        freshness: row.freshness.map(|f| FreshnessSummary {
+            policy: f.policy,
+            fresh: f.fresh,
+            warn: f.warn,
+            stale: f.stale,
+        }),
     }
 }
 
@@ -229,8 +261,14 @@ fn point_of(point: &str) -> Option<serde_json::Value> {
         .then(|| serde_json::from_str(point).unwrap_or_else(|_| serde_json::Value::String(point.into())))
 }
 
-fn cell(row: CellRow) -> CellView {
+fn cell(row: CellRow, thresholds: Option<Thresholds>) -> CellView {
     CellView {
+        freshness: thresholds.zip(row.materialized_at).map(|(t, at)| match t.of(at) {
+            Freshness::Fresh => FreshnessState::Fresh,
+            Freshness::Warn => FreshnessState::Warn,
+            Freshness::Stale => FreshnessState::Stale,
+        }),
+        materialized_at: row.materialized_at,
         point: point_of(&row.point),
         partition: partition_of(row.partition),
         status: match row.status.as_str() {

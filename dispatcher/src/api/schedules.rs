@@ -1,4 +1,5 @@
-//! `/v1/schedules[/…]`: plans that run themselves on a cron. Adding one compiles its plan
+//! `/v1/schedules[/…]`: plans that run themselves on a cron, or on a change in the catalog
+//! (`on: stale`, `on: upstream_materialized`). Adding one compiles its plan
 //! (so a plan that would not run is refused now, not at its first tick); the leader's
 //! scheduler submits its ticks. A schedule is its owner's: another team's token may read it
 //! but not pause, resume or remove it (an admin may).
@@ -18,7 +19,9 @@ use opflow_api_model::{
 
 use super::{auth::Caller, error::ApiError, state::ApiState};
 use crate::{
-    schedules::{self, DEFAULT_CATCH_UP, MAX_CATCH_UP, Overlap, Timing},
+    schedules::{
+        self, DEFAULT_CATCH_UP, DEFAULT_DEBOUNCE, MAX_CATCH_UP, MAX_DEBOUNCE, Overlap, Timing, Trigger,
+    },
     store::{
         schedules::{BackfillRow, NewSchedule, ScheduleRow},
         tokens::Scope,
@@ -36,6 +39,9 @@ fn view(row: ScheduleRow) -> ScheduleView {
         plan: row.plan_name,
         plan_file: row.plan_file,
         cron: row.cron,
+        on: Trigger::from_stored(&row.trigger).ok().and_then(Trigger::on).map(str::to_owned),
+        missing: row.missing,
+        debounce_secs: row.debounce_secs,
         tz: row.tz,
         overlap: row.overlap,
         catch_up_secs: row.catch_up_secs,
@@ -66,7 +72,40 @@ pub async fn add(
 ) -> Result<(StatusCode, Json<ScheduleView>), ApiError> {
     let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
     schedules::check_name(&request.name).map_err(ApiError::BadRequest)?;
-    let timing = Timing::parse(&request.cron, request.tz.as_deref()).map_err(ApiError::BadRequest)?;
+    let (trigger, cron) = match (request.on.as_deref(), request.cron.as_deref()) {
+        (None, Some(cron)) => (Trigger::Cron, cron),
+        (Some(on), None) => (Trigger::from_on(on).map_err(ApiError::BadRequest)?, "* * * * *"),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest("give `cron` or `on`, not both".into()));
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "give `cron` (a cron expression) or `on` (`stale` or `upstream_materialized`)".into(),
+            ));
+        }
+    };
+    // A triggered schedule keeps a time zone for its partitions' dates, not a cron.
+    let timing = Timing::parse(cron, request.tz.as_deref()).map_err(ApiError::BadRequest)?;
+    let debounce = match (request.debounce.as_deref(), trigger) {
+        (None, _) => DEFAULT_DEBOUNCE,
+        (Some(_), Trigger::Cron) => {
+            return Err(ApiError::BadRequest(
+                "`debounce` goes with `on`; a cron schedule runs at its ticks".into(),
+            ));
+        }
+        (Some(text), _) => humantime::parse_duration(text).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "`debounce` `{}`: {e}; write a duration (`30s`, `5m`)",
+                opflow_protocol::text::cut(text, 64)
+            ))
+        })?,
+    };
+    if debounce > MAX_DEBOUNCE {
+        return Err(ApiError::BadRequest("`debounce` is at most 24 hours".into()));
+    }
+    if trigger != Trigger::Cron && request.partition_of_tick {
+        return Err(ApiError::BadRequest("`partition_of_tick` needs a cron: a trigger has no tick".into()));
+    }
     let overlap: Overlap = match request.overlap.as_deref() {
         None => Overlap::Skip,
         Some(text) => text.parse().map_err(ApiError::BadRequest)?,
@@ -107,14 +146,17 @@ pub async fn add(
         plan_name: &compiled.name,
         plan_file: file,
         plan_source: &request.plan,
-        cron: &request.cron,
+        cron: request.cron.as_deref(),
+        trigger: trigger.as_str(),
+        missing: request.missing || trigger != Trigger::Cron,
+        debounce_secs: debounce.as_secs() as i64,
         tz: timing.tz_name(),
         overlap: overlap.as_str(),
         catch_up_secs: catch_up.as_secs() as i64,
         partition_of_tick: request.partition_of_tick,
         owner,
         priority: request.priority.map(i16::from),
-        next_tick_at: timing.next_after(Utc::now()),
+        next_tick_at: if trigger == Trigger::Cron { timing.next_after(Utc::now()) } else { None },
     };
     if !state.store.schedules().add(&new).await? {
         return Err(ApiError::Conflict(format!(
@@ -143,7 +185,8 @@ pub async fn one(
     Path(name): Path<String>,
 ) -> Result<Json<ScheduleDetail>, ApiError> {
     let row = state.store.schedules().get(&name).await?.ok_or_else(|| not_found(&name))?;
-    let upcoming = match (Timing::parse(&row.cron, Some(&row.tz)), row.next_tick_at) {
+    let timing = row.cron.as_deref().map(|cron| Timing::parse(cron, Some(&row.tz)));
+    let upcoming = match (timing.unwrap_or_else(|| Err(String::new())), row.next_tick_at) {
         (Ok(timing), Some(next)) if !row.paused => {
             let mut ticks = vec![next];
             ticks.extend(timing.upcoming(next, UPCOMING_SHOWN - 1));
@@ -213,7 +256,11 @@ pub async fn resume(
     Path(name): Path<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let row = changeable(&state, caller.as_ref().map(|Extension(c)| c), &name).await?;
-    let next = Timing::parse(&row.cron, Some(&row.tz)).ok().and_then(|t| t.next_after(Utc::now()));
+    let next = row
+        .cron
+        .as_deref()
+        .and_then(|cron| Timing::parse(cron, Some(&row.tz)).ok())
+        .and_then(|t| t.next_after(Utc::now()));
     state.store.schedules().resume(&name, next).await?;
     let row = state.store.schedules().get(&name).await?.ok_or_else(|| not_found(&name))?;
     Ok(Json(view(row)))
@@ -297,7 +344,13 @@ pub async fn backfill(
     if !(1..=MAX_BACKFILL_IN_FLIGHT).contains(&max_in_flight) {
         return Err(ApiError::BadRequest(format!("`max_in_flight` is 1 to {MAX_BACKFILL_IN_FLIGHT}")));
     }
-    let timing = Timing::parse(&row.cron, Some(&row.tz)).map_err(ApiError::BadRequest)?;
+    let Some(cron) = row.cron.as_deref() else {
+        return Err(ApiError::BadRequest(format!(
+            "schedule `{name}` runs on a trigger, not a cron: it has no ticks to backfill; \
+             `opflow run --missing` runs what its plan lacks"
+        )));
+    };
+    let timing = Timing::parse(cron, Some(&row.tz)).map_err(ApiError::BadRequest)?;
     let Some(first) = timing.next_from(from).filter(|first| *first <= to) else {
         return Err(ApiError::BadRequest(format!("schedule `{name}` has no tick from {from} to {to}")));
     };

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use opflow_api_model::{
-    AssetSummary, CellStatus, CellView, CellsQuery, CheckView, ChecksQuery, HistoryQuery, Lineage,
-    LineageDirection, LineageQuery, Materialization, Page,
+    AssetSummary, CellStatus, CellView, CellsQuery, CheckView, ChecksQuery, FreshnessState, HistoryQuery,
+    Lineage, LineageDirection, LineageQuery, Materialization, Page,
 };
 
 use super::client::{ServerArgs, path_segment};
@@ -49,6 +49,13 @@ pub struct ChecksArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Also each partition's freshness (fresh, warn, stale), for every asset with a
+    /// freshness policy: the stalest first, at most --limit per asset
+    #[arg(long)]
+    freshness: bool,
+    /// With --freshness: the most partitions to print per asset
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
     /// Print JSON (the API's `GET /v1/assets` items), one asset per line
     #[arg(long)]
     json: bool,
@@ -66,6 +73,9 @@ pub struct ShowArgs {
     /// Only cells in this state
     #[arg(long, value_parser = ["materialized", "stale", "failed"])]
     status: Option<String>,
+    /// Only materialized cells of this freshness, under the asset's freshness policy
+    #[arg(long, value_parser = ["fresh", "warn", "stale"])]
+    freshness: Option<String>,
     /// Every materialization of the partition (of every sweep point), newest first
     #[arg(long)]
     history: bool,
@@ -110,11 +120,24 @@ pub async fn run(command: AssetsCommand) -> anyhow::Result<ExitCode> {
             } else if page.items.is_empty() {
                 say!("no assets yet: the catalog fills as runs materialize them (`opflow run plan.yaml`)");
             } else {
-                let rows: Vec<[String; 8]> = page.items.iter().map(summary_row).collect();
+                let rows: Vec<[String; 9]> = page.items.iter().map(summary_row).collect();
                 table(
-                    &["ASSET", "OP", "CELLS", "MATERIALIZED", "STALE", "FAILED", "MISSING", "LATEST"],
+                    &[
+                        "ASSET",
+                        "OP",
+                        "CELLS",
+                        "MATERIALIZED",
+                        "STALE",
+                        "FAILED",
+                        "MISSING",
+                        "FRESHNESS",
+                        "LATEST",
+                    ],
                     &rows,
                 );
+                if args.freshness {
+                    freshness_by_partition(&args, &page.items).await?;
+                }
             }
         }
         AssetsCommand::Show(args) => show(args).await?,
@@ -226,6 +249,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
             _ => CellStatus::Materialized,
         }),
         partition: args.partition.clone(),
+        freshness: args.freshness.as_deref().map(freshness_state),
         limit: Some(args.limit),
         cursor: None,
     };
@@ -249,13 +273,17 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
         row[5],
         row[6]
     );
-    let rows: Vec<[String; 4]> = cells
+    if let Some(f) = &summary.freshness {
+        say!("freshness ({}): {}", f.policy, row[7]);
+    }
+    let rows: Vec<[String; 5]> = cells
         .items
         .iter()
         .map(|c| {
             [
                 cell_label(&summary.name, c.partition.as_deref(), c.point.as_ref()),
                 c.status.as_str().to_owned(),
+                c.freshness.map_or("-", FreshnessState::as_str).to_owned(),
                 c.materialization.map_or_else(|| "-".to_owned(), |id| id.to_string()),
                 match (&c.error, c.status) {
                     (Some(error), CellStatus::Failed) => error.lines().next().unwrap_or_default().to_owned(),
@@ -265,7 +293,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
         })
         .collect();
     if !rows.is_empty() {
-        table(&["CELL", "STATUS", "MATERIALIZATION", "AT / ERROR"], &rows);
+        table(&["CELL", "STATUS", "FRESHNESS", "MATERIALIZATION", "AT / ERROR"], &rows);
     }
     if cells.next_cursor.is_some() {
         say!(
@@ -275,7 +303,48 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn summary_row(a: &AssetSummary) -> [String; 8] {
+fn freshness_state(word: &str) -> FreshnessState {
+    match word {
+        "stale" => FreshnessState::Stale,
+        "warn" => FreshnessState::Warn,
+        _ => FreshnessState::Fresh,
+    }
+}
+
+/// `opflow assets list --freshness`: each partition of each asset with a policy, by its
+/// stalest cell (a partition's sweep points are its cells), the stalest partitions first.
+async fn freshness_by_partition(args: &ListArgs, assets: &[AssetSummary]) -> anyhow::Result<()> {
+    let client = args.server.client()?;
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    for asset in assets.iter().filter(|a| a.freshness.is_some()) {
+        let mut partitions: Vec<(String, FreshnessState, String)> = Vec::new();
+        for state in [FreshnessState::Stale, FreshnessState::Warn, FreshnessState::Fresh] {
+            let query =
+                CellsQuery { freshness: Some(state), limit: Some(args.limit), ..CellsQuery::default() };
+            let path = format!("/v1/assets/{}/partitions", path_segment(&asset.name));
+            let cells: Page<CellView> = client.get_with(&path, &query).await?;
+            for cell in cells.items {
+                let partition = cell.partition.unwrap_or_else(|| "-".into());
+                if partitions.len() < args.limit as usize && !partitions.iter().any(|p| p.0 == partition) {
+                    let at = cell.materialized_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+                    partitions.push((partition, state, at.unwrap_or_default()));
+                }
+            }
+        }
+        rows.extend(
+            partitions
+                .into_iter()
+                .map(|(partition, state, at)| [asset.name.clone(), partition, state.as_str().to_owned(), at]),
+        );
+    }
+    if !rows.is_empty() {
+        say!("");
+        table(&["ASSET", "PARTITION", "FRESHNESS", "MATERIALIZED"], &rows);
+    }
+    Ok(())
+}
+
+fn summary_row(a: &AssetSummary) -> [String; 9] {
     [
         a.name.clone(),
         a.op.clone(),
@@ -284,6 +353,10 @@ fn summary_row(a: &AssetSummary) -> [String; 8] {
         a.stale.to_string(),
         a.failed.to_string(),
         a.missing.to_string(),
+        a.freshness.as_ref().map_or_else(
+            || "-".to_owned(),
+            |f| format!("{} fresh, {} warn, {} stale", f.fresh, f.warn, f.stale),
+        ),
         a.latest_at.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
     ]
 }

@@ -29,7 +29,13 @@ async fn backfill(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let names: Vec<String> = plan.assets.iter().map(|a| a.name.clone()).collect();
-    let cells = store.catalog().cells_of_assets(&names).await?;
+    let now = chrono::Utc::now();
+    let stale_before: Vec<_> = plan
+        .assets
+        .iter()
+        .map(|a| a.freshness.as_ref().and_then(|p| p.thresholds(now)).map(|t| t.stale_before))
+        .collect();
+    let cells = store.catalog().cells_of_assets(&names, &stale_before).await?;
     let (name, steps) = (plan.name.clone(), plan.step_count);
     let graph = PlanGraph::new(plan);
     let report = tokio::task::spawn_blocking(move || {

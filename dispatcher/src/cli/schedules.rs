@@ -1,4 +1,5 @@
-//! `opflow schedules`: plans that run themselves on a cron, each tick once, over the HTTP
+//! `opflow schedules`: plans that run themselves on a cron, each tick once, or on a change
+//! in the catalog (`--on stale`, `--on upstream-materialized`), over the HTTP
 //! API: add, list, show (next ticks, and each decided tick's run or why none), pause,
 //! resume, remove, backfill.
 
@@ -17,7 +18,8 @@ use super::{
 
 #[derive(Debug, Subcommand)]
 pub enum SchedulesCommand {
-    /// Run a plan on a cron: each tick submits one run (keyed by the schedule and the tick)
+    /// Run a plan on a cron (each tick submits one run, keyed by the schedule and the tick),
+    /// or when its cells go stale or what it reads is materialized anew (--on)
     Add(AddArgs),
     /// List the schedules
     List(ListArgs),
@@ -61,8 +63,21 @@ pub struct AddArgs {
     /// The plan file (YAML)
     pub plan: PathBuf,
     /// When: a cron expression, 5 fields ("0 * * * *": hourly) or 6 with seconds first
+    #[arg(long, required_unless_present = "on", conflicts_with = "on")]
+    pub cron: Option<String>,
+    /// Instead of a cron: run when a cell of the plan's assets goes stale by its freshness
+    /// policy (`stale`), or when another run materializes an asset the plan reads
+    /// (`upstream-materialized`); such runs take fresh cells from the catalog (--missing)
+    #[arg(long, value_parser = ["stale", "upstream-materialized"])]
+    pub on: Option<String>,
+    /// With --on: at most one run per this long, and (upstream-materialized) this long
+    /// after the first new materialization, so that a burst makes one run [default: 30s]
+    #[arg(long, requires = "on")]
+    pub debounce: Option<String>,
+    /// Each tick's run takes from the catalog every cell it holds fresh (as `opflow run
+    /// --missing`): only what is missing, failed, changed or stale by its freshness policy runs
     #[arg(long)]
-    pub cron: String,
+    pub missing: bool,
     /// The cron's time zone, an IANA name ("Europe/Paris") [default: UTC]
     #[arg(long)]
     pub tz: Option<String>,
@@ -126,19 +141,34 @@ fn backfill_line(b: &BackfillView) -> String {
     )
 }
 
+/// When a schedule runs: its cron in its zone, or its trigger and debounce.
+fn when(s: &ScheduleView) -> String {
+    match (&s.cron, &s.on) {
+        (Some(cron), _) => format!("{cron} {}", s.tz),
+        (None, Some(on)) => format!(
+            "on {on} (debounce {})",
+            humantime::format_duration(std::time::Duration::from_secs(s.debounce_secs.max(0) as u64))
+        ),
+        (None, None) => "-".into(),
+    }
+}
+
 fn summary(s: &ScheduleView) -> String {
     let state = if s.paused { "paused" } else { "active" };
     format!(
-        "schedule {} ({state}): plan {} ({}), cron \"{}\" {}, overlap {}, catch-up {}, owner {}{}",
+        "schedule {} ({state}): plan {} ({}), {}, overlap {}, catch-up {}, owner {}{}{}",
         s.name,
         s.plan,
         s.plan_file,
-        s.cron,
-        s.tz,
+        match &s.cron {
+            Some(cron) => format!("cron \"{cron}\" {}", s.tz),
+            None => when(s),
+        },
         s.overlap,
         humantime::format_duration(std::time::Duration::from_secs(s.catch_up_secs.max(0) as u64)),
         s.owner,
-        if s.partition_of_tick { ", the tick's own partition" } else { "" }
+        if s.partition_of_tick { ", the tick's own partition" } else { "" },
+        if s.missing { ", only what is missing or stale (--missing)" } else { "" }
     )
 }
 
@@ -151,6 +181,9 @@ pub async fn run(command: SchedulesCommand) -> anyhow::Result<ExitCode> {
                 plan,
                 file: Some(args.plan.display().to_string()),
                 cron: args.cron,
+                on: args.on.map(|on| on.replace('-', "_")),
+                debounce: args.debounce,
+                missing: args.missing,
                 tz: args.tz,
                 overlap: Some(args.overlap),
                 catch_up: Some(args.catch_up),
@@ -162,7 +195,9 @@ pub async fn run(command: SchedulesCommand) -> anyhow::Result<ExitCode> {
                 say!("{}", serde_json::to_string(&added)?);
             } else {
                 say!("{}", summary(&added));
-                say!("first tick: {}", time(added.next_tick_at));
+                if added.cron.is_some() {
+                    say!("first tick: {}", time(added.next_tick_at));
+                }
             }
         }
         SchedulesCommand::List(args) => {
@@ -177,7 +212,7 @@ pub async fn run(command: SchedulesCommand) -> anyhow::Result<ExitCode> {
                         [
                             s.name.clone(),
                             s.plan.clone(),
-                            format!("{} {}", s.cron, s.tz),
+                            when(s),
                             s.overlap.clone(),
                             if s.paused { "paused".into() } else { "active".into() },
                             time(s.next_tick_at),
@@ -185,7 +220,7 @@ pub async fn run(command: SchedulesCommand) -> anyhow::Result<ExitCode> {
                         ]
                     })
                     .collect();
-                render::table(&["NAME", "PLAN", "CRON", "OVERLAP", "STATE", "NEXT TICK", "OWNER"], &rows);
+                render::table(&["NAME", "PLAN", "WHEN", "OVERLAP", "STATE", "NEXT TICK", "OWNER"], &rows);
             }
         }
         SchedulesCommand::Show(args) => {

@@ -32,7 +32,8 @@ pub struct AddArgs {
     /// dispatcher's `webhooks_allow_private` setting allows them
     pub url: String,
     /// Which events to send, comma-separated: run.succeeded, run.failed, run.canceled (how
-    /// a run ended), check.failed (a check an op reported failed)
+    /// a run ended), check.failed (a check an op reported failed), freshness.failed (a cell
+    /// older than its asset's freshness policy, once per materialization)
     #[arg(long, value_delimiter = ',', default_value = "run.succeeded,run.failed,run.canceled")]
     pub events: Vec<String>,
     /// The signing secret (`whsec_<base64>`); generated when absent

@@ -243,6 +243,8 @@ pub struct CellFacts {
     pub materialized: Option<MaterializedBy>,
     /// A materialization it read was replaced by one with another output.
     pub upstream_changed: bool,
+    /// Its materialization is older than its asset's freshness policy allows.
+    pub expired: bool,
 }
 
 /// What computed a cell's current materialization, and whether its output can still be
@@ -269,6 +271,8 @@ pub enum WhyRun {
     ConfigChanged,
     /// A materialization it read has since changed.
     UpstreamChanged,
+    /// Older than its asset's freshness policy allows.
+    Expired,
     /// A cell it reads runs in this run.
     UpstreamRuns,
     /// Its output is gone with the run that made it (retention).
@@ -285,6 +289,7 @@ impl fmt::Display for WhyRun {
             WhyRun::OpChanged => "op version changed",
             WhyRun::ConfigChanged => "config changed",
             WhyRun::UpstreamChanged => "upstream changed",
+            WhyRun::Expired => "older than its freshness policy",
             WhyRun::UpstreamRuns => "upstream runs",
             WhyRun::NotRetained => "output not retained",
             WhyRun::ReuseNever => "reuse: never",
@@ -327,6 +332,9 @@ pub fn why_run(
         }
         if cell.upstream_changed {
             return Some(WhyRun::UpstreamChanged);
+        }
+        if cell.expired {
+            return Some(WhyRun::Expired);
         }
     }
     if upstream_runs {
@@ -562,6 +570,7 @@ assets:
                 retained: true,
             }),
             upstream_changed: false,
+            expired: false,
         }
     }
 
@@ -585,11 +594,16 @@ assets:
         let changed = CellFacts { upstream_changed: true, ..good.clone() };
         assert_eq!(why_run(Only::Missing, Some(&changed), now, false), Some(WhyRun::UpstreamChanged));
         assert_eq!(why_run(Only::Failed, Some(&changed), now, false), None);
+        // Older than its freshness policy: `--missing` runs it, `--failed` takes it.
+        let expired = CellFacts { expired: true, ..good.clone() };
+        assert_eq!(why_run(Only::Missing, Some(&expired), now, false), Some(WhyRun::Expired));
+        assert_eq!(why_run(Only::Failed, Some(&expired), now, false), None);
         // A version the op declares compatible (`reuse_from`) is not a change.
         let compatible = [semver::Version::new(1, 0, 0)];
         let patched = StepDefinition { reuse_versions: &compatible, ..now };
         assert_eq!(why_run(Only::Missing, Some(&older), patched, false), None);
-        let never_done = CellFacts { failed: false, materialized: None, upstream_changed: false };
+        let never_done =
+            CellFacts { failed: false, materialized: None, upstream_changed: false, expired: false };
         assert_eq!(why_run(Only::Failed, Some(&never_done), now, false), Some(WhyRun::Missing));
         let mut gone = good.clone();
         gone.materialized.as_mut().unwrap().retained = false;

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{
     concurrency::ConcurrencyRule,
+    freshness::FreshnessPolicy,
     retry::{self, StepRetryPolicy},
 };
 
@@ -127,6 +128,8 @@ pub struct CompiledAsset {
     pub reuse_versions: Vec<semver::Version>,
     /// The checks the plan declares for what the op reports (`checks`), in file order.
     pub checks: Vec<DeclaredCheck>,
+    /// How old its cells may grow before they are stale (`freshness`).
+    pub freshness: Option<FreshnessPolicy>,
     /// Step ids are global indices `0..step_count`; an asset's steps are contiguous.
     pub first_step: u32,
     /// Line of the asset's `name:` in the plan file.

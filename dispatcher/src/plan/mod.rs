@@ -23,6 +23,7 @@
 //!     retry: {max: 2, backoff: 1s}
 //!     timeout: 5m
 //!     concurrency: {key: "paths/{partition}", max: 2}   # see `concurrency`
+//!     freshness: {max_age: 2h}      # or {deadline: "0 6 * * *", tz: Europe/Paris}
 //!   - name: var
 //!     op: var-report@^1.0
 //!     deps: [paths]                 # same partitions: partition to partition; else fan-in
@@ -39,6 +40,7 @@ mod dimensions;
 mod error;
 mod expand;
 pub mod fingerprint;
+pub mod freshness;
 pub mod graph;
 mod parse;
 pub mod retry;

@@ -58,6 +58,22 @@ pub struct RawAsset {
     /// blocking}` each.
     #[serde(default)]
     pub checks: Vec<Spanned<RawCheck>>,
+    /// `{max_age, warn_after}` or `{deadline, tz}`; interpreted in `validate` (`freshness`).
+    #[serde(default)]
+    pub freshness: Option<Spanned<RawFreshness>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFreshness {
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub warn_after: Option<String>,
+    #[serde(default)]
+    pub deadline: Option<String>,
+    #[serde(default)]
+    pub tz: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

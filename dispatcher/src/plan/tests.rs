@@ -474,3 +474,39 @@ fn reuse_is_auto_unless_the_asset_says_never() {
         &["plans/bad.yaml:5", "asset `a`", "reuse", "`sometimes` is not `auto`", "never"],
     );
 }
+
+#[test]
+fn freshness_is_a_max_age_or_a_deadline_and_a_bad_one_names_its_line_and_asset() {
+    use super::freshness::FreshnessPolicy;
+    let plan = compile_ok(
+        "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    freshness: {max_age: 2h, warn_after: 1h}\n  \
+         - name: b\n    op: noop@1.0.0\n    freshness: {deadline: \"0 6 * * *\", tz: Europe/Paris}\n  \
+         - name: c\n    op: noop@1.0.0\n",
+    );
+    let policies: Vec<Option<&FreshnessPolicy>> = plan.assets.iter().map(|a| a.freshness.as_ref()).collect();
+    assert_eq!(
+        policies,
+        [
+            Some(&FreshnessPolicy::MaxAge { max_age_secs: 7200, warn_after_secs: 3600 }),
+            Some(&FreshnessPolicy::Deadline { cron: "0 6 * * *".into(), tz: "Europe/Paris".into() }),
+            None,
+        ]
+    );
+    for (freshness, says) in [
+        ("{max_age: soon}", "is not a duration"),
+        ("{max_age: 2h, deadline: \"0 6 * * *\"}", "not both"),
+        ("{}", "give `max_age`"),
+        ("{max_age: 1h, warn_after: 2h}", "longer than max_age"),
+        ("{max_age: 1h, tz: UTC}", "`tz` goes with `deadline`"),
+        ("{deadline: \"0 6 * *\"}", "cron"),
+        ("{deadline: \"0 6 * * *\", tz: Mars/Olympus}", "IANA"),
+    ] {
+        let message = error(&format!(
+            "name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    freshness: {freshness}\n"
+        ));
+        assert_mentions(&message, &["plans/bad.yaml:5", "asset `a`", "freshness", says]);
+    }
+    let message =
+        error("name: p\nassets:\n  - name: a\n    op: noop@1.0.0\n    freshness: {max_age: 2h, grace: 1h}\n");
+    assert_mentions(&message, &["plans/bad.yaml:5", "grace"]);
+}

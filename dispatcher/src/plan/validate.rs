@@ -22,6 +22,7 @@ use super::{
     concurrency::{ConcurrencyRule, rules_of},
     dimensions::{MAX_SWEEP_PARAMS, NUL_REASON, check_partitions, holds_nul, partition_keys, sweep_values},
     error::{PlanError, PlanErrorKind, PlanErrors},
+    freshness::FreshnessPolicy,
     parse::{Ordered, RawAsset, RawPlan},
     retry::StepRetryPolicy,
 };
@@ -73,6 +74,7 @@ struct Checked {
     concurrency: Vec<ConcurrencyRule>,
     reuse: Reuse,
     checks: Vec<DeclaredCheck>,
+    freshness: Option<FreshnessPolicy>,
 }
 
 pub(super) fn validate(
@@ -203,6 +205,7 @@ pub(super) fn validate(
             reuse: c.reuse,
             reuse_versions: Vec::new(),
             checks: c.checks,
+            freshness: c.freshness,
             first_step,
         };
         first_step += compiled.step_count();
@@ -388,6 +391,20 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         }
     };
     let checks = declared_checks(asset, name, problems);
+    let freshness = match &asset.freshness {
+        None => Some(None),
+        Some(spanned) => match super::freshness::of_plan(&spanned.value) {
+            Ok(policy) => Some(Some(policy)),
+            Err(reason) => {
+                problems.add(
+                    line(spanned),
+                    Some(name),
+                    PlanErrorKind::BadSetting { field: "freshness", reason },
+                );
+                None
+            }
+        },
+    };
     if problems.errors.len() > before {
         return None;
     }
@@ -404,6 +421,7 @@ fn check_asset(asset: &RawAsset, registered: &[RegisteredOp], problems: &mut Pro
         concurrency: concurrency?,
         reuse: reuse?,
         checks,
+        freshness: freshness?,
     })
 }
 

@@ -130,6 +130,12 @@ impl Timing {
         self.cron.find_next_occurrence(&local, true).ok().map(|t| t.with_timezone(&Utc))
     }
 
+    /// The last nominal tick at or before `at`, or `None` if there is none.
+    pub fn at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = at.with_timezone(&self.tz);
+        self.cron.find_previous_occurrence(&local, true).ok().map(|t| t.with_timezone(&Utc))
+    }
+
     /// Up to `n` ticks after `after`.
     pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
         let mut ticks = Vec::with_capacity(n);
@@ -217,9 +223,128 @@ pub fn decide(
     }
 }
 
+/// What makes a schedule submit: its cron's ticks, or (`on`) a change in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Each tick of its cron.
+    Cron,
+    /// `on: stale`: a cell of the plan's assets is older than its freshness policy.
+    Stale,
+    /// `on: upstream_materialized`: another run materialized an asset the plan reads.
+    Upstream,
+}
+
+impl Trigger {
+    /// As stored (`schedules.trigger`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Cron => "cron",
+            Trigger::Stale => "stale",
+            Trigger::Upstream => "upstream",
+        }
+    }
+
+    /// As the API and CLI name it (`on`).
+    pub fn on(self) -> Option<&'static str> {
+        match self {
+            Trigger::Cron => None,
+            Trigger::Stale => Some("stale"),
+            Trigger::Upstream => Some("upstream_materialized"),
+        }
+    }
+
+    /// From the API's `on`.
+    pub fn from_on(text: &str) -> Result<Self, String> {
+        match text {
+            "stale" => Ok(Trigger::Stale),
+            "upstream_materialized" | "upstream-materialized" => Ok(Trigger::Upstream),
+            other => Err(format!(
+                "`on` is `{}`; use `stale` (when a cell goes stale by its freshness policy) or \
+                 `upstream_materialized` (when another run materializes an asset the plan reads)",
+                cut(other)
+            )),
+        }
+    }
+
+    /// From `schedules.trigger`.
+    pub fn from_stored(text: &str) -> Result<Self, String> {
+        [Trigger::Cron, Trigger::Stale, Trigger::Upstream]
+            .into_iter()
+            .find(|t| t.as_str() == text)
+            .ok_or_else(|| format!("trigger `{}` is not one this version knows", cut(text)))
+    }
+}
+
+/// The debounce of a triggered schedule unless one is given.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_secs(30);
+/// The longest debounce.
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(24 * 3600);
+
+/// What a triggered schedule saw at one look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// `cells` of the plan's assets are stale.
+    Stale { cells: i64 },
+    /// Materializations by other runs of assets the plan reads, the first at `first_at`.
+    Upstream { first_at: Option<DateTime<Utc>> },
+}
+
+/// Whether a triggered schedule submits now: something to answer, none of its runs queued
+/// or running, its last decision (`last`) a debounce ago, and, for upstream
+/// materializations, a debounce since the first it has not answered, so that a burst of
+/// them (every partition of a day, one after another) makes one run.
+pub fn fires(
+    cause: Cause,
+    now: DateTime<Utc>,
+    active: usize,
+    debounce: Duration,
+    last: Option<DateTime<Utc>>,
+) -> bool {
+    let passed = |since: DateTime<Utc>| (now - since).to_std().unwrap_or_default() >= debounce;
+    active == 0
+        && last.is_none_or(passed)
+        && match cause {
+            Cause::Stale { cells } => cells > 0,
+            Cause::Upstream { first_at } => first_at.is_some_and(passed),
+        }
+}
+
+/// The idempotency key of a triggered schedule's run: the schedule and what it answers (the
+/// first materialization it had not seen, or its count of stale-cell runs), so that a look
+/// repeated after a crash finds the run the first made.
+pub fn trigger_key(schedule: &str, trigger: Trigger, answered: i64) -> String {
+    format!("{schedule}@{}#{answered}", trigger.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_triggered_schedule_fires_once_quiet_and_never_beside_its_own_run() {
+        let now = at("2026-12-06T12:00:00Z");
+        let debounce = Duration::from_secs(30);
+        let stale = Cause::Stale { cells: 3 };
+        assert!(fires(stale, now, 0, debounce, None));
+        assert!(!fires(Cause::Stale { cells: 0 }, now, 0, debounce, None), "nothing stale");
+        assert!(!fires(stale, now, 1, debounce, None), "its run still runs");
+        let recently = Some(at("2026-12-06T11:59:45Z"));
+        assert!(!fires(stale, now, 0, debounce, recently), "decided 15 s ago");
+        assert!(fires(stale, now, 0, debounce, Some(at("2026-12-06T11:59:30Z"))));
+        let upstream = |first_at| Cause::Upstream { first_at };
+        assert!(!fires(upstream(None), now, 0, debounce, None));
+        let burst = upstream(Some(at("2026-12-06T11:59:50Z")));
+        assert!(!fires(burst, now, 0, debounce, None), "the burst goes on");
+        let quiet = upstream(Some(at("2026-12-06T11:59:00Z")));
+        assert!(fires(quiet, now, 0, debounce, None));
+        assert!(!fires(quiet, now, 0, debounce, recently), "decided 15 s ago");
+        assert_eq!(trigger_key("daily", Trigger::Upstream, 42), "daily@upstream#42");
+        assert_eq!(Trigger::from_on("upstream_materialized"), Ok(Trigger::Upstream));
+        assert!(Trigger::from_on("sometimes").unwrap_err().contains("use `stale`"));
+        for t in [Trigger::Cron, Trigger::Stale, Trigger::Upstream] {
+            assert_eq!(Trigger::from_stored(t.as_str()), Ok(t));
+        }
+    }
 
     fn at(text: &str) -> DateTime<Utc> {
         text.parse().unwrap()

@@ -16,6 +16,7 @@ pub mod applier;
 pub mod dead_letter;
 pub mod events;
 pub mod fair_share;
+pub mod freshness;
 pub mod identical;
 pub mod key_slots;
 pub mod publisher;
@@ -285,6 +286,7 @@ impl Shared {
             stop.clone(),
         ));
         let schedules = tokio::spawn(scheduler::run_schedules(self.store.clone(), stop.clone()));
+        let freshness = tokio::spawn(freshness::watch_freshness(self.store.clone(), stop.clone()));
         let webhooks = tokio::spawn(webhooks::deliver_while_leading(
             leader.clone(),
             webhooks::DeliveryRetryPolicy {
@@ -331,6 +333,7 @@ impl Shared {
             scheduler.abort();
             retention.abort();
             schedules.abort();
+            freshness.abort();
             webhooks.abort();
         }
         if let Err(error) = scheduler.await
@@ -347,6 +350,11 @@ impl Shared {
             && error.is_panic()
         {
             tracing::warn!(%error, "the schedules' scheduler panicked");
+        }
+        if let Err(error) = freshness.await
+            && error.is_panic()
+        {
+            tracing::warn!(%error, "the freshness watch panicked");
         }
         if let Err(error) = webhooks.await
             && error.is_panic()

@@ -5,20 +5,25 @@
 //! canceled-then-submitted or skipped; ticks older than the catch-up window are skipped
 //! as one range.
 //!
+//! A schedule triggered by the catalog (`on: stale`, `on: upstream_materialized`) is
+//! looked at each second instead: it submits its plan with `--missing` when a cell of it
+//! is stale, or when another run materialized an asset it reads, once its debounce passed
+//! and none of its runs still runs (`handle_trigger`).
+//!
 //! Exactly once: a tick's run is submitted with the idempotency key of the schedule and
 //! the tick, then the tick is recorded and the schedule advanced in one transaction that
 //! holds only if the schedule is still at that tick. A dispatcher killed between the two
 //! submits the tick again on its next round (or its standby does), and finds the same run.
 
-use std::{path::Path, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    plan::backfill::PartitionSelection,
-    schedules::{self, Decision, KEY_OWNER, Overlap, Timing},
+    plan::{Only, backfill::PartitionSelection},
+    schedules::{self, Cause, Decision, KEY_OWNER, Overlap, Timing, Trigger},
     store::{
         Store, StoreError,
         runs::{IdempotencyKey, RunOptions},
@@ -38,15 +43,22 @@ const MAX_REASON_BYTES: usize = 1024;
 
 /// Submits due ticks until `cancel`.
 pub async fn run_schedules(store: Store, cancel: CancellationToken) {
+    let mut plans = TriggerPlans::default();
     loop {
         let now = Utc::now();
         match store.schedules().due(now, SCHEDULES_PER_LOOK).await {
             Ok(due) => {
+                plans.keep_only(&due);
                 for schedule in due {
                     if cancel.is_cancelled() {
                         return;
                     }
-                    if let Err(error) = handle(&store, &schedule, now).await {
+                    let handled = if schedule.trigger == Trigger::Cron.as_str() {
+                        handle(&store, &schedule, now).await
+                    } else {
+                        handle_trigger(&store, &schedule, &mut plans, now).await
+                    };
+                    if let Err(error) = handled {
                         tracing::warn!(schedule = %schedule.name, error = format!("{error:#}"),
                             "deciding a schedule's ticks failed; trying again");
                     }
@@ -86,7 +98,6 @@ async fn submit(
     timing: &Timing,
     tick: DateTime<Utc>,
 ) -> Result<Result<Uuid, String>, TickError> {
-    let key = schedules::run_key(&schedule.name, tick);
     let partitions = if schedule.partition_of_tick {
         match timing.partition_of(tick).parse::<PartitionSelection>() {
             Ok(selection) => Some(selection),
@@ -95,26 +106,36 @@ async fn submit(
     } else {
         None
     };
+    submit_keyed(store, schedule, &schedules::run_key(&schedule.name, tick), partitions.as_ref()).await
+}
+
+/// Submits the schedule's plan with idempotency key `key`.
+async fn submit_keyed(
+    store: &Store,
+    schedule: &ScheduleRow,
+    key: &str,
+    partitions: Option<&PartitionSelection>,
+) -> Result<Result<Uuid, String>, TickError> {
     let options = RunOptions {
         owner: &schedule.owner,
         priority: schedule.priority.and_then(|p| u8::try_from(p).ok()),
         no_reuse: false,
-        partitions: partitions.as_ref(),
-        only: None,
+        partitions,
+        only: schedule.missing.then_some(Only::Missing),
     };
     let submitted = crate::submit::submit_notifying(
         store,
         &schedule.plan_source,
         Path::new(&schedule.plan_file),
-        Some(IdempotencyKey { owner: KEY_OWNER, key: &key }),
+        Some(IdempotencyKey { owner: KEY_OWNER, key }),
         None,
         options,
     )
     .await;
     match submitted {
         Ok(submitted) => {
-            tracing::info!(schedule = %schedule.name, %tick, run_id = %submitted.run_id,
-                existing = submitted.existing, "submitted a schedule's tick");
+            tracing::info!(schedule = %schedule.name, key, run_id = %submitted.run_id,
+                existing = submitted.existing, "submitted a schedule's run");
             Ok(Ok(submitted.run_id.as_uuid()))
         }
         Err(SubmitError::Store(error)) => Err(error.into()),
@@ -129,7 +150,8 @@ async fn submit(
 /// Decides what `schedule` has to do at `now`.
 async fn handle(store: &Store, schedule: &ScheduleRow, now: DateTime<Utc>) -> Result<(), TickError> {
     let bad = |why: String| TickError::Definition(schedule.name.clone(), why);
-    let timing = Timing::parse(&schedule.cron, Some(&schedule.tz)).map_err(bad)?;
+    let timing =
+        Timing::parse(schedule.cron.as_deref().unwrap_or_default(), Some(&schedule.tz)).map_err(bad)?;
     let overlap: Overlap = schedule.overlap.parse().map_err(bad)?;
     let catch_up = Duration::from_secs(schedule.catch_up_secs.max(0) as u64);
     let schedules = store.schedules();
@@ -222,7 +244,8 @@ async fn backfill(store: &Store, cancel: &CancellationToken) -> Result<(), TickE
         }
         let Some(schedule) = schedules.get(&backfill.schedule).await? else { continue };
         let bad = |why: String| TickError::Definition(schedule.name.clone(), why);
-        let timing = Timing::parse(&schedule.cron, Some(&schedule.tz)).map_err(bad)?;
+        let timing =
+            Timing::parse(schedule.cron.as_deref().unwrap_or_default(), Some(&schedule.tz)).map_err(bad)?;
         let in_flight = schedules.backfill_in_flight(backfill.id).await?;
         let room = (i64::from(backfill.max_in_flight) - in_flight).clamp(0, BACKFILL_TICKS_PER_LOOK);
         let mut next = backfill.next_at;
@@ -240,6 +263,105 @@ async fn backfill(store: &Store, cancel: &CancellationToken) -> Result<(), TickE
                 break; // another leader moved it
             }
             next = after;
+        }
+    }
+    Ok(())
+}
+
+/// What a triggered schedule's plan names: its assets, and those of them another reads.
+#[derive(Debug, Clone)]
+struct TriggerPlan {
+    created_at: DateTime<Utc>,
+    assets: Vec<String>,
+    read: Vec<String>,
+}
+
+/// The plans of triggered schedules, compiled once each (a schedule's plan never changes:
+/// it is removed and added again).
+#[derive(Debug, Default)]
+struct TriggerPlans(HashMap<String, TriggerPlan>);
+
+impl TriggerPlans {
+    /// Forgets the plans of schedules no longer due (removed, or paused).
+    fn keep_only(&mut self, due: &[ScheduleRow]) {
+        self.0.retain(|name, _| due.iter().any(|s| s.name == *name));
+    }
+
+    async fn of(&mut self, store: &Store, schedule: &ScheduleRow) -> Result<&TriggerPlan, TickError> {
+        let fresh = self.0.get(&schedule.name).is_some_and(|p| p.created_at == schedule.created_at);
+        if !fresh {
+            let plan = crate::submit::compile(store, &schedule.plan_source, Path::new(&schedule.plan_file))
+                .await
+                .map_err(|e| match e {
+                    SubmitError::Store(error) => TickError::Store(error),
+                    other => TickError::Definition(schedule.name.clone(), other.to_string()),
+                })?;
+            let assets = plan.assets.iter().map(|a| a.name.clone()).collect();
+            let mut read: Vec<String> = plan
+                .assets
+                .iter()
+                .flat_map(|a| &a.deps)
+                .map(|d| plan.assets[d.upstream].name.clone())
+                .collect();
+            read.sort();
+            read.dedup();
+            self.0
+                .insert(schedule.name.clone(), TriggerPlan { created_at: schedule.created_at, assets, read });
+        }
+        Ok(&self.0[&schedule.name])
+    }
+}
+
+/// Submits a triggered schedule's run when `schedules::fires` says so: its plan with
+/// `--missing`, so that only what is stale or missing runs. The key names what it answers,
+/// so that a look repeated after a crash finds the same run; recording it moves the
+/// schedule on, once.
+async fn handle_trigger(
+    store: &Store,
+    schedule: &ScheduleRow,
+    plans: &mut TriggerPlans,
+    now: DateTime<Utc>,
+) -> Result<(), TickError> {
+    let bad = |why: String| TickError::Definition(schedule.name.clone(), why);
+    let trigger = Trigger::from_stored(&schedule.trigger).map_err(bad)?;
+    let plan = plans.of(store, schedule).await?.clone();
+    let schedules = store.schedules();
+    let active = schedules.active_runs(&schedule.name).await?.len();
+    if active > 0 {
+        return Ok(());
+    }
+    let debounce = Duration::from_secs(schedule.debounce_secs.max(0) as u64);
+    let answered = schedule.seen_materialization;
+    let last = schedules.last_decided(&schedule.name).await?;
+    let (cause, key_part, seen) = match trigger {
+        Trigger::Cron => return Ok(()),
+        Trigger::Stale => {
+            let cells = store.freshness().stale_cells(&plan.assets, now).await?;
+            (Cause::Stale { cells }, answered + 1, answered + 1)
+        }
+        Trigger::Upstream => {
+            let unseen =
+                store.freshness().unseen_materializations(&plan.read, answered, &schedule.name).await?;
+            match unseen {
+                None => return Ok(()),
+                Some(u) => (Cause::Upstream { first_at: Some(u.first_at) }, u.first, u.newest),
+            }
+        }
+    };
+    if !schedules::fires(cause, now, active, debounce, last) {
+        return Ok(());
+    }
+    let key = schedules::trigger_key(&schedule.name, trigger, key_part);
+    match submit_keyed(store, schedule, &key, None).await? {
+        Ok(run) => {
+            tracing::info!(schedule = %schedule.name, ?cause, run_id = %run, "a trigger submitted its plan");
+            schedules.record_fired(&schedule.name, now, run, answered, seen).await?;
+        }
+        Err(why) => {
+            tracing::warn!(schedule = %schedule.name, why, "a triggered plan did not submit; trying again after the debounce");
+            schedules
+                .record(&schedule.name, now, &Outcome::Skipped { reason: &why, until: None }, None)
+                .await?;
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use opflow_protocol::{Event, EventKind, StepId};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Store, StoreError, run_plan::RunPlan};
+use super::{Store, StoreError, freshness::ThresholdColumns, run_plan::RunPlan};
 use crate::plan::{
     CompiledPlan,
     backfill::{CellFacts, MaterializedBy},
@@ -232,13 +232,15 @@ pub async fn record(tx: &mut PgConnection, cols: &CatalogColumns) -> Result<(), 
                  -- A reuse under another key than its original's (a stale cell taken as it
                  -- is) keeps the cell's `upstream_changed`; anything else clears it.
                  INSERT INTO catalog_cells (asset, partition, point, status, materialization, definition,
-                                            upstream_changed, updated_at)
+                                            upstream_changed, updated_at, materialized_at)
+                 -- A reuse's data is as old as what it reused: its freshness is the original's.
                  SELECT n.asset, n.partition, n.point, 'materialized', n.id, n.definition,
-                        k.src IS NOT NULL AND k.memo_key IS DISTINCT FROM n.memo_key, n.at
+                        k.src IS NOT NULL AND k.memo_key IS DISTINCT FROM n.memo_key, n.at,
+                        coalesce((SELECT o.at FROM materializations o WHERE o.id = k.src), n.at)
                  FROM newest n JOIN sourced k ON k.run_id = n.run_id AND k.step_id = n.step_id
                  ON CONFLICT (asset, partition, point) DO UPDATE
                      SET status = 'materialized', materialization = EXCLUDED.materialization,
-                         definition = EXCLUDED.definition,
+                         definition = EXCLUDED.definition, materialized_at = EXCLUDED.materialized_at,
                          upstream_changed = EXCLUDED.upstream_changed AND catalog_cells.upstream_changed,
                          failed_run = NULL, failed_step = NULL, error = NULL,
                          updated_at = EXCLUDED.updated_at
@@ -514,13 +516,30 @@ impl Catalog<'_> {
 
 /// Ready steps of backfill runs (`--missing`, `--failed`) to decide, as the columns of
 /// one statement: their cells and the upstream steps they read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CellQuery {
     runs: Vec<Uuid>,
     assets: Vec<String>,
     partitions: Vec<String>,
     points: Vec<String>,
+    stale_before: Vec<Option<DateTime<Utc>>>,
     reads: ReadColumns,
+    /// The moment freshness is judged at.
+    now: DateTime<Utc>,
+}
+
+impl Default for CellQuery {
+    fn default() -> Self {
+        Self {
+            runs: Vec::new(),
+            assets: Vec::new(),
+            partitions: Vec::new(),
+            points: Vec::new(),
+            stale_before: Vec::new(),
+            reads: ReadColumns::default(),
+            now: Utc::now(),
+        }
+    }
 }
 
 impl CellQuery {
@@ -533,6 +552,9 @@ impl CellQuery {
         self.assets.push(asset.name.clone());
         self.partitions.push(partition.unwrap_or_default().to_owned());
         self.points.push(point_key(&point));
+        // Older than this, by its asset's freshness policy (in this run's plan), it is stale.
+        self.stale_before
+            .push(asset.freshness.as_ref().and_then(|p| p.thresholds(self.now)).map(|t| t.stale_before));
     }
 
     pub fn len(&self) -> usize {
@@ -559,9 +581,10 @@ pub struct CellAnswer {
 
 /// The columns a cell's facts are read from ([`CellFactRow`]): `c` is `catalog_cells`, `m`
 /// its current materialization (both may be NULL), `s` the step that holds its output.
+/// `f.stale_before` is the freshness threshold of the cell's asset (NULL without a policy).
 const CELL_FACT_COLUMNS: &str = "c.asset IS NOT NULL AS known, c.status = 'failed' AS failed, \
      c.upstream_changed, m.id IS NOT NULL AS materialized, m.op_name, m.op_version, m.config_hash, \
-     s.output IS NOT NULL AS retained";
+     s.output IS NOT NULL AS retained, coalesce(c.materialized_at < f.stale_before, false) AS expired";
 
 /// A cell's facts as read ([`CELL_FACT_COLUMNS`]); `known` is false when the catalog has no
 /// such cell.
@@ -575,6 +598,7 @@ struct CellFactRow {
     op_version: Option<String>,
     config_hash: Option<Vec<u8>>,
     retained: bool,
+    expired: bool,
 }
 
 impl CellFactRow {
@@ -582,6 +606,7 @@ impl CellFactRow {
         self.known.then(|| CellFacts {
             failed: self.failed.unwrap_or(false),
             upstream_changed: self.upstream_changed.unwrap_or(false),
+            expired: self.expired,
             materialized: self.materialized.then(|| MaterializedBy {
                 op_name: self.op_name.unwrap_or_default(),
                 op_version: self.op_version.unwrap_or_default(),
@@ -620,8 +645,8 @@ impl Catalog<'_> {
         }
         let rows: Vec<AskedCellRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH asked AS (
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])
-                     WITH ORDINALITY AS u(run_id, asset, partition, point, row)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $8::timestamptz[])
+                     WITH ORDINALITY AS u(run_id, asset, partition, point, stale_before, row)
              ), ran AS (
                  SELECT DISTINCT r.row + 1 AS row
                  FROM UNNEST($5::int[], $6::int[], $7::int[]) AS r(row, first, last)
@@ -632,6 +657,7 @@ impl Catalog<'_> {
              )
              SELECT a.row, s.output, ran.row IS NOT NULL AS upstream_runs, {CELL_FACT_COLUMNS}
              FROM asked a
+             CROSS JOIN LATERAL (SELECT a.stale_before) f
              LEFT JOIN ran ON ran.row = a.row
              LEFT JOIN catalog_cells c ON c.asset = a.asset AND c.partition = a.partition AND c.point = a.point
              LEFT JOIN materializations m ON m.id = c.materialization
@@ -645,6 +671,7 @@ impl Catalog<'_> {
         .bind(&query.reads.rows)
         .bind(&query.reads.first)
         .bind(&query.reads.last)
+        .bind(&query.stale_before)
         .fetch_all(self.pool)
         .await?;
         Ok(rows
@@ -660,18 +687,21 @@ impl Catalog<'_> {
 
     /// What the catalog holds of every cell of `assets`, keyed by (asset, partition,
     /// point): what `opflow plan check --missing` walks a plan against.
+    /// `stale_before`: each asset's freshness threshold, by the plan's policies.
     pub async fn cells_of_assets(
         &self,
         assets: &[String],
+        stale_before: &[Option<DateTime<Utc>>],
     ) -> Result<HashMap<(String, String, String), CellFacts>, StoreError> {
         let rows: Vec<AssetCellRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT c.asset, c.partition, c.point, {CELL_FACT_COLUMNS}
-             FROM catalog_cells c
+             FROM UNNEST($1::text[], $2::timestamptz[]) AS f(asset, stale_before)
+             JOIN catalog_cells c ON c.asset = f.asset
              LEFT JOIN materializations m ON m.id = c.materialization
-             LEFT JOIN steps s ON s.run_id = m.run_id AND s.id = m.step_id AND s.status = 'succeeded'
-             WHERE c.asset = ANY($1)"
+             LEFT JOIN steps s ON s.run_id = m.run_id AND s.id = m.step_id AND s.status = 'succeeded'"
         )))
         .bind(assets)
+        .bind(stale_before)
         .fetch_all(self.pool)
         .await?;
         Ok(rows
@@ -732,6 +762,7 @@ pub async fn declare(tx: &mut PgConnection, plan: &CompiledPlan) -> Result<(), S
     let mut cells = Vec::new();
     let mut partitions = Vec::new();
     let mut sweeps = Vec::new();
+    let mut freshness = Vec::new();
     for asset in &plan.assets {
         let row = super::run_plan::RunAssetRow::from_asset(0, asset);
         names.push(asset.name.clone());
@@ -745,17 +776,23 @@ pub async fn declare(tx: &mut PgConnection, plan: &CompiledPlan) -> Result<(), S
         cells.push(i64::from(asset.step_count()));
         partitions.push(row.partitions);
         sweeps.push(row.sweep);
+        freshness.push(row.freshness);
     }
     sqlx::query(
-        "INSERT INTO catalog_assets (name, plan_name, op_name, op_version, definition, cells, partitions, sweep)
-         SELECT u.name, $1, u.op_name, u.op_version, u.definition, u.cells, u.partitions, u.sweep
-         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::jsonb[], $8::jsonb[])
-             AS u(name, op_name, op_version, definition, cells, partitions, sweep)
+        "INSERT INTO catalog_assets (name, plan_name, op_name, op_version, definition, cells, partitions, sweep,
+                                     freshness)
+         SELECT u.name, $1, u.op_name, u.op_version, u.definition, u.cells, u.partitions, u.sweep, u.freshness
+         FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::jsonb[], $8::jsonb[],
+                     $9::jsonb[])
+             AS u(name, op_name, op_version, definition, cells, partitions, sweep, freshness)
          ORDER BY u.name
          ON CONFLICT (name) DO UPDATE
              SET plan_name = EXCLUDED.plan_name, op_name = EXCLUDED.op_name, op_version = EXCLUDED.op_version,
                  definition = EXCLUDED.definition, cells = EXCLUDED.cells, partitions = EXCLUDED.partitions,
-                 sweep = EXCLUDED.sweep, updated_at = now()",
+                 sweep = EXCLUDED.sweep, updated_at = now(), freshness = EXCLUDED.freshness,
+                 -- Another policy: its breaches are looked for afresh (each still recorded once).
+                 freshness_checked_until = CASE WHEN catalog_assets.freshness IS NOT DISTINCT FROM EXCLUDED.freshness
+                                                THEN catalog_assets.freshness_checked_until END",
     )
     .bind(&plan.name)
     .bind(&names)
@@ -765,6 +802,7 @@ pub async fn declare(tx: &mut PgConnection, plan: &CompiledPlan) -> Result<(), S
     .bind(&cells)
     .bind(&partitions)
     .bind(&sweeps)
+    .bind(&freshness)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -787,6 +825,19 @@ pub struct AssetSummaryRow {
     /// Cells in the catalog at all (to tell how many are missing).
     pub known: i64,
     pub latest_at: Option<DateTime<Utc>>,
+    /// Its freshness policy, and its materialized cells counted by freshness under it.
+    #[sqlx(skip)]
+    pub freshness: Option<FreshnessCounts>,
+}
+
+/// An asset's materialized cells by freshness, under its policy.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct FreshnessCounts {
+    #[sqlx(skip)]
+    pub policy: String,
+    pub fresh: i64,
+    pub warn: i64,
+    pub stale: i64,
 }
 
 /// One cell's latest state.
@@ -801,6 +852,16 @@ pub struct CellRow {
     pub failed_step: Option<i32>,
     pub error: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// When its current materialization was made: what its freshness is judged by.
+    pub materialized_at: Option<DateTime<Utc>>,
+}
+
+/// Cells whose current materialization was made in `[from, until)` (either end open when
+/// `None`): a freshness state, as [`crate::plan::freshness::Thresholds`] bound it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MadeBetween {
+    pub from: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// One materialization.
@@ -874,6 +935,44 @@ impl Catalog<'_> {
     /// Every asset's summary (or only `name`'s), by name. Each is one range of
     /// `catalog_cells`' primary key.
     pub async fn summaries(&self, name: Option<&str>) -> Result<Vec<AssetSummaryRow>, StoreError> {
+        let mut rows = self.summaries_without_freshness(name).await?;
+        let named = name.map(|n| vec![n.to_owned()]);
+        let policies =
+            super::freshness::Freshness { pool: self.pool }.policies(named.as_deref(), Utc::now()).await?;
+        if policies.is_empty() {
+            return Ok(rows);
+        }
+        let cols = ThresholdColumns::of(&policies);
+        let counts: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT f.asset,
+                    count(c.asset) FILTER (WHERE c.materialized_at >= f.warn_before) AS fresh,
+                    count(c.asset) FILTER (WHERE c.materialized_at >= f.stale_before
+                                             AND c.materialized_at < f.warn_before) AS warn,
+                    count(c.asset) FILTER (WHERE c.materialized_at < f.stale_before) AS stale
+             FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS f(asset, stale_before, warn_before)
+             LEFT JOIN catalog_cells c ON c.asset = f.asset AND c.materialized_at IS NOT NULL
+             GROUP BY f.asset",
+        )
+        .bind(&cols.assets)
+        .bind(&cols.stale_before)
+        .bind(&cols.warn_before)
+        .fetch_all(self.pool)
+        .await?;
+        for policy in policies {
+            let Some(row) = rows.iter_mut().find(|r| r.name == policy.asset) else { continue };
+            let (fresh, warn, stale) = counts
+                .iter()
+                .find(|c| c.0 == policy.asset)
+                .map_or((0, 0, 0), |&(_, fresh, warn, stale)| (fresh, warn, stale));
+            row.freshness = Some(FreshnessCounts { policy: policy.policy.to_string(), fresh, warn, stale });
+        }
+        Ok(rows)
+    }
+
+    async fn summaries_without_freshness(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Vec<AssetSummaryRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT a.name, a.plan_name, a.op_name, a.op_version, a.cells,
                     coalesce(s.fresh, 0) AS fresh, coalesce(s.stale, 0) AS stale,
@@ -903,6 +1002,7 @@ impl Catalog<'_> {
         asset: &str,
         filter: CellFilter,
         partition: Option<&str>,
+        made: Option<MadeBetween>,
         after: Option<(&str, &str)>,
         limit: u32,
     ) -> Result<Vec<CellRow>, StoreError> {
@@ -912,7 +1012,7 @@ impl Catalog<'_> {
                     CASE WHEN c.status = 'failed' THEN 'failed'
                          WHEN c.definition <> a.definition OR c.upstream_changed THEN 'stale'
                          ELSE 'materialized' END AS status,
-                    c.materialization, c.failed_run, c.failed_step, c.error, c.updated_at
+                    c.materialization, c.failed_run, c.failed_step, c.error, c.updated_at, c.materialized_at
              FROM catalog_cells c JOIN catalog_assets a ON a.name = c.asset
              WHERE c.asset = $1
                AND ($2::text IS NULL OR c.partition = $2)
@@ -923,6 +1023,9 @@ impl Catalog<'_> {
                      WHEN 'materialized' THEN c.status = 'materialized' AND c.definition = a.definition
                                               AND NOT c.upstream_changed
                      ELSE true END
+               AND (NOT $7 OR (c.materialized_at IS NOT NULL
+                               AND c.materialized_at >= coalesce($8, '-infinity'::timestamptz)
+                               AND c.materialized_at < coalesce($9, 'infinity'::timestamptz)))
              ORDER BY c.partition, c.point
              LIMIT $6",
         )
@@ -937,6 +1040,9 @@ impl Catalog<'_> {
             CellFilter::Failed => "failed",
         })
         .bind(i64::from(limit))
+        .bind(made.is_some())
+        .bind(made.and_then(|m| m.from))
+        .bind(made.and_then(|m| m.until))
         .fetch_all(self.pool)
         .await?)
     }

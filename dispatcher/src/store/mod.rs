@@ -11,6 +11,8 @@
 //! - [`runs`]: submitting a run (bulk inserts) and reading its state; [`run_plan`]: a
 //!   stored run's plan, and the cache of them.
 //! - [`following`]: what clients read as they follow runs.
+//! - [`catalog`]: the asset catalog across runs; [`freshness`]: its assets' freshness
+//!   policies, and the breaches of them.
 //! - [`ops`]: the registry of op versions; [`queues`]: what their queues hold.
 //! - [`tokens`]: API tokens; [`webhooks`]: webhook subscriptions, a run's notify URL, the
 //!   delivery outbox.
@@ -27,6 +29,7 @@ pub mod apply;
 pub mod catalog;
 pub mod checks;
 pub mod following;
+pub mod freshness;
 pub mod in_flight;
 pub mod key_slots;
 pub mod large_fixture;

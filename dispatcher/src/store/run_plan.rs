@@ -406,6 +406,8 @@ pub(crate) struct RunAssetRow {
     pub checks: Value,
     /// Other op versions it reuses as its own (migration 0025).
     pub reuse_versions: Vec<String>,
+    /// The asset's freshness policy (migration 0030), NULL without one.
+    pub freshness: Option<Value>,
     pub first_step: i32,
     pub step_count: i32,
     pub line: i32,
@@ -452,6 +454,7 @@ impl RunAssetRow {
                     .map(|c| serde_json::json!({ "name": c.name, "blocking": c.blocking }))
                     .collect(),
             ),
+            freshness: a.freshness.as_ref().map(to_json),
             first_step: a.first_step as i32,
             step_count: a.step_count() as i32,
             line: a.line as i32,
@@ -492,6 +495,11 @@ impl RunAssetRow {
             (true, Some("failed")) => Reuse::Failed,
             (true, Some(other)) => return Err(format!("asset `{}`: backfill `{other}`", self.name)),
         };
+        let freshness = self
+            .freshness
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| format!("asset `{}` freshness: {e}", self.name))?;
         let names: Vec<&str> = sweep.iter().map(|p| p.name.as_str()).collect();
         let partitioned = !matches!(partitions, StoredPartitions::None);
         let concurrency = crate::plan::concurrency::rules_of(&self.concurrency, partitioned, &names)
@@ -522,6 +530,7 @@ impl RunAssetRow {
             reuse,
             reuse_versions,
             checks,
+            freshness,
             first_step: self.first_step as u32,
             line: self.line.max(0) as usize,
         })

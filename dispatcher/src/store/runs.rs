@@ -589,7 +589,7 @@ impl Runs<'_> {
         }
         let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
-                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, backfill, checks, reuse_versions, first_step, step_count, line
+                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, backfill, checks, reuse_versions, freshness, first_step, step_count, line
              FROM run_assets WHERE run_id = $1 AND idx = ANY($2)",
         )
         .bind(run.as_uuid())
@@ -705,7 +705,7 @@ impl Runs<'_> {
         let mode = if groups { UnlockMode::Groups } else { UnlockMode::Steps };
         let rows: Vec<RunAssetRow> = sqlx::query_as(
             "SELECT idx, name, op_name, op_version, op_requirement, config, partitions, partition_keys, sweep,
-                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, backfill, checks, reuse_versions, first_step, step_count, line
+                    deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, backfill, checks, reuse_versions, freshness, first_step, step_count, line
              FROM run_assets WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run.as_uuid())
@@ -762,7 +762,7 @@ async fn insert_run_assets(
     for chunk in rows.chunks(ASSET_INSERT_CHUNK) {
         let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "INSERT INTO run_assets (run_id, idx, name, op_name, op_version, op_requirement, config, partitions, \
-             partition_keys, sweep, deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, backfill, checks, reuse_versions, first_step, step_count, line) ",
+             partition_keys, sweep, deps, retry_max, retry_backoff_ms, timeout_ms, concurrency, reuse, backfill, checks, reuse_versions, freshness, first_step, step_count, line) ",
         );
         insert.push_values(chunk, |mut values, row| {
             values
@@ -785,6 +785,7 @@ async fn insert_run_assets(
                 .push_bind(&row.backfill)
                 .push_bind(&row.checks)
                 .push_bind(&row.reuse_versions)
+                .push_bind(&row.freshness)
                 .push_bind(row.first_step)
                 .push_bind(row.step_count)
                 .push_bind(row.line);

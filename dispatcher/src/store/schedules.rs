@@ -15,7 +15,8 @@ pub struct ScheduleRow {
     pub plan_name: String,
     pub plan_file: String,
     pub plan_source: String,
-    pub cron: String,
+    /// `None` for a schedule that a change in the catalog triggers (`trigger`).
+    pub cron: Option<String>,
     pub tz: String,
     pub overlap: String,
     pub catch_up_secs: i64,
@@ -25,6 +26,13 @@ pub struct ScheduleRow {
     pub paused: bool,
     pub next_tick_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// `cron`, `stale` or `upstream` (migration 0030).
+    pub trigger: String,
+    /// Its runs take fresh cells from the catalog (`opflow run --missing`).
+    pub missing: bool,
+    pub debounce_secs: i64,
+    /// `upstream`: the newest materialization answered; `stale`: its runs so far.
+    pub seen_materialization: i64,
 }
 
 /// A new schedule.
@@ -34,7 +42,10 @@ pub struct NewSchedule<'a> {
     pub plan_name: &'a str,
     pub plan_file: &'a str,
     pub plan_source: &'a str,
-    pub cron: &'a str,
+    pub cron: Option<&'a str>,
+    pub trigger: &'a str,
+    pub missing: bool,
+    pub debounce_secs: i64,
     pub tz: &'a str,
     pub overlap: &'a str,
     pub catch_up_secs: i64,
@@ -68,7 +79,8 @@ pub enum Outcome<'a> {
 }
 
 const COLUMNS: &str = "name, plan_name, plan_file, plan_source, cron, tz, overlap::text AS overlap, catch_up_secs, \
-     partition_of_tick, owner, priority, paused, next_tick_at, created_at";
+     partition_of_tick, owner, priority, paused, next_tick_at, created_at, trigger, missing, debounce_secs, \
+     seen_materialization";
 
 /// Schedules (`store.schedules()`).
 #[derive(Clone, Copy)]
@@ -87,8 +99,11 @@ impl Schedules<'_> {
     pub async fn add(&self, s: &NewSchedule<'_>) -> Result<bool, StoreError> {
         let added = sqlx::query(
             "INSERT INTO schedules (name, plan_name, plan_file, plan_source, cron, tz, overlap, catch_up_secs,
-                                    partition_of_tick, owner, priority, next_tick_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7::schedule_overlap, $8, $9, $10, $11, $12)
+                                    partition_of_tick, owner, priority, next_tick_at, trigger, missing,
+                                    debounce_secs, seen_materialization)
+             VALUES ($1, $2, $3, $4, $5, $6, $7::schedule_overlap, $8, $9, $10, $11, $12, $13, $14, $15,
+                     -- An `upstream` schedule answers what is materialized after it was added.
+                     CASE WHEN $13 = 'upstream' THEN (SELECT coalesce(max(id), 0) FROM materializations) ELSE 0 END)
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(s.name)
@@ -103,6 +118,9 @@ impl Schedules<'_> {
         .bind(s.owner)
         .bind(s.priority)
         .bind(s.next_tick_at)
+        .bind(s.trigger)
+        .bind(s.missing)
+        .bind(s.debounce_secs)
         .execute(self.pool)
         .await?;
         Ok(added.rows_affected() == 1)
@@ -154,7 +172,7 @@ impl Schedules<'_> {
     pub async fn due(&self, now: DateTime<Utc>, limit: u32) -> Result<Vec<ScheduleRow>, StoreError> {
         let statement = format!(
             "SELECT {COLUMNS} FROM schedules s
-             WHERE NOT paused AND (next_tick_at <= $1
+             WHERE NOT paused AND (next_tick_at <= $1 OR trigger <> 'cron'
                    OR EXISTS (SELECT 1 FROM schedule_ticks t WHERE t.schedule = s.name AND t.outcome = 'buffered'))
              ORDER BY next_tick_at NULLS LAST LIMIT $2"
         );
@@ -243,6 +261,56 @@ impl Schedules<'_> {
                 .execute(&mut *tx)
                 .await?;
         }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// When a triggered schedule last decided: submitted a run, or found its plan would not.
+    pub async fn last_decided(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT max(nominal_at) FROM schedule_ticks WHERE schedule = $1")
+            .bind(name)
+            .fetch_one(self.pool)
+            .await?)
+    }
+
+    /// Records that a triggered schedule submitted `run` at `at`, and what it has answered
+    /// since (`seen_materialization`: the newest materialization for `upstream`, its count
+    /// of runs for `stale`): only if it had answered `answered` before (else another leader
+    /// recorded it, and `false` is returned).
+    pub async fn record_fired(
+        &self,
+        name: &str,
+        at: DateTime<Utc>,
+        run: Uuid,
+        answered: i64,
+        seen: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE schedules SET seen_materialization = $3 WHERE name = $1 AND seen_materialization = $2",
+        )
+        .bind(name)
+        .bind(answered)
+        .bind(seen)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO schedule_ticks (schedule, nominal_at, outcome, run_id) VALUES ($1, $2, 'submitted', $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(name)
+        .bind(at)
+        .bind(run)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE runs SET schedule = $2 WHERE id = $1")
+            .bind(run)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -137,6 +137,7 @@ pub async fn show(
         Ok(Query(CellsQuery {
             status,
             partition: None,
+            freshness: None,
             limit: Some(CELLS_PER_PAGE),
             cursor: form.cursor.filter(|c| !c.is_empty()),
         })),

@@ -16,6 +16,7 @@
 pub mod sign;
 pub mod target;
 
-/// The events a subscription can ask for: how a run ended, and a check an op reported
-/// failed (migration 0024).
-pub const EVENTS: [&str; 4] = ["run.succeeded", "run.failed", "run.canceled", "check.failed"];
+/// The events a subscription can ask for: how a run ended, a check an op reported failed
+/// (migration 0024), and a cell gone stale by its asset's freshness policy (migration 0030).
+pub const EVENTS: [&str; 5] =
+    ["run.succeeded", "run.failed", "run.canceled", "check.failed", "freshness.failed"];
