@@ -640,3 +640,25 @@ fn dechunk(mut text: &str) -> String {
     }
     out
 }
+
+/// The bodies a [`body_receiver`] was sent, in order.
+pub type Bodies = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A webhook receiver on a free loopback port that answers 204 and keeps every body it is
+/// sent; its bodies and its URL.
+pub async fn body_receiver() -> anyhow::Result<(Bodies, String)> {
+    use axum::{Router, body::Bytes, extract::State, http::StatusCode};
+    let received = Bodies::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = Router::new()
+        .fallback(|State(log): State<Bodies>, body: Bytes| async move {
+            log.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(String::from_utf8_lossy(&body).into_owned());
+            StatusCode::NO_CONTENT
+        })
+        .with_state(received.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok((received, format!("http://{addr}/hook")))
+}

@@ -3,13 +3,9 @@
 //! that partition's downstream is skipped, in this run and the next; a failed check sends
 //! a `check.failed` webhook.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::{Router, body::Bytes, extract::State, http::StatusCode};
 use opflow_integration::{Env, parse_summary, stderr, wait_for};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -55,18 +51,8 @@ async fn a_failed_blocking_check_skips_its_partitions_downstream_in_this_run_and
     let _worker = env.spawn_worker("noop")?;
     let db = env.db().await?;
 
-    // A receiver that keeps every body it is sent.
-    let received: Arc<Mutex<Vec<String>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let router = Router::new()
-        .fallback(|State(log): State<Arc<Mutex<Vec<String>>>>, body: Bytes| async move {
-            log.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
-            StatusCode::NO_CONTENT
-        })
-        .with_state(received.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    env.opflow_ok(&["webhooks", "add", &format!("http://{addr}/hook"), "--events", "check.failed"]).await?;
+    let (received, url) = opflow_integration::body_receiver().await?;
+    env.opflow_ok(&["webhooks", "add", &url, "--events", "check.failed"]).await?;
 
     let plan = env.plan_file("checked", PLAN)?;
     let plan = plan.to_str().context("utf-8")?;

@@ -4,13 +4,9 @@
 //! once as a `freshness.failed` webhook. A schedule `--on upstream-materialized` runs its
 //! plan once per burst of materializations that other runs make of what it reads.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Mutex, time::Duration};
 
 use anyhow::Context;
-use axum::{Router, body::Bytes, extract::State, http::StatusCode};
 use opflow_integration::{Env, wait_for};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -66,21 +62,6 @@ fn breaches(received: &Mutex<Vec<String>>) -> Vec<Value> {
         .collect()
 }
 
-/// A receiver that keeps every body it is sent; its URL.
-async fn receiver() -> anyhow::Result<(Arc<Mutex<Vec<String>>>, String)> {
-    let received: Arc<Mutex<Vec<String>>> = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let router = Router::new()
-        .fallback(|State(log): State<Arc<Mutex<Vec<String>>>>, body: Bytes| async move {
-            log.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
-            StatusCode::NO_CONTENT
-        })
-        .with_state(received.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    Ok((received, format!("http://{addr}/hook")))
-}
-
 /// The runs a schedule submitted, oldest first: (id, status).
 async fn runs_of(db: &PgPool, schedule: &str) -> anyhow::Result<Vec<(uuid::Uuid, String)>> {
     Ok(sqlx::query_as("SELECT id, status::text FROM runs WHERE schedule = $1 ORDER BY created_at")
@@ -120,7 +101,7 @@ async fn a_stale_partition_is_recomputed_by_the_trigger_a_fresh_one_is_not_and_e
     let _dispatcher = env.spawn_dispatcher_with(&[("OPFLOW_WEBHOOKS_ALLOW_PRIVATE", "true")]).await?;
     let _worker = env.spawn_worker("noop")?;
     let db = env.db().await?;
-    let (received, url) = receiver().await?;
+    let (received, url) = opflow_integration::body_receiver().await?;
     env.opflow_ok(&["webhooks", "add", &url, "--events", "freshness.failed"]).await?;
 
     let plan = env.plan_file("fresh", FRESH_PLAN)?;
@@ -158,6 +139,15 @@ async fn a_stale_partition_is_recomputed_by_the_trigger_a_fresh_one_is_not_and_e
         [("a".into(), "stale".into()), ("c".into(), "warn".into()), ("b".into(), "fresh".into())],
         "{text}"
     );
+    // The web UI says the same.
+    let (status, page) = opflow_integration::http_text(&env.api_addr, "GET", "/assets", None, None).await?;
+    assert!(status == 200 && page.contains("1 fresh, 1 warn, 1 stale"), "{status}: {page}");
+    let (status, page) =
+        opflow_integration::http_text(&env.api_addr, "GET", "/assets/prices", None, None).await?;
+    assert!(status == 200 && page.contains("max_age 1h, warn after 45m: 1 fresh, 1 warn, 1 stale"), "{page}");
+    for state in ["fresh", "warn", "stale"] {
+        assert!(page.contains(&format!("data-cell-freshness=\"{state}\"")), "{state}: {page}");
+    }
     let stale = env.opflow_ok(&["assets", "show", "prices", "--freshness", "stale", "--json"]).await?;
     let stale: Value = serde_json::from_slice(&stale.stdout)?;
     let cells = stale["cells"].as_array().context("cells")?;

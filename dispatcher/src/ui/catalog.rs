@@ -53,7 +53,8 @@ pub async fn list(
                 thead { tr {
                     th scope="col" { "Asset" } th scope="col" { "Plan" } th scope="col" { "Op" }
                     th scope="col" { "Cells" } th scope="col" class="num" { "Materialized" } th scope="col" class="num" { "Stale" }
-                    th scope="col" class="num" { "Failed" } th scope="col" class="num" { "Missing" } th scope="col" { "Latest" }
+                    th scope="col" class="num" { "Failed" } th scope="col" class="num" { "Missing" } th scope="col" { "Freshness" }
+                    th scope="col" { "Latest" }
                 } }
                 tbody {
                     @for asset in &assets.items {
@@ -66,6 +67,7 @@ pub async fn list(
                             td class="num" { (page::thousands(asset.stale)) }
                             td class="num" { (page::thousands(asset.failed)) }
                             td class="num" { (page::thousands(asset.missing)) }
+                            td { (freshness_text(asset)) }
                             td { (page::time(asset.latest_at)) }
                         }
                     }
@@ -74,6 +76,19 @@ pub async fn list(
         }
     };
     Ok(page::shell("Assets", Section::Assets, viewer.caller(), body))
+}
+
+/// An asset's materialized cells by freshness, in words; a dash without a policy.
+fn freshness_text(asset: &AssetSummary) -> String {
+    match &asset.freshness {
+        None => "—".into(),
+        Some(f) => format!(
+            "{} fresh, {} warn, {} stale",
+            page::thousands(f.fresh),
+            page::thousands(f.warn),
+            page::thousands(f.stale)
+        ),
+    }
 }
 
 /// The cells of an asset as a bar: materialized, stale, failed; missing is the rest.
@@ -177,6 +192,9 @@ pub async fn show(
                     dt { "Plan" } dd { a href={ "/?plan=" (encode(&asset.plan)) } { (asset.plan) } }
                     dt { "Op" } dd class="mono" { (asset.op) }
                     dt { "Latest" } dd { (page::time(asset.latest_at)) }
+                    @if let Some(freshness) = &asset.freshness {
+                        dt { "Freshness" } dd { (freshness.policy) ": " (freshness_text(&asset)) }
+                    }
                 }
             }
         }
@@ -261,6 +279,9 @@ fn cell_item(asset: &str, cell: &CellView) -> Markup {
             @if !point.is_empty() { br; span class="hint" { (page::cut(&point, 24)) } }
             br;
             (status_label(status))
+            @if let Some(freshness) = cell.freshness {
+                " " span class="hint" data-cell-freshness=(freshness.as_str()) { (freshness.as_str()) }
+            }
             @if let (Some(run), Some(step)) = (cell.failed_run, cell.failed_step) {
                 " " a href={ "/runs/" (run) "/steps/" (step) } title=(cell.error.as_deref().unwrap_or("")) { "why" }
             }
