@@ -324,15 +324,31 @@ async fn handle_trigger(
 ) -> Result<(), TickError> {
     let bad = |why: String| TickError::Definition(schedule.name.clone(), why);
     let trigger = Trigger::from_stored(&schedule.trigger).map_err(bad)?;
-    let plan = plans.of(store, schedule).await?.clone();
     let schedules = store.schedules();
     let active = schedules.active_runs(&schedule.name).await?.len();
     if active > 0 {
         return Ok(());
     }
     let debounce = Duration::from_secs(schedule.debounce_secs.max(0) as u64);
-    let answered = schedule.seen_materialization;
     let last = schedules.last_decided(&schedule.name).await?;
+    if last.is_some_and(|at| (now - at).to_std().unwrap_or_default() < debounce) {
+        return Ok(());
+    }
+    let plan = match plans.of(store, schedule).await {
+        Ok(plan) => plan.clone(),
+        // Its plan no longer compiles (an op deregistered, say): told in its ticks, once
+        // per debounce, not in the log each second.
+        Err(TickError::Definition(_, why)) => {
+            let reason =
+                format!("the plan does not compile: {}", opflow_protocol::text::cut(&why, MAX_REASON_BYTES));
+            schedules
+                .record(&schedule.name, now, &Outcome::Skipped { reason: &reason, until: None }, None)
+                .await?;
+            return Ok(());
+        }
+        Err(other) => return Err(other),
+    };
+    let answered = schedule.seen_materialization;
     let (cause, key_part, seen) = match trigger {
         Trigger::Cron => return Ok(()),
         Trigger::Stale => {
