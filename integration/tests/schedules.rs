@@ -85,6 +85,23 @@ async fn a_schedule_submits_each_tick_once_and_pauses_resumes_and_goes() -> anyh
         listed.contains("every2s") && listed.contains("*/2 * * * * * UTC") && listed.contains("active"),
         "{listed}"
     );
+    // The web UI lists it, and shows its ticks with their runs.
+    let (status, page) =
+        opflow_integration::http_text(&env.api_addr, "GET", "/schedules", None, None).await?;
+    assert!(
+        status == 200 && page.contains("/schedules/every2s") && page.contains("*/2 * * * * * (UTC)"),
+        "{page}"
+    );
+    let (status, page) =
+        opflow_integration::http_text(&env.api_addr, "GET", "/schedules/every2s", None, None).await?;
+    assert!(
+        status == 200 && page.contains("data-tick-outcome=\"submitted\"") && page.contains("href=\"/runs/"),
+        "{page}"
+    );
+    assert!(page.contains("Next ticks"), "{page}");
+    let (status, _) =
+        opflow_integration::http_text(&env.api_addr, "GET", "/schedules/nope", None, None).await?;
+    assert_eq!(status, 404);
     // Removed: its runs stay.
     let runs = runs_of(&mut env, "every2s").await?.len();
     env.opflow_ok(&["schedules", "remove", "every2s"]).await?;

@@ -1,5 +1,6 @@
 //! The web UI, served by the dispatcher beside its API (the `ui` setting): runs with live
-//! progress, the asset catalog with its lineage, and the ops with their replicas.
+//! progress, the asset catalog with its lineage, the ops with their replicas, and the
+//! schedules with their ticks.
 //!
 //! Pages are HTML made on the server ([`page`], with `maud`), which read in full without
 //! JavaScript; one small script ([`static_files`]) follows a running run over
@@ -9,8 +10,9 @@
 //! - [`session`]: who is looking, with the API's tokens and scopes (a cookie after `/login`).
 //! - [`runs`]: `/` (the runs), `/runs/{id}` (a run), `/runs/{id}/steps/{step}`, and the
 //!   cancel and re-run actions; [`live`]: `/runs/{id}/live`.
-//! - [`catalog`]: `/assets` and `/assets/{asset}`; [`ops`]: `/ops`; [`admin`]: `/admin`
-//!   (tokens, webhooks, deliveries; admin scope).
+//! - [`catalog`]: `/assets` and `/assets/{asset}`; [`ops`]: `/ops`; [`schedules`]:
+//!   `/schedules` and `/schedules/{name}`; [`admin`]: `/admin` (tokens, webhooks,
+//!   deliveries; admin scope).
 //! - [`graph`]: a plan's or a lineage's assets drawn as SVG.
 
 pub mod admin;
@@ -20,6 +22,7 @@ pub mod live;
 pub mod ops;
 pub mod page;
 pub mod runs;
+pub mod schedules;
 pub mod session;
 pub mod static_files;
 
@@ -44,6 +47,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/assets", get(catalog::list))
         .route("/assets/{asset}", get(catalog::show))
         .route("/ops", get(ops::list))
+        .route("/schedules", get(schedules::list))
+        .route("/schedules/{name}", get(schedules::show))
         .route("/admin", get(admin::show))
         .route("/admin/tokens", post(admin::create_token))
         .route("/admin/tokens/{name}/revoke", post(admin::revoke_token))

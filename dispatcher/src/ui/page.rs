@@ -21,6 +21,7 @@ pub enum Section {
     Runs,
     Assets,
     Ops,
+    Schedules,
     Admin,
     None,
 }
@@ -51,6 +52,7 @@ pub fn shell(title: &str, section: Section, signed_in: Option<&Caller>, body: Ma
                             (nav_link("/", "Runs", section == Section::Runs))
                             (nav_link("/assets", "Assets", section == Section::Assets))
                             (nav_link("/ops", "Ops", section == Section::Ops))
+                            (nav_link("/schedules", "Schedules", section == Section::Schedules))
                             @if signed_in.is_none_or(|caller| caller.scope >= Scope::Admin) {
                                 (nav_link("/admin", "Admin", section == Section::Admin))
                             }
