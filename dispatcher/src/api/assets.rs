@@ -70,7 +70,7 @@ pub async fn cells(
         Some(CellStatus::Failed) => CellFilter::Failed,
     };
     let catalog = state.store.catalog();
-    if catalog.summaries(Some(&asset)).await?.is_empty() {
+    if !catalog.declared(&asset).await? {
         return Err(not_found(&asset));
     }
     let thresholds = state

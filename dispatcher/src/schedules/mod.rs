@@ -300,13 +300,18 @@ pub fn fires(
     debounce: Duration,
     last: Option<DateTime<Utc>>,
 ) -> bool {
-    let passed = |since: DateTime<Utc>| (now - since).to_std().unwrap_or_default() >= debounce;
+    let passed = |since: DateTime<Utc>| quiet_since(now, since, debounce);
     active == 0
         && last.is_none_or(passed)
         && match cause {
             Cause::Stale { cells } => cells > 0,
             Cause::Upstream { first_at } => first_at.is_some_and(passed),
         }
+}
+
+/// Whether `debounce` has passed at `now` since `since`.
+pub fn quiet_since(now: DateTime<Utc>, since: DateTime<Utc>, debounce: Duration) -> bool {
+    (now - since).to_std().unwrap_or_default() >= debounce
 }
 
 /// The idempotency key of a triggered schedule's run: the schedule and what it answers (the

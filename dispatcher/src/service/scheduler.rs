@@ -331,7 +331,7 @@ async fn handle_trigger(
     }
     let debounce = Duration::from_secs(schedule.debounce_secs.max(0) as u64);
     let last = schedules.last_decided(&schedule.name).await?;
-    if last.is_some_and(|at| (now - at).to_std().unwrap_or_default() < debounce) {
+    if last.is_some_and(|at| !schedules::quiet_since(now, at, debounce)) {
         return Ok(());
     }
     let plan = match plans.of(store, schedule).await {

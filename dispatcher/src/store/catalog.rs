@@ -969,6 +969,14 @@ impl Catalog<'_> {
         Ok(rows)
     }
 
+    /// Whether a run declared asset `name`: one primary-key lookup.
+    pub async fn declared(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM catalog_assets WHERE name = $1)")
+            .bind(name)
+            .fetch_one(self.pool)
+            .await?)
+    }
+
     async fn summaries_without_freshness(
         &self,
         name: Option<&str>,

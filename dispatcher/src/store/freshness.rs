@@ -52,9 +52,6 @@ impl Store {
     }
 }
 
-/// The most assets one pass records breaches of: the rest wait for the next pass.
-const BREACH_ASSETS_PER_PASS: i64 = 1_000;
-
 impl Freshness<'_> {
     /// The policies of the assets that declare one (of `assets` only, when given), and
     /// their thresholds at `now`. A policy stored by a later version that this one cannot
@@ -90,7 +87,7 @@ impl Freshness<'_> {
     /// recorded. Returns how many were recorded.
     pub async fn record_breaches(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut recorded = 0;
-        for asset in self.policies(None, now).await?.into_iter().take(BREACH_ASSETS_PER_PASS as usize) {
+        for asset in self.policies(None, now).await? {
             let Some(thresholds) = asset.thresholds else { continue };
             // When it went stale: `max_age` after it was made, or (a deadline) at the
             // deadline it missed.

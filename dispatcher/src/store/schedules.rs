@@ -255,11 +255,7 @@ impl Schedules<'_> {
         .execute(&mut *tx)
         .await?;
         if let Some(run) = run {
-            sqlx::query("UPDATE runs SET schedule = $2 WHERE id = $1")
-                .bind(run)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
+            tie_run(&mut tx, run, name).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -306,11 +302,7 @@ impl Schedules<'_> {
         .bind(run)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE runs SET schedule = $2 WHERE id = $1")
-            .bind(run)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        tie_run(&mut tx, run, name).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -326,6 +318,12 @@ impl Schedules<'_> {
         .fetch_all(self.pool)
         .await?)
     }
+}
+
+/// Marks `run` as the schedule's, so that its overlap and debounce see it.
+async fn tie_run(tx: &mut sqlx::PgConnection, run: Uuid, schedule: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE runs SET schedule = $2 WHERE id = $1").bind(run).bind(schedule).execute(tx).await?;
+    Ok(())
 }
 
 /// A schedule's backfill (migration 0029).
